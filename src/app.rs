@@ -1,0 +1,246 @@
+//! The composition root: starts every part in order, wires their handles
+//! together, and returns a [`Server`] with its addresses and a shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use crate::clock::{Clock, ClockMode};
+use crate::http::{self, Addrs, AppState};
+use crate::mqtt::{Broker, MqttConfig};
+use crate::plugin::watcher::{PluginWatcher, WatchError};
+use crate::plugin::{LoadError, PluginHost, PluginLimits, SharedState, World};
+use crate::scenario::{Scenario, ScenarioError};
+use crate::telemetry::{StreamSpec, Telemetry};
+
+/// Which scenario to run.
+#[derive(Debug, Clone)]
+pub enum ScenarioChoice {
+    /// The built-in demo fleet.
+    Demo,
+    /// Nothing: an empty platform.
+    Empty,
+    /// A TOML scenario file.
+    File(PathBuf),
+    /// Scenario text (tests and embedding).
+    Inline(String),
+}
+
+/// How to run the server: the command line's flags.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub http: SocketAddr,
+    pub mqtt: SocketAddr,
+    pub plugins_dir: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub scenario: ScenarioChoice,
+    /// Overrides the scenario's seed.
+    pub seed: Option<u64>,
+    pub clock: ClockMode,
+    pub plugin_limits: PluginLimits,
+}
+
+impl Config {
+    /// Loopback, ephemeral ports, no scenario: what tests start from.
+    pub fn ephemeral() -> Self {
+        Self {
+            http: ([127, 0, 0, 1], 0).into(),
+            mqtt: ([127, 0, 0, 1], 0).into(),
+            plugins_dir: None,
+            data_dir: None,
+            scenario: ScenarioChoice::Empty,
+            seed: None,
+            clock: ClockMode::Realtime,
+            plugin_limits: PluginLimits::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Scenario(#[from] ScenarioError),
+    #[error(transparent)]
+    Plugin(#[from] LoadError),
+    #[error(transparent)]
+    Watch(#[from] WatchError),
+    #[error(transparent)]
+    Mqtt(#[from] crate::mqtt::MqttError),
+    #[error("listening for HTTP on {addr}: {source}")]
+    Http {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("scenario: device {device:?} has sensor {sensor:?} with plugin {plugin:?}, {problem}")]
+    SensorPlugin {
+        device: String,
+        sensor: String,
+        plugin: String,
+        problem: String,
+    },
+}
+
+/// A running iotmock: the broker, the API, the plugin host and the
+/// simulation.
+pub struct Server {
+    addrs: Addrs,
+    seed: u64,
+    plugins: PluginHost,
+    clock: Clock,
+    broker: Broker,
+    http_stop: oneshot::Sender<()>,
+    http_task: tokio::task::JoinHandle<()>,
+    _watcher: Option<PluginWatcher>,
+}
+
+impl Server {
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        let scenario = match &config.scenario {
+            ScenarioChoice::Demo => Scenario::demo(),
+            ScenarioChoice::Empty => Scenario::default(),
+            ScenarioChoice::File(path) => Scenario::from_file(path)?,
+            ScenarioChoice::Inline(text) => Scenario::parse(text, "(inline)")?,
+        };
+        let seed = config.seed.or(scenario.seed).unwrap_or(0);
+        if let Some(dir) = &config.data_dir {
+            std::fs::create_dir_all(dir).map_err(|source| StartError::DataDir {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+
+        let clock = Clock::new(config.clock);
+        let limits = config.plugin_limits.clone();
+        let plugins = tokio::task::spawn_blocking(move || PluginHost::start(limits))
+            .await
+            .expect("plugin host start panicked")?;
+        let watcher = match &config.plugins_dir {
+            Some(dir) => Some(crate::plugin::watcher::watch(plugins.clone(), dir).await?),
+            None => None,
+        };
+
+        let broker = Broker::start(&MqttConfig::new(config.mqtt)).await?;
+        let telemetry = Telemetry::start(clock.clone(), plugins.clone(), broker.handle(), seed);
+
+        let mut streams = Vec::new();
+        for device in &scenario.devices {
+            let shared = std::sync::Arc::new(SharedState::default());
+            for sensor in &device.sensors {
+                let problem = match plugins.info(&sensor.plugin).and_then(|i| i.world) {
+                    None => Some("which is not loaded (see GET /api/v1/plugins)".to_string()),
+                    Some(World::Sensor) => None,
+                    Some(other) => Some(format!("which is a {other} plugin, not a sensor")),
+                };
+                if let Some(problem) = problem {
+                    return Err(StartError::SensorPlugin {
+                        device: device.id.clone(),
+                        sensor: sensor.sensor_name().to_string(),
+                        plugin: sensor.plugin.clone(),
+                        problem,
+                    });
+                }
+                streams.push(StreamSpec {
+                    device: device.id.clone(),
+                    sensor: sensor.clone(),
+                    shared: shared.clone(),
+                });
+            }
+        }
+        tracing::info!(
+            devices = scenario.devices.len(),
+            streams = streams.len(),
+            seed,
+            "scenario loaded"
+        );
+        telemetry.add(streams).await;
+
+        let listener = TcpListener::bind(config.http)
+            .await
+            .map_err(|source| StartError::Http {
+                addr: config.http,
+                source,
+            })?;
+        let http_addr = listener.local_addr().map_err(|source| StartError::Http {
+            addr: config.http,
+            source,
+        })?;
+        let addrs = Addrs {
+            http: http_addr,
+            mqtt: broker.local_addr(),
+        };
+        let state = AppState {
+            addrs,
+            clock: clock.clone(),
+            plugins: plugins.clone(),
+            mqtt: broker.handle(),
+            telemetry,
+        };
+        let (http_stop, stop_rx) = oneshot::channel::<()>();
+        let app = http::router(state);
+        let http_task = tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = stop_rx.await;
+            });
+            if let Err(error) = serve.await {
+                tracing::error!(%error, "HTTP server stopped with an error");
+            }
+        });
+        tracing::info!(addr = %http_addr, "HTTP API listening");
+        Ok(Self {
+            addrs,
+            seed,
+            plugins,
+            clock,
+            broker,
+            http_stop,
+            http_task,
+            _watcher: watcher,
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.addrs.http
+    }
+
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        self.addrs.mqtt
+    }
+
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    pub fn plugins(&self) -> &PluginHost {
+        &self.plugins
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// The line printed on stdout when the server is ready.
+    pub fn ready_line(&self) -> String {
+        serde_json::json!({
+            "event": "ready",
+            "http": self.addrs.http.to_string(),
+            "mqtt": self.addrs.mqtt.to_string(),
+        })
+        .to_string()
+    }
+
+    /// Stops accepting, lets open HTTP requests finish, disconnects MQTT
+    /// clients.
+    pub async fn shutdown(self) {
+        let _ = self.http_stop.send(());
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.http_task).await;
+        self.broker.shutdown().await;
+        tracing::info!("stopped");
+    }
+}

@@ -1,0 +1,278 @@
+//! Simulated time, and the only place that reads the wall clock.
+//!
+//! `realtime` follows the wall clock; `xN` runs N times faster from the
+//! moment the server starts; `manual` stands still until
+//! [`Clock::advance`] moves it, which makes runs reproducible.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+
+/// Where a manual clock starts: 2026-01-01T00:00:00Z.
+pub const MANUAL_EPOCH_MS: i64 = 1_767_225_600_000;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ClockMode {
+    Realtime,
+    Accelerated(f64),
+    Manual,
+}
+
+impl FromStr for ClockMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "realtime" => Ok(ClockMode::Realtime),
+            "manual" => Ok(ClockMode::Manual),
+            _ => match s.strip_prefix('x').map(str::parse::<f64>) {
+                Some(Ok(n)) if n > 0.0 && n.is_finite() => Ok(ClockMode::Accelerated(n)),
+                _ => Err(format!(
+                    "clock {s:?} is not valid: use realtime, manual, or xN with N > 0 (e.g. x60)"
+                )),
+            },
+        }
+    }
+}
+
+impl fmt::Display for ClockMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClockMode::Realtime => f.write_str("realtime"),
+            ClockMode::Accelerated(n) => write!(f, "x{n}"),
+            ClockMode::Manual => f.write_str("manual"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClockError {
+    #[error("the clock is {0}; only a manual clock (--clock manual) can be advanced")]
+    NotManual(ClockMode),
+    #[error("cannot advance the clock by {0} ms: give a positive number of milliseconds")]
+    BadStep(i64),
+}
+
+/// A handle on the simulated clock; cheap to clone.
+#[derive(Clone)]
+pub struct Clock(Arc<Inner>);
+
+struct Inner {
+    mode: ClockMode,
+    start_ms: i64,
+    started: Instant,
+    /// Manual time; also wakes sleepers on a manual clock.
+    manual: watch::Sender<i64>,
+}
+
+impl Clock {
+    pub fn new(mode: ClockMode) -> Self {
+        let start_ms = match mode {
+            ClockMode::Manual => MANUAL_EPOCH_MS,
+            _ => wall_ms(),
+        };
+        Self(Arc::new(Inner {
+            mode,
+            start_ms,
+            started: Instant::now(),
+            manual: watch::Sender::new(start_ms),
+        }))
+    }
+
+    pub fn mode(&self) -> ClockMode {
+        self.0.mode
+    }
+
+    /// Simulated time, ms since the Unix epoch.
+    pub fn now_ms(&self) -> i64 {
+        match self.0.mode {
+            ClockMode::Realtime => wall_ms(),
+            ClockMode::Accelerated(n) => {
+                self.0.start_ms + (self.0.started.elapsed().as_secs_f64() * 1000.0 * n) as i64
+            }
+            ClockMode::Manual => *self.0.manual.borrow(),
+        }
+    }
+
+    /// Moves a manual clock forward; returns the new time.
+    pub fn advance(&self, ms: i64) -> Result<i64, ClockError> {
+        if self.0.mode != ClockMode::Manual {
+            return Err(ClockError::NotManual(self.0.mode));
+        }
+        if ms <= 0 {
+            return Err(ClockError::BadStep(ms));
+        }
+        let mut now = 0;
+        self.0.manual.send_modify(|t| {
+            *t += ms;
+            now = *t;
+        });
+        Ok(now)
+    }
+
+    /// Notified on every move of a manual clock.
+    pub fn subscribe(&self) -> watch::Receiver<i64> {
+        self.0.manual.subscribe()
+    }
+
+    /// Waits until simulated time reaches `t`.
+    pub async fn sleep_until(&self, t: i64) {
+        match self.0.mode {
+            ClockMode::Manual => {
+                let mut rx = self.0.manual.subscribe();
+                let _ = rx.wait_for(|now| *now >= t).await;
+            }
+            ClockMode::Realtime | ClockMode::Accelerated(_) => {
+                let factor = match self.0.mode {
+                    ClockMode::Accelerated(n) => n,
+                    _ => 1.0,
+                };
+                loop {
+                    let ahead = t - self.now_ms();
+                    if ahead <= 0 {
+                        return;
+                    }
+                    let wait = Duration::from_secs_f64(ahead as f64 / 1000.0 / factor);
+                    tokio::time::sleep(wait.max(Duration::from_micros(100))).await;
+                }
+            }
+        }
+    }
+}
+
+/// Wall-clock time, ms since the Unix epoch.
+pub fn wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Wall-clock time as RFC 3339, for metadata such as "loaded at".
+pub fn wall_rfc3339() -> String {
+    rfc3339_ms(wall_ms())
+}
+
+/// Formats ms since the Unix epoch as RFC 3339 UTC with milliseconds,
+/// e.g. `2026-01-01T00:00:00.000Z`.
+pub fn rfc3339_ms(ms: i64) -> String {
+    let mut out = String::with_capacity(24);
+    write_rfc3339_ms(&mut out, ms);
+    out
+}
+
+/// Appends the RFC 3339 form of `ms` to `out` (no allocation of its own).
+pub fn write_rfc3339_ms(out: &mut String, ms: i64) {
+    use fmt::Write;
+    let days = ms.div_euclid(86_400_000);
+    let in_day = ms.rem_euclid(86_400_000);
+    let (y, m, d) = civil_from_days(days);
+    let _ = write!(
+        out,
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        in_day / 3_600_000,
+        in_day / 60_000 % 60,
+        in_day / 1000 % 60,
+        in_day % 1000
+    );
+}
+
+/// Parses the RFC 3339 UTC form this module writes (also without
+/// milliseconds, or with an offset of `+00:00`).
+pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let rest = &s[19..];
+    let (frac, zone) = match rest.strip_prefix('.') {
+        Some(r) => {
+            let digits = r.bytes().take_while(u8::is_ascii_digit).count();
+            let mut ms: i64 = r[..digits.min(3)].parse().ok()?;
+            for _ in digits.min(3)..3 {
+                ms *= 10;
+            }
+            (ms, &r[digits..])
+        }
+        None => (0, rest),
+    };
+    if zone != "Z" && zone != "+00:00" {
+        return None;
+    }
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    Some(days_from_civil(y, mo, d) * 86_400_000 + ((h * 60 + mi) * 60 + sec) * 1000 + frac)
+}
+
+// Howard Hinnant's civil calendar algorithms.
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_and_parses_rfc3339() {
+        assert_eq!(rfc3339_ms(MANUAL_EPOCH_MS), "2026-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        for ms in [0, MANUAL_EPOCH_MS + 86_399_999, 951_782_400_123] {
+            assert_eq!(parse_rfc3339_ms(&rfc3339_ms(ms)), Some(ms));
+        }
+        assert_eq!(
+            parse_rfc3339_ms("2026-01-01T00:00:00Z"),
+            Some(MANUAL_EPOCH_MS)
+        );
+        assert_eq!(parse_rfc3339_ms("yesterday"), None);
+    }
+
+    #[test]
+    fn parses_clock_modes() {
+        assert_eq!("manual".parse::<ClockMode>(), Ok(ClockMode::Manual));
+        assert_eq!("x60".parse::<ClockMode>(), Ok(ClockMode::Accelerated(60.0)));
+        assert!("x0".parse::<ClockMode>().is_err());
+        assert!("fast".parse::<ClockMode>().is_err());
+    }
+
+    #[test]
+    fn manual_clock_moves_only_when_advanced() {
+        let clock = Clock::new(ClockMode::Manual);
+        assert_eq!(clock.now_ms(), MANUAL_EPOCH_MS);
+        assert_eq!(clock.advance(1500).unwrap(), MANUAL_EPOCH_MS + 1500);
+        assert!(clock.advance(0).is_err());
+        assert!(Clock::new(ClockMode::Realtime).advance(1).is_err());
+    }
+}

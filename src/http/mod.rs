@@ -1,0 +1,109 @@
+//! The REST API (axum): one router used by the server and by tests, one
+//! file per resource, errors as problem+json. Handlers only translate
+//! between HTTP and the modules' handles.
+
+mod error;
+mod mqtt;
+mod plugins;
+mod system;
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use utoipa::OpenApi;
+
+pub use error::{ApiError, Problem};
+
+use crate::clock::Clock;
+use crate::mqtt::MqttHandle;
+use crate::plugin::PluginHost;
+use crate::telemetry::Telemetry;
+
+/// Largest plugin component accepted over HTTP.
+const MAX_PLUGIN_BYTES: usize = 64 << 20;
+
+#[derive(Clone, Copy)]
+pub struct Addrs {
+    pub http: SocketAddr,
+    pub mqtt: SocketAddr,
+}
+
+/// What handlers reach: handles of the modules, each cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub addrs: Addrs,
+    pub clock: Clock,
+    pub plugins: PluginHost,
+    pub mqtt: MqttHandle,
+    pub telemetry: Telemetry,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "iotmock",
+        description = "A mock IoT platform: MQTT broker, device fleet, telemetry, commands, edge nodes and WebAssembly plugins."
+    ),
+    paths(
+        system::health_show,
+        system::clock_show,
+        system::clock_advance,
+        system::metrics_show,
+        plugins::plugins_index,
+        plugins::plugins_show,
+        plugins::plugins_update,
+        plugins::plugins_destroy,
+        mqtt::mqtt_publish,
+    ),
+    components(schemas(Problem))
+)]
+struct ApiDoc;
+
+/// The OpenAPI document of every route.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/health", get(system::health_show))
+        .route("/openapi.json", get(|| async { axum::Json(openapi()) }))
+        .route("/clock", get(system::clock_show))
+        .route("/clock/advance", post(system::clock_advance))
+        .route("/plugins", get(plugins::plugins_index))
+        .route(
+            "/plugins/{name}",
+            get(plugins::plugins_show)
+                .put(plugins::plugins_update)
+                .delete(plugins::plugins_destroy)
+                .layer(DefaultBodyLimit::max(MAX_PLUGIN_BYTES)),
+        )
+        .route("/mqtt/publish", post(mqtt::mqtt_publish));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/metrics", get(system::metrics_show))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!(
+        "no route for {}; the API lives under /api/v1 (see /api/v1/openapi.json)",
+        uri.path()
+    ))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        format!(
+            "{} is not allowed on {}; see /api/v1/openapi.json",
+            method,
+            uri.path()
+        ),
+    )
+}

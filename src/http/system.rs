@@ -1,0 +1,146 @@
+//! Health, clock and metrics.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::error::{ApiError, ApiJson};
+use crate::clock::rfc3339_ms;
+use crate::telemetry::TelemetryCounters;
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Always "ok" while the server answers.
+    pub status: &'static str,
+    pub version: &'static str,
+    pub http: String,
+    pub mqtt: String,
+    pub clock: ClockView,
+    pub telemetry: TelemetryCounters,
+}
+
+/// Whether the server is up, where it listens, and its counters.
+#[utoipa::path(get, path = "/api/v1/health", tag = "system",
+    responses((status = 200, body = Health)))]
+pub async fn health_show(State(state): State<AppState>) -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+        http: state.addrs.http.to_string(),
+        mqtt: state.addrs.mqtt.to_string(),
+        clock: clock_view(&state),
+        telemetry: state.telemetry.counters(),
+    })
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ClockView {
+    /// realtime, manual or xN.
+    pub mode: String,
+    /// Simulated time, RFC 3339.
+    pub now: String,
+    /// Simulated time, ms since the Unix epoch.
+    pub now_ms: i64,
+}
+
+fn clock_view(state: &AppState) -> ClockView {
+    let now = state.clock.now_ms();
+    ClockView {
+        mode: state.clock.mode().to_string(),
+        now: rfc3339_ms(now),
+        now_ms: now,
+    }
+}
+
+/// Where simulated time is.
+#[utoipa::path(get, path = "/api/v1/clock", tag = "clock",
+    responses((status = 200, body = ClockView)))]
+pub async fn clock_show(State(state): State<AppState>) -> Json<ClockView> {
+    Json(clock_view(&state))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdvanceRequest {
+    /// How far to move a manual clock, ms.
+    pub ms: i64,
+}
+
+/// Moves a manual clock forward. Answers once every reading due in the
+/// span has been published, in timestamp order.
+#[utoipa::path(post, path = "/api/v1/clock/advance", tag = "clock",
+    request_body = AdvanceRequest,
+    responses((status = 200, body = ClockView),
+        (status = 409, description = "the clock is not manual", body = super::error::Problem)))]
+pub async fn clock_advance(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<AdvanceRequest>,
+) -> Result<Json<ClockView>, ApiError> {
+    let now = state.clock.advance(request.ms).map_err(|e| match e {
+        crate::clock::ClockError::NotManual(_) => ApiError::conflict(e.to_string()),
+        crate::clock::ClockError::BadStep(_) => ApiError::invalid(e.to_string()),
+    })?;
+    state.telemetry.wait_produced(now).await;
+    Ok(Json(clock_view(&state)))
+}
+
+/// Counters in the Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "system",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
+pub async fn metrics_show(State(state): State<AppState>) -> impl IntoResponse {
+    use std::fmt::Write;
+    let t = state.telemetry.counters();
+    let mut out = String::new();
+    let mut counter = |name: &str, help: &str, value: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP iotmock_{name} {help}\n# TYPE iotmock_{name} counter\niotmock_{name} {value}"
+        );
+    };
+    counter(
+        "telemetry_published_total",
+        "Readings published.",
+        t.published,
+    );
+    counter(
+        "telemetry_dropouts_total",
+        "Readings the sensor model left out.",
+        t.dropouts,
+    );
+    counter(
+        "telemetry_sample_failed_total",
+        "Readings lost to failed plugin calls.",
+        t.sample_failed,
+    );
+    counter(
+        "telemetry_invalid_values_total",
+        "Readings that were not finite numbers.",
+        t.invalid_values,
+    );
+    counter(
+        "telemetry_plugin_calls_total",
+        "Batched sensor plugin calls.",
+        t.plugin_calls,
+    );
+    let _ = writeln!(
+        out,
+        "# HELP iotmock_telemetry_streams Active sensor streams.\n# TYPE iotmock_telemetry_streams gauge\niotmock_telemetry_streams {}",
+        t.streams
+    );
+    for p in state.plugins.list() {
+        let _ = writeln!(
+            out,
+            "iotmock_plugin_calls_total{{plugin=\"{}\"}} {}",
+            p.name, p.calls
+        );
+        let _ = writeln!(
+            out,
+            "iotmock_plugin_failures_total{{plugin=\"{}\"}} {}",
+            p.name, p.failures
+        );
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}

@@ -1,0 +1,31 @@
+//! iotmock: a mock IoT platform in one binary.
+//!
+//! A host server provides the protocols (an MQTT broker and an HTTP REST
+//! API) and the simulation; sensor patterns, command handlers and edge
+//! rules are WebAssembly components defined by the WIT files in `wit/`,
+//! hot-reloaded while the server runs.
+//!
+//! Map of the modules:
+//! - [`app`]: the composition root, [`Server`] and its [`Config`].
+//! - [`clock`]: simulated time (realtime, accelerated, manual); the only
+//!   reader of the wall clock.
+//! - [`scenario`]: the scenario file and the built-in demo.
+//! - [`mqtt`]: the embedded broker behind a facade; topics.
+//! - [`http`]: the REST API.
+//! - [`telemetry`]: the fleet's scheduler, sensor calls, publishing.
+//! - [`plugin`]: the wasmtime host, the registry with hot reload, the
+//!   folder watcher.
+//! - [`random`]: the seeded per-device random streams.
+
+pub mod app;
+pub mod builtin;
+pub mod clock;
+pub mod http;
+pub mod mqtt;
+pub mod plugin;
+pub mod random;
+pub mod scenario;
+pub mod telemetry;
+
+pub use app::{Config, ScenarioChoice, Server, StartError};
+pub use clock::ClockMode;

@@ -1,0 +1,124 @@
+//! The `iotmock` command: flags in, library call, exit code out.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use iotmock::{ClockMode, Config, ScenarioChoice, Server};
+
+#[derive(Parser)]
+#[command(
+    name = "iotmock",
+    version,
+    about = "A mock IoT platform: MQTT broker, REST API, simulated fleet, WASM plugins"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the broker, the API and the simulation.
+    Serve(ServeArgs),
+    /// Print the built-in demo scenario (a starting point for your own).
+    Scenario,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// HTTP API address (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: SocketAddr,
+    /// MQTT broker address (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    mqtt: SocketAddr,
+    /// Folder of *.wasm plugins, watched and hot-reloaded.
+    #[arg(long)]
+    plugins: Option<PathBuf>,
+    /// Folder for durable state; without it state lives in memory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Scenario TOML file; without it the built-in demo runs; `none` starts empty.
+    #[arg(long)]
+    scenario: Option<String>,
+    /// Seed of every random stream (default: the scenario's, else 0).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// realtime, manual, or xN (N times faster than real time).
+    #[arg(long, default_value = "realtime")]
+    clock: ClockMode,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Scenario => {
+            print!("{}", iotmock::scenario::DEMO);
+            ExitCode::SUCCESS
+        }
+        Command::Serve(args) => {
+            init_logging();
+            let runtime = tokio::runtime::Runtime::new().expect("start tokio runtime");
+            match runtime.block_on(serve(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("iotmock: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,mqtt5=warn"));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let scenario = match args.scenario.as_deref() {
+        None => ScenarioChoice::Demo,
+        Some("none") => ScenarioChoice::Empty,
+        Some(path) => ScenarioChoice::File(PathBuf::from(path)),
+    };
+    let config = Config {
+        http: args.http,
+        mqtt: args.mqtt,
+        plugins_dir: args.plugins,
+        data_dir: args.data_dir,
+        scenario,
+        seed: args.seed,
+        clock: args.clock,
+        ..Config::ephemeral()
+    };
+    let server = Server::start(config).await.context("starting iotmock")?;
+    println!("{}", server.ready_line());
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

@@ -1,0 +1,93 @@
+//! Every MQTT topic iotmock uses, built in one place.
+
+/// `devices/{id}/telemetry/{sensor}`: one reading.
+pub fn telemetry(device: &str, sensor: &str) -> String {
+    let mut topic = String::with_capacity(20 + device.len() + sensor.len());
+    topic.push_str("devices/");
+    topic.push_str(device);
+    topic.push_str("/telemetry/");
+    topic.push_str(sensor);
+    topic
+}
+
+/// `devices/{id}/status`: retained `online` / `offline`.
+pub fn status(device: &str) -> String {
+    format!("devices/{device}/status")
+}
+
+/// `devices/{id}/commands/{command_id}`: a command to a device.
+pub fn command(device: &str, command_id: &str) -> String {
+    format!("devices/{device}/commands/{command_id}")
+}
+
+/// `devices/{id}/acks/{command_id}`: a device's answer to a command.
+pub fn ack(device: &str, command_id: &str) -> String {
+    format!("devices/{device}/acks/{command_id}")
+}
+
+/// `edge/{node}/uplink/{kind}`: what an edge node syncs to the cloud.
+pub fn edge_uplink(node: &str, kind: &str) -> String {
+    format!("edge/{node}/uplink/{kind}")
+}
+
+/// Checks a topic name for publishing: not empty, no wildcards, no NUL.
+pub fn valid_topic_name(topic: &str) -> Result<(), &'static str> {
+    if topic.is_empty() {
+        return Err("the topic is empty");
+    }
+    if topic.len() > 65_535 {
+        return Err("the topic is longer than 65,535 bytes");
+    }
+    if topic.contains(['+', '#']) {
+        return Err("a topic to publish to cannot contain the wildcards + or #");
+    }
+    if topic.contains('\0') {
+        return Err("the topic contains a NUL character");
+    }
+    Ok(())
+}
+
+/// Whether `topic` matches the subscription filter `filter` (`+` one level,
+/// `#` the rest; `$` topics only match filters that name them).
+pub fn matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && !filter.starts_with('$') {
+        return false;
+    }
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_topics() {
+        assert_eq!(
+            telemetry("d-1", "temperature"),
+            "devices/d-1/telemetry/temperature"
+        );
+        assert_eq!(status("d-1"), "devices/d-1/status");
+    }
+
+    #[test]
+    fn filters_match_like_a_broker() {
+        assert!(matches("devices/#", "devices/a/telemetry/t"));
+        assert!(matches("devices/+/telemetry/+", "devices/a/telemetry/t"));
+        assert!(!matches("devices/+/status", "devices/a/telemetry/t"));
+        assert!(matches("#", "a"));
+        assert!(!matches("#", "$SYS/x"));
+        assert!(matches("a/b", "a/b"));
+        assert!(!matches("a/b", "a/b/c"));
+        assert!(matches("a/#", "a"));
+    }
+}

@@ -1,0 +1,137 @@
+//! The `host` interface as the server implements it: simulated time, the
+//! per-device random streams and shared state, and logging. This is the
+//! whole of what a plugin can reach.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use wasmtime::ResourceLimiter;
+
+use super::bindings::{host, types};
+use crate::random::DeviceRng;
+
+/// A device's state shared by its sensors, command handler and edge rules:
+/// keys to JSON text. A std mutex: it is held only for one map operation,
+/// never across an await.
+#[derive(Debug, Default)]
+pub struct SharedState(Mutex<BTreeMap<String, String>>);
+
+impl SharedState {
+    pub fn get(&self, key: &str) -> Option<String> {
+        self.0.lock().unwrap().get(key).cloned()
+    }
+
+    pub fn set(&self, key: &str, value: String) {
+        self.0.lock().unwrap().insert(key.to_string(), value);
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<String, String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// One device as a call sees it, named by its slot (index).
+#[derive(Debug)]
+pub struct DeviceSlot {
+    pub rng: DeviceRng,
+    pub state: Option<Arc<SharedState>>,
+}
+
+/// What a single call may reach; moved into the store for the call and
+/// taken back after it, so random streams advance exactly once.
+#[derive(Debug, Default)]
+pub struct CallContext {
+    pub now: i64,
+    pub slots: Vec<DeviceSlot>,
+}
+
+/// The data of every plugin store.
+pub(crate) struct HostState {
+    pub plugin: Arc<str>,
+    pub ctx: CallContext,
+    pub limiter: MemoryLimiter,
+}
+
+impl types::Host for HostState {}
+
+impl host::Host for HostState {
+    fn now(&mut self) -> i64 {
+        self.ctx.now
+    }
+
+    fn random_u64(&mut self, device: u32) -> u64 {
+        match self.ctx.slots.get_mut(device as usize) {
+            Some(slot) => slot.rng.next_u64(),
+            None => 0,
+        }
+    }
+
+    fn random_f64(&mut self, device: u32) -> f64 {
+        match self.ctx.slots.get_mut(device as usize) {
+            Some(slot) => slot.rng.next_f64(),
+            None => 0.0,
+        }
+    }
+
+    fn get_state(&mut self, device: u32, key: String) -> Option<String> {
+        let slot = self.ctx.slots.get(device as usize)?;
+        slot.state.as_ref()?.get(&key)
+    }
+
+    fn set_state(&mut self, device: u32, key: String, value: String) {
+        if let Some(state) = self
+            .ctx
+            .slots
+            .get(device as usize)
+            .and_then(|s| s.state.as_ref())
+        {
+            state.set(&key, value);
+        }
+    }
+
+    fn log(&mut self, level: types::LogLevel, message: String) {
+        let plugin = &*self.plugin;
+        match level {
+            types::LogLevel::Trace => tracing::trace!(plugin, "{message}"),
+            types::LogLevel::Debug => tracing::debug!(plugin, "{message}"),
+            types::LogLevel::Info => tracing::info!(plugin, "{message}"),
+            types::LogLevel::Warn => tracing::warn!(plugin, "{message}"),
+            types::LogLevel::Error => tracing::error!(plugin, "{message}"),
+        }
+    }
+}
+
+/// Caps a plugin's linear memory and remembers that it refused a growth, so
+/// the trap that follows is reported as "out of memory", not a bare trap.
+pub(crate) struct MemoryLimiter {
+    pub max_bytes: usize,
+    pub exceeded: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.exceeded = true;
+            return Err(wasmtime::Error::msg(format!(
+                "memory limit of {} KiB reached (the plugin asked for {} KiB)",
+                self.max_bytes / 1024,
+                desired / 1024
+            )));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}

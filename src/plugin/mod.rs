@@ -1,0 +1,279 @@
+//! The plugin host: compiles WebAssembly components of the three worlds in
+//! `wit/`, keeps the current version of each named plugin, and runs calls on
+//! a small pool of OS threads with a deadline and a memory cap per call.
+//!
+//! It owns the wasmtime engine and every store; nothing outside this module
+//! sees a wasmtime type. It does not decide *when* plugins are called (that
+//! is the telemetry scheduler's, the command engine's and the edge nodes'
+//! business) and does not watch folders by itself: the watcher only tells
+//! the registry which file changed.
+
+mod bindings;
+mod host;
+mod pool;
+mod registry;
+pub mod watcher;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use host::{CallContext, DeviceSlot, SharedState};
+pub use registry::{PluginInfo, PluginSource, PluginStatus, World};
+
+use pool::Pool;
+use registry::Registry;
+
+/// How plugins are run.
+#[derive(Debug, Clone)]
+pub struct PluginLimits {
+    /// Longest a single call may run before the host stops it.
+    pub call_timeout: Duration,
+    /// Largest linear memory a plugin instance may grow to.
+    pub max_memory_bytes: usize,
+    /// OS threads that run plugin calls.
+    pub workers: usize,
+    /// Calls waiting for a worker; senders wait when it is full.
+    pub queue_capacity: usize,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        Self {
+            call_timeout: Duration::from_millis(250),
+            max_memory_bytes: 16 << 20,
+            workers: std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .min(8),
+            queue_capacity: 1024,
+        }
+    }
+}
+
+/// Failures of loading a plugin. Each message names the plugin and says
+/// what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("plugin name {0:?} is not valid: use 1 to 64 characters from a-z, 0-9, '-' and '_'")]
+    BadName(String),
+    #[error(
+        "plugin {name:?} is not a WebAssembly component ({detail}); build it with `cargo build --target wasm32-wasip2`"
+    )]
+    NotAComponent { name: String, detail: String },
+    #[error(
+        "plugin {name:?} imports `{import}`, which iotmock does not provide; a plugin may import only iotmock:plugin/host@{version} (and wasi interfaces, which trap when called)"
+    )]
+    UnknownImport {
+        name: String,
+        import: String,
+        version: &'static str,
+    },
+    #[error(
+        "plugin {name:?} exports none of the iotmock worlds; implement one of sensor, command-handler or edge-rule from iotmock:plugin@{version}"
+    )]
+    NoWorld { name: String, version: &'static str },
+    #[error(
+        "plugin {name:?} is a {found} component, but the loaded plugin of that name is a {expected}; delete it first to change its world"
+    )]
+    WrongWorld {
+        name: String,
+        found: World,
+        expected: World,
+    },
+    #[error("plugin {name:?} does not match the {world} world: {detail}")]
+    Mismatch {
+        name: String,
+        world: World,
+        detail: String,
+    },
+    #[error(
+        "plugin {name:?} is built in and cannot be deleted; a file of the same name in the plugins folder overrides it"
+    )]
+    BuiltIn { name: String },
+    #[error("no plugin named {0:?} is loaded")]
+    NotFound(String),
+    #[error("reading plugin file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Failures of calling a plugin. Plugin failures are data: they are
+/// returned here and shown in the plugin list, never a process failure.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    #[error("no plugin named {0:?} is loaded")]
+    NotFound(String),
+    #[error("plugin {name:?} is a {found} plugin, not a {expected} plugin")]
+    WrongWorld {
+        name: String,
+        found: World,
+        expected: World,
+    },
+    #[error("plugin {name:?} ran past its deadline of {ms} ms and was stopped")]
+    Timeout { name: String, ms: u64 },
+    #[error("plugin {name:?} ran out of memory and was stopped: {detail}")]
+    OutOfMemory { name: String, detail: String },
+    #[error("plugin {name:?} trapped: {detail}")]
+    Trap { name: String, detail: String },
+    #[error("plugin {name:?} rejected its configuration: {detail}")]
+    InvalidConfig { name: String, detail: String },
+    #[error("plugin {name:?} failed: {detail}")]
+    Failed { name: String, detail: String },
+    #[error("plugin {name:?} answered {got} results for {expected} requests")]
+    BadAnswer {
+        name: String,
+        got: usize,
+        expected: usize,
+    },
+    #[error("the plugin host is shutting down")]
+    ShuttingDown,
+}
+
+impl CallError {
+    /// Whether the failure means the plugin misbehaved (as opposed to a
+    /// configuration it rejected as data).
+    fn is_fault(&self) -> bool {
+        matches!(
+            self,
+            CallError::Timeout { .. }
+                | CallError::OutOfMemory { .. }
+                | CallError::Trap { .. }
+                | CallError::BadAnswer { .. }
+        )
+    }
+}
+
+/// A sensor's description of its readings.
+#[derive(Debug, Clone)]
+pub struct SensorInfo {
+    pub unit: String,
+    pub description: String,
+}
+
+/// One (device, time) pair of a batched sensor call.
+#[derive(Debug, Clone)]
+pub struct SampleRequest {
+    /// Index into the call's slots.
+    pub device: u32,
+    pub ts: i64,
+    pub state: Vec<f64>,
+}
+
+/// One sensor sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub value: Option<f64>,
+    pub anomaly: Option<String>,
+    pub state: Vec<f64>,
+}
+
+/// A handle on the plugin host; cheap to clone.
+#[derive(Clone)]
+pub struct PluginHost {
+    registry: Arc<Registry>,
+    pool: Arc<Pool>,
+}
+
+impl PluginHost {
+    /// Starts the engine, its epoch ticker and the worker threads, and loads
+    /// the built-in plugins.
+    pub fn start(limits: PluginLimits) -> Result<Self, LoadError> {
+        let registry = Arc::new(Registry::new(&limits));
+        let pool = Arc::new(Pool::start(registry.clone(), &limits));
+        let host = Self { registry, pool };
+        for (name, bytes) in crate::builtin::BUILTIN {
+            host.registry
+                .load(name, bytes.to_vec(), PluginSource::BuiltIn)?;
+        }
+        Ok(host)
+    }
+
+    /// Compiles and installs `bytes` as plugin `name`, replacing the current
+    /// version atomically. On failure the old version keeps serving and the
+    /// error is kept for the plugin list.
+    pub fn load(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        source: PluginSource,
+    ) -> Result<PluginInfo, LoadError> {
+        self.registry.load(name, bytes, source)
+    }
+
+    /// Like [`load`](Self::load), off the async runtime (compiling takes
+    /// tens of milliseconds).
+    pub async fn load_async(
+        &self,
+        name: String,
+        bytes: Vec<u8>,
+        source: PluginSource,
+    ) -> Result<PluginInfo, LoadError> {
+        let registry = self.registry.clone();
+        tokio::task::spawn_blocking(move || registry.load(&name, bytes, source))
+            .await
+            .expect("plugin compile task panicked")
+    }
+
+    /// Removes plugin `name`. Built-in plugins stay.
+    pub fn remove(&self, name: &str) -> Result<(), LoadError> {
+        self.registry.remove(name)
+    }
+
+    /// Removes plugin `name` if it came from the given file, restoring the
+    /// built-in of that name if there is one.
+    pub fn remove_file(&self, name: &str, path: &std::path::Path) {
+        self.registry.remove_file(name, path);
+    }
+
+    pub fn list(&self) -> Vec<PluginInfo> {
+        self.registry.list()
+    }
+
+    /// The serving version of plugin `name` (changes on every reload).
+    pub fn version(&self, name: &str) -> Option<u64> {
+        self.registry.entry(name)?.current().map(|v| v.id)
+    }
+
+    pub fn info(&self, name: &str) -> Option<PluginInfo> {
+        self.registry.info(name)
+    }
+
+    /// Asks a sensor plugin what its readings are, checking `config`.
+    pub async fn describe_sensor(&self, name: &str, config: &str) -> Result<SensorInfo, CallError> {
+        self.pool.describe_sensor(name, config).await
+    }
+
+    /// Produces one sample per request, in order. `ctx.slots` are the
+    /// devices the requests name; it is handed back with their random
+    /// streams advanced.
+    pub async fn sample(
+        &self,
+        name: &str,
+        config: Arc<str>,
+        ctx: CallContext,
+        requests: Vec<SampleRequest>,
+    ) -> (Result<Vec<Sample>, CallError>, CallContext) {
+        self.pool.sample(name, config, ctx, requests).await
+    }
+
+    /// The same as [`sample`](Self::sample), from a plain thread (benchmarks).
+    pub fn sample_blocking(
+        &self,
+        name: &str,
+        config: Arc<str>,
+        ctx: CallContext,
+        requests: Vec<SampleRequest>,
+    ) -> (Result<Vec<Sample>, CallError>, CallContext) {
+        self.pool.sample_blocking(name, config, ctx, requests)
+    }
+}
+
+/// Checks a plugin name: what users type in URLs and file names.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}

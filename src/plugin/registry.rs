@@ -1,0 +1,468 @@
+//! Compiled plugins by name. Loading compiles a component, checks its
+//! imports and its world, and swaps it in atomically; a load that fails
+//! leaves the previous version serving and records the error.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Engine, EngineWeak};
+
+use super::bindings::{command_handler, edge_rule, sensor};
+use super::host::HostState;
+use super::{LoadError, PluginLimits, valid_name};
+
+/// The WIT package version plugins are built against.
+pub(crate) const WIT_VERSION: &str = "0.1.0";
+
+/// How often the epoch advances; call deadlines are counted in these ticks.
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// The world a plugin implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum World {
+    Sensor,
+    CommandHandler,
+    EdgeRule,
+}
+
+impl World {
+    const ALL: [World; 3] = [World::Sensor, World::CommandHandler, World::EdgeRule];
+
+    fn export_name(self) -> String {
+        let iface = match self {
+            World::Sensor => "sensor-api",
+            World::CommandHandler => "command-handler-api",
+            World::EdgeRule => "edge-rule-api",
+        };
+        format!("iotmock:plugin/{iface}@{WIT_VERSION}")
+    }
+}
+
+impl fmt::Display for World {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            World::Sensor => "sensor",
+            World::CommandHandler => "command-handler",
+            World::EdgeRule => "edge-rule",
+        })
+    }
+}
+
+/// Where a plugin version came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum PluginSource {
+    BuiltIn,
+    File {
+        #[schema(value_type = String)]
+        path: PathBuf,
+    },
+    Api,
+}
+
+/// Health of a plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum PluginStatus {
+    /// Loaded, and its last call (if any) succeeded.
+    Ok,
+    /// Loaded, but its last call trapped, timed out or ran out of memory.
+    Unhealthy,
+    /// Never loaded: every attempt failed (see `last_error`).
+    Failed,
+}
+
+/// A plugin as the API shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct PluginInfo {
+    pub name: String,
+    /// None until a version has loaded.
+    pub world: Option<World>,
+    /// SHA-256 of the component bytes, hex.
+    pub hash: Option<String>,
+    pub size: Option<usize>,
+    /// Wall time the serving version was loaded, RFC 3339.
+    pub loaded_at: Option<String>,
+    /// Increases with every version loaded, across all plugins.
+    pub version: Option<u64>,
+    pub source: Option<PluginSource>,
+    pub status: PluginStatus,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
+    pub calls: u64,
+    pub failures: u64,
+}
+
+/// A plugin's compiled, linked form, ready to instantiate.
+pub(crate) enum Prepared {
+    Sensor(sensor::SensorPre<HostState>),
+    CommandHandler(command_handler::CommandHandlerPre<HostState>),
+    EdgeRule(edge_rule::EdgeRulePre<HostState>),
+}
+
+impl Prepared {
+    fn world(&self) -> World {
+        match self {
+            Prepared::Sensor(_) => World::Sensor,
+            Prepared::CommandHandler(_) => World::CommandHandler,
+            Prepared::EdgeRule(_) => World::EdgeRule,
+        }
+    }
+}
+
+/// One loaded version of a plugin. Calls hold an `Arc` of it, so a version
+/// being replaced finishes the calls it has started.
+pub(crate) struct Version {
+    pub id: u64,
+    pub name: Arc<str>,
+    pub hash: String,
+    pub size: usize,
+    pub loaded_at: String,
+    pub source: PluginSource,
+    pub prepared: Prepared,
+}
+
+impl Version {
+    pub fn world(&self) -> World {
+        self.prepared.world()
+    }
+}
+
+#[derive(Default)]
+struct Health {
+    status_unhealthy: bool,
+    last_error: Option<String>,
+    last_error_at: Option<String>,
+    failures: u64,
+}
+
+pub(crate) struct Entry {
+    name: String,
+    current: RwLock<Option<Arc<Version>>>,
+    health: Mutex<Health>,
+    calls: AtomicU64,
+    builtin: Option<&'static [u8]>,
+}
+
+impl Entry {
+    pub fn current(&self) -> Option<Arc<Version>> {
+        self.current.read().unwrap().clone()
+    }
+
+    pub fn record_success(&self) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let mut health = self.health.lock().unwrap();
+        health.status_unhealthy = false;
+    }
+
+    pub fn record_failure(&self, error: &str, fault: bool) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let mut health = self.health.lock().unwrap();
+        health.failures += 1;
+        health.status_unhealthy |= fault;
+        health.last_error = Some(error.to_string());
+        health.last_error_at = Some(crate::clock::wall_rfc3339());
+    }
+
+    fn record_load_error(&self, error: &str) {
+        let mut health = self.health.lock().unwrap();
+        health.last_error = Some(error.to_string());
+        health.last_error_at = Some(crate::clock::wall_rfc3339());
+    }
+
+    fn info(&self) -> PluginInfo {
+        let current = self.current();
+        let health = self.health.lock().unwrap();
+        let status = match (&current, health.status_unhealthy) {
+            (None, _) => PluginStatus::Failed,
+            (Some(_), true) => PluginStatus::Unhealthy,
+            (Some(_), false) => PluginStatus::Ok,
+        };
+        PluginInfo {
+            name: self.name.clone(),
+            world: current.as_ref().map(|v| v.world()),
+            hash: current.as_ref().map(|v| v.hash.clone()),
+            size: current.as_ref().map(|v| v.size),
+            loaded_at: current.as_ref().map(|v| v.loaded_at.clone()),
+            version: current.as_ref().map(|v| v.id),
+            source: current.as_ref().map(|v| v.source.clone()),
+            status,
+            last_error: health.last_error.clone(),
+            last_error_at: health.last_error_at.clone(),
+            calls: self.calls.load(Ordering::Relaxed),
+            failures: health.failures,
+        }
+    }
+}
+
+pub(crate) struct Registry {
+    pub engine: Engine,
+    linker: Linker<HostState>,
+    entries: RwLock<BTreeMap<String, Arc<Entry>>>,
+    next_version: AtomicU64,
+}
+
+impl Registry {
+    pub fn new(_limits: &PluginLimits) -> Self {
+        let mut config = wasmtime::Config::new();
+        config.epoch_interruption(true);
+        config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = Engine::new(&config).expect("wasmtime engine configuration is valid");
+        spawn_epoch_ticker(engine.weak());
+
+        let mut linker = Linker::new(&engine);
+        sensor::iotmock::plugin::host::add_to_linker::<HostState, HasSelf<HostState>>(
+            &mut linker,
+            |state| state,
+        )
+        .expect("host interface links");
+        sensor::iotmock::plugin::types::add_to_linker::<HostState, HasSelf<HostState>>(
+            &mut linker,
+            |state| state,
+        )
+        .expect("types interface links");
+        Self {
+            engine,
+            linker,
+            entries: RwLock::default(),
+            next_version: AtomicU64::new(1),
+        }
+    }
+
+    pub fn entry(&self, name: &str) -> Option<Arc<Entry>> {
+        self.entries.read().unwrap().get(name).cloned()
+    }
+
+    pub fn list(&self) -> Vec<PluginInfo> {
+        let entries: Vec<_> = self.entries.read().unwrap().values().cloned().collect();
+        entries.iter().map(|e| e.info()).collect()
+    }
+
+    pub fn info(&self, name: &str) -> Option<PluginInfo> {
+        self.entry(name).map(|e| e.info())
+    }
+
+    fn entry_or_insert(&self, name: &str) -> Arc<Entry> {
+        if let Some(entry) = self.entry(name) {
+            return entry;
+        }
+        let builtin = crate::builtin::BUILTIN
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, bytes)| *bytes);
+        self.entries
+            .write()
+            .unwrap()
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                Arc::new(Entry {
+                    name: name.to_string(),
+                    current: RwLock::new(None),
+                    health: Mutex::default(),
+                    calls: AtomicU64::new(0),
+                    builtin,
+                })
+            })
+            .clone()
+    }
+
+    pub fn load(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        source: PluginSource,
+    ) -> Result<PluginInfo, LoadError> {
+        if !valid_name(name) {
+            return Err(LoadError::BadName(name.to_string()));
+        }
+        let entry = self.entry_or_insert(name);
+        let hash = hex(&Sha256::digest(&bytes));
+        if let Some(current) = entry.current()
+            && current.hash == hash
+            && current.source == source
+        {
+            return Ok(entry.info());
+        }
+        let started = std::time::Instant::now();
+        match self.prepare(name, &bytes, entry.current().map(|v| v.world())) {
+            Ok(prepared) => {
+                let version = Arc::new(Version {
+                    id: self.next_version.fetch_add(1, Ordering::Relaxed),
+                    name: Arc::from(name),
+                    hash,
+                    size: bytes.len(),
+                    loaded_at: crate::clock::wall_rfc3339(),
+                    source,
+                    prepared,
+                });
+                tracing::info!(
+                    plugin = name,
+                    world = %version.world(),
+                    version = version.id,
+                    compile_ms = started.elapsed().as_millis() as u64,
+                    "plugin loaded"
+                );
+                *entry.current.write().unwrap() = Some(version);
+                entry.health.lock().unwrap().status_unhealthy = false;
+                Ok(entry.info())
+            }
+            Err(error) => {
+                tracing::warn!(plugin = name, %error, "plugin load refused; the previous version keeps serving");
+                entry.record_load_error(&error.to_string());
+                Err(error)
+            }
+        }
+    }
+
+    fn prepare(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        existing: Option<World>,
+    ) -> Result<Prepared, LoadError> {
+        let component =
+            Component::new(&self.engine, bytes).map_err(|e| LoadError::NotAComponent {
+                name: name.to_string(),
+                detail: first_line(&e),
+            })?;
+        let ty = component.component_type();
+        for (import, _) in ty.imports(&self.engine) {
+            let ours = [
+                format!("iotmock:plugin/host@{WIT_VERSION}"),
+                format!("iotmock:plugin/types@{WIT_VERSION}"),
+            ];
+            if !ours.iter().any(|o| o == import) && !import.starts_with("wasi:") {
+                return Err(LoadError::UnknownImport {
+                    name: name.to_string(),
+                    import: import.to_string(),
+                    version: WIT_VERSION,
+                });
+            }
+        }
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let world = World::ALL
+            .into_iter()
+            .find(|w| exports.contains(&w.export_name()))
+            .ok_or_else(|| LoadError::NoWorld {
+                name: name.to_string(),
+                version: WIT_VERSION,
+            })?;
+        if let Some(expected) = existing
+            && expected != world
+        {
+            return Err(LoadError::WrongWorld {
+                name: name.to_string(),
+                found: world,
+                expected,
+            });
+        }
+        // WASI imports (reachable from a Rust guest's std, e.g. panic
+        // printing) link to functions that trap: no files, clocks or
+        // randomness reach a plugin except through `host`.
+        let mut linker = self.linker.clone();
+        let mismatch = |e: wasmtime::Error| LoadError::Mismatch {
+            name: name.to_string(),
+            world,
+            detail: format!("{e:#}"),
+        };
+        linker
+            .define_unknown_imports_as_traps(&component)
+            .map_err(mismatch)?;
+        let pre = linker.instantiate_pre(&component).map_err(mismatch)?;
+        Ok(match world {
+            World::Sensor => Prepared::Sensor(sensor::SensorPre::new(pre).map_err(mismatch)?),
+            World::CommandHandler => Prepared::CommandHandler(
+                command_handler::CommandHandlerPre::new(pre).map_err(mismatch)?,
+            ),
+            World::EdgeRule => {
+                Prepared::EdgeRule(edge_rule::EdgeRulePre::new(pre).map_err(mismatch)?)
+            }
+        })
+    }
+
+    pub fn remove(&self, name: &str) -> Result<(), LoadError> {
+        let entry = self
+            .entry(name)
+            .ok_or_else(|| LoadError::NotFound(name.to_string()))?;
+        if entry.builtin.is_some() {
+            if matches!(
+                entry.current().map(|v| v.source.clone()),
+                Some(PluginSource::BuiltIn)
+            ) {
+                return Err(LoadError::BuiltIn {
+                    name: name.to_string(),
+                });
+            }
+            self.restore_builtin(&entry);
+            return Ok(());
+        }
+        self.entries.write().unwrap().remove(name);
+        tracing::info!(plugin = name, "plugin removed");
+        Ok(())
+    }
+
+    pub fn remove_file(&self, name: &str, path: &Path) {
+        let Some(entry) = self.entry(name) else {
+            return;
+        };
+        let from_file = matches!(
+            entry.current().map(|v| v.source.clone()),
+            Some(PluginSource::File { path: p }) if p == path
+        );
+        if !from_file {
+            return;
+        }
+        if entry.builtin.is_some() {
+            self.restore_builtin(&entry);
+        } else {
+            self.entries.write().unwrap().remove(name);
+            tracing::info!(plugin = name, path = %path.display(), "plugin file removed; plugin unloaded");
+        }
+    }
+
+    fn restore_builtin(&self, entry: &Entry) {
+        if let Some(bytes) = entry.builtin
+            && let Err(error) = self.load(&entry.name, bytes.to_vec(), PluginSource::BuiltIn)
+        {
+            tracing::error!(plugin = %entry.name, %error, "restoring built-in plugin failed");
+        }
+    }
+}
+
+fn spawn_epoch_ticker(engine: EngineWeak) {
+    // An OS thread, not a tokio task: a guest stuck in a loop can occupy a
+    // runtime worker, and the ticker must still run to stop it.
+    std::thread::Builder::new()
+        .name("iotmock-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = engine.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawn epoch ticker thread");
+}
+
+fn first_line(e: &wasmtime::Error) -> String {
+    format!("{e:#}")
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,290 @@
+//! The scenario file: what is simulated. It is read in two steps, the raw
+//! serde form (unknown keys refused by name) and then the validated form,
+//! where fleets are expanded into devices with checked ids.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// The scenario `iotmock serve` runs when none is given.
+pub const DEMO: &str = include_str!("demo.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("reading scenario {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("scenario {origin}: {detail}")]
+    Parse { origin: String, detail: String },
+    #[error("scenario {origin}: {detail}")]
+    Invalid { origin: String, detail: String },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    #[serde(default)]
+    seed: Option<u64>,
+    #[serde(default)]
+    fleet: Vec<RawFleet>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFleet {
+    id: Option<String>,
+    id_pattern: Option<String>,
+    count: Option<u32>,
+    #[serde(default = "default_first")]
+    first: u32,
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    sensors: Vec<SensorSpec>,
+}
+
+fn default_first() -> u32 {
+    1
+}
+
+/// A sensor a device carries.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SensorSpec {
+    /// Name in topics and exports; defaults to the plugin's name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A loaded sensor plugin.
+    pub plugin: String,
+    /// Time between readings, simulated ms.
+    #[serde(default = "default_interval")]
+    pub interval_ms: u64,
+    /// Given to the plugin as JSON.
+    #[serde(default = "empty_object")]
+    #[schema(value_type = Object)]
+    pub config: serde_json::Value,
+}
+
+fn default_interval() -> u64 {
+    1000
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+impl SensorSpec {
+    pub fn sensor_name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.plugin)
+    }
+}
+
+/// A device as the scenario declares it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceSpec {
+    pub id: String,
+    pub kind: Option<String>,
+    pub tags: Vec<String>,
+    pub group: Option<String>,
+    pub sensors: Vec<SensorSpec>,
+}
+
+/// A validated scenario.
+#[derive(Debug, Clone, Default)]
+pub struct Scenario {
+    pub seed: Option<u64>,
+    pub devices: Vec<DeviceSpec>,
+}
+
+impl Scenario {
+    pub fn from_file(path: &Path) -> Result<Self, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    pub fn demo() -> Self {
+        Self::parse(DEMO, "(built-in demo)").expect("the built-in demo scenario is valid")
+    }
+
+    /// Parses and validates scenario text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ScenarioError> {
+        let raw: RawScenario = toml::from_str(text).map_err(|e| ScenarioError::Parse {
+            origin: origin.to_string(),
+            detail: e.to_string(),
+        })?;
+        let invalid = |detail: String| ScenarioError::Invalid {
+            origin: origin.to_string(),
+            detail,
+        };
+        let mut devices = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (i, fleet) in raw.fleet.into_iter().enumerate() {
+            let at = format!("fleet #{}", i + 1);
+            let ids = match (&fleet.id, &fleet.id_pattern, fleet.count) {
+                (Some(id), None, None | Some(1)) => vec![id.clone()],
+                (None, Some(pattern), Some(count)) => expand_pattern(pattern, fleet.first, count)
+                    .map_err(|e| invalid(format!("{at}: {e}")))?,
+                _ => {
+                    return Err(invalid(format!(
+                        "{at}: give either `id` (one device) or `id_pattern` with `count`"
+                    )));
+                }
+            };
+            for sensor in &fleet.sensors {
+                check_sensor(sensor).map_err(|e| invalid(format!("{at}: {e}")))?;
+            }
+            let mut names = BTreeSet::new();
+            for sensor in &fleet.sensors {
+                if !names.insert(sensor.sensor_name()) {
+                    return Err(invalid(format!(
+                        "{at}: two sensors are named {:?}; give one a `name`",
+                        sensor.sensor_name()
+                    )));
+                }
+            }
+            for id in ids {
+                validate_device_id(&id).map_err(|e| invalid(format!("{at}: {e}")))?;
+                if !seen.insert(id.clone()) {
+                    return Err(invalid(format!("{at}: device id {id:?} is declared twice")));
+                }
+                devices.push(DeviceSpec {
+                    id,
+                    kind: fleet.kind.clone(),
+                    tags: fleet.tags.clone(),
+                    group: fleet.group.clone(),
+                    sensors: fleet.sensors.clone(),
+                });
+            }
+        }
+        Ok(Self {
+            seed: raw.seed,
+            devices,
+        })
+    }
+}
+
+/// Checks a sensor declaration (the plugin itself is checked when the
+/// device starts, since plugins can arrive later).
+pub fn check_sensor(sensor: &SensorSpec) -> Result<(), String> {
+    if !crate::plugin::valid_name(&sensor.plugin) {
+        return Err(format!(
+            "sensor plugin {:?} is not a valid plugin name (a-z, 0-9, '-', '_')",
+            sensor.plugin
+        ));
+    }
+    if let Some(name) = &sensor.name {
+        validate_segment(name).map_err(|e| format!("sensor name {name:?}: {e}"))?;
+    }
+    if sensor.interval_ms == 0 {
+        return Err(format!(
+            "sensor {:?}: interval_ms must be at least 1",
+            sensor.sensor_name()
+        ));
+    }
+    if !sensor.config.is_object() {
+        return Err(format!(
+            "sensor {:?}: config must be a table/object",
+            sensor.sensor_name()
+        ));
+    }
+    Ok(())
+}
+
+/// Device ids appear in MQTT topics and URLs: 1 to 128 characters from
+/// A-Z, a-z, 0-9, '.', '_' and '-'.
+pub fn validate_device_id(id: &str) -> Result<(), String> {
+    validate_segment(id).map_err(|e| format!("device id {id:?}: {e}"))
+}
+
+fn validate_segment(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > 128 {
+        return Err("must be 1 to 128 characters long".into());
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "contains {c:?}; use only A-Z, a-z, 0-9, '.', '_' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// Expands `dev-{n:05}` (or `{n}`) for n = first, first+1, ...
+pub fn expand_pattern(pattern: &str, first: u32, count: u32) -> Result<Vec<String>, String> {
+    let start = pattern
+        .find("{n")
+        .ok_or_else(|| format!("id_pattern {pattern:?} has no {{n}} or {{n:0W}} placeholder"))?;
+    let end = start
+        + pattern[start..]
+            .find('}')
+            .ok_or_else(|| format!("id_pattern {pattern:?}: unclosed placeholder"))?;
+    let spec = &pattern[start + 2..end];
+    let width = match spec {
+        "" => 0,
+        _ => spec
+            .strip_prefix(":0")
+            .or_else(|| spec.strip_prefix(':'))
+            .and_then(|w| w.parse::<usize>().ok())
+            .ok_or_else(|| {
+                format!(
+                    "id_pattern {pattern:?}: placeholder must be {{n}} or {{n:0W}}, e.g. {{n:05}}"
+                )
+            })?,
+    };
+    let (head, tail) = (&pattern[..start], &pattern[end + 1..]);
+    Ok((0..count)
+        .map(|i| format!("{head}{:0width$}{tail}", u64::from(first) + u64::from(i)))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_has_ten_thermometers() {
+        let demo = Scenario::demo();
+        assert_eq!(demo.devices.len(), 10);
+        assert_eq!(demo.devices[0].id, "demo-01");
+        assert_eq!(demo.devices[9].id, "demo-10");
+        assert_eq!(demo.devices[0].sensors[0].sensor_name(), "temperature");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err =
+            Scenario::parse("[[fleet]]\nid = \"a\"\ncolour = \"red\"\n", "t.toml").unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn bad_ids_and_duplicates_are_refused() {
+        let err = Scenario::parse("[[fleet]]\nid = \"a/b\"\n", "t").unwrap_err();
+        assert!(err.to_string().contains("'/'"), "{err}");
+        let err =
+            Scenario::parse("[[fleet]]\nid = \"a\"\n[[fleet]]\nid = \"a\"\n", "t").unwrap_err();
+        assert!(err.to_string().contains("twice"), "{err}");
+    }
+
+    #[test]
+    fn patterns_expand() {
+        assert_eq!(
+            expand_pattern("s-{n:03}", 1, 2).unwrap(),
+            ["s-001", "s-002"]
+        );
+        assert_eq!(expand_pattern("{n}x", 9, 2).unwrap(), ["9x", "10x"]);
+        assert!(expand_pattern("none", 1, 1).is_err());
+    }
+}

@@ -1,0 +1,125 @@
+//! Telemetry: one scheduler for the whole fleet turns simulated time into
+//! sensor-plugin calls and publishes the readings through the broker's
+//! in-process link.
+//!
+//! It owns the per-(device, sensor) streams: their next due time, plugin
+//! state and random stream. It does not own devices (the fleet does) nor
+//! run plugins (the plugin host does).
+
+mod reading;
+mod scheduler;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+
+pub use reading::Reading;
+pub use scheduler::StreamSpec;
+
+use crate::clock::Clock;
+use crate::mqtt::MqttHandle;
+use crate::plugin::PluginHost;
+
+/// Control messages waiting for the scheduler; senders wait when full.
+const CONTROL_CAPACITY: usize = 1024;
+
+/// Counters visible in the API. Every reading that was due and not
+/// published is counted under one of the `*_failed` / `dropouts` fields.
+#[derive(Debug, Default)]
+pub struct TelemetryStats {
+    pub published: AtomicU64,
+    /// Readings the sensor model left out (value none): simulated dropouts.
+    pub dropouts: AtomicU64,
+    /// Readings lost because the plugin call failed (trap, timeout, missing
+    /// plugin, rejected config).
+    pub sample_failed: AtomicU64,
+    /// Readings whose value was not a finite number.
+    pub invalid_values: AtomicU64,
+    pub plugin_calls: AtomicU64,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TelemetryCounters {
+    pub streams: u64,
+    pub published: u64,
+    pub dropouts: u64,
+    pub sample_failed: u64,
+    pub invalid_values: u64,
+    pub plugin_calls: u64,
+    /// Simulated time up to which every due reading has been produced.
+    pub produced_until: i64,
+}
+
+enum Control {
+    Add(Vec<StreamSpec>),
+    RemoveDevice(String),
+}
+
+/// A handle on the telemetry scheduler; cheap to clone.
+#[derive(Clone)]
+pub struct Telemetry {
+    control: mpsc::Sender<Control>,
+    stats: Arc<TelemetryStats>,
+    streams: Arc<AtomicU64>,
+    progress: watch::Receiver<i64>,
+}
+
+impl Telemetry {
+    /// Starts the scheduler task; it ends when every handle is dropped.
+    pub fn start(clock: Clock, plugins: PluginHost, mqtt: MqttHandle, seed: u64) -> Self {
+        let (control, rx) = mpsc::channel(CONTROL_CAPACITY);
+        let stats = Arc::new(TelemetryStats::default());
+        let streams = Arc::new(AtomicU64::new(0));
+        let (progress_tx, progress) = watch::channel(clock.now_ms());
+        let scheduler = scheduler::Scheduler::new(
+            clock,
+            plugins,
+            mqtt,
+            seed,
+            stats.clone(),
+            streams.clone(),
+            progress_tx,
+        );
+        tokio::spawn(scheduler.run(rx));
+        Self {
+            control,
+            stats,
+            streams,
+            progress,
+        }
+    }
+
+    /// Starts producing readings for these streams from the current time.
+    pub async fn add(&self, streams: Vec<StreamSpec>) {
+        let _ = self.control.send(Control::Add(streams)).await;
+    }
+
+    /// Stops every stream of a device.
+    pub async fn remove_device(&self, device: &str) {
+        let _ = self
+            .control
+            .send(Control::RemoveDevice(device.to_string()))
+            .await;
+    }
+
+    /// Waits until every reading due at or before `t` has been published.
+    pub async fn wait_produced(&self, t: i64) {
+        let mut progress = self.progress.clone();
+        let _ = progress.wait_for(|p| *p >= t).await;
+    }
+
+    pub fn counters(&self) -> TelemetryCounters {
+        let s = &self.stats;
+        TelemetryCounters {
+            streams: self.streams.load(Ordering::Relaxed),
+            published: s.published.load(Ordering::Relaxed),
+            dropouts: s.dropouts.load(Ordering::Relaxed),
+            sample_failed: s.sample_failed.load(Ordering::Relaxed),
+            invalid_values: s.invalid_values.load(Ordering::Relaxed),
+            plugin_calls: s.plugin_calls.load(Ordering::Relaxed),
+            produced_until: *self.progress.borrow(),
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! A reading and its JSON wire form.
+
+use std::fmt::Write;
+
+/// One sensor reading as published on `devices/{id}/telemetry/{sensor}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    pub device: std::sync::Arc<str>,
+    pub sensor: std::sync::Arc<str>,
+    /// Simulated time, ms since the Unix epoch.
+    pub ts: i64,
+    pub value: f64,
+    /// Unit as a JSON string literal (quoted and escaped once, not per
+    /// reading).
+    pub unit_json: std::sync::Arc<str>,
+    pub anomaly: Option<String>,
+}
+
+impl Reading {
+    /// Writes `{"device","sensor","ts","value","unit"[,"anomaly"]}` into
+    /// `out`. Device ids and sensor names are validated to need no escaping.
+    pub fn write_json(&self, out: &mut String) {
+        out.push_str("{\"device\":\"");
+        out.push_str(&self.device);
+        out.push_str("\",\"sensor\":\"");
+        out.push_str(&self.sensor);
+        out.push_str("\",\"ts\":\"");
+        crate::clock::write_rfc3339_ms(out, self.ts);
+        out.push_str("\",\"value\":");
+        let _ = write!(out, "{}", self.value);
+        out.push_str(",\"unit\":");
+        out.push_str(&self.unit_json);
+        if let Some(anomaly) = &self.anomaly {
+            out.push_str(",\"anomaly\":");
+            out.push_str(&serde_json::to_string(anomaly).unwrap_or_default());
+        }
+        out.push('}');
+    }
+
+    pub fn to_json(&self) -> String {
+        let mut out = String::with_capacity(128);
+        self.write_json(&mut out);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_has_the_documented_fields() {
+        let r = Reading {
+            device: "d-1".into(),
+            sensor: "temperature".into(),
+            ts: crate::clock::MANUAL_EPOCH_MS,
+            value: 21.5,
+            unit_json: "\"celsius\"".into(),
+            anomaly: Some("spike".into()),
+        };
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["device"], "d-1");
+        assert_eq!(v["sensor"], "temperature");
+        assert_eq!(v["ts"], "2026-01-01T00:00:00.000Z");
+        assert_eq!(v["value"], 21.5);
+        assert_eq!(v["unit"], "celsius");
+        assert_eq!(v["anomaly"], "spike");
+    }
+}
