@@ -1,1 +1,9 @@
+//! Integration tests: the real server on ephemeral ports, real clients.
+//! One binary (see `autotests = false`), shared helpers in `support`.
 
+mod support;
+
+mod api;
+mod plugins;
+mod process;
+mod telemetry;

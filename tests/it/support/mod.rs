@@ -1,0 +1,252 @@
+//! The test harness: start a server in-process on ephemeral ports, talk to
+//! it over real HTTP and real MQTT.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use iotmock::{Config, ScenarioChoice, Server};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+/// How long any single wait in a test may take before it fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct TestServer {
+    server: Option<Server>,
+    pub http: reqwest::Client,
+    pub base: String,
+    pub mqtt: SocketAddr,
+}
+
+impl TestServer {
+    pub async fn start(config: Config) -> Self {
+        let server = Server::start(config).await.expect("server starts");
+        let base = format!("http://{}", server.http_addr());
+        let mqtt = server.mqtt_addr();
+        Self {
+            server: Some(server),
+            http: reqwest::Client::new(),
+            base,
+            mqtt,
+        }
+    }
+
+    /// A server running the given scenario text.
+    pub async fn with_scenario(scenario: &str, tweak: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Config {
+            scenario: ScenarioChoice::Inline(scenario.to_string()),
+            ..Config::ephemeral()
+        };
+        tweak(&mut config);
+        Self::start(config).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self.http.get(self.url(path)).send().await.expect("GET");
+        decode(response).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("POST");
+        decode(response).await
+    }
+
+    pub async fn put_bytes(&self, path: &str, body: Vec<u8>) -> (u16, Value) {
+        let response = self
+            .http
+            .put(self.url(path))
+            .header("content-type", "application/wasm")
+            .body(body)
+            .send()
+            .await
+            .expect("PUT");
+        decode(response).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .delete(self.url(path))
+            .send()
+            .await
+            .expect("DELETE");
+        decode(response).await
+    }
+
+    /// The plugin list entry named `name`.
+    pub async fn plugin(&self, name: &str) -> Value {
+        let (status, body) = self.get(&format!("/api/v1/plugins/{name}")).await;
+        assert_eq!(status, 200, "plugin {name}: {body}");
+        body
+    }
+
+    /// Polls the plugin list until `check` holds for plugin `name`.
+    pub async fn wait_plugin(&self, name: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (status, body) = self.get(&format!("/api/v1/plugins/{name}")).await;
+            if status == 200 && check(&body) {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "plugin {name} never reached the expected state: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn subscribe(&self, filter: &str) -> Subscriber {
+        Subscriber::connect(self.mqtt, filter).await
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+    }
+}
+
+async fn decode(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    let value = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    (status, value)
+}
+
+/// A test plugin component built with the server (`plugins/testing/`).
+pub fn test_plugin(file: &str) -> PathBuf {
+    let path = PathBuf::from(iotmock::builtin::TEST_PLUGINS_DIR).join(file);
+    assert!(
+        path.exists(),
+        "test plugin {} was not built",
+        path.display()
+    );
+    path
+}
+
+pub fn test_plugin_bytes(file: &str) -> Vec<u8> {
+    std::fs::read(test_plugin(file)).expect("read test plugin")
+}
+
+/// One message as an MQTT client received it.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub qos: QoS,
+    pub retain: bool,
+}
+
+impl Message {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.payload).expect("JSON payload")
+    }
+}
+
+/// A real MQTT client (rumqttc) subscribed to one filter.
+pub struct Subscriber {
+    pub client: AsyncClient,
+    rx: mpsc::UnboundedReceiver<Message>,
+}
+
+impl Subscriber {
+    pub async fn connect(addr: SocketAddr, filter: &str) -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let id = format!(
+            "test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let mut options = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+        options.set_keep_alive(Duration::from_secs(30));
+        options.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut eventloop) = AsyncClient::new(options, 1024);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (subacked_tx, subacked_rx) = tokio::sync::oneshot::channel();
+        let mut subacked_tx = Some(subacked_tx);
+        client
+            .subscribe(filter, QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let message = Message {
+                            topic: p.topic.clone(),
+                            payload: p.payload.to_vec(),
+                            qos: p.qos,
+                            retain: p.retain,
+                        };
+                        if tx.send(message).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(tx) = subacked_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        tokio::time::timeout(WAIT, subacked_rx)
+            .await
+            .expect("SUBACK in time")
+            .expect("SUBACK");
+        Self { client, rx }
+    }
+
+    /// The next message, failing the test after [`WAIT`].
+    pub async fn next(&mut self) -> Message {
+        tokio::time::timeout(WAIT, self.rx.recv())
+            .await
+            .expect("an MQTT message in time")
+            .expect("subscriber still connected")
+    }
+
+    /// Skips messages until one satisfies `check`.
+    pub async fn next_where(&mut self, check: impl Fn(&Message) -> bool) -> Message {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let message = tokio::time::timeout(left, self.rx.recv())
+                .await
+                .expect("a matching MQTT message in time")
+                .expect("subscriber still connected");
+            if check(&message) {
+                return message;
+            }
+        }
+    }
+
+    /// Everything received so far, without waiting.
+    pub fn drain(&mut self) -> Vec<Message> {
+        let mut out = Vec::new();
+        while let Ok(m) = self.rx.try_recv() {
+            out.push(m);
+        }
+        out
+    }
+}
