@@ -1,13 +1,47 @@
-//! Air temperature: a diurnal cycle around a mean, plus autocorrelated
-//! noise, rounded to the sensor's resolution.
+//! Air temperature: a diurnal cycle whose mean and amplitude wander from
+//! day to day (weather), plus autocorrelated noise, rounded to the
+//! sensor's resolution. Writes its clean value to the device state.
 //!
-//! Defaults follow an indoor room read by a Sensirion SHT31-class sensor:
-//! resolution 0.01 °C, typical accuracy ±0.2 °C (datasheet), and an
-//! indoor day/night swing of a few degrees peaking mid-afternoon.
+//! Sensor figures: Sensirion SHT31 (datasheet SHT3x-DIS): range −40…125 °C,
+//! resolution 0.01 °C, typical accuracy ±0.2 °C (0…90 °C). The noise
+//! default (0.15 °C, lag-1 correlation 0.9) is the sensor's repeatability
+//! plus the air's own turbulence around it, which dominates in a room.
 //!
-//! Config (JSON, every field optional):
-//! `{"mean": 21.0, "amplitude": 2.0, "peak_hour": 15.0, "noise": 0.15,
-//!   "correlation": 0.9, "resolution": 0.01, "period_ms": 86400000}`
+//! Climate figures: indoors, a heated or cooled room swings a few degrees
+//! a day (amplitude 2 °C) and the daily mean moves little (0.5 °C from day
+//! to day). Outdoors (mid-latitude, temperate), the daily range is about
+//! 10 °C (amplitude 5 °C) and daily means differ from the seasonal normal
+//! by about 3–4 °C with a day-to-day correlation near 0.7; cloudy days
+//! swing less than clear ones (amplitude varies by ±35 %).
+//!
+//! Config (JSON, every field optional; `placement` picks the defaults of
+//! the others, shown as indoor / outdoor):
+//!
+//! | field | default | meaning |
+//! |---|---|---|
+//! | `placement` | `"indoor"` | `"indoor"` or `"outdoor"` |
+//! | `mean` | 21.0 / 12.0 | long-run daily mean, °C |
+//! | `amplitude` | 2.0 / 5.0 | half the day's peak-to-trough swing, °C |
+//! | `peak_hour` | 15.0 | hour of the day (UTC) of the warmest time |
+//! | `noise` | 0.15 / 0.3 | standard deviation of the noise, °C |
+//! | `correlation` | 0.9 | lag-1 autocorrelation of the noise between readings |
+//! | `resolution` | 0.01 | sensor resolution, °C (0: no rounding) |
+//! | `period_ms` | 86400000 | length of one cycle (a day) |
+//! | `weather_sd` | 0.5 / 3.5 | standard deviation of the daily mean's wander, °C |
+//! | `weather_correlation` | 0.7 | correlation of the wander from one day to the next |
+//! | `amplitude_variability` | 0.2 / 0.35 | relative standard deviation of the daily amplitude |
+//! | `anomalies` | none | see `iotmock_sdk::anomaly` (spike 8 °C, drift 3 °C, range −40…125 °C) |
+//!
+//! The wander is a seeded AR(1) walk over days that lives in the state
+//! (anchored at each day's start, smooth in between): the same seed and
+//! the same request times give the same weather, whatever the wall clock.
+//!
+//! Device state: writes key `"temperature"` (a JSON number, °C, the clean
+//! value at the sensor's resolution, without injected anomalies) on every
+//! reading, for other sensors of the device (humidity, battery).
+//!
+//! State (after the SDK's slots, see `iotmock_sdk::state`): noise, daily
+//! mean walk (3 slots), daily amplitude walk (3 slots).
 
 wit_bindgen::generate!({
     world: "sensor",
@@ -17,56 +51,146 @@ wit_bindgen::generate!({
 use exports::iotmock::plugin::sensor_api::{Guest, SampleRequest, SampleResult, SensorInfo};
 use iotmock::plugin::host;
 use iotmock::plugin::types::PluginError;
-use iotmock_sdk::{DAY_MS, ar1_step, gaussian, parse_config, quantize};
+use iotmock_sdk::anomaly::{Anomalies, AnomalyConfig, Profile};
+use iotmock_sdk::weather::{Walk, WalkParams};
+use iotmock_sdk::{
+    DAY_MS, Placement, Random, Stream, ar1_step, diurnal, parse_config, quantize, require, state,
+};
 
-#[derive(serde::Deserialize)]
+/// Layout tag: plugin 1, layout version 1.
+const TAG: f64 = 1001.0;
+/// Device-state key written with the current temperature.
+const STATE_KEY: &str = "temperature";
+
+#[derive(serde::Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 struct Config {
-    /// Daily mean, °C.
+    placement: Placement,
+    mean: Option<f64>,
+    amplitude: Option<f64>,
+    peak_hour: Option<f64>,
+    noise: Option<f64>,
+    correlation: Option<f64>,
+    resolution: Option<f64>,
+    period_ms: Option<f64>,
+    weather_sd: Option<f64>,
+    weather_correlation: Option<f64>,
+    amplitude_variability: Option<f64>,
+    anomalies: AnomalyConfig,
+}
+
+struct Settings {
     mean: f64,
-    /// Half the peak-to-trough swing over one period, °C.
     amplitude: f64,
-    /// Hour of the day (UTC) with the highest temperature.
     peak_hour: f64,
-    /// Standard deviation of the noise, °C.
     noise: f64,
-    /// Lag-1 autocorrelation of the noise between consecutive readings.
     correlation: f64,
-    /// Sensor resolution, °C.
     resolution: f64,
-    /// Length of one cycle, ms (a day unless changed).
     period_ms: f64,
+    mean_walk: WalkParams,
+    amplitude_walk: WalkParams,
+    anomalies: Anomalies,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            mean: 21.0,
-            amplitude: 2.0,
-            peak_hour: 15.0,
-            noise: 0.15,
-            correlation: 0.9,
-            resolution: 0.01,
-            period_ms: DAY_MS,
-        }
-    }
-}
-
-impl Config {
+impl Settings {
     fn load(text: &str) -> Result<Self, PluginError> {
-        let config: Config = parse_config(text).map_err(PluginError::InvalidConfig)?;
-        if !(0.0..1.0).contains(&config.correlation) {
-            return Err(PluginError::InvalidConfig(format!(
-                "correlation must be in [0, 1), got {}",
-                config.correlation
-            )));
+        parse_config(text)
+            .and_then(Self::resolve)
+            .map_err(PluginError::InvalidConfig)
+    }
+
+    fn resolve(c: Config) -> Result<Self, String> {
+        let outdoor = c.placement == Placement::Outdoor;
+        let pick =
+            |v: Option<f64>, indoor: f64, out: f64| v.unwrap_or(if outdoor { out } else { indoor });
+        let period_ms = c.period_ms.unwrap_or(DAY_MS);
+        let correlation = c.correlation.unwrap_or(0.9);
+        let weather_correlation = c.weather_correlation.unwrap_or(0.7);
+        let s = Self {
+            mean: pick(c.mean, 21.0, 12.0),
+            amplitude: pick(c.amplitude, 2.0, 5.0),
+            peak_hour: c.peak_hour.unwrap_or(15.0),
+            noise: pick(c.noise, 0.15, 0.3),
+            correlation,
+            resolution: c.resolution.unwrap_or(0.01),
+            period_ms,
+            mean_walk: WalkParams {
+                period_ms,
+                phi: weather_correlation,
+                sigma: pick(c.weather_sd, 0.5, 3.5),
+            },
+            amplitude_walk: WalkParams {
+                period_ms,
+                phi: weather_correlation,
+                sigma: pick(c.amplitude_variability, 0.2, 0.35),
+            },
+            anomalies: Anomalies::new(
+                c.anomalies,
+                Profile {
+                    min: -40.0,
+                    max: 125.0,
+                    spike_size: 8.0,
+                    drift_size: 3.0,
+                    binary: false,
+                },
+            )?,
+        };
+        require(
+            (0.0..1.0).contains(&correlation),
+            &format!("correlation must be in [0, 1), got {correlation}"),
+        )?;
+        require(
+            (0.0..1.0).contains(&weather_correlation),
+            &format!("weather_correlation must be in [0, 1), got {weather_correlation}"),
+        )?;
+        require(period_ms > 0.0, "period_ms must be positive")?;
+        require(
+            s.noise >= 0.0
+                && s.resolution >= 0.0
+                && s.mean_walk.sigma >= 0.0
+                && s.amplitude_walk.sigma >= 0.0,
+            "noise, resolution, weather_sd and amplitude_variability must not be negative",
+        )?;
+        require(
+            [s.mean, s.amplitude, s.peak_hour]
+                .iter()
+                .all(|v| v.is_finite()),
+            "mean, amplitude and peak_hour must be numbers",
+        )?;
+        Ok(s)
+    }
+
+    fn sample(&self, request: SampleRequest) -> SampleResult {
+        let device = request.device;
+        let ts = request.ts as f64;
+        let mut rng = Stream::new(|| host::random_u64(device));
+        let (injector, own) = state::load(&request.state, TAG, &mut rng, |rng| {
+            let m = Walk::start(ts, &self.mean_walk, rng).slots();
+            let a = Walk::start(ts, &self.amplitude_walk, rng).slots();
+            [0.0, m[0], m[1], m[2], a[0], a[1], a[2]]
+        });
+        let mut mean_walk = Walk::from_slots(&own[1..4]);
+        let mut amplitude_walk = Walk::from_slots(&own[4..7]);
+
+        let mean = self.mean + mean_walk.value(ts, &self.mean_walk, &mut rng);
+        let amplitude = self.amplitude
+            * (1.0 + amplitude_walk.value(ts, &self.amplitude_walk, &mut rng)).max(0.0);
+        let noise = ar1_step(own[0], self.correlation, self.noise, rng.normal());
+        let clean = mean + amplitude * diurnal(ts, self.peak_hour, self.period_ms) + noise;
+
+        let shared = quantize(clean, self.resolution);
+        host::set_state(device, STATE_KEY, &format!("{shared}"));
+
+        let (m, a) = (mean_walk.slots(), amplitude_walk.slots());
+        let own = [noise, m[0], m[1], m[2], a[0], a[1], a[2]];
+        let out = state::finish(TAG, injector, &self.anomalies, &own, clean, |v| {
+            quantize(v, self.resolution)
+        });
+        SampleResult {
+            value: out.value,
+            anomaly: out.anomaly.map(Into::into),
+            state: out.state,
         }
-        if config.period_ms <= 0.0 || config.noise < 0.0 || config.resolution < 0.0 {
-            return Err(PluginError::InvalidConfig(
-                "period_ms must be positive; noise and resolution must not be negative".into(),
-            ));
-        }
-        Ok(config)
     }
 }
 
@@ -74,10 +198,10 @@ struct Temperature;
 
 impl Guest for Temperature {
     fn describe(config: String) -> Result<SensorInfo, PluginError> {
-        Config::load(&config)?;
+        Settings::load(&config)?;
         Ok(SensorInfo {
             unit: "celsius".into(),
-            description: "air temperature: diurnal cycle with autocorrelated noise".into(),
+            description: "air temperature: diurnal cycle with day-to-day weather and autocorrelated noise (SHT31-class)".into(),
         })
     }
 
@@ -85,27 +209,8 @@ impl Guest for Temperature {
         config: String,
         requests: Vec<SampleRequest>,
     ) -> Result<Vec<SampleResult>, PluginError> {
-        let config = Config::load(&config)?;
-        let peak_ms = config.peak_hour * 3_600_000.0;
-        Ok(requests
-            .into_iter()
-            .map(|request| {
-                let phase =
-                    ((request.ts as f64 - peak_ms) / config.period_ms) * core::f64::consts::TAU;
-                let cycle = config.mean + config.amplitude * phase.cos();
-                let previous = request.state.first().copied().unwrap_or(0.0);
-                let normal = gaussian(
-                    host::random_f64(request.device),
-                    host::random_f64(request.device),
-                );
-                let noise = ar1_step(previous, config.correlation, config.noise, normal);
-                SampleResult {
-                    value: Some(quantize(cycle + noise, config.resolution)),
-                    anomaly: None,
-                    state: vec![noise],
-                }
-            })
-            .collect())
+        let settings = Settings::load(&config)?;
+        Ok(requests.into_iter().map(|r| settings.sample(r)).collect())
     }
 }
 
