@@ -8,12 +8,13 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::clock::{Clock, ClockMode};
+use crate::fleet::{Fleet, FleetError};
 use crate::http::{self, Addrs, AppState};
 use crate::mqtt::{Broker, MqttConfig};
 use crate::plugin::watcher::{PluginWatcher, WatchError};
-use crate::plugin::{LoadError, PluginHost, PluginLimits, SharedState, World};
+use crate::plugin::{LoadError, PluginHost, PluginLimits, World};
 use crate::scenario::{Scenario, ScenarioError};
-use crate::telemetry::{StreamSpec, Telemetry};
+use crate::telemetry::Telemetry;
 
 /// Which scenario to run.
 #[derive(Debug, Clone)]
@@ -68,6 +69,8 @@ pub enum StartError {
     Watch(#[from] WatchError),
     #[error(transparent)]
     Mqtt(#[from] crate::mqtt::MqttError),
+    #[error(transparent)]
+    Fleet(#[from] FleetError),
     #[error("listening for HTTP on {addr}: {source}")]
     Http {
         addr: SocketAddr,
@@ -129,9 +132,7 @@ impl Server {
         let broker = Broker::start(&MqttConfig::new(config.mqtt)).await?;
         let telemetry = Telemetry::start(clock.clone(), plugins.clone(), broker.handle(), seed);
 
-        let mut streams = Vec::new();
         for device in &scenario.devices {
-            let shared = std::sync::Arc::new(SharedState::default());
             for sensor in &device.sensors {
                 match plugins.info(&sensor.plugin).and_then(|i| i.world) {
                     Some(World::Sensor) => {}
@@ -151,20 +152,19 @@ impl Server {
                         "sensor plugin not loaded yet; its readings are counted as failed until it is"
                     ),
                 }
-                streams.push(StreamSpec {
-                    device: device.id.clone(),
-                    sensor: sensor.clone(),
-                    shared: shared.clone(),
-                });
             }
         }
-        tracing::info!(
-            devices = scenario.devices.len(),
-            streams = streams.len(),
+        let fleet = Fleet::open(
+            config.data_dir.as_deref(),
+            clock.clone(),
             seed,
-            "scenario loaded"
-        );
-        telemetry.add(streams).await;
+            telemetry.clone(),
+            broker.handle(),
+            plugins.clone(),
+        )
+        .await?;
+        let provisioned = fleet.provision_scenario(&scenario.devices).await?;
+        tracing::info!(devices = fleet.len(), provisioned, seed, "fleet ready");
 
         let listener = TcpListener::bind(config.http)
             .await
@@ -186,6 +186,7 @@ impl Server {
             plugins: plugins.clone(),
             mqtt: broker.handle(),
             telemetry,
+            fleet,
         };
         let (http_stop, stop_rx) = oneshot::channel::<()>();
         let app = http::router(state);

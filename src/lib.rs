@@ -10,6 +10,8 @@
 //! - [`clock`]: simulated time (realtime, accelerated, manual); the only
 //!   reader of the wall clock.
 //! - [`scenario`]: the scenario file and the built-in demo.
+//! - [`fleet`]: devices, credentials, lifecycle, connectivity; the SQLite
+//!   store.
 //! - [`mqtt`]: the embedded broker behind a facade; topics.
 //! - [`http`]: the REST API.
 //! - [`telemetry`]: the fleet's scheduler, sensor calls, publishing.
@@ -20,6 +22,7 @@
 pub mod app;
 pub mod builtin;
 pub mod clock;
+pub mod fleet;
 pub mod http;
 pub mod mqtt;
 pub mod plugin;

@@ -2,6 +2,7 @@
 //! file per resource, errors as problem+json. Handlers only translate
 //! between HTTP and the modules' handles.
 
+mod devices;
 mod error;
 mod mqtt;
 mod plugins;
@@ -17,12 +18,15 @@ use utoipa::OpenApi;
 pub use error::{ApiError, Problem};
 
 use crate::clock::Clock;
+use crate::fleet::Fleet;
 use crate::mqtt::MqttHandle;
 use crate::plugin::PluginHost;
 use crate::telemetry::Telemetry;
 
 /// Largest plugin component accepted over HTTP.
 const MAX_PLUGIN_BYTES: usize = 64 << 20;
+/// Largest bulk-provisioning body (the template is small; this is slack).
+const MAX_BULK_BYTES: usize = 16 << 20;
 
 #[derive(Clone, Copy)]
 pub struct Addrs {
@@ -38,6 +42,7 @@ pub struct AppState {
     pub plugins: PluginHost,
     pub mqtt: MqttHandle,
     pub telemetry: Telemetry,
+    pub fleet: Fleet,
 }
 
 #[derive(OpenApi)]
@@ -56,6 +61,14 @@ pub struct AppState {
         plugins::plugins_update,
         plugins::plugins_destroy,
         mqtt::mqtt_publish,
+        devices::devices_create,
+        devices::devices_bulk_create,
+        devices::devices_index,
+        devices::devices_show,
+        devices::devices_update,
+        devices::devices_destroy,
+        devices::devices_rotate_credentials,
+        devices::devices_connectivity,
     ),
     components(schemas(Problem))
 )]
@@ -80,7 +93,29 @@ pub fn router(state: AppState) -> Router {
                 .delete(plugins::plugins_destroy)
                 .layer(DefaultBodyLimit::max(MAX_PLUGIN_BYTES)),
         )
-        .route("/mqtt/publish", post(mqtt::mqtt_publish));
+        .route("/mqtt/publish", post(mqtt::mqtt_publish))
+        .route(
+            "/devices",
+            post(devices::devices_create).get(devices::devices_index),
+        )
+        .route(
+            "/devices/bulk",
+            post(devices::devices_bulk_create).layer(DefaultBodyLimit::max(MAX_BULK_BYTES)),
+        )
+        .route(
+            "/devices/{id}",
+            get(devices::devices_show)
+                .patch(devices::devices_update)
+                .delete(devices::devices_destroy),
+        )
+        .route(
+            "/devices/{id}/credentials",
+            post(devices::devices_rotate_credentials),
+        )
+        .route(
+            "/devices/{id}/connectivity",
+            post(devices::devices_connectivity),
+        );
     Router::new()
         .nest("/api/v1", api)
         .route("/metrics", get(system::metrics_show))

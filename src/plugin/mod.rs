@@ -91,6 +91,9 @@ pub enum LoadError {
     BuiltIn { name: String },
     #[error("no plugin named {0:?} is loaded")]
     NotFound(String),
+    /// The same bytes were refused before; `detail` is why.
+    #[error("{detail}")]
+    Refused { detail: String },
     #[error("reading plugin file {path}: {source}")]
     Io {
         path: String,

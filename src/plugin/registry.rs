@@ -142,6 +142,9 @@ struct Health {
     last_error: Option<String>,
     last_error_at: Option<String>,
     failures: u64,
+    /// The bytes and source of the last refused load, so the same file
+    /// reported twice by the watcher is not compiled (and reported) twice.
+    refused: Option<(String, PluginSource)>,
 }
 
 pub(crate) struct Entry {
@@ -172,8 +175,9 @@ impl Entry {
         health.last_error_at = Some(crate::clock::wall_rfc3339());
     }
 
-    fn record_load_error(&self, error: &str) {
+    fn record_load_error(&self, error: &str, refused: (String, PluginSource)) {
         let mut health = self.health.lock().unwrap();
+        health.refused = Some(refused);
         health.last_error = Some(error.to_string());
         health.last_error_at = Some(crate::clock::wall_rfc3339());
     }
@@ -291,6 +295,14 @@ impl Registry {
         {
             return Ok(entry.info());
         }
+        {
+            let health = entry.health.lock().unwrap();
+            if health.refused.as_ref() == Some(&(hash.clone(), source.clone())) {
+                return Err(LoadError::Refused {
+                    detail: health.last_error.clone().unwrap_or_default(),
+                });
+            }
+        }
         let started = std::time::Instant::now();
         match self.prepare(name, &bytes, entry.current().map(|v| v.world())) {
             Ok(prepared) => {
@@ -311,12 +323,14 @@ impl Registry {
                     "plugin loaded"
                 );
                 *entry.current.write().unwrap() = Some(version);
-                entry.health.lock().unwrap().status_unhealthy = false;
+                let mut health = entry.health.lock().unwrap();
+                health.status_unhealthy = false;
+                health.refused = None;
                 Ok(entry.info())
             }
             Err(error) => {
                 tracing::warn!(plugin = name, %error, "plugin load refused; the previous version keeps serving");
-                entry.record_load_error(&error.to_string());
+                entry.record_load_error(&error.to_string(), (hash, source));
                 Err(error)
             }
         }

@@ -6,6 +6,7 @@
 //! state and random stream. It does not own devices (the fleet does) nor
 //! run plugins (the plugin host does).
 
+mod presence;
 mod reading;
 mod scheduler;
 
@@ -15,8 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
+pub use presence::Presence;
 pub use reading::Reading;
-pub use scheduler::StreamSpec;
+pub use scheduler::{OfflineBuffer, OverflowPolicy, StreamSpec};
 
 use crate::clock::Clock;
 use crate::mqtt::MqttHandle;
@@ -38,6 +40,12 @@ pub struct TelemetryStats {
     /// Readings whose value was not a finite number.
     pub invalid_values: AtomicU64,
     pub plugin_calls: AtomicU64,
+    /// Readings waiting in offline buffers now.
+    pub buffered: AtomicU64,
+    /// Readings an offline buffer had no room for (by its policy).
+    pub buffer_dropped: AtomicU64,
+    /// Buffered readings thrown away because their device was removed.
+    pub buffer_discarded: AtomicU64,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -48,6 +56,9 @@ pub struct TelemetryCounters {
     pub sample_failed: u64,
     pub invalid_values: u64,
     pub plugin_calls: u64,
+    pub buffered: u64,
+    pub buffer_dropped: u64,
+    pub buffer_discarded: u64,
     /// Simulated time up to which every due reading has been produced.
     pub produced_until: i64,
 }
@@ -55,6 +66,8 @@ pub struct TelemetryCounters {
 enum Control {
     Add(Vec<StreamSpec>),
     RemoveDevice(String),
+    /// A device came back online: publish what it buffered.
+    Flush,
 }
 
 /// A handle on the telemetry scheduler; cheap to clone.
@@ -104,6 +117,12 @@ impl Telemetry {
             .await;
     }
 
+    /// Tells the scheduler a device is back online, so its buffered
+    /// readings go out now rather than at the next due reading.
+    pub async fn flush(&self) {
+        let _ = self.control.send(Control::Flush).await;
+    }
+
     /// Waits until every reading due at or before `t` has been published.
     pub async fn wait_produced(&self, t: i64) {
         let mut progress = self.progress.clone();
@@ -119,6 +138,9 @@ impl Telemetry {
             sample_failed: s.sample_failed.load(Ordering::Relaxed),
             invalid_values: s.invalid_values.load(Ordering::Relaxed),
             plugin_calls: s.plugin_calls.load(Ordering::Relaxed),
+            buffered: s.buffered.load(Ordering::Relaxed),
+            buffer_dropped: s.buffer_dropped.load(Ordering::Relaxed),
+            buffer_discarded: s.buffer_discarded.load(Ordering::Relaxed),
             produced_until: *self.progress.borrow(),
         }
     }

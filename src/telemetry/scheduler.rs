@@ -4,13 +4,14 @@
 //! config) into batched plugin calls, and published in timestamp order.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 
+use super::presence::Presence;
 use super::{Control, Reading, TelemetryStats};
 use crate::clock::{Clock, ClockMode};
 use crate::mqtt::{MqttHandle, Qos, topics};
@@ -27,6 +28,41 @@ pub struct StreamSpec {
     pub device: String,
     pub sensor: SensorSpec,
     pub shared: Arc<SharedState>,
+    pub presence: Arc<Presence>,
+    pub buffer: OfflineBuffer,
+}
+
+/// What happens to readings while a device is offline: they wait in a
+/// bounded buffer and are published in order when it is back.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, utoipa::ToSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct OfflineBuffer {
+    /// Readings kept per sensor (default 1,000).
+    pub capacity: usize,
+    /// Which reading gives way when the buffer is full.
+    pub policy: OverflowPolicy,
+}
+
+impl Default for OfflineBuffer {
+    fn default() -> Self {
+        Self {
+            capacity: 1000,
+            policy: OverflowPolicy::DropOldest,
+        }
+    }
+}
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum OverflowPolicy {
+    /// Keep the newest readings.
+    DropOldest,
+    /// Keep the oldest readings; new ones are dropped.
+    DropNewest,
 }
 
 struct Stream {
@@ -39,6 +75,9 @@ struct Stream {
     state: Vec<f64>,
     rng: DeviceRng,
     shared: Arc<SharedState>,
+    presence: Arc<Presence>,
+    buffer_policy: OfflineBuffer,
+    buffered: VecDeque<Reading>,
     generation: u64,
 }
 
@@ -105,6 +144,9 @@ impl Scheduler {
                 _ = wait(&self.clock, manual.as_mut(), next_due) => {}
             }
             let now = self.clock.now_ms();
+            if self.stats.buffered.load(Ordering::Relaxed) > 0 {
+                self.flush_online(now).await;
+            }
             self.produce(now).await;
             self.progress.send_replace(now);
         }
@@ -118,8 +160,17 @@ impl Scheduler {
                     self.add(spec, now);
                 }
             }
+            Control::Flush => {}
             Control::RemoveDevice(device) => {
                 for idx in self.by_device.remove(device.as_str()).unwrap_or_default() {
+                    if let Some(stream) = &self.streams[idx] {
+                        self.stats
+                            .buffered
+                            .fetch_sub(stream.buffered.len() as u64, Ordering::Relaxed);
+                        self.stats
+                            .buffer_discarded
+                            .fetch_add(stream.buffered.len() as u64, Ordering::Relaxed);
+                    }
                     self.streams[idx] = None;
                     self.free.push(idx);
                     self.stream_count.fetch_sub(1, Ordering::Relaxed);
@@ -156,6 +207,9 @@ impl Scheduler {
             state: Vec::new(),
             rng,
             shared: spec.shared,
+            presence: spec.presence,
+            buffer_policy: spec.buffer,
+            buffered: VecDeque::new(),
             generation: self.next_generation,
         };
         let idx = match self.free.pop() {
@@ -220,19 +274,69 @@ impl Scheduler {
             }
         }
         readings.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-        for (_, idx, reading) in readings {
-            self.payload.clear();
-            reading.write_json(&mut self.payload);
-            let topic = &self.streams[idx].as_ref().expect("live stream").topic;
-            self.mqtt
-                .publish(
-                    topic,
-                    bytes::Bytes::copy_from_slice(self.payload.as_bytes()),
-                    Qos::AtMostOnce,
-                    false,
-                )
-                .await;
-            self.stats.published.fetch_add(1, Ordering::Relaxed);
+        for (ts, idx, reading) in readings {
+            let stream = self.streams[idx].as_mut().expect("live stream");
+            if stream.presence.online_at(ts) {
+                self.publish(idx, &reading).await;
+            } else {
+                self.buffer(idx, reading);
+            }
+        }
+    }
+
+    async fn publish(&mut self, idx: usize, reading: &Reading) {
+        self.payload.clear();
+        reading.write_json(&mut self.payload);
+        let topic = &self.streams[idx].as_ref().expect("live stream").topic;
+        let payload = bytes::Bytes::copy_from_slice(self.payload.as_bytes());
+        self.mqtt
+            .publish(topic, payload, Qos::AtMostOnce, false)
+            .await;
+        self.stats.published.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn buffer(&mut self, idx: usize, reading: Reading) {
+        let stream = self.streams[idx].as_mut().expect("live stream");
+        let policy = stream.buffer_policy;
+        if stream.buffered.len() >= policy.capacity {
+            self.stats.buffer_dropped.fetch_add(1, Ordering::Relaxed);
+            match policy.policy {
+                OverflowPolicy::DropNewest => return,
+                OverflowPolicy::DropOldest => {
+                    if stream.buffered.pop_front().is_none() {
+                        return; // capacity 0: nothing is kept
+                    }
+                    self.stats.buffered.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        }
+        stream.buffered.push_back(reading);
+        self.stats.buffered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Publishes what every online device buffered while it was away, in
+    /// timestamp order.
+    async fn flush_online(&mut self, now: i64) {
+        let mut pending: Vec<(i64, usize, Reading)> = Vec::new();
+        for (idx, slot) in self.streams.iter_mut().enumerate() {
+            if let Some(stream) = slot
+                && !stream.buffered.is_empty()
+                && stream.presence.online_at(now)
+            {
+                for reading in stream.buffered.drain(..) {
+                    pending.push((reading.ts, idx, reading));
+                }
+            }
+        }
+        if pending.is_empty() {
+            return;
+        }
+        self.stats
+            .buffered
+            .fetch_sub(pending.len() as u64, Ordering::Relaxed);
+        pending.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        for (_, idx, reading) in pending {
+            self.publish(idx, &reading).await;
         }
     }
 

@@ -4,6 +4,7 @@
 mod support;
 
 mod api;
+mod fleet;
 mod plugins;
 mod process;
 mod telemetry;

@@ -1,0 +1,735 @@
+//! The device fleet: identities, credentials, lifecycle and connectivity,
+//! kept in memory for fast reads and written through to the durable store
+//! before any change is acknowledged.
+//!
+//! It owns the device records and decides which simulated devices stream
+//! (it hands their sensors to telemetry). It does not produce readings and
+//! does not run the broker; the broker asks it about credentials.
+
+pub mod credentials;
+pub mod model;
+mod store;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+pub use model::*;
+pub use store::StoreError;
+
+use crate::clock::{Clock, rfc3339_ms};
+use crate::mqtt::{MqttHandle, Qos, topics};
+use crate::plugin::{PluginHost, SharedState, World};
+use crate::random::DeviceRng;
+use crate::scenario::{SensorSpec, check_sensor, expand_pattern, validate_device_id};
+use crate::telemetry::{OfflineBuffer, Presence, StreamSpec, Telemetry};
+use credentials::{SecretHash, new_secret};
+use store::Store;
+
+/// Most devices one bulk call creates.
+pub const MAX_BULK: u32 = 1_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("no device {0:?}")]
+    NotFound(String),
+    #[error("device {0:?} already exists; pick another id or PATCH the existing device")]
+    Duplicate(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A device in memory: its record, secret, and live connectivity.
+struct Entry {
+    device: Mutex<Arc<Device>>,
+    secret: Mutex<SecretHash>,
+    presence: Arc<Presence>,
+    shared: Arc<SharedState>,
+    connect_count: AtomicU64,
+    /// Simulated ms; i64::MIN when never seen.
+    last_seen: AtomicI64,
+}
+
+impl Entry {
+    fn device(&self) -> Arc<Device> {
+        self.device.lock().unwrap().clone()
+    }
+}
+
+/// A handle on the fleet; cheap to clone.
+#[derive(Clone)]
+pub struct Fleet(Arc<Inner>);
+
+struct Inner {
+    // A std lock: held for map operations only, never across an await.
+    devices: RwLock<BTreeMap<String, Arc<Entry>>>,
+    store: Store,
+    clock: Clock,
+    seed: u64,
+    telemetry: Telemetry,
+    mqtt: MqttHandle,
+    plugins: PluginHost,
+}
+
+impl Fleet {
+    /// Opens the store and brings every stored device back: simulated
+    /// devices in service resume streaming.
+    pub async fn open(
+        data_dir: Option<&std::path::Path>,
+        clock: Clock,
+        seed: u64,
+        telemetry: Telemetry,
+        mqtt: MqttHandle,
+        plugins: PluginHost,
+    ) -> Result<Self, FleetError> {
+        let store = Store::open(data_dir)?;
+        let stored = store.load_all()?;
+        let fleet = Fleet(Arc::new(Inner {
+            devices: RwLock::default(),
+            store,
+            clock,
+            seed,
+            telemetry,
+            mqtt,
+            plugins,
+        }));
+        let count = stored.len();
+        let mut streams = Vec::new();
+        for (device, secret) in stored {
+            let entry = fleet.install(device, secret);
+            streams.extend(fleet.streams_of(&entry));
+            fleet.announce(&entry).await;
+        }
+        fleet.0.telemetry.add(streams).await;
+        if count > 0 {
+            tracing::info!(devices = count, "fleet restored from the store");
+        }
+        Ok(fleet)
+    }
+
+    fn install(&self, device: Device, secret: SecretHash) -> Arc<Entry> {
+        let online = device.simulated && device.state == Lifecycle::Active;
+        let entry = Arc::new(Entry {
+            presence: Arc::new(Presence::new(online)),
+            shared: Arc::new(SharedState::default()),
+            device: Mutex::new(Arc::new(device)),
+            secret: Mutex::new(secret),
+            connect_count: AtomicU64::new(0),
+            last_seen: AtomicI64::new(i64::MIN),
+        });
+        let id = entry.device().id.clone();
+        self.0.devices.write().unwrap().insert(id, entry.clone());
+        entry
+    }
+
+    /// The telemetry streams of a device that should stream now.
+    fn streams_of(&self, entry: &Arc<Entry>) -> Vec<StreamSpec> {
+        let device = entry.device();
+        if !device.simulated || device.state != Lifecycle::Active {
+            return Vec::new();
+        }
+        device
+            .sensors
+            .iter()
+            .map(|sensor| StreamSpec {
+                device: device.id.clone(),
+                sensor: sensor.clone(),
+                shared: entry.shared.clone(),
+                presence: entry.presence.clone(),
+                buffer: OfflineBuffer::default(),
+            })
+            .collect()
+    }
+
+    /// Publishes a simulated device's status (retained).
+    async fn announce(&self, entry: &Entry) {
+        let device = entry.device();
+        if device.simulated {
+            let online = entry.presence.online_at(self.0.clock.now_ms());
+            self.publish_status(&device.id, online).await;
+        }
+    }
+
+    async fn publish_status(&self, id: &str, online: bool) {
+        let payload: &'static [u8] = if online { b"online" } else { b"offline" };
+        self.0
+            .mqtt
+            .publish(&topics::status(id), payload, Qos::AtLeastOnce, true)
+            .await;
+    }
+
+    fn entry(&self, id: &str) -> Result<Arc<Entry>, FleetError> {
+        self.0
+            .devices
+            .read()
+            .unwrap()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| FleetError::NotFound(id.to_string()))
+    }
+
+    /// Checks a template's sensors and handler against the loaded plugins.
+    fn check_template(&self, t: &DeviceTemplate) -> Result<(), FleetError> {
+        for (i, sensor) in t.sensors.iter().enumerate() {
+            check_sensor(sensor).map_err(|e| FleetError::Invalid(format!("sensors[{i}]: {e}")))?;
+            self.check_plugin(
+                &sensor.plugin,
+                World::Sensor,
+                &format!("sensors[{i}].plugin"),
+            )?;
+        }
+        let mut names: Vec<&str> = t.sensors.iter().map(SensorSpec::sensor_name).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(FleetError::Invalid(format!(
+                "sensors: two sensors are named {:?}; give one a `name`",
+                w[0]
+            )));
+        }
+        if let Some(handler) = &t.command_handler {
+            self.check_plugin(handler, World::CommandHandler, "command_handler")?;
+        }
+        for tag in &t.tags {
+            if tag.is_empty() || tag.len() > 64 {
+                return Err(FleetError::Invalid(format!(
+                    "tags: {tag:?} must be 1 to 64 characters"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_plugin(&self, name: &str, world: World, field: &str) -> Result<(), FleetError> {
+        match self.0.plugins.info(name).and_then(|i| i.world) {
+            Some(w) if w == world => Ok(()),
+            Some(w) => Err(FleetError::Invalid(format!(
+                "{field}: plugin {name:?} is a {w} plugin, not a {world}"
+            ))),
+            None => {
+                let loaded: Vec<String> = self
+                    .0
+                    .plugins
+                    .list()
+                    .into_iter()
+                    .filter(|p| p.world == Some(world))
+                    .map(|p| p.name)
+                    .collect();
+                Err(FleetError::Invalid(format!(
+                    "{field}: no {world} plugin named {name:?} is loaded (loaded: {})",
+                    if loaded.is_empty() {
+                        "none".to_string()
+                    } else {
+                        loaded.join(", ")
+                    }
+                )))
+            }
+        }
+    }
+
+    fn build(&self, id: String, t: &DeviceTemplate, shared: &SharedParts) -> Device {
+        let now = self.0.clock.now_ms();
+        Device {
+            id,
+            kind: t.kind.clone(),
+            tags: shared.tags.clone(),
+            group: t.group.clone(),
+            metadata: shared.metadata.clone(),
+            sensors: shared.sensors.clone(),
+            command_handler: t.command_handler.clone(),
+            simulated: t.simulated,
+            state: if t.simulated {
+                Lifecycle::Active
+            } else {
+                Lifecycle::Provisioned
+            },
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// Creates one device; the answer carries its credentials, shown once.
+    pub async fn create(
+        &self,
+        id: String,
+        template: DeviceTemplate,
+    ) -> Result<DeviceView, FleetError> {
+        validate_device_id(&id).map_err(FleetError::Invalid)?;
+        self.check_template(&template)?;
+        let shared = SharedParts::of(&template);
+        let device = self.build(id, &template, &shared);
+        let mut created = self.insert(vec![device]).await?;
+        Ok(created.remove(0))
+    }
+
+    /// Creates `count` devices from a pattern and a template, in one
+    /// transaction: all or none.
+    pub async fn create_bulk(&self, request: BulkCreate) -> Result<BulkCreated, FleetError> {
+        if request.count == 0 || request.count > MAX_BULK {
+            return Err(FleetError::Invalid(format!(
+                "count must be 1 to {MAX_BULK}, got {}",
+                request.count
+            )));
+        }
+        self.check_template(&request.template)?;
+        let ids = expand_pattern(
+            &request.id_pattern,
+            request.first.unwrap_or(1),
+            request.count,
+        )
+        .map_err(FleetError::Invalid)?;
+        let mut seen = std::collections::HashSet::with_capacity(ids.len());
+        for id in &ids {
+            validate_device_id(id).map_err(FleetError::Invalid)?;
+            if !seen.insert(id.as_str()) {
+                return Err(FleetError::Invalid(format!(
+                    "id_pattern {:?} makes the id {id:?} twice; widen the {{n:0W}} width",
+                    request.id_pattern
+                )));
+            }
+        }
+        drop(seen);
+        let shared = SharedParts::of(&request.template);
+        let devices = ids
+            .into_iter()
+            .map(|id| self.build(id, &request.template, &shared))
+            .collect();
+        let created = self.insert(devices).await?;
+        Ok(BulkCreated {
+            created: created.len(),
+            devices: created
+                .into_iter()
+                .map(|v| CreatedDevice {
+                    id: v.id,
+                    credentials: v.credentials.expect("new device"),
+                })
+                .collect(),
+        })
+    }
+
+    /// Stores new devices (all or none), then brings them to life.
+    async fn insert(&self, devices: Vec<Device>) -> Result<Vec<DeviceView>, FleetError> {
+        {
+            let map = self.0.devices.read().unwrap();
+            if let Some(d) = devices.iter().find(|d| map.contains_key(&d.id)) {
+                return Err(FleetError::Duplicate(d.id.clone()));
+            }
+        }
+        let rows: Vec<(Device, SecretHash, String)> = devices
+            .into_iter()
+            .map(|d| {
+                let (secret, hash) = new_secret();
+                (d, hash, secret)
+            })
+            .collect();
+        let fleet = self.clone();
+        let rows = tokio::task::spawn_blocking(move || {
+            let pairs: Vec<(Device, SecretHash)> = rows
+                .iter()
+                .map(|(d, h, _)| (d.clone(), h.clone()))
+                .collect();
+            match fleet.0.store.insert(&pairs)? {
+                Some(existing) => Err(FleetError::Duplicate(existing)),
+                None => Ok(rows),
+            }
+        })
+        .await
+        .expect("store task panicked")?;
+        let mut views = Vec::with_capacity(rows.len());
+        let mut streams = Vec::new();
+        for (device, hash, secret) in rows {
+            let id = device.id.clone();
+            let entry = self.install(device, hash);
+            streams.extend(self.streams_of(&entry));
+            self.announce(&entry).await;
+            let mut view = self.view(&entry);
+            view.credentials = Some(Credentials {
+                username: id,
+                password: secret,
+            });
+            views.push(view);
+        }
+        self.0.telemetry.add(streams).await;
+        Ok(views)
+    }
+
+    /// Provisions the scenario's devices that are not in the store yet.
+    pub async fn provision_scenario(
+        &self,
+        devices: &[crate::scenario::DeviceSpec],
+    ) -> Result<usize, FleetError> {
+        let mut new = Vec::new();
+        for spec in devices {
+            if self.0.devices.read().unwrap().contains_key(&spec.id) {
+                continue;
+            }
+            let template = DeviceTemplate {
+                kind: spec.kind.clone(),
+                tags: spec.tags.clone(),
+                group: spec.group.clone(),
+                sensors: spec.sensors.clone(),
+                ..DeviceTemplate {
+                    simulated: true,
+                    ..Default::default()
+                }
+            };
+            let shared = SharedParts::of(&template);
+            new.push(self.build(spec.id.clone(), &template, &shared));
+        }
+        let n = new.len();
+        if n > 0 {
+            self.insert(new).await?;
+        }
+        Ok(n)
+    }
+
+    pub fn get(&self, id: &str) -> Result<DeviceView, FleetError> {
+        Ok(self.view(&self.entry(id)?))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.devices.read().unwrap().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A page of devices matching `filter`, ordered by id.
+    pub fn list(&self, filter: &DeviceFilter) -> Result<DevicePage, FleetError> {
+        let limit = filter.limit.unwrap_or(100);
+        if !(1..=1000).contains(&limit) {
+            return Err(FleetError::Invalid(format!(
+                "limit must be 1 to 1000, got {limit}"
+            )));
+        }
+        let want_online = match filter.connectivity.as_deref() {
+            None => None,
+            Some("online") => Some(true),
+            Some("offline") => Some(false),
+            Some(other) => {
+                return Err(FleetError::Invalid(format!(
+                    "connectivity {other:?} is not valid: use online or offline"
+                )));
+            }
+        };
+        let now = self.0.clock.now_ms();
+        let entries: Vec<Arc<Entry>> = self.0.devices.read().unwrap().values().cloned().collect();
+        let mut total = 0;
+        let mut items = Vec::new();
+        let mut next_cursor = None;
+        for entry in entries {
+            let d = entry.device();
+            let matches = filter.tag.as_ref().is_none_or(|t| d.tags.contains(t))
+                && filter
+                    .group
+                    .as_ref()
+                    .is_none_or(|g| d.group.as_ref() == Some(g))
+                && filter.state.is_none_or(|s| d.state == s)
+                && filter
+                    .kind
+                    .as_ref()
+                    .is_none_or(|k| d.kind.as_ref() == Some(k))
+                && want_online.is_none_or(|o| entry.presence.online_at(now) == o);
+            if !matches {
+                continue;
+            }
+            total += 1;
+            let after_cursor = filter
+                .cursor
+                .as_ref()
+                .is_none_or(|c| d.id.as_str() > c.as_str());
+            if after_cursor {
+                if items.len() < limit {
+                    items.push(self.view(&entry));
+                } else if next_cursor.is_none() {
+                    next_cursor = items.last().map(|v: &DeviceView| v.id.clone());
+                }
+            }
+        }
+        Ok(DevicePage {
+            items,
+            next_cursor,
+            total,
+        })
+    }
+
+    /// Changes the fields given; a lifecycle change starts or stops the
+    /// device's telemetry.
+    pub async fn update(&self, id: &str, patch: PatchDevice) -> Result<DeviceView, FleetError> {
+        let entry = self.entry(id)?;
+        let old = entry.device();
+        let mut d = (*old).clone();
+        if let Some(kind) = patch.kind {
+            d.kind = Some(kind);
+        }
+        if let Some(tags) = patch.tags {
+            d.tags = Arc::new(tags);
+        }
+        if let Some(group) = patch.group {
+            d.group = Some(group);
+        }
+        if let Some(metadata) = patch.metadata {
+            d.metadata = Arc::new(metadata);
+        }
+        if let Some(sensors) = patch.sensors {
+            d.sensors = Arc::new(sensors);
+        }
+        if let Some(handler) = patch.command_handler {
+            d.command_handler = Some(handler);
+        }
+        if let Some(state) = patch.state {
+            if state == Lifecycle::Provisioned {
+                return Err(FleetError::Invalid(
+                    "state: a device cannot go back to provisioned; use active, suspended or decommissioned".into(),
+                ));
+            }
+            if old.state == Lifecycle::Decommissioned && state != Lifecycle::Decommissioned {
+                return Err(FleetError::Invalid(format!(
+                    "state: device {id:?} is decommissioned for good; provision a new device instead"
+                )));
+            }
+            d.state = state;
+        }
+        let template = DeviceTemplate {
+            kind: d.kind.clone(),
+            tags: (*d.tags).clone(),
+            group: d.group.clone(),
+            metadata: Default::default(),
+            sensors: (*d.sensors).clone(),
+            command_handler: d.command_handler.clone(),
+            simulated: d.simulated,
+        };
+        self.check_template(&template)?;
+        d.updated_at = self.0.clock.now_ms();
+        let stored = d.clone();
+        let fleet = self.clone();
+        tokio::task::spawn_blocking(move || fleet.0.store.update(&stored))
+            .await
+            .expect("store task panicked")?;
+        let restream = old.state != d.state || old.sensors != d.sensors;
+        let online_before = entry.presence.online_at(self.0.clock.now_ms());
+        *entry.device.lock().unwrap() = Arc::new(d.clone());
+        if restream {
+            self.0.telemetry.remove_device(id).await;
+            if d.simulated {
+                entry.presence.set(d.state == Lifecycle::Active);
+            }
+            self.0.telemetry.add(self.streams_of(&entry)).await;
+            if d.simulated && online_before != (d.state == Lifecycle::Active) {
+                self.publish_status(id, d.state == Lifecycle::Active).await;
+            }
+        }
+        Ok(self.view(&entry))
+    }
+
+    /// Removes a device and everything about it.
+    pub async fn delete(&self, id: &str) -> Result<(), FleetError> {
+        let entry = self.entry(id)?;
+        let key = id.to_string();
+        let fleet = self.clone();
+        tokio::task::spawn_blocking(move || fleet.0.store.delete(&key))
+            .await
+            .expect("store task panicked")?;
+        self.0.devices.write().unwrap().remove(id);
+        self.0.telemetry.remove_device(id).await;
+        if entry.device().simulated {
+            // Clear the retained status: the device is gone.
+            self.0
+                .mqtt
+                .publish(&topics::status(id), Vec::new(), Qos::AtLeastOnce, true)
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Issues a new secret; the old one stops working at once.
+    pub async fn rotate(&self, id: &str) -> Result<Credentials, FleetError> {
+        let entry = self.entry(id)?;
+        let (secret, hash) = new_secret();
+        let at = self.0.clock.now_ms();
+        let key = id.to_string();
+        let stored = hash.clone();
+        let fleet = self.clone();
+        tokio::task::spawn_blocking(move || fleet.0.store.set_secret(&key, &stored, at))
+            .await
+            .expect("store task panicked")?;
+        *entry.secret.lock().unwrap() = hash;
+        Ok(Credentials {
+            username: id.to_string(),
+            password: secret,
+        })
+    }
+
+    /// Takes a simulated device online, offline, or makes it flaky.
+    pub async fn set_connectivity(
+        &self,
+        id: &str,
+        request: ConnectivityRequest,
+    ) -> Result<DeviceView, FleetError> {
+        let entry = self.entry(id)?;
+        let device = entry.device();
+        if !device.simulated {
+            return Err(FleetError::Invalid(format!(
+                "device {id:?} is a real device: its MQTT connection decides its connectivity"
+            )));
+        }
+        if device.state != Lifecycle::Active {
+            return Err(FleetError::Invalid(format!(
+                "device {id:?} is {}; make it active first (PATCH state)",
+                device.state.as_str()
+            )));
+        }
+        let now = self.0.clock.now_ms();
+        let was_online = entry.presence.online_at(now);
+        match request.state {
+            ConnectivityMode::Online => entry.presence.set(true),
+            ConnectivityMode::Offline => entry.presence.set(false),
+            ConnectivityMode::Flaky => {
+                let rng = DeviceRng::derive(self.0.seed, id, "connectivity");
+                entry.presence.set_flaky(
+                    rng,
+                    now,
+                    request.mean_online_ms.unwrap_or(30_000),
+                    request.mean_offline_ms.unwrap_or(5_000),
+                );
+                self.spawn_flaky_watch(entry.clone(), id.to_string());
+            }
+        }
+        let online = entry.presence.online_at(now);
+        if online != was_online || request.state == ConnectivityMode::Online {
+            self.publish_status(id, online).await;
+        }
+        if online {
+            self.0.telemetry.flush().await;
+        }
+        Ok(self.view(&entry))
+    }
+
+    /// Publishes a flaky device's status at every flip until it is no
+    /// longer flaky or no longer in the fleet.
+    fn spawn_flaky_watch(&self, entry: Arc<Entry>, id: String) {
+        let fleet = self.clone();
+        tokio::spawn(async move {
+            while let Some(flip) = entry.presence.next_flip() {
+                fleet.0.clock.sleep_until(flip).await;
+                if !entry.presence.is_flaky() || fleet.entry(&id).is_err() {
+                    return;
+                }
+                let online = entry.presence.online_at(flip);
+                fleet.publish_status(&id, online).await;
+                if online {
+                    fleet.0.telemetry.flush().await;
+                }
+            }
+        });
+    }
+
+    /// Checks MQTT credentials: the username is the device id.
+    pub fn authenticate(&self, username: &str, password: &[u8]) -> AuthOutcome {
+        let Ok(entry) = self.entry(username) else {
+            return AuthOutcome::Unknown;
+        };
+        if !entry.secret.lock().unwrap().verify(password) {
+            return AuthOutcome::WrongSecret;
+        }
+        if !entry.device().state.may_connect() {
+            return AuthOutcome::NotAllowed;
+        }
+        AuthOutcome::Ok
+    }
+
+    /// A real device's MQTT connection opened.
+    pub async fn connected(&self, id: &str) {
+        let Ok(entry) = self.entry(id) else { return };
+        let device = entry.device();
+        entry.connect_count.fetch_add(1, Ordering::Relaxed);
+        entry
+            .last_seen
+            .store(self.0.clock.now_ms(), Ordering::Relaxed);
+        if device.simulated {
+            return;
+        }
+        entry.presence.set(true);
+        if device.state == Lifecycle::Provisioned {
+            let _ = self
+                .update(
+                    id,
+                    PatchDevice {
+                        state: Some(Lifecycle::Active),
+                        ..Default::default()
+                    },
+                )
+                .await;
+        }
+    }
+
+    /// A real device's MQTT connection closed.
+    pub async fn disconnected(&self, id: &str) {
+        let Ok(entry) = self.entry(id) else { return };
+        entry
+            .last_seen
+            .store(self.0.clock.now_ms(), Ordering::Relaxed);
+        if !entry.device().simulated {
+            entry.presence.set(false);
+        }
+    }
+
+    fn view(&self, entry: &Arc<Entry>) -> DeviceView {
+        let d = entry.device();
+        let online = entry.presence.online_at(self.0.clock.now_ms());
+        let last_seen = entry.last_seen.load(Ordering::Relaxed);
+        DeviceView {
+            id: d.id.clone(),
+            kind: d.kind.clone(),
+            tags: d.tags.clone(),
+            group: d.group.clone(),
+            metadata: d.metadata.clone(),
+            sensors: d.sensors.clone(),
+            command_handler: d.command_handler.clone(),
+            simulated: d.simulated,
+            state: d.state,
+            connectivity: ConnectivityView {
+                state: if online { "online" } else { "offline" },
+                mode: if d.simulated {
+                    entry.presence.mode()
+                } else {
+                    "mqtt"
+                },
+                last_seen: (last_seen != i64::MIN).then(|| rfc3339_ms(last_seen)),
+                connect_count: entry.connect_count.load(Ordering::Relaxed),
+            },
+            created_at: rfc3339_ms(d.created_at),
+            updated_at: rfc3339_ms(d.updated_at),
+            credentials: None,
+        }
+    }
+}
+
+/// The answer to a credential check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthOutcome {
+    Ok,
+    Unknown,
+    WrongSecret,
+    /// Suspended or decommissioned.
+    NotAllowed,
+}
+
+/// Parts of a template shared by every device made from it.
+struct SharedParts {
+    tags: Arc<Vec<String>>,
+    metadata: Arc<serde_json::Map<String, serde_json::Value>>,
+    sensors: Arc<Vec<SensorSpec>>,
+}
+
+impl SharedParts {
+    fn of(t: &DeviceTemplate) -> Self {
+        Self {
+            tags: Arc::new(t.tags.clone()),
+            metadata: Arc::new(t.metadata.clone()),
+            sensors: Arc::new(t.sensors.clone()),
+        }
+    }
+}

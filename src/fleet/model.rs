@@ -1,0 +1,277 @@
+//! The device model and the shapes the API reads and writes.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::scenario::SensorSpec;
+
+/// Where a device is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Lifecycle {
+    /// Created; a real device that has not connected yet.
+    Provisioned,
+    /// In service: simulated devices stream, real devices have connected.
+    Active,
+    /// Credentials refused, no telemetry; can be made active again.
+    Suspended,
+    /// Out of service for good: credentials refused, no telemetry.
+    Decommissioned,
+}
+
+impl Lifecycle {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lifecycle::Provisioned => "provisioned",
+            Lifecycle::Active => "active",
+            Lifecycle::Suspended => "suspended",
+            Lifecycle::Decommissioned => "decommissioned",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "provisioned" => Lifecycle::Provisioned,
+            "active" => Lifecycle::Active,
+            "suspended" => Lifecycle::Suspended,
+            "decommissioned" => Lifecycle::Decommissioned,
+            _ => return None,
+        })
+    }
+
+    /// Whether the device's credentials are accepted.
+    pub fn may_connect(self) -> bool {
+        matches!(self, Lifecycle::Provisioned | Lifecycle::Active)
+    }
+}
+
+/// A device's stored fields. Bulk-created devices share their template's
+/// tags, metadata and sensors (the `Arc`s), which keeps a large fleet small.
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub id: String,
+    pub kind: Option<String>,
+    pub tags: Arc<Vec<String>>,
+    pub group: Option<String>,
+    pub metadata: Arc<Map<String, Value>>,
+    pub sensors: Arc<Vec<SensorSpec>>,
+    pub command_handler: Option<String>,
+    pub simulated: bool,
+    pub state: Lifecycle,
+    /// Simulated time, ms.
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// What a device is made from: the body of `POST /devices` without the id,
+/// and the `template` of `POST /devices/bulk`.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceTemplate {
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub metadata: Map<String, Value>,
+    #[serde(default)]
+    pub sensors: Vec<SensorSpec>,
+    /// A command-handler plugin that answers for a simulated device.
+    #[serde(default)]
+    pub command_handler: Option<String>,
+    /// false: a real device that connects itself.
+    #[serde(default = "yes")]
+    pub simulated: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Body of `POST /devices`.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDevice {
+    pub id: String,
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub metadata: Map<String, Value>,
+    #[serde(default)]
+    pub sensors: Vec<SensorSpec>,
+    #[serde(default)]
+    pub command_handler: Option<String>,
+    #[serde(default = "yes")]
+    pub simulated: bool,
+}
+
+impl CreateDevice {
+    pub fn split(self) -> (String, DeviceTemplate) {
+        (
+            self.id,
+            DeviceTemplate {
+                kind: self.kind,
+                tags: self.tags,
+                group: self.group,
+                metadata: self.metadata,
+                sensors: self.sensors,
+                command_handler: self.command_handler,
+                simulated: self.simulated,
+            },
+        )
+    }
+}
+
+/// Body of `POST /devices/bulk`.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkCreate {
+    /// How many devices, 1 to 1,000,000.
+    pub count: u32,
+    /// Ids from a pattern with `{n}` or `{n:0W}`, e.g. `sensor-{n:05}`.
+    pub id_pattern: String,
+    /// The first n (default 1).
+    #[serde(default)]
+    pub first: Option<u32>,
+    #[serde(default)]
+    pub template: DeviceTemplate,
+}
+
+/// Body of `PATCH /devices/{id}`: fields given are replaced.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchDevice {
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub sensors: Option<Vec<SensorSpec>>,
+    #[serde(default)]
+    pub command_handler: Option<String>,
+    /// Lifecycle: `active`, `suspended` or `decommissioned`.
+    #[serde(default)]
+    pub state: Option<Lifecycle>,
+}
+
+/// A device's MQTT credentials: username is the device id.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Credentials {
+    pub username: String,
+    /// Shown only when created or rotated; only a salted hash is kept.
+    pub password: String,
+}
+
+/// Connectivity as the API shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ConnectivityView {
+    /// `online` or `offline`.
+    pub state: &'static str,
+    /// What a simulated device was told: `online`, `offline` or `flaky`;
+    /// `mqtt` for a real device (its connection decides).
+    pub mode: &'static str,
+    pub last_seen: Option<String>,
+    pub connect_count: u64,
+}
+
+/// A device as the API shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct DeviceView {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    #[schema(value_type = Vec<String>)]
+    pub tags: Arc<Vec<String>>,
+    pub group: Option<String>,
+    #[schema(value_type = Object)]
+    pub metadata: Arc<Map<String, Value>>,
+    #[schema(value_type = Vec<SensorSpec>)]
+    pub sensors: Arc<Vec<SensorSpec>>,
+    pub command_handler: Option<String>,
+    pub simulated: bool,
+    pub state: Lifecycle,
+    pub connectivity: ConnectivityView,
+    pub created_at: String,
+    pub updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<Credentials>,
+}
+
+/// Body of `POST /devices/{id}/connectivity`.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectivityRequest {
+    pub state: ConnectivityMode,
+    /// flaky: mean length of an online spell, simulated ms (default 30,000).
+    #[serde(default)]
+    pub mean_online_ms: Option<u64>,
+    /// flaky: mean length of an offline spell, simulated ms (default 5,000).
+    #[serde(default)]
+    pub mean_offline_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectivityMode {
+    Online,
+    Offline,
+    Flaky,
+}
+
+/// Filters of `GET /devices`.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceFilter {
+    /// Devices carrying this tag.
+    pub tag: Option<String>,
+    pub group: Option<String>,
+    /// Lifecycle state.
+    pub state: Option<Lifecycle>,
+    /// `online` or `offline`.
+    pub connectivity: Option<String>,
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    pub kind: Option<String>,
+    /// Page size, 1 to 1,000 (default 100).
+    pub limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A page of `GET /devices`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct DevicePage {
+    pub items: Vec<DeviceView>,
+    /// Pass as `cursor` for the next page; null on the last.
+    pub next_cursor: Option<String>,
+    /// Devices matching the filter, over all pages.
+    pub total: usize,
+}
+
+/// One entry of the bulk answer.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct CreatedDevice {
+    pub id: String,
+    pub credentials: Credentials,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct BulkCreated {
+    pub created: usize,
+    pub devices: Vec<CreatedDevice>,
+}
