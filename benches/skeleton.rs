@@ -753,7 +753,10 @@ fn start_once(binary: &Path, timeout: Duration) -> Result<(Duration, Duration), 
         if tail.is_empty() {
             "(stderr empty)".to_string()
         } else {
-            format!("stderr ends with:\n    {}", Vec::from(tail.clone()).join("\n    "))
+            format!(
+                "stderr ends with:\n    {}",
+                Vec::from(tail.clone()).join("\n    ")
+            )
         }
     };
 
@@ -885,7 +888,12 @@ impl Report {
                 }
             }
             Err(e) => {
-                rows.push(["sensor samples".into(), "ERROR".into(), "-".into(), "ERROR".into()]);
+                rows.push([
+                    "sensor samples".into(),
+                    "ERROR".into(),
+                    "-".into(),
+                    "ERROR".into(),
+                ]);
                 notes.push(format!("sampling failed: {e}"));
             }
         }
@@ -916,7 +924,12 @@ impl Report {
                 }
             }
             Err(e) => {
-                rows.push(["hot reload".into(), "ERROR".into(), "-".into(), "ERROR".into()]);
+                rows.push([
+                    "hot reload".into(),
+                    "ERROR".into(),
+                    "-".into(),
+                    "ERROR".into(),
+                ]);
                 notes.push(format!("hot reload failed: {e}"));
             }
         }
@@ -1041,9 +1054,8 @@ impl Report {
             Ok(s) => {
                 let mut v = s.json();
                 v["target_ms"] = json!(TARGET_READY_MS);
-                v["pass"] = json!(
-                    ms(s.ready.iter().copied().max().unwrap_or_default()) < TARGET_READY_MS
-                );
+                v["pass"] =
+                    json!(ms(s.ready.iter().copied().max().unwrap_or_default()) < TARGET_READY_MS);
                 v
             }
             Err(e) => json!({ "error": e }),

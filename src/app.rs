@@ -40,6 +40,16 @@ pub struct Config {
     pub seed: Option<u64>,
     pub clock: ClockMode,
     pub plugin_limits: PluginLimits,
+    /// Messages kept in the MQTT journal.
+    pub journal_capacity: usize,
+    /// Who may connect to the broker; `None` allows everyone.
+    pub mqtt_authorizer: Option<std::sync::Arc<dyn crate::mqtt::Authorizer>>,
+}
+
+impl std::fmt::Debug for dyn crate::mqtt::Authorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Authorizer")
+    }
 }
 
 impl Config {
@@ -54,6 +64,8 @@ impl Config {
             seed: None,
             clock: ClockMode::Realtime,
             plugin_limits: PluginLimits::default(),
+            journal_capacity: crate::mqtt::DEFAULT_JOURNAL_CAPACITY,
+            mqtt_authorizer: None,
         }
     }
 }
@@ -126,7 +138,11 @@ impl Server {
             None => None,
         };
 
-        let broker = Broker::start(&MqttConfig::new(config.mqtt)).await?;
+        let mut mqtt_config = MqttConfig::new(config.mqtt);
+        mqtt_config.journal_capacity = config.journal_capacity;
+        mqtt_config.storage_dir = config.data_dir.as_ref().map(|d| d.join("mqtt"));
+        mqtt_config.authorizer = config.mqtt_authorizer.clone();
+        let broker = Broker::start(&mqtt_config, clock.clone()).await?;
         let telemetry = Telemetry::start(clock.clone(), plugins.clone(), broker.handle(), seed);
 
         let mut streams = Vec::new();

@@ -10,12 +10,15 @@
 //! - [`clock`]: simulated time (realtime, accelerated, manual); the only
 //!   reader of the wall clock.
 //! - [`scenario`]: the scenario file and the built-in demo.
-//! - [`mqtt`]: the embedded broker behind a facade; topics.
+//! - [`mqtt`]: the embedded broker behind a facade: topics, journal,
+//!   clients, auth hook, outages.
 //! - [`http`]: the REST API.
 //! - [`telemetry`]: the fleet's scheduler, sensor calls, publishing.
 //! - [`plugin`]: the wasmtime host, the registry with hot reload, the
 //!   folder watcher.
 //! - [`random`]: the seeded per-device random streams.
+//! - [`verify`]: count expectations and JSON subset matching, shared by
+//!   the journals' verify calls.
 
 pub mod app;
 pub mod builtin;
@@ -26,6 +29,7 @@ pub mod plugin;
 pub mod random;
 pub mod scenario;
 pub mod telemetry;
+pub mod verify;
 
 pub use app::{Config, ScenarioChoice, Server, StartError};
 pub use clock::ClockMode;

@@ -50,6 +50,10 @@ struct ServeArgs {
     /// realtime, manual, or xN (N times faster than real time).
     #[arg(long, default_value = "realtime")]
     clock: ClockMode,
+    /// Recent MQTT messages kept for GET /api/v1/mqtt/messages and verify;
+    /// older ones are evicted and counted.
+    #[arg(long, default_value_t = iotmock::mqtt::DEFAULT_JOURNAL_CAPACITY)]
+    journal_capacity: usize,
 }
 
 fn main() -> ExitCode {
@@ -98,6 +102,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         scenario,
         seed: args.seed,
         clock: args.clock,
+        journal_capacity: args.journal_capacity,
         ..Config::ephemeral()
     };
     let server = Server::start(config).await.context("starting iotmock")?;

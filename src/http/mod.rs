@@ -56,6 +56,11 @@ pub struct AppState {
         plugins::plugins_update,
         plugins::plugins_destroy,
         mqtt::mqtt_publish,
+        mqtt::mqtt_messages,
+        mqtt::mqtt_verify,
+        mqtt::mqtt_clients,
+        mqtt::mqtt_status,
+        mqtt::mqtt_outage,
     ),
     components(schemas(Problem))
 )]
@@ -80,7 +85,12 @@ pub fn router(state: AppState) -> Router {
                 .delete(plugins::plugins_destroy)
                 .layer(DefaultBodyLimit::max(MAX_PLUGIN_BYTES)),
         )
-        .route("/mqtt/publish", post(mqtt::mqtt_publish));
+        .route("/mqtt/publish", post(mqtt::mqtt_publish))
+        .route("/mqtt/messages", get(mqtt::mqtt_messages))
+        .route("/mqtt/verify", post(mqtt::mqtt_verify))
+        .route("/mqtt/clients", get(mqtt::mqtt_clients))
+        .route("/mqtt/status", get(mqtt::mqtt_status))
+        .route("/mqtt/outage", post(mqtt::mqtt_outage));
     Router::new()
         .nest("/api/v1", api)
         .route("/metrics", get(system::metrics_show))
