@@ -234,6 +234,11 @@ impl Server {
         self.addrs.mqtt
     }
 
+    /// The broker's in-process handle: publish, journal, clients, events.
+    pub fn mqtt(&self) -> crate::mqtt::MqttHandle {
+        self.broker.handle()
+    }
+
     pub fn seed(&self) -> u64 {
         self.seed
     }

@@ -4,6 +4,8 @@
 mod support;
 
 mod api;
+mod broker;
+mod mosquitto;
 mod plugins;
 mod process;
 mod telemetry;
