@@ -726,7 +726,7 @@ async fn outage_disconnects_refuses_and_comes_back_with_sessions_and_retained() 
         .post("/api/v1/mqtt/outage", json!({"duration_ms": 10}))
         .await;
     assert_eq!(status, 409);
-    assert!(c.error().await.len() > 0);
+    assert!(!c.error().await.is_empty());
     match tokio::time::timeout(WAIT, events.recv())
         .await
         .unwrap()
