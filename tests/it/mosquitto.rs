@@ -322,6 +322,9 @@ async fn mosquitto_reconnects_after_an_outage_and_resumes() {
             json!({"topic":"mo/a","payload":"before","qos":1}),
         )
         .await;
+    // Let the PUBACK of "before" land: a QoS 1 message still unacknowledged
+    // at the outage is (rightly) redelivered on resume.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let (status, _) = server
         .post("/api/v1/mqtt/outage", json!({"duration_ms": 1000}))
         .await;
