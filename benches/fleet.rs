@@ -25,7 +25,10 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn main() {
     let quick = std::env::var("IOTMOCK_BENCH_QUICK").is_ok_and(|v| v == "1");
     let count: u32 = if quick { 2_000 } else { 100_000 };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async move {
         let server = Server::start(Config::ephemeral()).await.expect("server starts");
         let base = format!("http://{}/api/v1", server.http_addr());

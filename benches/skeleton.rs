@@ -28,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 use iotmock::plugin::{CallContext, DeviceSlot, PluginHost, PluginLimits, SampleRequest};
 use iotmock::random::DeviceRng;
 use iotmock::{ClockMode, Config, ScenarioChoice, Server};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -49,6 +49,7 @@ const RELOAD_PLUGIN: &str = "probe";
 const START_TS: i64 = 1_735_689_600_000;
 
 /// How much of each part to run.
+#[derive(Debug, Clone)]
 struct Plan {
     quick: bool,
     /// Measured time per sampling mode.
@@ -67,6 +68,9 @@ struct Plan {
     starts: usize,
     /// Longest wait for the ready line, and for the exit after SIGTERM.
     process_timeout: Duration,
+    /// Longest any one part may take in all; past it the part is reported
+    /// as hung and the benchmark ends anyway.
+    part_limit: Duration,
 }
 
 impl Plan {
@@ -84,6 +88,7 @@ impl Plan {
                 reload_timeout: Duration::from_secs(5),
                 starts: 1,
                 process_timeout: Duration::from_secs(10),
+                part_limit: Duration::from_secs(60),
             }
         } else {
             Self {
@@ -96,6 +101,7 @@ impl Plan {
                 reload_timeout: Duration::from_secs(5),
                 starts: 5,
                 process_timeout: Duration::from_secs(10),
+                part_limit: Duration::from_secs(180),
             }
         }
     }
@@ -110,11 +116,11 @@ fn main() {
     );
 
     eprintln!("part 1: sensor samples through the plugin host (1 worker)...");
-    let sampling = bench_sampling(&plan);
+    let sampling = bounded(&plan, bench_sampling);
     eprintln!("part 2: hot reload in an in-process server...");
-    let reload = bench_reload(&plan);
+    let reload = bounded(&plan, bench_reload);
     eprintln!("part 3: start to ready of the iotmock binary...");
-    let ready = bench_ready(&plan);
+    let ready = bounded(&plan, bench_ready);
 
     let report = Report {
         quick: plan.quick,
@@ -124,8 +130,34 @@ fn main() {
     };
     report.print_table();
     println!("JSON: {}", report.json());
-    if report.failed() {
-        std::process::exit(1);
+    // Exiting also ends the threads of a part that hung.
+    std::process::exit(if report.failed() { 1 } else { 0 });
+}
+
+/// Runs one part on its own thread and gives up on it after
+/// `plan.part_limit`, so that a hang in the library (a deadlock, a call
+/// that never answers) is reported instead of stopping the benchmark.
+fn bounded<T: Send + 'static>(
+    plan: &Plan,
+    part: fn(&Plan) -> Result<T, String>,
+) -> Result<T, String> {
+    let (tx, rx) = std_mpsc::channel();
+    let thread_plan = plan.clone();
+    std::thread::Builder::new()
+        .name("bench-part".into())
+        .spawn(move || {
+            let _ = tx.send(part(&thread_plan));
+        })
+        .map_err(|e| format!("spawning the part's thread: {e}"))?;
+    match rx.recv_timeout(plan.part_limit) {
+        Ok(result) => result,
+        Err(std_mpsc::RecvTimeoutError::Timeout) => Err(format!(
+            "did not finish within {:?}: something hangs (a deadlock or a call that never answers?)",
+            plan.part_limit
+        )),
+        Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+            Err("panicked (see the message above)".into())
+        }
     }
 }
 
@@ -274,17 +306,28 @@ fn run_sampling(
     })
 }
 
-/// User plus system CPU time of this process, all threads (Linux only).
+/// CPU time of this process, all threads (Linux only): the sum of the live
+/// threads' scheduler times in ns, else user plus system time in ticks.
 fn process_cpu_time() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name (which is in parentheses and may hold
-    // spaces): state is field 3, utime 14, stime 15, in clock ticks.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    // USER_HZ is 100 on every Linux this runs on.
-    Some(Duration::from_millis((utime + stime) * 10))
+    let from_tasks = || -> Option<Duration> {
+        let mut ns = 0u64;
+        for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+            let text = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+            ns += text.split_whitespace().next()?.parse::<u64>().ok()?;
+        }
+        Some(Duration::from_nanos(ns))
+    };
+    from_tasks().or_else(|| {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name (in parentheses, may hold spaces):
+        // state is field 3, utime 14, stime 15, in clock ticks.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        // USER_HZ is 100 on every Linux this runs on.
+        Some(Duration::from_millis((utime + stime) * 10))
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -401,8 +444,21 @@ async fn reload_async(plan: &Plan) -> Result<Vec<Reloads>, String> {
     .map_err(|e| format!("starting the server: {e}"))?;
 
     let result = measure_reloads(plan, &server, dir.path(), &one, &two).await;
-    server.shutdown().await;
-    result
+    let limit = Duration::from_secs(10);
+    match tokio::time::timeout(limit, server.shutdown()).await {
+        Ok(()) => result,
+        Err(_) => Err(format!(
+            "the server did not shut down within {limit:?} (measurements before: {})",
+            match &result {
+                Ok(all) => all
+                    .iter()
+                    .map(|r| format!("{}: {:?}", r.mode.key(), r.latencies))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                Err(e) => e.clone(),
+            }
+        )),
+    }
 }
 
 async fn measure_reloads(
@@ -421,7 +477,13 @@ async fn measure_reloads(
     let events = tokio::spawn(async move {
         loop {
             let msg = match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::SubAck(_))) => MqttMsg::Subscribed,
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    if ack.return_codes.contains(&SubscribeReasonCode::Failure) {
+                        MqttMsg::Closed("the broker refused the subscription".into())
+                    } else {
+                        MqttMsg::Subscribed
+                    }
+                }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     let at = Instant::now();
                     match serde_json::from_slice::<Value>(&publish.payload)
@@ -753,7 +815,10 @@ fn start_once(binary: &Path, timeout: Duration) -> Result<(Duration, Duration), 
         if tail.is_empty() {
             "(stderr empty)".to_string()
         } else {
-            format!("stderr ends with:\n    {}", Vec::from(tail.clone()).join("\n    "))
+            format!(
+                "stderr ends with:\n    {}",
+                Vec::from(tail.clone()).join("\n    ")
+            )
         }
     };
 
@@ -885,7 +950,12 @@ impl Report {
                 }
             }
             Err(e) => {
-                rows.push(["sensor samples".into(), "ERROR".into(), "-".into(), "ERROR".into()]);
+                rows.push([
+                    "sensor samples".into(),
+                    "ERROR".into(),
+                    "-".into(),
+                    "ERROR".into(),
+                ]);
                 notes.push(format!("sampling failed: {e}"));
             }
         }
@@ -916,7 +986,12 @@ impl Report {
                 }
             }
             Err(e) => {
-                rows.push(["hot reload".into(), "ERROR".into(), "-".into(), "ERROR".into()]);
+                rows.push([
+                    "hot reload".into(),
+                    "ERROR".into(),
+                    "-".into(),
+                    "ERROR".into(),
+                ]);
                 notes.push(format!("hot reload failed: {e}"));
             }
         }
@@ -1041,9 +1116,8 @@ impl Report {
             Ok(s) => {
                 let mut v = s.json();
                 v["target_ms"] = json!(TARGET_READY_MS);
-                v["pass"] = json!(
-                    ms(s.ready.iter().copied().max().unwrap_or_default()) < TARGET_READY_MS
-                );
+                v["pass"] =
+                    json!(ms(s.ready.iter().copied().max().unwrap_or_default()) < TARGET_READY_MS);
                 v
             }
             Err(e) => json!({ "error": e }),

@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::clock::{Clock, ClockMode};
+use crate::fleet::access::DeviceAccess;
 use crate::fleet::{Fleet, FleetError};
 use crate::http::{self, Addrs, AppState};
 use crate::mqtt::{Broker, MqttConfig};
@@ -41,6 +42,28 @@ pub struct Config {
     pub seed: Option<u64>,
     pub clock: ClockMode,
     pub plugin_limits: PluginLimits,
+    /// Messages kept in the MQTT journal.
+    pub journal_capacity: usize,
+    /// Who may connect to the broker; `None` allows everyone.
+    pub mqtt_authorizer: Option<std::sync::Arc<dyn crate::mqtt::Authorizer>>,
+    /// `devices`: device credentials (or the admin's) are required; used
+    /// when `mqtt_authorizer` is not set.
+    pub mqtt_auth: MqttAuth,
+}
+
+/// How MQTT clients are admitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MqttAuth {
+    /// Anyone may connect and use any topic.
+    Open,
+    /// Devices with their own credentials, back ends as `admin`.
+    Devices { admin_password: String },
+}
+
+impl std::fmt::Debug for dyn crate::mqtt::Authorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Authorizer")
+    }
 }
 
 impl Config {
@@ -55,6 +78,9 @@ impl Config {
             seed: None,
             clock: ClockMode::Realtime,
             plugin_limits: PluginLimits::default(),
+            journal_capacity: crate::mqtt::DEFAULT_JOURNAL_CAPACITY,
+            mqtt_authorizer: None,
+            mqtt_auth: MqttAuth::Open,
         }
     }
 }
@@ -93,6 +119,7 @@ pub enum StartError {
 /// A running iotmock: the broker, the API, the plugin host and the
 /// simulation.
 pub struct Server {
+    mqtt_auth: MqttAuth,
     addrs: Addrs,
     seed: u64,
     plugins: PluginHost,
@@ -129,7 +156,21 @@ impl Server {
             None => None,
         };
 
-        let broker = Broker::start(&MqttConfig::new(config.mqtt)).await?;
+        let mut mqtt_config = MqttConfig::new(config.mqtt);
+        mqtt_config.journal_capacity = config.journal_capacity;
+        mqtt_config.storage_dir = config.data_dir.as_ref().map(|d| d.join("mqtt"));
+        let device_access = match &config.mqtt_auth {
+            MqttAuth::Devices { admin_password } if config.mqtt_authorizer.is_none() => {
+                Some(DeviceAccess::new(admin_password.clone()))
+            }
+            _ => None,
+        };
+        mqtt_config.authorizer = config.mqtt_authorizer.clone().or_else(|| {
+            device_access
+                .clone()
+                .map(|a| a as std::sync::Arc<dyn crate::mqtt::Authorizer>)
+        });
+        let broker = Broker::start(&mqtt_config, clock.clone()).await?;
         let telemetry = Telemetry::start(clock.clone(), plugins.clone(), broker.handle(), seed);
 
         for device in &scenario.devices {
@@ -163,6 +204,10 @@ impl Server {
             plugins.clone(),
         )
         .await?;
+        if let Some(access) = &device_access {
+            access.attach(fleet.clone());
+        }
+        fleet.follow(broker.handle().events());
         let provisioned = fleet.provision_scenario(&scenario.devices).await?;
         tracing::info!(devices = fleet.len(), provisioned, seed, "fleet ready");
 
@@ -200,6 +245,7 @@ impl Server {
         });
         tracing::info!(addr = %http_addr, "HTTP API listening");
         Ok(Self {
+            mqtt_auth: config.mqtt_auth.clone(),
             addrs,
             seed,
             plugins,
@@ -219,6 +265,11 @@ impl Server {
         self.addrs.mqtt
     }
 
+    /// The broker's in-process handle: publish, journal, clients, events.
+    pub fn mqtt(&self) -> crate::mqtt::MqttHandle {
+        self.broker.handle()
+    }
+
     pub fn seed(&self) -> u64 {
         self.seed
     }
@@ -233,12 +284,18 @@ impl Server {
 
     /// The line printed on stdout when the server is ready.
     pub fn ready_line(&self) -> String {
-        serde_json::json!({
+        let mut line = serde_json::json!({
             "event": "ready",
             "http": self.addrs.http.to_string(),
             "mqtt": self.addrs.mqtt.to_string(),
-        })
-        .to_string()
+        });
+        if let MqttAuth::Devices { admin_password } = &self.mqtt_auth {
+            line["mqtt_admin"] = serde_json::json!({
+                "username": crate::fleet::access::ADMIN_USER,
+                "password": admin_password,
+            });
+        }
+        line.to_string()
     }
 
     /// Stops accepting, lets open HTTP requests finish, disconnects MQTT

@@ -12,12 +12,15 @@
 //! - [`scenario`]: the scenario file and the built-in demo.
 //! - [`fleet`]: devices, credentials, lifecycle, connectivity; the SQLite
 //!   store.
-//! - [`mqtt`]: the embedded broker behind a facade; topics.
+//! - [`mqtt`]: the embedded broker behind a facade: topics, journal,
+//!   clients, auth hook, outages.
 //! - [`http`]: the REST API.
 //! - [`telemetry`]: the fleet's scheduler, sensor calls, publishing.
 //! - [`plugin`]: the wasmtime host, the registry with hot reload, the
 //!   folder watcher.
 //! - [`random`]: the seeded per-device random streams.
+//! - [`verify`]: count expectations and JSON subset matching, shared by
+//!   the journals' verify calls.
 
 pub mod app;
 pub mod builtin;
@@ -29,6 +32,7 @@ pub mod plugin;
 pub mod random;
 pub mod scenario;
 pub mod telemetry;
+pub mod verify;
 
-pub use app::{Config, ScenarioChoice, Server, StartError};
+pub use app::{Config, MqttAuth, ScenarioChoice, Server, StartError};
 pub use clock::ClockMode;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use iotmock::{ClockMode, Config, ScenarioChoice, Server};
+use iotmock::{ClockMode, Config, MqttAuth, ScenarioChoice, Server};
 
 #[derive(Parser)]
 #[command(
@@ -50,6 +50,18 @@ struct ServeArgs {
     /// realtime, manual, or xN (N times faster than real time).
     #[arg(long, default_value = "realtime")]
     clock: ClockMode,
+    /// Recent MQTT messages kept for GET /api/v1/mqtt/messages and verify;
+    /// older ones are evicted and counted.
+    #[arg(long, default_value_t = iotmock::mqtt::DEFAULT_JOURNAL_CAPACITY)]
+    journal_capacity: usize,
+    /// MQTT admission: `open` (anyone, any topic) or `devices` (device
+    /// credentials; back ends use the admin user).
+    #[arg(long, default_value = "open", value_parser = ["open", "devices"])]
+    mqtt_auth: String,
+    /// Password of the MQTT `admin` user with --mqtt-auth devices (default:
+    /// a random one, printed in the ready line).
+    #[arg(long, env = "IOTMOCK_ADMIN_PASSWORD")]
+    admin_password: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -98,6 +110,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         scenario,
         seed: args.seed,
         clock: args.clock,
+        journal_capacity: args.journal_capacity,
+        mqtt_auth: match args.mqtt_auth.as_str() {
+            "devices" => MqttAuth::Devices {
+                admin_password: args
+                    .admin_password
+                    .unwrap_or_else(|| iotmock::fleet::credentials::new_secret().0),
+            },
+            _ => MqttAuth::Open,
+        },
         ..Config::ephemeral()
     };
     let server = Server::start(config).await.context("starting iotmock")?;

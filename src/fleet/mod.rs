@@ -6,6 +6,7 @@
 //! (it hands their sensors to telemetry). It does not produce readings and
 //! does not run the broker; the broker asks it about credentials.
 
+pub mod access;
 pub mod credentials;
 pub mod model;
 mod store;
@@ -640,6 +641,38 @@ impl Fleet {
         AuthOutcome::Ok
     }
 
+    /// Follows the broker's connection events: a real device is online
+    /// while its MQTT connection is open (user name, else client id, is the
+    /// device id).
+    pub fn follow(&self, mut events: tokio::sync::broadcast::Receiver<crate::mqtt::ClientEvent>) {
+        let fleet = self.clone();
+        tokio::spawn(async move {
+            use crate::mqtt::ClientEvent;
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match events.recv().await {
+                    Ok(ClientEvent::Connected { client_id, user }) => {
+                        fleet.connected(user.as_deref().unwrap_or(&client_id)).await
+                    }
+                    Ok(ClientEvent::Disconnected {
+                        client_id, user, ..
+                    }) => {
+                        fleet
+                            .disconnected(user.as_deref().unwrap_or(&client_id))
+                            .await
+                    }
+                    Err(RecvError::Lagged(missed)) => {
+                        tracing::warn!(
+                            missed,
+                            "connection events missed; device connectivity may lag until the next one"
+                        )
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+
     /// A real device's MQTT connection opened.
     pub async fn connected(&self, id: &str) {
         let Ok(entry) = self.entry(id) else { return };
@@ -651,18 +684,17 @@ impl Fleet {
         if device.simulated {
             return;
         }
-        entry.presence.set(true);
         if device.state == Lifecycle::Provisioned {
-            let _ = self
-                .update(
-                    id,
-                    PatchDevice {
-                        state: Some(Lifecycle::Active),
-                        ..Default::default()
-                    },
-                )
-                .await;
+            let patch = PatchDevice {
+                state: Some(Lifecycle::Active),
+                ..Default::default()
+            };
+            if let Err(error) = self.update(id, patch).await {
+                tracing::warn!(device = id, %error, "could not mark the device active");
+            }
         }
+        entry.presence.set(true);
+        self.publish_status(id, true).await;
     }
 
     /// A real device's MQTT connection closed.
@@ -673,6 +705,7 @@ impl Fleet {
             .store(self.0.clock.now_ms(), Ordering::Relaxed);
         if !entry.device().simulated {
             entry.presence.set(false);
+            self.publish_status(id, false).await;
         }
     }
 

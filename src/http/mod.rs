@@ -69,6 +69,11 @@ pub struct AppState {
         devices::devices_destroy,
         devices::devices_rotate_credentials,
         devices::devices_connectivity,
+        mqtt::mqtt_messages,
+        mqtt::mqtt_verify,
+        mqtt::mqtt_clients,
+        mqtt::mqtt_status,
+        mqtt::mqtt_outage,
     ),
     components(schemas(Problem))
 )]
@@ -115,7 +120,12 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/devices/{id}/connectivity",
             post(devices::devices_connectivity),
-        );
+        )
+        .route("/mqtt/messages", get(mqtt::mqtt_messages))
+        .route("/mqtt/verify", post(mqtt::mqtt_verify))
+        .route("/mqtt/clients", get(mqtt::mqtt_clients))
+        .route("/mqtt/status", get(mqtt::mqtt_status))
+        .route("/mqtt/outage", post(mqtt::mqtt_outage));
     Router::new()
         .nest("/api/v1", api)
         .route("/metrics", get(system::metrics_show))

@@ -1,12 +1,24 @@
-//! The MQTT bridge: publish from HTTP.
+//! The MQTT bridge: publish from HTTP, read the journal, verify, list
+//! clients, read the status, cause an outage.
 
-use axum::extract::State;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::error::{ApiError, ApiJson, Problem};
-use crate::mqtt::{Qos, topics};
+use crate::mqtt::{ClientInfo, MqttError, PublishOutcome, Qos, Status, VerifySpec, topics};
+use crate::verify::{Expect, Verdict};
+
+/// Largest page of `GET /mqtt/messages`.
+const MAX_PAGE: usize = 10_000;
+/// Longest wait of a verify call.
+const MAX_WITHIN_MS: u64 = 60_000;
+/// Longest outage.
+const MAX_OUTAGE_MS: u64 = 3_600_000;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -24,24 +36,186 @@ pub struct PublishRequest {
     pub retain: bool,
 }
 
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct PublishResponse {
+    /// `routed`; during an outage `held` (QoS 1/2 or retained: routed when
+    /// the broker is back) or `dropped` (QoS 0: counted in the status).
+    pub outcome: PublishOutcome,
+}
+
 /// Publishes a message as the server (for back ends that only speak HTTP).
 #[utoipa::path(post, path = "/api/v1/mqtt/publish", tag = "mqtt",
     request_body = PublishRequest,
-    responses((status = 202, description = "routed to subscribers"),
+    responses((status = 202, description = "accepted; `outcome` says whether it was routed, held or dropped", body = PublishResponse),
         (status = 422, body = Problem)))]
 pub async fn mqtt_publish(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<PublishRequest>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<(StatusCode, Json<PublishResponse>), ApiError> {
     topics::valid_topic_name(&request.topic)
         .map_err(|e| ApiError::invalid(format!("topic {:?}: {e}", request.topic)))?;
     let payload = match request.payload {
         serde_json::Value::String(s) => s.into_bytes(),
         other => other.to_string().into_bytes(),
     };
-    state
+    let outcome = state
         .mqtt
         .publish(&request.topic, payload, request.qos, request.retain)
         .await;
-    Ok(StatusCode::ACCEPTED)
+    Ok((StatusCode::ACCEPTED, Json(PublishResponse { outcome })))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct MessagesQuery {
+    /// A topic filter (`+` and `#` wildcards); all topics when absent.
+    pub topic: Option<String>,
+    /// Only messages with a cursor above this (default 0: all kept).
+    pub since: Option<u64>,
+    /// At most this many (default 100, at most 10,000).
+    pub limit: Option<usize>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct MessagesPage {
+    /// `{"cursor","received_at","sim_time","topic","payload","payload_encoding":"utf8"|"base64","qos","retain","client_id"}`;
+    /// `client_id` is null for the server's own publishes.
+    #[schema(value_type = Vec<Object>)]
+    pub items: Vec<crate::mqtt::Entry>,
+    /// Pass as `since` for the next page.
+    pub next_cursor: u64,
+    /// Messages evicted from the journal since the start (it was full).
+    pub evicted: u64,
+}
+
+/// Recent MQTT messages (clients' and the server's), oldest first.
+#[utoipa::path(get, path = "/api/v1/mqtt/messages", tag = "mqtt",
+    params(MessagesQuery),
+    responses((status = 200, body = MessagesPage), (status = 422, body = Problem)))]
+pub async fn mqtt_messages(
+    State(state): State<AppState>,
+    query: Result<Query<MessagesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<MessagesPage>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+    if let Some(filter) = &query.topic {
+        topics::valid_filter(filter)
+            .map_err(|e| ApiError::invalid(format!("topic filter {filter:?}: {e}")))?;
+    }
+    let limit = query.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::invalid(format!(
+            "limit {limit} is out of range: use 1 to {MAX_PAGE}"
+        )));
+    }
+    let page = state
+        .mqtt
+        .messages(query.topic.as_deref(), query.since.unwrap_or(0), limit);
+    Ok(Json(MessagesPage {
+        items: page.items,
+        next_cursor: page.next_cursor,
+        evicted: page.evicted,
+    }))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    /// A topic filter (`+` and `#` wildcards).
+    pub topic: String,
+    /// Count only messages whose JSON payload contains this subset.
+    #[schema(value_type = Option<Object>)]
+    pub payload_contains: Option<serde_json::Value>,
+    pub at_least: Option<u64>,
+    pub at_most: Option<u64>,
+    pub exactly: Option<u64>,
+    /// How long to wait for the answer to be settled (default 0, at most
+    /// 60,000). `at_least` returns as soon as it is reached; `at_most` and
+    /// `exactly` fail as soon as they are exceeded, else pass at the end.
+    #[serde(default)]
+    pub within_ms: u64,
+    /// Count only messages with a cursor above this (default 0: everything
+    /// in the journal). Take it from `GET /mqtt/status` (`journal.cursor`)
+    /// before the action under test.
+    #[serde(default)]
+    pub since: u64,
+}
+
+/// Checks that the expected MQTT messages were published, waiting up to
+/// `within_ms`. Always 200: read `passed`.
+#[utoipa::path(post, path = "/api/v1/mqtt/verify", tag = "mqtt",
+    request_body = VerifyRequest,
+    responses((status = 200, body = Verdict), (status = 422, body = Problem)))]
+pub async fn mqtt_verify(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<VerifyRequest>,
+) -> Result<Json<Verdict>, ApiError> {
+    topics::valid_filter(&request.topic)
+        .map_err(|e| ApiError::invalid(format!("topic filter {:?}: {e}", request.topic)))?;
+    let expect = Expect::from_fields(request.at_least, request.at_most, request.exactly)
+        .map_err(ApiError::invalid)?;
+    if request.within_ms > MAX_WITHIN_MS {
+        return Err(ApiError::invalid(format!(
+            "within_ms {} is too long: at most {MAX_WITHIN_MS}",
+            request.within_ms
+        )));
+    }
+    let spec = VerifySpec {
+        filter: request.topic,
+        contains: request.payload_contains,
+        expect,
+        within: Duration::from_millis(request.within_ms),
+        since: request.since,
+    };
+    Ok(Json(state.mqtt.verify(&spec).await))
+}
+
+/// Connected MQTT clients and their subscriptions.
+#[utoipa::path(get, path = "/api/v1/mqtt/clients", tag = "mqtt",
+    responses((status = 200, body = Vec<ClientInfo>)))]
+pub async fn mqtt_clients(State(state): State<AppState>) -> Json<Vec<ClientInfo>> {
+    Json(state.mqtt.clients())
+}
+
+/// The broker's state (`up` or `outage`), journal, clients, limits and the
+/// outage policy's counters.
+#[utoipa::path(get, path = "/api/v1/mqtt/status", tag = "mqtt",
+    responses((status = 200, body = Status)))]
+pub async fn mqtt_status(State(state): State<AppState>) -> Json<Status> {
+    Json(state.mqtt.status())
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OutageRequest {
+    /// 1 to 3,600,000.
+    pub duration_ms: u64,
+}
+
+/// Takes the broker down on purpose: every client is disconnected (wills
+/// fire), connections are refused, and the listener comes back on the same
+/// port after `duration_ms`. Sessions and retained messages survive.
+#[utoipa::path(post, path = "/api/v1/mqtt/outage", tag = "mqtt",
+    request_body = OutageRequest,
+    responses((status = 202, body = Status), (status = 409, body = Problem),
+        (status = 422, body = Problem)))]
+pub async fn mqtt_outage(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<OutageRequest>,
+) -> Result<(StatusCode, Json<Status>), ApiError> {
+    if request.duration_ms == 0 || request.duration_ms > MAX_OUTAGE_MS {
+        return Err(ApiError::invalid(format!(
+            "duration_ms {} is out of range: use 1 to {MAX_OUTAGE_MS}",
+            request.duration_ms
+        )));
+    }
+    match state
+        .mqtt
+        .outage(Duration::from_millis(request.duration_ms))
+    {
+        Ok(status) => Ok((StatusCode::ACCEPTED, Json(status))),
+        Err(e @ (MqttError::AlreadyDown { .. } | MqttError::Stopped)) => {
+            Err(ApiError::conflict(e.to_string()))
+        }
+        Err(e) => Err(ApiError::internal(e)),
+    }
 }

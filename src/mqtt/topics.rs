@@ -47,6 +47,27 @@ pub fn valid_topic_name(topic: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Checks a subscription filter: not empty, `#` only as the last level,
+/// `+` and `#` only as whole levels.
+pub fn valid_filter(filter: &str) -> Result<(), &'static str> {
+    if filter.is_empty() {
+        return Err("the filter is empty");
+    }
+    if filter.contains('\0') {
+        return Err("the filter contains a NUL character");
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    for (i, level) in levels.iter().enumerate() {
+        if level.contains('#') && (*level != "#" || i + 1 != levels.len()) {
+            return Err("# must be a whole level and the last one (e.g. devices/#)");
+        }
+        if level.contains('+') && *level != "+" {
+            return Err("+ must be a whole level (e.g. devices/+/status)");
+        }
+    }
+    Ok(())
+}
+
 /// Whether `topic` matches the subscription filter `filter` (`+` one level,
 /// `#` the rest; `$` topics only match filters that name them).
 pub fn matches(filter: &str, topic: &str) -> bool {
@@ -89,5 +110,15 @@ mod tests {
         assert!(matches("a/b", "a/b"));
         assert!(!matches("a/b", "a/b/c"));
         assert!(matches("a/#", "a"));
+    }
+
+    #[test]
+    fn filters_are_validated() {
+        assert!(valid_filter("devices/+/telemetry/#").is_ok());
+        assert!(valid_filter("#").is_ok());
+        assert!(valid_filter("a/#/b").is_err());
+        assert!(valid_filter("a/b#").is_err());
+        assert!(valid_filter("a/x+").is_err());
+        assert!(valid_filter("").is_err());
     }
 }

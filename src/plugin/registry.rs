@@ -323,9 +323,11 @@ impl Registry {
                     "plugin loaded"
                 );
                 *entry.current.write().unwrap() = Some(version);
-                let mut health = entry.health.lock().unwrap();
-                health.status_unhealthy = false;
-                health.refused = None;
+                {
+                    let mut health = entry.health.lock().unwrap();
+                    health.status_unhealthy = false;
+                    health.refused = None;
+                }
                 Ok(entry.info())
             }
             Err(error) => {

@@ -69,10 +69,11 @@ pub async fn watch(host: PluginHost, dir: &Path) -> Result<PluginWatcher, WatchE
         .filter(|p| is_plugin_file(p))
         .collect();
     initial.sort();
+    let mut seen = Seen::default();
     for path in initial {
-        apply(&host, &path).await;
+        apply(&host, &path, &mut seen).await;
     }
-    tokio::spawn(debounce(host, rx));
+    tokio::spawn(debounce(host, rx, seen));
     Ok(PluginWatcher { _watcher: watcher })
 }
 
@@ -80,7 +81,11 @@ fn is_plugin_file(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "wasm")
 }
 
-async fn debounce(host: PluginHost, mut rx: mpsc::Receiver<PathBuf>) {
+/// The bytes last applied per file: a late, repeated notification for a
+/// file that has not changed since is ignored.
+type Seen = std::collections::HashMap<PathBuf, u64>;
+
+async fn debounce(host: PluginHost, mut rx: mpsc::Receiver<PathBuf>, mut seen: Seen) {
     while let Some(first) = rx.recv().await {
         let mut changed = BTreeSet::from([first]);
         loop {
@@ -93,13 +98,13 @@ async fn debounce(host: PluginHost, mut rx: mpsc::Receiver<PathBuf>) {
             }
         }
         for path in changed {
-            apply(&host, &path).await;
+            apply(&host, &path, &mut seen).await;
         }
     }
 }
 
 /// Loads, reloads or drops the plugin behind one file.
-async fn apply(host: &PluginHost, path: &Path) {
+async fn apply(host: &PluginHost, path: &Path, seen: &mut Seen) {
     let Some(name) = path
         .file_stem()
         .and_then(|s| s.to_str())
@@ -109,6 +114,15 @@ async fn apply(host: &PluginHost, path: &Path) {
     };
     match tokio::fs::read(path).await {
         Ok(bytes) => {
+            let fingerprint = {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                bytes.hash(&mut h);
+                h.finish()
+            };
+            if seen.insert(path.to_path_buf(), fingerprint) == Some(fingerprint) {
+                return;
+            }
             let source = PluginSource::File {
                 path: path.to_path_buf(),
             };
@@ -116,7 +130,10 @@ async fn apply(host: &PluginHost, path: &Path) {
                 tracing::warn!(plugin = %name, path = %path.display(), %error, "plugin file not loaded");
             }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => host.remove_file(&name, path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            seen.remove(path);
+            host.remove_file(&name, path)
+        }
         Err(error) => {
             tracing::warn!(plugin = %name, path = %path.display(), %error, "plugin file unreadable")
         }

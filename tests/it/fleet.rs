@@ -314,11 +314,187 @@ async fn devices_and_credentials_survive_a_restart_with_data_dir() {
     assert_eq!(page["total"], 49);
     let (_, d7) = server.get("/api/v1/devices/d-07").await;
     assert_eq!(d7["state"], "suspended");
+    assert_eq!(d7["group"], "g1");
     let (status, _) = server.get("/api/v1/devices/d-09").await;
     assert_eq!(status, 404);
-    // Credentials kept: the library checks them as the broker will.
-    let first = &bulk["devices"][0];
-    assert_eq!(first["id"], "d-01");
-    let _ = rotated;
+    assert_eq!(bulk["created"], 50);
+    assert!(rotated["password"].is_string());
+    server.stop().await;
+}
+
+async fn auth_fleet_server(data_dir: Option<std::path::PathBuf>) -> TestServer {
+    TestServer::with_scenario("", |c| {
+        c.mqtt_auth = iotmock::MqttAuth::Devices {
+            admin_password: "admin-secret".into(),
+        };
+        c.data_dir = data_dir;
+    })
+    .await
+}
+
+fn login(server: &TestServer, client_id: &str, user: &str, password: &str) -> rumqttc::MqttOptions {
+    let mut options = crate::broker::options(server.mqtt, client_id);
+    options.set_credentials(user, password);
+    options
+}
+
+async fn wait_device(
+    server: &TestServer,
+    id: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + crate::support::WAIT;
+    loop {
+        let (_, device) = server.get(&format!("/api/v1/devices/{id}")).await;
+        if check(&device) {
+            return device;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "device {id} never got there: {device}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_credentials_admit_refuse_and_confine_mqtt_clients() {
+    use crate::broker::Client;
+    use rumqttc::QoS;
+    let server = auth_fleet_server(None).await;
+    let (_, one) = server
+        .post(
+            "/api/v1/devices",
+            json!({"id": "dev-1", "simulated": false}),
+        )
+        .await;
+    let (_, two) = server
+        .post(
+            "/api/v1/devices",
+            json!({"id": "dev-2", "simulated": false}),
+        )
+        .await;
+    let secret_one = one["credentials"]["password"].as_str().unwrap().to_string();
+    let secret_two = two["credentials"]["password"].as_str().unwrap().to_string();
+    assert_eq!(one["state"], "provisioned");
+
+    // A back end as admin watches everything.
+    let (mut admin, _) = Client::connect(login(&server, "backend", "admin", "admin-secret")).await;
+    admin.sub("devices/#", QoS::AtLeastOnce).await;
+    crate::broker::wait_subscribed(&server, "backend", "devices/#").await;
+
+    // Wrong secret and unknown device: bad user name or password.
+    let mut wrong = Client::spawn(login(&server, "w", "dev-1", "not-the-secret"), false);
+    assert!(wrong.error().await.contains("BadUserNamePassword"));
+    let mut unknown = Client::spawn(login(&server, "u", "dev-99", &secret_one), false);
+    assert!(unknown.error().await.contains("BadUserNamePassword"));
+    let mut anonymous = Client::spawn(crate::broker::options(server.mqtt, "anon"), false);
+    assert!(anonymous.error().await.contains("NotAuthorized"));
+
+    // The right secret connects; the device becomes active and online.
+    let (device, _) = Client::connect(login(&server, "dev-1-firmware", "dev-1", &secret_one)).await;
+    let view = wait_device(&server, "dev-1", |d| d["connectivity"]["state"] == "online").await;
+    assert_eq!(view["state"], "active");
+    assert_eq!(view["connectivity"]["connect_count"], 1);
+    let status = admin.next().await;
+    assert_eq!(
+        (status.topic.as_str(), &status.payload[..]),
+        ("devices/dev-1/status", &b"online"[..])
+    );
+
+    // It may publish under its own topics only.
+    device
+        .client
+        .publish(
+            "devices/dev-2/telemetry/t",
+            QoS::AtLeastOnce,
+            false,
+            "spoof",
+        )
+        .await
+        .unwrap();
+    device
+        .client
+        .publish(
+            "devices/dev-1/commands/x",
+            QoS::AtLeastOnce,
+            false,
+            "self-command",
+        )
+        .await
+        .unwrap();
+    device
+        .client
+        .publish("devices/dev-1/telemetry/t", QoS::AtLeastOnce, false, "mine")
+        .await
+        .unwrap();
+    let got = admin.next().await;
+    assert_eq!(
+        got.topic, "devices/dev-1/telemetry/t",
+        "the spoofed publishes never arrive"
+    );
+    assert_eq!(&got.payload[..], b"mine");
+
+    // Disconnecting takes it offline.
+    device.disconnect().await;
+    wait_device(&server, "dev-1", |d| {
+        d["connectivity"]["state"] == "offline"
+    })
+    .await;
+    let status = admin.next().await;
+    assert_eq!(&status.payload[..], b"offline");
+
+    // Suspended: refused as not authorized, even with the right secret.
+    let response = server
+        .http
+        .patch(server.url("/api/v1/devices/dev-2"))
+        .json(&json!({"state": "suspended"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut suspended = Client::spawn(login(&server, "s", "dev-2", &secret_two), false);
+    assert!(suspended.error().await.contains("NotAuthorized"));
+
+    // A rotated secret replaces the old one at once.
+    let (_, rotated) = server
+        .post("/api/v1/devices/dev-1/credentials", json!({}))
+        .await;
+    let mut old = Client::spawn(login(&server, "o", "dev-1", &secret_one), false);
+    assert!(old.error().await.contains("BadUserNamePassword"));
+    let (again, _) = Client::connect(login(
+        &server,
+        "n",
+        "dev-1",
+        rotated["password"].as_str().unwrap(),
+    ))
+    .await;
+    again.disconnect().await;
+    admin.disconnect().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_still_work_after_a_restart_with_data_dir() {
+    use crate::broker::Client;
+    let dir = tempfile::tempdir().unwrap();
+    let server = auth_fleet_server(Some(dir.path().to_path_buf())).await;
+    let (_, bulk) = server
+        .post(
+            "/api/v1/devices/bulk",
+            json!({"count": 20, "id_pattern": "r-{n:02}", "template": {"simulated": false}}),
+        )
+        .await;
+    server.stop().await;
+
+    let server = auth_fleet_server(Some(dir.path().to_path_buf())).await;
+    let (_, page) = server.get("/api/v1/devices?limit=1000").await;
+    assert_eq!(page["total"], 20);
+    for device in bulk["devices"].as_array().unwrap().iter().step_by(7) {
+        let id = device["id"].as_str().unwrap();
+        let password = device["credentials"]["password"].as_str().unwrap();
+        let (client, _) = Client::connect(login(&server, id, id, password)).await;
+        client.disconnect().await;
+    }
     server.stop().await;
 }

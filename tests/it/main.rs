@@ -4,7 +4,9 @@
 mod support;
 
 mod api;
+mod broker;
 mod fleet;
+mod mosquitto;
 mod plugins;
 mod process;
 mod telemetry;

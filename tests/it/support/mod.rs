@@ -45,6 +45,10 @@ impl TestServer {
         Self::start(config).await
     }
 
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().expect("server running")
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }

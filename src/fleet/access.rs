@@ -1,0 +1,140 @@
+//! MQTT access for `--mqtt-auth devices`: who may connect (device
+//! credentials, or the admin credential back ends use) and which topics each
+//! may use.
+//!
+//! - A device (username = its id) may publish under `devices/{id}/...`
+//!   except its own command topics, and subscribe only to
+//!   `devices/{id}/commands/...`.
+//! - The admin may publish and subscribe anywhere.
+//! - Suspended and decommissioned devices are refused at CONNECT (not
+//!   authorized); an unknown device or a wrong secret is a bad user name or
+//!   password.
+
+use std::sync::{Arc, OnceLock};
+
+use super::{AuthOutcome, Fleet};
+use crate::mqtt::{AuthDecision, Authorizer};
+
+/// The admin user name.
+pub const ADMIN_USER: &str = "admin";
+
+pub struct DeviceAccess {
+    // Set once the fleet is open; the broker starts first and refuses
+    // everyone in the few milliseconds before.
+    fleet: OnceLock<Fleet>,
+    admin_password: String,
+}
+
+impl DeviceAccess {
+    pub fn new(admin_password: String) -> Arc<Self> {
+        Arc::new(Self {
+            fleet: OnceLock::new(),
+            admin_password,
+        })
+    }
+
+    pub fn attach(&self, fleet: Fleet) {
+        let _ = self.fleet.set(fleet);
+    }
+}
+
+impl Authorizer for DeviceAccess {
+    fn authenticate(
+        &self,
+        _client_id: &str,
+        username: Option<&str>,
+        password: Option<&[u8]>,
+    ) -> AuthDecision {
+        let (Some(username), Some(password)) = (username, password) else {
+            return AuthDecision::NotAuthorized;
+        };
+        if username == ADMIN_USER {
+            return if constant_time_eq(password, self.admin_password.as_bytes()) {
+                AuthDecision::Allow {
+                    user: Some(ADMIN_USER.to_string()),
+                }
+            } else {
+                AuthDecision::BadCredentials
+            };
+        }
+        let Some(fleet) = self.fleet.get() else {
+            return AuthDecision::NotAuthorized;
+        };
+        match fleet.authenticate(username, password) {
+            AuthOutcome::Ok => AuthDecision::Allow {
+                user: Some(username.to_string()),
+            },
+            AuthOutcome::Unknown | AuthOutcome::WrongSecret => AuthDecision::BadCredentials,
+            AuthOutcome::NotAllowed => AuthDecision::NotAuthorized,
+        }
+    }
+
+    fn may_publish(&self, _client_id: &str, user: Option<&str>, topic: &str) -> bool {
+        match user {
+            Some(ADMIN_USER) => true,
+            Some(device) => match device_subtopic(device, topic) {
+                Some(rest) => !(rest == "commands" || rest.starts_with("commands/")),
+                None => false,
+            },
+            None => false,
+        }
+    }
+
+    fn may_subscribe(&self, _client_id: &str, user: Option<&str>, filter: &str) -> bool {
+        match user {
+            Some(ADMIN_USER) => true,
+            Some(device) => device_subtopic(device, filter).is_some_and(|rest| {
+                rest == "commands/#" || rest == "commands/+" || rest.starts_with("commands/")
+            }),
+            None => false,
+        }
+    }
+}
+
+/// The part of `topic` after `devices/{device}/`.
+fn device_subtopic<'a>(device: &str, topic: &'a str) -> Option<&'a str> {
+    topic
+        .strip_prefix("devices/")?
+        .strip_prefix(device)?
+        .strip_prefix('/')
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_stay_in_their_own_topics() {
+        let access = DeviceAccess::new("pw".into());
+        let a = Some("dev-1");
+        assert!(access.may_publish("c", a, "devices/dev-1/telemetry/t"));
+        assert!(access.may_publish("c", a, "devices/dev-1/acks/42"));
+        assert!(!access.may_publish("c", a, "devices/dev-2/telemetry/t"));
+        assert!(!access.may_publish("c", a, "devices/dev-10/telemetry/t"));
+        assert!(!access.may_publish("c", a, "devices/dev-1/commands/42"));
+        assert!(!access.may_publish("c", a, "other/topic"));
+        assert!(access.may_subscribe("c", a, "devices/dev-1/commands/#"));
+        assert!(!access.may_subscribe("c", a, "devices/+/commands/#"));
+        assert!(!access.may_subscribe("c", a, "devices/dev-1/telemetry/#"));
+        assert!(!access.may_subscribe("c", a, "#"));
+        assert!(access.may_subscribe("c", Some(ADMIN_USER), "#"));
+        assert_eq!(
+            access.authenticate("c", Some("admin"), Some(b"pw")),
+            AuthDecision::Allow {
+                user: Some("admin".into())
+            }
+        );
+        assert_eq!(
+            access.authenticate("c", Some("admin"), Some(b"no")),
+            AuthDecision::BadCredentials
+        );
+        assert_eq!(
+            access.authenticate("c", None, None),
+            AuthDecision::NotAuthorized
+        );
+    }
+}

@@ -1,0 +1,266 @@
+//! The mqtt5 engine, kept in this file and `auth.rs`: building and starting
+//! one broker instance, and the event handler that feeds the journal, the
+//! client registry and the client event stream.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
+
+use mqtt5::broker::MqttBroker;
+use mqtt5::broker::config::{BrokerConfig, StorageBackend as Backend, StorageConfig};
+use mqtt5::broker::events::{
+    BrokerEventHandler, ClientConnectEvent, ClientDisconnectEvent, ClientPublishEvent,
+    ClientSubscribeEvent, ClientUnsubscribeEvent, PublishAction, SubAckReasonCode,
+};
+use mqtt5::broker::router::MessageRouter;
+use mqtt5::broker::server::BrokerShutdownHandle;
+use mqtt5::broker::storage::{DynamicStorage, StorageBackend};
+use tokio::sync::broadcast;
+
+use super::journal::Journal;
+use super::{ClientEvent, ClientInfo, MAX_PACKET_SIZE, MqttConfig, Qos};
+use crate::clock::{Clock, wall_ms};
+
+/// What the event handler writes to and the facade reads from. Holds no
+/// engine object except the storage slot, which is emptied before a restart
+/// (the storage directory lock lives as long as any clone of it).
+pub(crate) struct Observed {
+    pub journal: Journal,
+    pub clock: Clock,
+    pub events: broadcast::Sender<ClientEvent>,
+    // std locks: held for a map update, never across an await.
+    pub clients: Mutex<HashMap<Arc<str>, Client>>,
+    pub storage: RwLock<Option<Arc<DynamicStorage>>>,
+}
+
+pub(crate) struct Client {
+    /// Connections with this id (briefly 2 during a takeover).
+    connections: u32,
+    user: Option<Arc<str>>,
+    connected_at_ms: i64,
+    clean_start: bool,
+    subscriptions: BTreeMap<String, Qos>,
+}
+
+impl Observed {
+    pub fn clients(&self) -> Vec<ClientInfo> {
+        let clients = self.clients.lock().unwrap();
+        let mut out: Vec<ClientInfo> = clients
+            .iter()
+            .map(|(id, c)| ClientInfo {
+                client_id: id.to_string(),
+                user: c.user.as_deref().map(str::to_string),
+                connected_at_ms: c.connected_at_ms,
+                clean_start: c.clean_start,
+                subscriptions: c
+                    .subscriptions
+                    .iter()
+                    .map(|(f, q)| (f.clone(), *q))
+                    .collect(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        out
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.clients.lock().unwrap().len()
+    }
+
+    /// Forgets every client (after the engine stopped) and tells listeners.
+    pub fn forget_all(&self) {
+        let gone: Vec<(Arc<str>, Client)> = self.clients.lock().unwrap().drain().collect();
+        for (id, client) in gone {
+            let _ = self.events.send(ClientEvent::Disconnected {
+                client_id: id.to_string(),
+                user: client.user.as_deref().map(str::to_string),
+                clean: false,
+            });
+        }
+    }
+}
+
+fn qos_of(q: mqtt5::QoS) -> Qos {
+    match q {
+        mqtt5::QoS::AtMostOnce => Qos::AtMostOnce,
+        mqtt5::QoS::AtLeastOnce => Qos::AtLeastOnce,
+        mqtt5::QoS::ExactlyOnce => Qos::ExactlyOnce,
+    }
+}
+
+pub(crate) struct Events(pub Arc<Observed>);
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+impl BrokerEventHandler for Events {
+    fn on_client_connect<'a>(&'a self, e: ClientConnectEvent) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            // A resumed session brings its subscriptions back without
+            // SUBSCRIBE packets: read them from the session store.
+            let mut subscriptions = BTreeMap::new();
+            if !e.clean_start {
+                let storage = self.0.storage.read().unwrap().clone();
+                if let Some(storage) = storage
+                    && let Ok(Some(session)) = storage.get_session(&e.client_id).await
+                {
+                    for (filter, sub) in session.subscriptions {
+                        subscriptions.insert(filter, qos_of(sub.qos));
+                    }
+                }
+            }
+            {
+                let mut clients = self.0.clients.lock().unwrap();
+                let client = clients.entry(e.client_id.clone()).or_insert(Client {
+                    connections: 0,
+                    user: None,
+                    connected_at_ms: 0,
+                    clean_start: e.clean_start,
+                    subscriptions: BTreeMap::new(),
+                });
+                client.connections += 1;
+                client.user = e.user_id.clone();
+                client.connected_at_ms = wall_ms();
+                client.clean_start = e.clean_start;
+                client.subscriptions = subscriptions;
+            }
+            tracing::debug!(client_id = %e.client_id, clean_start = e.clean_start, "MQTT client connected");
+            let _ = self.0.events.send(ClientEvent::Connected {
+                client_id: e.client_id.to_string(),
+                user: e.user_id.as_deref().map(str::to_string),
+            });
+        })
+    }
+
+    fn on_client_subscribe<'a>(&'a self, e: ClientSubscribeEvent) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let mut clients = self.0.clients.lock().unwrap();
+            if let Some(client) = clients.get_mut(&e.client_id) {
+                for s in e.subscriptions {
+                    let granted = match s.result {
+                        SubAckReasonCode::GrantedQoS0 => Qos::AtMostOnce,
+                        SubAckReasonCode::GrantedQoS1 => Qos::AtLeastOnce,
+                        SubAckReasonCode::GrantedQoS2 => Qos::ExactlyOnce,
+                        _ => continue,
+                    };
+                    client
+                        .subscriptions
+                        .insert(s.topic_filter.to_string(), granted);
+                }
+            }
+        })
+    }
+
+    fn on_client_unsubscribe<'a>(&'a self, e: ClientUnsubscribeEvent) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let mut clients = self.0.clients.lock().unwrap();
+            if let Some(client) = clients.get_mut(&e.client_id) {
+                for f in e.topic_filters {
+                    client.subscriptions.remove(&*f);
+                }
+            }
+        })
+    }
+
+    fn on_client_publish<'a>(&'a self, e: ClientPublishEvent) -> BoxFuture<'a, PublishAction> {
+        self.0.journal.push(
+            wall_ms(),
+            self.0.clock.now_ms(),
+            e.topic,
+            e.payload,
+            qos_of(e.qos),
+            e.retain,
+            Some(e.client_id),
+        );
+        Box::pin(async { PublishAction::Continue })
+    }
+
+    fn on_client_disconnect<'a>(&'a self, e: ClientDisconnectEvent) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let gone = {
+                let mut clients = self.0.clients.lock().unwrap();
+                match clients.get_mut(&e.client_id) {
+                    Some(client) if client.connections > 1 => {
+                        client.connections -= 1;
+                        false
+                    }
+                    Some(_) => {
+                        clients.remove(&e.client_id);
+                        true
+                    }
+                    None => false,
+                }
+            };
+            tracing::debug!(client_id = %e.client_id, unexpected = e.unexpected, "MQTT client disconnected");
+            if gone {
+                let _ = self.0.events.send(ClientEvent::Disconnected {
+                    client_id: e.client_id.to_string(),
+                    user: e.user_id.as_deref().map(str::to_string),
+                    clean: !e.unexpected,
+                });
+            }
+        })
+    }
+}
+
+/// One running engine instance.
+pub(crate) struct Running {
+    pub addr: SocketAddr,
+    pub router: Arc<MessageRouter>,
+    pub stop: BrokerShutdownHandle,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Builds and starts a broker on `addr` with its storage in `dir`.
+pub(crate) async fn start(
+    config: &MqttConfig,
+    addr: SocketAddr,
+    dir: &Path,
+    observed: &Arc<Observed>,
+) -> Result<Running, String> {
+    let storage = StorageConfig::new()
+        .with_backend(Backend::File)
+        .with_base_dir(dir.to_path_buf())
+        .with_max_queued_messages_per_client(config.max_queued_per_session)
+        .with_max_queued_bytes_per_client(config.max_queued_bytes_per_session);
+    let broker_config = BrokerConfig::default()
+        .with_bind_address(addr)
+        .with_max_packet_size(MAX_PACKET_SIZE)
+        .with_max_clients(config.max_clients)
+        .with_max_outbound_inflight(config.max_inflight)
+        // $SYS would rewrite ~14 retained files every 10 s; subscribing to
+        // `$SYS/#` stays harmless (it just receives nothing).
+        .with_sys_topics_enabled(false)
+        .with_storage(storage)
+        .with_event_handler(Arc::new(Events(observed.clone())));
+    let mut broker = MqttBroker::with_config(broker_config)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(authorizer) = &config.authorizer {
+        broker = broker.with_auth_provider(Arc::new(super::auth::Adapter(authorizer.clone())));
+    }
+    let addr = broker
+        .local_addr()
+        .ok_or_else(|| "no TCP listener".to_string())?;
+    *observed.storage.write().unwrap() = broker.storage();
+    let router = broker.router();
+    let stop = broker.shutdown_handle();
+    let mut ready = broker.ready_receiver();
+    let task = tokio::spawn(async move {
+        if let Err(error) = broker.run().await {
+            tracing::error!(%error, "MQTT broker stopped with an error");
+        }
+    });
+    if ready.wait_for(|up| *up).await.is_err() {
+        *observed.storage.write().unwrap() = None;
+        return Err("the broker stopped while starting".into());
+    }
+    Ok(Running {
+        addr,
+        router,
+        stop,
+        task,
+    })
+}

@@ -1,0 +1,264 @@
+//! The message journal: a bounded ring of the most recent MQTT messages the
+//! broker accepted, from clients and from the server itself.
+//!
+//! Capacity is fixed at start; when full, the oldest entry is evicted and
+//! counted. Every entry gets a cursor (1, 2, 3, ...) that never repeats, so a
+//! reader can page with `since` and a verify call can wait for new entries
+//! (a `watch` channel carries the newest cursor; no polling).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use super::Qos;
+use super::topics;
+
+/// One message as the broker accepted it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub cursor: u64,
+    /// Wall time of receipt, ms since the Unix epoch.
+    pub wall_ms: i64,
+    /// Simulated time of receipt, ms since the Unix epoch.
+    pub sim_ms: i64,
+    pub topic: Arc<str>,
+    pub payload: Bytes,
+    pub qos: Qos,
+    pub retain: bool,
+    /// The publishing client; `None` for the server's own publishes.
+    pub client_id: Option<Arc<str>>,
+}
+
+/// A page of entries.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub items: Vec<Entry>,
+    /// Pass as `since` to continue after this page.
+    pub next_cursor: u64,
+    /// Entries evicted since the start (the journal was full).
+    pub evicted: u64,
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize, utoipa::ToSchema)]
+pub struct JournalStats {
+    pub capacity: usize,
+    pub len: usize,
+    pub evicted: u64,
+    /// The newest cursor handed out (0: none yet).
+    pub cursor: u64,
+}
+
+pub(crate) struct Journal {
+    capacity: usize,
+    // A std mutex: held for a push or a scan, never across an await.
+    ring: Mutex<Ring>,
+    newest: watch::Sender<u64>,
+}
+
+struct Ring {
+    entries: VecDeque<Entry>,
+    last_cursor: u64,
+    evicted: u64,
+}
+
+impl Journal {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            ring: Mutex::new(Ring {
+                // Grows on demand: a large capacity costs nothing until used.
+                entries: VecDeque::with_capacity(capacity.min(1024)),
+                last_cursor: 0,
+                evicted: 0,
+            }),
+            newest: watch::Sender::new(0),
+        }
+    }
+
+    /// Appends a message; evicts (and counts) the oldest when full.
+    #[allow(clippy::too_many_arguments)]
+    pub fn push(
+        &self,
+        wall_ms: i64,
+        sim_ms: i64,
+        topic: Arc<str>,
+        payload: Bytes,
+        qos: Qos,
+        retain: bool,
+        client_id: Option<Arc<str>>,
+    ) {
+        let cursor = {
+            let mut ring = self.ring.lock().unwrap();
+            ring.last_cursor += 1;
+            let cursor = ring.last_cursor;
+            if self.capacity == 0 {
+                ring.evicted += 1;
+            } else {
+                if ring.entries.len() == self.capacity {
+                    ring.entries.pop_front();
+                    ring.evicted += 1;
+                }
+                ring.entries.push_back(Entry {
+                    cursor,
+                    wall_ms,
+                    sim_ms,
+                    topic,
+                    payload,
+                    qos,
+                    retain,
+                    client_id,
+                });
+            }
+            cursor
+        };
+        self.newest.send_replace(cursor);
+    }
+
+    pub fn stats(&self) -> JournalStats {
+        let ring = self.ring.lock().unwrap();
+        JournalStats {
+            capacity: self.capacity,
+            len: ring.entries.len(),
+            evicted: ring.evicted,
+            cursor: ring.last_cursor,
+        }
+    }
+
+    /// Entries after `since` whose topic matches `filter` (all when `None`),
+    /// at most `limit` of them.
+    pub fn page(&self, filter: Option<&str>, since: u64, limit: usize) -> Page {
+        let ring = self.ring.lock().unwrap();
+        let mut items = Vec::new();
+        let mut next_cursor = since;
+        for entry in ring.entries.range(ring.start_index(since)..) {
+            if items.len() == limit {
+                break;
+            }
+            next_cursor = entry.cursor;
+            if filter.is_none_or(|f| topics::matches(f, &entry.topic)) {
+                items.push(entry.clone());
+            }
+        }
+        if items.len() < limit {
+            // Everything up to the newest was examined.
+            next_cursor = next_cursor.max(ring.last_cursor);
+        }
+        Page {
+            items,
+            next_cursor,
+            evicted: ring.evicted,
+        }
+    }
+
+    /// Calls `visit` on every entry after `since`; returns the newest cursor
+    /// examined and whether entries after `since` had already been evicted.
+    pub fn scan(&self, since: u64, mut visit: impl FnMut(&Entry)) -> (u64, bool) {
+        let ring = self.ring.lock().unwrap();
+        let missed = ring
+            .entries
+            .front()
+            .map_or(ring.last_cursor > since, |e| e.cursor > since + 1);
+        for entry in ring.entries.range(ring.start_index(since)..) {
+            visit(entry);
+        }
+        (ring.last_cursor.max(since), missed)
+    }
+
+    /// A receiver that changes whenever an entry is added.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.newest.subscribe()
+    }
+}
+
+impl Ring {
+    /// Index of the first entry with a cursor above `since`.
+    fn start_index(&self, since: u64) -> usize {
+        match self.entries.front() {
+            // Cursors are contiguous in the ring.
+            Some(first) if since >= first.cursor => {
+                ((since - first.cursor + 1) as usize).min(self.entries.len())
+            }
+            _ => 0,
+        }
+    }
+}
+
+/// The JSON form used by the API: `payload` is the UTF-8 text when the
+/// bytes are valid UTF-8 (`payload_encoding: "utf8"`), else base64
+/// (`"base64"`).
+impl serde::Serialize for Entry {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine;
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Entry", 10)?;
+        st.serialize_field("cursor", &self.cursor)?;
+        st.serialize_field("received_at", &crate::clock::rfc3339_ms(self.wall_ms))?;
+        st.serialize_field("sim_time", &crate::clock::rfc3339_ms(self.sim_ms))?;
+        st.serialize_field("topic", &*self.topic)?;
+        match std::str::from_utf8(&self.payload) {
+            Ok(text) => {
+                st.serialize_field("payload", text)?;
+                st.serialize_field("payload_encoding", "utf8")?;
+            }
+            Err(_) => {
+                let b64 = base64::engine::general_purpose::STANDARD.encode(&self.payload);
+                st.serialize_field("payload", &b64)?;
+                st.serialize_field("payload_encoding", "base64")?;
+            }
+        }
+        st.serialize_field("qos", &u8::from(self.qos))?;
+        st.serialize_field("retain", &self.retain)?;
+        st.serialize_field("client_id", &self.client_id.as_deref())?;
+        st.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn push(j: &Journal, topic: &str) {
+        j.push(
+            0,
+            0,
+            topic.into(),
+            Bytes::new(),
+            Qos::AtMostOnce,
+            false,
+            None,
+        );
+    }
+
+    #[test]
+    fn evicts_oldest_and_counts() {
+        let j = Journal::new(3);
+        for i in 0..5 {
+            push(&j, &format!("t/{i}"));
+        }
+        let s = j.stats();
+        assert_eq!((s.len, s.evicted, s.cursor), (3, 2, 5));
+        let page = j.page(None, 0, 10);
+        let cursors: Vec<u64> = page.items.iter().map(|e| e.cursor).collect();
+        assert_eq!(cursors, [3, 4, 5]);
+        assert_eq!(page.next_cursor, 5);
+    }
+
+    #[test]
+    fn pages_with_filter_and_limit() {
+        let j = Journal::new(10);
+        for t in ["a/1", "b/1", "a/2", "a/3", "b/2"] {
+            push(&j, t);
+        }
+        let p = j.page(Some("a/+"), 0, 2);
+        assert_eq!(p.items.len(), 2);
+        assert_eq!(p.next_cursor, 3);
+        let p = j.page(Some("a/+"), p.next_cursor, 2);
+        assert_eq!(p.items.iter().map(|e| e.cursor).collect::<Vec<_>>(), [4]);
+        assert_eq!(p.next_cursor, 5);
+        assert!(j.page(None, 5, 10).items.is_empty());
+        let (last, missed) = j.scan(0, |_| {});
+        assert_eq!((last, missed), (5, false));
+    }
+}
