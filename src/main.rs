@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Start the broker, the API and the simulation.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print the built-in demo scenario (a starting point for your own).
     Scenario,
 }
@@ -72,6 +72,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve(args) => {
+            let args = *args;
             init_logging();
             let runtime = tokio::runtime::Runtime::new().expect("start tokio runtime");
             match runtime.block_on(serve(args)) {

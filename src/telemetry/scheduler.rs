@@ -273,7 +273,7 @@ impl Scheduler {
                     .push(Reverse((due + s.interval_ms, idx, s.generation)));
             }
         }
-        readings.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        readings.sort_by_key(|r| (r.0, r.1));
         for (ts, idx, reading) in readings {
             let stream = self.streams[idx].as_mut().expect("live stream");
             if stream.presence.online_at(ts) {
@@ -334,7 +334,7 @@ impl Scheduler {
         self.stats
             .buffered
             .fetch_sub(pending.len() as u64, Ordering::Relaxed);
-        pending.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        pending.sort_by_key(|r| (r.0, r.1));
         for (_, idx, reading) in pending {
             self.publish(idx, &reading).await;
         }

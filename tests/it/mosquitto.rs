@@ -1,6 +1,7 @@
 //! The broker driven by a client we did not write: Debian's
 //! `mosquitto_pub` / `mosquitto_sub` (`apt-get install mosquitto-clients`;
-//! `.ci/run` installs them).
+//! installed on first use when missing, so `cargo test` works on a fresh
+//! machine where the tests run as root).
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Output, Stdio};
@@ -13,7 +14,30 @@ use serde_json::json;
 use crate::broker::{Client, auth_server, options, wait_subscribed};
 use crate::support::TestServer;
 
+/// Makes sure the mosquitto clients are installed, once per test run.
+fn ensure_clients() {
+    static ONCE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        let present = Command::new("mosquitto_sub").arg("--help").output().is_ok();
+        if present {
+            return;
+        }
+        let installed = Command::new("sh")
+            .args([
+                "-c",
+                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto-clients",
+            ])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            installed,
+            "mosquitto_sub is missing and could not be installed: run `apt-get install mosquitto-clients`"
+        );
+    });
+}
+
 fn base(addr: SocketAddr) -> Vec<String> {
+    ensure_clients();
     vec![
         "-h".into(),
         addr.ip().to_string(),
