@@ -7,6 +7,7 @@ mod error;
 mod mqtt;
 mod plugins;
 mod system;
+mod telemetry;
 
 use std::net::SocketAddr;
 
@@ -61,6 +62,7 @@ pub struct AppState {
         plugins::plugins_update,
         plugins::plugins_destroy,
         mqtt::mqtt_publish,
+        telemetry::telemetry_export,
         devices::devices_create,
         devices::devices_bulk_create,
         devices::devices_index,
@@ -99,6 +101,7 @@ pub fn router(state: AppState) -> Router {
                 .layer(DefaultBodyLimit::max(MAX_PLUGIN_BYTES)),
         )
         .route("/mqtt/publish", post(mqtt::mqtt_publish))
+        .route("/telemetry", get(telemetry::telemetry_export))
         .route(
             "/devices",
             post(devices::devices_create).get(devices::devices_index),

@@ -6,6 +6,7 @@
 //! state and random stream. It does not own devices (the fleet does) nor
 //! run plugins (the plugin host does).
 
+mod journal;
 mod presence;
 mod reading;
 mod scheduler;
@@ -16,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
+pub use journal::{ExportFilter, JOURNAL_CAPACITY};
 pub use presence::Presence;
 pub use reading::Reading;
 pub use scheduler::{OfflineBuffer, OverflowPolicy, StreamSpec};
@@ -46,6 +48,9 @@ pub struct TelemetryStats {
     pub buffer_dropped: AtomicU64,
     /// Buffered readings thrown away because their device was removed.
     pub buffer_discarded: AtomicU64,
+    /// Recent published readings, for export. A std mutex: held for one
+    /// push or one scan, never across an await.
+    pub journal: std::sync::Mutex<journal::Journal>,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -59,6 +64,11 @@ pub struct TelemetryCounters {
     pub buffered: u64,
     pub buffer_dropped: u64,
     pub buffer_discarded: u64,
+    /// Readings in the export journal now, its capacity, and how many it
+    /// has evicted.
+    pub journal_len: u64,
+    pub journal_capacity: u64,
+    pub journal_evicted: u64,
     /// Simulated time up to which every due reading has been produced.
     pub produced_until: i64,
 }
@@ -117,6 +127,12 @@ impl Telemetry {
             .await;
     }
 
+    /// Recent readings matching `filter`, oldest first, and the cursor for
+    /// the next page when `limit` cut the answer short.
+    pub fn export(&self, filter: &ExportFilter) -> (Vec<Reading>, Option<u64>) {
+        self.stats.journal.lock().unwrap().export(filter)
+    }
+
     /// Tells the scheduler a device is back online, so its buffered
     /// readings go out now rather than at the next due reading.
     pub async fn flush(&self) {
@@ -130,6 +146,14 @@ impl Telemetry {
     }
 
     pub fn counters(&self) -> TelemetryCounters {
+        let (journal_len, journal_capacity, journal_evicted) = {
+            let journal = self.stats.journal.lock().unwrap();
+            (
+                journal.len() as u64,
+                journal.capacity() as u64,
+                journal.evicted,
+            )
+        };
         let s = &self.stats;
         TelemetryCounters {
             streams: self.streams.load(Ordering::Relaxed),
@@ -141,6 +165,9 @@ impl Telemetry {
             buffered: s.buffered.load(Ordering::Relaxed),
             buffer_dropped: s.buffer_dropped.load(Ordering::Relaxed),
             buffer_discarded: s.buffer_discarded.load(Ordering::Relaxed),
+            journal_len,
+            journal_capacity,
+            journal_evicted,
             produced_until: *self.progress.borrow(),
         }
     }

@@ -293,6 +293,7 @@ impl Scheduler {
             .publish(topic, payload, Qos::AtMostOnce, false)
             .await;
         self.stats.published.fetch_add(1, Ordering::Relaxed);
+        self.stats.journal.lock().unwrap().push(reading.clone());
     }
 
     fn buffer(&mut self, idx: usize, reading: Reading) {
