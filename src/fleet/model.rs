@@ -93,7 +93,10 @@ fn yes() -> bool {
     true
 }
 
-/// Body of `POST /devices`.
+/// Body of `POST /devices`. It repeats the template's fields instead of
+/// `#[serde(flatten)]`-ing a [`DeviceTemplate`], because serde cannot refuse
+/// unknown fields through a flattened struct, and naming a mistyped field is
+/// worth the repetition.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateDevice {

@@ -24,10 +24,6 @@ impl SharedState {
     pub fn set(&self, key: &str, value: String) {
         self.0.lock().unwrap().insert(key.to_string(), value);
     }
-
-    pub fn snapshot(&self) -> BTreeMap<String, String> {
-        self.0.lock().unwrap().clone()
-    }
 }
 
 /// One device as a call sees it, named by its slot (index).

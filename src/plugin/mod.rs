@@ -182,7 +182,7 @@ impl PluginHost {
     /// Starts the engine, its epoch ticker and the worker threads, and loads
     /// the built-in plugins.
     pub fn start(limits: PluginLimits) -> Result<Self, LoadError> {
-        let registry = Arc::new(Registry::new(&limits));
+        let registry = Arc::new(Registry::new());
         let pool = Arc::new(Pool::start(registry.clone(), &limits));
         let host = Self { registry, pool };
         for (name, bytes) in crate::builtin::BUILTIN {

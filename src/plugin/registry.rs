@@ -16,7 +16,7 @@ use wasmtime::{Engine, EngineWeak};
 
 use super::bindings::{command_handler, edge_rule, sensor};
 use super::host::HostState;
-use super::{LoadError, PluginLimits, valid_name};
+use super::{LoadError, valid_name};
 
 /// The WIT package version plugins are built against.
 pub(crate) const WIT_VERSION: &str = "0.1.0";
@@ -215,7 +215,7 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    pub fn new(_limits: &PluginLimits) -> Self {
+    pub fn new() -> Self {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);

@@ -4,7 +4,7 @@
 //! config) into batched plugin calls, and published in timestamp order.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -94,6 +94,9 @@ pub(crate) struct Scheduler {
     streams: Vec<Option<Stream>>,
     free: Vec<usize>,
     by_device: HashMap<Arc<str>, Vec<usize>>,
+    /// Streams holding offline readings, so a flush looks only at those
+    /// (not at the whole fleet on every wake).
+    waiting: BTreeSet<usize>,
     heap: BinaryHeap<Reverse<(i64, usize, u64)>>,
     configs: HashMap<String, Arc<str>>,
     /// Unit (as JSON) per (plugin, config), with the plugin version it was
@@ -124,6 +127,7 @@ impl Scheduler {
             streams: Vec::new(),
             free: Vec::new(),
             by_device: HashMap::new(),
+            waiting: BTreeSet::new(),
             heap: BinaryHeap::new(),
             configs: HashMap::new(),
             units: HashMap::new(),
@@ -144,7 +148,7 @@ impl Scheduler {
                 _ = wait(&self.clock, manual.as_mut(), next_due) => {}
             }
             let now = self.clock.now_ms();
-            if self.stats.buffered.load(Ordering::Relaxed) > 0 {
+            if !self.waiting.is_empty() {
                 self.flush_online(now).await;
             }
             self.produce(now).await;
@@ -163,6 +167,7 @@ impl Scheduler {
             Control::Flush => {}
             Control::RemoveDevice(device) => {
                 for idx in self.by_device.remove(device.as_str()).unwrap_or_default() {
+                    self.waiting.remove(&idx);
                     if let Some(stream) = &self.streams[idx] {
                         self.stats
                             .buffered
@@ -277,14 +282,14 @@ impl Scheduler {
         for (ts, idx, reading) in readings {
             let stream = self.streams[idx].as_mut().expect("live stream");
             if stream.presence.online_at(ts) {
-                self.publish(idx, &reading).await;
+                self.publish(idx, reading).await;
             } else {
                 self.buffer(idx, reading);
             }
         }
     }
 
-    async fn publish(&mut self, idx: usize, reading: &Reading) {
+    async fn publish(&mut self, idx: usize, reading: Reading) {
         self.payload.clear();
         reading.write_json(&mut self.payload);
         let topic = &self.streams[idx].as_ref().expect("live stream").topic;
@@ -293,7 +298,7 @@ impl Scheduler {
             .publish(topic, payload, Qos::AtMostOnce, false)
             .await;
         self.stats.published.fetch_add(1, Ordering::Relaxed);
-        self.stats.journal.lock().unwrap().push(reading.clone());
+        self.stats.journal.lock().unwrap().push(reading);
     }
 
     fn buffer(&mut self, idx: usize, reading: Reading) {
@@ -312,6 +317,7 @@ impl Scheduler {
             }
         }
         stream.buffered.push_back(reading);
+        self.waiting.insert(idx);
         self.stats.buffered.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -319,14 +325,15 @@ impl Scheduler {
     /// timestamp order.
     async fn flush_online(&mut self, now: i64) {
         let mut pending: Vec<(i64, usize, Reading)> = Vec::new();
-        for (idx, slot) in self.streams.iter_mut().enumerate() {
-            if let Some(stream) = slot
-                && !stream.buffered.is_empty()
-                && stream.presence.online_at(now)
-            {
-                for reading in stream.buffered.drain(..) {
-                    pending.push((reading.ts, idx, reading));
-                }
+        let waiting = std::mem::take(&mut self.waiting);
+        for idx in waiting {
+            let Some(stream) = self.streams[idx].as_mut() else {
+                continue;
+            };
+            if stream.presence.online_at(now) {
+                pending.extend(stream.buffered.drain(..).map(|r| (r.ts, idx, r)));
+            } else {
+                self.waiting.insert(idx);
             }
         }
         if pending.is_empty() {
@@ -337,7 +344,7 @@ impl Scheduler {
             .fetch_sub(pending.len() as u64, Ordering::Relaxed);
         pending.sort_by_key(|r| (r.0, r.1));
         for (_, idx, reading) in pending {
-            self.publish(idx, &reading).await;
+            self.publish(idx, reading).await;
         }
     }
 
