@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::clock::{Clock, ClockMode};
+use crate::edge::{EdgeNodes, NoCommandEngine};
 use crate::fleet::access::DeviceAccess;
 use crate::fleet::{Fleet, FleetError};
 use crate::http::{self, Addrs, AppState};
@@ -107,6 +108,8 @@ pub enum StartError {
         path: String,
         source: std::io::Error,
     },
+    #[error("scenario: edge node {node:?}: {problem}")]
+    EdgeNode { node: String, problem: String },
     #[error("scenario: device {device:?} has sensor {sensor:?} with plugin {plugin:?}, {problem}")]
     SensorPlugin {
         device: String,
@@ -210,6 +213,25 @@ impl Server {
         fleet.follow(broker.handle().events());
         let provisioned = fleet.provision_scenario(&scenario.devices).await?;
         tracing::info!(devices = fleet.len(), provisioned, seed, "fleet ready");
+        let edge = EdgeNodes::new(
+            clock.clone(),
+            telemetry.clone(),
+            plugins.clone(),
+            broker.handle(),
+            fleet.clone(),
+            seed,
+            std::sync::Arc::new(NoCommandEngine),
+        );
+        telemetry.set_tap(edge.tap());
+        for spec in &scenario.edge_nodes {
+            let node = spec.id.clone();
+            edge.create(spec.clone())
+                .await
+                .map_err(|e| StartError::EdgeNode {
+                    node,
+                    problem: e.to_string(),
+                })?;
+        }
 
         let listener = TcpListener::bind(config.http)
             .await
@@ -232,6 +254,7 @@ impl Server {
             mqtt: broker.handle(),
             telemetry,
             fleet,
+            edge,
         };
         let (http_stop, stop_rx) = oneshot::channel::<()>();
         let app = http::router(state);

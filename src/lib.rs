@@ -14,6 +14,8 @@
 //!   store.
 //! - [`mqtt`]: the embedded broker behind a facade: topics, journal,
 //!   clients, auth hook, outages.
+//! - [`edge`]: edge nodes: rule pipelines over member devices' readings,
+//!   store-and-forward uplink, budgets.
 //! - [`http`]: the REST API.
 //! - [`telemetry`]: the fleet's scheduler, sensor calls, publishing.
 //! - [`plugin`]: the wasmtime host, the registry with hot reload, the
@@ -25,6 +27,7 @@
 pub mod app;
 pub mod builtin;
 pub mod clock;
+pub mod edge;
 pub mod fleet;
 pub mod http;
 pub mod mqtt;

@@ -3,6 +3,7 @@
 //! between HTTP and the modules' handles.
 
 mod devices;
+mod edge;
 mod error;
 mod mqtt;
 mod plugins;
@@ -19,6 +20,7 @@ use utoipa::OpenApi;
 pub use error::{ApiError, Problem};
 
 use crate::clock::Clock;
+use crate::edge::EdgeNodes;
 use crate::fleet::Fleet;
 use crate::mqtt::MqttHandle;
 use crate::plugin::PluginHost;
@@ -44,6 +46,7 @@ pub struct AppState {
     pub mqtt: MqttHandle,
     pub telemetry: Telemetry,
     pub fleet: Fleet,
+    pub edge: EdgeNodes,
 }
 
 #[derive(OpenApi)]
@@ -76,6 +79,11 @@ pub struct AppState {
         mqtt::mqtt_clients,
         mqtt::mqtt_status,
         mqtt::mqtt_outage,
+        edge::edge_nodes_create,
+        edge::edge_nodes_index,
+        edge::edge_nodes_show,
+        edge::edge_nodes_uplink,
+        edge::edge_nodes_destroy,
     ),
     components(schemas(Problem))
 )]
@@ -128,7 +136,16 @@ pub fn router(state: AppState) -> Router {
         .route("/mqtt/verify", post(mqtt::mqtt_verify))
         .route("/mqtt/clients", get(mqtt::mqtt_clients))
         .route("/mqtt/status", get(mqtt::mqtt_status))
-        .route("/mqtt/outage", post(mqtt::mqtt_outage));
+        .route("/mqtt/outage", post(mqtt::mqtt_outage))
+        .route(
+            "/edge-nodes",
+            post(edge::edge_nodes_create).get(edge::edge_nodes_index),
+        )
+        .route(
+            "/edge-nodes/{id}",
+            get(edge::edge_nodes_show).delete(edge::edge_nodes_destroy),
+        )
+        .route("/edge-nodes/{id}/uplink", post(edge::edge_nodes_uplink));
     Router::new()
         .nest("/api/v1", api)
         .route("/metrics", get(system::metrics_show))

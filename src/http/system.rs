@@ -70,7 +70,8 @@ pub struct AdvanceRequest {
 }
 
 /// Moves a manual clock forward. Answers once every reading due in the
-/// span has been published, in timestamp order.
+/// span has been published, in timestamp order, and every edge node has
+/// processed the windows that closed in it.
 #[utoipa::path(post, path = "/api/v1/clock/advance", tag = "clock",
     request_body = AdvanceRequest,
     responses((status = 200, body = ClockView),
@@ -84,6 +85,7 @@ pub async fn clock_advance(
         crate::clock::ClockError::BadStep(_) => ApiError::invalid(e.to_string()),
     })?;
     state.telemetry.wait_produced(now).await;
+    state.edge.wait_processed(now).await;
     Ok(Json(clock_view(&state)))
 }
 

@@ -9,6 +9,7 @@
 //! the registry which file changed.
 
 mod bindings;
+mod edge_rule;
 mod host;
 mod pool;
 mod registry;
@@ -17,6 +18,10 @@ pub mod watcher;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use edge_rule::{
+    CallBudget, EdgeAction, EdgeAggregate, EdgeAlert, EdgeCommand, EdgeOutcome, EdgeReading,
+    EdgeWindow,
+};
 pub use host::{CallContext, DeviceSlot, SharedState};
 pub use registry::{PluginInfo, PluginSource, PluginStatus, World};
 

@@ -14,6 +14,8 @@ use super::host::{CallContext, HostState, MemoryLimiter};
 use super::registry::{EPOCH_TICK, Entry, Prepared, Registry, Version, World};
 use super::{CallError, PluginLimits, Sample, SampleRequest, SensorInfo};
 
+mod edge;
+
 type Job = Box<dyn FnOnce(&mut Worker) + Send>;
 
 pub(crate) struct Pool {

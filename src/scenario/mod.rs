@@ -30,6 +30,8 @@ struct RawScenario {
     seed: Option<u64>,
     #[serde(default)]
     fleet: Vec<RawFleet>,
+    #[serde(default)]
+    edge_node: Vec<crate::edge::EdgeNodeSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -101,6 +103,8 @@ pub struct DeviceSpec {
 pub struct Scenario {
     pub seed: Option<u64>,
     pub devices: Vec<DeviceSpec>,
+    /// `[[edge_node]]` tables, checked when the server starts them.
+    pub edge_nodes: Vec<crate::edge::EdgeNodeSpec>,
 }
 
 impl Scenario {
@@ -169,6 +173,7 @@ impl Scenario {
         Ok(Self {
             seed: raw.seed,
             devices,
+            edge_nodes: raw.edge_node,
         })
     }
 }

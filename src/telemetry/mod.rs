@@ -51,6 +51,14 @@ pub struct TelemetryStats {
     /// Recent published readings, for export. A std mutex: held for one
     /// push or one scan, never across an await.
     pub journal: std::sync::Mutex<journal::Journal>,
+    /// Sees every published reading (edge nodes); set once.
+    pub tap: std::sync::OnceLock<Arc<dyn ReadingTap>>,
+}
+
+/// Something that sees every reading as it is published (edge nodes). It
+/// is called on the scheduler's task, so it must be quick and not block.
+pub trait ReadingTap: Send + Sync + std::fmt::Debug {
+    fn reading(&self, reading: &Reading);
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -137,6 +145,12 @@ impl Telemetry {
     /// readings go out now rather than at the next due reading.
     pub async fn flush(&self) {
         let _ = self.control.send(Control::Flush).await;
+    }
+
+    /// Hands every reading published from now on to `tap` as well. Only the
+    /// first tap set is kept; false if one was set before.
+    pub fn set_tap(&self, tap: Arc<dyn ReadingTap>) -> bool {
+        self.stats.tap.set(tap).is_ok()
     }
 
     /// Waits until every reading due at or before `t` has been published.

@@ -298,6 +298,9 @@ impl Scheduler {
             .publish(topic, payload, Qos::AtMostOnce, false)
             .await;
         self.stats.published.fetch_add(1, Ordering::Relaxed);
+        if let Some(tap) = self.stats.tap.get() {
+            tap.reading(&reading);
+        }
         self.stats.journal.lock().unwrap().push(reading);
     }
 

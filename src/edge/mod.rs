@@ -1,0 +1,332 @@
+//! Edge nodes: gateways between a group of devices and the cloud. Each
+//! node takes its member devices' readings into a bounded input queue,
+//! runs every window's batch through a pipeline of edge-rule plugins, and
+//! publishes what comes out on `edge/{node}/uplink/...`, keeping it in a
+//! bounded buffer while its uplink is down.
+//!
+//! It owns the nodes, their queues, uplink buffers and counters. It does
+//! not produce readings (telemetry hands them over through a
+//! [`ReadingTap`](crate::telemetry::ReadingTap)), run plugins (the plugin
+//! host does) or deliver commands (a [`CommandSink`] does).
+//!
+//! Membership: `ids` names devices whether or not they exist yet (one
+//! created later with a listed id joins); `tag` and `group` are resolved
+//! against the fleet when the node is created, and devices added or
+//! re-tagged later do not join (create the node again to pick them up).
+
+mod node;
+mod sink;
+mod spec;
+mod stats;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::{mpsc, oneshot};
+
+pub use node::{CommandCounters, EdgeNodeView, ReadingCounters, RuleStats, UplinkView};
+pub use sink::{CommandSink, NoCommandEngine, SinkFuture};
+pub use spec::{
+    BudgetSpec, BufferPolicy, DeviceSelector, EdgeNodeSpec, OnError, RuleSpec, UplinkBufferSpec,
+};
+pub use stats::LatencyView;
+
+use crate::clock::Clock;
+use crate::fleet::{DeviceFilter, Fleet};
+use crate::mqtt::MqttHandle;
+use crate::plugin::{CallContext, CallError, EdgeWindow, PluginHost, World};
+use crate::telemetry::{Reading, ReadingTap, Telemetry};
+use node::{Control, Node, Runtime};
+
+/// Commands waiting for a node's task (uplink changes); senders wait.
+const CONTROL_CAPACITY: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error("no edge node {0:?}")]
+    NotFound(String),
+    #[error("edge node {0:?} already exists; pick another id or delete it first")]
+    Duplicate(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A handle on the edge nodes; cheap to clone.
+#[derive(Clone)]
+pub struct EdgeNodes(Arc<Inner>);
+
+struct Inner {
+    rt: Runtime,
+    fleet: Fleet,
+    // std locks: held for map operations only, never across an await.
+    nodes: RwLock<BTreeMap<String, Handle>>,
+    tap: Arc<Tap>,
+}
+
+struct Handle {
+    node: Arc<Node>,
+    control: mpsc::Sender<Control>,
+}
+
+/// Routes published readings to the nodes of their device. It holds no
+/// handle on telemetry, so the scheduler holding it makes no cycle.
+#[derive(Debug, Default)]
+pub struct Tap {
+    // A std lock: read for one map lookup per reading.
+    members: RwLock<HashMap<Arc<str>, Vec<Arc<Node>>>>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("id", &self.id).finish()
+    }
+}
+
+impl ReadingTap for Tap {
+    fn reading(&self, reading: &Reading) {
+        let members = self.members.read().unwrap();
+        if let Some(nodes) = members.get(&*reading.device) {
+            for node in nodes {
+                node.accept(reading);
+            }
+        }
+    }
+}
+
+impl EdgeNodes {
+    pub fn new(
+        clock: Clock,
+        telemetry: Telemetry,
+        plugins: PluginHost,
+        mqtt: MqttHandle,
+        fleet: Fleet,
+        seed: u64,
+        sink: Arc<dyn CommandSink>,
+    ) -> Self {
+        Self(Arc::new(Inner {
+            rt: Runtime {
+                clock,
+                telemetry,
+                plugins,
+                mqtt,
+                sink,
+                seed,
+            },
+            fleet,
+            nodes: RwLock::default(),
+            tap: Arc::new(Tap::default()),
+        }))
+    }
+
+    /// What telemetry calls with every published reading.
+    pub fn tap(&self) -> Arc<dyn ReadingTap> {
+        self.0.tap.clone()
+    }
+
+    /// Checks `spec` against the loaded plugins (and each rule's config
+    /// against its plugin), resolves its members and starts it.
+    pub async fn create(&self, spec: EdgeNodeSpec) -> Result<EdgeNodeView, EdgeError> {
+        spec.check().map_err(EdgeError::Invalid)?;
+        if self.0.nodes.read().unwrap().contains_key(&spec.id) {
+            return Err(EdgeError::Duplicate(spec.id));
+        }
+        for (i, rule) in spec.rules.iter().enumerate() {
+            self.check_rule(&spec, i, rule).await?;
+        }
+        let members = self.resolve(&spec.devices)?;
+        let node = Node::new(spec, members, self.0.rt.clock.now_ms());
+        let (control, rx) = mpsc::channel(CONTROL_CAPACITY);
+        {
+            let mut nodes = self.0.nodes.write().unwrap();
+            if nodes.contains_key(&*node.id) {
+                return Err(EdgeError::Duplicate(node.id.to_string()));
+            }
+            nodes.insert(
+                node.id.to_string(),
+                Handle {
+                    node: node.clone(),
+                    control,
+                },
+            );
+        }
+        tokio::spawn(node.clone().run(self.0.rt.clone(), rx));
+        self.rebuild_members();
+        tracing::info!(node = %node.id, members = node.members.len(), rules = node.spec.rules.len(), "edge node created");
+        Ok(node.view())
+    }
+
+    async fn check_rule(
+        &self,
+        spec: &EdgeNodeSpec,
+        i: usize,
+        rule: &RuleSpec,
+    ) -> Result<(), EdgeError> {
+        let plugins = &self.0.rt.plugins;
+        match plugins.info(&rule.plugin).and_then(|p| p.world) {
+            Some(World::EdgeRule) => {}
+            Some(other) => {
+                return Err(EdgeError::Invalid(format!(
+                    "rules[{i}].plugin: {:?} is a {other} plugin, not an edge-rule",
+                    rule.plugin
+                )));
+            }
+            None => {
+                let loaded: Vec<String> = plugins
+                    .list()
+                    .into_iter()
+                    .filter(|p| p.world == Some(World::EdgeRule))
+                    .map(|p| p.name)
+                    .collect();
+                return Err(EdgeError::Invalid(format!(
+                    "rules[{i}].plugin: no edge-rule plugin named {:?} is loaded (loaded: {})",
+                    rule.plugin,
+                    if loaded.is_empty() {
+                        "none".into()
+                    } else {
+                        loaded.join(", ")
+                    }
+                )));
+            }
+        }
+        // An empty batch checks the configuration; only a refusal of it is
+        // the caller's mistake (a rule that misbehaves shows up later as a
+        // degraded node).
+        let now = self.0.rt.clock.now_ms();
+        let (result, _) = plugins
+            .process_edge(
+                &rule.plugin,
+                std::sync::Arc::from(rule.config.to_string()),
+                Vec::new(),
+                EdgeWindow {
+                    start: now,
+                    end: now,
+                },
+                Vec::new(),
+                CallContext::default(),
+                spec.call_budget(std::time::Duration::from_millis(spec.budget.time_ms)),
+            )
+            .await;
+        match result {
+            Err(CallError::InvalidConfig { detail, .. }) => {
+                Err(EdgeError::Invalid(format!("rules[{i}].config: {detail}")))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn resolve(&self, selector: &DeviceSelector) -> Result<Vec<String>, EdgeError> {
+        if let Some(ids) = &selector.ids {
+            let mut ids = ids.clone();
+            ids.sort();
+            ids.dedup();
+            return Ok(ids);
+        }
+        let mut filter = DeviceFilter {
+            tag: selector.tag.clone(),
+            group: selector.group.clone(),
+            limit: Some(1000),
+            ..Default::default()
+        };
+        let mut ids = Vec::new();
+        loop {
+            let page = self
+                .0
+                .fleet
+                .list(&filter)
+                .map_err(|e| EdgeError::Invalid(format!("devices: {e}")))?;
+            ids.extend(page.items.into_iter().map(|d| d.id));
+            match page.next_cursor {
+                Some(cursor) => filter.cursor = Some(cursor),
+                None => break,
+            }
+        }
+        Ok(ids)
+    }
+
+    fn rebuild_members(&self) {
+        let nodes = self.0.nodes.read().unwrap();
+        let mut members: HashMap<Arc<str>, Vec<Arc<Node>>> = HashMap::new();
+        for handle in nodes.values() {
+            for id in &handle.node.members {
+                members
+                    .entry(Arc::from(id.as_str()))
+                    .or_default()
+                    .push(handle.node.clone());
+            }
+        }
+        *self.0.tap.members.write().unwrap() = members;
+    }
+
+    pub fn list(&self) -> Vec<EdgeNodeView> {
+        let nodes: Vec<Arc<Node>> = self
+            .0
+            .nodes
+            .read()
+            .unwrap()
+            .values()
+            .map(|h| h.node.clone())
+            .collect();
+        nodes.iter().map(|n| n.view()).collect()
+    }
+
+    pub fn get(&self, id: &str) -> Result<EdgeNodeView, EdgeError> {
+        Ok(self.node(id)?.view())
+    }
+
+    fn node(&self, id: &str) -> Result<Arc<Node>, EdgeError> {
+        self.0
+            .nodes
+            .read()
+            .unwrap()
+            .get(id)
+            .map(|h| h.node.clone())
+            .ok_or_else(|| EdgeError::NotFound(id.to_string()))
+    }
+
+    /// Takes the uplink down (output is buffered) or up (the buffer is
+    /// published in order before this returns).
+    pub async fn set_uplink(&self, id: &str, up: bool) -> Result<EdgeNodeView, EdgeError> {
+        let (node, control) = {
+            let nodes = self.0.nodes.read().unwrap();
+            let handle = nodes
+                .get(id)
+                .ok_or_else(|| EdgeError::NotFound(id.to_string()))?;
+            (handle.node.clone(), handle.control.clone())
+        };
+        let (tx, rx) = oneshot::channel();
+        if control.send(Control::Uplink(up, tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        Ok(node.view())
+    }
+
+    /// Stops a node and forgets it; what its uplink buffer held is
+    /// discarded.
+    pub fn delete(&self, id: &str) -> Result<(), EdgeError> {
+        self.0
+            .nodes
+            .write()
+            .unwrap()
+            .remove(id)
+            .ok_or_else(|| EdgeError::NotFound(id.to_string()))?;
+        self.rebuild_members();
+        tracing::info!(node = id, "edge node deleted");
+        Ok(())
+    }
+
+    /// Resolves once every node has processed the windows ending at or
+    /// before simulated time `t`.
+    pub async fn wait_processed(&self, t: i64) {
+        let nodes: Vec<Arc<Node>> = self
+            .0
+            .nodes
+            .read()
+            .unwrap()
+            .values()
+            .map(|h| h.node.clone())
+            .collect();
+        for node in nodes {
+            node.wait_processed(t).await;
+        }
+    }
+}

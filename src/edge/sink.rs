@@ -1,0 +1,28 @@
+//! Where an edge rule's `command` actions go: the command engine, behind a
+//! small trait so the edge module does not depend on its internals.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::plugin::EdgeCommand;
+
+/// A boxed future, so the trait stays object-safe.
+pub type SinkFuture<'a> = Pin<Box<dyn Future<Output = Result<String, String>> + Send + 'a>>;
+
+/// Takes commands issued by edge rules. `submit` answers with the
+/// command's id once it is accepted, or says why it was refused; it does
+/// not wait for the device's answer.
+pub trait CommandSink: Send + Sync + 'static {
+    fn submit<'a>(&'a self, node: &'a str, command: &'a EdgeCommand) -> SinkFuture<'a>;
+}
+
+/// A sink for a server without a command engine: every command is refused
+/// (and counted by the node).
+#[derive(Debug, Default)]
+pub struct NoCommandEngine;
+
+impl CommandSink for NoCommandEngine {
+    fn submit<'a>(&'a self, _node: &'a str, _command: &'a EdgeCommand) -> SinkFuture<'a> {
+        Box::pin(async { Err("this server has no command engine".to_string()) })
+    }
+}
