@@ -1,0 +1,634 @@
+//! Edge nodes end to end: rule pipelines on real readings, the uplink
+//! topics seen by a real MQTT client, outages of the uplink, runaway rules
+//! and hot swaps, all under a manual clock.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use iotmock::ClockMode;
+use serde_json::{Value, json};
+
+use crate::support::{Message, Subscriber, TestServer, test_plugin_bytes};
+
+/// Three member devices tagged `edge` and one outsider, each reading a
+/// temperature around 30 °C once a second.
+const FLEET: &str = r#"
+[[fleet]]
+id_pattern = "t-{n}"
+count = 3
+tags = ["edge"]
+[[fleet.sensors]]
+plugin = "temperature"
+interval_ms = 1000
+config = { mean = 30.0, amplitude = 0.0, noise = 1.5, weather_sd = 0.0 }
+
+[[fleet]]
+id = "outsider"
+[[fleet.sensors]]
+plugin = "temperature"
+interval_ms = 1000
+config = { mean = 30.0, amplitude = 0.0, noise = 1.5, weather_sd = 0.0 }
+"#;
+
+async fn start(scenario: &str) -> TestServer {
+    TestServer::with_scenario(scenario, |c| {
+        c.clock = ClockMode::Manual;
+        c.seed = Some(7);
+    })
+    .await
+}
+
+async fn advance(server: &TestServer, ms: i64) {
+    let (status, body) = server
+        .post("/api/v1/clock/advance", json!({ "ms": ms }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+async fn node(server: &TestServer, id: &str) -> Value {
+    let (status, body) = server.get(&format!("/api/v1/edge-nodes/{id}")).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+async fn create(server: &TestServer, spec: Value) -> Value {
+    let (status, body) = server.post("/api/v1/edge-nodes", spec).await;
+    assert_eq!(status, 201, "{body}");
+    body
+}
+
+async fn uplink(server: &TestServer, id: &str, state: &str) -> Value {
+    let (status, body) = server
+        .post(
+            &format!("/api/v1/edge-nodes/{id}/uplink"),
+            json!({ "state": state }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+async fn load_test_rule(server: &TestServer, name: &str, file: &str) {
+    let (status, body) = server
+        .put_bytes(&format!("/api/v1/plugins/{name}"), test_plugin_bytes(file))
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// Exactly `n` messages, then nothing more for a moment.
+async fn collect(sub: &mut Subscriber, n: usize) -> Vec<Message> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        out.push(sub.next().await);
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let extra = sub.drain();
+    assert!(
+        extra.is_empty(),
+        "{} more messages than expected, first {:?}",
+        extra.len(),
+        extra.first().map(|m| &m.topic)
+    );
+    out
+}
+
+/// Raw readings until `n` of them come from devices other than the
+/// outsider; the outsider's are left out.
+async fn collect_members(sub: &mut Subscriber, n: usize) -> Vec<Value> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let r = sub.next().await.json();
+        if r["device"] != "outsider" {
+            out.push(r);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let extra: Vec<Value> = sub
+        .drain()
+        .iter()
+        .map(Message::json)
+        .filter(|r| r["device"] != "outsider")
+        .collect();
+    assert!(
+        extra.is_empty(),
+        "more member readings than counted: {extra:?}"
+    );
+    out
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
+}
+
+fn seqs(messages: &[Message]) -> Vec<u64> {
+    messages.iter().map(|m| u(&m.json()["seq"])).collect()
+}
+
+fn ts_ms(v: &Value) -> i64 {
+    iotmock::clock::parse_rfc3339_ms(v.as_str().unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threshold_then_aggregate_publish_exactly_what_the_config_says() {
+    let scenario = format!(
+        r#"{FLEET}
+[[edge_node]]
+id = "gw-1"
+devices = {{ tag = "edge" }}
+window_ms = 5000
+[[edge_node.rules]]
+plugin = "edge-threshold"
+config = {{ sensor = "temperature", min = 30.0 }}
+[[edge_node.rules]]
+plugin = "edge-aggregate"
+config = {{ forward = true }}
+"#
+    );
+    let server = start(&scenario).await;
+    let mut raw = server.subscribe("devices/+/telemetry/temperature").await;
+    let mut readings = server.subscribe("edge/gw-1/uplink/readings/#").await;
+    let mut aggregates = server.subscribe("edge/gw-1/uplink/aggregates").await;
+
+    advance(&server, 20_000).await;
+    let stats = node(&server, "gw-1").await;
+    assert_eq!(stats["state"], "ok", "{stats}");
+    assert_eq!(stats["members"], 3);
+    let members_in = u(&stats["readings"]["in"]) as usize;
+    assert!(members_in >= 60, "{stats}");
+
+    // The tap saw every member reading; those of the window still open
+    // (at the clock's time) wait in the queue.
+    let member_raw = collect_members(&mut raw, members_in).await;
+    let end = iotmock::clock::MANUAL_EPOCH_MS + 20_000;
+    let queued = member_raw.iter().filter(|r| ts_ms(&r["ts"]) >= end).count();
+    assert_eq!(u(&stats["readings"]["queued"]) as usize, queued);
+    let member_raw: Vec<&Value> = member_raw
+        .iter()
+        .filter(|r| ts_ms(&r["ts"]) < end)
+        .collect();
+
+    // Readings: exactly the members' readings of 30 °C or more, in order.
+    let expected: Vec<(String, i64, f64)> = member_raw
+        .iter()
+        .filter(|r| r["value"].as_f64().unwrap() >= 30.0)
+        .map(|r| {
+            (
+                r["device"].as_str().unwrap().to_string(),
+                ts_ms(&r["ts"]),
+                r["value"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        !expected.is_empty() && expected.len() < member_raw.len(),
+        "the threshold must keep some and drop some"
+    );
+    let got = collect(&mut readings, expected.len()).await;
+    let got_tuples: Vec<(String, i64, f64)> = got
+        .iter()
+        .map(|m| {
+            let r = m.json();
+            assert_eq!(
+                m.topic,
+                format!(
+                    "edge/gw-1/uplink/readings/{}/temperature",
+                    r["device"].as_str().unwrap()
+                )
+            );
+            assert_eq!(r["node"], "gw-1");
+            assert_eq!(r["unit"], "celsius");
+            assert!(r.get("unprocessed").is_none());
+            (
+                r["device"].as_str().unwrap().to_string(),
+                ts_ms(&r["ts"]),
+                r["value"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    let mut sorted_expected = expected.clone();
+    let key = |t: &(String, i64, f64)| (t.1, t.0.clone());
+    sorted_expected.sort_by_key(key);
+    let mut sorted_got = got_tuples.clone();
+    sorted_got.sort_by_key(key);
+    assert_eq!(sorted_got, sorted_expected);
+    let s = seqs(&got);
+    assert!(s.windows(2).all(|w| w[0] < w[1]), "seq increases: {s:?}");
+
+    // Aggregates: min/max/mean/count per device and 5 s window of the
+    // readings that passed the threshold.
+    let mut groups: BTreeMap<(i64, String), Vec<f64>> = BTreeMap::new();
+    for (device, ts, value) in &expected {
+        let start = ts.div_euclid(5000) * 5000;
+        groups
+            .entry((start, device.clone()))
+            .or_default()
+            .push(*value);
+    }
+    let got = collect(&mut aggregates, groups.len()).await;
+    assert_eq!(
+        u(&node(&server, "gw-1").await["aggregates_out"]),
+        groups.len() as u64
+    );
+    for m in &got {
+        let a = m.json();
+        let start = ts_ms(&a["window"]["start"]);
+        assert_eq!(ts_ms(&a["window"]["end"]), start + 5000);
+        let values = &groups[&(start, a["device"].as_str().unwrap().to_string())];
+        assert_eq!(a["sensor"], "temperature");
+        assert_eq!(u(&a["count"]) as usize, values.len(), "{a}");
+        let min = values.iter().cloned().fold(f64::INFINITY, f64::min);
+        let max = values.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let mean = values.iter().sum::<f64>() / values.len() as f64;
+        assert_eq!(a["min"].as_f64().unwrap(), min, "{a}");
+        assert_eq!(a["max"].as_f64().unwrap(), max, "{a}");
+        assert!((a["mean"].as_f64().unwrap() - mean).abs() < 1e-9, "{a}");
+    }
+
+    let stats = node(&server, "gw-1").await;
+    assert_eq!(u(&stats["readings"]["out"]), expected.len() as u64);
+    assert_eq!(
+        u(&stats["readings"]["filtered"]),
+        (member_raw.len() - expected.len()) as u64
+    );
+    assert_eq!(u(&stats["readings"]["dropped"]), 0);
+    assert_eq!(
+        u(&stats["rules"][0]["calls"]),
+        4,
+        "one call per 5 s window: {stats}"
+    );
+    assert_eq!(stats["rules"][1]["plugin"], "edge-aggregate");
+    assert!(stats["latency"]["p99_ms"].as_f64().is_some(), "{stats}");
+    server.stop().await;
+}
+
+/// Two devices, one reading a second each.
+const PAIR: &str = r#"
+[[fleet]]
+id_pattern = "d-{n}"
+count = 2
+[[fleet.sensors]]
+plugin = "temperature"
+interval_ms = 1000
+"#;
+
+fn pass_node(id: &str, capacity: usize, policy: &str) -> Value {
+    json!({
+        "id": id,
+        "devices": {"ids": ["d-1", "d-2"]},
+        "rules": [{"plugin": "pass"}],
+        "window_ms": 1000,
+        "buffer": {"capacity": capacity, "policy": policy},
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uplink_outage_delivers_everything_in_order_within_capacity_and_counts_overflow() {
+    let server = start(PAIR).await;
+    load_test_rule(&server, "pass", "test_edge_pass.wasm").await;
+    create(&server, pass_node("roomy", 1000, "drop_oldest")).await;
+    create(&server, pass_node("keep-new", 5, "drop_oldest")).await;
+    create(&server, pass_node("keep-old", 5, "drop_newest")).await;
+    let mut subs = Vec::new();
+    for id in ["roomy", "keep-new", "keep-old"] {
+        subs.push(
+            server
+                .subscribe(&format!("edge/{id}/uplink/readings/#"))
+                .await,
+        );
+        let view = uplink(&server, id, "down").await;
+        assert_eq!(view["uplink"]["state"], "down");
+    }
+
+    advance(&server, 10_000).await;
+    let n = u(&node(&server, "roomy").await["readings"]["in"]);
+    assert!(n >= 19, "two devices for 10 s: {n}");
+    // Nothing went out while the uplink was down.
+    let (_, journal) = server
+        .get("/api/v1/mqtt/messages?topic=edge/%2B/uplink/%23")
+        .await;
+    assert_eq!(journal["items"].as_array().unwrap().len(), 0, "{journal}");
+    for (id, buffered, dropped) in [
+        ("roomy", n, 0),
+        ("keep-new", 5, n - 5),
+        ("keep-old", 5, n - 5),
+    ] {
+        let stats = node(&server, id).await;
+        assert_eq!(u(&stats["readings"]["in"]), n, "{stats}");
+        assert_eq!(u(&stats["uplink"]["buffered"]), buffered, "{id}: {stats}");
+        assert_eq!(u(&stats["uplink"]["dropped"]), dropped, "{id}: {stats}");
+        assert_eq!(u(&stats["readings"]["out"]), 0);
+    }
+
+    for id in ["roomy", "keep-new", "keep-old"] {
+        let view = uplink(&server, id, "up").await;
+        assert_eq!(view["uplink"]["state"], "up");
+        assert_eq!(view["uplink"]["buffered"], 0, "flushed before the answer");
+    }
+    let roomy = collect(&mut subs[0], n as usize).await;
+    assert_eq!(seqs(&roomy), (1..=n).collect::<Vec<_>>(), "all, in order");
+    let newest = collect(&mut subs[1], 5).await;
+    assert_eq!(
+        seqs(&newest),
+        (n - 4..=n).collect::<Vec<_>>(),
+        "the newest five"
+    );
+    let oldest = collect(&mut subs[2], 5).await;
+    assert_eq!(
+        seqs(&oldest),
+        (1..=5).collect::<Vec<_>>(),
+        "the oldest five"
+    );
+    for (id, out) in [("roomy", n), ("keep-new", 5), ("keep-old", 5)] {
+        let stats = node(&server, id).await;
+        assert_eq!(u(&stats["readings"]["out"]), out, "{stats}");
+        assert_eq!(u(&stats["uplink"]["flushed"]), out, "{stats}");
+    }
+
+    // Back up: new readings flow straight through, numbering continues.
+    advance(&server, 2000).await;
+    let m = u(&node(&server, "roomy").await["readings"]["in"]);
+    let more = collect(&mut subs[0], (m - n) as usize).await;
+    assert_eq!(seqs(&more), (n + 1..=m).collect::<Vec<_>>());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runaway_rules_are_stopped_and_the_node_degrades_while_the_server_serves() {
+    let server = start(PAIR).await;
+    load_test_rule(&server, "pass", "test_edge_pass.wasm").await;
+    load_test_rule(&server, "spinner", "test_edge_spin.wasm").await;
+    load_test_rule(&server, "hog", "test_edge_hog.wasm").await;
+    let ids = json!({"ids": ["d-1", "d-2"]});
+    create(
+        &server,
+        json!({"id": "looping", "devices": ids, "rules": [{"plugin": "spinner"}],
+               "budget": {"time_ms": 50}, "on_error": "pass_through"}),
+    )
+    .await;
+    create(
+        &server,
+        json!({"id": "hungry", "devices": ids, "rules": [{"plugin": "pass"}, {"plugin": "hog"}],
+               "budget": {"memory_mib": 4, "queue": 1000}, "on_error": "hold"}),
+    )
+    .await;
+    create(
+        &server,
+        json!({"id": "healthy", "devices": ids, "rules": [{"plugin": "pass"}]}),
+    )
+    .await;
+    let mut looping = server.subscribe("edge/looping/uplink/readings/#").await;
+    let mut hungry = server.subscribe("edge/hungry/uplink/readings/#").await;
+
+    advance(&server, 3000).await;
+    let (status, health) = server.get("/api/v1/health").await;
+    assert_eq!(status, 200, "{health}");
+
+    // The loop is stopped at its 50 ms budget; the batch passes through.
+    let stats = node(&server, "looping").await;
+    assert_eq!(stats["state"], "degraded", "{stats}");
+    let reason = stats["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("deadline") && reason.contains("spinner"),
+        "{reason}"
+    );
+    assert_eq!(
+        u(&stats["rules"][0]["errors"]),
+        3,
+        "one per window: {stats}"
+    );
+    let n = u(&stats["readings"]["in"]);
+    assert_eq!(u(&stats["readings"]["unprocessed"]), n);
+    let passed = collect(&mut looping, n as usize).await;
+    assert!(passed.iter().all(|m| m.json()["unprocessed"] == true));
+    assert_eq!(seqs(&passed), (1..=n).collect::<Vec<_>>());
+
+    // The allocation is stopped at 4 MiB; the batch is held for retry.
+    let stats = node(&server, "hungry").await;
+    assert_eq!(stats["state"], "degraded", "{stats}");
+    let reason = stats["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("memory") && reason.contains("hog"),
+        "{reason}"
+    );
+    assert_eq!(u(&stats["readings"]["queued"]), n, "held: {stats}");
+    assert_eq!(u(&stats["readings"]["out"]), 0);
+    assert_eq!(u(&stats["rules"][0]["errors"]), 0, "the first rule is fine");
+
+    // Other nodes on the same devices are untouched.
+    let stats = node(&server, "healthy").await;
+    assert_eq!(stats["state"], "ok", "{stats}");
+    assert_eq!(u(&stats["readings"]["out"]), n);
+
+    // Replacing the hog releases the held readings, once each, in order.
+    load_test_rule(&server, "hog", "test_edge_pass.wasm").await;
+    advance(&server, 1000).await;
+    let stats = node(&server, "hungry").await;
+    assert_eq!(stats["state"], "ok", "{stats}");
+    assert!(stats["last_error"].as_str().unwrap().contains("memory"));
+    let m = u(&stats["readings"]["in"]);
+    let released = collect(&mut hungry, m as usize).await;
+    assert_eq!(seqs(&released), (1..=m).collect::<Vec<_>>());
+    assert_eq!(u(&stats["readings"]["dropped"]), 0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_swapping_a_rule_mid_stream_loses_and_repeats_nothing() {
+    let scenario = r#"
+[[fleet]]
+id_pattern = "h-{n}"
+count = 3
+[[fleet.sensors]]
+plugin = "temperature"
+interval_ms = 250
+"#;
+    let server = start(scenario).await;
+    load_test_rule(&server, "probe", "test_edge_pass.wasm").await;
+    create(
+        &server,
+        json!({"id": "swap", "devices": {"ids": ["h-1", "h-2", "h-3"]},
+               "rules": [{"plugin": "probe"}], "window_ms": 500}),
+    )
+    .await;
+    let mut sub = server.subscribe("edge/swap/uplink/readings/#").await;
+
+    let mut swap = None;
+    for step in 0..30 {
+        if step == 10 {
+            // The swap races the clock: it lands between some two batches.
+            let http = server.http.clone();
+            let url = server.url("/api/v1/plugins/probe");
+            let bytes = test_plugin_bytes("test_edge_offset.wasm");
+            swap = Some(tokio::spawn(async move {
+                http.put(url)
+                    .header("content-type", "application/wasm")
+                    .body(bytes)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            }));
+        }
+        if step == 20 {
+            assert_eq!(swap.take().unwrap().await.unwrap(), 200);
+        }
+        advance(&server, 300).await;
+    }
+    let stats = node(&server, "swap").await;
+    let n = u(&stats["readings"]["in"]);
+    assert_eq!(u(&stats["readings"]["out"]), n, "{stats}");
+    let got = collect(&mut sub, n as usize).await;
+    assert_eq!(
+        seqs(&got),
+        (1..=n).collect::<Vec<_>>(),
+        "no loss, no repeat"
+    );
+    let swapped: Vec<bool> = got
+        .iter()
+        .map(|m| m.json()["value"].as_f64().unwrap() >= 1000.0)
+        .collect();
+    let first_new = swapped
+        .iter()
+        .position(|s| *s)
+        .expect("the new version ran");
+    assert!(first_new > 0, "the old version ran first");
+    assert!(
+        swapped[first_new..].iter().all(|s| *s),
+        "once swapped, every reading went through the new version"
+    );
+    assert_eq!(stats["state"], "ok");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_control_commands_follow_the_hysteresis() {
+    let server = start(FLEET).await;
+    create(
+        &server,
+        json!({"id": "ctl", "devices": {"tag": "edge"}, "window_ms": 2000,
+               "rules": [{"plugin": "edge-local-control",
+                          "config": {"sensor": "temperature", "above": 31.0, "below": 29.0}}]}),
+    )
+    .await;
+    let mut raw = server.subscribe("devices/+/telemetry/temperature").await;
+    let mut commands = server.subscribe("edge/ctl/uplink/commands").await;
+    advance(&server, 30_000).await;
+    let stats = node(&server, "ctl").await;
+    let n = u(&stats["readings"]["in"]) as usize;
+    let raw = collect_members(&mut raw, n).await;
+    let end = iotmock::clock::MANUAL_EPOCH_MS + 30_000;
+
+    // What the hysteresis must do, reading by reading.
+    let mut on: BTreeMap<String, bool> = BTreeMap::new();
+    let mut expected = Vec::new();
+    for r in raw.iter().filter(|r| ts_ms(&r["ts"]) < end) {
+        let device = r["device"].as_str().unwrap().to_string();
+        let value = r["value"].as_f64().unwrap();
+        let state = on.entry(device.clone()).or_default();
+        if !*state && value > 31.0 {
+            *state = true;
+            expected.push((device, "fan_on"));
+        } else if *state && value < 29.0 {
+            *state = false;
+            expected.push((device, "fan_off"));
+        }
+    }
+    assert!(expected.len() >= 2, "the noise crosses both thresholds");
+    let got = collect(&mut commands, expected.len()).await;
+    let mut got: Vec<(String, &str)> = got
+        .iter()
+        .map(|m| {
+            let c = m.json();
+            assert_eq!(c["node"], "ctl");
+            let name = if c["name"] == "fan_on" {
+                "fan_on"
+            } else {
+                "fan_off"
+            };
+            (c["device"].as_str().unwrap().to_string(), name)
+        })
+        .collect();
+    // Per device, the order is the readings' order.
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut expected_sorted = expected.clone();
+    expected_sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(got, expected_sorted);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_edge_node_requests_get_problem_details() {
+    let server = start(PAIR).await;
+    let base =
+        json!({"id": "n", "devices": {"ids": ["d-1"]}, "rules": [{"plugin": "edge-threshold"}]});
+    let cases = [
+        (
+            json!({"rules": [{"plugin": "nope"}]}),
+            "no edge-rule plugin named \"nope\"",
+        ),
+        (
+            json!({"rules": [{"plugin": "temperature"}]}),
+            "is a sensor plugin",
+        ),
+        (
+            json!({"rules": [{"plugin": "edge-threshold", "config": {"min": 5, "max": 1}}]}),
+            "rules[0].config",
+        ),
+        (
+            json!({"rules": [{"plugin": "edge-threshold", "config": {"minimum": 5}}]}),
+            "unknown field",
+        ),
+        (json!({"devices": {}}), "exactly one of"),
+        (
+            json!({"devices": {"tag": "a", "group": "b"}}),
+            "exactly one of",
+        ),
+        (json!({"rules": []}), "rules: give 1 to"),
+        (json!({"window_ms": 0}), "window_ms"),
+        (json!({"id": "a/b"}), "edge node id"),
+        (
+            json!({"buffer": {"capacity": 5, "policy": "drop_some"}}),
+            "drop_oldest",
+        ),
+        (json!({"budget": {"time_ms": 0}}), "budget.time_ms"),
+    ];
+    for (patch, needle) in cases {
+        let mut body = base.clone();
+        for (k, v) in patch.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let response = server
+            .http
+            .post(server.url("/api/v1/edge-nodes"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 422, "{body}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        let problem: Value = response.json().await.unwrap();
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains(needle), "{body} -> {detail}");
+    }
+    create(&server, base.clone()).await;
+    let (status, problem) = server.post("/api/v1/edge-nodes", base).await;
+    assert_eq!(status, 409, "{problem}");
+    let (status, _) = server.get("/api/v1/edge-nodes/missing").await;
+    assert_eq!(status, 404);
+    let (status, problem) = server
+        .post("/api/v1/edge-nodes/n/uplink", json!({"state": "sideways"}))
+        .await;
+    assert_eq!(status, 422, "{problem}");
+    let (status, list) = server.get("/api/v1/edge-nodes").await;
+    assert_eq!(status, 200);
+    assert_eq!(list["items"][0]["id"], "n");
+    assert_eq!(list["items"][0]["uplink"]["state"], "up");
+    let (status, _) = server.delete("/api/v1/edge-nodes/n").await;
+    assert_eq!(status, 204);
+    let (status, _) = server.get("/api/v1/edge-nodes/n").await;
+    assert_eq!(status, 404);
+    server.stop().await;
+}
