@@ -349,6 +349,7 @@ impl Node {
             return;
         }
         let started = Instant::now();
+        let batch_len = batch.len();
         let time_budget = Duration::from_millis(self.spec.budget.time_ms);
         let mut readings: Vec<EdgeReading> = batch.iter().map(Queued::to_plugin).collect();
         let mut side: Vec<EdgeAction> = Vec::new();
@@ -472,7 +473,7 @@ impl Node {
             .lock()
             .unwrap()
             .latency
-            .record(started.elapsed());
+            .record(started.elapsed(), batch_len);
     }
 
     async fn submit(&self, rt: &Runtime, command: &EdgeCommand, ts: i64) -> Out {

@@ -15,6 +15,8 @@ pub(crate) struct Latency {
     recent: VecDeque<u64>,
     max_us: u64,
     count: u64,
+    last_us: u64,
+    last_readings: u64,
 }
 
 /// Batch latencies, ms (µs precision).
@@ -27,10 +29,13 @@ pub struct LatencyView {
     pub p99_ms: Option<f64>,
     /// All time.
     pub max_ms: Option<f64>,
+    /// The most recent batch: its latency and how many readings it held.
+    pub last_ms: Option<f64>,
+    pub last_readings: u64,
 }
 
 impl Latency {
-    pub fn record(&mut self, elapsed: Duration) {
+    pub fn record(&mut self, elapsed: Duration, readings: usize) {
         let us = elapsed.as_micros().min(u64::MAX as u128) as u64;
         if self.recent.len() == SAMPLES {
             self.recent.pop_front();
@@ -38,6 +43,8 @@ impl Latency {
         self.recent.push_back(us);
         self.max_us = self.max_us.max(us);
         self.count += 1;
+        self.last_us = us;
+        self.last_readings = readings as u64;
     }
 
     pub fn view(&self) -> LatencyView {
@@ -49,6 +56,8 @@ impl Latency {
             p50_ms: percentile(&sorted, 0.50).map(ms),
             p99_ms: percentile(&sorted, 0.99).map(ms),
             max_ms: (self.count > 0).then(|| ms(self.max_us)),
+            last_ms: (self.count > 0).then(|| ms(self.last_us)),
+            last_readings: self.last_readings,
         }
     }
 }
@@ -74,7 +83,7 @@ mod tests {
         assert_eq!(percentile(&[], 0.5), None);
         let mut l = Latency::default();
         for us in [1000, 3000, 2000] {
-            l.record(Duration::from_micros(us));
+            l.record(Duration::from_micros(us), 10);
         }
         let v = l.view();
         assert_eq!(v.batches, 3);

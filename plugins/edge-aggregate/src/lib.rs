@@ -43,7 +43,11 @@ fn yes() -> bool {
 }
 
 fn parse(config: &str) -> Result<Config, PluginError> {
-    let text = if config.trim().is_empty() { "{}" } else { config };
+    let text = if config.trim().is_empty() {
+        "{}"
+    } else {
+        config
+    };
     serde_json::from_str(text)
         .map_err(|e| PluginError::InvalidConfig(format!("edge-aggregate config: {e}")))
 }
@@ -72,20 +76,18 @@ impl Guest for Plugin {
             let wanted = config
                 .sensors
                 .as_ref()
-                .is_none_or(|s| s.iter().any(|s| *s == r.sensor));
+                .is_none_or(|s| s.contains(&r.sensor));
             if !wanted {
                 actions.push(Action::Forward(r));
                 continue;
             }
             let device = config.per_device.then(|| r.device.clone());
-            let stats = groups
-                .entry((device, r.sensor.clone()))
-                .or_insert(Stats {
-                    min: f64::INFINITY,
-                    max: f64::NEG_INFINITY,
-                    sum: 0.0,
-                    count: 0,
-                });
+            let stats = groups.entry((device, r.sensor.clone())).or_insert(Stats {
+                min: f64::INFINITY,
+                max: f64::NEG_INFINITY,
+                sum: 0.0,
+                count: 0,
+            });
             stats.min = stats.min.min(r.value);
             stats.max = stats.max.max(r.value);
             stats.sum += r.value;

@@ -83,7 +83,11 @@ fn yes() -> bool {
 }
 
 fn parse(config: &str) -> Result<Config, PluginError> {
-    let text = if config.trim().is_empty() { "{}" } else { config };
+    let text = if config.trim().is_empty() {
+        "{}"
+    } else {
+        config
+    };
     let config: Config = serde_json::from_str(text)
         .map_err(|e| PluginError::InvalidConfig(format!("edge-local-control config: {e}")))?;
     let below = config.below.unwrap_or(config.above - 2.0);

@@ -55,10 +55,14 @@ enum By {
 }
 
 fn parse(config: &str) -> Result<Config, PluginError> {
-    let text = if config.trim().is_empty() { "{}" } else { config };
+    let text = if config.trim().is_empty() {
+        "{}"
+    } else {
+        config
+    };
     let config: Config = serde_json::from_str(text)
         .map_err(|e| PluginError::InvalidConfig(format!("edge-rate-limit config: {e}")))?;
-    if !(config.per_second > 0.0) || config.burst == 0 {
+    if config.per_second.is_nan() || config.per_second <= 0.0 || config.burst == 0 {
         return Err(PluginError::InvalidConfig(
             "edge-rate-limit config: per_second must be above 0 and burst at least 1".into(),
         ));

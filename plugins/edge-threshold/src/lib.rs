@@ -62,7 +62,7 @@ fn parse(config: &str) -> Result<Config, PluginError> {
             "edge-threshold config: min ({min}) is above max ({max})"
         )));
     }
-    if !(config.deadband >= 0.0) {
+    if config.deadband.is_nan() || config.deadband < 0.0 {
         return Err(PluginError::InvalidConfig(
             "edge-threshold config: deadband must be 0 or more".into(),
         ));
@@ -88,8 +88,8 @@ impl Guest for Plugin {
                 actions.push(Action::Forward(r));
                 continue;
             }
-            let inside = config.min.is_none_or(|m| r.value >= m)
-                && config.max.is_none_or(|m| r.value <= m);
+            let inside =
+                config.min.is_none_or(|m| r.value >= m) && config.max.is_none_or(|m| r.value <= m);
             let in_range = match config.mode {
                 Mode::Inside => inside,
                 Mode::Outside => !inside,

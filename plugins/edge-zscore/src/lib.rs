@@ -55,10 +55,14 @@ fn yes() -> bool {
 }
 
 fn parse(config: &str) -> Result<Config, PluginError> {
-    let text = if config.trim().is_empty() { "{}" } else { config };
+    let text = if config.trim().is_empty() {
+        "{}"
+    } else {
+        config
+    };
     let config: Config = serde_json::from_str(text)
         .map_err(|e| PluginError::InvalidConfig(format!("edge-zscore config: {e}")))?;
-    if !(config.threshold > 0.0) {
+    if config.threshold.is_nan() || config.threshold <= 0.0 {
         return Err(PluginError::InvalidConfig(
             "edge-zscore config: threshold must be above 0".into(),
         ));
