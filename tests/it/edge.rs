@@ -632,3 +632,113 @@ async fn bad_edge_node_requests_get_problem_details() {
     assert_eq!(status, 404);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_then_zscore_forward_and_alert_as_configured() {
+    let scenario = r#"
+[[fleet]]
+id_pattern = "z-{n}"
+count = 2
+[[fleet.sensors]]
+plugin = "temperature"
+interval_ms = 1000
+config = { anomalies = { spike = 0.1 } }
+"#;
+    let server = start(scenario).await;
+    create(
+        &server,
+        json!({"id": "z", "devices": {"ids": ["z-1", "z-2"]}, "window_ms": 3000,
+        "rules": [
+            {"plugin": "edge-rate-limit", "config": {"per_second": 0.5, "burst": 1}},
+            {"plugin": "edge-zscore", "config": {"threshold": 3.0, "min_samples": 5}}
+        ]}),
+    )
+    .await;
+    let mut raw = server.subscribe("devices/+/telemetry/temperature").await;
+    let mut readings = server.subscribe("edge/z/uplink/readings/#").await;
+    let mut alerts = server.subscribe("edge/z/uplink/alerts").await;
+    advance(&server, 60_000).await;
+    let n = u(&node(&server, "z").await["readings"]["in"]) as usize;
+    let end = iotmock::clock::MANUAL_EPOCH_MS + 60_000;
+    let raw: Vec<Value> = collect_members(&mut raw, n)
+        .await
+        .into_iter()
+        .filter(|r| ts_ms(&r["ts"]) < end)
+        .collect();
+
+    // The same token bucket and running statistics, by hand.
+    let mut buckets: BTreeMap<String, (f64, i64)> = BTreeMap::new();
+    let mut stats: BTreeMap<String, (u64, f64, f64)> = BTreeMap::new();
+    let mut kept = Vec::new();
+    let mut expected_alerts = Vec::new();
+    for r in &raw {
+        let device = r["device"].as_str().unwrap().to_string();
+        let ts = ts_ms(&r["ts"]);
+        let value = r["value"].as_f64().unwrap();
+        let (tokens, last) = buckets.entry(device.clone()).or_insert((1.0, ts));
+        *tokens = (*tokens + (ts - *last).max(0) as f64 / 1000.0 * 0.5).min(1.0);
+        *last = (*last).max(ts);
+        if *tokens < 1.0 {
+            continue;
+        }
+        *tokens -= 1.0;
+        kept.push((device.clone(), ts));
+        let (count, mean, m2) = stats.entry(device.clone()).or_insert((0, 0.0, 0.0));
+        if *count >= 5 {
+            let sd = (*m2 / (*count - 1) as f64).sqrt();
+            let z = (value - *mean) / sd;
+            if sd > 0.0 && z.abs() > 3.0 {
+                let severity = if z.abs() > 6.0 { "critical" } else { "warning" };
+                expected_alerts.push((device.clone(), value.to_bits(), severity));
+            }
+        }
+        *count += 1;
+        let delta = value - *mean;
+        *mean += delta / *count as f64;
+        *m2 += delta * (value - *mean);
+    }
+    assert!(
+        kept.len() * 2 <= raw.len() + 2,
+        "about every other reading is kept"
+    );
+    assert!(!expected_alerts.is_empty(), "the spikes raise alerts");
+
+    let got = collect(&mut readings, kept.len()).await;
+    let mut got: Vec<(String, i64)> = got
+        .iter()
+        .map(|m| {
+            let r = m.json();
+            (r["device"].as_str().unwrap().to_string(), ts_ms(&r["ts"]))
+        })
+        .collect();
+    got.sort();
+    kept.sort();
+    assert_eq!(got, kept);
+
+    let got = collect(&mut alerts, expected_alerts.len()).await;
+    let mut got: Vec<(String, u64, String)> = got
+        .iter()
+        .map(|m| {
+            let a = m.json();
+            assert_eq!(a["sensor"], "temperature");
+            assert!(a["message"].as_str().unwrap().starts_with("z-score"));
+            (
+                a["device"].as_str().unwrap().to_string(),
+                a["value"].as_f64().unwrap().to_bits(),
+                a["severity"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let mut expected: Vec<(String, u64, String)> = expected_alerts
+        .into_iter()
+        .map(|(d, v, s)| (d, v, s.to_string()))
+        .collect();
+    got.sort();
+    expected.sort();
+    assert_eq!(got, expected);
+    assert_eq!(
+        u(&node(&server, "z").await["alerts_out"]),
+        expected.len() as u64
+    );
+    server.stop().await;
+}
