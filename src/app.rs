@@ -108,7 +108,7 @@ pub enum StartError {
         path: String,
         source: std::io::Error,
     },
-    #[error("scenario: edge node {node:?}: {problem}")]
+    #[error("edge node {node:?}: {problem}")]
     EdgeNode { node: String, problem: String },
     #[error("scenario: device {device:?} has sensor {sensor:?} with plugin {plugin:?}, {problem}")]
     SensorPlugin {
@@ -213,7 +213,8 @@ impl Server {
         fleet.follow(broker.handle().events());
         let provisioned = fleet.provision_scenario(&scenario.devices).await?;
         tracing::info!(devices = fleet.len(), provisioned, seed, "fleet ready");
-        let edge = EdgeNodes::new(
+        let edge = EdgeNodes::open(
+            config.data_dir.as_deref(),
             clock.clone(),
             telemetry.clone(),
             plugins.clone(),
@@ -221,17 +222,18 @@ impl Server {
             fleet.clone(),
             seed,
             std::sync::Arc::new(NoCommandEngine),
-        );
+        )
+        .map_err(|e| StartError::EdgeNode {
+            node: String::new(),
+            problem: e.to_string(),
+        })?;
         telemetry.set_tap(edge.tap());
-        for spec in &scenario.edge_nodes {
-            let node = spec.id.clone();
-            edge.create(spec.clone())
-                .await
-                .map_err(|e| StartError::EdgeNode {
-                    node,
-                    problem: e.to_string(),
-                })?;
-        }
+        edge.restore(&scenario.edge_nodes)
+            .await
+            .map_err(|(node, e)| StartError::EdgeNode {
+                node,
+                problem: e.to_string(),
+            })?;
 
         let listener = TcpListener::bind(config.http)
             .await

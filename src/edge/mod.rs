@@ -9,6 +9,10 @@
 //! [`ReadingTap`](crate::telemetry::ReadingTap)), run plugins (the plugin
 //! host does) or deliver commands (a [`CommandSink`] does).
 //!
+//! Persistence: with a data directory, node declarations and uplink
+//! states are kept in `edge.db` (see [`store`]); without one they live in
+//! memory.
+//!
 //! Membership: `ids` names devices whether or not they exist yet (one
 //! created later with a listed id joins); `tag` and `group` are resolved
 //! against the fleet when the node is created, and devices added or
@@ -18,6 +22,7 @@ mod node;
 mod sink;
 mod spec;
 mod stats;
+pub mod store;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -49,6 +54,8 @@ pub enum EdgeError {
     Duplicate(String),
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Store(#[from] store::EdgeStoreError),
 }
 
 /// A handle on the edge nodes; cheap to clone.
@@ -61,6 +68,7 @@ struct Inner {
     // std locks: held for map operations only, never across an await.
     nodes: RwLock<BTreeMap<String, Handle>>,
     tap: Arc<Tap>,
+    store: Option<Arc<store::EdgeStore>>,
 }
 
 struct Handle {
@@ -94,7 +102,11 @@ impl ReadingTap for Tap {
 }
 
 impl EdgeNodes {
-    pub fn new(
+    /// Opens the node store in `data_dir` (if given); nodes start with
+    /// [`restore`](Self::restore).
+    #[allow(clippy::too_many_arguments)]
+    pub fn open(
+        data_dir: Option<&std::path::Path>,
         clock: Clock,
         telemetry: Telemetry,
         plugins: PluginHost,
@@ -102,8 +114,12 @@ impl EdgeNodes {
         fleet: Fleet,
         seed: u64,
         sink: Arc<dyn CommandSink>,
-    ) -> Self {
-        Self(Arc::new(Inner {
+    ) -> Result<Self, EdgeError> {
+        let store = match data_dir {
+            Some(dir) => Some(Arc::new(store::EdgeStore::open(dir)?)),
+            None => None,
+        };
+        Ok(Self(Arc::new(Inner {
             rt: Runtime {
                 clock,
                 telemetry,
@@ -115,7 +131,39 @@ impl EdgeNodes {
             fleet,
             nodes: RwLock::default(),
             tap: Arc::new(Tap::default()),
-        }))
+            store,
+        })))
+    }
+
+    /// Starts the stored nodes (with their uplink state), then the
+    /// scenario's nodes that are not stored yet. A stored node that no
+    /// longer starts (its plugin is gone) is logged, skipped and kept.
+    pub async fn restore(&self, scenario: &[EdgeNodeSpec]) -> Result<(), (String, EdgeError)> {
+        let stored = match &self.0.store {
+            Some(store) => store.load().map_err(|e| (String::new(), e.into()))?,
+            None => Vec::new(),
+        };
+        for (spec, up) in stored {
+            let id = spec.id.clone();
+            match self.start_node(spec, false).await {
+                Ok(_) if !up => {
+                    let _ = self.set_uplink(&id, false).await;
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(node = %id, %error, "stored edge node not started");
+                }
+            }
+        }
+        for spec in scenario {
+            if self.0.nodes.read().unwrap().contains_key(&spec.id) {
+                continue;
+            }
+            self.create(spec.clone())
+                .await
+                .map_err(|e| (spec.id.clone(), e))?;
+        }
+        Ok(())
     }
 
     /// What telemetry calls with every published reading.
@@ -126,6 +174,10 @@ impl EdgeNodes {
     /// Checks `spec` against the loaded plugins (and each rule's config
     /// against its plugin), resolves its members and starts it.
     pub async fn create(&self, spec: EdgeNodeSpec) -> Result<EdgeNodeView, EdgeError> {
+        self.start_node(spec, true).await
+    }
+
+    async fn start_node(&self, spec: EdgeNodeSpec, store: bool) -> Result<EdgeNodeView, EdgeError> {
         spec.check().map_err(EdgeError::Invalid)?;
         if self.0.nodes.read().unwrap().contains_key(&spec.id) {
             return Err(EdgeError::Duplicate(spec.id));
@@ -134,6 +186,12 @@ impl EdgeNodes {
             self.check_rule(&spec, i, rule).await?;
         }
         let members = self.resolve(&spec.devices)?;
+        if store && let Some(db) = &self.0.store {
+            let (db, spec) = (db.clone(), spec.clone());
+            tokio::task::spawn_blocking(move || db.put(&spec, true))
+                .await
+                .expect("edge store task panicked")?;
+        }
         let node = Node::new(spec, members, self.0.rt.clock.now_ms());
         let (control, rx) = mpsc::channel(CONTROL_CAPACITY);
         {
@@ -293,6 +351,12 @@ impl EdgeNodes {
                 .ok_or_else(|| EdgeError::NotFound(id.to_string()))?;
             (handle.node.clone(), handle.control.clone())
         };
+        if let Some(db) = &self.0.store {
+            let (db, id) = (db.clone(), id.to_string());
+            tokio::task::spawn_blocking(move || db.set_uplink(&id, up))
+                .await
+                .expect("edge store task panicked")?;
+        }
         let (tx, rx) = oneshot::channel();
         if control.send(Control::Uplink(up, tx)).await.is_ok() {
             let _ = rx.await;
@@ -302,7 +366,16 @@ impl EdgeNodes {
 
     /// Stops a node and forgets it; what its uplink buffer held is
     /// discarded.
-    pub fn delete(&self, id: &str) -> Result<(), EdgeError> {
+    pub async fn delete(&self, id: &str) -> Result<(), EdgeError> {
+        if !self.0.nodes.read().unwrap().contains_key(id) {
+            return Err(EdgeError::NotFound(id.to_string()));
+        }
+        if let Some(db) = &self.0.store {
+            let (db, id) = (db.clone(), id.to_string());
+            tokio::task::spawn_blocking(move || db.remove(&id))
+                .await
+                .expect("edge store task panicked")?;
+        }
         self.0
             .nodes
             .write()

@@ -15,6 +15,7 @@ impl From<EdgeError> for ApiError {
             EdgeError::NotFound(_) => ApiError::not_found(e.to_string()),
             EdgeError::Duplicate(_) => ApiError::conflict(e.to_string()),
             EdgeError::Invalid(_) => ApiError::invalid(e.to_string()),
+            EdgeError::Store(_) => ApiError::internal(e),
         }
     }
 }
@@ -101,6 +102,6 @@ pub async fn edge_nodes_destroy(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.edge.delete(&id)?;
+    state.edge.delete(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

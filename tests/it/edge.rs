@@ -742,3 +742,46 @@ config = { anomalies = { spike = 0.1 } }
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_nodes_and_their_uplink_state_survive_a_restart_with_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_path_buf();
+    let boot = |data: std::path::PathBuf| {
+        TestServer::with_scenario(PAIR, move |c| {
+            c.clock = ClockMode::Manual;
+            c.data_dir = Some(data);
+        })
+    };
+    let server = boot(data.clone()).await;
+    create(
+        &server,
+        json!({"id": "kept", "devices": {"ids": ["d-1"]}, "window_ms": 2000,
+               "rules": [{"plugin": "edge-threshold", "config": {"min": 10}}],
+               "buffer": {"capacity": 7, "policy": "drop_newest"}}),
+    )
+    .await;
+    create(
+        &server,
+        json!({"id": "gone", "devices": {"ids": ["d-2"]}, "rules": [{"plugin": "edge-aggregate"}]}),
+    )
+    .await;
+    uplink(&server, "kept", "down").await;
+    let (status, _) = server.delete("/api/v1/edge-nodes/gone").await;
+    assert_eq!(status, 204);
+    server.stop().await;
+
+    let server = boot(data).await;
+    let kept = node(&server, "kept").await;
+    assert_eq!(kept["spec"]["window_ms"], 2000);
+    assert_eq!(kept["spec"]["rules"][0]["config"]["min"], 10);
+    assert_eq!(kept["spec"]["buffer"]["policy"], "drop_newest");
+    assert_eq!(kept["uplink"]["state"], "down");
+    let (status, _) = server.get("/api/v1/edge-nodes/gone").await;
+    assert_eq!(status, 404, "a deleted node stays deleted");
+    // The restored node works: it buffers while its uplink is down.
+    advance(&server, 4000).await;
+    let kept = node(&server, "kept").await;
+    assert!(u(&kept["uplink"]["buffered"]) > 0, "{kept}");
+    server.stop().await;
+}

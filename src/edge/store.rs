@@ -1,0 +1,116 @@
+//! Edge node declarations survive a restart when a data directory is
+//! given: they live in `edge.db` there (SQLite, a file of its own so its
+//! schema moves independently of the fleet's), with each node's uplink
+//! state. Input queues, uplink buffers, rule state and counters are not
+//! kept: a restarted node starts with empty ones and `seq` from 1.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, params};
+
+use super::spec::EdgeNodeSpec;
+
+/// Migrations, in order; entry N takes the schema from version N to N+1.
+const MIGRATIONS: &[&str] = &["CREATE TABLE edge_nodes (
+        id TEXT PRIMARY KEY NOT NULL,
+        spec TEXT NOT NULL,
+        uplink_up INTEGER NOT NULL
+    ) WITHOUT ROWID;"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeStoreError {
+    #[error("edge node store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error(
+        "edge node store {path} has schema version {found}, newer than this iotmock knows ({known}); use a newer iotmock or another --data-dir"
+    )]
+    TooNew {
+        path: String,
+        found: u32,
+        known: u32,
+    },
+}
+
+pub(crate) struct EdgeStore {
+    // A std mutex: every use is one short synchronous SQLite call made on
+    // a blocking thread, never held across an await.
+    conn: Mutex<Connection>,
+}
+
+impl EdgeStore {
+    pub fn open(dir: &Path) -> Result<Self, EdgeStoreError> {
+        let path = dir.join("edge.db");
+        let mut conn = Connection::open(&path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let version: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let known = MIGRATIONS.len() as u32;
+        if version > known {
+            return Err(EdgeStoreError::TooNew {
+                path: path.display().to_string(),
+                found: version,
+                known,
+            });
+        }
+        let tx = conn.transaction()?;
+        for (n, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", n as u32 + 1)?;
+        }
+        tx.commit()?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Every stored node, by id; a row that no longer parses is skipped
+    /// with a warning (and kept).
+    pub fn load(&self) -> Result<Vec<(EdgeNodeSpec, bool)>, EdgeStoreError> {
+        let conn = self.conn.lock().unwrap();
+        let mut stmt = conn.prepare("SELECT id, spec, uplink_up FROM edge_nodes ORDER BY id")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, bool>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, spec, up) = row?;
+            match serde_json::from_str(&spec) {
+                Ok(spec) => out.push((spec, up)),
+                Err(error) => {
+                    tracing::warn!(node = %id, %error, "stored edge node does not parse; skipped")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn put(&self, spec: &EdgeNodeSpec, up: bool) -> Result<(), EdgeStoreError> {
+        let text = serde_json::to_string(spec).expect("a spec serializes");
+        self.conn.lock().unwrap().execute(
+            "INSERT OR REPLACE INTO edge_nodes (id, spec, uplink_up) VALUES (?1, ?2, ?3)",
+            params![spec.id, text, up],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_uplink(&self, id: &str, up: bool) -> Result<(), EdgeStoreError> {
+        self.conn.lock().unwrap().execute(
+            "UPDATE edge_nodes SET uplink_up = ?2 WHERE id = ?1",
+            params![id, up],
+        )?;
+        Ok(())
+    }
+
+    pub fn remove(&self, id: &str) -> Result<(), EdgeStoreError> {
+        self.conn
+            .lock()
+            .unwrap()
+            .execute("DELETE FROM edge_nodes WHERE id = ?1", params![id])?;
+        Ok(())
+    }
+}
