@@ -18,6 +18,7 @@
 //! against the fleet when the node is created, and devices added or
 //! re-tagged later do not join (create the node again to pick them up).
 
+mod mqtt_in;
 mod node;
 mod sink;
 mod spec;
@@ -69,6 +70,8 @@ struct Inner {
     nodes: RwLock<BTreeMap<String, Handle>>,
     tap: Arc<Tap>,
     store: Option<Arc<store::EdgeStore>>,
+    /// Dropped with the last handle: stops the MQTT follower.
+    _stop_follower: oneshot::Sender<()>,
 }
 
 struct Handle {
@@ -87,6 +90,12 @@ pub struct Tap {
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node").field("id", &self.id).finish()
+    }
+}
+
+impl Tap {
+    fn nodes_of(&self, device: &str) -> Option<Vec<Arc<Node>>> {
+        self.members.read().unwrap().get(device).cloned()
     }
 }
 
@@ -119,6 +128,9 @@ impl EdgeNodes {
             Some(dir) => Some(Arc::new(store::EdgeStore::open(dir)?)),
             None => None,
         };
+        let tap = Arc::new(Tap::default());
+        let (stop, stopped) = oneshot::channel();
+        tokio::spawn(mqtt_in::follow(mqtt.clone(), tap.clone(), stopped));
         Ok(Self(Arc::new(Inner {
             rt: Runtime {
                 clock,
@@ -130,8 +142,9 @@ impl EdgeNodes {
             },
             fleet,
             nodes: RwLock::default(),
-            tap: Arc::new(Tap::default()),
+            tap,
             store,
+            _stop_follower: stop,
         })))
     }
 

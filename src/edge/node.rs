@@ -88,6 +88,7 @@ struct Counters {
     commands_issued: u64,
     commands_failed: u64,
     invalid_outputs: u64,
+    invalid_in: u64,
     batches: u64,
     failed_batches: u64,
     degraded: Option<String>,
@@ -213,6 +214,11 @@ impl Node {
         }
     }
 
+    /// Counts a message from a member device that is not a reading.
+    pub fn reject(&self) {
+        self.counters.lock().unwrap().invalid_in += 1;
+    }
+
     /// Resolves once every window ending at or before `t` is processed.
     pub async fn wait_processed(&self, t: i64) {
         let w = self.spec.window_ms as i64;
@@ -286,6 +292,7 @@ impl Node {
                 filtered: c.filtered,
                 unprocessed: c.unprocessed,
                 invalid_outputs: c.invalid_outputs,
+                invalid_in: c.invalid_in,
             },
             aggregates_out: c.aggregates_out,
             alerts_out: c.alerts_out,
@@ -736,6 +743,9 @@ pub struct ReadingCounters {
     pub unprocessed: u64,
     /// Forwarded readings whose device or sensor is not a topic level.
     pub invalid_outputs: u64,
+    /// Messages a member device published on its telemetry topic that
+    /// were not readings (see "Edge nodes" in the README).
+    pub invalid_in: u64,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]

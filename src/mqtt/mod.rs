@@ -577,6 +577,12 @@ impl MqttHandle {
         self.shared.observed.journal.page(filter, since, limit)
     }
 
+    /// The newest journal cursor, changing with every entry added: follow
+    /// the journal with [`messages`](Self::messages) without polling.
+    pub fn journal_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.observed.journal.watch()
+    }
+
     pub fn status(&self) -> Status {
         let shared = &self.shared;
         let link = *shared.link.lock().unwrap();

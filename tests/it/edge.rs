@@ -785,3 +785,58 @@ async fn edge_nodes_and_their_uplink_state_survive_a_restart_with_data_dir() {
     assert!(u(&kept["uplink"]["buffered"]) > 0, "{kept}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_real_devices_publish_over_mqtt_reach_their_node() {
+    let server = start("").await;
+    load_test_rule(&server, "pass", "test_edge_pass.wasm").await;
+    create(
+        &server,
+        json!({"id": "gw", "devices": {"ids": ["real-1"]}, "rules": [{"plugin": "pass"}]}),
+    )
+    .await;
+    let mut out = server.subscribe("edge/gw/uplink/readings/#").await;
+    let device = server.subscribe("devices/real-1/commands/#").await;
+    let publish = |topic: &str, payload: &str| {
+        let (client, topic, payload) = (
+            device.client.clone(),
+            topic.to_string(),
+            payload.to_string(),
+        );
+        async move {
+            client
+                .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
+                .await
+                .unwrap();
+        }
+    };
+    publish(
+        "devices/real-1/telemetry/temp",
+        r#"{"value": 21.5, "unit": "celsius", "ts": "2026-01-01T00:00:00.250Z"}"#,
+    )
+    .await;
+    publish("devices/real-1/telemetry/level", "7").await;
+    publish("devices/real-1/telemetry/temp", "not a reading").await;
+    publish("devices/other/telemetry/temp", "1").await;
+    let deadline = std::time::Instant::now() + crate::support::WAIT;
+    loop {
+        let stats = node(&server, "gw").await;
+        if u(&stats["readings"]["in"]) == 2 && u(&stats["readings"]["invalid_in"]) == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{stats}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    advance(&server, 1000).await;
+    let got = collect(&mut out, 2).await;
+    let first = got[0].json();
+    assert_eq!(got[0].topic, "edge/gw/uplink/readings/real-1/temp");
+    assert_eq!(first["value"], 21.5);
+    assert_eq!(first["unit"], "celsius");
+    assert_eq!(first["ts"], "2026-01-01T00:00:00.250Z");
+    assert_eq!(first["seq"], 1);
+    assert_eq!(got[1].topic, "edge/gw/uplink/readings/real-1/level");
+    assert_eq!(got[1].json()["value"], 7.0);
+    assert_eq!(got[1].json()["seq"], 2);
+    server.stop().await;
+}
