@@ -81,10 +81,12 @@ struct Handle {
 
 /// Routes published readings to the nodes of their device. It holds no
 /// handle on telemetry, so the scheduler holding it makes no cycle.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Tap {
     // A std lock: read for one map lookup per reading.
     members: RwLock<HashMap<Arc<str>, Vec<Arc<Node>>>>,
+    /// Whether any node has members: the MQTT follower sleeps otherwise.
+    active: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Node {
@@ -128,7 +130,10 @@ impl EdgeNodes {
             Some(dir) => Some(Arc::new(store::EdgeStore::open(dir)?)),
             None => None,
         };
-        let tap = Arc::new(Tap::default());
+        let tap = Arc::new(Tap {
+            members: RwLock::default(),
+            active: tokio::sync::watch::Sender::new(false),
+        });
         let (stop, stopped) = oneshot::channel();
         tokio::spawn(mqtt_in::follow(mqtt.clone(), tap.clone(), stopped));
         Ok(Self(Arc::new(Inner {
@@ -325,7 +330,9 @@ impl EdgeNodes {
                     .push(handle.node.clone());
             }
         }
+        let active = !members.is_empty();
         *self.0.tap.members.write().unwrap() = members;
+        self.0.tap.active.send_replace(active);
     }
 
     pub fn list(&self) -> Vec<EdgeNodeView> {

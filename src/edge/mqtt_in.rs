@@ -20,13 +20,27 @@ use crate::telemetry::Reading;
 
 /// Journal entries read per page.
 const PAGE: usize = 1024;
+/// After a wake, how long to let more messages gather before reading, so a
+/// burst costs a few wakes, not one per message.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
 const FILTER: &str = "devices/+/telemetry/+";
 
 pub(crate) async fn follow(mqtt: MqttHandle, tap: Arc<Tap>, mut stop: oneshot::Receiver<()>) {
     let mut newest = mqtt.journal_watch();
+    let mut active = tap.active.subscribe();
     let mut cursor = *newest.borrow_and_update();
     let mut evicted = mqtt.messages(Some(FILTER), cursor, 1).evicted;
     loop {
+        if !*active.borrow_and_update() {
+            // No node has members: nothing to follow until one does.
+            tokio::select! {
+                changed = active.changed() => if changed.is_err() { return },
+                _ = &mut stop => return,
+            }
+            cursor = *newest.borrow_and_update();
+            evicted = mqtt.messages(Some(FILTER), cursor, 1).evicted;
+            continue;
+        }
         loop {
             let page = mqtt.messages(Some(FILTER), cursor, PAGE);
             if page.evicted > evicted {
@@ -51,8 +65,10 @@ pub(crate) async fn follow(mqtt: MqttHandle, tap: Arc<Tap>, mut stop: oneshot::R
         }
         tokio::select! {
             changed = newest.changed() => if changed.is_err() { return },
+            changed = active.changed() => if changed.is_err() { return },
             _ = &mut stop => return,
         }
+        tokio::time::sleep(GATHER).await;
     }
 }
 

@@ -630,6 +630,17 @@ async fn bad_edge_node_requests_get_problem_details() {
     assert_eq!(status, 204);
     let (status, _) = server.get("/api/v1/edge-nodes/n").await;
     assert_eq!(status, 404);
+
+    let (_, doc) = server.get("/api/v1/openapi.json").await;
+    for path in [
+        "/api/v1/edge-nodes",
+        "/api/v1/edge-nodes/{id}",
+        "/api/v1/edge-nodes/{id}/uplink",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "OpenAPI documents {path}");
+    }
+    let spec = &doc["components"]["schemas"]["EdgeNodeSpec"];
+    assert!(spec["properties"].get("window_ms").is_some(), "{spec}");
     server.stop().await;
 }
 
