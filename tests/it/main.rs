@@ -5,6 +5,7 @@ mod support;
 
 mod api;
 mod broker;
+mod commands;
 mod fleet;
 mod mosquitto;
 mod plugins;
