@@ -453,7 +453,12 @@ async fn queued_commands_survive_a_restart_and_are_delivered_once() {
     let server = TestServer::with_scenario("", |c| c.data_dir = Some(dir.clone())).await;
     let restored = show(&server, &id).await;
     assert_eq!(restored["status"], "queued", "{restored}");
-    let next = send(&server, "gw-2", json!({"name": "sync-2"})).await;
+    let next = send(
+        &server,
+        "gw-2",
+        json!({"name": "sync-2", "timeout_ms": 120000}),
+    )
+    .await;
     assert_ne!(next["id"], id, "ids are not reused after a restart");
 
     let mut dev = RealDevice::connect(&server, "gw-2").await;
@@ -462,13 +467,26 @@ async fn queued_commands_survive_a_restart_and_are_delivered_once() {
     dev.ack("gw-2", &id, json!({"status": "completed"})).await;
     let done = wait_status(&server, &id, "completed").await;
     assert_eq!(done["attempts"], 1, "delivered once: {done}");
+    // The second command went out too; the server stops before its ack.
+    let (topic, _) = dev.next_command().await;
+    let in_flight = next["id"].as_str().unwrap().to_string();
+    assert_eq!(topic, format!("devices/gw-2/commands/{in_flight}"));
+    assert_eq!(show(&server, &in_flight).await["status"], "sent");
+    drop(dev);
     server.stop().await;
 
-    // And the final state is what a third start sees.
+    // A third start: the final state is kept, and the in-flight command
+    // takes its late ack.
     let server = TestServer::with_scenario("", |c| c.data_dir = Some(dir.clone())).await;
     let again = show(&server, &id).await;
     assert_eq!(again["status"], "completed");
     assert_eq!(again["attempts"], 1);
+    assert_eq!(show(&server, &in_flight).await["status"], "sent");
+    let dev = RealDevice::connect(&server, "gw-2").await;
+    dev.ack("gw-2", &in_flight, json!({"status": "completed"}))
+        .await;
+    let done = wait_status(&server, &in_flight, "completed").await;
+    assert_eq!(done["attempts"], 1, "{done}");
     server.stop().await;
 }
 
