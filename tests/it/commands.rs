@@ -683,3 +683,34 @@ async fn bad_requests_say_what_to_fix_and_only_queued_commands_cancel() {
     assert_eq!(show(&server, "mine-1").await["status"], "cancelled");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_devices_answer_through_their_declared_handler() {
+    let scenario = r#"
+[[fleet]]
+id_pattern = "fw-{n}"
+count = 2
+command_handler = { plugin = "firmware", config = { failure_rate = 0.0, steps = 1, step_ms = 10 } }
+"#;
+    let server = TestServer::with_scenario(scenario, |_| {}).await;
+    let (_, dev) = server.get("/api/v1/devices/fw-2").await;
+    assert_eq!(dev["command_handler"]["plugin"], "firmware", "{dev}");
+    let cmd = send(
+        &server,
+        "fw-2",
+        json!({"name": "update_firmware", "params": {"version": "3.1"}}),
+    )
+    .await;
+    let done = wait_final(&server, cmd["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["result"], json!({"version": "3.1"}));
+    server.stop().await;
+
+    let bad = iotmock::scenario::Scenario::parse(
+        "[[fleet]]\nid = \"a\"\ncommand_handler = \"Not A Name\"\n",
+        "t.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(bad.contains("command_handler"), "{bad}");
+}
