@@ -8,7 +8,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::clock::{Clock, ClockMode};
-use crate::edge::{EdgeNodes, NoCommandEngine};
+use crate::commands::Commands;
+use crate::edge::EdgeNodes;
 use crate::fleet::access::DeviceAccess;
 use crate::fleet::{Fleet, FleetError};
 use crate::http::{self, Addrs, AppState};
@@ -98,6 +99,8 @@ pub enum StartError {
     Mqtt(#[from] crate::mqtt::MqttError),
     #[error(transparent)]
     Fleet(#[from] FleetError),
+    #[error(transparent)]
+    Commands(#[from] crate::commands::CommandError),
     #[error("listening for HTTP on {addr}: {source}")]
     Http {
         addr: SocketAddr,
@@ -213,6 +216,16 @@ impl Server {
         fleet.follow(broker.handle().events());
         let provisioned = fleet.provision_scenario(&scenario.devices).await?;
         tracing::info!(devices = fleet.len(), provisioned, seed, "fleet ready");
+        let commands = Commands::start(
+            config.data_dir.as_deref(),
+            clock.clone(),
+            fleet.clone(),
+            broker.handle(),
+            plugins.clone(),
+            seed,
+            config.plugin_limits.workers,
+        )
+        .await?;
         let edge = EdgeNodes::open(
             config.data_dir.as_deref(),
             clock.clone(),
@@ -221,7 +234,7 @@ impl Server {
             broker.handle(),
             fleet.clone(),
             seed,
-            std::sync::Arc::new(NoCommandEngine),
+            std::sync::Arc::new(commands.clone()),
         )
         .map_err(|e| StartError::EdgeNode {
             node: String::new(),
@@ -257,6 +270,7 @@ impl Server {
             telemetry,
             fleet,
             edge,
+            commands,
         };
         let (http_stop, stop_rx) = oneshot::channel::<()>();
         let app = http::router(state);

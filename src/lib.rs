@@ -27,6 +27,7 @@
 pub mod app;
 pub mod builtin;
 pub mod clock;
+pub mod commands;
 pub mod edge;
 pub mod fleet;
 pub mod http;

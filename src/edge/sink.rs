@@ -16,6 +16,31 @@ pub trait CommandSink: Send + Sync + 'static {
     fn submit<'a>(&'a self, node: &'a str, command: &'a EdgeCommand) -> SinkFuture<'a>;
 }
 
+/// Edge commands go to the command engine like any other, marked as
+/// coming from an edge node, with its defaults for timeout and retries.
+impl CommandSink for crate::commands::Commands {
+    fn submit<'a>(&'a self, _node: &'a str, command: &'a EdgeCommand) -> SinkFuture<'a> {
+        Box::pin(async move {
+            let params: serde_json::Value = serde_json::from_str(&command.params)
+                .map_err(|e| format!("the rule's params are not JSON: {e}"))?;
+            let request = crate::commands::CommandRequest {
+                name: command.name.clone(),
+                params: Some(params),
+                ..Default::default()
+            };
+            self.submit_as(
+                &command.device,
+                request,
+                crate::commands::Origin::Edge,
+                None,
+            )
+            .await
+            .map(|view| view.id)
+            .map_err(|e| e.to_string())
+        })
+    }
+}
+
 /// A sink for a server without a command engine: every command is refused
 /// (and counted by the node).
 #[derive(Debug, Default)]

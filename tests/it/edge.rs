@@ -851,3 +851,54 @@ async fn readings_real_devices_publish_over_mqtt_reach_their_node() {
     assert_eq!(got[1].json()["seq"], 2);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_control_command_is_issued_and_completed() {
+    // A thermostat that runs hot: the node lowers its target when it reads
+    // above 25 °C, and the device's command handler answers.
+    let scenario = r#"
+[[fleet]]
+id = "room-1"
+command_handler = "thermostat"
+[[fleet.sensors]]
+plugin = "temperature"
+interval_ms = 1000
+config = { mean = 30.0, amplitude = 0.0, noise = 0.1, weather_sd = 0.0 }
+
+[[edge_node]]
+id = "ctl"
+devices = { ids = ["room-1"] }
+[[edge_node.rules]]
+plugin = "edge-local-control"
+config = { above = 25.0, below = 20.0, on = { name = "set_target", params = { target = 18.0 } }, off = { name = "set_target", params = { target = 21.0 } } }
+"#;
+    let server = start(scenario).await;
+    let mut uplink = server.subscribe("edge/ctl/uplink/commands").await;
+    advance(&server, 3000).await;
+
+    let issued = uplink.next().await.json();
+    assert_eq!(issued["device"], "room-1");
+    assert_eq!(issued["name"], "set_target");
+    assert_eq!(issued["params"]["target"], 18.0);
+    assert_eq!(issued["status"], "submitted", "{issued}");
+    let id = issued["command_id"].as_str().unwrap().to_string();
+    // Hysteresis: one command while the room stays hot.
+    advance(&server, 5000).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(
+        uplink.drain().is_empty(),
+        "one command, not one per reading"
+    );
+
+    let (status, command) = server
+        .get(&format!("/api/v1/commands/{id}?wait_ms=5000"))
+        .await;
+    assert_eq!(status, 200, "{command}");
+    assert_eq!(command["status"], "completed", "{command}");
+    assert_eq!(command["device"], "room-1");
+    assert_eq!(command["result"]["target"], 18.0, "{command}");
+    let stats = node(&server, "ctl").await;
+    assert_eq!(u(&stats["commands"]["issued"]), 1, "{stats}");
+    assert_eq!(u(&stats["commands"]["failed"]), 0);
+    server.stop().await;
+}

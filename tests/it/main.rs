@@ -5,6 +5,7 @@ mod support;
 
 mod api;
 mod broker;
+mod commands;
 mod edge;
 mod fleet;
 mod mosquitto;
