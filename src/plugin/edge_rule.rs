@@ -100,21 +100,4 @@ impl PluginHost {
             .process_edge(name, config, state, window, readings, ctx, budget)
             .await
     }
-
-    /// The same as [`process_edge`](Self::process_edge), from a plain
-    /// thread (benchmarks).
-    #[allow(clippy::too_many_arguments)]
-    pub fn process_edge_blocking(
-        &self,
-        name: &str,
-        config: Arc<str>,
-        state: Vec<u8>,
-        window: EdgeWindow,
-        readings: Vec<EdgeReading>,
-        ctx: CallContext,
-        budget: CallBudget,
-    ) -> (Result<EdgeOutcome, CallError>, CallContext) {
-        self.pool
-            .process_edge_blocking(name, config, state, window, readings, ctx, budget)
-    }
 }

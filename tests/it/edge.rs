@@ -896,9 +896,45 @@ config = { above = 25.0, below = 20.0, on = { name = "set_target", params = { ta
     assert_eq!(status, 200, "{command}");
     assert_eq!(command["status"], "completed", "{command}");
     assert_eq!(command["device"], "room-1");
+    assert_eq!(command["origin"], "edge", "{command}");
     assert_eq!(command["result"]["target"], 18.0, "{command}");
     let stats = node(&server, "ctl").await;
     assert_eq!(u(&stats["commands"]["issued"]), 1, "{stats}");
     assert_eq!(u(&stats["commands"]["failed"]), 0);
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scenario_edge_node_with_a_bad_rule_stops_the_start_with_its_name() {
+    let scenario = r#"
+[[edge_node]]
+id = "gw"
+devices = { group = "g" }
+[[edge_node.rules]]
+plugin = "edge-threshold"
+config = { mode = "sideways" }
+"#;
+    let config = iotmock::Config {
+        scenario: iotmock::ScenarioChoice::Inline(scenario.into()),
+        ..iotmock::Config::ephemeral()
+    };
+    let error = match iotmock::Server::start(config).await {
+        Ok(_) => panic!("a bad rule config must stop the start"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        error.contains("\"gw\"") && error.contains("rules[0].config") && error.contains("sideways"),
+        "{error}"
+    );
+    let unknown =
+        "[[edge_node]]\nid = \"gw\"\ndevices = { ids = [\"a\"] }\nrules = []\nwindow = 5\n";
+    let config = iotmock::Config {
+        scenario: iotmock::ScenarioChoice::Inline(unknown.into()),
+        ..iotmock::Config::ephemeral()
+    };
+    let error = match iotmock::Server::start(config).await {
+        Ok(_) => panic!("an unknown key must stop the start"),
+        Err(e) => e.to_string(),
+    };
+    assert!(error.contains("window"), "{error}");
 }

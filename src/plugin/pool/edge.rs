@@ -42,31 +42,6 @@ impl Pool {
             Err(e) => (Err(e), CallContext::default()),
         }
     }
-
-    #[allow(clippy::too_many_arguments)]
-    pub fn process_edge_blocking(
-        &self,
-        name: &str,
-        config: Arc<str>,
-        state: Vec<u8>,
-        window: EdgeWindow,
-        readings: Vec<EdgeReading>,
-        ctx: CallContext,
-        budget: CallBudget,
-    ) -> Answer {
-        let (entry, version) = match self.lookup(name, World::EdgeRule) {
-            Ok(found) => found,
-            Err(e) => return (Err(e), ctx),
-        };
-        match self.run_blocking(
-            entry,
-            move |w| process_on(w, &version, &config, state, window, readings, ctx, budget),
-            |r: &Answer| r.0.as_ref().err(),
-        ) {
-            Ok(answer) => answer,
-            Err(e) => (Err(e), CallContext::default()),
-        }
-    }
 }
 
 #[allow(clippy::too_many_arguments)]
