@@ -938,3 +938,33 @@ config = { mode = "sideways" }
     };
     assert!(error.contains("window"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_running_clock_windows_close_on_their_own() {
+    let scenario = r#"
+[[fleet]]
+id = "live-1"
+[[fleet.sensors]]
+plugin = "temperature"
+interval_ms = 50
+
+[[edge_node]]
+id = "live"
+devices = { ids = ["live-1"] }
+window_ms = 200
+[[edge_node.rules]]
+plugin = "edge-aggregate"
+"#;
+    let server = TestServer::with_scenario(scenario, |_| {}).await;
+    let mut aggregates = server.subscribe("edge/live/uplink/aggregates").await;
+    let mut last_end = 0;
+    for _ in 0..3 {
+        let a = aggregates.next().await.json();
+        assert_eq!(a["device"], "live-1");
+        assert!(u(&a["count"]) >= 1, "{a}");
+        let start = ts_ms(&a["window"]["start"]);
+        assert!(start >= last_end, "windows follow each other: {a}");
+        last_end = ts_ms(&a["window"]["end"]);
+    }
+    server.stop().await;
+}
