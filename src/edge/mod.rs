@@ -44,6 +44,14 @@ use crate::plugin::{CallContext, CallError, EdgeWindow, PluginHost, World};
 use crate::telemetry::{Reading, ReadingTap, Telemetry};
 use node::{Control, Node, Runtime};
 
+/// A metric family: name, type, help, and the value of one node.
+type Family = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&EdgeNodeView) -> u64,
+);
+
 /// Commands waiting for a node's task (uplink changes); senders wait.
 const CONTROL_CAPACITY: usize = 16;
 
@@ -405,6 +413,65 @@ impl EdgeNodes {
         self.rebuild_members();
         tracing::info!(node = id, "edge node deleted");
         Ok(())
+    }
+
+    /// Appends the nodes' counters in the Prometheus text format.
+    pub fn write_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let views = self.list();
+        let families: [Family; 7] = [
+            (
+                "edge_readings_in_total",
+                "counter",
+                "Readings that reached an edge node.",
+                |v| v.readings.r#in,
+            ),
+            (
+                "edge_readings_out_total",
+                "counter",
+                "Readings an edge node published on its uplink.",
+                |v| v.readings.out,
+            ),
+            (
+                "edge_readings_dropped_total",
+                "counter",
+                "Readings an edge node's full input queue had no room for.",
+                |v| v.readings.dropped,
+            ),
+            (
+                "edge_uplink_dropped_total",
+                "counter",
+                "Uplink messages a full edge buffer had no room for.",
+                |v| v.uplink.dropped,
+            ),
+            (
+                "edge_uplink_buffered",
+                "gauge",
+                "Uplink messages waiting in an edge node's buffer.",
+                |v| v.uplink.buffered,
+            ),
+            (
+                "edge_failed_batches_total",
+                "counter",
+                "Batches a rule failed on.",
+                |v| v.failed_batches,
+            ),
+            (
+                "edge_degraded",
+                "gauge",
+                "1 while an edge node is degraded.",
+                |v| u64::from(v.reason.is_some()),
+            ),
+        ];
+        for (name, kind, help, value) in families {
+            let _ = writeln!(
+                out,
+                "# HELP iotmock_{name} {help}\n# TYPE iotmock_{name} {kind}"
+            );
+            for v in &views {
+                let _ = writeln!(out, "iotmock_{name}{{node=\"{}\"}} {}", v.id, value(v));
+            }
+        }
     }
 
     /// Resolves once every node has processed the windows ending at or

@@ -183,5 +183,6 @@ pub async fn metrics_show(State(state): State<AppState>) -> impl IntoResponse {
             p.name, p.failures
         );
     }
+    state.edge.write_metrics(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -413,6 +413,23 @@ async fn runaway_rules_are_stopped_and_the_node_degrades_while_the_server_serves
     assert_eq!(u(&stats["readings"]["queued"]), n, "held: {stats}");
     assert_eq!(u(&stats["readings"]["out"]), 0);
     assert_eq!(u(&stats["rules"][0]["errors"]), 0, "the first rule is fine");
+    let metrics = server
+        .http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("iotmock_edge_degraded{node=\"hungry\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("iotmock_edge_degraded{node=\"healthy\"} 0"),
+        "{metrics}"
+    );
 
     // Other nodes on the same devices are untouched.
     let stats = node(&server, "healthy").await;
