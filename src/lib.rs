@@ -15,6 +15,7 @@
 //! - [`mqtt`]: the embedded broker behind a facade: topics, journal,
 //!   clients, auth hook, outages.
 //! - [`http`]: the REST API.
+//! - [`stubs`]: mock HTTP endpoints, the HTTP request journal and verify.
 //! - [`telemetry`]: the fleet's scheduler, sensor calls, publishing.
 //! - [`plugin`]: the wasmtime host, the registry with hot reload, the
 //!   folder watcher.
@@ -31,6 +32,7 @@ pub mod mqtt;
 pub mod plugin;
 pub mod random;
 pub mod scenario;
+pub mod stubs;
 pub mod telemetry;
 pub mod verify;
 

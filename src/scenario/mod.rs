@@ -30,6 +30,9 @@ struct RawScenario {
     seed: Option<u64>,
     #[serde(default)]
     fleet: Vec<RawFleet>,
+    /// Mock HTTP endpoints, as in `POST /api/v1/stubs`.
+    #[serde(default)]
+    stubs: Vec<crate::stubs::StubDef>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -101,6 +104,7 @@ pub struct DeviceSpec {
 pub struct Scenario {
     pub seed: Option<u64>,
     pub devices: Vec<DeviceSpec>,
+    pub stubs: Vec<crate::stubs::StubDef>,
 }
 
 impl Scenario {
@@ -166,9 +170,25 @@ impl Scenario {
                 });
             }
         }
+        let mut stub_ids = BTreeSet::new();
+        for (i, def) in raw.stubs.iter().enumerate() {
+            let id = def
+                .id
+                .clone()
+                .unwrap_or_else(|| format!("scenario-stub-{}", i + 1));
+            if !stub_ids.insert(id.clone()) {
+                return Err(invalid(format!(
+                    "stubs #{}: id {id:?} is used twice",
+                    i + 1
+                )));
+            }
+            crate::stubs::Stub::compile(def.clone(), id, "scenario", 0, 0)
+                .map_err(|e| invalid(format!("stubs #{}: {e}", i + 1)))?;
+        }
         Ok(Self {
             seed: raw.seed,
             devices,
+            stubs: raw.stubs,
         })
     }
 }
