@@ -91,6 +91,7 @@ pub struct AppState {
         stubs::stubs_clear,
         stubs::http_requests,
         stubs::http_verify,
+        stubs::mock_prefixed,
     ),
     components(schemas(Problem, stubs::NoStubMatched)),
     modifiers(&DeviceBasicAuth)

@@ -97,8 +97,13 @@ pub async fn stubs_clear(State(state): State<AppState>) -> Json<StubsCleared> {
     })
 }
 
-/// Answers a request under `/mock/` with the matching stub; 404
-/// problem+json naming the closest stub and why it did not match.
+/// Answers a request under `/mock/` with the matching stub (any method;
+/// the stub sees the path without `/mock`); 404 problem+json naming the
+/// closest stub and why it did not match.
+#[utoipa::path(get, path = "/mock/{path}", tag = "stubs",
+    params(("path" = String, Path, description = "the path the stubs match, e.g. ota/d-1/manifest")),
+    responses((status = 200, description = "whatever the matching stub declares"),
+        (status = 404, description = "no stub matched", body = NoStubMatched)))]
 pub async fn mock_prefixed(State(state): State<AppState>, request: Request) -> Response {
     answer(
         &state.stubs,

@@ -40,6 +40,9 @@ pub enum StubError {
     NotFound(String),
 }
 
+/// Path parameters captured by a stub's pattern.
+pub type Params = BTreeMap<String, String>;
+
 /// A request as stubs see it.
 #[derive(Debug, Clone)]
 pub struct RequestFacts {
@@ -238,10 +241,7 @@ impl Stubs {
 
     /// The stub that answers `req` with its path parameters, or the closest
     /// one (fewest failed matchers; a matching path counts most) and why.
-    pub fn find(
-        &self,
-        req: &RequestFacts,
-    ) -> Result<(Arc<Stub>, BTreeMap<String, String>), Option<NearMiss>> {
+    pub fn find(&self, req: &RequestFacts) -> Result<(Arc<Stub>, Params), Option<NearMiss>> {
         let stubs = self.0.stubs.read().unwrap();
         let mut best: Option<(usize, &Arc<Stub>, Vec<Mismatch>)> = None;
         for stub in stubs.iter() {

@@ -388,7 +388,7 @@ impl Stub {
                 misses.push(Mismatch {
                     field: "body".into(),
                     expected: matcher.describe(),
-                    got: text.map_or_else(|| "(not UTF-8)".into(), |t| shorten(t)),
+                    got: text.map_or_else(|| "(not UTF-8)".into(), shorten),
                 });
             }
         }
@@ -461,13 +461,12 @@ fn check_response(at: &str, r: &ResponseDef) -> Result<(), String> {
         template::check_json(&format!("{at}.body"), body)?;
     }
     match (r.fault, &r.drip) {
-        (Some(Fault::Drip), Some(d)) => {
-            if d.chunk_bytes == 0 || d.interval_ms > 60_000 {
-                return Err(format!(
-                    "{at}.drip: chunk_bytes must be at least 1 and interval_ms at most 60000"
-                ));
-            }
+        (Some(Fault::Drip), Some(d)) if d.chunk_bytes == 0 || d.interval_ms > 60_000 => {
+            return Err(format!(
+                "{at}.drip: chunk_bytes must be at least 1 and interval_ms at most 60000"
+            ));
         }
+        (Some(Fault::Drip), Some(_)) => {}
         (_, Some(_)) => {
             return Err(format!("{at}.drip is only used with \"fault\": \"drip\""));
         }

@@ -530,3 +530,31 @@ responses = [{ status = 503 }, { status = 200 }]
     assert!(bad.to_string().contains("stubs #1"), "{bad}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_documents_the_http_routes() {
+    let server = TestServer::with_scenario("", |_| {}).await;
+    let (status, doc) = server.get("/api/v1/openapi.json").await;
+    assert_eq!(status, 200);
+    for (path, methods) in [
+        ("/api/v1/devices/{id}/telemetry", &["post"][..]),
+        ("/api/v1/devices/{id}/state", &["get", "put", "patch"]),
+        ("/api/v1/stubs", &["get", "post", "delete"]),
+        ("/api/v1/stubs/{id}", &["get", "delete"]),
+        ("/api/v1/http/requests", &["get"]),
+        ("/api/v1/http/verify", &["post"]),
+        ("/mock/{path}", &["get"]),
+    ] {
+        for method in methods {
+            assert!(
+                doc["paths"][path].get(method).is_some(),
+                "OpenAPI documents {method} {path}"
+            );
+        }
+    }
+    assert_eq!(
+        doc["components"]["securitySchemes"]["device_basic"]["scheme"],
+        "basic"
+    );
+    server.stop().await;
+}
