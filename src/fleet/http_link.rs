@@ -50,6 +50,8 @@ struct LinkState {
     online: bool,
     /// Simulated ms of the last HTTP contact.
     last_contact: i64,
+    /// Long polls open now: the device is listening, not silent.
+    polling: u32,
     reported: Option<(Arc<Map<String, Value>>, i64)>,
 }
 
@@ -125,10 +127,26 @@ impl Fleet {
                 let last = entry.http.inner.lock().unwrap().last_contact;
                 let deadline = last + fleet.http_device_timeout_ms();
                 fleet.0.clock.sleep_until(deadline).await;
+                let now = fleet.0.clock.now_ms();
+                let polling = {
+                    let link = entry.http.inner.lock().unwrap();
+                    link.polling > 0
+                };
+                if polling {
+                    // Look again a timeout from now (the poll's end counts
+                    // as contact).
+                    fleet
+                        .0
+                        .clock
+                        .sleep_until(now + fleet.http_device_timeout_ms())
+                        .await;
+                    continue;
+                }
                 let silent = {
                     let mut link = entry.http.inner.lock().unwrap();
-                    let silent = link.last_contact + fleet.http_device_timeout_ms()
-                        <= fleet.0.clock.now_ms();
+                    let silent = link.polling == 0
+                        && link.last_contact + fleet.http_device_timeout_ms()
+                            <= fleet.0.clock.now_ms();
                     if silent {
                         link.online = false;
                     }
@@ -143,6 +161,18 @@ impl Fleet {
                 }
             }
         });
+    }
+
+    /// Marks a long poll by device `id` as open until the guard is dropped:
+    /// a device waiting for a command is not silent, however long it
+    /// waits. Its end counts as contact.
+    pub fn http_long_poll(&self, id: &str) -> Option<LongPoll> {
+        let entry = self.entry(id).ok()?;
+        entry.http.inner.lock().unwrap().polling += 1;
+        Some(LongPoll {
+            entry,
+            clock: self.0.clock.clone(),
+        })
     }
 
     /// The state device `id` reported, if any.
@@ -203,6 +233,21 @@ impl Fleet {
             entry.http.inner.lock().unwrap().reported = Some((Arc::new(state), at));
         }
         Ok(())
+    }
+}
+
+/// An open long poll; see [`Fleet::http_long_poll`].
+pub struct LongPoll {
+    entry: Arc<Entry>,
+    clock: crate::clock::Clock,
+}
+
+impl Drop for LongPoll {
+    fn drop(&mut self) {
+        let now = self.clock.now_ms();
+        let mut link = self.entry.http.inner.lock().unwrap();
+        link.polling = link.polling.saturating_sub(1);
+        link.last_contact = link.last_contact.max(now);
     }
 }
 

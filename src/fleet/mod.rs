@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-pub use http_link::{DEFAULT_HTTP_DEVICE_TIMEOUT_MS, ReportMode, ReportedState};
+pub use http_link::{DEFAULT_HTTP_DEVICE_TIMEOUT_MS, LongPoll, ReportMode, ReportedState};
 pub use model::*;
 pub use store::StoreError;
 

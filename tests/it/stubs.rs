@@ -558,3 +558,43 @@ async fn openapi_documents_the_http_routes() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_journal_is_bounded_and_counts_evictions() {
+    let server = TestServer::with_scenario("", |c| c.http_journal_capacity = 2).await;
+    add_stub(
+        &server,
+        json!({"request": {"path": "/p/{n}"}, "response": {"status": 204}}),
+    )
+    .await;
+    for n in 1..=3 {
+        let r = server
+            .http
+            .get(server.url(&format!("/mock/p/{n}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+    let (_, page) = server.get("/api/v1/http/requests").await;
+    assert_eq!(page["capacity"], 2);
+    assert_eq!(page["evicted"], 1);
+    let paths: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["/p/2", "/p/3"]);
+    let (_, v) = server
+        .post("/api/v1/http/verify", json!({"path": "/p", "exactly": 3}))
+        .await;
+    assert_eq!(v["passed"], false);
+    assert!(v["detail"].as_str().unwrap().contains("evicted"), "{v}");
+    let (status, problem) = server.get("/api/v1/http/requests?limit=0").await;
+    assert_eq!(status, 422, "{problem}");
+    let (status, problem) = server.get("/api/v1/http/requests?since=soon").await;
+    assert_eq!(status, 422);
+    assert!(problem["detail"].as_str().unwrap().contains("RFC 3339"));
+    server.stop().await;
+}
