@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::clock::{Clock, ClockMode};
+use crate::commands::Commands;
 use crate::fleet::access::DeviceAccess;
 use crate::fleet::{Fleet, FleetError};
 use crate::http::{self, Addrs, AppState};
@@ -106,6 +107,8 @@ pub enum StartError {
     Mqtt(#[from] crate::mqtt::MqttError),
     #[error(transparent)]
     Fleet(#[from] FleetError),
+    #[error(transparent)]
+    Commands(#[from] crate::commands::CommandError),
     #[error("listening for HTTP on {addr}: {source}")]
     Http {
         addr: SocketAddr,
@@ -225,6 +228,17 @@ impl Server {
         let provisioned = fleet.provision_scenario(&scenario.devices).await?;
         tracing::info!(devices = fleet.len(), provisioned, seed, "fleet ready");
 
+        let commands = Commands::start(
+            config.data_dir.as_deref(),
+            clock.clone(),
+            fleet.clone(),
+            broker.handle(),
+            plugins.clone(),
+            seed,
+            config.plugin_limits.workers,
+        )
+        .await?;
+
         let listener = TcpListener::bind(config.http)
             .await
             .map_err(|source| StartError::Http {
@@ -254,6 +268,7 @@ impl Server {
             telemetry,
             fleet,
             stubs: stubs.clone(),
+            commands,
         };
         let mock = match config.mock_http {
             Some(addr) => Some(MockListener::start(addr, http::mock_router(state.clone())).await?),

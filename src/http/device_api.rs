@@ -378,6 +378,101 @@ pub async fn device_state_update(
     Ok(Json(Some(r).into()))
 }
 
+/// Longest long poll for a command.
+pub const MAX_POLL_MS: u64 = 60_000;
+/// A long poll looks for newly queued commands this often.
+const POLL_SLICE: std::time::Duration = std::time::Duration::from_millis(200);
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct NextQuery {
+    /// Wait up to this long (wall ms, 0 to 60,000; default 0) for a
+    /// command.
+    pub wait_ms: Option<u64>,
+}
+
+/// The next command for the device (long poll): answers with
+/// `{"id","name","params","attempt"}` as soon as one is waiting for it (at
+/// most 0.2 s after it was sent) and not yet fetched in its current
+/// attempt, or 204 when none came within `wait_ms`. A command to an HTTP
+/// device is delivered when the device polls: its `timeout_ms` runs from
+/// the fetch, and one never fetched expires after its `ttl_ms`. A retry repeats the id with a higher `attempt`. The device is
+/// online while it polls, however long the wait.
+#[utoipa::path(get, path = "/api/v1/devices/{id}/commands/next", tag = "device-api",
+    params(("id" = String, Path, description = "device id (the basic-auth user)"), NextQuery),
+    security(("device_basic" = [])),
+    responses((status = 200, body = crate::commands::CommandMessage),
+        (status = 204, description = "no command within wait_ms"),
+        (status = 401, body = Problem), (status = 403, body = Problem), (status = 422, body = Problem)))]
+pub async fn device_commands_next(
+    State(state): State<AppState>,
+    auth: DeviceAuth,
+    query: Result<axum::extract::Query<NextQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let axum::extract::Query(q) =
+        query.map_err(|e| ApiError::invalid(format!("query: {}", e.body_text())))?;
+    let wait_ms = q.wait_ms.unwrap_or(0);
+    if wait_ms > MAX_POLL_MS {
+        return Err(ApiError::invalid(format!(
+            "wait_ms {wait_ms} is too long: use 0 to {MAX_POLL_MS} and poll again"
+        )));
+    }
+    let _listening = state.fleet.http_long_poll(&auth.id);
+    // The engine hands queued commands to an HTTP device when a poll
+    // starts; one queued while the device waits would wait for the next
+    // poll. Waiting in short slices (each one a poll) brings it within a
+    // slice.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let slice = left.min(POLL_SLICE);
+        if let Some(message) = state.commands.next_for(&auth.id, slice).await {
+            return Ok(Json(message).into_response());
+        }
+        if left <= POLL_SLICE {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+    }
+}
+
+/// A device's answer to a command, as it posts it.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AckIn {
+    /// `received`, `completed`, `rejected` or `failed`.
+    pub status: crate::commands::AckStatus,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<Value>,
+}
+
+/// Acknowledges a command (the same statuses as an MQTT ack on
+/// `devices/{id}/acks/{command_id}`); answers with the command as it is now.
+#[utoipa::path(post, path = "/api/v1/devices/{id}/acks/{command_id}", tag = "device-api",
+    params(("id" = String, Path, description = "device id (the basic-auth user)"),
+        ("command_id" = String, Path, description = "the command's id")),
+    request_body = AckIn,
+    security(("device_basic" = [])),
+    responses((status = 200, body = crate::commands::CommandView),
+        (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, description = "no such command for this device", body = Problem),
+        (status = 422, body = Problem)))]
+pub async fn device_acks_create(
+    State(state): State<AppState>,
+    auth: DeviceAuth,
+    Path(path): Path<(String, String)>,
+    ApiJson(ack): ApiJson<AckIn>,
+) -> Result<Json<crate::commands::CommandView>, ApiError> {
+    let command_id = path.1;
+    let ack = crate::commands::DeviceAck {
+        id: Some(command_id.clone()),
+        status: ack.status,
+        result: ack.result,
+    };
+    let view = state.commands.ack(&auth.id, &command_id, ack).await?;
+    Ok(Json(view))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

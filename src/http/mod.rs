@@ -2,6 +2,7 @@
 //! file per resource, errors as problem+json. Handlers only translate
 //! between HTTP and the modules' handles.
 
+mod commands;
 mod device_api;
 mod devices;
 mod error;
@@ -21,6 +22,7 @@ use utoipa::OpenApi;
 pub use error::{ApiError, Problem};
 
 use crate::clock::Clock;
+use crate::commands::Commands;
 use crate::fleet::Fleet;
 use crate::mqtt::MqttHandle;
 use crate::plugin::PluginHost;
@@ -48,6 +50,7 @@ pub struct AppState {
     pub telemetry: Telemetry,
     pub fleet: Fleet,
     pub stubs: Stubs,
+    pub commands: Commands,
 }
 
 #[derive(OpenApi)]
@@ -75,6 +78,12 @@ pub struct AppState {
         devices::devices_destroy,
         devices::devices_rotate_credentials,
         devices::devices_connectivity,
+        commands::commands_create,
+        commands::commands_fleet_create,
+        commands::commands_index,
+        commands::commands_show,
+        commands::commands_cancel,
+        commands::commands_batch_show,
         mqtt::mqtt_messages,
         mqtt::mqtt_verify,
         mqtt::mqtt_clients,
@@ -84,6 +93,8 @@ pub struct AppState {
         device_api::device_state_show,
         device_api::device_state_replace,
         device_api::device_state_update,
+        device_api::device_commands_next,
+        device_api::device_acks_create,
         stubs::stubs_create,
         stubs::stubs_index,
         stubs::stubs_show,
@@ -155,6 +166,14 @@ pub fn router(state: AppState) -> Router {
             "/devices/{id}/connectivity",
             post(devices::devices_connectivity),
         )
+        .route("/devices/{id}/commands", post(commands::commands_create))
+        .route(
+            "/commands",
+            post(commands::commands_fleet_create).get(commands::commands_index),
+        )
+        .route("/commands/{id}", get(commands::commands_show))
+        .route("/commands/{id}/cancel", post(commands::commands_cancel))
+        .route("/commands/batches/{id}", get(commands::commands_batch_show))
         .route("/mqtt/messages", get(mqtt::mqtt_messages))
         .route("/mqtt/verify", post(mqtt::mqtt_verify))
         .route("/mqtt/clients", get(mqtt::mqtt_clients))
@@ -196,6 +215,14 @@ fn device_api_routes(state: AppState) -> Router<AppState> {
             get(device_api::device_state_show)
                 .put(device_api::device_state_replace)
                 .patch(device_api::device_state_update),
+        )
+        .route(
+            "/devices/{id}/commands/next",
+            get(device_api::device_commands_next),
+        )
+        .route(
+            "/devices/{id}/acks/{command_id}",
+            post(device_api::device_acks_create),
         )
         .layer(axum::middleware::from_fn_with_state(
             state,

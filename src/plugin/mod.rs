@@ -172,6 +172,41 @@ pub struct Sample {
 }
 
 /// A handle on the plugin host; cheap to clone.
+/// A command as a command handler sees it.
+#[derive(Debug, Clone)]
+pub struct HandlerCommand {
+    pub id: String,
+    pub name: String,
+    /// JSON text.
+    pub params: String,
+    pub attempt: u32,
+}
+
+/// An acknowledgement status, as devices send it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyStatus {
+    Received,
+    Completed,
+    Rejected,
+    Failed,
+}
+
+/// One ack a simulated device sends, `delay_ms` after the previous one.
+#[derive(Debug, Clone)]
+pub struct HandlerReply {
+    pub delay_ms: u32,
+    pub status: ReplyStatus,
+    /// JSON text.
+    pub result: Option<String>,
+}
+
+/// How a simulated device answers a command.
+#[derive(Debug, Clone, Default)]
+pub struct Handling {
+    pub replies: Vec<HandlerReply>,
+    pub offline_ms: Option<u32>,
+}
+
 #[derive(Clone)]
 pub struct PluginHost {
     registry: Arc<Registry>,
@@ -258,6 +293,18 @@ impl PluginHost {
         requests: Vec<SampleRequest>,
     ) -> (Result<Vec<Sample>, CallError>, CallContext) {
         self.pool.sample(name, config, ctx, requests).await
+    }
+
+    /// Asks a command-handler plugin how the device in `ctx.slots[0]`
+    /// answers `command`.
+    pub async fn handle_command(
+        &self,
+        name: &str,
+        config: Arc<str>,
+        ctx: CallContext,
+        command: HandlerCommand,
+    ) -> (Result<Handling, CallError>, CallContext) {
+        self.pool.handle_command(name, config, ctx, command).await
     }
 
     /// The same as [`sample`](Self::sample), from a plain thread (benchmarks).

@@ -5,7 +5,9 @@ mod support;
 
 mod api;
 mod broker;
+mod commands;
 mod fleet;
+mod http_commands;
 mod http_devices;
 mod mosquitto;
 mod plugins;
