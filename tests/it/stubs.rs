@@ -539,6 +539,8 @@ async fn openapi_documents_the_http_routes() {
     for (path, methods) in [
         ("/api/v1/devices/{id}/telemetry", &["post"][..]),
         ("/api/v1/devices/{id}/state", &["get", "put", "patch"]),
+        ("/api/v1/devices/{id}/commands/next", &["get"]),
+        ("/api/v1/devices/{id}/acks/{command_id}", &["post"]),
         ("/api/v1/stubs", &["get", "post", "delete"]),
         ("/api/v1/stubs/{id}", &["get", "delete"]),
         ("/api/v1/http/requests", &["get"]),
