@@ -185,7 +185,18 @@ impl Stubs {
     /// Validates and adds a stub.
     pub fn add(&self, mut def: StubDef, source: &'static str) -> Result<StubView, StubError> {
         let order = self.0.next.fetch_add(1, Ordering::Relaxed);
-        let id = def.id.take().unwrap_or_else(|| format!("stub-{order}"));
+        let id = match def.id.take() {
+            Some(id) => id,
+            None => {
+                // Skip numbers a user already took as ids.
+                let taken = |id: &str| self.0.stubs.read().unwrap().iter().any(|s| &*s.id == id);
+                let mut n = order;
+                while taken(&format!("stub-{n}")) {
+                    n = self.0.next.fetch_add(1, Ordering::Relaxed);
+                }
+                format!("stub-{n}")
+            }
+        };
         let stub = Arc::new(
             Stub::compile(def, id.clone(), source, order, self.0.seed)
                 .map_err(StubError::Invalid)?,
@@ -385,5 +396,48 @@ fn view(stub: &Stub) -> StubView {
         def,
         source: stub.source,
         calls: stub.calls(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def(v: Value) -> StubDef {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn generated_ids_skip_taken_ones_and_order_follows_priority() {
+        let stubs = Stubs::new(0, 10);
+        stubs
+            .add(
+                def(serde_json::json!({"id":"stub-2","request":{"path":"/a"},"response":{}})),
+                "api",
+            )
+            .unwrap();
+        let a = stubs
+            .add(
+                def(serde_json::json!({"request":{"path":"/a"},"response":{}})),
+                "api",
+            )
+            .unwrap();
+        let b = stubs
+            .add(
+                def(serde_json::json!({"priority":5,"request":{"path":"/a"},"response":{}})),
+                "api",
+            )
+            .unwrap();
+        assert_ne!(a.id, "stub-2");
+        assert_ne!(b.id, a.id);
+        let order: Vec<String> = stubs.list().into_iter().map(|s| s.id).collect();
+        assert_eq!(order, [b.id.clone(), a.id.clone(), "stub-2".to_string()]);
+        assert!(matches!(
+            stubs.add(
+                def(serde_json::json!({"id":"stub-2","request":{"path":"/b"},"response":{}})),
+                "api"
+            ),
+            Err(StubError::Duplicate(_))
+        ));
     }
 }

@@ -170,6 +170,16 @@ pub async fn answer(
         json: json_body,
     };
     let device = device_context(fleet, &parts.headers);
+    let mut journal_headers = facts.headers.clone();
+    if device.is_some() {
+        // A device's own secret stays out of the journal (other credentials
+        // are kept: tests may verify a token was sent).
+        for (name, value) in &mut journal_headers {
+            if name == "authorization" {
+                *value = "Basic (device credentials)".to_string();
+            }
+        }
+    }
     let mut entry = HttpEntry {
         cursor: 0,
         wall_ms: wall_ms(),
@@ -178,7 +188,7 @@ pub async fn answer(
         method: facts.method.to_string(),
         path: facts.path.clone(),
         query: facts.query.clone(),
-        headers: facts.headers.clone(),
+        headers: journal_headers,
         body: facts.body.clone(),
         body_truncated: false,
         stub: None,

@@ -93,6 +93,17 @@ async fn stub_with_matchers_template_delay_and_sequence() {
     let (_, listed) = server.get("/api/v1/stubs").await;
     assert_eq!(listed["items"][0]["id"], "ota");
     assert_eq!(listed["items"][0]["calls"], 3);
+    let (_, page) = server
+        .get("/api/v1/http/requests?stub=ota&device=fw-1")
+        .await;
+    let entry = &page["items"][0];
+    assert_eq!(entry["path"], "/ota/fw-1/manifest", "{page}");
+    assert_eq!(entry["query"]["channel"], "stable");
+    assert_eq!(entry["status"], 503);
+    assert_eq!(
+        entry["headers"]["authorization"], "Basic (device credentials)",
+        "the device's secret is not journaled"
+    );
 
     // A request missing the header does not match.
     let plain = server
