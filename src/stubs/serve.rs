@@ -14,7 +14,7 @@ use super::journal::HttpEntry;
 use super::listener::ConnHandle;
 use super::stub::Fault;
 use super::template::{self, Context};
-use super::{RequestFacts, Stubs};
+use super::{NearMiss, RequestFacts, Stubs};
 use crate::clock::{Clock, wall_ms};
 use crate::fleet::{AuthOutcome, Fleet};
 
@@ -201,36 +201,7 @@ pub async fn answer(
         Err(near) => {
             entry.status = Some(404);
             stubs.journal().push(entry);
-            let shown = match facts.query.is_empty() {
-                true => facts.path.clone(),
-                false => format!("{}?{}", facts.path, parts.uri.query().unwrap_or("")),
-            };
-            let (detail, extra) = match near {
-                None => (
-                    format!(
-                        "no stub matches {} {shown}: there are no stubs; add one with POST /api/v1/stubs",
-                        facts.method
-                    ),
-                    None,
-                ),
-                Some(near) => {
-                    let why: Vec<String> = near
-                        .mismatches
-                        .iter()
-                        .map(|m| format!("{} expected {}, got {}", m.field, m.expected, m.got))
-                        .collect();
-                    (
-                        format!(
-                            "no stub matches {} {shown}; the closest is stub {:?}: {}",
-                            facts.method,
-                            near.stub,
-                            why.join("; ")
-                        ),
-                        Some(json!({ "closest": near })),
-                    )
-                }
-            };
-            return problem(StatusCode::NOT_FOUND, "no-stub-matched", detail, extra);
+            return no_match(&facts, parts.uri.query(), near);
         }
     };
     let chosen = stub.choose();
@@ -279,14 +250,20 @@ pub async fn answer(
         stub_id: &stub.id,
         calls: chosen.call,
     };
+    build(response, &ctx)
+}
+
+/// The declared response, rendered, with a `malformed` or `drip` fault
+/// applied.
+fn build(response: &super::stub::ResponseDef, ctx: &Context<'_>) -> Response {
     let (bytes, content_type) = match &response.body {
         None => (Bytes::new(), None),
         Some(Value::String(text)) => (
-            Bytes::from(template::render(text, &ctx)),
+            Bytes::from(template::render(text, ctx)),
             Some("text/plain; charset=utf-8"),
         ),
         Some(value) => (
-            Bytes::from(template::render_json(value, &ctx).to_string()),
+            Bytes::from(template::render_json(value, ctx).to_string()),
             Some("application/json"),
         ),
     };
@@ -314,7 +291,7 @@ pub async fn answer(
     }
     .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
     for (name, value) in &response.headers {
-        let rendered = template::render(value, &ctx);
+        let rendered = template::render(value, ctx);
         if let (Ok(n), Ok(v)) = (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(&rendered),
@@ -323,6 +300,41 @@ pub async fn answer(
         }
     }
     out
+}
+
+/// The 404 for a request no stub matched: the closest stub and every
+/// matcher that failed.
+fn no_match(facts: &RequestFacts, query: Option<&str>, near: Option<NearMiss>) -> Response {
+    let shown = match query {
+        Some(q) if !q.is_empty() => format!("{}?{q}", facts.path),
+        _ => facts.path.clone(),
+    };
+    let (detail, extra) = match near {
+        None => (
+            format!(
+                "no stub matches {} {shown}: there are no stubs; add one with POST /api/v1/stubs",
+                facts.method
+            ),
+            None,
+        ),
+        Some(near) => {
+            let why: Vec<String> = near
+                .mismatches
+                .iter()
+                .map(|m| format!("{} expected {}, got {}", m.field, m.expected, m.got))
+                .collect();
+            (
+                format!(
+                    "no stub matches {} {shown}; the closest is stub {:?}: {}",
+                    facts.method,
+                    near.stub,
+                    why.join("; ")
+                ),
+                Some(json!({ "closest": near })),
+            )
+        }
+    };
+    problem(StatusCode::NOT_FOUND, "no-stub-matched", detail, extra)
 }
 
 /// A response that never arrives: the connection is reset.
