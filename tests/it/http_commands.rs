@@ -237,6 +237,9 @@ async fn a_device_waiting_in_a_long_poll_stays_online() {
         })
     };
     assert_eq!(status_sub.next().await.payload, b"online");
+    // The poll is open once its request is through authentication (which
+    // published `online`); give the handler a moment to start waiting.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     // 40 s of simulated time pass while the device waits.
     server
         .post("/api/v1/clock/advance", json!({"ms": 40_000}))
