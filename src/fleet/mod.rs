@@ -411,6 +411,7 @@ impl Fleet {
                 tags: spec.tags.clone(),
                 group: spec.group.clone(),
                 sensors: spec.sensors.clone(),
+                command_handler: spec.command_handler.clone(),
                 ..DeviceTemplate {
                     simulated: true,
                     ..Default::default()

@@ -220,10 +220,31 @@ impl PluginHost {
         let registry = Arc::new(Registry::new());
         let pool = Arc::new(Pool::start(registry.clone(), &limits));
         let host = Self { registry, pool };
-        for (name, bytes) in crate::builtin::BUILTIN {
-            host.registry
-                .load(name, bytes.to_vec(), PluginSource::BuiltIn)?;
-        }
+        // Compiling dominates start-up; the built-ins compile side by side,
+        // one thread per core.
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let results: Vec<Result<(), LoadError>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        loop {
+                            let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some((name, bytes)) = crate::builtin::BUILTIN.get(n) else {
+                                return Ok(());
+                            };
+                            host.registry
+                                .load(name, bytes.to_vec(), PluginSource::BuiltIn)?;
+                        }
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().expect("plugin compile thread panicked"))
+                .collect()
+        });
+        results.into_iter().collect::<Result<(), LoadError>>()?;
         Ok(host)
     }
 

@@ -453,7 +453,12 @@ async fn queued_commands_survive_a_restart_and_are_delivered_once() {
     let server = TestServer::with_scenario("", |c| c.data_dir = Some(dir.clone())).await;
     let restored = show(&server, &id).await;
     assert_eq!(restored["status"], "queued", "{restored}");
-    let next = send(&server, "gw-2", json!({"name": "sync-2"})).await;
+    let next = send(
+        &server,
+        "gw-2",
+        json!({"name": "sync-2", "timeout_ms": 120000}),
+    )
+    .await;
     assert_ne!(next["id"], id, "ids are not reused after a restart");
 
     let mut dev = RealDevice::connect(&server, "gw-2").await;
@@ -462,13 +467,26 @@ async fn queued_commands_survive_a_restart_and_are_delivered_once() {
     dev.ack("gw-2", &id, json!({"status": "completed"})).await;
     let done = wait_status(&server, &id, "completed").await;
     assert_eq!(done["attempts"], 1, "delivered once: {done}");
+    // The second command went out too; the server stops before its ack.
+    let (topic, _) = dev.next_command().await;
+    let in_flight = next["id"].as_str().unwrap().to_string();
+    assert_eq!(topic, format!("devices/gw-2/commands/{in_flight}"));
+    assert_eq!(show(&server, &in_flight).await["status"], "sent");
+    drop(dev);
     server.stop().await;
 
-    // And the final state is what a third start sees.
+    // A third start: the final state is kept, and the in-flight command
+    // takes its late ack.
     let server = TestServer::with_scenario("", |c| c.data_dir = Some(dir.clone())).await;
     let again = show(&server, &id).await;
     assert_eq!(again["status"], "completed");
     assert_eq!(again["attempts"], 1);
+    assert_eq!(show(&server, &in_flight).await["status"], "sent");
+    let dev = RealDevice::connect(&server, "gw-2").await;
+    dev.ack("gw-2", &in_flight, json!({"status": "completed"}))
+        .await;
+    let done = wait_status(&server, &in_flight, "completed").await;
+    assert_eq!(done["attempts"], 1, "{done}");
     server.stop().await;
 }
 
@@ -664,4 +682,35 @@ async fn bad_requests_say_what_to_fix_and_only_queued_commands_cancel() {
     advance(&server, 1000).await;
     assert_eq!(show(&server, "mine-1").await["status"], "cancelled");
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_devices_answer_through_their_declared_handler() {
+    let scenario = r#"
+[[fleet]]
+id_pattern = "fw-{n}"
+count = 2
+command_handler = { plugin = "firmware", config = { failure_rate = 0.0, steps = 1, step_ms = 10 } }
+"#;
+    let server = TestServer::with_scenario(scenario, |_| {}).await;
+    let (_, dev) = server.get("/api/v1/devices/fw-2").await;
+    assert_eq!(dev["command_handler"]["plugin"], "firmware", "{dev}");
+    let cmd = send(
+        &server,
+        "fw-2",
+        json!({"name": "update_firmware", "params": {"version": "3.1"}}),
+    )
+    .await;
+    let done = wait_final(&server, cmd["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["result"], json!({"version": "3.1"}));
+    server.stop().await;
+
+    let bad = iotmock::scenario::Scenario::parse(
+        "[[fleet]]\nid = \"a\"\ncommand_handler = \"Not A Name\"\n",
+        "t.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(bad.contains("command_handler"), "{bad}");
 }
