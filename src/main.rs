@@ -82,12 +82,15 @@ fn parse_duration_ms(s: &str) -> Result<i64, String> {
     let n: i64 = digits
         .parse()
         .map_err(|_| format!("{s:?} is not a duration: use e.g. 30s, 500ms or 2m"))?;
-    let ms = match unit {
-        "" | "ms" => n,
-        "s" => n * 1000,
-        "m" => n * 60_000,
+    let factor = match unit {
+        "" | "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
         _ => return Err(format!("{s:?}: the unit must be ms, s or m")),
     };
+    let ms = n
+        .checked_mul(factor)
+        .ok_or_else(|| format!("{s:?} is too long"))?;
     if ms <= 0 {
         return Err(format!("{s:?}: give a duration above zero"));
     }
@@ -176,4 +179,20 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration_ms;
+
+    #[test]
+    fn durations_take_units_and_refuse_nonsense() {
+        assert_eq!(parse_duration_ms("30s"), Ok(30_000));
+        assert_eq!(parse_duration_ms("500ms"), Ok(500));
+        assert_eq!(parse_duration_ms("2m"), Ok(120_000));
+        assert_eq!(parse_duration_ms("1500"), Ok(1500));
+        assert!(parse_duration_ms("0s").is_err());
+        assert!(parse_duration_ms("5h").unwrap_err().contains("ms, s or m"));
+        assert!(parse_duration_ms("soon").is_err());
+    }
 }

@@ -279,10 +279,7 @@ fn build(response: &super::stub::ResponseDef, ctx: &Context<'_>) -> Response {
             builder.body(Body::from(cut))
         }
         Some(Fault::Drip) => {
-            let drip = response.drip.unwrap_or(super::stub::Drip {
-                chunk_bytes: 16,
-                interval_ms: 100,
-            });
+            let drip = response.drip.unwrap_or_default();
             let total = bytes.len();
             builder = builder.header(header::CONTENT_LENGTH, total);
             builder.body(drip_body(bytes, drip.chunk_bytes, drip.interval_ms))

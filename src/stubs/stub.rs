@@ -149,6 +149,15 @@ pub struct Drip {
     pub interval_ms: u64,
 }
 
+impl Default for Drip {
+    fn default() -> Self {
+        Self {
+            chunk_bytes: drip_chunk(),
+            interval_ms: drip_interval(),
+        }
+    }
+}
+
 fn drip_chunk() -> usize {
     16
 }
