@@ -611,3 +611,63 @@ async fn the_request_journal_is_bounded_and_counts_evictions() {
     assert!(problem["detail"].as_str().unwrap().contains("RFC 3339"));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_stubs_on_mock_http_from_its_flags() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_iotmock"))
+        .args([
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--mqtt",
+            "127.0.0.1:0",
+            "--scenario",
+            "none",
+            "--mock-http",
+            "127.0.0.1:0",
+            "--http-journal-capacity",
+            "5",
+            "--http-device-timeout",
+            "2m",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start iotmock");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let ready: Value = serde_json::from_str(&line).expect("ready line is JSON");
+    let http = ready["http"].as_str().unwrap().to_string();
+    let mock = ready["mock_http"]
+        .as_str()
+        .expect("mock_http in the ready line");
+    let client = reqwest::Client::new();
+    let created = client
+        .post(format!("http://{http}/api/v1/stubs"))
+        .json(&json!({"request": {"path": "/fw/latest"}, "response": {"body": "2.0.0"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let answer = client
+        .get(format!("http://{mock}/fw/latest"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.text().await.unwrap(), "2.0.0");
+    let page: Value = client
+        .get(format!("http://{http}/api/v1/http/requests"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["capacity"], 5);
+    let _ = child.kill();
+    let _ = child.wait();
+}
