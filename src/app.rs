@@ -51,6 +51,12 @@ pub struct Config {
     /// `devices`: device credentials (or the admin's) are required; used
     /// when `mqtt_authorizer` is not set.
     pub mqtt_auth: MqttAuth,
+    /// A second HTTP listener where stubs answer on their real paths.
+    pub mock_http: Option<SocketAddr>,
+    /// Requests kept in the HTTP journal (stubs and the device API).
+    pub http_journal_capacity: usize,
+    /// Silence, in simulated ms, after which an HTTP device is offline.
+    pub http_device_timeout_ms: i64,
 }
 
 /// How MQTT clients are admitted.
@@ -83,6 +89,9 @@ impl Config {
             journal_capacity: crate::mqtt::DEFAULT_JOURNAL_CAPACITY,
             mqtt_authorizer: None,
             mqtt_auth: MqttAuth::Open,
+            mock_http: None,
+            http_journal_capacity: crate::stubs::DEFAULT_HTTP_JOURNAL_CAPACITY,
+            http_device_timeout_ms: crate::fleet::DEFAULT_HTTP_DEVICE_TIMEOUT_MS,
         }
     }
 }
@@ -113,6 +122,8 @@ pub enum StartError {
     },
     #[error("edge node {node:?}: {problem}")]
     EdgeNode { node: String, problem: String },
+    #[error("scenario: {0}")]
+    Stub(#[from] crate::stubs::StubError),
     #[error("scenario: device {device:?} has sensor {sensor:?} with plugin {plugin:?}, {problem}")]
     SensorPlugin {
         device: String,
@@ -133,6 +144,8 @@ pub struct Server {
     broker: Broker,
     http_stop: oneshot::Sender<()>,
     http_task: tokio::task::JoinHandle<()>,
+    stubs: crate::stubs::Stubs,
+    mock: Option<MockListener>,
     _watcher: Option<PluginWatcher>,
 }
 
@@ -210,6 +223,7 @@ impl Server {
             plugins.clone(),
         )
         .await?;
+        fleet.set_http_device_timeout(config.http_device_timeout_ms);
         if let Some(access) = &device_access {
             access.attach(fleet.clone());
         }
@@ -262,6 +276,13 @@ impl Server {
             http: http_addr,
             mqtt: broker.local_addr(),
         };
+        let stubs = crate::stubs::Stubs::new(seed, config.http_journal_capacity);
+        for (i, def) in scenario.stubs.iter().enumerate() {
+            let mut def = def.clone();
+            def.id
+                .get_or_insert_with(|| format!("scenario-stub-{}", i + 1));
+            stubs.add(def, "scenario")?;
+        }
         let state = AppState {
             addrs,
             clock: clock.clone(),
@@ -270,18 +291,14 @@ impl Server {
             telemetry,
             fleet,
             edge,
+            stubs: stubs.clone(),
             commands,
         };
-        let (http_stop, stop_rx) = oneshot::channel::<()>();
-        let app = http::router(state);
-        let http_task = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = stop_rx.await;
-            });
-            if let Err(error) = serve.await {
-                tracing::error!(%error, "HTTP server stopped with an error");
-            }
-        });
+        let mock = match config.mock_http {
+            Some(addr) => Some(MockListener::start(addr, http::mock_router(state.clone())).await?),
+            None => None,
+        };
+        let (http_stop, http_task) = serve_http(listener, http::router(state));
         tracing::info!(addr = %http_addr, "HTTP API listening");
         Ok(Self {
             mqtt_auth: config.mqtt_auth.clone(),
@@ -292,8 +309,15 @@ impl Server {
             broker,
             http_stop,
             http_task,
+            stubs,
+            mock,
             _watcher: watcher,
         })
+    }
+
+    /// The `--mock-http` listener's address, when there is one.
+    pub fn mock_http_addr(&self) -> Option<SocketAddr> {
+        self.mock.as_ref().map(|m| m.addr)
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -328,6 +352,9 @@ impl Server {
             "http": self.addrs.http.to_string(),
             "mqtt": self.addrs.mqtt.to_string(),
         });
+        if let Some(mock) = &self.mock {
+            line["mock_http"] = serde_json::json!(mock.addr.to_string());
+        }
         if let MqttAuth::Devices { admin_password } = &self.mqtt_auth {
             line["mqtt_admin"] = serde_json::json!({
                 "username": crate::fleet::access::ADMIN_USER,
@@ -340,9 +367,56 @@ impl Server {
     /// Stops accepting, lets open HTTP requests finish, disconnects MQTT
     /// clients.
     pub async fn shutdown(self) {
+        // Hanging stubs let go, so open requests can finish.
+        self.stubs.close();
+        if let Some(mock) = self.mock {
+            let _ = mock.stop.send(());
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), mock.task).await;
+        }
         let _ = self.http_stop.send(());
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.http_task).await;
         self.broker.shutdown().await;
         tracing::info!("stopped");
+    }
+}
+
+/// Serves a router on a listener whose connections a stub can reset, until
+/// the returned sender fires (open requests may finish).
+fn serve_http(
+    listener: TcpListener,
+    app: axum::Router,
+) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    use crate::stubs::listener::{ConnHandle, ResettableListener};
+    let (stop, stop_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let serve = axum::serve(
+            ResettableListener(listener),
+            app.into_make_service_with_connect_info::<ConnHandle>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stop_rx.await;
+        });
+        if let Err(error) = serve.await {
+            tracing::error!(%error, "HTTP server stopped with an error");
+        }
+    });
+    (stop, task)
+}
+
+/// The `--mock-http` server.
+struct MockListener {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MockListener {
+    async fn start(addr: SocketAddr, app: axum::Router) -> Result<Self, StartError> {
+        let http_error = |source| StartError::Http { addr, source };
+        let listener = TcpListener::bind(addr).await.map_err(http_error)?;
+        let addr = listener.local_addr().map_err(http_error)?;
+        let (stop, task) = serve_http(listener, app);
+        tracing::info!(%addr, "mock HTTP listening (stubs on their real paths)");
+        Ok(Self { addr, stop, task })
     }
 }

@@ -17,6 +17,7 @@
 //! - [`edge`]: edge nodes: rule pipelines over member devices' readings,
 //!   store-and-forward uplink, budgets.
 //! - [`http`]: the REST API.
+//! - [`stubs`]: mock HTTP endpoints, the HTTP request journal and verify.
 //! - [`telemetry`]: the fleet's scheduler, sensor calls, publishing.
 //! - [`plugin`]: the wasmtime host, the registry with hot reload, the
 //!   folder watcher.
@@ -35,6 +36,7 @@ pub mod mqtt;
 pub mod plugin;
 pub mod random;
 pub mod scenario;
+pub mod stubs;
 pub mod telemetry;
 pub mod verify;
 

@@ -62,6 +62,39 @@ struct ServeArgs {
     /// a random one, printed in the ready line).
     #[arg(long, env = "IOTMOCK_ADMIN_PASSWORD")]
     admin_password: Option<String>,
+    /// A second HTTP listener where stubs answer on their real paths (no
+    /// /mock prefix), for firmware with fixed URLs.
+    #[arg(long, value_name = "ADDR")]
+    mock_http: Option<SocketAddr>,
+    /// Recent HTTP requests (stubs and device API) kept for
+    /// GET /api/v1/http/requests and verify; older ones are evicted and counted.
+    #[arg(long, default_value_t = iotmock::stubs::DEFAULT_HTTP_JOURNAL_CAPACITY)]
+    http_journal_capacity: usize,
+    /// Silence after which a device using the HTTP device API is offline,
+    /// in simulated time: `30s`, `500ms`, `2m` or plain milliseconds.
+    #[arg(long, default_value = "30s", value_parser = parse_duration_ms)]
+    http_device_timeout: i64,
+}
+
+/// `30s`, `500ms`, `2m`, or a number of milliseconds.
+fn parse_duration_ms(s: &str) -> Result<i64, String> {
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration: use e.g. 30s, 500ms or 2m"))?;
+    let factor = match unit {
+        "" | "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        _ => return Err(format!("{s:?}: the unit must be ms, s or m")),
+    };
+    let ms = n
+        .checked_mul(factor)
+        .ok_or_else(|| format!("{s:?} is too long"))?;
+    if ms <= 0 {
+        return Err(format!("{s:?}: give a duration above zero"));
+    }
+    Ok(ms)
 }
 
 fn main() -> ExitCode {
@@ -120,6 +153,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             },
             _ => MqttAuth::Open,
         },
+        mock_http: args.mock_http,
+        http_journal_capacity: args.http_journal_capacity,
+        http_device_timeout_ms: args.http_device_timeout,
         ..Config::ephemeral()
     };
     let server = Server::start(config).await.context("starting iotmock")?;
@@ -143,4 +179,20 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration_ms;
+
+    #[test]
+    fn durations_take_units_and_refuse_nonsense() {
+        assert_eq!(parse_duration_ms("30s"), Ok(30_000));
+        assert_eq!(parse_duration_ms("500ms"), Ok(500));
+        assert_eq!(parse_duration_ms("2m"), Ok(120_000));
+        assert_eq!(parse_duration_ms("1500"), Ok(1500));
+        assert!(parse_duration_ms("0s").is_err());
+        assert!(parse_duration_ms("5h").unwrap_err().contains("ms, s or m"));
+        assert!(parse_duration_ms("soon").is_err());
+    }
 }

@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod credentials;
+mod http_link;
 pub mod model;
 mod store;
 
@@ -15,6 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+pub use http_link::{DEFAULT_HTTP_DEVICE_TIMEOUT_MS, LongPoll, ReportMode, ReportedState};
 pub use model::*;
 pub use store::StoreError;
 
@@ -53,6 +55,9 @@ struct Entry {
     connect_count: AtomicU64,
     /// Simulated ms; i64::MIN when never seen.
     last_seen: AtomicI64,
+    /// Polling connectivity and reported state of a device using the HTTP
+    /// device API.
+    http: http_link::HttpLink,
 }
 
 impl Entry {
@@ -74,6 +79,8 @@ struct Inner {
     telemetry: Telemetry,
     mqtt: MqttHandle,
     plugins: PluginHost,
+    /// Silence, in simulated ms, after which an HTTP device is offline.
+    http_timeout_ms: AtomicI64,
     /// Every connectivity change (the command engine delivers queued
     /// commands on `online`). A lagging listener is told how many it
     /// missed and rescans.
@@ -121,6 +128,7 @@ impl Fleet {
             telemetry,
             mqtt,
             plugins,
+            http_timeout_ms: AtomicI64::new(DEFAULT_HTTP_DEVICE_TIMEOUT_MS),
             presence: broadcast::channel(PRESENCE_EVENTS).0,
         }));
         let count = stored.len();
@@ -131,6 +139,7 @@ impl Fleet {
             fleet.announce(&entry).await;
         }
         fleet.0.telemetry.add(streams).await;
+        fleet.restore_reported()?;
         if count > 0 {
             tracing::info!(devices = count, "fleet restored from the store");
         }
@@ -146,6 +155,7 @@ impl Fleet {
             secret: Mutex::new(secret),
             connect_count: AtomicU64::new(0),
             last_seen: AtomicI64::new(i64::MIN),
+            http: Default::default(),
         });
         let id = entry.device().id.clone();
         self.0.devices.write().unwrap().insert(id, entry.clone());
@@ -767,6 +777,7 @@ impl Fleet {
     pub async fn connected(&self, id: &str) {
         let Ok(entry) = self.entry(id) else { return };
         let device = entry.device();
+        entry.http.set_protocol(http_link::Protocol::Mqtt);
         entry.connect_count.fetch_add(1, Ordering::Relaxed);
         entry
             .last_seen
@@ -818,14 +829,16 @@ impl Fleet {
                 mode: if d.simulated {
                     entry.presence.mode()
                 } else {
-                    "mqtt"
+                    entry.http.protocol().unwrap_or("mqtt")
                 },
+                protocol: entry.http.protocol(),
                 last_seen: (last_seen != i64::MIN).then(|| rfc3339_ms(last_seen)),
                 connect_count: entry.connect_count.load(Ordering::Relaxed),
             },
             created_at: rfc3339_ms(d.created_at),
             updated_at: rfc3339_ms(d.updated_at),
             credentials: None,
+            reported: entry.http.reported(),
         }
     }
 }

@@ -233,8 +233,12 @@ pub struct ConnectivityView {
     /// `online` or `offline`.
     pub state: &'static str,
     /// What a simulated device was told: `online`, `offline` or `flaky`;
-    /// `mqtt` for a real device (its connection decides).
+    /// `mqtt` for a real device (its connection decides), `http` for one
+    /// whose last contact was the HTTP device API (polling decides).
     pub mode: &'static str,
+    /// How the device last reached the server, `mqtt` or `http`; null
+    /// before its first contact.
+    pub protocol: Option<&'static str>,
     pub last_seen: Option<String>,
     pub connect_count: u64,
 }
@@ -260,6 +264,9 @@ pub struct DeviceView {
     pub updated_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credentials: Option<Credentials>,
+    /// The state the device reported over HTTP (`PUT /devices/{id}/state`);
+    /// null until it does.
+    pub reported: Option<super::ReportedState>,
 }
 
 /// Body of `POST /devices/{id}/connectivity`.

@@ -30,6 +30,12 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL,
         updated_at INTEGER NOT NULL
     ) WITHOUT ROWID;",
+    // 2: the state HTTP devices report (GET|PUT|PATCH /devices/{id}/state).
+    "CREATE TABLE device_reported (
+        id TEXT PRIMARY KEY NOT NULL,
+        state TEXT NOT NULL,
+        updated_at INTEGER NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -167,7 +173,28 @@ impl Store {
         let n = conn
             .prepare_cached("DELETE FROM devices WHERE id = ?1")?
             .execute(params![id])?;
+        conn.prepare_cached("DELETE FROM device_reported WHERE id = ?1")?
+            .execute(params![id])?;
         Ok(n == 1)
+    }
+
+    /// Replaces a device's reported state (JSON object text).
+    pub fn set_reported(&self, id: &str, state: &str, at: i64) -> Result<(), StoreError> {
+        let conn = self.conn.lock().unwrap();
+        conn.prepare_cached(
+            "INSERT INTO device_reported (id, state, updated_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT(id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+        )?
+        .execute(params![id, state, at])?;
+        Ok(())
+    }
+
+    /// Every stored reported state: (id, JSON object text, updated_at).
+    pub fn load_reported(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+        let conn = self.conn.lock().unwrap();
+        let mut stmt = conn.prepare("SELECT id, state, updated_at FROM device_reported")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Every stored device, for start-up.

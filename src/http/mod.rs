@@ -3,11 +3,13 @@
 //! between HTTP and the modules' handles.
 
 mod commands;
+mod device_api;
 mod devices;
 mod edge;
 mod error;
 mod mqtt;
 mod plugins;
+mod stubs;
 mod system;
 mod telemetry;
 
@@ -15,7 +17,7 @@ use std::net::SocketAddr;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use utoipa::OpenApi;
 
 pub use error::{ApiError, Problem};
@@ -26,6 +28,7 @@ use crate::edge::EdgeNodes;
 use crate::fleet::Fleet;
 use crate::mqtt::MqttHandle;
 use crate::plugin::PluginHost;
+use crate::stubs::Stubs;
 use crate::telemetry::Telemetry;
 
 /// Largest plugin component accepted over HTTP.
@@ -49,6 +52,7 @@ pub struct AppState {
     pub telemetry: Telemetry,
     pub fleet: Fleet,
     pub edge: EdgeNodes,
+    pub stubs: Stubs,
     pub commands: Commands,
 }
 
@@ -93,10 +97,39 @@ pub struct AppState {
         edge::edge_nodes_show,
         edge::edge_nodes_uplink,
         edge::edge_nodes_destroy,
+        device_api::device_telemetry_create,
+        device_api::device_state_show,
+        device_api::device_state_replace,
+        device_api::device_state_update,
+        device_api::device_commands_next,
+        device_api::device_acks_create,
+        stubs::stubs_create,
+        stubs::stubs_index,
+        stubs::stubs_show,
+        stubs::stubs_destroy,
+        stubs::stubs_clear,
+        stubs::http_requests,
+        stubs::http_verify,
+        stubs::mock_prefixed,
     ),
-    components(schemas(Problem))
+    components(schemas(Problem, stubs::NoStubMatched)),
+    modifiers(&DeviceBasicAuth)
 )]
 struct ApiDoc;
+
+/// The HTTP device API's security scheme: the device's own credentials.
+struct DeviceBasicAuth;
+
+impl utoipa::Modify for DeviceBasicAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "device_basic",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)),
+        );
+    }
+}
 
 /// The OpenAPI document of every route.
 pub fn openapi() -> utoipa::openapi::OpenApi {
@@ -162,13 +195,61 @@ pub fn router(state: AppState) -> Router {
             "/edge-nodes/{id}",
             get(edge::edge_nodes_show).delete(edge::edge_nodes_destroy),
         )
-        .route("/edge-nodes/{id}/uplink", post(edge::edge_nodes_uplink));
+        .route("/edge-nodes/{id}/uplink", post(edge::edge_nodes_uplink))
+        .route(
+            "/stubs",
+            post(stubs::stubs_create)
+                .get(stubs::stubs_index)
+                .delete(stubs::stubs_clear),
+        )
+        .route(
+            "/stubs/{id}",
+            get(stubs::stubs_show).delete(stubs::stubs_destroy),
+        )
+        .route("/http/requests", get(stubs::http_requests))
+        .route("/http/verify", post(stubs::http_verify))
+        .merge(device_api_routes(state.clone()));
     Router::new()
         .nest("/api/v1", api)
+        .route("/mock", any(stubs::mock_prefixed))
+        .route("/mock/{*path}", any(stubs::mock_prefixed))
         .route("/metrics", get(system::metrics_show))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+}
+
+/// The routes devices call with their own credentials; every request is
+/// journaled (`GET /http/requests`).
+fn device_api_routes(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route(
+            "/devices/{id}/telemetry",
+            post(device_api::device_telemetry_create),
+        )
+        .route(
+            "/devices/{id}/state",
+            get(device_api::device_state_show)
+                .put(device_api::device_state_replace)
+                .patch(device_api::device_state_update),
+        )
+        .route(
+            "/devices/{id}/commands/next",
+            get(device_api::device_commands_next),
+        )
+        .route(
+            "/devices/{id}/acks/{command_id}",
+            post(device_api::device_acks_create),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            device_api::journal_device_api,
+        ))
+}
+
+/// The `--mock-http` server: every path goes to the stubs as it is.
+pub fn mock_router(state: AppState) -> Router {
+    Router::new().fallback(stubs::mock_root).with_state(state)
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

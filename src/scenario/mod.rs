@@ -32,6 +32,9 @@ struct RawScenario {
     fleet: Vec<RawFleet>,
     #[serde(default)]
     edge_node: Vec<crate::edge::EdgeNodeSpec>,
+    /// Mock HTTP endpoints, as in `POST /api/v1/stubs`.
+    #[serde(default)]
+    stubs: Vec<crate::stubs::StubDef>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -109,6 +112,7 @@ pub struct Scenario {
     pub devices: Vec<DeviceSpec>,
     /// `[[edge_node]]` tables, checked when the server starts them.
     pub edge_nodes: Vec<crate::edge::EdgeNodeSpec>,
+    pub stubs: Vec<crate::stubs::StubDef>,
 }
 
 impl Scenario {
@@ -183,10 +187,26 @@ impl Scenario {
                 });
             }
         }
+        let mut stub_ids = BTreeSet::new();
+        for (i, def) in raw.stubs.iter().enumerate() {
+            let id = def
+                .id
+                .clone()
+                .unwrap_or_else(|| format!("scenario-stub-{}", i + 1));
+            if !stub_ids.insert(id.clone()) {
+                return Err(invalid(format!(
+                    "stubs #{}: id {id:?} is used twice",
+                    i + 1
+                )));
+            }
+            crate::stubs::Stub::compile(def.clone(), id, "scenario", 0, 0)
+                .map_err(|e| invalid(format!("stubs #{}: {e}", i + 1)))?;
+        }
         Ok(Self {
             seed: raw.seed,
             devices,
             edge_nodes: raw.edge_node,
+            stubs: raw.stubs,
         })
     }
 }

@@ -6,6 +6,7 @@
 //! state and random stream. It does not own devices (the fleet does) nor
 //! run plugins (the plugin host does).
 
+mod ingest;
 mod journal;
 mod presence;
 mod reading;

@@ -1,0 +1,443 @@
+//! Mock HTTP endpoints ("stubs") and the HTTP request journal.
+//!
+//! It owns the stub registry (matching, response sequences, seeded delays,
+//! faults, templates) and the journal of requests to stubs and to the HTTP
+//! device API, with verify. It does not own devices (the fleet does); a
+//! request that authenticates as a device gets the device's fields for its
+//! templates through the fleet handle.
+
+pub mod journal;
+pub mod listener;
+pub mod matcher;
+pub(crate) mod serve;
+pub mod stub;
+pub mod template;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::http::Method;
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::watch;
+
+pub use journal::{DEFAULT_HTTP_JOURNAL_CAPACITY, HttpEntry, HttpJournal, HttpJournalStats};
+pub use matcher::{Matcher, Mismatch, PathPattern};
+pub use stub::{Stub, StubDef};
+
+use crate::verify::{Expect, Verdict, json_contains};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StubError {
+    #[error("stub {0}")]
+    Invalid(String),
+    #[error("a stub with id {0:?} exists; DELETE /api/v1/stubs/{0} first or pick another id")]
+    Duplicate(String),
+    #[error("no stub {0:?}")]
+    NotFound(String),
+}
+
+/// Path parameters captured by a stub's pattern.
+pub type Params = BTreeMap<String, String>;
+
+/// A request as stubs see it.
+#[derive(Debug, Clone)]
+pub struct RequestFacts {
+    pub method: Method,
+    /// Without the `/mock` prefix.
+    pub path: String,
+    pub query: Vec<(String, String)>,
+    /// Lower-case names; repeated headers joined with ", ".
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    /// The body parsed as JSON, when it is JSON.
+    pub json: Option<Value>,
+}
+
+impl RequestFacts {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn query_value(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The closest stub to a request that none matched, and why it did not.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct NearMiss {
+    pub stub: String,
+    pub mismatches: Vec<Mismatch>,
+}
+
+/// A stub as the API shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct StubView {
+    pub id: String,
+    #[serde(flatten)]
+    pub def: StubDef,
+    /// `api` or `scenario`.
+    pub source: &'static str,
+    /// Requests it has answered.
+    pub calls: u64,
+}
+
+/// A handle on the stubs and the HTTP journal; cheap to clone.
+#[derive(Clone)]
+pub struct Stubs(Arc<Shared>);
+
+struct Shared {
+    // A std lock: held to read or change the list, never across an await.
+    /// Highest priority first; among equals, the newest first.
+    stubs: RwLock<Vec<Arc<Stub>>>,
+    next: AtomicU64,
+    seed: u64,
+    journal: HttpJournal,
+    /// Set at shutdown: hanging stubs let go.
+    closing: watch::Sender<bool>,
+}
+
+/// Which journal entries a listing or a verify wants.
+#[derive(Debug, Clone, Default)]
+pub struct RequestFilter {
+    pub method: Option<Method>,
+    /// A plain path is a prefix; a pattern (`{x}`, `*`, `**`) must match.
+    pub path: Option<PathPattern>,
+    pub stub: Option<String>,
+    pub device: Option<String>,
+    /// Only stub requests that matched no stub.
+    pub unmatched: bool,
+    /// Received (wall clock, ms) at or after.
+    pub received_since: Option<i64>,
+}
+
+impl RequestFilter {
+    pub fn selects(&self, e: &HttpEntry) -> bool {
+        self.method.as_ref().is_none_or(|m| m.as_str() == e.method)
+            && self.path.as_ref().is_none_or(|p| {
+                if p.is_literal() {
+                    e.path.starts_with(p.as_str())
+                } else {
+                    p.matches(&e.path).is_some()
+                }
+            })
+            && self
+                .stub
+                .as_deref()
+                .is_none_or(|s| e.stub.as_deref() == Some(s))
+            && self
+                .device
+                .as_deref()
+                .is_none_or(|d| e.device.as_deref() == Some(d))
+            && (!self.unmatched || (e.listener != "api" && e.stub.is_none()))
+            && self.received_since.is_none_or(|t| e.wall_ms >= t)
+    }
+}
+
+/// What an HTTP verify checks, beyond the filter.
+#[derive(Debug, Clone)]
+pub struct HttpVerifySpec {
+    pub filter: RequestFilter,
+    pub query: Vec<(String, Matcher)>,
+    pub headers: Vec<(String, Matcher)>,
+    pub body_contains: Option<Value>,
+    pub expect: Expect,
+    pub within: Duration,
+    pub since: u64,
+}
+
+impl HttpVerifySpec {
+    fn content_matches(&self, e: &HttpEntry) -> bool {
+        self.query.iter().all(|(n, m)| m.check(e.query_value(n)))
+            && self.headers.iter().all(|(n, m)| m.check(e.header(n)))
+            && self
+                .body_contains
+                .as_ref()
+                .is_none_or(|s| e.json_body().is_some_and(|v| json_contains(&v, s)))
+    }
+
+    fn has_content(&self) -> bool {
+        !self.query.is_empty() || !self.headers.is_empty() || self.body_contains.is_some()
+    }
+}
+
+impl Stubs {
+    pub fn new(seed: u64, journal_capacity: usize) -> Self {
+        Self(Arc::new(Shared {
+            stubs: RwLock::default(),
+            next: AtomicU64::new(1),
+            seed,
+            journal: HttpJournal::new(journal_capacity),
+            closing: watch::Sender::new(false),
+        }))
+    }
+
+    /// Validates and adds a stub.
+    pub fn add(&self, mut def: StubDef, source: &'static str) -> Result<StubView, StubError> {
+        let order = self.0.next.fetch_add(1, Ordering::Relaxed);
+        let id = match def.id.take() {
+            Some(id) => id,
+            None => {
+                // Skip numbers a user already took as ids.
+                let taken = |id: &str| self.0.stubs.read().unwrap().iter().any(|s| &*s.id == id);
+                let mut n = order;
+                while taken(&format!("stub-{n}")) {
+                    n = self.0.next.fetch_add(1, Ordering::Relaxed);
+                }
+                format!("stub-{n}")
+            }
+        };
+        let stub = Arc::new(
+            Stub::compile(def, id.clone(), source, order, self.0.seed)
+                .map_err(StubError::Invalid)?,
+        );
+        let mut stubs = self.0.stubs.write().unwrap();
+        if stubs.iter().any(|s| *s.id == *id) {
+            return Err(StubError::Duplicate(id));
+        }
+        let at = stubs
+            .iter()
+            .position(|s| (s.priority(), s.order) < (stub.priority(), stub.order))
+            .unwrap_or(stubs.len());
+        stubs.insert(at, stub.clone());
+        Ok(view(&stub))
+    }
+
+    /// Every stub, in the order they are tried.
+    pub fn list(&self) -> Vec<StubView> {
+        self.0
+            .stubs
+            .read()
+            .unwrap()
+            .iter()
+            .map(|s| view(s))
+            .collect()
+    }
+
+    pub fn get(&self, id: &str) -> Result<StubView, StubError> {
+        self.0
+            .stubs
+            .read()
+            .unwrap()
+            .iter()
+            .find(|s| &*s.id == id)
+            .map(|s| view(s))
+            .ok_or_else(|| StubError::NotFound(id.to_string()))
+    }
+
+    pub fn remove(&self, id: &str) -> Result<(), StubError> {
+        let mut stubs = self.0.stubs.write().unwrap();
+        let at = stubs
+            .iter()
+            .position(|s| &*s.id == id)
+            .ok_or_else(|| StubError::NotFound(id.to_string()))?;
+        stubs.remove(at);
+        Ok(())
+    }
+
+    /// Removes every stub; returns how many there were.
+    pub fn clear(&self) -> usize {
+        std::mem::take(&mut *self.0.stubs.write().unwrap()).len()
+    }
+
+    /// The stub that answers `req` with its path parameters, or the closest
+    /// one (fewest failed matchers; a matching path counts most) and why.
+    pub fn find(&self, req: &RequestFacts) -> Result<(Arc<Stub>, Params), Option<NearMiss>> {
+        let stubs = self.0.stubs.read().unwrap();
+        let mut best: Option<(usize, &Arc<Stub>, Vec<Mismatch>)> = None;
+        for stub in stubs.iter() {
+            match stub.check(req) {
+                Ok(params) => return Ok((stub.clone(), params)),
+                Err(misses) => {
+                    let score = misses.len()
+                        + if misses.iter().any(|m| m.field == "path") {
+                            10
+                        } else {
+                            0
+                        };
+                    if best.as_ref().is_none_or(|(b, _, _)| score < *b) {
+                        best = Some((score, stub, misses));
+                    }
+                }
+            }
+        }
+        Err(best.map(|(_, stub, mismatches)| NearMiss {
+            stub: stub.id.to_string(),
+            mismatches,
+        }))
+    }
+
+    pub fn journal(&self) -> &HttpJournal {
+        &self.0.journal
+    }
+
+    /// Journal entries after `since` that `filter` selects, at most
+    /// `limit`; and the cursor to continue from.
+    pub fn requests(
+        &self,
+        filter: &RequestFilter,
+        since: u64,
+        limit: usize,
+    ) -> (Vec<HttpEntry>, u64) {
+        let mut items = Vec::new();
+        let mut next = since;
+        let mut full = false;
+        let (last, _) = self.0.journal.scan(since, |e| {
+            if full {
+                return;
+            }
+            next = e.cursor;
+            if filter.selects(e) {
+                items.push(e.clone());
+                full = items.len() == limit;
+            }
+        });
+        if !full {
+            next = last;
+        }
+        (items, next)
+    }
+
+    /// Waits (on journal changes, not by polling) until the expectation is
+    /// settled or `within` has passed.
+    pub async fn verify(&self, spec: &HttpVerifySpec) -> Verdict {
+        let journal = &self.0.journal;
+        let started = Instant::now();
+        let deadline = started + spec.within;
+        let mut newest = journal.watch();
+        let mut cursor = spec.since;
+        let mut matched = 0u64;
+        let mut selected = 0u64;
+        let mut missed = false;
+        let mut near_misses = Vec::new();
+        loop {
+            newest.borrow_and_update();
+            let (last, gap) = journal.scan(cursor, |e| {
+                if !spec.filter.selects(e) {
+                    return;
+                }
+                selected += 1;
+                if spec.content_matches(e) {
+                    matched += 1;
+                } else if near_misses.len() < 5 {
+                    near_misses.push(serde_json::to_value(e).unwrap_or_default());
+                }
+            });
+            cursor = last;
+            missed |= gap;
+            let now = Instant::now();
+            let verdict = match spec.expect.settled(matched) {
+                Some(v) => Some(v),
+                None if now >= deadline => Some(spec.expect.holds(matched)),
+                None => None,
+            };
+            if let Some(passed) = verdict {
+                let mut detail = format!(
+                    "{matched} request(s) matched after cursor {}{}; expected {}",
+                    spec.since,
+                    if spec.has_content() {
+                        format!(
+                            " ({selected} selected by method/path/stub/device, the rest differed in query, headers or body)"
+                        )
+                    } else {
+                        String::new()
+                    },
+                    spec.expect
+                );
+                if missed {
+                    detail.push_str(
+                        "; some requests after the cursor were already evicted from the journal (raise --http-journal-capacity)",
+                    );
+                }
+                return Verdict {
+                    passed,
+                    matched,
+                    expected: spec.expect.to_string(),
+                    detail,
+                    near_misses,
+                    waited_ms: now.duration_since(started).as_millis() as u64,
+                    cursor,
+                };
+            }
+            tokio::select! {
+                _ = newest.changed() => {}
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+            }
+        }
+    }
+
+    /// Lets hanging requests go (at shutdown).
+    pub fn close(&self) {
+        self.0.closing.send_replace(true);
+    }
+
+    /// Resolves when [`Stubs::close`] is called.
+    pub(crate) async fn closed(&self) {
+        let mut rx = self.0.closing.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
+    }
+}
+
+fn view(stub: &Stub) -> StubView {
+    let mut def = stub.def.clone();
+    def.id = None;
+    StubView {
+        id: stub.id.to_string(),
+        def,
+        source: stub.source,
+        calls: stub.calls(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def(v: Value) -> StubDef {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn generated_ids_skip_taken_ones_and_order_follows_priority() {
+        let stubs = Stubs::new(0, 10);
+        stubs
+            .add(
+                def(serde_json::json!({"id":"stub-2","request":{"path":"/a"},"response":{}})),
+                "api",
+            )
+            .unwrap();
+        let a = stubs
+            .add(
+                def(serde_json::json!({"request":{"path":"/a"},"response":{}})),
+                "api",
+            )
+            .unwrap();
+        let b = stubs
+            .add(
+                def(serde_json::json!({"priority":5,"request":{"path":"/a"},"response":{}})),
+                "api",
+            )
+            .unwrap();
+        assert_ne!(a.id, "stub-2");
+        assert_ne!(b.id, a.id);
+        let order: Vec<String> = stubs.list().into_iter().map(|s| s.id).collect();
+        assert_eq!(order, [b.id.clone(), a.id.clone(), "stub-2".to_string()]);
+        assert!(matches!(
+            stubs.add(
+                def(serde_json::json!({"id":"stub-2","request":{"path":"/b"},"response":{}})),
+                "api"
+            ),
+            Err(StubError::Duplicate(_))
+        ));
+    }
+}

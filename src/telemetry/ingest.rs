@@ -1,0 +1,35 @@
+//! Readings that arrive from outside the scheduler (devices posting over
+//! the HTTP device API): published on the same topic with the same JSON as
+//! simulated readings, counted, and journaled for export.
+
+use std::sync::atomic::Ordering;
+
+use super::{Reading, Telemetry};
+use crate::mqtt::{MqttHandle, PublishOutcome, Qos, topics};
+
+impl Telemetry {
+    /// Publishes readings in order and journals them before it returns.
+    /// They go out at QoS 1 so that an MQTT outage holds them (and replays
+    /// them) instead of dropping them.
+    pub async fn ingest(&self, mqtt: &MqttHandle, readings: Vec<Reading>) -> Vec<PublishOutcome> {
+        let mut outcomes = Vec::with_capacity(readings.len());
+        let mut payload = String::with_capacity(128);
+        for reading in readings {
+            payload.clear();
+            reading.write_json(&mut payload);
+            let topic = topics::telemetry(&reading.device, &reading.sensor);
+            let outcome = mqtt
+                .publish(
+                    &topic,
+                    bytes::Bytes::copy_from_slice(payload.as_bytes()),
+                    Qos::AtLeastOnce,
+                    false,
+                )
+                .await;
+            outcomes.push(outcome);
+            self.stats.published.fetch_add(1, Ordering::Relaxed);
+            self.stats.journal.lock().unwrap().push(reading);
+        }
+        outcomes
+    }
+}
