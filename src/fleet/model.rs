@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::scenario::SensorSpec;
+use crate::telemetry::OfflineBuffer;
 
 /// Where a device is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -59,6 +60,8 @@ pub struct Device {
     pub sensors: Arc<Vec<SensorSpec>>,
     pub command_handler: Option<String>,
     pub simulated: bool,
+    /// Offline buffer of each of its sensors.
+    pub buffer: OfflineBuffer,
     pub state: Lifecycle,
     /// Simulated time, ms.
     pub created_at: i64,
@@ -87,6 +90,10 @@ pub struct DeviceTemplate {
     /// false: a real device that connects itself.
     #[serde(default = "yes")]
     pub simulated: bool,
+    /// Where readings wait while the device is offline, per sensor
+    /// (default: 1,000 readings, `drop_oldest`).
+    #[serde(default)]
+    pub buffer: Option<OfflineBuffer>,
 }
 
 fn yes() -> bool {
@@ -116,6 +123,8 @@ pub struct CreateDevice {
     pub command_handler: Option<String>,
     #[serde(default = "yes")]
     pub simulated: bool,
+    #[serde(default)]
+    pub buffer: Option<OfflineBuffer>,
 }
 
 impl CreateDevice {
@@ -130,6 +139,7 @@ impl CreateDevice {
                 sensors: self.sensors,
                 command_handler: self.command_handler,
                 simulated: self.simulated,
+                buffer: self.buffer,
             },
         )
     }
@@ -170,6 +180,10 @@ pub struct PatchDevice {
     /// Lifecycle: `active`, `suspended` or `decommissioned`.
     #[serde(default)]
     pub state: Option<Lifecycle>,
+    /// A new offline buffer, applied at once (readings beyond a smaller
+    /// capacity give way by the new policy and are counted as dropped).
+    #[serde(default)]
+    pub buffer: Option<OfflineBuffer>,
 }
 
 /// A device's MQTT credentials: username is the device id.
@@ -209,10 +223,22 @@ pub struct DeviceView {
     pub simulated: bool,
     pub state: Lifecycle,
     pub connectivity: ConnectivityView,
+    /// Offline buffer of each of its sensors.
+    pub buffer: OfflineBuffer,
+    pub telemetry: DeviceTelemetry,
     pub created_at: String,
     pub updated_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credentials: Option<Credentials>,
+}
+
+/// A device's telemetry counters (since the server started).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct DeviceTelemetry {
+    /// Readings waiting in its offline buffers now.
+    pub buffered: u64,
+    /// Readings its offline buffers had no room for.
+    pub buffer_dropped: u64,
 }
 
 /// Body of `POST /devices/{id}/connectivity`.

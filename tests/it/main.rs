@@ -10,3 +10,6 @@ mod mosquitto;
 mod plugins;
 mod process;
 mod telemetry;
+mod telemetry_buffer;
+mod telemetry_stats;
+mod telemetry_stream;
