@@ -203,7 +203,10 @@ impl Scheduler {
         let mut manual = (self.clock.mode() == ClockMode::Manual).then(|| self.clock.subscribe());
         loop {
             let next_due = self.heap.peek().map(|Reverse((t, _, _))| *t);
+            // Control first: a device added (or removed) before the clock
+            // moved is in place before the span is produced.
             tokio::select! {
+                biased;
                 message = control.recv() => match message {
                     Some(message) => self.apply(message),
                     None => return,
@@ -222,7 +225,15 @@ impl Scheduler {
     fn apply(&mut self, message: Control) {
         match message {
             Control::Add(specs) => {
-                let now = self.clock.now_ms();
+                // On a manual clock new streams start where production
+                // stands, not where the clock is: a device created before
+                // an advance gets the readings of the whole span, whenever
+                // its message is read.
+                let now = if self.clock.mode() == ClockMode::Manual {
+                    *self.progress.borrow()
+                } else {
+                    self.clock.now_ms()
+                };
                 for spec in specs {
                     self.add(spec, now);
                 }

@@ -242,3 +242,95 @@ async fn telemetry_anomaly_rates_match_the_configured_rates() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_temperature_follows_a_thermostat_target_with_a_first_order_lag() {
+    // A flat 20 °C room; a test plugin sets the thermostat's `target` to
+    // 25 °C (as a command handler would); tau 600 s.
+    let scenario = r#"
+[[fleet]]
+id = "room"
+[[fleet.sensors]]
+plugin = "temperature"
+interval_ms = 60000
+config = { mean = 20.0, amplitude = 0.0, noise = 0.02, weather_sd = 0.0, amplitude_variability = 0.0, tau_s = 600 }
+"#;
+    let server = TestServer::with_scenario(scenario, |c| {
+        c.clock = ClockMode::Manual;
+        c.seed = Some(5);
+    })
+    .await;
+    let (status, _) = server
+        .put_bytes(
+            "/api/v1/plugins/set-target",
+            crate::support::test_plugin_bytes("test_set_target.wasm"),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{status}");
+    // An hour of the free-running room first.
+    server
+        .post("/api/v1/clock/advance", json!({"ms": 3_600_000}))
+        .await;
+    // Then the thermostat: a second sensor that sets `target`.
+    let response = server
+        .http
+        .patch(server.url("/api/v1/devices/room"))
+        .json(&json!({"sensors": [
+            {"plugin": "temperature", "interval_ms": 60000, "config": {"mean": 20.0, "amplitude": 0.0, "noise": 0.02, "weather_sd": 0.0, "amplitude_variability": 0.0, "tau_s": 600}},
+            {"plugin": "set-target", "name": "target", "interval_ms": 60000, "config": {"target": 25.0}},
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    server
+        .post("/api/v1/clock/advance", json!({"ms": 2 * 3_600_000}))
+        .await;
+    let text = server
+        .http
+        .get(server.url("/api/v1/telemetry?device=room&limit=100000"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    server.stop().await;
+    let readings: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ts = |r: &Value| iotmock::clock::parse_rfc3339_ms(r["ts"].as_str().unwrap()).unwrap();
+    let set_at = readings
+        .iter()
+        .find(|r| r["sensor"] == "target")
+        .map(ts)
+        .expect("the target was set");
+    let temperature: Vec<(i64, f64)> = readings
+        .iter()
+        .filter(|r| r["sensor"] == "temperature")
+        .map(|r| (ts(r), r["value"].as_f64().unwrap()))
+        .collect();
+    let tau = 600_000;
+    let mut checked = [0; 3];
+    for &(t, v) in &temperature {
+        if t < set_at - 60_000 {
+            // Free running: 20 °C ± noise (tolerance 0.1 °C, 5 sd).
+            assert!((v - 20.0).abs() < 0.1, "before the target: {v} at {t}");
+            checked[0] += 1;
+        } else if (t - set_at - tau).abs() <= 30_000 {
+            // One time constant in: 1 - 1/e of the 5 °C gap closed, 23.16 °C;
+            // tolerance 0.45 °C for where the target fell within a reading.
+            assert!((v - 23.16).abs() < 0.45, "after one tau: {v}");
+            checked[1] += 1;
+        } else if t > set_at + 6 * tau {
+            // Six time constants in: at the target (tolerance 0.1 °C).
+            assert!((v - 25.0).abs() < 0.1, "settled: {v} at {t}");
+            checked[2] += 1;
+        }
+    }
+    assert!(
+        checked[0] >= 50 && checked[1] == 1 && checked[2] >= 50,
+        "{checked:?}"
+    );
+}
