@@ -46,6 +46,10 @@ pub enum LiveItem {
     Missed(u64),
 }
 
+/// A subscriber's queue: at most `capacity` readings, and at most one
+/// `Missed` marker after each run of them (a full queue grows the last
+/// marker instead of adding one), so it never holds more than
+/// 2 × capacity + 1 items.
 struct Queue {
     items: VecDeque<LiveItem>,
     /// Readings in `items` (markers do not count against the capacity).

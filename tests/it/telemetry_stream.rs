@@ -157,6 +157,19 @@ async fn telemetry_stream_sends_published_readings_filtered_by_device_and_sensor
         0
     );
 
+    let (_, doc) = server.get("/api/v1/openapi.json").await;
+    assert!(doc["paths"]["/api/v1/telemetry/stream"]["get"].is_object());
+    let metrics = server
+        .http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("iotmock_telemetry_stream_missed_total 0"));
+
     for bad in [
         "?queue=0",
         "?queue=100001",
