@@ -87,8 +87,9 @@ pub struct TelemetryCounters {
 enum Control {
     Add(Vec<StreamSpec>),
     RemoveDevice(String),
-    /// A device's offline buffer changed: apply it to its streams now.
-    SetBuffer(String, OfflineBuffer),
+    /// A device's offline buffer changed: apply it to its streams now,
+    /// then answer.
+    SetBuffer(String, OfflineBuffer, tokio::sync::oneshot::Sender<()>),
     /// A device came back online: publish what it buffered.
     Flush,
 }
@@ -142,11 +143,13 @@ impl Telemetry {
 
     /// Changes a device's offline buffer in place; readings beyond a smaller
     /// capacity give way by the new policy and are counted as dropped.
+    /// Returns once the change is applied.
     pub async fn set_buffer(&self, device: &str, buffer: OfflineBuffer) {
-        let _ = self
-            .control
-            .send(Control::SetBuffer(device.to_string(), buffer))
-            .await;
+        let (done, applied) = tokio::sync::oneshot::channel();
+        let message = Control::SetBuffer(device.to_string(), buffer, done);
+        if self.control.send(message).await.is_ok() {
+            let _ = applied.await;
+        }
     }
 
     /// Subscribes to readings as they are published, with a queue of

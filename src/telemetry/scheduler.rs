@@ -239,7 +239,7 @@ impl Scheduler {
                 }
             }
             Control::Flush => {}
-            Control::SetBuffer(device, buffer) => {
+            Control::SetBuffer(device, buffer, done) => {
                 for &idx in self.by_device.get(device.as_str()).into_iter().flatten() {
                     let Some(stream) = self.streams[idx].as_mut() else {
                         continue;
@@ -263,6 +263,7 @@ impl Scheduler {
                         .fetch_sub(excess, Ordering::Relaxed);
                     stream.counters.dropped.fetch_add(excess, Ordering::Relaxed);
                 }
+                let _ = done.send(());
             }
             Control::RemoveDevice(device) => {
                 for idx in self.by_device.remove(device.as_str()).unwrap_or_default() {
