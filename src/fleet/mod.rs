@@ -27,7 +27,7 @@ use crate::mqtt::{MqttHandle, Qos, topics};
 use crate::plugin::{PluginHost, SharedState, World};
 use crate::random::DeviceRng;
 use crate::scenario::{SensorSpec, check_sensor, expand_pattern, validate_device_id};
-use crate::telemetry::{OfflineBuffer, Presence, StreamSpec, Telemetry};
+use crate::telemetry::{BufferCounters, Presence, StreamSpec, Telemetry};
 use credentials::{SecretHash, new_secret};
 use store::Store;
 
@@ -52,6 +52,7 @@ struct Entry {
     secret: Mutex<SecretHash>,
     presence: Arc<Presence>,
     shared: Arc<SharedState>,
+    buffer_counters: Arc<BufferCounters>,
     connect_count: AtomicU64,
     /// Simulated ms; i64::MIN when never seen.
     last_seen: AtomicI64,
@@ -151,6 +152,7 @@ impl Fleet {
         let entry = Arc::new(Entry {
             presence: Arc::new(Presence::new(online)),
             shared: Arc::new(SharedState::default()),
+            buffer_counters: Arc::default(),
             device: Mutex::new(Arc::new(device)),
             secret: Mutex::new(secret),
             connect_count: AtomicU64::new(0),
@@ -176,7 +178,8 @@ impl Fleet {
                 sensor: sensor.clone(),
                 shared: entry.shared.clone(),
                 presence: entry.presence.clone(),
-                buffer: OfflineBuffer::default(),
+                buffer: device.buffer,
+                counters: entry.buffer_counters.clone(),
             })
             .collect()
     }
@@ -230,6 +233,9 @@ impl Fleet {
                 w[0]
             )));
         }
+        if let Some(buffer) = &t.buffer {
+            buffer.validate().map_err(FleetError::Invalid)?;
+        }
         if let Some(handler) = &t.command_handler {
             self.check_plugin(handler.plugin(), World::CommandHandler, "command_handler")?;
         }
@@ -281,6 +287,7 @@ impl Fleet {
             sensors: shared.sensors.clone(),
             command_handler: t.command_handler.clone(),
             simulated: t.simulated,
+            buffer: t.buffer.unwrap_or_default(),
             state: if t.simulated {
                 Lifecycle::Active
             } else {
@@ -412,6 +419,7 @@ impl Fleet {
                 group: spec.group.clone(),
                 sensors: spec.sensors.clone(),
                 command_handler: spec.command_handler.clone(),
+                buffer: spec.buffer,
                 ..DeviceTemplate {
                     simulated: true,
                     ..Default::default()
@@ -523,6 +531,9 @@ impl Fleet {
             self.check_plugin(handler.plugin(), World::CommandHandler, "command_handler")?;
             d.command_handler = Some(handler);
         }
+        if let Some(buffer) = patch.buffer {
+            d.buffer = buffer;
+        }
         if let Some(state) = patch.state {
             if state == Lifecycle::Provisioned {
                 return Err(FleetError::Invalid(
@@ -544,6 +555,7 @@ impl Fleet {
             sensors: (*d.sensors).clone(),
             command_handler: d.command_handler.clone(),
             simulated: d.simulated,
+            buffer: Some(d.buffer),
         };
         self.check_template(&template)?;
         d.updated_at = self.0.clock.now_ms();
@@ -555,6 +567,9 @@ impl Fleet {
         let restream = old.state != d.state || old.sensors != d.sensors;
         let online_before = entry.presence.online_at(self.0.clock.now_ms());
         *entry.device.lock().unwrap() = Arc::new(d.clone());
+        if !restream && old.buffer != d.buffer {
+            self.0.telemetry.set_buffer(id, d.buffer).await;
+        }
         if restream {
             self.0.telemetry.remove_device(id).await;
             if d.simulated {
@@ -834,6 +849,11 @@ impl Fleet {
                 protocol: entry.http.protocol(),
                 last_seen: (last_seen != i64::MIN).then(|| rfc3339_ms(last_seen)),
                 connect_count: entry.connect_count.load(Ordering::Relaxed),
+            },
+            buffer: d.buffer,
+            telemetry: DeviceTelemetry {
+                buffered: entry.buffer_counters.buffered.load(Ordering::Relaxed),
+                buffer_dropped: entry.buffer_counters.dropped.load(Ordering::Relaxed),
             },
             created_at: rfc3339_ms(d.created_at),
             updated_at: rfc3339_ms(d.updated_at),

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::scenario::SensorSpec;
+use crate::telemetry::OfflineBuffer;
 
 /// Where a device is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -106,6 +107,8 @@ pub struct Device {
     pub sensors: Arc<Vec<SensorSpec>>,
     pub command_handler: Option<HandlerSpec>,
     pub simulated: bool,
+    /// Offline buffer of each of its sensors.
+    pub buffer: OfflineBuffer,
     pub state: Lifecycle,
     /// Simulated time, ms.
     pub created_at: i64,
@@ -134,6 +137,10 @@ pub struct DeviceTemplate {
     /// false: a real device that connects itself.
     #[serde(default = "yes")]
     pub simulated: bool,
+    /// Where readings wait while the device is offline, per sensor
+    /// (default: 1,000 readings, `drop_oldest`).
+    #[serde(default)]
+    pub buffer: Option<OfflineBuffer>,
 }
 
 fn yes() -> bool {
@@ -163,6 +170,8 @@ pub struct CreateDevice {
     pub command_handler: Option<HandlerSpec>,
     #[serde(default = "yes")]
     pub simulated: bool,
+    #[serde(default)]
+    pub buffer: Option<OfflineBuffer>,
 }
 
 impl CreateDevice {
@@ -177,6 +186,7 @@ impl CreateDevice {
                 sensors: self.sensors,
                 command_handler: self.command_handler,
                 simulated: self.simulated,
+                buffer: self.buffer,
             },
         )
     }
@@ -217,6 +227,10 @@ pub struct PatchDevice {
     /// Lifecycle: `active`, `suspended` or `decommissioned`.
     #[serde(default)]
     pub state: Option<Lifecycle>,
+    /// A new offline buffer, applied at once (readings beyond a smaller
+    /// capacity give way by the new policy and are counted as dropped).
+    #[serde(default)]
+    pub buffer: Option<OfflineBuffer>,
 }
 
 /// A device's MQTT credentials: username is the device id.
@@ -260,6 +274,9 @@ pub struct DeviceView {
     pub simulated: bool,
     pub state: Lifecycle,
     pub connectivity: ConnectivityView,
+    /// Offline buffer of each of its sensors.
+    pub buffer: OfflineBuffer,
+    pub telemetry: DeviceTelemetry,
     pub created_at: String,
     pub updated_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -267,6 +284,15 @@ pub struct DeviceView {
     /// The state the device reported over HTTP (`PUT /devices/{id}/state`);
     /// null until it does.
     pub reported: Option<super::ReportedState>,
+}
+
+/// A device's telemetry counters (since the server started).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct DeviceTelemetry {
+    /// Readings waiting in its offline buffers now.
+    pub buffered: u64,
+    /// Readings its offline buffers had no room for.
+    pub buffer_dropped: u64,
 }
 
 /// Body of `POST /devices/{id}/connectivity`.

@@ -36,6 +36,8 @@ const MIGRATIONS: &[&str] = &[
         state TEXT NOT NULL,
         updated_at INTEGER NOT NULL
     ) WITHOUT ROWID;",
+    // 3: each device's offline buffer (JSON; NULL: the default).
+    "ALTER TABLE devices ADD COLUMN buffer TEXT;",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -102,8 +104,8 @@ impl Store {
             let mut exists = tx.prepare_cached("SELECT 1 FROM devices WHERE id = ?1")?;
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO devices (id, kind, tags, grp, metadata, sensors, command_handler,
-                    simulated, lifecycle, secret_salt, secret_hash, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                    simulated, lifecycle, secret_salt, secret_hash, created_at, updated_at, buffer)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             )?;
             for (d, secret) in devices {
                 if exists
@@ -127,6 +129,7 @@ impl Store {
                     &secret.hash[..],
                     d.created_at,
                     d.updated_at,
+                    json(&d.buffer),
                 ])?;
             }
         }
@@ -140,7 +143,8 @@ impl Store {
         let n = conn
             .prepare_cached(
                 "UPDATE devices SET kind = ?2, tags = ?3, grp = ?4, metadata = ?5, sensors = ?6,
-                command_handler = ?7, simulated = ?8, lifecycle = ?9, updated_at = ?10
+                command_handler = ?7, simulated = ?8, lifecycle = ?9, updated_at = ?10,
+                buffer = ?11
              WHERE id = ?1",
             )?
             .execute(params![
@@ -154,6 +158,7 @@ impl Store {
                 d.simulated,
                 d.state.as_str(),
                 d.updated_at,
+                json(&d.buffer),
             ])?;
         Ok(n == 1)
     }
@@ -202,7 +207,7 @@ impl Store {
         let conn = self.conn.lock().unwrap();
         let mut stmt = conn.prepare(
             "SELECT id, kind, tags, grp, metadata, sensors, command_handler, simulated, lifecycle,
-                secret_salt, secret_hash, created_at, updated_at FROM devices ORDER BY id",
+                secret_salt, secret_hash, created_at, updated_at, buffer FROM devices ORDER BY id",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok((
@@ -219,6 +224,7 @@ impl Store {
                 r.get::<_, Vec<u8>>(10)?,
                 r.get::<_, i64>(11)?,
                 r.get::<_, i64>(12)?,
+                r.get::<_, Option<String>>(13)?,
             ))
         })?;
         let mut out = Vec::new();
@@ -237,6 +243,7 @@ impl Store {
                 hash,
                 created,
                 updated,
+                buffer,
             ) = row?;
             let corrupt = |what: &str| StoreError::Corrupt(format!("device {id:?}: {what}"));
             let device = Device {
@@ -253,6 +260,10 @@ impl Store {
                     None => None,
                 },
                 simulated,
+                buffer: match buffer {
+                    Some(b) => serde_json::from_str(&b).map_err(|_| corrupt("buffer"))?,
+                    None => Default::default(),
+                },
                 state: Lifecycle::parse(&state).ok_or_else(|| corrupt("lifecycle"))?,
                 created_at: created,
                 updated_at: updated,

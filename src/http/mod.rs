@@ -73,6 +73,7 @@ pub struct AppState {
         plugins::plugins_destroy,
         mqtt::mqtt_publish,
         telemetry::telemetry_export,
+        telemetry::telemetry_stream,
         devices::devices_create,
         devices::devices_bulk_create,
         devices::devices_index,
@@ -152,6 +153,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/mqtt/publish", post(mqtt::mqtt_publish))
         .route("/telemetry", get(telemetry::telemetry_export))
+        .route("/telemetry/stream", get(telemetry::telemetry_stream))
         .route(
             "/devices",
             post(devices::devices_create).get(devices::devices_index),

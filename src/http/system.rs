@@ -127,6 +127,16 @@ pub async fn metrics_show(State(state): State<AppState>) -> impl IntoResponse {
         t.invalid_values,
     );
     counter(
+        "telemetry_buffer_dropped_total",
+        "Readings an offline buffer had no room for.",
+        t.buffer_dropped,
+    );
+    counter(
+        "telemetry_stream_missed_total",
+        "Readings live stream subscribers missed because they fell behind.",
+        t.stream_missed,
+    );
+    counter(
         "telemetry_plugin_calls_total",
         "Batched sensor plugin calls.",
         t.plugin_calls,

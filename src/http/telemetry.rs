@@ -1,5 +1,9 @@
-//! Telemetry export: recent readings as JSON lines or CSV.
+//! Telemetry export (recent readings as JSON lines or CSV) and the live
+//! stream (server-sent events).
 
+use std::convert::Infallible;
+
+use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -8,7 +12,7 @@ use serde::Deserialize;
 use super::AppState;
 use super::error::{ApiError, Problem};
 use crate::clock::{parse_rfc3339_ms, write_rfc3339_ms};
-use crate::telemetry::ExportFilter;
+use crate::telemetry::{DEFAULT_QUEUE, ExportFilter, LiveFilter, LiveItem, MAX_QUEUE};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -25,6 +29,20 @@ pub struct ExportQuery {
     pub limit: Option<usize>,
     /// `jsonl` (default) or `csv`.
     pub format: Option<String>,
+    /// `dropouts`: also the records of readings the sensor model left out
+    /// (value null, anomaly `dropout`; never published on MQTT).
+    pub include: Option<String>,
+}
+
+/// Parses `include`: the only thing that can be included is `dropouts`.
+fn include_dropouts(include: &Option<String>) -> Result<bool, ApiError> {
+    match include.as_deref() {
+        None | Some("") => Ok(false),
+        Some("dropouts") => Ok(true),
+        Some(other) => Err(ApiError::invalid(format!(
+            "include {other:?} is not valid: use include=dropouts or leave it out"
+        ))),
+    }
 }
 
 fn time(field: &str, value: &Option<String>) -> Result<Option<i64>, ApiError> {
@@ -72,6 +90,7 @@ pub async fn telemetry_export(
         sensor: q.sensor,
         cursor: q.cursor,
         limit,
+        dropouts: include_dropouts(&q.include)?,
     };
     let (readings, next) = state.telemetry.export(&filter);
     let mut body = String::with_capacity(readings.len() * 110 + 64);
@@ -84,9 +103,14 @@ pub async fn telemetry_export(
             body.push_str(&r.sensor);
             body.push(',');
             write_rfc3339_ms(&mut body, r.ts);
+            let value = if r.is_dropout() {
+                String::new()
+            } else {
+                r.value.to_string()
+            };
             body.push_str(&format!(
                 ",{},{},{}\n",
-                r.value,
+                value,
                 csv_field(&unit),
                 r.anomaly.as_deref().unwrap_or("")
             ));
@@ -115,4 +139,92 @@ fn csv_field(s: &str) -> String {
     } else {
         s.to_string()
     }
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct StreamQuery {
+    /// Only this device's readings.
+    pub device: Option<String>,
+    /// Only this sensor's readings.
+    pub sensor: Option<String>,
+    /// `dropouts`: also dropout records (value null, anomaly `dropout`).
+    pub include: Option<String>,
+    /// Readings queued for this subscriber while it is behind, 1 to
+    /// 100,000 (default 10,000).
+    pub queue: Option<usize>,
+}
+
+/// Items sent in one chunk of the stream at most.
+const STREAM_BATCH: usize = 512;
+/// A comment line is sent after this long without readings (wall time), so
+/// idle connections stay open through proxies and closed ones are noticed.
+const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Readings as they are published, as server-sent events: `event: reading`
+/// with the MQTT payload as `data`. Each subscriber has a bounded queue
+/// (`queue`, default 10,000 readings); when a slow client lets it fill, the
+/// readings that do not fit are dropped for that client and an
+/// `event: missed` with `{"missed":N}` takes their place in the stream.
+/// Every such drop is also counted in `telemetry.stream_missed` in `/health`.
+#[utoipa::path(get, path = "/api/v1/telemetry/stream", tag = "telemetry",
+    params(StreamQuery),
+    responses((status = 200, description = "server-sent events: `reading` and `missed`", content_type = "text/event-stream"),
+        (status = 422, body = Problem)))]
+pub async fn telemetry_stream(
+    State(state): State<AppState>,
+    query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::invalid(format!("query: {}", e.body_text())))?;
+    let capacity = q.queue.unwrap_or(DEFAULT_QUEUE);
+    if !(1..=MAX_QUEUE).contains(&capacity) {
+        return Err(ApiError::invalid(format!(
+            "queue must be 1 to {MAX_QUEUE} readings, got {capacity}"
+        )));
+    }
+    let filter = LiveFilter {
+        dropouts: include_dropouts(&q.include)?,
+        device: q.device,
+        sensor: q.sensor,
+    };
+    let subscription = state.telemetry.subscribe(filter, capacity);
+    // A first comment, so the client has the headers and a chunk as soon
+    // as the subscription is in place.
+    let hello = Bytes::from(format!(": subscribed, queue {capacity}\n\n"));
+    let events = futures_util::stream::unfold(
+        (subscription, Some(hello)),
+        |(subscription, hello)| async move {
+            if let Some(hello) = hello {
+                return Some((Ok::<_, Infallible>(hello), (subscription, None)));
+            }
+            let items = tokio::select! {
+                items = subscription.next_batch(STREAM_BATCH) => items,
+                _ = tokio::time::sleep(KEEP_ALIVE) => {
+                    return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), (subscription, None)));
+                }
+            };
+            let mut out = String::with_capacity(items.len() * 160);
+            for item in items {
+                match item {
+                    LiveItem::Reading(r) => {
+                        out.push_str("event: reading\ndata: ");
+                        r.write_json(&mut out);
+                        out.push_str("\n\n");
+                    }
+                    LiveItem::Missed(n) => {
+                        out.push_str(&format!("event: missed\ndata: {{\"missed\":{n}}}\n\n"));
+                    }
+                }
+            }
+            Some((Ok(Bytes::from(out)), (subscription, None)))
+        },
+    );
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(events),
+    )
+        .into_response())
 }

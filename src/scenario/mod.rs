@@ -7,6 +7,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::telemetry::OfflineBuffer;
+
 /// The scenario `iotmock serve` runs when none is given.
 pub const DEMO: &str = include_str!("demo.toml");
 
@@ -56,6 +58,8 @@ struct RawFleet {
     /// A command-handler plugin: a name, or `{ plugin, config }`.
     #[serde(default)]
     command_handler: Option<crate::fleet::HandlerSpec>,
+    #[serde(default)]
+    buffer: Option<OfflineBuffer>,
 }
 
 fn default_first() -> u32 {
@@ -74,10 +78,19 @@ pub struct SensorSpec {
     /// Time between readings, simulated ms.
     #[serde(default = "default_interval")]
     pub interval_ms: u64,
+    /// Each gap between readings is `interval_ms` moved by a whole number
+    /// of ms drawn uniformly from [-jitter_ms, +jitter_ms] (the device's
+    /// seeded jitter stream; below `interval_ms`). Default 0: a steady beat.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub jitter_ms: u64,
     /// Given to the plugin as JSON.
     #[serde(default = "empty_object")]
     #[schema(value_type = Object)]
     pub config: serde_json::Value,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 fn default_interval() -> u64 {
@@ -103,6 +116,8 @@ pub struct DeviceSpec {
     pub group: Option<String>,
     pub sensors: Vec<SensorSpec>,
     pub command_handler: Option<crate::fleet::HandlerSpec>,
+    /// The offline buffer of each sensor; None: the default.
+    pub buffer: Option<OfflineBuffer>,
 }
 
 /// A validated scenario.
@@ -163,6 +178,11 @@ impl Scenario {
                     handler.plugin()
                 )));
             }
+            if let Some(buffer) = &fleet.buffer {
+                buffer
+                    .validate()
+                    .map_err(|e| invalid(format!("{at}: {e}")))?;
+            }
             let mut names = BTreeSet::new();
             for sensor in &fleet.sensors {
                 if !names.insert(sensor.sensor_name()) {
@@ -184,6 +204,7 @@ impl Scenario {
                     group: fleet.group.clone(),
                     sensors: fleet.sensors.clone(),
                     command_handler: fleet.command_handler.clone(),
+                    buffer: fleet.buffer,
                 });
             }
         }
@@ -227,6 +248,14 @@ pub fn check_sensor(sensor: &SensorSpec) -> Result<(), String> {
         return Err(format!(
             "sensor {:?}: interval_ms must be at least 1",
             sensor.sensor_name()
+        ));
+    }
+    if sensor.jitter_ms >= sensor.interval_ms {
+        return Err(format!(
+            "sensor {:?}: jitter_ms ({}) must be less than interval_ms ({})",
+            sensor.sensor_name(),
+            sensor.jitter_ms,
+            sensor.interval_ms
         ));
     }
     if !sensor.config.is_object() {

@@ -28,6 +28,12 @@ impl Telemetry {
                 .await;
             outcomes.push(outcome);
             self.stats.published.fetch_add(1, Ordering::Relaxed);
+            // The same hooks as simulated readings: edge nodes and the live
+            // stream see readings posted over HTTP too.
+            if let Some(tap) = self.stats.tap.get() {
+                tap.reading(&reading);
+            }
+            self.stats.live.offer(&reading);
             self.stats.journal.lock().unwrap().push(reading);
         }
         outcomes

@@ -1,5 +1,6 @@
-//! The telemetry journal: the most recent published readings, bounded, for
-//! export. When full the oldest reading is evicted and counted.
+//! The telemetry journal: the most recent published readings, and the
+//! records of dropouts, bounded, for export. When full the oldest entry is
+//! evicted and counted.
 
 use std::collections::VecDeque;
 
@@ -39,6 +40,8 @@ pub struct ExportFilter {
     /// Only entries after this cursor.
     pub cursor: Option<u64>,
     pub limit: usize,
+    /// Include dropout records (value null, anomaly "dropout").
+    pub dropouts: bool,
 }
 
 impl Journal {
@@ -70,6 +73,7 @@ impl Journal {
         let mut last = 0;
         for (seq, r) in &self.entries {
             if f.cursor.is_some_and(|c| *seq <= c)
+                || (!f.dropouts && r.is_dropout())
                 || f.device.as_deref().is_some_and(|d| d != &*r.device)
                 || f.sensor.as_deref().is_some_and(|s| s != &*r.sensor)
                 || f.since.is_some_and(|t| r.ts < t)

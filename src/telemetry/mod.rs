@@ -8,6 +8,7 @@
 
 mod ingest;
 mod journal;
+mod live;
 mod presence;
 mod reading;
 mod scheduler;
@@ -19,9 +20,12 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
 pub use journal::{ExportFilter, JOURNAL_CAPACITY};
+pub use live::{DEFAULT_QUEUE, LiveFilter, LiveItem, LiveSubscription, MAX_QUEUE};
 pub use presence::Presence;
 pub use reading::Reading;
-pub use scheduler::{OfflineBuffer, OverflowPolicy, StreamSpec};
+pub use scheduler::{
+    BufferCounters, MAX_BUFFER_CAPACITY, OfflineBuffer, OverflowPolicy, StreamSpec,
+};
 
 use crate::clock::Clock;
 use crate::mqtt::MqttHandle;
@@ -52,6 +56,8 @@ pub struct TelemetryStats {
     /// Recent published readings, for export. A std mutex: held for one
     /// push or one scan, never across an await.
     pub journal: std::sync::Mutex<journal::Journal>,
+    /// Live subscribers (`GET /telemetry/stream`).
+    pub live: Arc<live::Hub>,
     /// Sees every published reading (edge nodes); set once.
     pub tap: std::sync::OnceLock<Arc<dyn ReadingTap>>,
 }
@@ -73,7 +79,12 @@ pub struct TelemetryCounters {
     pub buffered: u64,
     pub buffer_dropped: u64,
     pub buffer_discarded: u64,
-    /// Readings in the export journal now, its capacity, and how many it
+    /// Live stream subscribers now.
+    pub stream_subscribers: u64,
+    /// Readings live stream subscribers missed because they fell behind
+    /// (each was told how many, where).
+    pub stream_missed: u64,
+    /// Entries (readings and dropout records) in the export journal now, its capacity, and how many it
     /// has evicted.
     pub journal_len: u64,
     pub journal_capacity: u64,
@@ -85,6 +96,9 @@ pub struct TelemetryCounters {
 enum Control {
     Add(Vec<StreamSpec>),
     RemoveDevice(String),
+    /// A device's offline buffer changed: apply it to its streams now,
+    /// then answer.
+    SetBuffer(String, OfflineBuffer, tokio::sync::oneshot::Sender<()>),
     /// A device came back online: publish what it buffered.
     Flush,
 }
@@ -136,6 +150,24 @@ impl Telemetry {
             .await;
     }
 
+    /// Changes a device's offline buffer in place; readings beyond a smaller
+    /// capacity give way by the new policy and are counted as dropped.
+    /// Returns once the change is applied.
+    pub async fn set_buffer(&self, device: &str, buffer: OfflineBuffer) {
+        let (done, applied) = tokio::sync::oneshot::channel();
+        let message = Control::SetBuffer(device.to_string(), buffer, done);
+        if self.control.send(message).await.is_ok() {
+            let _ = applied.await;
+        }
+    }
+
+    /// Subscribes to readings as they are published, with a queue of
+    /// `capacity` readings (see [`live`](self::live) for what happens when
+    /// it is full).
+    pub fn subscribe(&self, filter: LiveFilter, capacity: usize) -> LiveSubscription {
+        self.stats.live.subscribe(filter, capacity)
+    }
+
     /// Recent readings matching `filter`, oldest first, and the cursor for
     /// the next page when `limit` cut the answer short.
     pub fn export(&self, filter: &ExportFilter) -> (Vec<Reading>, Option<u64>) {
@@ -180,6 +212,8 @@ impl Telemetry {
             buffered: s.buffered.load(Ordering::Relaxed),
             buffer_dropped: s.buffer_dropped.load(Ordering::Relaxed),
             buffer_discarded: s.buffer_discarded.load(Ordering::Relaxed),
+            stream_subscribers: s.live.subscribers() as u64,
+            stream_missed: s.live.missed.load(Ordering::Relaxed),
             journal_len,
             journal_capacity,
             journal_evicted,

@@ -17,6 +17,31 @@ pub struct Reading {
 }
 
 impl Reading {
+    /// The record of a reading the sensor model left out: value NaN
+    /// (written as `null`), anomaly `"dropout"`. It goes to the export
+    /// journal and live subscribers that ask for dropouts, never to MQTT.
+    pub fn dropout(
+        device: std::sync::Arc<str>,
+        sensor: std::sync::Arc<str>,
+        ts: i64,
+        unit_json: std::sync::Arc<str>,
+    ) -> Self {
+        Self {
+            device,
+            sensor,
+            ts,
+            value: f64::NAN,
+            unit_json,
+            anomaly: Some("dropout".into()),
+        }
+    }
+
+    /// Whether this is a dropout record (no value). Readings whose value is
+    /// not a finite number are never made, so NaN marks a dropout.
+    pub fn is_dropout(&self) -> bool {
+        self.value.is_nan()
+    }
+
     /// Writes `{"device","sensor","ts","value","unit"[,"anomaly"]}` into
     /// `out`. Device ids and sensor names are validated to need no escaping.
     pub fn write_json(&self, out: &mut String) {
@@ -27,7 +52,11 @@ impl Reading {
         out.push_str("\",\"ts\":\"");
         crate::clock::write_rfc3339_ms(out, self.ts);
         out.push_str("\",\"value\":");
-        let _ = write!(out, "{}", self.value);
+        if self.value.is_finite() {
+            let _ = write!(out, "{}", self.value);
+        } else {
+            out.push_str("null");
+        }
         out.push_str(",\"unit\":");
         out.push_str(&self.unit_json);
         if let Some(anomaly) = &self.anomaly {
@@ -65,5 +94,14 @@ mod tests {
         assert_eq!(v["value"], 21.5);
         assert_eq!(v["unit"], "celsius");
         assert_eq!(v["anomaly"], "spike");
+    }
+
+    #[test]
+    fn a_dropout_has_a_null_value() {
+        let r = Reading::dropout("d".into(), "s".into(), 0, "\"volt\"".into());
+        assert!(r.is_dropout());
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert!(v["value"].is_null());
+        assert_eq!(v["anomaly"], "dropout");
     }
 }

@@ -30,7 +30,21 @@ pub struct StreamSpec {
     pub shared: Arc<SharedState>,
     pub presence: Arc<Presence>,
     pub buffer: OfflineBuffer,
+    /// The device's offline-buffer counters, shared by its sensors.
+    pub counters: Arc<BufferCounters>,
 }
+
+/// A device's offline-buffer counters, over all its sensors.
+#[derive(Debug, Default)]
+pub struct BufferCounters {
+    /// Readings waiting now.
+    pub buffered: AtomicU64,
+    /// Readings the buffer had no room for (by its policy).
+    pub dropped: AtomicU64,
+}
+
+/// The largest offline buffer a device may ask for, per sensor.
+pub const MAX_BUFFER_CAPACITY: usize = 100_000;
 
 /// What happens to readings while a device is offline: they wait in a
 /// bounded buffer and are published in order when it is back.
@@ -39,27 +53,57 @@ pub struct StreamSpec {
 )]
 #[serde(deny_unknown_fields)]
 pub struct OfflineBuffer {
-    /// Readings kept per sensor (default 1,000).
+    /// Readings kept per sensor, 0 to 100,000 (default 1,000; 0 keeps
+    /// nothing).
+    #[serde(default = "default_capacity")]
     pub capacity: usize,
-    /// Which reading gives way when the buffer is full.
+    /// Which reading gives way when the buffer is full (default
+    /// `drop_oldest`).
+    #[serde(default)]
     pub policy: OverflowPolicy,
+}
+
+fn default_capacity() -> usize {
+    1000
 }
 
 impl Default for OfflineBuffer {
     fn default() -> Self {
         Self {
-            capacity: 1000,
+            capacity: default_capacity(),
             policy: OverflowPolicy::DropOldest,
         }
     }
 }
 
+impl OfflineBuffer {
+    /// Checks the bounds, naming the field at fault.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.capacity > MAX_BUFFER_CAPACITY {
+            return Err(format!(
+                "buffer.capacity must be 0 to {MAX_BUFFER_CAPACITY} readings per sensor, got {}",
+                self.capacity
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, utoipa::ToSchema,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Deserialize,
+    serde::Serialize,
+    utoipa::ToSchema,
 )]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "snake_case")]
 pub enum OverflowPolicy {
     /// Keep the newest readings.
+    #[default]
     DropOldest,
     /// Keep the oldest readings; new ones are dropped.
     DropNewest,
@@ -71,6 +115,9 @@ struct Stream {
     plugin: Arc<str>,
     config: Arc<str>,
     interval_ms: i64,
+    /// Each gap is `interval_ms` ± up to this, drawn from `jitter_rng`.
+    jitter_ms: i64,
+    jitter_rng: Option<DeviceRng>,
     topic: String,
     state: Vec<f64>,
     rng: DeviceRng,
@@ -78,7 +125,23 @@ struct Stream {
     presence: Arc<Presence>,
     buffer_policy: OfflineBuffer,
     buffered: VecDeque<Reading>,
+    counters: Arc<BufferCounters>,
     generation: u64,
+}
+
+impl Stream {
+    /// Time from one reading to the next: the interval, moved by a draw
+    /// from the stream's own jitter stream (so jitter leaves the plugin's
+    /// random stream untouched).
+    fn next_gap(&mut self) -> i64 {
+        match &mut self.jitter_rng {
+            Some(rng) if self.jitter_ms > 0 => {
+                let span = (2 * self.jitter_ms + 1) as u64;
+                self.interval_ms + (rng.next_u64() % span) as i64 - self.jitter_ms
+            }
+            _ => self.interval_ms,
+        }
+    }
 }
 
 type GroupKey = (Arc<str>, Arc<str>);
@@ -140,7 +203,10 @@ impl Scheduler {
         let mut manual = (self.clock.mode() == ClockMode::Manual).then(|| self.clock.subscribe());
         loop {
             let next_due = self.heap.peek().map(|Reverse((t, _, _))| *t);
+            // Control first: a device added (or removed) before the clock
+            // moved is in place before the span is produced.
             tokio::select! {
+                biased;
                 message = control.recv() => match message {
                     Some(message) => self.apply(message),
                     None => return,
@@ -159,17 +225,55 @@ impl Scheduler {
     fn apply(&mut self, message: Control) {
         match message {
             Control::Add(specs) => {
-                let now = self.clock.now_ms();
+                // On a manual clock new streams start where production
+                // stands, not where the clock is: a device created before
+                // an advance gets the readings of the whole span, whenever
+                // its message is read.
+                let now = if self.clock.mode() == ClockMode::Manual {
+                    *self.progress.borrow()
+                } else {
+                    self.clock.now_ms()
+                };
                 for spec in specs {
                     self.add(spec, now);
                 }
             }
             Control::Flush => {}
+            Control::SetBuffer(device, buffer, done) => {
+                for &idx in self.by_device.get(device.as_str()).into_iter().flatten() {
+                    let Some(stream) = self.streams[idx].as_mut() else {
+                        continue;
+                    };
+                    stream.buffer_policy = buffer;
+                    let excess = stream.buffered.len().saturating_sub(buffer.capacity);
+                    for _ in 0..excess {
+                        match buffer.policy {
+                            OverflowPolicy::DropOldest => stream.buffered.pop_front(),
+                            OverflowPolicy::DropNewest => stream.buffered.pop_back(),
+                        };
+                    }
+                    let excess = excess as u64;
+                    self.stats.buffered.fetch_sub(excess, Ordering::Relaxed);
+                    self.stats
+                        .buffer_dropped
+                        .fetch_add(excess, Ordering::Relaxed);
+                    stream
+                        .counters
+                        .buffered
+                        .fetch_sub(excess, Ordering::Relaxed);
+                    stream.counters.dropped.fetch_add(excess, Ordering::Relaxed);
+                }
+                let _ = done.send(());
+            }
             Control::RemoveDevice(device) => {
                 for idx in self.by_device.remove(device.as_str()).unwrap_or_default() {
                     self.waiting.remove(&idx);
                     if let Some(stream) = &self.streams[idx] {
                         self.stats
+                            .buffered
+                            .fetch_sub(stream.buffered.len() as u64, Ordering::Relaxed);
+                        stream
+                            .counters
                             .buffered
                             .fetch_sub(stream.buffered.len() as u64, Ordering::Relaxed);
                         self.stats
@@ -201,8 +305,17 @@ impl Scheduler {
             .fork()
             .random_range(0..interval_ms);
         let device: Arc<str> = Arc::from(spec.device.as_str());
+        let jitter_ms = spec
+            .sensor
+            .jitter_ms
+            .min(spec.sensor.interval_ms.saturating_sub(1)) as i64;
+        let jitter_rng = (jitter_ms > 0)
+            .then(|| DeviceRng::derive(self.seed, &spec.device, &format!("{sensor_name}/jitter")));
         self.next_generation += 1;
         let stream = Stream {
+            jitter_ms,
+            jitter_rng,
+            counters: spec.counters,
             topic: topics::telemetry(&spec.device, &sensor_name),
             device: device.clone(),
             sensor: Arc::from(sensor_name),
@@ -234,19 +347,28 @@ impl Scheduler {
     }
 
     /// Produces every reading due at or before `now`.
+    ///
+    /// A round takes due readings only up to the earliest next reading of
+    /// a stream already in the round, so every reading of a round is
+    /// earlier than every reading of the next, and sorting within rounds
+    /// publishes the whole span in timestamp order (streams with different
+    /// intervals included).
     async fn produce(&mut self, now: i64) {
         loop {
-            let mut round: Vec<(i64, usize)> = Vec::new();
+            let mut round: Vec<(i64, usize, i64)> = Vec::new();
+            let mut horizon = i64::MAX;
             while let Some(Reverse((due, idx, generation))) = self.heap.peek().copied() {
-                if due > now {
+                if due > now || due >= horizon {
                     break;
                 }
                 self.heap.pop();
-                let live = self.streams[idx]
-                    .as_ref()
-                    .is_some_and(|s| s.generation == generation);
-                if live {
-                    round.push((due, idx));
+                if let Some(s) = self.streams[idx]
+                    .as_mut()
+                    .filter(|s| s.generation == generation)
+                {
+                    let next = due + s.next_gap();
+                    horizon = horizon.min(next);
+                    round.push((due, idx, next));
                 }
             }
             if round.is_empty() {
@@ -256,14 +378,15 @@ impl Scheduler {
         }
     }
 
-    async fn run_round(&mut self, round: Vec<(i64, usize)>) {
+    async fn run_round(&mut self, round: Vec<(i64, usize, i64)>) {
         let mut groups: BTreeMap<GroupKey, Vec<(i64, usize)>> = BTreeMap::new();
-        for (due, idx) in round {
+        for &(due, idx, next) in &round {
             let s = self.streams[idx].as_ref().expect("live stream");
             groups
                 .entry((s.plugin.clone(), s.config.clone()))
                 .or_default()
                 .push((due, idx));
+            self.heap.push(Reverse((next, idx, s.generation)));
         }
         let mut readings: Vec<(i64, usize, Reading)> = Vec::new();
         for (key, members) in groups {
@@ -272,14 +395,16 @@ impl Scheduler {
                 self.sample_chunk(&key, unit.clone(), chunk, &mut readings)
                     .await;
             }
-            for &(due, idx) in &members {
-                let s = self.streams[idx].as_ref().expect("live stream");
-                self.heap
-                    .push(Reverse((due + s.interval_ms, idx, s.generation)));
-            }
         }
         readings.sort_by_key(|r| (r.0, r.1));
         for (ts, idx, reading) in readings {
+            if reading.is_dropout() {
+                // Ground truth for the export and the live stream; never
+                // published on MQTT.
+                self.stats.live.offer(&reading);
+                self.stats.journal.lock().unwrap().push(reading);
+                continue;
+            }
             let stream = self.streams[idx].as_mut().expect("live stream");
             if stream.presence.online_at(ts) {
                 self.publish(idx, reading).await;
@@ -301,6 +426,7 @@ impl Scheduler {
         if let Some(tap) = self.stats.tap.get() {
             tap.reading(&reading);
         }
+        self.stats.live.offer(&reading);
         self.stats.journal.lock().unwrap().push(reading);
     }
 
@@ -309,6 +435,7 @@ impl Scheduler {
         let policy = stream.buffer_policy;
         if stream.buffered.len() >= policy.capacity {
             self.stats.buffer_dropped.fetch_add(1, Ordering::Relaxed);
+            stream.counters.dropped.fetch_add(1, Ordering::Relaxed);
             match policy.policy {
                 OverflowPolicy::DropNewest => return,
                 OverflowPolicy::DropOldest => {
@@ -316,12 +443,14 @@ impl Scheduler {
                         return; // capacity 0: nothing is kept
                     }
                     self.stats.buffered.fetch_sub(1, Ordering::Relaxed);
+                    stream.counters.buffered.fetch_sub(1, Ordering::Relaxed);
                 }
             }
         }
         stream.buffered.push_back(reading);
         self.waiting.insert(idx);
         self.stats.buffered.fetch_add(1, Ordering::Relaxed);
+        stream.counters.buffered.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Publishes what every online device buffered while it was away, in
@@ -334,6 +463,10 @@ impl Scheduler {
                 continue;
             };
             if stream.presence.online_at(now) {
+                stream
+                    .counters
+                    .buffered
+                    .fetch_sub(stream.buffered.len() as u64, Ordering::Relaxed);
                 pending.extend(stream.buffered.drain(..).map(|r| (r.ts, idx, r)));
             } else {
                 self.waiting.insert(idx);
@@ -407,6 +540,11 @@ impl Scheduler {
             match sample.value {
                 None => {
                     self.stats.dropouts.fetch_add(1, Ordering::Relaxed);
+                    readings.push((
+                        due,
+                        idx,
+                        Reading::dropout(s.device.clone(), s.sensor.clone(), due, unit.clone()),
+                    ));
                 }
                 Some(v) if !v.is_finite() => {
                     self.stats.invalid_values.fetch_add(1, Ordering::Relaxed);

@@ -15,3 +15,6 @@ mod plugins;
 mod process;
 mod stubs;
 mod telemetry;
+mod telemetry_buffer;
+mod telemetry_stats;
+mod telemetry_stream;

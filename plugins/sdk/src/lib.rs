@@ -14,7 +14,8 @@
 //!   common state layout ([`state`]);
 //! - models used by one plugin each but tested here: [`pir`] (motion),
 //!   [`bursts`] (vibration), [`energy`] (load profile and meter),
-//!   [`battery`] (discharge curves), [`physics`] (humidity, altitude).
+//!   [`battery`] (discharge curves), [`physics`] (humidity, altitude),
+//!   [`thermostat`] (a target temperature reached with a first-order lag).
 
 pub mod anomaly;
 pub mod battery;
@@ -23,6 +24,7 @@ pub mod energy;
 pub mod physics;
 pub mod pir;
 pub mod state;
+pub mod thermostat;
 pub mod weather;
 
 use serde::de::DeserializeOwned;

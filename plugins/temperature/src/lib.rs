@@ -30,18 +30,27 @@
 //! | `weather_sd` | 0.5 / 3.5 | standard deviation of the daily mean's wander, °C |
 //! | `weather_correlation` | 0.7 | correlation of the wander from one day to the next |
 //! | `amplitude_variability` | 0.2 / 0.35 | relative standard deviation of the daily amplitude |
+//! | `tau_s` | 600 | time constant, simulated seconds, of the approach to a thermostat's `target` |
 //! | `anomalies` | none | see `iotmock_sdk::anomaly` (spike 8 °C, drift 3 °C, range −40…125 °C) |
 //!
 //! The wander is a seeded AR(1) walk over days that lives in the state
 //! (anchored at each day's start, smooth in between): the same seed and
 //! the same request times give the same weather, whatever the wall clock.
 //!
+//! Thermostat: when the device state holds key `"target"` (a JSON number,
+//! °C; a thermostat command handler sets it), the temperature approaches
+//! the target with a first-order lag of time constant `tau_s`, on top of
+//! the free-running model (`iotmock_sdk::thermostat`): in steady state it
+//! reads the target plus the noise; when the key is removed it relaxes back
+//! to the model. Without the key the readings are the free-running model's.
+//!
 //! Device state: writes key `"temperature"` (a JSON number, °C, the clean
 //! value at the sensor's resolution, without injected anomalies) on every
 //! reading, for other sensors of the device (humidity, battery).
 //!
 //! State (after the SDK's slots, see `iotmock_sdk::state`): noise, daily
-//! mean walk (3 slots), daily amplitude walk (3 slots).
+//! mean walk (3 slots), daily amplitude walk (3 slots), thermostat offset
+//! and its time (2 slots).
 
 wit_bindgen::generate!({
     world: "sensor",
@@ -52,15 +61,19 @@ use exports::iotmock::plugin::sensor_api::{Guest, SampleRequest, SampleResult, S
 use iotmock::plugin::host;
 use iotmock::plugin::types::PluginError;
 use iotmock_sdk::anomaly::{Anomalies, AnomalyConfig, Profile};
+use iotmock_sdk::thermostat::Regulator;
 use iotmock_sdk::weather::{Walk, WalkParams};
 use iotmock_sdk::{
     DAY_MS, Placement, Random, Stream, ar1_step, diurnal, parse_config, quantize, require, state,
+    state_number,
 };
 
-/// Layout tag: plugin 1, layout version 1.
-const TAG: f64 = 1001.0;
+/// Layout tag: plugin 1, layout version 2.
+const TAG: f64 = 1002.0;
 /// Device-state key written with the current temperature.
 const STATE_KEY: &str = "temperature";
+/// Device-state key a thermostat sets: the temperature to approach, °C.
+const TARGET_KEY: &str = "target";
 
 #[derive(serde::Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -76,6 +89,7 @@ struct Config {
     weather_sd: Option<f64>,
     weather_correlation: Option<f64>,
     amplitude_variability: Option<f64>,
+    tau_s: Option<f64>,
     anomalies: AnomalyConfig,
 }
 
@@ -89,6 +103,7 @@ struct Settings {
     period_ms: f64,
     mean_walk: WalkParams,
     amplitude_walk: WalkParams,
+    tau_ms: f64,
     anomalies: Anomalies,
 }
 
@@ -106,7 +121,13 @@ impl Settings {
         let period_ms = c.period_ms.unwrap_or(DAY_MS);
         let correlation = c.correlation.unwrap_or(0.9);
         let weather_correlation = c.weather_correlation.unwrap_or(0.7);
+        let tau_s = c.tau_s.unwrap_or(600.0);
+        require(
+            tau_s > 0.0 && tau_s.is_finite(),
+            &format!("tau_s must be a positive number of seconds, got {tau_s}"),
+        )?;
         let s = Self {
+            tau_ms: tau_s * 1000.0,
             mean: pick(c.mean, 21.0, 12.0),
             amplitude: pick(c.amplitude, 2.0, 5.0),
             peak_hour: c.peak_hour.unwrap_or(15.0),
@@ -167,22 +188,27 @@ impl Settings {
         let (injector, own) = state::load(&request.state, TAG, &mut rng, |rng| {
             let m = Walk::start(ts, &self.mean_walk, rng).slots();
             let a = Walk::start(ts, &self.amplitude_walk, rng).slots();
-            [0.0, m[0], m[1], m[2], a[0], a[1], a[2]]
+            let r = Regulator::start(ts).slots();
+            [0.0, m[0], m[1], m[2], a[0], a[1], a[2], r[0], r[1]]
         });
         let mut mean_walk = Walk::from_slots(&own[1..4]);
         let mut amplitude_walk = Walk::from_slots(&own[4..7]);
+        let mut regulator = Regulator::from_slots(&own[7..9]);
 
         let mean = self.mean + mean_walk.value(ts, &self.mean_walk, &mut rng);
         let amplitude = self.amplitude
             * (1.0 + amplitude_walk.value(ts, &self.amplitude_walk, &mut rng)).max(0.0);
         let noise = ar1_step(own[0], self.correlation, self.noise, rng.normal());
-        let clean = mean + amplitude * diurnal(ts, self.peak_hour, self.period_ms) + noise;
+        let model = mean + amplitude * diurnal(ts, self.peak_hour, self.period_ms);
+        let target = state_number(host::get_state(device, TARGET_KEY).as_deref());
+        let clean = model + regulator.offset_at(ts, model, target, self.tau_ms) + noise;
 
         let shared = quantize(clean, self.resolution);
         host::set_state(device, STATE_KEY, &format!("{shared}"));
 
         let (m, a) = (mean_walk.slots(), amplitude_walk.slots());
-        let own = [noise, m[0], m[1], m[2], a[0], a[1], a[2]];
+        let r = regulator.slots();
+        let own = [noise, m[0], m[1], m[2], a[0], a[1], a[2], r[0], r[1]];
         let out = state::finish(TAG, injector, &self.anomalies, &own, clean, |v| {
             quantize(v, self.resolution)
         });

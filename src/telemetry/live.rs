@@ -1,0 +1,253 @@
+//! Live subscribers to the published readings (`GET /telemetry/stream`).
+//!
+//! Each subscriber has its own bounded queue, filled by the scheduler as it
+//! publishes and drained by the subscriber's HTTP response. When a slow
+//! subscriber's queue is full the new reading is dropped for that subscriber
+//! only, counted, and a marker takes its place in the queue, so the
+//! subscriber learns exactly where and how many readings it missed. The
+//! scheduler never waits for a subscriber.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::Notify;
+
+use super::Reading;
+
+/// Readings queued per subscriber unless it asks for another size.
+pub const DEFAULT_QUEUE: usize = 10_000;
+/// The largest queue a subscriber may ask for.
+pub const MAX_QUEUE: usize = 100_000;
+
+/// What a subscriber wants.
+#[derive(Debug, Clone, Default)]
+pub struct LiveFilter {
+    pub device: Option<String>,
+    pub sensor: Option<String>,
+    /// Also dropout records (value null, anomaly "dropout"), which are never
+    /// published on MQTT.
+    pub dropouts: bool,
+}
+
+impl LiveFilter {
+    fn wants(&self, r: &Reading) -> bool {
+        (self.dropouts || !r.is_dropout())
+            && self.device.as_deref().is_none_or(|d| d == &*r.device)
+            && self.sensor.as_deref().is_none_or(|s| s == &*r.sensor)
+    }
+}
+
+/// One item a subscriber takes from its queue.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LiveItem {
+    Reading(Reading),
+    /// This many readings were dropped here because the queue was full.
+    Missed(u64),
+}
+
+/// A subscriber's queue: at most `capacity` readings, and at most one
+/// `Missed` marker after each run of them (a full queue grows the last
+/// marker instead of adding one), so it never holds more than
+/// 2 × capacity + 1 items.
+struct Queue {
+    items: VecDeque<LiveItem>,
+    /// Readings in `items` (markers do not count against the capacity).
+    readings: usize,
+}
+
+struct Subscriber {
+    filter: LiveFilter,
+    capacity: usize,
+    queue: Mutex<Queue>,
+    notify: Notify,
+    missed: AtomicU64,
+}
+
+/// Every live subscriber; shared by the scheduler and the HTTP handlers.
+#[derive(Default)]
+pub struct Hub {
+    // A std lock: held to push one reading or to add or remove a
+    // subscriber, never across an await.
+    subscribers: RwLock<Vec<Arc<Subscriber>>>,
+    /// Lets the scheduler skip the lock when nobody listens.
+    count: AtomicUsize,
+    /// Readings dropped for slow subscribers, over all of them.
+    pub missed: AtomicU64,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("subscribers", &self.subscribers())
+            .field("missed", &self.missed)
+            .finish()
+    }
+}
+
+impl Hub {
+    /// Hands a reading (or a dropout record) to every subscriber that
+    /// wants it.
+    pub fn offer(&self, reading: &Reading) {
+        if self.count.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        for sub in self.subscribers.read().unwrap().iter() {
+            if !sub.filter.wants(reading) {
+                continue;
+            }
+            let mut q = sub.queue.lock().unwrap();
+            if q.readings < sub.capacity {
+                q.items.push_back(LiveItem::Reading(reading.clone()));
+                q.readings += 1;
+            } else {
+                match q.items.back_mut() {
+                    Some(LiveItem::Missed(n)) => *n += 1,
+                    _ => q.items.push_back(LiveItem::Missed(1)),
+                }
+                sub.missed.fetch_add(1, Ordering::Relaxed);
+                self.missed.fetch_add(1, Ordering::Relaxed);
+            }
+            drop(q);
+            sub.notify.notify_one();
+        }
+    }
+
+    pub fn subscribers(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Registers a subscriber; it is removed when the handle is dropped.
+    pub fn subscribe(self: &Arc<Self>, filter: LiveFilter, capacity: usize) -> LiveSubscription {
+        let sub = Arc::new(Subscriber {
+            filter,
+            capacity,
+            queue: Mutex::new(Queue {
+                items: VecDeque::new(),
+                readings: 0,
+            }),
+            notify: Notify::new(),
+            missed: AtomicU64::new(0),
+        });
+        self.subscribers.write().unwrap().push(sub.clone());
+        self.count.fetch_add(1, Ordering::Relaxed);
+        LiveSubscription {
+            hub: self.clone(),
+            sub,
+        }
+    }
+}
+
+/// A live subscription; dropping it unsubscribes.
+pub struct LiveSubscription {
+    hub: Arc<Hub>,
+    sub: Arc<Subscriber>,
+}
+
+impl LiveSubscription {
+    /// Waits until something is queued, then takes up to `max` items.
+    pub async fn next_batch(&self, max: usize) -> Vec<LiveItem> {
+        loop {
+            let notified = self.sub.notify.notified();
+            {
+                let mut q = self.sub.queue.lock().unwrap();
+                if !q.items.is_empty() {
+                    let n = max.min(q.items.len());
+                    let batch: Vec<LiveItem> = q.items.drain(..n).collect();
+                    q.readings -= batch
+                        .iter()
+                        .filter(|i| matches!(i, LiveItem::Reading(_)))
+                        .count();
+                    return batch;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Readings this subscriber has missed so far.
+    pub fn missed(&self) -> u64 {
+        self.sub.missed.load(Ordering::Relaxed)
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.sub.capacity
+    }
+}
+
+impl Drop for LiveSubscription {
+    fn drop(&mut self) {
+        let mut subs = self.hub.subscribers.write().unwrap();
+        if let Some(i) = subs.iter().position(|s| Arc::ptr_eq(s, &self.sub)) {
+            subs.swap_remove(i);
+            self.hub.count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading(device: &str, ts: i64) -> Reading {
+        Reading {
+            device: device.into(),
+            sensor: "temperature".into(),
+            ts,
+            value: 1.0,
+            unit_json: "\"celsius\"".into(),
+            anomaly: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_marks_the_gap_and_counts_it() {
+        let hub = Arc::new(Hub::default());
+        let sub = hub.subscribe(LiveFilter::default(), 2);
+        for ts in 0..5 {
+            hub.offer(&reading("a", ts));
+        }
+        let batch = sub.next_batch(10).await;
+        assert_eq!(
+            batch,
+            vec![
+                LiveItem::Reading(reading("a", 0)),
+                LiveItem::Reading(reading("a", 1)),
+                LiveItem::Missed(3)
+            ]
+        );
+        hub.offer(&reading("a", 5));
+        assert_eq!(
+            sub.next_batch(10).await,
+            vec![LiveItem::Reading(reading("a", 5))]
+        );
+        assert_eq!(sub.missed(), 3);
+        assert_eq!(hub.missed.load(Ordering::Relaxed), 3);
+        drop(sub);
+        assert_eq!(hub.subscribers(), 0);
+    }
+
+    #[tokio::test]
+    async fn filters_pick_device_and_dropouts() {
+        let hub = Arc::new(Hub::default());
+        let sub = hub.subscribe(
+            LiveFilter {
+                device: Some("b".into()),
+                ..Default::default()
+            },
+            10,
+        );
+        hub.offer(&reading("a", 1));
+        hub.offer(&Reading::dropout(
+            "b".into(),
+            "temperature".into(),
+            2,
+            "\"celsius\"".into(),
+        ));
+        hub.offer(&reading("b", 3));
+        assert_eq!(
+            sub.next_batch(10).await,
+            vec![LiveItem::Reading(reading("b", 3))]
+        );
+    }
+}
