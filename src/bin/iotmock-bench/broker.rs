@@ -63,16 +63,54 @@ pub struct Throughput {
     pub broker_rss_bytes: u64,
 }
 
-/// What one latency run measured.
+/// One latency run: the delays seen, ns.
+pub struct LatencyRun {
+    pub sent: u64,
+    pub samples_ns: Vec<u64>,
+    pub cpu_s: f64,
+    pub wall_s: f64,
+}
+
+/// Latency over one or more runs at the same rate.
 #[derive(Debug, Clone, Serialize)]
 pub struct Latency {
     pub rate: u64,
+    pub runs: usize,
     pub sent: u64,
     pub received: u64,
     pub p50_us: f64,
     pub p99_us: f64,
     pub max_us: f64,
     pub broker_cpu_share: f64,
+}
+
+impl Latency {
+    pub fn of(rate: u64, runs: &[LatencyRun]) -> Self {
+        let mut s: Vec<u64> = runs
+            .iter()
+            .flat_map(|r| r.samples_ns.iter().copied())
+            .collect();
+        s.sort_unstable();
+        let pct = |q: f64| -> f64 {
+            if s.is_empty() {
+                return f64::NAN;
+            }
+            let rank = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len());
+            s[rank - 1] as f64 / 1000.0
+        };
+        let cpu: f64 = runs.iter().map(|r| r.cpu_s).sum();
+        let wall: f64 = runs.iter().map(|r| r.wall_s).sum();
+        Self {
+            rate,
+            runs: runs.len(),
+            sent: runs.iter().map(|r| r.sent).sum(),
+            received: s.len() as u64,
+            p50_us: pct(0.5),
+            p99_us: pct(0.99),
+            max_us: s.last().map_or(f64::NAN, |m| *m as f64 / 1000.0),
+            broker_cpu_share: if wall > 0.0 { cpu / wall } else { f64::NAN },
+        }
+    }
 }
 
 /// What holding many connections measured.
@@ -86,6 +124,9 @@ pub struct Connections {
     pub rss_before_bytes: u64,
     pub rss_after_bytes: u64,
     pub bytes_per_connection: f64,
+    /// Open file descriptors of the broker with every connection open,
+    /// per connection (1.0: the socket alone).
+    pub fds_per_connection: f64,
     pub error: Option<String>,
 }
 
@@ -319,7 +360,7 @@ pub async fn latency(
     qos_level: u8,
     rate: u64,
     duration: Duration,
-) -> anyhow::Result<Latency> {
+) -> anyhow::Result<LatencyRun> {
     let addr = broker.mqtt;
     let run = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let topic = format!("lat/{}/{run}", std::process::id());
@@ -368,23 +409,12 @@ pub async fn latency(
     let wall = start.elapsed();
     let cpu = broker.cpu().since(&cpu_before);
     clients.close().await;
-    let mut s = std::mem::take(&mut *samples.lock().unwrap());
-    s.sort_unstable();
-    let pct = |q: f64| -> f64 {
-        if s.is_empty() {
-            return f64::NAN;
-        }
-        let rank = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len());
-        s[rank - 1] as f64 / 1000.0
-    };
-    Ok(Latency {
-        rate,
+    let samples_ns = std::mem::take(&mut *samples.lock().unwrap());
+    Ok(LatencyRun {
         sent: count,
-        received: s.len() as u64,
-        p50_us: pct(0.5),
-        p99_us: pct(0.99),
-        max_us: s.last().map_or(f64::NAN, |m| *m as f64 / 1000.0),
-        broker_cpu_share: cpu.as_secs_f64() / wall.as_secs_f64(),
+        samples_ns,
+        cpu_s: cpu.as_secs_f64(),
+        wall_s: wall.as_secs_f64(),
     })
 }
 
@@ -395,6 +425,7 @@ pub async fn latency(
 pub async fn connections(broker: &Proc, n: usize) -> Connections {
     let addr = broker.mqtt;
     let rss_before = broker.rss();
+    let fds_before = crate::procs::open_fds(broker.pid());
     let start = Instant::now();
     let mut result = Connections {
         attempted: n,
@@ -403,9 +434,10 @@ pub async fn connections(broker: &Proc, n: usize) -> Connections {
         rss_before_bytes: rss_before,
         rss_after_bytes: rss_before,
         bytes_per_connection: 0.0,
+        fds_per_connection: 0.0,
         error: None,
     };
-    // Open in waves of 250 concurrent handshakes.
+    // Open in waves of 64 concurrent handshakes (within any listen backlog).
     let mut streams: Vec<TcpStream> = Vec::with_capacity(n);
     let mut first_error = None;
     let prefix = format!(
@@ -413,7 +445,7 @@ pub async fn connections(broker: &Proc, n: usize) -> Connections {
         std::process::id(),
         NEXT_ID.fetch_add(1, Ordering::Relaxed)
     );
-    for wave in (0..n).collect::<Vec<_>>().chunks(250) {
+    for wave in (0..n).collect::<Vec<_>>().chunks(64) {
         let handshakes: Vec<_> = wave
             .iter()
             .map(|i| {
@@ -441,6 +473,7 @@ pub async fn connections(broker: &Proc, n: usize) -> Connections {
     result.connect_s = start.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(500)).await;
     result.rss_after_bytes = broker.rss();
+    let fds_after = crate::procs::open_fds(broker.pid());
     // Every connection still served?
     let mut held = 0;
     for chunk in streams.chunks_mut(500) {
@@ -458,6 +491,7 @@ pub async fn connections(broker: &Proc, n: usize) -> Connections {
     if held > 0 {
         result.bytes_per_connection =
             result.rss_after_bytes.saturating_sub(rss_before) as f64 / held as f64;
+        result.fds_per_connection = fds_after.saturating_sub(fds_before) as f64 / held as f64;
     }
     if held < n {
         result.error = Some(

@@ -284,6 +284,11 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
         .map(|kib| kib * 1024)
 }
 
+/// How many file descriptors a process has open.
+pub fn open_fds(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64)
+}
+
 /// The soft limit on open files of this process.
 pub fn open_files_limit() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;

@@ -23,7 +23,7 @@ impl Table {
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
-        debug_assert_eq!(cells.len(), self.headers.len());
+        assert_eq!(cells.len(), self.headers.len(), "a row of {:?}", self.title);
         self.rows.push(cells);
     }
 
