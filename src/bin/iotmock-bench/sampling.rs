@@ -21,6 +21,11 @@ pub struct Sampling {
     pub readings: u64,
     pub wall_s: f64,
     pub readings_per_s: f64,
+    /// CPU time of this process (caller and worker threads) while
+    /// measuring.
+    pub cpu_s: f64,
+    /// Readings per second of CPU: per core, whatever else runs.
+    pub readings_per_cpu_s: f64,
 }
 
 /// Runs on the calling (plain, non-async) thread: the blocking API of the
@@ -72,6 +77,8 @@ pub fn sampling(per_call: usize, time: Duration) -> anyhow::Result<Sampling> {
         ctx = call(ctx, ts)?;
         ts += 1_000;
     }
+    let me = std::process::id();
+    let cpu_before = crate::procs::sched_time(me).unwrap_or_default();
     let start = Instant::now();
     let mut calls = 0u64;
     while start.elapsed() < time {
@@ -80,6 +87,10 @@ pub fn sampling(per_call: usize, time: Duration) -> anyhow::Result<Sampling> {
         calls += 1;
     }
     let wall = start.elapsed().as_secs_f64();
+    let cpu = crate::procs::sched_time(me)
+        .unwrap_or_default()
+        .saturating_sub(cpu_before)
+        .as_secs_f64();
     let readings = calls * per_call as u64;
     Ok(Sampling {
         per_call,
@@ -87,5 +98,11 @@ pub fn sampling(per_call: usize, time: Duration) -> anyhow::Result<Sampling> {
         readings,
         wall_s: wall,
         readings_per_s: readings as f64 / wall,
+        cpu_s: cpu,
+        readings_per_cpu_s: if cpu > 0.0 {
+            readings as f64 / cpu
+        } else {
+            f64::NAN
+        },
     })
 }
