@@ -475,6 +475,11 @@ async fn brokers(
                 } else {
                     status(r_tp >= 1.0)
                 },
+                if r_cpu.is_nan() {
+                    "-".into()
+                } else {
+                    status(r_cpu >= 1.0)
+                },
             ]);
             json_rows.push(json!({
                 "case": case,
