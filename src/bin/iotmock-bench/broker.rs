@@ -384,9 +384,7 @@ pub async fn latency(
         );
     }
     clients.clients.push(sub);
-    let (publisher, eventloop) = AsyncClient::new(options(addr, &client_id("lpub")), 1000);
-    clients.tasks.push(drive(eventloop, false, |_| {}).await?);
-    clients.clients.push(publisher.clone());
+    let mut publisher = RawPublisher::connect(addr, &client_id("lpub")).await?;
 
     let count = rate * duration.as_millis() as u64 / 1000;
     let period = Duration::from_nanos(1_000_000_000 / rate.max(1));
@@ -400,7 +398,7 @@ pub async fn latency(
             tokio::time::sleep_until(at.into()).await;
         }
         payload[..8].copy_from_slice(&(base.elapsed().as_nanos() as u64).to_le_bytes());
-        publisher.publish(&topic, q, false, payload.clone()).await?;
+        publisher.publish(&topic, qos_level, &payload)?;
     }
     let wait_until = Instant::now() + Duration::from_secs(2);
     while (samples.lock().unwrap().len() as u64) < count && Instant::now() < wait_until {
@@ -408,6 +406,7 @@ pub async fn latency(
     }
     let wall = start.elapsed();
     let cpu = broker.cpu().since(&cpu_before);
+    publisher.close().await;
     clients.close().await;
     let samples_ns = std::mem::take(&mut *samples.lock().unwrap());
     Ok(LatencyRun {
@@ -416,6 +415,101 @@ pub async fn latency(
         cpu_s: cpu.as_secs_f64(),
         wall_s: wall.as_secs_f64(),
     })
+}
+
+/// A publisher on a raw MQTT 3.1.1 connection with TCP_NODELAY: rumqttc
+/// cannot turn Nagle's algorithm off, and with it a QoS 0 publish waits
+/// for the broker's delayed ACK of the one before (tens of ms), which
+/// would measure the client instead of the broker. It answers PUBREC with
+/// PUBREL for QoS 2 and ignores the other acknowledgements.
+struct RawPublisher {
+    frames: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    writer: JoinHandle<()>,
+    reader: JoinHandle<()>,
+    next_id: u16,
+}
+
+impl RawPublisher {
+    async fn connect(addr: SocketAddr, id: &str) -> anyhow::Result<Self> {
+        let stream = connect_raw(addr, id).await?;
+        let (mut read, mut write) = stream.into_split();
+        let (frames, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        let writer = tokio::spawn(async move {
+            while let Some(frame) = rx.recv().await {
+                if write.write_all(&frame).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let answers = frames.clone();
+        let reader = tokio::spawn(async move {
+            let mut header = [0u8; 1];
+            while read.read_exact(&mut header).await.is_ok() {
+                let mut len = 0usize;
+                let mut shift = 0;
+                loop {
+                    let mut b = [0u8; 1];
+                    if read.read_exact(&mut b).await.is_err() {
+                        return;
+                    }
+                    len |= ((b[0] & 0x7f) as usize) << shift;
+                    shift += 7;
+                    if b[0] & 0x80 == 0 {
+                        break;
+                    }
+                }
+                let mut body = vec![0u8; len];
+                if read.read_exact(&mut body).await.is_err() {
+                    return;
+                }
+                // PUBREC: release the message.
+                if header[0] >> 4 == 5 && body.len() >= 2 {
+                    let _ = answers.send(vec![0x62, 0x02, body[0], body[1]]);
+                }
+            }
+        });
+        Ok(Self {
+            frames,
+            writer,
+            reader,
+            next_id: 0,
+        })
+    }
+
+    fn publish(&mut self, topic: &str, qos: u8, payload: &[u8]) -> anyhow::Result<()> {
+        let mut body = Vec::with_capacity(4 + topic.len() + payload.len());
+        body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+        body.extend_from_slice(topic.as_bytes());
+        if qos > 0 {
+            self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+            body.extend_from_slice(&self.next_id.to_be_bytes());
+        }
+        body.extend_from_slice(payload);
+        let mut frame = vec![0x30 | (qos << 1)];
+        let mut len = body.len();
+        loop {
+            let mut b = (len & 0x7f) as u8;
+            len >>= 7;
+            if len > 0 {
+                b |= 0x80;
+            }
+            frame.push(b);
+            if len == 0 {
+                break;
+            }
+        }
+        frame.extend_from_slice(&body);
+        self.frames
+            .send(frame)
+            .map_err(|_| anyhow::anyhow!("the publisher's connection closed"))
+    }
+
+    async fn close(self) {
+        let _ = self.frames.send(vec![0xE0, 0x00]);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        self.writer.abort();
+        self.reader.abort();
+    }
 }
 
 /// Opens `n` MQTT 3.1.1 connections (a raw CONNECT each, keepalive 10
