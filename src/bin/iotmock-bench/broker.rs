@@ -443,27 +443,9 @@ impl RawPublisher {
         });
         let answers = frames.clone();
         let reader = tokio::spawn(async move {
-            let mut header = [0u8; 1];
-            while read.read_exact(&mut header).await.is_ok() {
-                let mut len = 0usize;
-                let mut shift = 0;
-                loop {
-                    let mut b = [0u8; 1];
-                    if read.read_exact(&mut b).await.is_err() {
-                        return;
-                    }
-                    len |= ((b[0] & 0x7f) as usize) << shift;
-                    shift += 7;
-                    if b[0] & 0x80 == 0 {
-                        break;
-                    }
-                }
-                let mut body = vec![0u8; len];
-                if read.read_exact(&mut body).await.is_err() {
-                    return;
-                }
+            while let Ok((header, body)) = read_packet(&mut read).await {
                 // PUBREC: release the message.
-                if header[0] >> 4 == 5 && body.len() >= 2 {
+                if header >> 4 == 5 && body.len() >= 2 {
                     let _ = answers.send(vec![0x62, 0x02, body[0], body[1]]);
                 }
             }
@@ -477,28 +459,11 @@ impl RawPublisher {
     }
 
     fn publish(&mut self, topic: &str, qos: u8, payload: &[u8]) -> anyhow::Result<()> {
-        let mut body = Vec::with_capacity(4 + topic.len() + payload.len());
-        body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
-        body.extend_from_slice(topic.as_bytes());
         if qos > 0 {
             self.next_id = self.next_id.checked_add(1).unwrap_or(1);
-            body.extend_from_slice(&self.next_id.to_be_bytes());
         }
-        body.extend_from_slice(payload);
-        let mut frame = vec![0x30 | (qos << 1)];
-        let mut len = body.len();
-        loop {
-            let mut b = (len & 0x7f) as u8;
-            len >>= 7;
-            if len > 0 {
-                b |= 0x80;
-            }
-            frame.push(b);
-            if len == 0 {
-                break;
-            }
-        }
-        frame.extend_from_slice(&body);
+        let mut frame = Vec::with_capacity(8 + topic.len() + payload.len());
+        push_publish(&mut frame, topic, qos, self.next_id, payload);
         self.frames
             .send(frame)
             .map_err(|_| anyhow::anyhow!("the publisher's connection closed"))
@@ -625,7 +590,59 @@ async fn futures_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output>
         .collect()
 }
 
-async fn connect_raw(addr: SocketAddr, client_id: &str) -> anyhow::Result<TcpStream> {
+/// Reads one MQTT packet: the first header byte and the body.
+pub async fn read_packet(read: &mut (impl AsyncReadExt + Unpin)) -> std::io::Result<(u8, Vec<u8>)> {
+    let mut header = [0u8; 1];
+    read.read_exact(&mut header).await?;
+    let mut len = 0usize;
+    let mut shift = 0;
+    loop {
+        let mut b = [0u8; 1];
+        read.read_exact(&mut b).await?;
+        len |= ((b[0] & 0x7f) as usize) << shift;
+        shift += 7;
+        if b[0] & 0x80 == 0 {
+            break;
+        }
+    }
+    let mut body = vec![0u8; len];
+    read.read_exact(&mut body).await?;
+    Ok((header[0], body))
+}
+
+/// Appends one MQTT packet: header byte, remaining length, body.
+pub fn push_packet(out: &mut Vec<u8>, header: u8, body: &[u8]) {
+    out.push(header);
+    let mut len = body.len();
+    loop {
+        let mut b = (len & 0x7f) as u8;
+        len >>= 7;
+        if len > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if len == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(body);
+}
+
+/// Appends a PUBLISH packet.
+pub fn push_publish(out: &mut Vec<u8>, topic: &str, qos: u8, packet_id: u16, payload: &[u8]) {
+    let mut body = Vec::with_capacity(4 + topic.len() + payload.len());
+    body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    body.extend_from_slice(topic.as_bytes());
+    if qos > 0 {
+        body.extend_from_slice(&packet_id.to_be_bytes());
+    }
+    body.extend_from_slice(payload);
+    push_packet(out, 0x30 | (qos << 1), &body);
+}
+
+/// An MQTT 3.1.1 connection with TCP_NODELAY, clean session, keepalive 10
+/// minutes, after its CONNACK.
+pub async fn connect_raw(addr: SocketAddr, client_id: &str) -> anyhow::Result<TcpStream> {
     let mut stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let id = client_id.as_bytes();

@@ -15,6 +15,7 @@ use anyhow::{Context, anyhow, bail};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde::Serialize;
 use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
 
 use crate::http::Http;
 use crate::procs::Proc;
@@ -392,46 +393,66 @@ pub async fn commands_real(p: &Proc, n: usize) -> anyhow::Result<Outcome<Command
     if a.status != 201 {
         bail!("POST /devices: {} {}", a.status, a.body);
     }
-    let creds = &a.body["credentials"];
-    let mut o = MqttOptions::new(device, p.mqtt.ip().to_string(), p.mqtt.port());
-    o.set_keep_alive(Duration::from_secs(60));
-    if let (Some(u), Some(pw)) = (creds["username"].as_str(), creds["password"].as_str()) {
-        o.set_credentials(u, pw);
+    // A raw MQTT 3.1.1 device with TCP_NODELAY: the PUBACK of a command
+    // and the ack that follows go out in one write. (A client with Nagle's
+    // algorithm on holds the second until the broker's delayed ACK of the
+    // first, ~40 ms, and would measure itself.) The server runs with open
+    // MQTT admission: the client id names the device.
+    let stream = crate::broker::connect_raw(p.mqtt, device).await?;
+    let (mut read, mut write) = stream.into_split();
+    let filter = format!("devices/{device}/commands/+");
+    let mut body = vec![0, 1];
+    body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+    body.extend_from_slice(filter.as_bytes());
+    body.push(1);
+    let mut frame = Vec::new();
+    crate::broker::push_packet(&mut frame, 0x82, &body);
+    write.write_all(&frame).await?;
+    let (header, suback) = tokio::time::timeout(
+        Duration::from_secs(10),
+        crate::broker::read_packet(&mut read),
+    )
+    .await
+    .context("device: no SUBACK within 10 s")??;
+    if header >> 4 != 9 || suback.last().is_none_or(|c| *c >= 0x80) {
+        bail!("device: subscription refused ({header:#x} {suback:?})");
     }
-    let (client, mut eventloop) = AsyncClient::new(o, 100);
-    client
-        .subscribe(format!("devices/{device}/commands/+"), QoS::AtLeastOnce)
-        .await?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, eventloop.poll()).await {
-            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => bail!("device MQTT connection: {e}"),
-            Err(_) => bail!("device: no SUBACK within 10 s"),
-        }
-    }
-    let answering = client.clone();
     let task = tokio::spawn(async move {
-        while let Ok(event) = eventloop.poll().await {
-            if let Event::Incoming(Packet::Publish(m)) = event {
-                let Some(command_id) = m.topic.rsplit('/').next().map(String::from) else {
-                    continue;
-                };
-                let body = json!({"id": command_id, "status": "completed", "result": {}});
-                let _ = answering.try_publish(
-                    format!("devices/cmd-real-1/acks/{command_id}"),
-                    QoS::AtLeastOnce,
-                    false,
-                    body.to_string(),
-                );
+        let mut next_id = 0u16;
+        while let Ok((header, body)) = crate::broker::read_packet(&mut read).await {
+            if header >> 4 != 3 || body.len() < 2 {
+                continue;
+            }
+            let qos = (header >> 1) & 3;
+            let topic_len = u16::from_be_bytes([body[0], body[1]]) as usize;
+            let Some(topic) = body.get(2..2 + topic_len) else {
+                continue;
+            };
+            let topic = String::from_utf8_lossy(topic).into_owned();
+            let Some(command_id) = topic.rsplit('/').next() else {
+                continue;
+            };
+            let mut out = Vec::new();
+            if qos > 0
+                && let Some(id) = body.get(2 + topic_len..4 + topic_len)
+            {
+                crate::broker::push_packet(&mut out, 0x40, id);
+            }
+            next_id = next_id.checked_add(1).unwrap_or(1);
+            let ack = json!({"id": command_id, "status": "completed", "result": {}}).to_string();
+            crate::broker::push_publish(
+                &mut out,
+                &format!("devices/cmd-real-1/acks/{command_id}"),
+                1,
+                next_id,
+                ack.as_bytes(),
+            );
+            if write.write_all(&out).await.is_err() {
+                return;
             }
         }
     });
     let result = command_round_trips(&mut h, device, n).await;
-    let _ = client.try_disconnect();
-    tokio::time::sleep(Duration::from_millis(50)).await;
     task.abort();
     Ok(match result? {
         Outcome::Measured((samples, statuses)) => Outcome::Measured(Commands {
