@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::clock::{Clock, ClockMode};
+use crate::commands::Commands;
 use crate::fleet::access::DeviceAccess;
 use crate::fleet::{Fleet, FleetError};
 use crate::http::{self, Addrs, AppState};
@@ -97,6 +98,8 @@ pub enum StartError {
     Mqtt(#[from] crate::mqtt::MqttError),
     #[error(transparent)]
     Fleet(#[from] FleetError),
+    #[error(transparent)]
+    Commands(#[from] crate::commands::CommandError),
     #[error("listening for HTTP on {addr}: {source}")]
     Http {
         addr: SocketAddr,
@@ -211,6 +214,17 @@ impl Server {
         let provisioned = fleet.provision_scenario(&scenario.devices).await?;
         tracing::info!(devices = fleet.len(), provisioned, seed, "fleet ready");
 
+        let commands = Commands::start(
+            config.data_dir.as_deref(),
+            clock.clone(),
+            fleet.clone(),
+            broker.handle(),
+            plugins.clone(),
+            seed,
+            config.plugin_limits.workers,
+        )
+        .await?;
+
         let listener = TcpListener::bind(config.http)
             .await
             .map_err(|source| StartError::Http {
@@ -232,6 +246,7 @@ impl Server {
             mqtt: broker.handle(),
             telemetry,
             fleet,
+            commands,
         };
         let (http_stop, stop_rx) = oneshot::channel::<()>();
         let app = http::router(state);

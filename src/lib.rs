@@ -25,6 +25,7 @@
 pub mod app;
 pub mod builtin;
 pub mod clock;
+pub mod commands;
 pub mod fleet;
 pub mod http;
 pub mod mqtt;

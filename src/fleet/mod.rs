@@ -18,6 +18,8 @@ use std::sync::{Arc, Mutex, RwLock};
 pub use model::*;
 pub use store::StoreError;
 
+use tokio::sync::broadcast;
+
 use crate::clock::{Clock, rfc3339_ms};
 use crate::mqtt::{MqttHandle, Qos, topics};
 use crate::plugin::{PluginHost, SharedState, World};
@@ -72,7 +74,31 @@ struct Inner {
     telemetry: Telemetry,
     mqtt: MqttHandle,
     plugins: PluginHost,
+    /// Every connectivity change (the command engine delivers queued
+    /// commands on `online`). A lagging listener is told how many it
+    /// missed and rescans.
+    presence: broadcast::Sender<PresenceChange>,
 }
+
+/// A device went online or offline.
+#[derive(Debug, Clone)]
+pub struct PresenceChange {
+    pub device: String,
+    pub online: bool,
+}
+
+/// What the command engine needs to know to deliver to a device.
+#[derive(Debug, Clone)]
+pub struct CommandTarget {
+    pub simulated: bool,
+    pub handler: Option<HandlerSpec>,
+    pub shared: Arc<SharedState>,
+    pub online: bool,
+}
+
+/// Connectivity changes a slow listener may fall behind by before it
+/// has to rescan.
+const PRESENCE_EVENTS: usize = 4096;
 
 impl Fleet {
     /// Opens the store and brings every stored device back: simulated
@@ -95,6 +121,7 @@ impl Fleet {
             telemetry,
             mqtt,
             plugins,
+            presence: broadcast::channel(PRESENCE_EVENTS).0,
         }));
         let count = stored.len();
         let mut streams = Vec::new();
@@ -154,6 +181,10 @@ impl Fleet {
     }
 
     async fn publish_status(&self, id: &str, online: bool) {
+        let _ = self.0.presence.send(PresenceChange {
+            device: id.to_string(),
+            online,
+        });
         let payload: &'static [u8] = if online { b"online" } else { b"offline" };
         self.0
             .mqtt
@@ -190,7 +221,7 @@ impl Fleet {
             )));
         }
         if let Some(handler) = &t.command_handler {
-            self.check_plugin(handler, World::CommandHandler, "command_handler")?;
+            self.check_plugin(handler.plugin(), World::CommandHandler, "command_handler")?;
         }
         for tag in &t.tags {
             if tag.is_empty() || tag.len() > 64 {
@@ -370,6 +401,7 @@ impl Fleet {
                 tags: spec.tags.clone(),
                 group: spec.group.clone(),
                 sensors: spec.sensors.clone(),
+                command_handler: spec.command_handler.clone(),
                 ..DeviceTemplate {
                     simulated: true,
                     ..Default::default()
@@ -478,6 +510,7 @@ impl Fleet {
             d.sensors = Arc::new(sensors);
         }
         if let Some(handler) = patch.command_handler {
+            self.check_plugin(handler.plugin(), World::CommandHandler, "command_handler")?;
             d.command_handler = Some(handler);
         }
         if let Some(state) = patch.state {
@@ -625,6 +658,63 @@ impl Fleet {
                 }
             }
         });
+    }
+
+    /// Connectivity changes from now on.
+    pub fn presence_events(&self) -> broadcast::Receiver<PresenceChange> {
+        self.0.presence.subscribe()
+    }
+
+    /// Whether a device is online now (`None`: no such device).
+    pub fn is_online(&self, id: &str) -> Option<bool> {
+        let entry = self.entry(id).ok()?;
+        Some(entry.presence.online_at(self.0.clock.now_ms()))
+    }
+
+    /// A device as the command engine sees it.
+    pub fn command_target(&self, id: &str) -> Result<CommandTarget, FleetError> {
+        let entry = self.entry(id)?;
+        let device = entry.device();
+        Ok(CommandTarget {
+            simulated: device.simulated,
+            handler: device.command_handler.clone(),
+            shared: entry.shared.clone(),
+            online: device.state == Lifecycle::Active
+                && entry.presence.online_at(self.0.clock.now_ms()),
+        })
+    }
+
+    /// The ids of devices matching `filter` (every device when it is
+    /// empty), in id order.
+    pub fn select(&self, filter: &DeviceFilter) -> Vec<String> {
+        let devices = self.0.devices.read().unwrap();
+        devices
+            .iter()
+            .filter(|(_, e)| {
+                let d = e.device();
+                filter.tag.as_ref().is_none_or(|t| d.tags.contains(t))
+                    && filter
+                        .group
+                        .as_ref()
+                        .is_none_or(|g| d.group.as_ref() == Some(g))
+                    && filter.state.is_none_or(|s| d.state == s)
+            })
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Takes a simulated device offline or back online (a reboot); no-op
+    /// for real devices, whose connection decides.
+    pub async fn set_simulated_online(&self, id: &str, online: bool) {
+        let Ok(entry) = self.entry(id) else { return };
+        if !entry.device().simulated {
+            return;
+        }
+        entry.presence.set(online);
+        self.publish_status(id, online).await;
+        if online {
+            self.0.telemetry.flush().await;
+        }
     }
 
     /// Checks MQTT credentials: the username is the device id.

@@ -47,6 +47,53 @@ impl Lifecycle {
     }
 }
 
+/// The command handler of a simulated device: a plugin name, or a plugin
+/// with its configuration (`{"plugin":"firmware","config":{...}}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum HandlerSpec {
+    Name(String),
+    Full {
+        plugin: String,
+        #[serde(default)]
+        #[schema(value_type = Object)]
+        config: Value,
+    },
+}
+
+impl HandlerSpec {
+    pub fn plugin(&self) -> &str {
+        match self {
+            HandlerSpec::Name(name) => name,
+            HandlerSpec::Full { plugin, .. } => plugin,
+        }
+    }
+
+    /// The configuration as the plugin gets it (JSON text; `{}` when none).
+    pub fn config_text(&self) -> String {
+        match self {
+            HandlerSpec::Full { config, .. } if !config.is_null() => config.to_string(),
+            _ => "{}".to_string(),
+        }
+    }
+
+    /// How the store keeps it: the bare name, or the JSON object.
+    pub fn to_stored(&self) -> String {
+        match self {
+            HandlerSpec::Name(name) => name.clone(),
+            full => serde_json::to_string(full).expect("a handler spec serializes"),
+        }
+    }
+
+    pub fn from_stored(text: &str) -> Option<Self> {
+        if text.starts_with('{') {
+            serde_json::from_str(text).ok()
+        } else {
+            Some(HandlerSpec::Name(text.to_string()))
+        }
+    }
+}
+
 /// A device's stored fields. Bulk-created devices share their template's
 /// tags, metadata and sensors (the `Arc`s), which keeps a large fleet small.
 #[derive(Debug, Clone)]
@@ -57,7 +104,7 @@ pub struct Device {
     pub group: Option<String>,
     pub metadata: Arc<Map<String, Value>>,
     pub sensors: Arc<Vec<SensorSpec>>,
-    pub command_handler: Option<String>,
+    pub command_handler: Option<HandlerSpec>,
     pub simulated: bool,
     pub state: Lifecycle,
     /// Simulated time, ms.
@@ -83,7 +130,7 @@ pub struct DeviceTemplate {
     pub sensors: Vec<SensorSpec>,
     /// A command-handler plugin that answers for a simulated device.
     #[serde(default)]
-    pub command_handler: Option<String>,
+    pub command_handler: Option<HandlerSpec>,
     /// false: a real device that connects itself.
     #[serde(default = "yes")]
     pub simulated: bool,
@@ -113,7 +160,7 @@ pub struct CreateDevice {
     #[serde(default)]
     pub sensors: Vec<SensorSpec>,
     #[serde(default)]
-    pub command_handler: Option<String>,
+    pub command_handler: Option<HandlerSpec>,
     #[serde(default = "yes")]
     pub simulated: bool,
 }
@@ -166,7 +213,7 @@ pub struct PatchDevice {
     #[serde(default)]
     pub sensors: Option<Vec<SensorSpec>>,
     #[serde(default)]
-    pub command_handler: Option<String>,
+    pub command_handler: Option<HandlerSpec>,
     /// Lifecycle: `active`, `suspended` or `decommissioned`.
     #[serde(default)]
     pub state: Option<Lifecycle>,
@@ -205,7 +252,7 @@ pub struct DeviceView {
     pub metadata: Arc<Map<String, Value>>,
     #[schema(value_type = Vec<SensorSpec>)]
     pub sensors: Arc<Vec<SensorSpec>>,
-    pub command_handler: Option<String>,
+    pub command_handler: Option<HandlerSpec>,
     pub simulated: bool,
     pub state: Lifecycle,
     pub connectivity: ConnectivityView,

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::credentials::SecretHash;
-use super::model::{Device, Lifecycle};
+use super::model::{Device, HandlerSpec, Lifecycle};
 
 /// Migrations, in order; entry N takes the schema from version N to N+1.
 const MIGRATIONS: &[&str] = &[
@@ -114,7 +114,7 @@ impl Store {
                     d.group,
                     json(&*d.metadata),
                     json(&*d.sensors),
-                    d.command_handler,
+                    d.command_handler.as_ref().map(HandlerSpec::to_stored),
                     d.simulated,
                     d.state.as_str(),
                     &secret.salt[..],
@@ -144,7 +144,7 @@ impl Store {
                 d.group,
                 json(&*d.metadata),
                 json(&*d.sensors),
-                d.command_handler,
+                d.command_handler.as_ref().map(HandlerSpec::to_stored),
                 d.simulated,
                 d.state.as_str(),
                 d.updated_at,
@@ -218,7 +218,13 @@ impl Store {
                 group,
                 metadata: serde_json::from_str(&metadata).map_err(|_| corrupt("metadata"))?,
                 sensors: serde_json::from_str(&sensors).map_err(|_| corrupt("sensors"))?,
-                command_handler: handler,
+                command_handler: match handler {
+                    Some(text) => Some(
+                        HandlerSpec::from_stored(&text)
+                            .ok_or_else(|| corrupt("command_handler"))?,
+                    ),
+                    None => None,
+                },
                 simulated,
                 state: Lifecycle::parse(&state).ok_or_else(|| corrupt("lifecycle"))?,
                 created_at: created,

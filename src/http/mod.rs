@@ -2,6 +2,7 @@
 //! file per resource, errors as problem+json. Handlers only translate
 //! between HTTP and the modules' handles.
 
+mod commands;
 mod devices;
 mod error;
 mod mqtt;
@@ -19,6 +20,7 @@ use utoipa::OpenApi;
 pub use error::{ApiError, Problem};
 
 use crate::clock::Clock;
+use crate::commands::Commands;
 use crate::fleet::Fleet;
 use crate::mqtt::MqttHandle;
 use crate::plugin::PluginHost;
@@ -44,6 +46,7 @@ pub struct AppState {
     pub mqtt: MqttHandle,
     pub telemetry: Telemetry,
     pub fleet: Fleet,
+    pub commands: Commands,
 }
 
 #[derive(OpenApi)]
@@ -71,6 +74,12 @@ pub struct AppState {
         devices::devices_destroy,
         devices::devices_rotate_credentials,
         devices::devices_connectivity,
+        commands::commands_create,
+        commands::commands_fleet_create,
+        commands::commands_index,
+        commands::commands_show,
+        commands::commands_cancel,
+        commands::commands_batch_show,
         mqtt::mqtt_messages,
         mqtt::mqtt_verify,
         mqtt::mqtt_clients,
@@ -124,6 +133,14 @@ pub fn router(state: AppState) -> Router {
             "/devices/{id}/connectivity",
             post(devices::devices_connectivity),
         )
+        .route("/devices/{id}/commands", post(commands::commands_create))
+        .route(
+            "/commands",
+            post(commands::commands_fleet_create).get(commands::commands_index),
+        )
+        .route("/commands/{id}", get(commands::commands_show))
+        .route("/commands/{id}/cancel", post(commands::commands_cancel))
+        .route("/commands/batches/{id}", get(commands::commands_batch_show))
         .route("/mqtt/messages", get(mqtt::mqtt_messages))
         .route("/mqtt/verify", post(mqtt::mqtt_verify))
         .route("/mqtt/clients", get(mqtt::mqtt_clients))

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::error::{ApiError, ApiJson};
 use crate::clock::rfc3339_ms;
+use crate::commands::CommandCounters;
 use crate::telemetry::TelemetryCounters;
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -20,6 +21,7 @@ pub struct Health {
     pub mqtt: String,
     pub clock: ClockView,
     pub telemetry: TelemetryCounters,
+    pub commands: CommandCounters,
 }
 
 /// Whether the server is up, where it listens, and its counters.
@@ -33,6 +35,7 @@ pub async fn health_show(State(state): State<AppState>) -> Json<Health> {
         mqtt: state.addrs.mqtt.to_string(),
         clock: clock_view(&state),
         telemetry: state.telemetry.counters(),
+        commands: state.commands.counters(),
     })
 }
 
@@ -84,6 +87,7 @@ pub async fn clock_advance(
         crate::clock::ClockError::BadStep(_) => ApiError::invalid(e.to_string()),
     })?;
     state.telemetry.wait_produced(now).await;
+    state.commands.settle(now).await;
     Ok(Json(clock_view(&state)))
 }
 
@@ -125,6 +129,41 @@ pub async fn metrics_show(State(state): State<AppState>) -> impl IntoResponse {
         "Batched sensor plugin calls.",
         t.plugin_calls,
     );
+    let c = state.commands.counters();
+    counter(
+        "commands_submitted_total",
+        "Commands submitted.",
+        c.submitted,
+    );
+    counter(
+        "commands_deliveries_total",
+        "Command sends to devices, retries included.",
+        c.deliveries,
+    );
+    counter("commands_retries_total", "Command retries.", c.retries);
+    counter("commands_acks_total", "Acks received.", c.acks);
+    counter(
+        "commands_acks_ignored_total",
+        "Duplicate, progress and late acks.",
+        c.acks_ignored,
+    );
+    counter(
+        "commands_acks_unknown_total",
+        "Acks for unknown commands.",
+        c.acks_unknown,
+    );
+    counter(
+        "commands_tap_dropped_total",
+        "Acks the engine had no room for.",
+        c.tap_dropped,
+    );
+    let _ = writeln!(
+        out,
+        "# HELP iotmock_commands Commands by state.\n# TYPE iotmock_commands gauge"
+    );
+    for (status, n) in &c.by_status {
+        let _ = writeln!(out, "iotmock_commands{{status=\"{status}\"}} {n}");
+    }
     let _ = writeln!(
         out,
         "# HELP iotmock_telemetry_streams Active sensor streams.\n# TYPE iotmock_telemetry_streams gauge\niotmock_telemetry_streams {}",

@@ -34,6 +34,36 @@ pub(crate) struct Observed {
     // std locks: held for a map update, never across an await.
     pub clients: Mutex<HashMap<Arc<str>, Client>>,
     pub storage: RwLock<Option<Arc<DynamicStorage>>>,
+    /// In-process listeners on what clients publish (the command engine
+    /// reads acks this way). Written when a tap is added, read per publish.
+    pub taps: RwLock<Vec<Tap>>,
+    pub subscribed: broadcast::Sender<Subscribed>,
+}
+
+/// A client's granted subscriptions (the command engine delivers a real
+/// device's queued commands once it listens for them).
+#[derive(Debug, Clone)]
+pub struct Subscribed {
+    pub client_id: Arc<str>,
+    pub user: Option<Arc<str>>,
+    pub filters: Vec<String>,
+}
+
+/// A listener on client publishes matching `filter`, with a bounded queue;
+/// what does not fit is counted in `dropped`.
+pub(crate) struct Tap {
+    pub filter: String,
+    pub tx: tokio::sync::mpsc::Sender<Tapped>,
+    pub dropped: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// A message a client published, as a tap sees it.
+#[derive(Debug, Clone)]
+pub struct Tapped {
+    pub topic: Arc<str>,
+    pub payload: bytes::Bytes,
+    pub client_id: Arc<str>,
+    pub user: Option<Arc<str>>,
 }
 
 pub(crate) struct Client {
@@ -64,6 +94,25 @@ impl Observed {
             .collect();
         out.sort_by(|a, b| a.client_id.cmp(&b.client_id));
         out
+    }
+
+    /// Whether the client with this id, or a client logged in as this
+    /// user, has a subscription matching `topic`.
+    pub fn listens(&self, who: &str, topic: &str) -> bool {
+        let clients = self.clients.lock().unwrap();
+        let matches = |c: &Client| {
+            c.subscriptions
+                .keys()
+                .any(|f| super::topics::matches(f, topic))
+        };
+        if let Some(c) = clients.get(who)
+            && matches(c)
+        {
+            return true;
+        }
+        clients
+            .values()
+            .any(|c| c.user.as_deref() == Some(who) && matches(c))
     }
 
     pub fn client_count(&self) -> usize {
@@ -136,8 +185,12 @@ impl BrokerEventHandler for Events {
 
     fn on_client_subscribe<'a>(&'a self, e: ClientSubscribeEvent) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            let mut clients = self.0.clients.lock().unwrap();
-            if let Some(client) = clients.get_mut(&e.client_id) {
+            let mut filters = Vec::new();
+            let user = {
+                let mut clients = self.0.clients.lock().unwrap();
+                let Some(client) = clients.get_mut(&e.client_id) else {
+                    return;
+                };
                 for s in e.subscriptions {
                     let granted = match s.result {
                         SubAckReasonCode::GrantedQoS0 => Qos::AtMostOnce,
@@ -145,10 +198,19 @@ impl BrokerEventHandler for Events {
                         SubAckReasonCode::GrantedQoS2 => Qos::ExactlyOnce,
                         _ => continue,
                     };
+                    filters.push(s.topic_filter.to_string());
                     client
                         .subscriptions
                         .insert(s.topic_filter.to_string(), granted);
                 }
+                client.user.clone()
+            };
+            if !filters.is_empty() {
+                let _ = self.0.subscribed.send(Subscribed {
+                    client_id: e.client_id.clone(),
+                    user,
+                    filters,
+                });
             }
         })
     }
@@ -165,6 +227,23 @@ impl BrokerEventHandler for Events {
     }
 
     fn on_client_publish<'a>(&'a self, e: ClientPublishEvent) -> BoxFuture<'a, PublishAction> {
+        {
+            let taps = self.0.taps.read().unwrap();
+            for tap in taps.iter() {
+                if super::topics::matches(&tap.filter, &e.topic) {
+                    let tapped = Tapped {
+                        topic: e.topic.clone(),
+                        payload: e.payload.clone(),
+                        client_id: e.client_id.clone(),
+                        user: e.user_id.clone(),
+                    };
+                    if tap.tx.try_send(tapped).is_err() {
+                        tap.dropped
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+        }
         self.0.journal.push(
             wall_ms(),
             self.0.clock.now_ms(),

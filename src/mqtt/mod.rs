@@ -25,10 +25,11 @@ use bytes::Bytes;
 use mqtt5::broker::router::MessageRouter;
 use mqtt5::packet::publish::PublishPacket;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, broadcast, oneshot};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 
 pub use auth::{AuthDecision, Authorizer};
+pub use engine::{Subscribed, Tapped};
 pub use journal::{Entry, JournalStats, Page};
 
 use crate::clock::{Clock, rfc3339_ms, wall_ms};
@@ -333,6 +334,8 @@ impl Broker {
             events,
             clients: Mutex::default(),
             storage: RwLock::new(None),
+            taps: RwLock::default(),
+            subscribed: broadcast::channel(1024).0,
         });
         let running = engine::start(config, config.addr, &dir, &observed)
             .await
@@ -563,6 +566,40 @@ impl MqttHandle {
 
     /// Connect and disconnect events, for other modules. A receiver that
     /// falls more than 1,024 events behind gets `Lagged` (with the count).
+    /// Listens to what clients publish on topics matching `filter`
+    /// (server-side publishes are not included). At most `capacity`
+    /// messages wait; the rest are counted in `dropped`.
+    pub fn tap(
+        &self,
+        filter: &str,
+        capacity: usize,
+        dropped: Arc<AtomicU64>,
+    ) -> mpsc::Receiver<Tapped> {
+        let (tx, rx) = mpsc::channel(capacity);
+        self.shared
+            .observed
+            .taps
+            .write()
+            .unwrap()
+            .push(engine::Tap {
+                filter: filter.to_string(),
+                tx,
+                dropped,
+            });
+        rx
+    }
+
+    /// Granted subscriptions from now on.
+    pub fn subscriptions(&self) -> broadcast::Receiver<Subscribed> {
+        self.shared.observed.subscribed.subscribe()
+    }
+
+    /// Whether the client `who` (client id or user name) listens on
+    /// `topic` now.
+    pub fn listens(&self, who: &str, topic: &str) -> bool {
+        self.shared.observed.listens(who, topic)
+    }
+
     pub fn events(&self) -> broadcast::Receiver<ClientEvent> {
         self.shared.observed.events.subscribe()
     }

@@ -172,6 +172,41 @@ pub struct Sample {
 }
 
 /// A handle on the plugin host; cheap to clone.
+/// A command as a command handler sees it.
+#[derive(Debug, Clone)]
+pub struct HandlerCommand {
+    pub id: String,
+    pub name: String,
+    /// JSON text.
+    pub params: String,
+    pub attempt: u32,
+}
+
+/// An acknowledgement status, as devices send it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyStatus {
+    Received,
+    Completed,
+    Rejected,
+    Failed,
+}
+
+/// One ack a simulated device sends, `delay_ms` after the previous one.
+#[derive(Debug, Clone)]
+pub struct HandlerReply {
+    pub delay_ms: u32,
+    pub status: ReplyStatus,
+    /// JSON text.
+    pub result: Option<String>,
+}
+
+/// How a simulated device answers a command.
+#[derive(Debug, Clone, Default)]
+pub struct Handling {
+    pub replies: Vec<HandlerReply>,
+    pub offline_ms: Option<u32>,
+}
+
 #[derive(Clone)]
 pub struct PluginHost {
     registry: Arc<Registry>,
@@ -185,10 +220,31 @@ impl PluginHost {
         let registry = Arc::new(Registry::new());
         let pool = Arc::new(Pool::start(registry.clone(), &limits));
         let host = Self { registry, pool };
-        for (name, bytes) in crate::builtin::BUILTIN {
-            host.registry
-                .load(name, bytes.to_vec(), PluginSource::BuiltIn)?;
-        }
+        // Compiling dominates start-up; the built-ins compile side by side,
+        // one thread per core.
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let results: Vec<Result<(), LoadError>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        loop {
+                            let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some((name, bytes)) = crate::builtin::BUILTIN.get(n) else {
+                                return Ok(());
+                            };
+                            host.registry
+                                .load(name, bytes.to_vec(), PluginSource::BuiltIn)?;
+                        }
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().expect("plugin compile thread panicked"))
+                .collect()
+        });
+        results.into_iter().collect::<Result<(), LoadError>>()?;
         Ok(host)
     }
 
@@ -258,6 +314,18 @@ impl PluginHost {
         requests: Vec<SampleRequest>,
     ) -> (Result<Vec<Sample>, CallError>, CallContext) {
         self.pool.sample(name, config, ctx, requests).await
+    }
+
+    /// Asks a command-handler plugin how the device in `ctx.slots[0]`
+    /// answers `command`.
+    pub async fn handle_command(
+        &self,
+        name: &str,
+        config: Arc<str>,
+        ctx: CallContext,
+        command: HandlerCommand,
+    ) -> (Result<Handling, CallError>, CallContext) {
+        self.pool.handle_command(name, config, ctx, command).await
     }
 
     /// The same as [`sample`](Self::sample), from a plain thread (benchmarks).

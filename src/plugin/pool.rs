@@ -12,7 +12,10 @@ use wasmtime::{Store, Trap};
 use super::bindings::{command_handler, edge_rule, sensor, types};
 use super::host::{CallContext, HostState, MemoryLimiter};
 use super::registry::{EPOCH_TICK, Entry, Prepared, Registry, Version, World};
-use super::{CallError, PluginLimits, Sample, SampleRequest, SensorInfo};
+use super::{
+    CallError, HandlerCommand, HandlerReply, Handling, PluginLimits, ReplyStatus, Sample,
+    SampleRequest, SensorInfo,
+};
 
 type Job = Box<dyn FnOnce(&mut Worker) + Send>;
 
@@ -23,7 +26,6 @@ pub(crate) struct Pool {
 
 enum Exports {
     Sensor(sensor::Sensor),
-    #[allow(dead_code)]
     CommandHandler(command_handler::CommandHandler),
     #[allow(dead_code)]
     EdgeRule(edge_rule::EdgeRule),
@@ -181,6 +183,30 @@ impl Pool {
         }
     }
 
+    pub async fn handle_command(
+        &self,
+        name: &str,
+        config: Arc<str>,
+        ctx: CallContext,
+        command: HandlerCommand,
+    ) -> (Result<Handling, CallError>, CallContext) {
+        let (entry, version) = match self.lookup(name, World::CommandHandler) {
+            Ok(found) => found,
+            Err(e) => return (Err(e), ctx),
+        };
+        match self
+            .run(
+                entry,
+                move |w| handle_on(w, &version, &config, ctx, command),
+                |r| r.0.as_ref().err(),
+            )
+            .await
+        {
+            Ok(answer) => answer,
+            Err(e) => (Err(e), CallContext::default()),
+        }
+    }
+
     pub fn sample_blocking(
         &self,
         name: &str,
@@ -254,6 +280,50 @@ fn sample_on(
                     state: s.state,
                 })
                 .collect())
+        });
+    (result, ctx)
+}
+
+fn handle_on(
+    worker: &mut Worker,
+    version: &Arc<Version>,
+    config: &str,
+    ctx: CallContext,
+    command: HandlerCommand,
+) -> (Result<Handling, CallError>, CallContext) {
+    use command_handler::exports::iotmock::plugin::command_handler_api as api;
+    let command = api::Command {
+        id: command.id,
+        name: command.name,
+        params: command.params,
+        attempt: command.attempt,
+    };
+    let (result, ctx) = worker.call(version, ctx, |store, exports| {
+        let Exports::CommandHandler(h) = exports else {
+            unreachable!("world checked")
+        };
+        h.iotmock_plugin_command_handler_api()
+            .call_handle(store, config, 0, &command)
+    });
+    let name = &*version.name;
+    let result = result
+        .and_then(|r| r.map_err(|e| guest_error(name, e)))
+        .map(|h| Handling {
+            replies: h
+                .replies
+                .into_iter()
+                .map(|r| HandlerReply {
+                    delay_ms: r.delay_ms,
+                    status: match r.status {
+                        api::AckStatus::Received => ReplyStatus::Received,
+                        api::AckStatus::Completed => ReplyStatus::Completed,
+                        api::AckStatus::Rejected => ReplyStatus::Rejected,
+                        api::AckStatus::Failed => ReplyStatus::Failed,
+                    },
+                    result: r.result,
+                })
+                .collect(),
+            offline_ms: h.offline_ms,
         });
     (result, ctx)
 }

@@ -48,6 +48,9 @@ struct RawFleet {
     group: Option<String>,
     #[serde(default)]
     sensors: Vec<SensorSpec>,
+    /// A command-handler plugin: a name, or `{ plugin, config }`.
+    #[serde(default)]
+    command_handler: Option<crate::fleet::HandlerSpec>,
 }
 
 fn default_first() -> u32 {
@@ -94,6 +97,7 @@ pub struct DeviceSpec {
     pub tags: Vec<String>,
     pub group: Option<String>,
     pub sensors: Vec<SensorSpec>,
+    pub command_handler: Option<crate::fleet::HandlerSpec>,
 }
 
 /// A validated scenario.
@@ -143,6 +147,14 @@ impl Scenario {
             for sensor in &fleet.sensors {
                 check_sensor(sensor).map_err(|e| invalid(format!("{at}: {e}")))?;
             }
+            if let Some(handler) = &fleet.command_handler
+                && !crate::plugin::valid_name(handler.plugin())
+            {
+                return Err(invalid(format!(
+                    "{at}: command_handler {:?} is not a valid plugin name (a-z, 0-9, '-', '_')",
+                    handler.plugin()
+                )));
+            }
             let mut names = BTreeSet::new();
             for sensor in &fleet.sensors {
                 if !names.insert(sensor.sensor_name()) {
@@ -163,6 +175,7 @@ impl Scenario {
                     tags: fleet.tags.clone(),
                     group: fleet.group.clone(),
                     sensors: fleet.sensors.clone(),
+                    command_handler: fleet.command_handler.clone(),
                 });
             }
         }

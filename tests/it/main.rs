@@ -6,6 +6,7 @@ mod support;
 mod api;
 mod bench;
 mod broker;
+mod commands;
 mod fleet;
 mod mosquitto;
 mod plugins;
