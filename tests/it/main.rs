@@ -4,6 +4,7 @@
 mod support;
 
 mod api;
+mod bench;
 mod broker;
 mod commands;
 mod edge;
