@@ -714,3 +714,75 @@ command_handler = { plugin = "firmware", config = { failure_rate = 0.0, steps = 
     .to_string();
     assert!(bad.contains("command_handler"), "{bad}");
 }
+
+/// The temperature readings of a device in the export, oldest first.
+async fn temperatures(server: &TestServer, device: &str) -> Vec<f64> {
+    let response = server
+        .http
+        .get(server.url(&format!(
+            "/api/v1/telemetry?device={device}&sensor=temperature&limit=100000"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["value"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_target_moves_the_temperature_the_sensor_produces() {
+    let scenario = r#"
+[[fleet]]
+id = "room"
+command_handler = "thermostat"
+[[fleet.sensors]]
+plugin = "temperature"
+interval_ms = 60000
+config = { mean = 20.0, amplitude = 0.0, noise = 0.02, weather_sd = 0.0, amplitude_variability = 0.0, tau_s = 600 }
+"#;
+    let server = TestServer::with_scenario(scenario, |c| {
+        c.clock = ClockMode::Manual;
+        c.seed = Some(11);
+    })
+    .await;
+    advance(&server, 3_600_000).await;
+    let before = temperatures(&server, "room").await;
+    let last = *before.last().unwrap();
+    assert!((last - 20.0).abs() < 0.5, "free-running room: {last}");
+
+    let cmd = send(
+        &server,
+        "room",
+        json!({"name": "set_target", "params": {"target": 26.0}}),
+    )
+    .await;
+    advance(&server, 7_200_000).await;
+    assert_eq!(
+        show(&server, cmd["id"].as_str().unwrap()).await["status"],
+        "completed"
+    );
+    let after = temperatures(&server, "room").await;
+    let newest = *after.last().unwrap();
+    // Two hours is twelve time constants: the room is at the target.
+    assert!(
+        (newest - 26.0).abs() < 0.3,
+        "room after set_target: {newest}"
+    );
+    // And it got there gradually, not in one step.
+    let first_after = after[before.len()];
+    assert!(
+        first_after < 24.0,
+        "a first-order lag, not a jump: {first_after}"
+    );
+    server.stop().await;
+}
