@@ -736,19 +736,22 @@ impl Commands {
             let mut core = self.0.core.lock().unwrap();
             core.pollers.entry(device.to_string()).or_default().clone()
         };
-        // The poll itself shows the device listens: queued commands go out.
-        let mut effects = Vec::new();
-        {
-            let mut core = self.0.core.lock().unwrap();
-            let now = self.0.clock.now_ms();
-            self.0.deliver_queued(&mut core, device, now, &mut effects);
-        }
-        self.0.run_effects(effects).await;
-        self.0.wake.notify_one();
         loop {
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            // The poll itself shows the device listens: queued commands,
+            // including ones queued while it waits, go out.
+            let mut effects = Vec::new();
+            {
+                let mut core = self.0.core.lock().unwrap();
+                let now = self.0.clock.now_ms();
+                self.0.deliver_queued(&mut core, device, now, &mut effects);
+            }
+            if !effects.is_empty() {
+                self.0.run_effects(effects).await;
+                self.0.wake.notify_one();
+            }
             {
                 let mut core = self.0.core.lock().unwrap();
                 let found = core.inflight.get(device).and_then(|ids| {
@@ -1104,6 +1107,10 @@ impl Inner {
                 .push_back(id.clone());
             let expires = core.commands[&id].view.expires_at;
             core.schedule(expires, Timer::Expire { id: id.clone() });
+            // An HTTP device waiting in a long poll takes it at once.
+            if let Some(poller) = core.pollers.get(device) {
+                poller.notify_waiters();
+            }
         }
         Ok(id)
     }
