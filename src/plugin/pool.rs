@@ -29,7 +29,6 @@ pub(crate) struct Pool {
 enum Exports {
     Sensor(sensor::Sensor),
     CommandHandler(command_handler::CommandHandler),
-    #[allow(dead_code)]
     EdgeRule(edge_rule::EdgeRule),
 }
 
