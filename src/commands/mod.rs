@@ -802,6 +802,13 @@ impl Commands {
         }
     }
 
+    /// When the next command timer is due (a reply, a retry, a timeout,
+    /// an expiry), if any.
+    pub fn next_due(&self) -> Option<i64> {
+        let core = self.0.core.lock().unwrap();
+        core.timers.peek().map(|Reverse((due, _, _))| *due)
+    }
+
     pub fn counters(&self) -> CommandCounters {
         let mut by_status: BTreeMap<&'static str, u64> =
             CommandStatus::ALL.iter().map(|s| (s.as_str(), 0)).collect();
@@ -1591,6 +1598,12 @@ async fn run_driver(inner: std::sync::Weak<Inner>) {
     };
     loop {
         let Some(i) = inner.upgrade() else { return };
+        if manual.is_some() {
+            // A handler call started before this timer (a command sent
+            // over the API) schedules its replies first, as it would have
+            // had the clock moved in small steps.
+            i.jobs_done().await;
+        }
         let now = i.clock.now_ms();
         let mut effects = Vec::new();
         let (fired, next_due) = {

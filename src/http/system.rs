@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::error::{ApiError, ApiJson};
-use crate::clock::rfc3339_ms;
+use crate::clock::{ClockMode, rfc3339_ms};
 use crate::commands::CommandCounters;
 use crate::telemetry::TelemetryCounters;
 
@@ -83,13 +83,37 @@ pub async fn clock_advance(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<AdvanceRequest>,
 ) -> Result<Json<ClockView>, ApiError> {
-    let now = state.clock.advance(request.ms).map_err(|e| match e {
+    let clock_error = |e: crate::clock::ClockError| match e {
         crate::clock::ClockError::NotManual(_) => ApiError::conflict(e.to_string()),
         crate::clock::ClockError::BadStep(_) => ApiError::invalid(e.to_string()),
-    })?;
-    state.telemetry.wait_produced(now).await;
-    state.edge.wait_processed(now).await;
-    state.commands.settle(now).await;
+    };
+    let start = state.clock.now_ms();
+    let target = start.saturating_add(request.ms);
+    if state.clock.mode() != ClockMode::Manual || request.ms <= 0 {
+        // The clock says what is wrong.
+        state.clock.advance(request.ms).map_err(clock_error)?;
+    }
+    // Commands answered before the advance (a handler call started by a
+    // send) change device state before any reading of the span is made.
+    state.commands.settle(start).await;
+    // The span is played in steps that end at each command event (a reply,
+    // a timeout, a device going offline), so readings, edge windows and
+    // command events interleave in time order whatever the span's length.
+    loop {
+        let now = state.clock.now_ms();
+        if now >= target {
+            break;
+        }
+        let step_to = state
+            .commands
+            .next_due()
+            .filter(|due| *due > now && *due < target)
+            .unwrap_or(target);
+        state.clock.advance(step_to - now).map_err(clock_error)?;
+        state.telemetry.wait_produced(step_to).await;
+        state.edge.wait_processed(step_to).await;
+        state.commands.settle(step_to).await;
+    }
     Ok(Json(clock_view(&state)))
 }
 
