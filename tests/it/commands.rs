@@ -753,8 +753,6 @@ config = { mean = 20.0, amplitude = 0.0, noise = 0.02, weather_sd = 0.0, amplitu
     let server = TestServer::with_scenario(scenario, |c| {
         c.clock = ClockMode::Manual;
         c.seed = Some(11);
-        // A first handler call on a busy machine may pass 250 ms.
-        c.plugin_limits.call_timeout = Duration::from_secs(5);
     })
     .await;
     advance(&server, 3_600_000).await;

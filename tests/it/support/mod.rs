@@ -41,6 +41,10 @@ impl TestServer {
             scenario: ScenarioChoice::Inline(scenario.to_string()),
             ..Config::ephemeral()
         };
+        // Test machines are shared and noisy: a first plugin call can pass
+        // the 250 ms default while other tests compile components. Tests of
+        // the deadline itself set their own.
+        config.plugin_limits.call_timeout = Duration::from_secs(5);
         tweak(&mut config);
         Self::start(config).await
     }
