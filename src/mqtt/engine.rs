@@ -292,16 +292,32 @@ pub(crate) struct Running {
     pub task: tokio::task::JoinHandle<()>,
 }
 
-/// Builds and starts a broker on `addr` with its storage in `dir`.
+/// Where an engine instance keeps sessions, queues and retained messages.
+pub(crate) enum Keep<'a> {
+    /// Files in a directory: they outlive the process.
+    Dir(&'a Path),
+    /// Memory, taking over what the previous instance (before an outage)
+    /// held, if any.
+    Memory(Option<Arc<DynamicStorage>>),
+}
+
+/// Builds and starts a broker on `addr`.
 pub(crate) async fn start(
     config: &MqttConfig,
     addr: SocketAddr,
-    dir: &Path,
+    keep: Keep<'_>,
     observed: &Arc<Observed>,
 ) -> Result<Running, String> {
-    let storage = StorageConfig::new()
-        .with_backend(Backend::File)
-        .with_base_dir(dir.to_path_buf())
+    let (storage, carry) = match keep {
+        Keep::Dir(dir) => (
+            StorageConfig::new()
+                .with_backend(Backend::File)
+                .with_base_dir(dir.to_path_buf()),
+            None,
+        ),
+        Keep::Memory(carry) => (StorageConfig::new().with_backend(Backend::Memory), carry),
+    };
+    let storage = storage
         .with_max_queued_messages_per_client(config.max_queued_per_session)
         .with_max_queued_bytes_per_client(config.max_queued_bytes_per_session);
     let broker_config = BrokerConfig::default()
@@ -323,6 +339,12 @@ pub(crate) async fn start(
     let addr = broker
         .local_addr()
         .ok_or_else(|| "no TCP listener".to_string())?;
+    if let (Some(from), Some(to)) = (carry, broker.storage()) {
+        // Before `run`, which loads the retained messages into the router.
+        carry_over(&from, &to)
+            .await
+            .map_err(|e| format!("taking over the stopped broker's state: {e}"))?;
+    }
     *observed.storage.write().unwrap() = broker.storage();
     let router = broker.router();
     let stop = broker.shutdown_handle();
@@ -342,4 +364,24 @@ pub(crate) async fn start(
         stop,
         task,
     })
+}
+
+/// Copies retained messages, sessions, queued and in-flight messages from
+/// one storage to another, as a file backend would have kept them.
+async fn carry_over(from: &DynamicStorage, to: &DynamicStorage) -> mqtt5::Result<()> {
+    for (topic, message) in from.get_retained_messages("#").await? {
+        to.store_retained_message(&topic, message).await?;
+    }
+    for id in from.session_client_ids().await? {
+        if let Some(session) = from.get_session(&id).await? {
+            to.store_session(session).await?;
+        }
+        for message in from.get_queued_messages(&id).await? {
+            to.queue_message(message).await?;
+        }
+        for message in from.get_inflight_messages(&id).await? {
+            to.store_inflight_message(message).await?;
+        }
+    }
+    Ok(())
 }

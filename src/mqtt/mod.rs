@@ -16,13 +16,14 @@ pub mod topics;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use mqtt5::broker::router::MessageRouter;
+use mqtt5::broker::storage::DynamicStorage;
 use mqtt5::packet::publish::PublishPacket;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, broadcast, mpsc, oneshot};
@@ -65,9 +66,9 @@ pub struct MqttConfig {
     pub journal_capacity: usize,
     /// In-process publishes held while the broker is down on purpose.
     pub outage_buffer: usize,
-    /// Where sessions, queues and retained messages are stored (they
-    /// survive an outage). `None`: a temporary directory owned by the
-    /// broker, removed at shutdown.
+    /// Where sessions, queues and retained messages are stored as files,
+    /// surviving a restart of the process. `None`: in memory, surviving
+    /// outages but not the process.
     pub storage_dir: Option<PathBuf>,
     /// Who may connect, publish, subscribe; `None` allows everything.
     pub authorizer: Option<Arc<dyn Authorizer>>,
@@ -265,7 +266,6 @@ pub struct Broker {
     stop: oneshot::Sender<()>,
     supervisor: tokio::task::JoinHandle<()>,
     // Removed when the broker is dropped, after the engine has stopped.
-    _temp_dir: Option<tempfile::TempDir>,
 }
 
 /// The broker's in-process side: publish, journal, clients, status,
@@ -307,26 +307,13 @@ const CLIENT_CHANNEL_CAPACITY: usize = 10_000;
 impl Broker {
     /// Binds the listener (port 0 picks a free one) and starts serving.
     pub async fn start(config: &MqttConfig, clock: Clock) -> Result<Self, MqttError> {
-        let (temp_dir, dir) = match &config.storage_dir {
-            Some(dir) => {
-                std::fs::create_dir_all(dir).map_err(|source| MqttError::Storage {
-                    path: dir.display().to_string(),
-                    source,
-                })?;
-                (None, dir.clone())
-            }
-            None => {
-                let temp = tempfile::Builder::new()
-                    .prefix("iotmock-mqtt-")
-                    .tempdir()
-                    .map_err(|source| MqttError::Storage {
-                        path: std::env::temp_dir().display().to_string(),
-                        source,
-                    })?;
-                let dir = temp.path().to_path_buf();
-                (Some(temp), dir)
-            }
-        };
+        if let Some(dir) = &config.storage_dir {
+            std::fs::create_dir_all(dir).map_err(|source| MqttError::Storage {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        let dir = config.storage_dir.clone();
         let (events, _) = broadcast::channel(1024);
         let observed = Arc::new(Observed {
             journal: journal::Journal::new(config.journal_capacity),
@@ -337,14 +324,19 @@ impl Broker {
             taps: RwLock::default(),
             subscribed: broadcast::channel(1024).0,
         });
-        let running = engine::start(config, config.addr, &dir, &observed)
+        let running = engine::start(config, config.addr, keep(dir.as_deref(), None), &observed)
             .await
             .map_err(|detail| MqttError::Start {
                 addr: config.addr,
                 detail,
             })?;
         let local_addr = running.addr;
-        tracing::info!(addr = %local_addr, storage = %dir.display(), "MQTT broker listening");
+        match &dir {
+            Some(dir) => {
+                tracing::info!(addr = %local_addr, storage = %dir.display(), "MQTT broker listening")
+            }
+            None => tracing::info!(addr = %local_addr, storage = "memory", "MQTT broker listening"),
+        }
         let shared = Arc::new(Shared {
             observed,
             addr: local_addr,
@@ -384,7 +376,6 @@ impl Broker {
             local_addr,
             stop,
             supervisor,
-            _temp_dir: temp_dir,
         })
     }
 
@@ -409,7 +400,7 @@ impl Broker {
 async fn supervise(
     shared: Arc<Shared>,
     config: MqttConfig,
-    dir: PathBuf,
+    dir: Option<PathBuf>,
     mut running: engine::Running,
     mut stop_rx: oneshot::Receiver<()>,
 ) {
@@ -422,7 +413,11 @@ async fn supervise(
             continue;
         };
         tracing::info!(addr = %shared.addr, "MQTT outage: disconnecting every client");
-        stop_engine(&shared, running).await;
+        let stopped = stop_engine(&shared, running).await;
+        // Without a storage directory the next instance takes over this
+        // one's memory; with one, the files are the state (and this clone
+        // would keep the directory locked).
+        let carry = if dir.is_none() { stopped } else { None };
         tokio::select! {
             _ = tokio::time::sleep_until(until) => {}
             _ = &mut stop_rx => {
@@ -435,7 +430,8 @@ async fn supervise(
         // directory lock is free.
         let mut attempts = 0u32;
         running = loop {
-            match engine::start(&config, shared.addr, &dir, &shared.observed).await {
+            let keep = keep(dir.as_deref(), carry.clone());
+            match engine::start(&config, shared.addr, keep, &shared.observed).await {
                 Ok(r) => break r,
                 Err(detail) => {
                     attempts += 1;
@@ -471,13 +467,22 @@ async fn supervise(
     stop_engine(&shared, running).await;
 }
 
-async fn stop_engine(shared: &Shared, running: engine::Running) {
+/// Stops an engine instance; answers its storage.
+async fn stop_engine(shared: &Shared, running: engine::Running) -> Option<Arc<DynamicStorage>> {
     *shared.router.write().unwrap() = None;
     running.stop.shutdown();
     let _ = running.task.await;
-    *shared.observed.storage.write().unwrap() = None;
+    let storage = shared.observed.storage.write().unwrap().take();
     drop(running.router);
     shared.observed.forget_all();
+    storage
+}
+
+fn keep(dir: Option<&Path>, carry: Option<Arc<DynamicStorage>>) -> engine::Keep<'_> {
+    match dir {
+        Some(dir) => engine::Keep::Dir(dir),
+        None => engine::Keep::Memory(carry),
+    }
 }
 
 impl MqttHandle {
@@ -657,8 +662,9 @@ impl MqttHandle {
 
     /// Takes the broker down for `duration`: every client is disconnected
     /// (wills fire), new connections are refused, and the listener comes
-    /// back on the same port by itself. Sessions and retained messages
-    /// survive (they are in the storage directory).
+    /// back on the same port by itself. Sessions, their queued messages and
+    /// retained messages survive (in memory, or in the storage directory
+    /// with `storage_dir`).
     pub fn outage(&self, duration: Duration) -> Result<Status, MqttError> {
         {
             let mut link = self.shared.link.lock().unwrap();

@@ -715,6 +715,24 @@ async fn outage_disconnects_refuses_and_comes_back_with_sessions_and_retained() 
         )
         .await;
     assert_eq!(body["outcome"], "routed");
+    // A session that is away during the outage, with messages queued for it.
+    let away = || {
+        let mut o = options(server.mqtt, "out-away");
+        o.set_clean_session(false);
+        o
+    };
+    let (a, _) = Client::connect(away()).await;
+    a.sub("inbox/#", QoS::AtLeastOnce).await;
+    wait_subscribed(&server, "out-away", "inbox/#").await;
+    a.disconnect().await;
+    for i in 0..3 {
+        server
+            .post(
+                "/api/v1/mqtt/publish",
+                json!({"topic":"inbox/a","payload":format!("before-{i}"),"qos":1}),
+            )
+            .await;
+    }
     let mut events = server.server().mqtt().events();
 
     let (status, body) = server
@@ -779,5 +797,15 @@ async fn outage_disconnects_refuses_and_comes_back_with_sessions_and_retained() 
     fresh.sub("cfg/#", QoS::AtLeastOnce).await;
     let m = fresh.next().await;
     assert_eq!((m.payload.as_ref(), m.retain), (&b"kept"[..], true));
+    // The session that was away finds its queue as it left it.
+    let (mut a, present) = Client::connect(away()).await;
+    assert!(present, "the away session survived the outage");
+    let got: Vec<String> = a
+        .collect(Duration::from_millis(700))
+        .await
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect();
+    assert_eq!(got, ["before-0", "before-1", "before-2"]);
     server.stop().await;
 }
