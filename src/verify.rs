@@ -1,9 +1,10 @@
-//! Verification shared by the journals (MQTT now, HTTP requests later): a
+//! Verification shared by the journals (MQTT messages, HTTP requests): a
 //! count expectation ("at least / at most / exactly N"), a JSON subset
-//! matcher, and the verdict shape every verify call answers with.
+//! matcher, the waiting loop, and the verdict shape every verify call
+//! answers with.
 //!
-//! It owns no journal and does no waiting: a journal feeds it matches as
-//! they arrive and asks [`Expect::settled`] whether waiting longer could
+//! It owns no journal: a journal's scan feeds [`wait_for_verdict`] matches
+//! as they arrive, and [`Expect::settled`] says whether waiting longer could
 //! still change the answer.
 
 use serde::{Deserialize, Serialize};
@@ -104,6 +105,79 @@ pub struct Verdict {
     /// The journal cursor up to which items were examined: pass it as
     /// `since` to look only at what came after.
     pub cursor: u64,
+}
+
+/// What a journal scan found so far in one verify call.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Items that matched completely.
+    pub matched: u64,
+    /// Items the selector picked (topic, method and path, ...), matched
+    /// or not.
+    pub selected: u64,
+    /// The first few selected items that did not match.
+    pub near_misses: Vec<Value>,
+    /// Whether items after the cursor had already been evicted.
+    pub missed: bool,
+}
+
+impl Tally {
+    /// Counts one selected item; keeps it as a near miss when it did not
+    /// match and fewer than five are kept.
+    pub fn count(&mut self, matched: bool, near_miss: impl FnOnce() -> Value) {
+        self.selected += 1;
+        if matched {
+            self.matched += 1;
+        } else if self.near_misses.len() < 5 {
+            self.near_misses.push(near_miss());
+        }
+    }
+}
+
+/// The waiting every verify call shares: `scan` examines the journal after
+/// a cursor (answering the new cursor and whether items were evicted), and
+/// is called again whenever `newest` moves, until `expect` is settled or
+/// `within` has passed. `describe` words the verdict's detail.
+pub async fn wait_for_verdict(
+    expect: Expect,
+    since: u64,
+    within: std::time::Duration,
+    mut newest: tokio::sync::watch::Receiver<u64>,
+    mut scan: impl FnMut(u64, &mut Tally) -> (u64, bool),
+    describe: impl FnOnce(&Tally) -> String,
+) -> Verdict {
+    let started = tokio::time::Instant::now();
+    let deadline = started + within;
+    let mut cursor = since;
+    let mut tally = Tally::default();
+    loop {
+        newest.borrow_and_update();
+        let (last, gap) = scan(cursor, &mut tally);
+        cursor = last;
+        tally.missed |= gap;
+        let now = tokio::time::Instant::now();
+        let verdict = match expect.settled(tally.matched) {
+            Some(v) => Some(v),
+            None if now >= deadline => Some(expect.holds(tally.matched)),
+            None => None,
+        };
+        if let Some(passed) = verdict {
+            let detail = describe(&tally);
+            return Verdict {
+                passed,
+                matched: tally.matched,
+                expected: expect.to_string(),
+                detail,
+                near_misses: tally.near_misses,
+                waited_ms: now.duration_since(started).as_millis() as u64,
+                cursor,
+            };
+        }
+        tokio::select! {
+            _ = newest.changed() => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
 }
 
 #[cfg(test)]

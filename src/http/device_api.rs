@@ -380,8 +380,6 @@ pub async fn device_state_update(
 
 /// Longest long poll for a command.
 pub const MAX_POLL_MS: u64 = 60_000;
-/// A long poll looks for newly queued commands this often.
-const POLL_SLICE: std::time::Duration = std::time::Duration::from_millis(200);
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -392,9 +390,9 @@ pub struct NextQuery {
 }
 
 /// The next command for the device (long poll): answers with
-/// `{"id","name","params","attempt"}` as soon as one is waiting for it (at
-/// most 0.2 s after it was sent) and not yet fetched in its current
-/// attempt, or 204 when none came within `wait_ms`. A command to an HTTP
+/// `{"id","name","params","attempt"}` as soon as one is waiting for it
+/// (including one sent while the poll waits) and not yet fetched in its
+/// current attempt, or 204 when none came within `wait_ms`. A command to an HTTP
 /// device is delivered when the device polls: its `timeout_ms` runs from
 /// the fetch, and one never fetched expires after its `ttl_ms`. A retry repeats the id with a higher `attempt`. The device is
 /// online while it polls, however long the wait.
@@ -418,20 +416,10 @@ pub async fn device_commands_next(
         )));
     }
     let _listening = state.fleet.http_long_poll(&auth.id);
-    // The engine hands queued commands to an HTTP device when a poll
-    // starts; one queued while the device waits would wait for the next
-    // poll. Waiting in short slices (each one a poll) brings it within a
-    // slice.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let slice = left.min(POLL_SLICE);
-        if let Some(message) = state.commands.next_for(&auth.id, slice).await {
-            return Ok(Json(message).into_response());
-        }
-        if left <= POLL_SLICE {
-            return Ok(StatusCode::NO_CONTENT.into_response());
-        }
+    let wait = std::time::Duration::from_millis(wait_ms);
+    match state.commands.next_for(&auth.id, wait).await {
+        Some(message) => Ok(Json(message).into_response()),
+        None => Ok(StatusCode::NO_CONTENT.into_response()),
     }
 }
 

@@ -697,76 +697,55 @@ impl MqttHandle {
     /// settled or `within` has passed, then answers with the verdict.
     pub async fn verify(&self, spec: &VerifySpec) -> Verdict {
         let journal = &self.shared.observed.journal;
-        let started = Instant::now();
-        let deadline = started + spec.within;
-        let mut newest = journal.watch();
-        let mut cursor = spec.since;
-        let mut matched = 0u64;
-        let mut on_topic = 0u64;
-        let mut missed = false;
-        let mut near_misses = Vec::new();
-        loop {
-            newest.borrow_and_update();
-            // Clone the entries on the filter under the lock; parse JSON
-            // outside it, so publishers are not held up.
-            let mut candidates = Vec::new();
-            let (last, gap) = journal.scan(cursor, |e| {
-                if topics::matches(&spec.filter, &e.topic) {
-                    candidates.push(e.clone());
+        crate::verify::wait_for_verdict(
+            spec.expect,
+            spec.since,
+            spec.within,
+            journal.watch(),
+            |cursor, tally| {
+                // Clone the entries on the filter under the lock; parse JSON
+                // outside it, so publishers are not held up.
+                let mut candidates = Vec::new();
+                let scanned = journal.scan(cursor, |e| {
+                    if topics::matches(&spec.filter, &e.topic) {
+                        candidates.push(e.clone());
+                    }
+                });
+                for entry in candidates {
+                    let matched = spec.contains.as_ref().is_none_or(|subset| {
+                        serde_json::from_slice::<serde_json::Value>(&entry.payload)
+                            .is_ok_and(|v| json_contains(&v, subset))
+                    });
+                    tally.count(matched, || {
+                        serde_json::to_value(&entry).unwrap_or_default()
+                    });
                 }
-            });
-            cursor = last;
-            missed |= gap;
-            for entry in candidates {
-                on_topic += 1;
-                let Some(subset) = &spec.contains else {
-                    matched += 1;
-                    continue;
-                };
-                let parsed: Option<serde_json::Value> = serde_json::from_slice(&entry.payload).ok();
-                if parsed.as_ref().is_some_and(|v| json_contains(v, subset)) {
-                    matched += 1;
-                } else if near_misses.len() < 5 {
-                    near_misses.push(serde_json::to_value(&entry).unwrap_or_default());
-                }
-            }
-            let now = Instant::now();
-            let verdict = match spec.expect.settled(matched) {
-                Some(v) => Some(v),
-                None if now >= deadline => Some(spec.expect.holds(matched)),
-                None => None,
-            };
-            if let Some(passed) = verdict {
+                scanned
+            },
+            |tally| {
                 let mut detail = format!(
-                    "{matched} message(s) on {:?}{} after cursor {}; expected {}",
+                    "{} message(s) on {:?}{} after cursor {}; expected {}",
+                    tally.matched,
                     spec.filter,
                     if spec.contains.is_some() {
-                        format!(" with the payload subset ({on_topic} on the filter)")
+                        format!(
+                            " with the payload subset ({} on the filter)",
+                            tally.selected
+                        )
                     } else {
                         String::new()
                     },
                     spec.since,
                     spec.expect
                 );
-                if missed {
+                if tally.missed {
                     detail.push_str(
                         "; some messages after the cursor were already evicted from the journal (raise --journal-capacity)",
                     );
                 }
-                return Verdict {
-                    passed,
-                    matched,
-                    expected: spec.expect.to_string(),
-                    detail,
-                    near_misses,
-                    waited_ms: now.duration_since(started).as_millis() as u64,
-                    cursor,
-                };
-            }
-            tokio::select! {
-                _ = newest.changed() => {}
-                _ = tokio::time::sleep_until(deadline) => {}
-            }
-        }
+                detail
+            },
+        )
+        .await
     }
 }

@@ -16,7 +16,7 @@ pub mod template;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::Method;
 use bytes::Bytes;
@@ -312,68 +312,44 @@ impl Stubs {
     /// settled or `within` has passed.
     pub async fn verify(&self, spec: &HttpVerifySpec) -> Verdict {
         let journal = &self.0.journal;
-        let started = Instant::now();
-        let deadline = started + spec.within;
-        let mut newest = journal.watch();
-        let mut cursor = spec.since;
-        let mut matched = 0u64;
-        let mut selected = 0u64;
-        let mut missed = false;
-        let mut near_misses = Vec::new();
-        loop {
-            newest.borrow_and_update();
-            let (last, gap) = journal.scan(cursor, |e| {
-                if !spec.filter.selects(e) {
-                    return;
-                }
-                selected += 1;
-                if spec.content_matches(e) {
-                    matched += 1;
-                } else if near_misses.len() < 5 {
-                    near_misses.push(serde_json::to_value(e).unwrap_or_default());
-                }
-            });
-            cursor = last;
-            missed |= gap;
-            let now = Instant::now();
-            let verdict = match spec.expect.settled(matched) {
-                Some(v) => Some(v),
-                None if now >= deadline => Some(spec.expect.holds(matched)),
-                None => None,
-            };
-            if let Some(passed) = verdict {
+        crate::verify::wait_for_verdict(
+            spec.expect,
+            spec.since,
+            spec.within,
+            journal.watch(),
+            |cursor, tally| {
+                journal.scan(cursor, |e| {
+                    if spec.filter.selects(e) {
+                        tally.count(spec.content_matches(e), || {
+                            serde_json::to_value(e).unwrap_or_default()
+                        });
+                    }
+                })
+            },
+            |tally| {
                 let mut detail = format!(
-                    "{matched} request(s) matched after cursor {}{}; expected {}",
+                    "{} request(s) matched after cursor {}{}; expected {}",
+                    tally.matched,
                     spec.since,
                     if spec.has_content() {
                         format!(
-                            " ({selected} selected by method/path/stub/device, the rest differed in query, headers or body)"
+                            " ({} selected by method/path/stub/device, the rest differed in query, headers or body)",
+                            tally.selected
                         )
                     } else {
                         String::new()
                     },
                     spec.expect
                 );
-                if missed {
+                if tally.missed {
                     detail.push_str(
                         "; some requests after the cursor were already evicted from the journal (raise --http-journal-capacity)",
                     );
                 }
-                return Verdict {
-                    passed,
-                    matched,
-                    expected: spec.expect.to_string(),
-                    detail,
-                    near_misses,
-                    waited_ms: now.duration_since(started).as_millis() as u64,
-                    cursor,
-                };
-            }
-            tokio::select! {
-                _ = newest.changed() => {}
-                _ = tokio::time::sleep_until(deadline.into()) => {}
-            }
-        }
+                detail
+            },
+        )
+        .await
     }
 
     /// Lets hanging requests go (at shutdown).
