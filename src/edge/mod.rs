@@ -87,6 +87,47 @@ struct Handle {
     control: mpsc::Sender<Control>,
 }
 
+/// Keeps tag and group selections current as the fleet changes.
+struct Membership(std::sync::Weak<Inner>);
+
+impl crate::fleet::MembershipObserver for Membership {
+    fn device_changed(&self, device: &str, membership: Option<(&[String], Option<&str>)>) {
+        let Some(inner) = self.0.upgrade() else {
+            return;
+        };
+        let nodes = inner.nodes.read().unwrap();
+        let mut routes = inner.tap.members.write().unwrap();
+        for handle in nodes.values() {
+            let node = &handle.node;
+            if node.spec.devices.ids.is_some() {
+                continue;
+            }
+            let belongs =
+                membership.is_some_and(|(tags, group)| node.spec.devices.follows(tags, group));
+            let mut members = node.members.lock().unwrap();
+            if belongs && !members.contains(device) {
+                let id: Arc<str> = Arc::from(device);
+                members.insert(id.clone());
+                routes.entry(id).or_default().push(node.clone());
+            } else if !belongs
+                && members.remove(device)
+                && let Some(list) = routes.get_mut(device)
+            {
+                list.retain(|n| !Arc::ptr_eq(n, node));
+                if list.is_empty() {
+                    routes.remove(device);
+                }
+            }
+        }
+        let active = !routes.is_empty();
+        drop(routes);
+        inner
+            .tap
+            .active
+            .send_if_modified(|a| std::mem::replace(a, active) != active);
+    }
+}
+
 /// Routes published readings to the nodes of their device. It holds no
 /// handle on telemetry, so the scheduler holding it makes no cycle.
 #[derive(Debug)]
@@ -144,7 +185,7 @@ impl EdgeNodes {
         });
         let (stop, stopped) = oneshot::channel();
         tokio::spawn(mqtt_in::follow(mqtt.clone(), tap.clone(), stopped));
-        Ok(Self(Arc::new(Inner {
+        let inner = Arc::new(Inner {
             rt: Runtime {
                 clock,
                 telemetry,
@@ -158,7 +199,11 @@ impl EdgeNodes {
             tap,
             store,
             _stop_follower: stop,
-        })))
+        });
+        inner
+            .fleet
+            .observe_membership(Arc::new(Membership(Arc::downgrade(&inner))));
+        Ok(Self(inner))
     }
 
     /// Starts the stored nodes (with their uplink state), then the
@@ -211,20 +256,24 @@ impl EdgeNodes {
         for (i, rule) in spec.rules.iter().enumerate() {
             self.check_rule(&spec, i, rule).await?;
         }
-        let members = self.resolve(&spec.devices)?;
+        self.resolve(&spec.devices)?;
         if store && let Some(db) = &self.0.store {
             let (db, spec) = (db.clone(), spec.clone());
             tokio::task::spawn_blocking(move || db.put(&spec, true))
                 .await
                 .expect("edge store task panicked")?;
         }
-        let node = Node::new(spec, members, self.0.rt.clock.now_ms());
         let (control, rx) = mpsc::channel(CONTROL_CAPACITY);
-        {
+        let node = {
+            // Resolved under the nodes lock: a device created meanwhile
+            // is either in the list or told to the membership observer,
+            // which waits for this lock and then sees the node.
             let mut nodes = self.0.nodes.write().unwrap();
-            if nodes.contains_key(&*node.id) {
-                return Err(EdgeError::Duplicate(node.id.to_string()));
+            if nodes.contains_key(&spec.id) {
+                return Err(EdgeError::Duplicate(spec.id));
             }
+            let members = self.resolve(&spec.devices)?;
+            let node = Node::new(spec, members, self.0.rt.clock.now_ms());
             nodes.insert(
                 node.id.to_string(),
                 Handle {
@@ -232,10 +281,11 @@ impl EdgeNodes {
                     control,
                 },
             );
-        }
+            node
+        };
         tokio::spawn(node.clone().run(self.0.rt.clone(), rx));
         self.rebuild_members();
-        tracing::info!(node = %node.id, members = node.members.len(), rules = node.spec.rules.len(), "edge node created");
+        tracing::info!(node = %node.id, members = node.members.lock().unwrap().len(), rules = node.spec.rules.len(), "edge node created");
         Ok(node.view())
     }
 
@@ -331,9 +381,9 @@ impl EdgeNodes {
         let nodes = self.0.nodes.read().unwrap();
         let mut members: HashMap<Arc<str>, Vec<Arc<Node>>> = HashMap::new();
         for handle in nodes.values() {
-            for id in &handle.node.members {
+            for id in handle.node.members.lock().unwrap().iter() {
                 members
-                    .entry(Arc::from(id.as_str()))
+                    .entry(id.clone())
                     .or_default()
                     .push(handle.node.clone());
             }

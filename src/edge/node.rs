@@ -145,7 +145,9 @@ pub(crate) struct Runtime {
 pub(crate) struct Node {
     pub id: Arc<str>,
     pub spec: EdgeNodeSpec,
-    pub members: Vec<String>,
+    /// The devices feeding the node; for a tag or group selector it follows
+    /// the fleet.
+    pub members: Mutex<std::collections::BTreeSet<Arc<str>>>,
     input: Mutex<Input>,
     counters: Mutex<Counters>,
     uplink: Mutex<Uplink>,
@@ -168,7 +170,7 @@ impl Node {
         };
         Arc::new(Self {
             id: Arc::from(spec.id.as_str()),
-            members,
+            members: Mutex::new(members.iter().map(|m| Arc::from(m.as_str())).collect()),
             input: Mutex::new(Input {
                 queue: VecDeque::new(),
                 next_seq: 1,
@@ -282,7 +284,7 @@ impl Node {
             degraded_since: c.degraded_since.map(rfc3339_ms),
             last_error: c.last_error.clone(),
             spec: self.spec.clone(),
-            members: self.members.len(),
+            members: self.members.lock().unwrap().len(),
             processed_until: rfc3339_ms(*self.processed.borrow()),
             readings: ReadingCounters {
                 r#in: c.readings_in,

@@ -58,12 +58,28 @@ pub struct DeviceSelector {
     /// These devices, whether or not they exist yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ids: Option<Vec<String>>,
-    /// The devices carrying this tag when the node is created.
+    /// The devices carrying this tag, as devices are created, deleted or
+    /// retagged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag: Option<String>,
-    /// The devices in this group when the node is created.
+    /// The devices in this group, as devices are created, deleted or
+    /// regrouped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+}
+
+impl DeviceSelector {
+    /// Whether a device with `tags` and `group` belongs, for a tag or group
+    /// selector (a list of ids is fixed: always `false` here).
+    pub fn follows(&self, tags: &[String], group: Option<&str>) -> bool {
+        if let Some(tag) = &self.tag {
+            return tags.iter().any(|t| t == tag);
+        }
+        if let Some(wanted) = &self.group {
+            return group == Some(wanted.as_str());
+        }
+        false
+    }
 }
 
 /// One pipeline stage.

@@ -86,6 +86,17 @@ struct Inner {
     /// commands on `online`). A lagging listener is told how many it
     /// missed and rescans.
     presence: broadcast::Sender<PresenceChange>,
+    /// Told when devices join, leave or change tags or group (edge nodes
+    /// that select by tag or group follow it).
+    membership: std::sync::OnceLock<Arc<dyn MembershipObserver>>,
+}
+
+/// Told, synchronously, of every device that is created, deleted, or
+/// changes its tags or group, so that selections by tag or group stay
+/// current before the call that changed them returns.
+pub trait MembershipObserver: Send + Sync {
+    /// `device` now has `tags` and `group`; `None` when it was deleted.
+    fn device_changed(&self, device: &str, membership: Option<(&[String], Option<&str>)>);
 }
 
 /// A device went online or offline.
@@ -131,6 +142,7 @@ impl Fleet {
             plugins,
             http_timeout_ms: AtomicI64::new(DEFAULT_HTTP_DEVICE_TIMEOUT_MS),
             presence: broadcast::channel(PRESENCE_EVENTS).0,
+            membership: std::sync::OnceLock::new(),
         }));
         let count = stored.len();
         let mut streams = Vec::new();
@@ -159,9 +171,27 @@ impl Fleet {
             last_seen: AtomicI64::new(i64::MIN),
             http: Default::default(),
         });
-        let id = entry.device().id.clone();
-        self.0.devices.write().unwrap().insert(id, entry.clone());
+        let device = entry.device();
+        self.0
+            .devices
+            .write()
+            .unwrap()
+            .insert(device.id.clone(), entry.clone());
+        self.membership_changed(&device.id, Some((&device.tags, device.group.as_deref())));
         entry
+    }
+
+    /// Registers the one membership observer (the edge nodes).
+    pub fn observe_membership(&self, observer: Arc<dyn MembershipObserver>) {
+        if self.0.membership.set(observer).is_err() {
+            tracing::error!("a second membership observer was refused");
+        }
+    }
+
+    fn membership_changed(&self, id: &str, membership: Option<(&[String], Option<&str>)>) {
+        if let Some(observer) = self.0.membership.get() {
+            observer.device_changed(id, membership);
+        }
     }
 
     /// The telemetry streams of a device that should stream now.
@@ -567,6 +597,9 @@ impl Fleet {
         let restream = old.state != d.state || old.sensors != d.sensors;
         let online_before = entry.presence.online_at(self.0.clock.now_ms());
         *entry.device.lock().unwrap() = Arc::new(d.clone());
+        if old.tags != d.tags || old.group != d.group {
+            self.membership_changed(id, Some((&d.tags, d.group.as_deref())));
+        }
         if !restream && old.buffer != d.buffer {
             self.0.telemetry.set_buffer(id, d.buffer).await;
         }
@@ -592,6 +625,7 @@ impl Fleet {
             .await
             .expect("store task panicked")?;
         self.0.devices.write().unwrap().remove(id);
+        self.membership_changed(id, None);
         self.0.telemetry.remove_device(id).await;
         if entry.device().simulated {
             // Clear the retained status: the device is gone.

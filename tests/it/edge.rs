@@ -985,3 +985,72 @@ plugin = "edge-aggregate"
     }
     server.stop().await;
 }
+
+/// Raw readings forwarded on a node's uplink, by device, until quiet.
+async fn uplink_devices(sub: &mut Subscriber) -> BTreeMap<String, usize> {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut by_device = BTreeMap::new();
+    for m in sub.drain() {
+        *by_device
+            .entry(m.json()["device"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    by_device
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_node_follows_devices_created_retagged_and_deleted() {
+    let server = start(FLEET).await;
+    load_test_rule(&server, "pass", "test_edge_pass.wasm").await;
+    let view = create(
+        &server,
+        json!({"id": "tagged", "devices": {"tag": "edge"}, "rules": [{"plugin": "pass"}],
+               "window_ms": 1000}),
+    )
+    .await;
+    assert_eq!(view["members"], 3);
+    let mut sub = server.subscribe("edge/tagged/uplink/readings/#").await;
+
+    // A device created with the tag joins at once.
+    let (status, body) = server
+        .post(
+            "/api/v1/devices",
+            json!({"id": "late", "tags": ["edge"],
+                   "sensors": [{"plugin": "temperature", "interval_ms": 1000}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(node(&server, "tagged").await["members"], 4);
+    advance(&server, 5_000).await;
+    let seen = uplink_devices(&mut sub).await;
+    assert_eq!(
+        seen.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["late", "t-1", "t-2", "t-3"],
+        "{seen:?}"
+    );
+    assert_eq!(seen["late"], 5, "{seen:?}");
+
+    // Retagging one member out, and the outsider in, moves them.
+    for (id, tags) in [("t-1", json!(["other"])), ("outsider", json!(["edge"]))] {
+        let response = server
+            .http
+            .patch(server.url(&format!("/api/v1/devices/{id}")))
+            .json(&json!({ "tags": tags }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    // Deleting a member takes it out.
+    let (status, _) = server.delete("/api/v1/devices/t-2").await;
+    assert_eq!(status, 204);
+    assert_eq!(node(&server, "tagged").await["members"], 3);
+    advance(&server, 5_000).await;
+    let seen = uplink_devices(&mut sub).await;
+    assert_eq!(
+        seen.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["late", "outsider", "t-3"],
+        "{seen:?}"
+    );
+    server.stop().await;
+}
