@@ -276,13 +276,12 @@ impl Server {
             http: http_addr,
             mqtt: broker.local_addr(),
         };
-        let stubs = crate::stubs::Stubs::new(seed, config.http_journal_capacity);
-        for (i, def) in scenario.stubs.iter().enumerate() {
-            let mut def = def.clone();
-            def.id
-                .get_or_insert_with(|| format!("scenario-stub-{}", i + 1));
-            stubs.add(def, "scenario")?;
-        }
+        let stubs = crate::stubs::Stubs::open(
+            config.data_dir.as_deref(),
+            seed,
+            config.http_journal_capacity,
+        )?;
+        stubs.restore(&scenario.stubs).await?;
         let state = AppState {
             addrs,
             clock: clock.clone(),

@@ -36,6 +36,7 @@ pub mod mqtt;
 pub mod plugin;
 pub mod random;
 pub mod scenario;
+pub mod sqlite;
 pub mod stubs;
 pub mod telemetry;
 pub mod verify;

@@ -13,16 +13,21 @@ use rusqlite::{Connection, params};
 
 use super::model::CommandView;
 
-const SCHEMA_VERSION: u32 = 1;
+/// Migrations, in order; entry N takes the schema from version N to N+1.
+const MIGRATIONS: &[&str] = &["CREATE TABLE commands (
+        id TEXT PRIMARY KEY NOT NULL,
+        seq INTEGER NOT NULL,
+        version INTEGER NOT NULL,
+        deadline INTEGER,
+        body TEXT NOT NULL
+    ) WITHOUT ROWID;"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommandStoreError {
     #[error("command store: {0}")]
     Sql(#[from] rusqlite::Error),
-    #[error(
-        "command store {path} has schema version {found}, newer than this iotmock knows ({SCHEMA_VERSION}); use a newer iotmock or another --data-dir"
-    )]
-    TooNew { path: String, found: u32 },
+    #[error("command store {0}")]
+    Open(#[from] crate::sqlite::OpenError),
 }
 
 pub(crate) struct CommandStore {
@@ -41,29 +46,7 @@ pub(crate) struct Stored {
 
 impl CommandStore {
     pub fn open(dir: &Path) -> Result<Self, CommandStoreError> {
-        let path = dir.join("commands.db");
-        let conn = Connection::open(&path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let version: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if version > SCHEMA_VERSION {
-            return Err(CommandStoreError::TooNew {
-                path: path.display().to_string(),
-                found: version,
-            });
-        }
-        if version < 1 {
-            conn.execute_batch(
-                "CREATE TABLE commands (
-                    id TEXT PRIMARY KEY NOT NULL,
-                    seq INTEGER NOT NULL,
-                    version INTEGER NOT NULL,
-                    deadline INTEGER,
-                    body TEXT NOT NULL
-                ) WITHOUT ROWID;
-                PRAGMA user_version = 1;",
-            )?;
-        }
+        let conn = crate::sqlite::open(Some(&dir.join("commands.db")), MIGRATIONS)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })

@@ -22,14 +22,8 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE edge_nodes (
 pub enum EdgeStoreError {
     #[error("edge node store: {0}")]
     Sql(#[from] rusqlite::Error),
-    #[error(
-        "edge node store {path} has schema version {found}, newer than this iotmock knows ({known}); use a newer iotmock or another --data-dir"
-    )]
-    TooNew {
-        path: String,
-        found: u32,
-        known: u32,
-    },
+    #[error("edge node store {0}")]
+    Open(#[from] crate::sqlite::OpenError),
 }
 
 pub(crate) struct EdgeStore {
@@ -40,25 +34,7 @@ pub(crate) struct EdgeStore {
 
 impl EdgeStore {
     pub fn open(dir: &Path) -> Result<Self, EdgeStoreError> {
-        let path = dir.join("edge.db");
-        let mut conn = Connection::open(&path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let version: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        let known = MIGRATIONS.len() as u32;
-        if version > known {
-            return Err(EdgeStoreError::TooNew {
-                path: path.display().to_string(),
-                found: version,
-                known,
-            });
-        }
-        let tx = conn.transaction()?;
-        for (n, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", n as u32 + 1)?;
-        }
-        tx.commit()?;
+        let conn = crate::sqlite::open(Some(&dir.join("edge.db")), MIGRATIONS)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })

@@ -46,14 +46,8 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("device store: a stored row is corrupt: {0}")]
     Corrupt(String),
-    #[error(
-        "device store {path} has schema version {found}, newer than this iotmock knows ({known}); use a newer iotmock or another --data-dir"
-    )]
-    TooNew {
-        path: String,
-        found: u32,
-        known: u32,
-    },
+    #[error("device store {0}")]
+    Open(#[from] crate::sqlite::OpenError),
 }
 
 pub(crate) struct Store {
@@ -66,30 +60,8 @@ impl Store {
     /// Opens (creating and migrating) `dir/iotmock.db`, or an in-memory
     /// database when `dir` is None.
     pub fn open(dir: Option<&Path>) -> Result<Self, StoreError> {
-        let (mut conn, path) = match dir {
-            Some(dir) => {
-                let path = dir.join("iotmock.db");
-                (Connection::open(&path)?, path.display().to_string())
-            }
-            None => (Connection::open_in_memory()?, ":memory:".to_string()),
-        };
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let version: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        let known = MIGRATIONS.len() as u32;
-        if version > known {
-            return Err(StoreError::TooNew {
-                path,
-                found: version,
-                known,
-            });
-        }
-        let tx = conn.transaction()?;
-        for (n, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", n as u32 + 1)?;
-        }
-        tx.commit()?;
+        let path = dir.map(|dir| dir.join("iotmock.db"));
+        let conn = crate::sqlite::open(path.as_deref(), MIGRATIONS)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })

@@ -30,6 +30,7 @@ impl From<StubError> for ApiError {
             StubError::Invalid(_) => ApiError::invalid(e.to_string()),
             StubError::Duplicate(_) => ApiError::conflict(e.to_string()),
             StubError::NotFound(_) => ApiError::not_found(e.to_string()),
+            StubError::Store(_) => ApiError::internal(e),
         }
     }
 }
@@ -44,7 +45,7 @@ pub async fn stubs_create(
     State(state): State<AppState>,
     ApiJson(def): ApiJson<StubDef>,
 ) -> Result<(StatusCode, Json<StubView>), ApiError> {
-    Ok((StatusCode::CREATED, Json(state.stubs.add(def, "api")?)))
+    Ok((StatusCode::CREATED, Json(state.stubs.create(def).await?)))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -79,7 +80,7 @@ pub async fn stubs_destroy(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.stubs.remove(&id)?;
+    state.stubs.delete(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -88,13 +89,13 @@ pub struct StubsCleared {
     pub deleted: usize,
 }
 
-/// Removes every stub (scenario ones too).
+/// Removes every stub (scenario ones too, until the next start).
 #[utoipa::path(delete, path = "/api/v1/stubs", tag = "stubs",
     responses((status = 200, body = StubsCleared)))]
-pub async fn stubs_clear(State(state): State<AppState>) -> Json<StubsCleared> {
-    Json(StubsCleared {
-        deleted: state.stubs.clear(),
-    })
+pub async fn stubs_clear(State(state): State<AppState>) -> Result<Json<StubsCleared>, ApiError> {
+    Ok(Json(StubsCleared {
+        deleted: state.stubs.delete_all().await?,
+    }))
 }
 
 /// Answers a request under `/mock/` with the matching stub (any method;

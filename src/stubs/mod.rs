@@ -10,6 +10,7 @@ pub mod journal;
 pub mod listener;
 pub mod matcher;
 pub(crate) mod serve;
+mod store;
 pub mod stub;
 pub mod template;
 
@@ -26,6 +27,7 @@ use tokio::sync::watch;
 
 pub use journal::{DEFAULT_HTTP_JOURNAL_CAPACITY, HttpEntry, HttpJournal, HttpJournalStats};
 pub use matcher::{Matcher, Mismatch, PathPattern};
+pub use store::StubStoreError;
 pub use stub::{Stub, StubDef};
 
 use crate::verify::{Expect, Verdict, json_contains};
@@ -38,6 +40,8 @@ pub enum StubError {
     Duplicate(String),
     #[error("no stub {0:?}")]
     NotFound(String),
+    #[error(transparent)]
+    Store(#[from] StubStoreError),
 }
 
 /// Path parameters captured by a stub's pattern.
@@ -105,6 +109,8 @@ struct Shared {
     journal: HttpJournal,
     /// Set at shutdown: hanging stubs let go.
     closing: watch::Sender<bool>,
+    /// API stubs, with `--data-dir`.
+    store: Option<Arc<store::StubStore>>,
 }
 
 /// Which journal entries a listing or a verify wants.
@@ -172,19 +178,135 @@ impl HttpVerifySpec {
 }
 
 impl Stubs {
-    pub fn new(seed: u64, journal_capacity: usize) -> Self {
-        Self(Arc::new(Shared {
+    /// An empty registry; with `data_dir`, stubs made over the API are
+    /// stored there (see [`restore`](Self::restore)).
+    pub fn open(
+        data_dir: Option<&std::path::Path>,
+        seed: u64,
+        journal_capacity: usize,
+    ) -> Result<Self, StubError> {
+        let store = match data_dir {
+            Some(dir) => Some(Arc::new(store::StubStore::open(dir)?)),
+            None => None,
+        };
+        Ok(Self(Arc::new(Shared {
             stubs: RwLock::default(),
             next: AtomicU64::new(1),
             seed,
             journal: HttpJournal::new(journal_capacity),
             closing: watch::Sender::new(false),
-        }))
+            store,
+        })))
     }
 
-    /// Validates and adds a stub.
-    pub fn add(&self, mut def: StubDef, source: &'static str) -> Result<StubView, StubError> {
+    /// An empty registry that stores nothing.
+    pub fn new(seed: u64, journal_capacity: usize) -> Self {
+        Self::open(None, seed, journal_capacity).expect("no store to open")
+    }
+
+    /// Adds the scenario's stubs, then the stored API stubs in their
+    /// creation order. A stored stub wins over a scenario stub with its id
+    /// (it was made later, over the API). A stored stub that no longer
+    /// compiles is logged and skipped.
+    pub async fn restore(&self, scenario: &[StubDef]) -> Result<(), StubError> {
+        let stored = match &self.0.store {
+            Some(store) => {
+                let store = store.clone();
+                tokio::task::spawn_blocking(move || store.load())
+                    .await
+                    .expect("stub store task panicked")?
+            }
+            None => Vec::new(),
+        };
+        for (i, def) in scenario.iter().enumerate() {
+            let mut def = def.clone();
+            let id = def
+                .id
+                .get_or_insert_with(|| format!("scenario-stub-{}", i + 1));
+            if stored
+                .iter()
+                .any(|(_, s)| s.id.as_deref() == Some(id.as_str()))
+            {
+                tracing::info!(stub = %id, "a stored stub replaces the scenario's");
+                continue;
+            }
+            self.add(def, "scenario")?;
+        }
+        for (order, def) in stored {
+            let id = def.id.clone().unwrap_or_default();
+            self.0.next.fetch_max(order + 1, Ordering::Relaxed);
+            if let Err(error) = self.insert(def, "api", order) {
+                tracing::warn!(stub = %id, %error, "stored stub not restored");
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates and adds a stub made over the API, and stores it with
+    /// `--data-dir`.
+    pub async fn create(&self, def: StubDef) -> Result<StubView, StubError> {
+        let mut stored = def.clone();
+        let view = self.add(def, "api")?;
+        if let Some(store) = self.0.store.clone() {
+            stored.id = Some(view.id.clone());
+            let (id, order) = (view.id.clone(), self.stub(&view.id).map_or(0, |s| s.order));
+            let saved = tokio::task::spawn_blocking(move || store.put(&id, order, &stored))
+                .await
+                .expect("stub store task panicked");
+            if let Err(error) = saved {
+                let _ = self.remove(&view.id);
+                return Err(error.into());
+            }
+        }
+        Ok(view)
+    }
+
+    /// Removes a stub, and its stored row.
+    pub async fn delete(&self, id: &str) -> Result<(), StubError> {
+        self.remove(id)?;
+        if let Some(store) = self.0.store.clone() {
+            let id = id.to_string();
+            tokio::task::spawn_blocking(move || store.delete(&id))
+                .await
+                .expect("stub store task panicked")?;
+        }
+        Ok(())
+    }
+
+    /// Removes every stub and every stored row; returns how many stubs
+    /// there were.
+    pub async fn delete_all(&self) -> Result<usize, StubError> {
+        let n = self.clear();
+        if let Some(store) = self.0.store.clone() {
+            tokio::task::spawn_blocking(move || store.clear())
+                .await
+                .expect("stub store task panicked")?;
+        }
+        Ok(n)
+    }
+
+    fn stub(&self, id: &str) -> Option<Arc<Stub>> {
+        self.0
+            .stubs
+            .read()
+            .unwrap()
+            .iter()
+            .find(|s| &*s.id == id)
+            .cloned()
+    }
+
+    /// Validates and adds a stub (in memory only).
+    pub fn add(&self, def: StubDef, source: &'static str) -> Result<StubView, StubError> {
         let order = self.0.next.fetch_add(1, Ordering::Relaxed);
+        self.insert(def, source, order)
+    }
+
+    fn insert(
+        &self,
+        mut def: StubDef,
+        source: &'static str,
+        order: u64,
+    ) -> Result<StubView, StubError> {
         let id = match def.id.take() {
             Some(id) => id,
             None => {
@@ -225,13 +347,8 @@ impl Stubs {
     }
 
     pub fn get(&self, id: &str) -> Result<StubView, StubError> {
-        self.0
-            .stubs
-            .read()
-            .unwrap()
-            .iter()
-            .find(|s| &*s.id == id)
-            .map(|s| view(s))
+        self.stub(id)
+            .map(|s| view(&s))
             .ok_or_else(|| StubError::NotFound(id.to_string()))
     }
 

@@ -671,3 +671,85 @@ async fn the_binary_serves_stubs_on_mock_http_from_its_flags() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_stubs_survive_a_restart_with_data_dir_and_deleted_ones_stay_deleted() {
+    let scenario = r#"
+[[stubs]]
+id = "time"
+request = { path = "/time" }
+response = { status = 200, body = "scenario" }
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_path_buf();
+    let boot = |data: std::path::PathBuf| {
+        TestServer::with_scenario(scenario, move |c| c.data_dir = Some(data))
+    };
+    let body_of = |server: &TestServer, path: &str| {
+        let request = server.http.get(server.url(path));
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let server = boot(data.clone()).await;
+    // Two stubs of equal priority on one path: the newer answers.
+    for (id, body) in [("older", "older"), ("newer", "newer")] {
+        add_stub(
+            &server,
+            json!({"id": id, "request": {"path": "/cfg"}, "response": {"body": body}}),
+        )
+        .await;
+    }
+    add_stub(
+        &server,
+        json!({"id": "gone", "request": {"path": "/gone"}, "response": {"body": "x"}}),
+    )
+    .await;
+    // An API stub replacing the scenario's, under its id.
+    let (status, _) = server.delete("/api/v1/stubs/time").await;
+    assert_eq!(status, 204);
+    add_stub(
+        &server,
+        json!({"id": "time", "request": {"path": "/time"}, "response": {"body": "api"}}),
+    )
+    .await;
+    let (status, _) = server.delete("/api/v1/stubs/gone").await;
+    assert_eq!(status, 204);
+    server.stop().await;
+
+    let server = boot(data.clone()).await;
+    let (_, listed) = server.get("/api/v1/stubs").await;
+    let ids: Vec<&str> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["time", "newer", "older"], "{listed}");
+    assert_eq!(body_of(&server, "/mock/cfg").await, (200, "newer".into()));
+    assert_eq!(body_of(&server, "/mock/time").await, (200, "api".into()));
+    assert_eq!(body_of(&server, "/mock/gone").await.0, 404);
+    // A stub made after the restart is newer than the restored ones.
+    add_stub(
+        &server,
+        json!({"id": "newest", "request": {"path": "/cfg"}, "response": {"body": "newest"}}),
+    )
+    .await;
+    assert_eq!(body_of(&server, "/mock/cfg").await, (200, "newest".into()));
+    // Clearing removes the stored ones too; the scenario's come back.
+    let (status, cleared) = server.delete("/api/v1/stubs").await;
+    assert_eq!((status, cleared["deleted"].as_u64()), (200, Some(4)));
+    server.stop().await;
+
+    let server = boot(data).await;
+    let (_, listed) = server.get("/api/v1/stubs").await;
+    let items = listed["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{listed}");
+    assert_eq!(items[0]["source"], "scenario");
+    assert_eq!(
+        body_of(&server, "/mock/time").await,
+        (200, "scenario".into())
+    );
+    server.stop().await;
+}

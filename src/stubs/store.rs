@@ -1,0 +1,91 @@
+//! Stubs made over the API survive a restart when a data directory is
+//! given: they live in `stubs.db` there (SQLite), one row per stub with its
+//! definition as JSON and its creation order (which breaks ties between
+//! stubs of equal priority). Scenario stubs come from the scenario at every
+//! start and are not stored; call counts and response-sequence positions
+//! start from zero after a restart.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, params};
+
+use super::stub::StubDef;
+
+/// Migrations, in order; entry N takes the schema from version N to N+1.
+const MIGRATIONS: &[&str] = &["CREATE TABLE stubs (
+        id TEXT PRIMARY KEY NOT NULL,
+        ord INTEGER NOT NULL,
+        def TEXT NOT NULL
+    ) WITHOUT ROWID;"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StubStoreError {
+    #[error("stub store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("stub store {0}")]
+    Open(#[from] crate::sqlite::OpenError),
+}
+
+pub(crate) struct StubStore {
+    // A std mutex: every use is one short synchronous SQLite call made on
+    // a blocking thread, never held across an await.
+    conn: Mutex<Connection>,
+}
+
+impl StubStore {
+    pub fn open(dir: &Path) -> Result<Self, StubStoreError> {
+        let conn = crate::sqlite::open(Some(&dir.join("stubs.db")), MIGRATIONS)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Every stored stub with its creation order, oldest first; a row that
+    /// no longer parses is skipped with a warning (and kept).
+    pub fn load(&self) -> Result<Vec<(u64, StubDef)>, StubStoreError> {
+        let conn = self.conn.lock().unwrap();
+        let mut stmt = conn.prepare("SELECT id, ord, def FROM stubs ORDER BY ord")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, ord, def) = row?;
+            match serde_json::from_str::<StubDef>(&def) {
+                Ok(def) => out.push((ord as u64, def)),
+                Err(error) => {
+                    tracing::warn!(stub = %id, %error, "stored stub no longer parses; skipped");
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn put(&self, id: &str, order: u64, def: &StubDef) -> Result<(), StubStoreError> {
+        let json = serde_json::to_string(def).expect("a stub definition serializes");
+        self.conn.lock().unwrap().execute(
+            "INSERT INTO stubs (id, ord, def) VALUES (?1, ?2, ?3)
+             ON CONFLICT (id) DO UPDATE SET ord = excluded.ord, def = excluded.def",
+            params![id, order as i64, json],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete(&self, id: &str) -> Result<(), StubStoreError> {
+        self.conn
+            .lock()
+            .unwrap()
+            .execute("DELETE FROM stubs WHERE id = ?1", params![id])?;
+        Ok(())
+    }
+
+    pub fn clear(&self) -> Result<(), StubStoreError> {
+        self.conn.lock().unwrap().execute("DELETE FROM stubs", [])?;
+        Ok(())
+    }
+}
