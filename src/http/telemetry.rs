@@ -153,6 +153,9 @@ pub struct StreamQuery {
     /// Readings queued for this subscriber while it is behind, 1 to
     /// 100,000 (default 10,000).
     pub queue: Option<usize>,
+    /// Resume after this event id (as the `Last-Event-ID` header does,
+    /// which an EventSource sends by itself when it reconnects).
+    pub after: Option<u64>,
 }
 
 /// Items sent in one chunk of the stream at most.
@@ -162,17 +165,26 @@ const STREAM_BATCH: usize = 512;
 const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Readings as they are published, as server-sent events: `event: reading`
-/// with the MQTT payload as `data`. Each subscriber has a bounded queue
-/// (`queue`, default 10,000 readings); when a slow client lets it fill, the
-/// readings that do not fit are dropped for that client and an
-/// `event: missed` with `{"missed":N}` takes their place in the stream.
-/// Every such drop is also counted in `telemetry.stream_missed` in `/health`.
+/// with the MQTT payload as `data` and the reading's journal sequence
+/// number as `id`. Each subscriber has a bounded queue (`queue`, default
+/// 10,000 readings); when a slow client lets it fill, the readings that do
+/// not fit are dropped for that client and an `event: missed` with
+/// `{"missed":N}` takes their place in the stream. Every such drop is also
+/// counted in `telemetry.stream_missed` in `/health`.
+///
+/// A client that reconnects with `Last-Event-ID` (or `after`) first gets
+/// the readings after that id the telemetry journal still holds, then the
+/// live ones, with none lost or repeated between them; when some are no
+/// longer held (evicted, or the id is from an earlier run of the server)
+/// an `event: gap` says so first.
 #[utoipa::path(get, path = "/api/v1/telemetry/stream", tag = "telemetry",
-    params(StreamQuery),
-    responses((status = 200, description = "server-sent events: `reading` and `missed`", content_type = "text/event-stream"),
+    params(StreamQuery,
+        ("Last-Event-ID" = Option<u64>, Header, description = "resume after this event id")),
+    responses((status = 200, description = "server-sent events: `reading`, `missed` and `gap`", content_type = "text/event-stream"),
         (status = 422, body = Problem)))]
 pub async fn telemetry_stream(
     State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
     query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid(format!("query: {}", e.body_text())))?;
@@ -182,41 +194,68 @@ pub async fn telemetry_stream(
             "queue must be 1 to {MAX_QUEUE} readings, got {capacity}"
         )));
     }
+    let after = match (q.after, headers.get("last-event-id")) {
+        (Some(after), _) => Some(after),
+        (None, Some(id)) => Some(
+            id.to_str()
+                .ok()
+                .and_then(|id| id.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "Last-Event-ID: give the id of the last event received, a whole number",
+                    )
+                })?,
+        ),
+        (None, None) => None,
+    };
     let filter = LiveFilter {
         dropouts: include_dropouts(&q.include)?,
         device: q.device,
         sensor: q.sensor,
     };
-    let subscription = state.telemetry.subscribe(filter, capacity);
-    // A first comment, so the client has the headers and a chunk as soon
-    // as the subscription is in place.
-    let hello = Bytes::from(format!(": subscribed, queue {capacity}\n\n"));
+    // A first chunk, so the client has the headers as soon as the
+    // subscription is in place: a comment, and what it missed if it
+    // resumes.
+    let mut first = format!(": subscribed, queue {capacity}\n\n");
+    // Live readings at or below this id were in the replay.
+    let (subscription, skip_to) = match after {
+        None => (state.telemetry.subscribe(filter, capacity), 0),
+        Some(after) => {
+            let (subscription, replay) = state.telemetry.resume(filter, capacity, after);
+            if replay.gap {
+                first.push_str(&format!(
+                    "event: gap\ndata: {{\"after\":{after},\"detail\":\"some readings after this id are no longer kept (evicted from the telemetry journal, or the id is from an earlier run)\"}}\n\n"
+                ));
+            }
+            for (seq, r) in &replay.items {
+                write_reading(&mut first, *seq, r);
+            }
+            (subscription, replay.upto)
+        }
+    };
     let events = futures_util::stream::unfold(
-        (subscription, Some(hello)),
-        |(subscription, hello)| async move {
-            if let Some(hello) = hello {
-                return Some((Ok::<_, Infallible>(hello), (subscription, None)));
+        (subscription, Some(Bytes::from(first)), skip_to),
+        |(subscription, first, skip_to)| async move {
+            if let Some(first) = first {
+                return Some((Ok::<_, Infallible>(first), (subscription, None, skip_to)));
             }
             let items = tokio::select! {
                 items = subscription.next_batch(STREAM_BATCH) => items,
                 _ = tokio::time::sleep(KEEP_ALIVE) => {
-                    return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), (subscription, None)));
+                    return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), (subscription, None, skip_to)));
                 }
             };
             let mut out = String::with_capacity(items.len() * 160);
             for item in items {
                 match item {
-                    LiveItem::Reading(r) => {
-                        out.push_str("event: reading\ndata: ");
-                        r.write_json(&mut out);
-                        out.push_str("\n\n");
-                    }
+                    LiveItem::Reading(seq, _) if seq <= skip_to => {}
+                    LiveItem::Reading(seq, r) => write_reading(&mut out, seq, &r),
                     LiveItem::Missed(n) => {
                         out.push_str(&format!("event: missed\ndata: {{\"missed\":{n}}}\n\n"));
                     }
                 }
             }
-            Some((Ok(Bytes::from(out)), (subscription, None)))
+            Some((Ok(Bytes::from(out)), (subscription, None, skip_to)))
         },
     );
     Ok((
@@ -227,4 +266,11 @@ pub async fn telemetry_stream(
         Body::from_stream(events),
     )
         .into_response())
+}
+
+fn write_reading(out: &mut String, seq: u64, r: &crate::telemetry::Reading) {
+    use std::fmt::Write;
+    let _ = write!(out, "id: {seq}\nevent: reading\ndata: ");
+    r.write_json(out);
+    out.push_str("\n\n");
 }

@@ -33,8 +33,7 @@ impl Telemetry {
             if let Some(tap) = self.stats.tap.get() {
                 tap.reading(&reading);
             }
-            self.stats.live.offer(&reading);
-            self.stats.journal.lock().unwrap().push(reading);
+            self.stats.keep(reading);
         }
         outcomes
     }

@@ -44,14 +44,65 @@ pub struct ExportFilter {
     pub dropouts: bool,
 }
 
+/// What a resuming stream client missed since its last event id.
+#[derive(Debug, Default)]
+pub struct Replay {
+    /// The readings after the cursor that are still kept, with their
+    /// sequence numbers, oldest first.
+    pub items: Vec<(u64, Reading)>,
+    /// Whether some readings after the cursor can no longer be replayed:
+    /// evicted from the journal, or the cursor comes from an earlier run of
+    /// the server (its sequence numbers started again at 1).
+    pub gap: bool,
+    /// The newest sequence number when the replay was taken: a live
+    /// subscription made before it repeats what is at or below this.
+    pub upto: u64,
+}
+
 impl Journal {
-    pub fn push(&mut self, reading: Reading) {
+    /// Keeps a reading; answers its sequence number (1, 2, ...).
+    pub fn push(&mut self, reading: Reading) -> u64 {
         if self.entries.len() >= self.capacity {
             self.entries.pop_front();
             self.evicted += 1;
         }
-        self.entries.push_back((self.next, reading));
+        let seq = self.next;
+        self.entries.push_back((seq, reading));
         self.next += 1;
+        seq
+    }
+
+    /// The reading [`push`](Self::push) kept last.
+    pub fn newest(&self) -> Option<&Reading> {
+        self.entries.back().map(|(_, r)| r)
+    }
+
+    /// The readings `wants` picks after sequence number `after`.
+    pub fn replay(&self, after: u64, wants: impl Fn(&Reading) -> bool) -> Replay {
+        if after >= self.next {
+            // A cursor from an earlier run: everything kept is new to it.
+            return Replay {
+                items: self
+                    .entries
+                    .iter()
+                    .filter(|(_, r)| wants(r))
+                    .cloned()
+                    .collect(),
+                gap: true,
+                upto: self.next - 1,
+            };
+        }
+        let first = self.entries.front().map_or(self.next, |(seq, _)| *seq);
+        Replay {
+            items: self
+                .entries
+                .iter()
+                .filter(|(seq, r)| *seq > after && wants(r))
+                .cloned()
+                .collect(),
+            gap: first > after + 1,
+            upto: self.next - 1,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -88,5 +139,44 @@ impl Journal {
             last = *seq;
         }
         (out, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::telemetry::reading::test_reading as reading;
+
+    #[test]
+    fn replay_answers_what_follows_a_cursor_and_says_when_some_is_gone() {
+        let mut journal = Journal {
+            capacity: 4,
+            ..Journal::default()
+        };
+        for ts in 1..=6 {
+            assert_eq!(
+                journal.push(reading(if ts % 2 == 0 { "a" } else { "b" }, ts)),
+                ts as u64
+            );
+        }
+        // Kept: 3..=6. After 4, for device a: 6 only, nothing missing.
+        let replay = journal.replay(4, |r| &*r.device == "a");
+        assert_eq!(
+            replay.items.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            [6]
+        );
+        assert!(!replay.gap);
+        assert_eq!(replay.upto, 6);
+        // After 1: 2 was evicted.
+        let replay = journal.replay(1, |_| true);
+        assert_eq!(replay.items.len(), 4);
+        assert!(replay.gap);
+        // After 2: nothing evicted that follows it.
+        assert!(!journal.replay(2, |_| true).gap);
+        // A cursor from an earlier run: everything kept, and a gap.
+        let replay = journal.replay(99, |_| true);
+        assert_eq!(replay.items.len(), 4);
+        assert!(replay.gap);
     }
 }

@@ -31,7 +31,7 @@ pub struct LiveFilter {
 }
 
 impl LiveFilter {
-    fn wants(&self, r: &Reading) -> bool {
+    pub fn wants(&self, r: &Reading) -> bool {
         (self.dropouts || !r.is_dropout())
             && self.device.as_deref().is_none_or(|d| d == &*r.device)
             && self.sensor.as_deref().is_none_or(|s| s == &*r.sensor)
@@ -41,7 +41,8 @@ impl LiveFilter {
 /// One item a subscriber takes from its queue.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LiveItem {
-    Reading(Reading),
+    /// A reading and its journal sequence number (the SSE event id).
+    Reading(u64, Reading),
     /// This many readings were dropped here because the queue was full.
     Missed(u64),
 }
@@ -86,9 +87,9 @@ impl std::fmt::Debug for Hub {
 }
 
 impl Hub {
-    /// Hands a reading (or a dropout record) to every subscriber that
-    /// wants it.
-    pub fn offer(&self, reading: &Reading) {
+    /// Hands a reading (or a dropout record), with its journal sequence
+    /// number, to every subscriber that wants it.
+    pub fn offer(&self, seq: u64, reading: &Reading) {
         if self.count.load(Ordering::Relaxed) == 0 {
             return;
         }
@@ -98,7 +99,7 @@ impl Hub {
             }
             let mut q = sub.queue.lock().unwrap();
             if q.readings < sub.capacity {
-                q.items.push_back(LiveItem::Reading(reading.clone()));
+                q.items.push_back(LiveItem::Reading(seq, reading.clone()));
                 q.readings += 1;
             } else {
                 match q.items.back_mut() {
@@ -156,7 +157,7 @@ impl LiveSubscription {
                     let batch: Vec<LiveItem> = q.items.drain(..n).collect();
                     q.readings -= batch
                         .iter()
-                        .filter(|i| matches!(i, LiveItem::Reading(_)))
+                        .filter(|i| matches!(i, LiveItem::Reading(..)))
                         .count();
                     return batch;
                 }
@@ -189,37 +190,28 @@ impl Drop for LiveSubscription {
 mod tests {
     use super::*;
 
-    fn reading(device: &str, ts: i64) -> Reading {
-        Reading {
-            device: device.into(),
-            sensor: "temperature".into(),
-            ts,
-            value: 1.0,
-            unit_json: "\"celsius\"".into(),
-            anomaly: None,
-        }
-    }
+    use crate::telemetry::reading::test_reading as reading;
 
     #[tokio::test]
     async fn a_full_queue_marks_the_gap_and_counts_it() {
         let hub = Arc::new(Hub::default());
         let sub = hub.subscribe(LiveFilter::default(), 2);
         for ts in 0..5 {
-            hub.offer(&reading("a", ts));
+            hub.offer(ts as u64 + 1, &reading("a", ts));
         }
         let batch = sub.next_batch(10).await;
         assert_eq!(
             batch,
             vec![
-                LiveItem::Reading(reading("a", 0)),
-                LiveItem::Reading(reading("a", 1)),
+                LiveItem::Reading(1, reading("a", 0)),
+                LiveItem::Reading(2, reading("a", 1)),
                 LiveItem::Missed(3)
             ]
         );
-        hub.offer(&reading("a", 5));
+        hub.offer(6, &reading("a", 5));
         assert_eq!(
             sub.next_batch(10).await,
-            vec![LiveItem::Reading(reading("a", 5))]
+            vec![LiveItem::Reading(6, reading("a", 5))]
         );
         assert_eq!(sub.missed(), 3);
         assert_eq!(hub.missed.load(Ordering::Relaxed), 3);
@@ -237,17 +229,15 @@ mod tests {
             },
             10,
         );
-        hub.offer(&reading("a", 1));
-        hub.offer(&Reading::dropout(
-            "b".into(),
-            "temperature".into(),
+        hub.offer(1, &reading("a", 1));
+        hub.offer(
             2,
-            "\"celsius\"".into(),
-        ));
-        hub.offer(&reading("b", 3));
+            &Reading::dropout("b".into(), "temperature".into(), 2, "\"celsius\"".into()),
+        );
+        hub.offer(3, &reading("b", 3));
         assert_eq!(
             sub.next_batch(10).await,
-            vec![LiveItem::Reading(reading("b", 3))]
+            vec![LiveItem::Reading(3, reading("b", 3))]
         );
     }
 }

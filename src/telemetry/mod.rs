@@ -62,6 +62,21 @@ pub struct TelemetryStats {
     pub tap: std::sync::OnceLock<Arc<dyn ReadingTap>>,
 }
 
+impl TelemetryStats {
+    /// Keeps a published reading (or a dropout record) in the journal and
+    /// hands it to the live subscribers with its sequence number, under the
+    /// journal lock, so subscribers see sequence numbers in order.
+    pub fn keep(&self, reading: Reading) {
+        let mut journal = self.journal.lock().unwrap();
+        let seq = journal.push(reading);
+        if self.live.subscribers() > 0
+            && let Some(kept) = journal.newest()
+        {
+            self.live.offer(seq, kept);
+        }
+    }
+}
+
 /// Something that sees every reading as it is published (edge nodes). It
 /// is called on the scheduler's task, so it must be quick and not block.
 pub trait ReadingTap: Send + Sync + std::fmt::Debug {
@@ -166,6 +181,28 @@ impl Telemetry {
     /// it is full).
     pub fn subscribe(&self, filter: LiveFilter, capacity: usize) -> LiveSubscription {
         self.stats.live.subscribe(filter, capacity)
+    }
+
+    /// Subscribes like [`subscribe`](Self::subscribe), and answers what the
+    /// journal still holds after sequence number `after` for the same
+    /// filter. The subscription starts first, so a reading is in the
+    /// replay, in the subscription, or in both (then with a sequence number
+    /// the replay already passed): none falls between.
+    pub fn resume(
+        &self,
+        filter: LiveFilter,
+        capacity: usize,
+        after: u64,
+    ) -> (LiveSubscription, journal::Replay) {
+        let replay_filter = filter.clone();
+        let subscription = self.stats.live.subscribe(filter, capacity);
+        let replay = self
+            .stats
+            .journal
+            .lock()
+            .unwrap()
+            .replay(after, |r| replay_filter.wants(r));
+        (subscription, replay)
     }
 
     /// Recent readings matching `filter`, oldest first, and the cursor for

@@ -73,6 +73,19 @@ impl Reading {
     }
 }
 
+/// A one-degree temperature reading of `device` at `ts`, for tests.
+#[cfg(test)]
+pub(crate) fn test_reading(device: &str, ts: i64) -> Reading {
+    Reading {
+        device: device.into(),
+        sensor: "temperature".into(),
+        ts,
+        value: 1.0,
+        unit_json: "\"celsius\"".into(),
+        anomaly: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

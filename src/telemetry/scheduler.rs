@@ -213,6 +213,12 @@ impl Scheduler {
                 },
                 _ = wait(&self.clock, manual.as_mut(), next_due) => {}
             }
+            // Every change already sent goes in before production: a
+            // device's streams replaced (remove, then add) before a clock
+            // advance must not have the span produced between the two.
+            while let Ok(message) = control.try_recv() {
+                self.apply(message);
+            }
             let now = self.clock.now_ms();
             if !self.waiting.is_empty() {
                 self.flush_online(now).await;
@@ -401,8 +407,7 @@ impl Scheduler {
             if reading.is_dropout() {
                 // Ground truth for the export and the live stream; never
                 // published on MQTT.
-                self.stats.live.offer(&reading);
-                self.stats.journal.lock().unwrap().push(reading);
+                self.stats.keep(reading);
                 continue;
             }
             let stream = self.streams[idx].as_mut().expect("live stream");
@@ -426,8 +431,7 @@ impl Scheduler {
         if let Some(tap) = self.stats.tap.get() {
             tap.reading(&reading);
         }
-        self.stats.live.offer(&reading);
-        self.stats.journal.lock().unwrap().push(reading);
+        self.stats.keep(reading);
     }
 
     fn buffer(&mut self, idx: usize, reading: Reading) {

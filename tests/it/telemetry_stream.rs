@@ -13,6 +13,7 @@ use crate::support::{TestServer, WAIT};
 struct Event {
     kind: String,
     data: Value,
+    id: Option<u64>,
 }
 
 /// An SSE reader over a real reqwest response.
@@ -23,12 +24,19 @@ struct EventStream {
 
 impl EventStream {
     async fn open(server: &TestServer, query: &str) -> Self {
-        let response = server
+        Self::open_after(server, query, None).await
+    }
+
+    /// Opens the stream as a reconnecting EventSource does, with the id of
+    /// the last event it received.
+    async fn open_after(server: &TestServer, query: &str, last_event_id: Option<u64>) -> Self {
+        let mut request = server
             .http
-            .get(server.url(&format!("/api/v1/telemetry/stream{query}")))
-            .send()
-            .await
-            .expect("GET stream");
+            .get(server.url(&format!("/api/v1/telemetry/stream{query}")));
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id.to_string());
+        }
+        let response = request.send().await.expect("GET stream");
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["content-type"], "text/event-stream");
         Self {
@@ -45,15 +53,18 @@ impl EventStream {
                 let block: String = self.pending.drain(..end + 2).collect();
                 let mut kind = "message".to_string();
                 let mut data = None;
+                let mut id = None;
                 for line in block.lines() {
                     if let Some(k) = line.strip_prefix("event: ") {
                         kind = k.to_string();
+                    } else if let Some(i) = line.strip_prefix("id: ") {
+                        id = Some(i.parse().expect("a numeric event id"));
                     } else if let Some(d) = line.strip_prefix("data: ") {
                         data = Some(serde_json::from_str(d).expect("JSON data"));
                     }
                 }
                 if let Some(data) = data {
-                    return Event { kind, data };
+                    return Event { kind, data, id };
                 }
                 continue;
             }
@@ -420,6 +431,68 @@ async fn telemetry_dropouts_are_in_the_export_on_request_and_never_on_mqtt() {
     let response = server
         .http
         .get(server.url("/api/v1/telemetry?include=gaps"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 422);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_stream_client_resumes_after_its_last_event_id() {
+    let server = TestServer::with_scenario(FLEET, |c| c.clock = ClockMode::Manual).await;
+    let advance = |ms: i64| {
+        let request = server
+            .http
+            .post(server.url("/api/v1/clock/advance"))
+            .json(&json!({ "ms": ms }));
+        async move { assert_eq!(request.send().await.unwrap().status(), 200) }
+    };
+    let query = "?device=t-1&sensor=temperature";
+    let mut stream = EventStream::open(&server, query).await;
+    advance(3_000).await;
+    let mut first = Vec::new();
+    for _ in 0..3 {
+        first.push(stream.next().await);
+    }
+    let ids: Vec<u64> = first.iter().map(|e| e.id.expect("an id")).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids grow: {ids:?}");
+    // The client drops after the second event; more readings come while
+    // it is away.
+    drop(stream);
+    advance(4_000).await;
+
+    let mut resumed = EventStream::open_after(&server, query, Some(ids[1])).await;
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        got.push(resumed.next().await);
+    }
+    assert!(got.iter().all(|e| e.kind == "reading"), "{got:?}");
+    assert_eq!(got[0], first[2], "the third reading again, as it was");
+    let ms = |e: &Event| iotmock::clock::parse_rfc3339_ms(e.data["ts"].as_str().unwrap()).unwrap();
+    let steps: Vec<i64> = got.windows(2).map(|w| ms(&w[1]) - ms(&w[0])).collect();
+    assert_eq!(
+        steps, [1000; 4],
+        "every reading after the last one seen, once, in order: {got:?}"
+    );
+    assert!(got.windows(2).all(|w| w[0].id < w[1].id));
+    // Then the live ones, with nothing repeated.
+    advance(1_000).await;
+    let live = resumed.next().await;
+    assert_eq!(ms(&live) - ms(&got[4]), 1000, "{live:?}");
+    assert!(live.id > got[4].id);
+
+    // An id the journal cannot answer for (from an earlier run) says so,
+    // then replays what is kept.
+    let mut stale = EventStream::open_after(&server, query, Some(u64::MAX / 2)).await;
+    let gap = stale.next().await;
+    assert_eq!(gap.kind, "gap", "{gap:?}");
+    assert_eq!(stale.next().await, first[0]);
+
+    let response = server
+        .http
+        .get(server.url("/api/v1/telemetry/stream"))
+        .header("Last-Event-ID", "yesterday")
         .send()
         .await
         .unwrap();
