@@ -22,6 +22,10 @@ pub struct Health {
     pub clock: ClockView,
     pub telemetry: TelemetryCounters,
     pub commands: CommandCounters,
+    /// The MQTT message journal (`GET /mqtt/messages`, verify).
+    pub mqtt_journal: crate::mqtt::JournalStats,
+    /// The HTTP request journal (`GET /http/requests`, verify).
+    pub http_journal: crate::stubs::HttpJournalStats,
 }
 
 /// Whether the server is up, where it listens, and its counters.
@@ -36,6 +40,8 @@ pub async fn health_show(State(state): State<AppState>) -> Json<Health> {
         clock: clock_view(&state),
         telemetry: state.telemetry.counters(),
         commands: state.commands.counters(),
+        mqtt_journal: state.mqtt.status().journal,
+        http_journal: state.stubs.journal().stats(),
     })
 }
 
@@ -192,6 +198,32 @@ pub async fn metrics_show(State(state): State<AppState>) -> impl IntoResponse {
         "commands_tap_dropped_total",
         "Acks the engine had no room for.",
         c.tap_dropped,
+    );
+    let mqtt = state.mqtt.status();
+    counter(
+        "mqtt_journal_evicted_total",
+        "MQTT messages evicted from the journal (raise --journal-capacity).",
+        mqtt.journal.evicted,
+    );
+    counter(
+        "mqtt_outage_dropped_total",
+        "In-process QoS 0 publishes dropped while the broker was down.",
+        mqtt.outage_policy.dropped,
+    );
+    counter(
+        "mqtt_outage_evicted_total",
+        "Publishes held during an outage that the full buffer evicted.",
+        mqtt.outage_policy.held_evicted,
+    );
+    counter(
+        "http_journal_evicted_total",
+        "HTTP requests evicted from the journal (raise --http-journal-capacity).",
+        state.stubs.journal().stats().evicted,
+    );
+    let _ = writeln!(
+        out,
+        "# HELP iotmock_mqtt_clients Connected MQTT clients.\n# TYPE iotmock_mqtt_clients gauge\niotmock_mqtt_clients {}",
+        mqtt.clients
     );
     let _ = writeln!(
         out,

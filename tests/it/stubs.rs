@@ -599,6 +599,22 @@ async fn the_request_journal_is_bounded_and_counts_evictions() {
         .map(|e| e["path"].as_str().unwrap())
         .collect();
     assert_eq!(paths, ["/p/2", "/p/3"]);
+    // The eviction shows where operators look too.
+    let (_, health) = server.get("/api/v1/health").await;
+    assert_eq!(health["http_journal"]["evicted"], 1, "{health}");
+    let metrics = server
+        .http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("iotmock_http_journal_evicted_total 1\n"),
+        "{metrics}"
+    );
     let (_, v) = server
         .post("/api/v1/http/verify", json!({"path": "/p", "exactly": 3}))
         .await;
