@@ -592,12 +592,22 @@ impl Scheduler {
     }
 }
 
+/// On a running clock, how long (wall time) the scheduler lets due
+/// readings gather after the first one falls due, so that readings due
+/// within it share one round: one plugin call per sensor model and one
+/// pass through publishing, instead of one each. Every reading keeps its
+/// own timestamp; it goes out at most this much later.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(20);
+
 async fn wait(clock: &Clock, manual: Option<&mut watch::Receiver<i64>>, next_due: Option<i64>) {
     match (manual, next_due) {
         (Some(rx), _) => {
             let _ = rx.changed().await;
         }
-        (None, Some(t)) => clock.sleep_until(t).await,
+        (None, Some(t)) => {
+            clock.sleep_until(t).await;
+            tokio::time::sleep(GATHER).await;
+        }
         (None, None) => std::future::pending().await,
     }
 }
