@@ -92,6 +92,12 @@ fn bench_harness_smoke_run_reports_every_part() {
     );
     assert!(results["plugins"]["sampling"]["readings"].as_u64().unwrap() > 0);
     assert!(
+        results["plugins"]["edge_rule_calls"]["calls"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert!(
         results["plugins"]["hot_reload"]["latency"]["n"]
             .as_u64()
             .unwrap()

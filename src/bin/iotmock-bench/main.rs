@@ -902,10 +902,22 @@ fn plugins_part(
         ),
         status(sampling.readings_per_cpu_s >= OUR_SAMPLES),
     ]);
+    progress("plugins: edge-rule calls...");
+    let edge = std::thread::spawn(move || sampling::edge_calls(time))
+        .join()
+        .map_err(|_| anyhow::anyhow!("the edge-rule thread panicked"))??;
     table.row(vec![
-        "edge-rule calls/s".into(),
+        format!(
+            "edge-rule calls/s ({}, {} readings per call, 1 worker)",
+            edge.rule, edge.per_call
+        ),
         "-".into(),
-        format!("{NOT_AVAILABLE} (no edge-rule call path in the plugin host)"),
+        format!(
+            "{}/s wall clock, {}/CPU-s ({} readings/s)",
+            thousands(edge.calls_per_s),
+            thousands(edge.calls_per_cpu_s),
+            thousands(edge.calls_per_s * edge.per_call as f64)
+        ),
         "n/a".into(),
     ]);
     progress("plugins: hot reload...");
@@ -937,7 +949,7 @@ fn plugins_part(
     };
     raw.insert(
         "plugins".into(),
-        json!({"sampling": sampling, "hot_reload": reload_json}),
+        json!({"sampling": sampling, "edge_rule_calls": edge, "hot_reload": reload_json}),
     );
     Ok(table)
 }

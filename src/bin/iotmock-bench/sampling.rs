@@ -1,12 +1,16 @@
-//! Sensor samples per second per core: the plugin host with one worker
-//! thread, batched calls of the built-in `temperature` plugin, the same
-//! path the telemetry scheduler takes.
+//! Plugin call rates: sensor samples per second per core (the plugin host
+//! with one worker thread, batched calls of the built-in `temperature`
+//! plugin, the same path the telemetry scheduler takes) and edge-rule calls
+//! per second (the path edge nodes take).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
-use iotmock::plugin::{CallContext, DeviceSlot, PluginHost, PluginLimits, SampleRequest};
+use iotmock::plugin::{
+    CallBudget, CallContext, DeviceSlot, EdgeReading, EdgeWindow, PluginHost, PluginLimits,
+    SampleRequest,
+};
 use iotmock::random::DeviceRng;
 use serde::Serialize;
 
@@ -104,5 +108,120 @@ pub fn sampling(per_call: usize, time: Duration) -> anyhow::Result<Sampling> {
         } else {
             f64::NAN
         },
+    })
+}
+
+/// Readings in one edge-rule call: a window of 100 devices' readings.
+pub const EDGE_BATCH: usize = 100;
+const EDGE_RULE: &str = "edge-threshold";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EdgeCalls {
+    pub rule: &'static str,
+    pub per_call: usize,
+    pub calls: u64,
+    pub wall_s: f64,
+    pub calls_per_s: f64,
+    pub cpu_s: f64,
+    /// Calls per second of CPU (caller and worker).
+    pub calls_per_cpu_s: f64,
+}
+
+/// Edge-rule calls per second: the built-in `edge-threshold` rule over
+/// windows of [`EDGE_BATCH`] readings, through the plugin host's async
+/// call path (the one edge nodes take), one worker, driven from a
+/// current-thread runtime on this thread.
+pub fn edge_calls(time: Duration) -> anyhow::Result<EdgeCalls> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let host = PluginHost::start(PluginLimits {
+            workers: 1,
+            ..Default::default()
+        })
+        .map_err(|e| anyhow!("starting the plugin host: {e}"))?;
+        let config: Arc<str> = Arc::from(r#"{"min": 20.0, "max": 30.0}"#);
+        let mut ctx = CallContext {
+            now: START_TS,
+            slots: vec![DeviceSlot {
+                rng: DeviceRng::derive(42, "bench-node", "edge"),
+                state: None,
+            }],
+        };
+        let mut state = Vec::new();
+        let mut seq = 0u64;
+        let mut window_start = START_TS;
+        let mut call = async |ctx: CallContext| -> anyhow::Result<CallContext> {
+            let readings: Vec<EdgeReading> = (0..EDGE_BATCH)
+                .map(|i| {
+                    seq += 1;
+                    EdgeReading {
+                        device: format!("bench-{i:03}"),
+                        sensor: "temperature".into(),
+                        ts: window_start + i as i64,
+                        value: 15.0 + (seq % 20) as f64,
+                        unit: "celsius".into(),
+                        seq,
+                    }
+                })
+                .collect();
+            let window = EdgeWindow {
+                start: window_start,
+                end: window_start + 1_000,
+            };
+            window_start += 1_000;
+            let budget = CallBudget {
+                timeout: Duration::from_millis(250),
+                max_memory_bytes: 16 << 20,
+            };
+            let (result, ctx) = host
+                .process_edge(
+                    EDGE_RULE,
+                    config.clone(),
+                    std::mem::take(&mut state),
+                    window,
+                    readings,
+                    ctx,
+                    budget,
+                )
+                .await;
+            let outcome = result.map_err(|e| anyhow!("{EDGE_RULE} call: {e}"))?;
+            if outcome.actions.is_empty() {
+                bail!("{EDGE_RULE} forwarded nothing of a window with readings in range");
+            }
+            state = outcome.state;
+            Ok(ctx)
+        };
+        let warm = Instant::now();
+        while warm.elapsed() < time / 8 + Duration::from_millis(10) {
+            ctx = call(ctx).await?;
+        }
+        let me = std::process::id();
+        let cpu_before = crate::procs::sched_time(me).unwrap_or_default();
+        let start = Instant::now();
+        let mut calls = 0u64;
+        while start.elapsed() < time {
+            ctx = call(ctx).await?;
+            calls += 1;
+        }
+        let wall = start.elapsed().as_secs_f64();
+        let cpu = crate::procs::sched_time(me)
+            .unwrap_or_default()
+            .saturating_sub(cpu_before)
+            .as_secs_f64();
+        Ok(EdgeCalls {
+            rule: EDGE_RULE,
+            per_call: EDGE_BATCH,
+            calls,
+            wall_s: wall,
+            calls_per_s: calls as f64 / wall,
+            cpu_s: cpu,
+            calls_per_cpu_s: if cpu > 0.0 {
+                calls as f64 / cpu
+            } else {
+                f64::NAN
+            },
+        })
     })
 }
