@@ -986,11 +986,10 @@ plugin = "edge-aggregate"
     server.stop().await;
 }
 
-/// Raw readings forwarded on a node's uplink, by device, until quiet.
-async fn uplink_devices(sub: &mut Subscriber) -> BTreeMap<String, usize> {
-    tokio::time::sleep(Duration::from_millis(300)).await;
+/// Exactly `n` raw readings forwarded on a node's uplink, counted by device.
+async fn uplink_devices(sub: &mut Subscriber, n: usize) -> BTreeMap<String, usize> {
     let mut by_device = BTreeMap::new();
-    for m in sub.drain() {
+    for m in collect(sub, n).await {
         *by_device
             .entry(m.json()["device"].as_str().unwrap().to_string())
             .or_insert(0) += 1;
@@ -1022,13 +1021,17 @@ async fn a_tag_node_follows_devices_created_retagged_and_deleted() {
     assert_eq!(status, 201, "{body}");
     assert_eq!(node(&server, "tagged").await["members"], 4);
     advance(&server, 5_000).await;
-    let seen = uplink_devices(&mut sub).await;
+    // Five readings each from the three members and the newcomer.
+    let seen = uplink_devices(&mut sub, 20).await;
     assert_eq!(
-        seen.keys().map(String::as_str).collect::<Vec<_>>(),
-        ["late", "t-1", "t-2", "t-3"],
-        "{seen:?}"
+        seen.into_iter().collect::<Vec<_>>(),
+        [
+            ("late".to_string(), 5),
+            ("t-1".to_string(), 5),
+            ("t-2".to_string(), 5),
+            ("t-3".to_string(), 5)
+        ]
     );
-    assert_eq!(seen["late"], 5, "{seen:?}");
 
     // Retagging one member out, and the outsider in, moves them.
     for (id, tags) in [("t-1", json!(["other"])), ("outsider", json!(["edge"]))] {
@@ -1046,11 +1049,14 @@ async fn a_tag_node_follows_devices_created_retagged_and_deleted() {
     assert_eq!(status, 204);
     assert_eq!(node(&server, "tagged").await["members"], 3);
     advance(&server, 5_000).await;
-    let seen = uplink_devices(&mut sub).await;
+    let seen = uplink_devices(&mut sub, 15).await;
     assert_eq!(
-        seen.keys().map(String::as_str).collect::<Vec<_>>(),
-        ["late", "outsider", "t-3"],
-        "{seen:?}"
+        seen.into_iter().collect::<Vec<_>>(),
+        [
+            ("late".to_string(), 5),
+            ("outsider".to_string(), 5),
+            ("t-3".to_string(), 5)
+        ]
     );
     server.stop().await;
 }
