@@ -68,6 +68,11 @@ impl HttpLink {
         }
     }
 
+    /// Long polls of the device waiting now.
+    pub(super) fn polling(&self) -> u32 {
+        self.inner.lock().unwrap().polling
+    }
+
     pub(super) fn reported(&self) -> Option<ReportedState> {
         let inner = self.inner.lock().unwrap();
         inner.reported.as_ref().map(|(state, at)| ReportedState {

@@ -883,6 +883,7 @@ impl Fleet {
                 protocol: entry.http.protocol(),
                 last_seen: (last_seen != i64::MIN).then(|| rfc3339_ms(last_seen)),
                 connect_count: entry.connect_count.load(Ordering::Relaxed),
+                polling: entry.http.polling(),
             },
             buffer: d.buffer,
             telemetry: DeviceTelemetry {

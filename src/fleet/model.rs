@@ -255,6 +255,9 @@ pub struct ConnectivityView {
     pub protocol: Option<&'static str>,
     pub last_seen: Option<String>,
     pub connect_count: u64,
+    /// Long polls (`GET /devices/{id}/commands/next`) waiting now; an HTTP
+    /// device stays online while one waits.
+    pub polling: u32,
 }
 
 /// A device as the API shows it.

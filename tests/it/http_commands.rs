@@ -225,7 +225,7 @@ async fn a_device_waiting_in_a_long_poll_stays_online() {
     let mut status_sub = server.subscribe("devices/hd-1/status").await;
     let poll = {
         let http = server.http.clone();
-        let url = server.url("/api/v1/devices/hd-1/commands/next?wait_ms=1500");
+        let url = server.url("/api/v1/devices/hd-1/commands/next?wait_ms=5000");
         let password = password.clone();
         tokio::spawn(async move {
             http.get(url)
@@ -237,9 +237,16 @@ async fn a_device_waiting_in_a_long_poll_stays_online() {
         })
     };
     assert_eq!(status_sub.next().await.payload, b"online");
-    // The poll is open once its request is through authentication (which
-    // published `online`); give the handler a moment to start waiting.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The device's view counts the poll once it waits.
+    let deadline = std::time::Instant::now() + crate::support::WAIT;
+    loop {
+        let (_, device) = server.get("/api/v1/devices/hd-1").await;
+        if device["connectivity"]["polling"] == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{device}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // 40 s of simulated time pass while the device waits.
     server
         .post("/api/v1/clock/advance", json!({"ms": 40_000}))
@@ -248,6 +255,8 @@ async fn a_device_waiting_in_a_long_poll_stays_online() {
     let (_, device) = server.get("/api/v1/devices/hd-1").await;
     assert_eq!(device["connectivity"]["state"], "online", "{device}");
     assert_eq!(poll.await.unwrap(), 204);
+    let (_, device) = server.get("/api/v1/devices/hd-1").await;
+    assert_eq!(device["connectivity"]["polling"], 0, "{device}");
     // Silent from the end of the poll: offline 30 s later.
     server
         .post("/api/v1/clock/advance", json!({"ms": 29_000}))
