@@ -602,15 +602,7 @@ async fn the_request_journal_is_bounded_and_counts_evictions() {
     // The eviction shows where operators look too.
     let (_, health) = server.get("/api/v1/health").await;
     assert_eq!(health["http_journal"]["evicted"], 1, "{health}");
-    let metrics = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.get_text("/metrics").await;
     assert!(
         metrics.contains("iotmock_http_journal_evicted_total 1\n"),
         "{metrics}"

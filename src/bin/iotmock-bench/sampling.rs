@@ -32,6 +32,35 @@ pub struct Sampling {
     pub readings_per_cpu_s: f64,
 }
 
+/// A measured stretch: wall time and this process's CPU time.
+struct Span {
+    wall: Instant,
+    cpu: Duration,
+}
+
+impl Span {
+    fn start() -> Self {
+        Self {
+            cpu: crate::procs::sched_time(std::process::id()).unwrap_or_default(),
+            wall: Instant::now(),
+        }
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.wall.elapsed()
+    }
+
+    /// Wall seconds and CPU seconds since the start.
+    fn end(&self) -> (f64, f64) {
+        let wall = self.wall.elapsed().as_secs_f64();
+        let cpu = crate::procs::sched_time(std::process::id())
+            .unwrap_or_default()
+            .saturating_sub(self.cpu)
+            .as_secs_f64();
+        (wall, cpu)
+    }
+}
+
 /// Runs on the calling (plain, non-async) thread: the blocking API of the
 /// host must not run on an async runtime thread.
 pub fn sampling(per_call: usize, time: Duration) -> anyhow::Result<Sampling> {
@@ -81,20 +110,14 @@ pub fn sampling(per_call: usize, time: Duration) -> anyhow::Result<Sampling> {
         ctx = call(ctx, ts)?;
         ts += 1_000;
     }
-    let me = std::process::id();
-    let cpu_before = crate::procs::sched_time(me).unwrap_or_default();
-    let start = Instant::now();
+    let span = Span::start();
     let mut calls = 0u64;
-    while start.elapsed() < time {
+    while span.elapsed() < time {
         ctx = call(ctx, ts)?;
         ts += 1_000;
         calls += 1;
     }
-    let wall = start.elapsed().as_secs_f64();
-    let cpu = crate::procs::sched_time(me)
-        .unwrap_or_default()
-        .saturating_sub(cpu_before)
-        .as_secs_f64();
+    let (wall, cpu) = span.end();
     let readings = calls * per_call as u64;
     Ok(Sampling {
         per_call,
@@ -197,19 +220,13 @@ pub fn edge_calls(time: Duration) -> anyhow::Result<EdgeCalls> {
         while warm.elapsed() < time / 8 + Duration::from_millis(10) {
             ctx = call(ctx).await?;
         }
-        let me = std::process::id();
-        let cpu_before = crate::procs::sched_time(me).unwrap_or_default();
-        let start = Instant::now();
+        let span = Span::start();
         let mut calls = 0u64;
-        while start.elapsed() < time {
+        while span.elapsed() < time {
             ctx = call(ctx).await?;
             calls += 1;
         }
-        let wall = start.elapsed().as_secs_f64();
-        let cpu = crate::procs::sched_time(me)
-            .unwrap_or_default()
-            .saturating_sub(cpu_before)
-            .as_secs_f64();
+        let (wall, cpu) = span.end();
         Ok(EdgeCalls {
             rule: EDGE_RULE,
             per_call: EDGE_BATCH,

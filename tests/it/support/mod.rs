@@ -62,6 +62,13 @@ impl TestServer {
         decode(response).await
     }
 
+    /// The body of a GET as text (exports, metrics), after checking 200.
+    pub async fn get_text(&self, path: &str) -> String {
+        let response = self.http.get(self.url(path)).send().await.expect("GET");
+        assert_eq!(response.status(), 200, "GET {path}");
+        response.text().await.expect("a text body")
+    }
+
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         let response = self
             .http
