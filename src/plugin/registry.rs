@@ -219,6 +219,7 @@ impl Registry {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        config.cache(compile_cache());
         let engine = Engine::new(&config).expect("wasmtime engine configuration is valid");
         spawn_epoch_ticker(engine.weak());
 
@@ -477,6 +478,30 @@ fn first_line(e: &wasmtime::Error) -> String {
         .next()
         .unwrap_or_default()
         .to_string()
+}
+
+/// wasmtime's cache of compiled code on disk: a component compiled once
+/// (the built-ins at every start, a test plugin in every test server) is
+/// loaded instead of compiled the next time, keyed by its bytes, the
+/// wasmtime version and the engine settings. In `IOTMOCK_CACHE_DIR` if set
+/// (empty turns it off), else wasmtime's default under the user's cache
+/// directory. A cache that cannot start only costs compiles.
+fn compile_cache() -> Option<wasmtime::Cache> {
+    let mut config = wasmtime::CacheConfig::new();
+    match std::env::var_os("IOTMOCK_CACHE_DIR") {
+        Some(dir) if dir.is_empty() => return None,
+        Some(dir) => {
+            config.with_directory(std::path::PathBuf::from(dir));
+        }
+        None => {}
+    }
+    match wasmtime::Cache::new(config) {
+        Ok(cache) => Some(cache),
+        Err(error) => {
+            tracing::debug!(%error, "no cache of compiled plugins");
+            None
+        }
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
