@@ -99,18 +99,24 @@ impl Clock {
 
     /// Moves a manual clock forward; returns the new time.
     pub fn advance(&self, ms: i64) -> Result<i64, ClockError> {
-        if self.0.mode != ClockMode::Manual {
-            return Err(ClockError::NotManual(self.0.mode));
-        }
-        if ms <= 0 {
-            return Err(ClockError::BadStep(ms));
-        }
+        self.check_advance(ms)?;
         let mut now = 0;
         self.0.manual.send_modify(|t| {
             *t += ms;
             now = *t;
         });
         Ok(now)
+    }
+
+    /// Whether [`advance`](Self::advance) would take a step of `ms`.
+    pub fn check_advance(&self, ms: i64) -> Result<(), ClockError> {
+        if self.0.mode != ClockMode::Manual {
+            return Err(ClockError::NotManual(self.0.mode));
+        }
+        if ms <= 0 {
+            return Err(ClockError::BadStep(ms));
+        }
+        Ok(())
     }
 
     /// Notified on every move of a manual clock.

@@ -14,9 +14,10 @@
 //! memory.
 //!
 //! Membership: `ids` names devices whether or not they exist yet (one
-//! created later with a listed id joins); `tag` and `group` are resolved
-//! against the fleet when the node is created, and devices added or
-//! re-tagged later do not join (create the node again to pick them up).
+//! created later with a listed id joins); `tag` and `group` follow the
+//! fleet: the fleet tells a membership observer of every device created,
+//! deleted, re-tagged or regrouped, and the node's members and the reading
+//! routes change before that request returns.
 
 mod mqtt_in;
 mod node;
@@ -31,7 +32,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::{mpsc, oneshot};
 
 pub use node::{CommandCounters, EdgeNodeView, ReadingCounters, RuleStats, UplinkView};
-pub use sink::{CommandSink, NoCommandEngine, SinkFuture};
+pub use sink::{CommandSink, SinkFuture};
 pub use spec::{
     BudgetSpec, BufferPolicy, DeviceSelector, EdgeNodeSpec, OnError, RuleSpec, UplinkBufferSpec,
 };
@@ -96,12 +97,19 @@ impl crate::fleet::MembershipObserver for Membership {
             return;
         };
         let nodes = inner.nodes.read().unwrap();
+        let following = || {
+            nodes
+                .values()
+                .map(|h| &h.node)
+                .filter(|n| n.spec.devices.ids.is_none())
+        };
+        // Provisioning calls this per device: without a tag or group node
+        // it leaves the reading routes (read per reading) unlocked.
+        if following().next().is_none() {
+            return;
+        }
         let mut routes = inner.tap.members.write().unwrap();
-        for handle in nodes.values() {
-            let node = &handle.node;
-            if node.spec.devices.ids.is_some() {
-                continue;
-            }
+        for node in following() {
             let belongs =
                 membership.is_some_and(|(tags, group)| node.spec.devices.follows(tags, group));
             let mut members = node.members.lock().unwrap();
@@ -256,7 +264,6 @@ impl EdgeNodes {
         for (i, rule) in spec.rules.iter().enumerate() {
             self.check_rule(&spec, i, rule).await?;
         }
-        self.resolve(&spec.devices)?;
         if store && let Some(db) = &self.0.store {
             let (db, spec) = (db.clone(), spec.clone());
             tokio::task::spawn_blocking(move || db.put(&spec, true))
@@ -272,7 +279,7 @@ impl EdgeNodes {
             if nodes.contains_key(&spec.id) {
                 return Err(EdgeError::Duplicate(spec.id));
             }
-            let members = self.resolve(&spec.devices)?;
+            let members = self.resolve(&spec.devices);
             let node = Node::new(spec, members, self.0.rt.clock.now_ms());
             nodes.insert(
                 node.id.to_string(),
@@ -348,33 +355,16 @@ impl EdgeNodes {
         }
     }
 
-    fn resolve(&self, selector: &DeviceSelector) -> Result<Vec<String>, EdgeError> {
+    /// The devices a selector names now.
+    fn resolve(&self, selector: &DeviceSelector) -> Vec<String> {
         if let Some(ids) = &selector.ids {
-            let mut ids = ids.clone();
-            ids.sort();
-            ids.dedup();
-            return Ok(ids);
+            return ids.clone();
         }
-        let mut filter = DeviceFilter {
+        self.0.fleet.select(&DeviceFilter {
             tag: selector.tag.clone(),
             group: selector.group.clone(),
-            limit: Some(1000),
             ..Default::default()
-        };
-        let mut ids = Vec::new();
-        loop {
-            let page = self
-                .0
-                .fleet
-                .list(&filter)
-                .map_err(|e| EdgeError::Invalid(format!("devices: {e}")))?;
-            ids.extend(page.items.into_iter().map(|d| d.id));
-            match page.next_cursor {
-                Some(cursor) => filter.cursor = Some(cursor),
-                None => break,
-            }
-        }
-        Ok(ids)
+        })
     }
 
     fn rebuild_members(&self) {

@@ -586,7 +586,7 @@ async fn window_closed(rt: &Runtime, end: i64) -> bool {
         return true;
     }
     rt.telemetry.wait_produced(end).await;
-    rt.telemetry.counters().produced_until >= end
+    rt.telemetry.produced_until() >= end
 }
 
 fn valid_level(s: &str) -> bool {

@@ -40,14 +40,3 @@ impl CommandSink for crate::commands::Commands {
         })
     }
 }
-
-/// A sink for a server without a command engine: every command is refused
-/// (and counted by the node).
-#[derive(Debug, Default)]
-pub struct NoCommandEngine;
-
-impl CommandSink for NoCommandEngine {
-    fn submit<'a>(&'a self, _node: &'a str, _command: &'a EdgeCommand) -> SinkFuture<'a> {
-        Box::pin(async { Err("this server has no command engine".to_string()) })
-    }
-}

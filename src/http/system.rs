@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::error::{ApiError, ApiJson};
-use crate::clock::{ClockMode, rfc3339_ms};
+use crate::clock::rfc3339_ms;
 use crate::commands::CommandCounters;
 use crate::telemetry::TelemetryCounters;
 
@@ -93,12 +93,9 @@ pub async fn clock_advance(
         crate::clock::ClockError::NotManual(_) => ApiError::conflict(e.to_string()),
         crate::clock::ClockError::BadStep(_) => ApiError::invalid(e.to_string()),
     };
+    state.clock.check_advance(request.ms).map_err(clock_error)?;
     let start = state.clock.now_ms();
     let target = start.saturating_add(request.ms);
-    if state.clock.mode() != ClockMode::Manual || request.ms <= 0 {
-        // The clock says what is wrong.
-        state.clock.advance(request.ms).map_err(clock_error)?;
-    }
     // Commands answered before the advance (a handler call started by a
     // send) change device state before any reading of the span is made.
     state.commands.settle(start).await;

@@ -265,7 +265,6 @@ pub struct Broker {
     local_addr: SocketAddr,
     stop: oneshot::Sender<()>,
     supervisor: tokio::task::JoinHandle<()>,
-    // Removed when the broker is dropped, after the engine has stopped.
 }
 
 /// The broker's in-process side: publish, journal, clients, status,
@@ -388,7 +387,7 @@ impl Broker {
     }
 
     /// Disconnects every client, stops the listener and waits for the
-    /// engine to finish (then removes a temporary storage directory).
+    /// engine to finish.
     pub async fn shutdown(self) {
         let _ = self.stop.send(());
         let _ = self.supervisor.await;
@@ -396,7 +395,8 @@ impl Broker {
 }
 
 /// Owns the engine instance: stops it for an outage and starts a new one on
-/// the same port and storage directory when the outage ends.
+/// the same port when the outage ends, with the same storage directory or
+/// the stopped instance's memory.
 async fn supervise(
     shared: Arc<Shared>,
     config: MqttConfig,

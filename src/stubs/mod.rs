@@ -199,11 +199,6 @@ impl Stubs {
         })))
     }
 
-    /// An empty registry that stores nothing.
-    pub fn new(seed: u64, journal_capacity: usize) -> Self {
-        Self::open(None, seed, journal_capacity).expect("no store to open")
-    }
-
     /// Adds the scenario's stubs, then the stored API stubs in their
     /// creation order. A stored stub wins over a scenario stub with its id
     /// (it was made later, over the API). A stored stub that no longer
@@ -245,11 +240,12 @@ impl Stubs {
     /// Validates and adds a stub made over the API, and stores it with
     /// `--data-dir`.
     pub async fn create(&self, def: StubDef) -> Result<StubView, StubError> {
-        let mut stored = def.clone();
-        let view = self.add(def, "api")?;
-        if let Some(store) = self.0.store.clone() {
+        let stored = self.0.store.is_some().then(|| def.clone());
+        let order = self.0.next.fetch_add(1, Ordering::Relaxed);
+        let view = self.insert(def, "api", order)?;
+        if let (Some(store), Some(mut stored)) = (self.0.store.clone(), stored) {
             stored.id = Some(view.id.clone());
-            let (id, order) = (view.id.clone(), self.stub(&view.id).map_or(0, |s| s.order));
+            let id = view.id.clone();
             let saved = tokio::task::spawn_blocking(move || store.put(&id, order, &stored))
                 .await
                 .expect("stub store task panicked");
@@ -502,7 +498,7 @@ mod tests {
 
     #[test]
     fn generated_ids_skip_taken_ones_and_order_follows_priority() {
-        let stubs = Stubs::new(0, 10);
+        let stubs = Stubs::open(None, 0, 10).unwrap();
         stubs
             .add(
                 def(serde_json::json!({"id":"stub-2","request":{"path":"/a"},"response":{}})),

@@ -2,8 +2,6 @@
 //! the HTTP device API): published on the same topic with the same JSON as
 //! simulated readings, counted, and journaled for export.
 
-use std::sync::atomic::Ordering;
-
 use super::{Reading, Telemetry};
 use crate::mqtt::{MqttHandle, PublishOutcome, Qos, topics};
 
@@ -27,13 +25,9 @@ impl Telemetry {
                 )
                 .await;
             outcomes.push(outcome);
-            self.stats.published.fetch_add(1, Ordering::Relaxed);
             // The same hooks as simulated readings: edge nodes and the live
             // stream see readings posted over HTTP too.
-            if let Some(tap) = self.stats.tap.get() {
-                tap.reading(&reading);
-            }
-            self.stats.keep(reading);
+            self.stats.published(reading);
         }
         outcomes
     }

@@ -60,8 +60,9 @@ pub struct Replay {
 }
 
 impl Journal {
-    /// Keeps a reading; answers its sequence number (1, 2, ...).
-    pub fn push(&mut self, reading: Reading) -> u64 {
+    /// Keeps a reading; answers its sequence number (1, 2, ...) and the
+    /// reading as kept.
+    pub fn push(&mut self, reading: Reading) -> (u64, &Reading) {
         if self.entries.len() >= self.capacity {
             self.entries.pop_front();
             self.evicted += 1;
@@ -69,29 +70,15 @@ impl Journal {
         let seq = self.next;
         self.entries.push_back((seq, reading));
         self.next += 1;
-        seq
-    }
-
-    /// The reading [`push`](Self::push) kept last.
-    pub fn newest(&self) -> Option<&Reading> {
-        self.entries.back().map(|(_, r)| r)
+        let (_, kept) = self.entries.back().expect("just pushed");
+        (seq, kept)
     }
 
     /// The readings `wants` picks after sequence number `after`.
     pub fn replay(&self, after: u64, wants: impl Fn(&Reading) -> bool) -> Replay {
-        if after >= self.next {
-            // A cursor from an earlier run: everything kept is new to it.
-            return Replay {
-                items: self
-                    .entries
-                    .iter()
-                    .filter(|(_, r)| wants(r))
-                    .cloned()
-                    .collect(),
-                gap: true,
-                upto: self.next - 1,
-            };
-        }
+        // A cursor from an earlier run: everything kept is new to it.
+        let earlier_run = after >= self.next;
+        let after = if earlier_run { 0 } else { after };
         let first = self.entries.front().map_or(self.next, |(seq, _)| *seq);
         Replay {
             items: self
@@ -100,7 +87,7 @@ impl Journal {
                 .filter(|(seq, r)| *seq > after && wants(r))
                 .cloned()
                 .collect(),
-            gap: first > after + 1,
+            gap: earlier_run || first > after + 1,
             upto: self.next - 1,
         }
     }
@@ -156,7 +143,9 @@ mod tests {
         };
         for ts in 1..=6 {
             assert_eq!(
-                journal.push(reading(if ts % 2 == 0 { "a" } else { "b" }, ts)),
+                journal
+                    .push(reading(if ts % 2 == 0 { "a" } else { "b" }, ts))
+                    .0,
                 ts as u64
             );
         }

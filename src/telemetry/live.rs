@@ -170,10 +170,6 @@ impl LiveSubscription {
     pub fn missed(&self) -> u64 {
         self.sub.missed.load(Ordering::Relaxed)
     }
-
-    pub fn capacity(&self) -> usize {
-        self.sub.capacity
-    }
 }
 
 impl Drop for LiveSubscription {

@@ -68,12 +68,17 @@ impl TelemetryStats {
     /// journal lock, so subscribers see sequence numbers in order.
     pub fn keep(&self, reading: Reading) {
         let mut journal = self.journal.lock().unwrap();
-        let seq = journal.push(reading);
-        if self.live.subscribers() > 0
-            && let Some(kept) = journal.newest()
-        {
-            self.live.offer(seq, kept);
+        let (seq, kept) = journal.push(reading);
+        self.live.offer(seq, kept);
+    }
+
+    /// A reading went out on MQTT: counted, shown to the edge nodes, kept.
+    pub fn published(&self, reading: Reading) {
+        self.published.fetch_add(1, Ordering::Relaxed);
+        if let Some(tap) = self.tap.get() {
+            tap.reading(&reading);
         }
+        self.keep(reading);
     }
 }
 
@@ -221,6 +226,11 @@ impl Telemetry {
     /// first tap set is kept; false if one was set before.
     pub fn set_tap(&self, tap: Arc<dyn ReadingTap>) -> bool {
         self.stats.tap.set(tap).is_ok()
+    }
+
+    /// Simulated time up to which every due reading has been published.
+    pub fn produced_until(&self) -> i64 {
+        *self.progress.borrow()
     }
 
     /// Waits until every reading due at or before `t` has been published.

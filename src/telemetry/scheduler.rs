@@ -427,11 +427,7 @@ impl Scheduler {
         self.mqtt
             .publish(topic, payload, Qos::AtMostOnce, false)
             .await;
-        self.stats.published.fetch_add(1, Ordering::Relaxed);
-        if let Some(tap) = self.stats.tap.get() {
-            tap.reading(&reading);
-        }
-        self.stats.keep(reading);
+        self.stats.published(reading);
     }
 
     fn buffer(&mut self, idx: usize, reading: Reading) {
