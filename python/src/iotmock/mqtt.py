@@ -1,0 +1,139 @@
+"""MQTT messages, and a paho-mqtt subscription that collects them."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+
+@dataclass(frozen=True)
+class Message:
+    """One MQTT message: from the journal (`cursor`, `client_id`, `sim_time`
+    set) or received by a subscription."""
+
+    topic: str
+    payload: bytes
+    qos: int = 0
+    retain: bool = False
+    client_id: str | None = None
+    cursor: int | None = None
+    sim_time: str | None = None
+
+    @property
+    def text(self) -> str:
+        return self.payload.decode()
+
+    def json(self) -> Any:
+        return json.loads(self.payload)
+
+
+class Subscription:
+    """A paho-mqtt client subscribed to one topic filter.
+
+    Entering the `with` block connects and returns once the broker granted
+    the subscription, so nothing published after it is missed; leaving it
+    disconnects. `messages` holds what arrived, in order.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        topic: str,
+        *,
+        qos: int = 0,
+        timeout: float = 10.0,
+        credentials: tuple[str, str] | None = None,
+        client_id: str | None = None,
+    ) -> None:
+        self.topic = topic
+        self.qos = qos
+        self.timeout = timeout
+        self.messages: list[Message] = []
+        self._host, self._port = host, port
+        self._arrived = threading.Condition()
+        self._subscribed = threading.Event()
+        self._connected = threading.Event()
+        self._refused: str | None = None
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"iotmock-py-{uuid.uuid4().hex[:12]}",
+        )
+        if credentials is not None:
+            self.client.username_pw_set(*credentials)
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
+
+    def __enter__(self) -> Subscription:
+        deadline = time.monotonic() + self.timeout
+        while True:
+            # Refused while the broker is in an outage: try again until it is back.
+            try:
+                self.client.connect(self._host, self._port)
+                break
+            except ConnectionRefusedError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        self.client.loop_start()
+        if not self._connected.wait(max(0.0, deadline - time.monotonic())) or self._refused:
+            self.__exit__()
+            raise ConnectionError(
+                f"MQTT connect to {self._host}:{self._port}: {self._refused or 'no CONNACK in time'}"
+            )
+        self.client.subscribe(self.topic, qos=self.qos)
+        if not self._subscribed.wait(self.timeout) or self._refused:
+            self.__exit__()
+            raise ConnectionError(f"MQTT subscribe to {self.topic!r}: {self._refused or 'no SUBACK in time'}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def wait_for(self, count: int = 1, timeout: float | None = None) -> list[Message]:
+        """Waits until at least `count` messages arrived and returns them all;
+        raises AssertionError naming what did arrive when they do not."""
+        limit = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        with self._arrived:
+            while len(self.messages) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    got = "".join(f"\n  {m.topic} {m.payload[:200]!r}" for m in self.messages)
+                    raise AssertionError(
+                        f"expected {count} message(s) on {self.topic!r} within {limit:g} s, "
+                        f"got {len(self.messages)}{got}"
+                    )
+                self._arrived.wait(left)
+            return list(self.messages)
+
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any) -> None:
+        if reason.is_failure:
+            self._refused = f"refused: {reason}"
+        self._connected.set()
+
+    def _on_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int, reasons: list[ReasonCode], props: Any
+    ) -> None:
+        failed = [r for r in reasons if r.is_failure]
+        if failed:
+            self._refused = f"refused: {failed[0]}"
+        self._subscribed.set()
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        received = Message(
+            topic=message.topic, payload=bytes(message.payload), qos=message.qos, retain=bool(message.retain)
+        )
+        with self._arrived:
+            self.messages.append(received)
+            self._arrived.notify_all()
