@@ -5,7 +5,8 @@ Fixtures:
   `@pytest.mark.iotmock(seed=..., clock=..., scenario=..., mock_http=...,
   ...)` (any `IotMock` keyword);
 - `iotmock_session`: one server for the whole session, reset before each
-  test where the API allows (see `Client.reset`).
+  test where the API allows (see `Client.reset`); the fixture
+  `iotmock_session_options` (override it in a conftest.py) configures it.
 
 Both start with an empty fleet and a manual clock unless told otherwise,
 so a test decides what exists and when time passes. Options:
@@ -81,8 +82,17 @@ def iotmock(request: pytest.FixtureRequest) -> Iterator[IotMock]:
 
 
 @pytest.fixture(scope="session")
-def _iotmock_session_server(request: pytest.FixtureRequest) -> Iterator[IotMock]:
-    mock = IotMock(**_options(request.config))
+def iotmock_session_options() -> dict[str, Any]:
+    """`IotMock` keywords for the session's server; override it in a
+    conftest.py (e.g. to give it a scenario)."""
+    return {}
+
+
+@pytest.fixture(scope="session")
+def _iotmock_session_server(
+    request: pytest.FixtureRequest, iotmock_session_options: dict[str, Any]
+) -> Iterator[IotMock]:
+    mock = IotMock(**{**_options(request.config), **iotmock_session_options})
     mock.start()
     mock.snapshot()
     try:

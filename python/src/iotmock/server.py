@@ -47,12 +47,12 @@ def find_binary(explicit: str | os.PathLike[str] | None = None) -> Path:
         path = Path(explicit)
         if not os.access(path, os.X_OK):
             raise StartupError(f"the iotmock binary given ({path}) is not an executable file")
-        return path
+        return path.absolute()
     from_env = os.environ.get("IOTMOCK_BIN")
     if from_env:
         if not os.access(from_env, os.X_OK):
             raise StartupError(f"IOTMOCK_BIN={from_env} is not an executable file")
-        return Path(from_env)
+        return Path(from_env).absolute()
     checkouts = _checkouts()
     for candidate in checkouts:
         if os.access(candidate, os.X_OK):
