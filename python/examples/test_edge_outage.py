@@ -8,8 +8,13 @@ import pytest
 
 ROOM = {
     "tags": ["floor-1"],
-    "sensors": [{"plugin": "temperature", "interval_ms": 1000,
-                 "config": {"mean": 30.0, "amplitude": 0.0, "noise": 1.5, "weather_sd": 0.0}}],
+    "sensors": [
+        {
+            "plugin": "temperature",
+            "interval_ms": 1000,
+            "config": {"mean": 30.0, "amplitude": 0.0, "noise": 1.5, "weather_sd": 0.0},
+        }
+    ],
 }
 
 
@@ -47,4 +52,6 @@ def test_an_uplink_outage_loses_nothing(iotmock):
     assert node["uplink"]["flushed"] == buffered and node["uplink"]["dropped"] == 0
     exported = iotmock.telemetry.export(sensor="temperature")
     assert len(exported) == 180
-    assert len([r for r in exported if r.value <= 30.0]) == buffered, "the filter's decisions match the raw data"
+    assert len([r for r in exported if r.value <= 30.0]) == buffered, (
+        "the filter's decisions match the raw data"
+    )

@@ -11,13 +11,24 @@ import pytest
 def test_a_fleet_command_with_retries_and_offline_devices(iotmock):
     # Half the answers are lost on the way back.
     iotmock.devices.bulk(
-        6, "hvac-{n}", template={"tags": ["hvac"], "command_handler": {"plugin": "flaky-acks", "config": {"drop_rate": 0.5}}}
+        6,
+        "hvac-{n}",
+        template={
+            "tags": ["hvac"],
+            "command_handler": {"plugin": "flaky-acks", "config": {"drop_rate": 0.5}},
+        },
     )
     iotmock.devices.connectivity("hvac-5", "offline")
     iotmock.devices.connectivity("hvac-6", "offline")
 
     batch = iotmock.commands.send_fleet(
-        {"tag": "hvac"}, "set_mode", {"mode": "eco"}, timeout_ms=1_000, retries=10, backoff_ms=100, ttl_ms=600_000
+        {"tag": "hvac"},
+        "set_mode",
+        {"mode": "eco"},
+        timeout_ms=1_000,
+        retries=10,
+        backoff_ms=100,
+        ttl_ms=600_000,
     )
     assert batch.total == 6
     queued = batch.by_device()

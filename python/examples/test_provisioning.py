@@ -43,7 +43,9 @@ def test_bulk_provisioned_meters_onboard_over_mqtt(iotmock):
 
     meter, reason = connect(iotmock, "meter-01", password["meter-01"])
     assert not reason.is_failure
-    online = eventually(lambda: iotmock.devices.get("meter-01"), lambda d: d["connectivity"]["state"] == "online")
+    online = eventually(
+        lambda: iotmock.devices.get("meter-01"), lambda d: d["connectivity"]["state"] == "online"
+    )
     assert online["state"] == "active"
     meter.publish("devices/meter-01/telemetry/energy", json.dumps({"value": 12.5}), qos=1).wait_for_publish(5)
     iotmock.mqtt.verify("devices/meter-01/telemetry/energy", {"value": 12.5}, within=2000)

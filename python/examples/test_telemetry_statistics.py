@@ -5,6 +5,7 @@ with the models' configuration, and the same again under the same seed."""
 import statistics
 from collections import defaultdict
 from datetime import timedelta
+from itertools import pairwise
 
 import pytest
 
@@ -14,8 +15,17 @@ ROOM = {
     "tags": ["rooms"],
     "sensors": [
         # No day-to-day weather: one day's mean and swing are the configured ones.
-        {"plugin": "temperature", "interval_ms": 60_000,
-         "config": {"mean": 21.0, "amplitude": 2.0, "peak_hour": 15.0, "weather_sd": 0.0, "amplitude_variability": 0.0}},
+        {
+            "plugin": "temperature",
+            "interval_ms": 60_000,
+            "config": {
+                "mean": 21.0,
+                "amplitude": 2.0,
+                "peak_hour": 15.0,
+                "weather_sd": 0.0,
+                "amplitude_variability": 0.0,
+            },
+        },
         {"plugin": "humidity", "interval_ms": 60_000},
         {"plugin": "energy", "interval_ms": 60_000},
     ],
@@ -50,7 +60,7 @@ def test_a_day_of_rooms_matches_the_models(iotmock):
         assert statistics.correlation(celsius, humidity) < -0.5, "warm air is drier"
 
         energy = [r.value for r in values[device, "energy"]]
-        assert all(b >= a for a, b in zip(energy, energy[1:])), "a meter never runs back"
+        assert all(b >= a for a, b in pairwise(energy)), "a meter never runs back"
         assert energy[-1] > energy[0]
 
 

@@ -67,8 +67,12 @@ def test_the_options_choose_the_binary_and_the_seed(pytester, iotmock):
             assert iotmock.command[iotmock.command.index("--seed") + 1] == "99"
         """
     )
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--iotmock-bin={binary}", "--iotmock-seed=99")
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", f"--iotmock-bin={binary}", "--iotmock-seed=99"
+    )
     result.assert_outcomes(passed=1)
     missing = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--iotmock-bin=/nonexistent/iotmock")
     missing.assert_outcomes(errors=1)
-    missing.stdout.fnmatch_lines(["*the iotmock binary given (/nonexistent/iotmock) is not an executable file*"])
+    missing.stdout.fnmatch_lines(
+        ["*the iotmock binary given (/nonexistent/iotmock) is not an executable file*"]
+    )

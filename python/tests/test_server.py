@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import iotmock.server as server
-from iotmock import IotMock, StartupError, find_binary
+from iotmock import IotMock, StartupError, find_binary, server
 
 
 @pytest.fixture
@@ -81,7 +80,9 @@ def test_starts_on_free_ports_and_stops_on_exit():
 def test_a_scenario_as_a_dict_a_toml_string_or_a_path(form, tmp_path):
     fleet = {
         "seed": 5,
-        "fleet": [{"id_pattern": "room-{n}", "count": 3, "tags": ["a b"], "sensors": [{"plugin": "temperature"}]}],
+        "fleet": [
+            {"id_pattern": "room-{n}", "count": 3, "tags": ["a b"], "sensors": [{"plugin": "temperature"}]}
+        ],
     }
     text = textwrap.dedent(
         """

@@ -298,9 +298,7 @@ class Devices(_Group):
         """A new secret; the answer is the only place the password is shown."""
         return self._client._json("POST", f"/devices/{_seg(id)}/credentials")  # type: ignore[no-any-return]
 
-    def connectivity(
-        self, id: str, state: Literal["online", "offline", "flaky"], **fields: Any
-    ) -> JSON:
+    def connectivity(self, id: str, state: Literal["online", "offline", "flaky"], **fields: Any) -> JSON:
         """Takes a simulated device online, offline or flaky (`mean_online_ms`, `mean_offline_ms`)."""
         return self._client._json(  # type: ignore[no-any-return]
             "POST", f"/devices/{_seg(id)}/connectivity", json={"state": state, **fields}
@@ -427,6 +425,7 @@ class Command:
     def wait(self, timeout: float | None = None) -> Command:
         """Waits (wall time, `timeout` s, default 30) for a final state and
         returns this command, updated; raises TimeoutError if none came."""
+        __tracebackhide__ = True
         client = self._bound()
         limit = DEFAULT_WAIT_S if timeout is None else timeout
         deadline = time.monotonic() + limit
@@ -472,6 +471,7 @@ class Batch:
 
     def wait(self, timeout: float | None = None) -> Batch:
         """Waits (wall time, default 30 s) until every command is final."""
+        __tracebackhide__ = True
         if self._client is None:
             raise RuntimeError("this Batch was made without a client; use commands.batch(id)")
         limit = DEFAULT_WAIT_S if timeout is None else timeout
@@ -479,7 +479,9 @@ class Batch:
         while not self.done:
             left_ms = int((deadline - time.monotonic()) * 1000)
             if left_ms <= 0:
-                raise _still_running(self._client, f"fleet command {self.id}", f"not done ({self.summary})", limit)
+                raise _still_running(
+                    self._client, f"fleet command {self.id}", f"not done ({self.summary})", limit
+                )
             fresh = self._client.commands.batch(self.id, wait=min(left_ms, _MAX_POLL_MS))
             self.summary, self.total, self.done = fresh.summary, fresh.total, fresh.done
             self.commands, self.raw = fresh.commands, fresh.raw
@@ -551,9 +553,7 @@ class Commands(_Group):
 
     def cancel(self, id: str) -> Command:
         """Cancels a command that is still queued."""
-        return Command.from_json(
-            self._client._json("POST", f"/commands/{_seg(id)}/cancel"), self._client
-        )
+        return Command.from_json(self._client._json("POST", f"/commands/{_seg(id)}/cancel"), self._client)
 
     def batch(self, id: str, *, wait: Milliseconds | None = None) -> Batch:
         """A fleet command; with `wait`, long-polls until every command is final."""
@@ -657,7 +657,14 @@ class Telemetry(_Group):
         except ImportError as e:
             raise ImportError("telemetry.dataframe() needs pandas: pip install 'iotmock[pandas]'") from e
         rows = [
-            {"device": r.device, "sensor": r.sensor, "ts": r.ts, "value": r.value, "unit": r.unit, "anomaly": r.anomaly}
+            {
+                "device": r.device,
+                "sensor": r.sensor,
+                "ts": r.ts,
+                "value": r.value,
+                "unit": r.unit,
+                "anomaly": r.anomaly,
+            }
             for r in self.export(**filters)
         ]
         columns = ["device", "sensor", "ts", "value", "unit", "anomaly"]
@@ -743,12 +750,15 @@ class TelemetryStream:
 
     def take(self, count: int, timeout: float | None = None) -> list[Reading]:
         """The next `count` readings; TimeoutError if they do not all come within `timeout` s."""
+        __tracebackhide__ = True
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         readings: list[Reading] = []
         while len(readings) < count:
             item = self._get(max(0.0, deadline - time.monotonic()))
             if item is None:
-                raise TimeoutError(f"got {len(readings)} of {count} readings from the telemetry stream in time")
+                raise TimeoutError(
+                    f"got {len(readings)} of {count} readings from the telemetry stream in time"
+                )
             readings.append(item)
         return readings
 
@@ -767,7 +777,9 @@ class TelemetryStream:
         headers = {"accept": "text/event-stream"}
         if self._received_id is not None:
             headers["last-event-id"] = str(self._received_id)
-        request = self._http.build_request("GET", "/api/v1/telemetry/stream", params=_query(self._params), headers=headers)
+        request = self._http.build_request(
+            "GET", "/api/v1/telemetry/stream", params=_query(self._params), headers=headers
+        )
         response = self._http.send(request, stream=True)
         if response.is_error:
             response.read()
@@ -801,7 +813,7 @@ class TelemetryStream:
                 continue
             if line:
                 name, _, value = line.partition(":")
-                value = value[1:] if value.startswith(" ") else value
+                value = value.removeprefix(" ")
                 if name == "event":
                     event = value
                 elif name == "data":
@@ -894,7 +906,9 @@ class Stubs(_Group):
 class HttpJournal(_Group):
     """The journal of requests to stubs and to the device API."""
 
-    def requests(self, *, since: int | str | None = None, page_size: int | None = None, **filters: Any) -> JSONList:
+    def requests(
+        self, *, since: int | str | None = None, page_size: int | None = None, **filters: Any
+    ) -> JSONList:
         """Journaled requests matching `method`, `path`, `stub`, `device`,
         `unmatched`; after `since` (default: the last `reset()`), every page."""
         cursor: int | str = self._client.http_since if since is None else since
@@ -916,6 +930,7 @@ class HttpJournal(_Group):
         """`POST /http/verify` (`method`, `path`, `stub`, `device`, `query`,
         `headers`, `body_contains`, `at_least`|`at_most`|`exactly`, default
         at_least=1); raises AssertionError with the near misses if it fails."""
+        __tracebackhide__ = True
         body = _expectation(spec)
         body.update(within_ms=_ms(within), since=self._client.http_since if since is None else since)
         result: JSON = self._client._json(
@@ -996,8 +1011,15 @@ class Mqtt(_Group):
     ) -> JSON:
         """`POST /mqtt/verify` (default at_least=1, since the last `reset()`);
         raises AssertionError with the near misses if it fails."""
+        __tracebackhide__ = True
         body = _expectation(
-            {"topic": topic, "payload_contains": payload_contains, "at_least": at_least, "at_most": at_most, "exactly": exactly}
+            {
+                "topic": topic,
+                "payload_contains": payload_contains,
+                "at_least": at_least,
+                "at_most": at_most,
+                "exactly": exactly,
+            }
         )
         body.update(within_ms=_ms(within), since=self._client.mqtt_since if since is None else since)
         result: JSON = self._client._json(
@@ -1030,7 +1052,12 @@ class Mqtt(_Group):
         if client.mqtt_host is None or client.mqtt_port is None:
             raise RuntimeError("subscribe() needs the broker's address: give Client mqtt_host and mqtt_port")
         return Subscription(
-            client.mqtt_host, client.mqtt_port, topic, qos=qos, timeout=timeout, credentials=client.mqtt_credentials
+            client.mqtt_host,
+            client.mqtt_port,
+            topic,
+            qos=qos,
+            timeout=timeout,
+            credentials=client.mqtt_credentials,
         )
 
 
@@ -1056,17 +1083,38 @@ def _expectation(spec: Mapping[str, Any]) -> JSON:
 
 
 def _verify_failure(kind: str, request: JSON, result: JSON) -> str:
+    shown = {k: v for k, v in request.items() if k != "since"}
     lines = [
         f"{kind} verify failed: {result.get('detail') or 'expectation not met'}",
-        f"  expected: {json.dumps({k: v for k, v in request.items() if k not in ('since',)}, sort_keys=True)}",
-        f"  matched {result.get('matched')} after waiting {result.get('waited_ms')} ms (journal cursor {result.get('cursor')})",
+        f"  expected: {json.dumps(shown, sort_keys=True)}",
+        f"  waited {result.get('waited_ms')} ms; journal cursor {result.get('cursor')} (pass it as since= to look only later)",
     ]
     misses = result.get("near_misses") or []
     if misses:
-        lines.append(f"  near misses ({len(misses)}):")
-        for miss in misses:
-            text = json.dumps(miss, indent=2, sort_keys=True)
-            lines.append("    - " + text.replace("\n", "\n      "))
+        lines.append(f"  near misses ({len(misses)}, selected but not matching):")
+        lines.extend(_near_miss(miss) for miss in misses)
     else:
         lines.append("  no near misses: nothing the selection picked came close")
     return "\n".join(lines)
+
+
+def _near_miss(item: Any) -> str:
+    """One journal entry: a header line, then its payload or body (JSON pretty-printed)."""
+    if not isinstance(item, dict):
+        return "    - " + json.dumps(item)
+    if "topic" in item:
+        head = f"{item['topic']}  (qos {item.get('qos')}, retain {item.get('retain')}, client {item.get('client_id')})"
+        body, encoding, extra = item.get("payload"), item.get("payload_encoding"), ""
+    else:
+        query = "&".join(f"{k}={v}" for k, v in (item.get("query") or {}).items())
+        head = f"{item.get('method')} {item.get('path')}{'?' + query if query else ''}  -> {item.get('status')} (stub {item.get('stub')})"
+        body, encoding = item.get("body"), item.get("body_encoding")
+        extra = "\n      headers: " + json.dumps(item.get("headers") or {}, sort_keys=True)
+    head += f", cursor {item.get('cursor')}, simulated {item.get('sim_time')}"
+    text = "" if body is None else str(body)
+    if encoding != "base64":
+        try:
+            text = json.dumps(json.loads(text), indent=2, sort_keys=True)
+        except ValueError:
+            pass
+    return f"    - {head}{extra}\n      " + text.replace("\n", "\n      ")

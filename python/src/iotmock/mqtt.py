@@ -103,6 +103,7 @@ class Subscription:
     def wait_for(self, count: int = 1, timeout: float | None = None) -> list[Message]:
         """Waits until at least `count` messages arrived and returns them all;
         raises AssertionError naming what did arrive when they do not."""
+        __tracebackhide__ = True
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
         with self._arrived:
@@ -117,7 +118,9 @@ class Subscription:
                 self._arrived.wait(left)
             return list(self.messages)
 
-    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any) -> None:
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
+    ) -> None:
         if reason.is_failure:
             self._refused = f"refused: {reason}"
         self._connected.set()

@@ -40,7 +40,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "a bundled binary, then PATH)",
     )
     group.addoption(
-        "--iotmock-seed", type=int, default=None, metavar="N", help="--seed of every server the fixtures start"
+        "--iotmock-seed",
+        type=int,
+        default=None,
+        metavar="N",
+        help="--seed of every server the fixtures start",
     )
 
 
@@ -116,4 +120,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if not report.failed:
         return
     for mock, offset in item.stash.get(_watched, []):
-        report.sections.append((f"iotmock log ({mock.http_url if mock.ready else 'not started'})", mock.log_since(offset) or "(empty)"))
+        report.sections.append(
+            (
+                f"iotmock log ({mock.http_url if mock.ready else 'not started'})",
+                mock.log_since(offset) or "(empty)",
+            )
+        )

@@ -162,7 +162,10 @@ class IotMock(Client):
         got_ready = threading.Event()
         assert self._process.stdout is not None
         reader = threading.Thread(
-            target=self._read_stdout, args=(self._process.stdout, got_ready), name="iotmock-stdout", daemon=True
+            target=self._read_stdout,
+            args=(self._process.stdout, got_ready),
+            name="iotmock-stdout",
+            daemon=True,
         )
         reader.start()
         if not got_ready.wait(self._start_timeout) or not self.ready:
@@ -171,7 +174,11 @@ class IotMock(Client):
             except subprocess.TimeoutExpired:
                 code = None
             self.stop()
-            why = f"exited with status {code}" if code is not None else f"printed no ready line in {self._start_timeout:g} s"
+            why = (
+                f"exited with status {code}"
+                if code is not None
+                else f"printed no ready line in {self._start_timeout:g} s"
+            )
             raise StartupError(f"iotmock ({' '.join(command)}) {why}; its log:\n{_tail(self._log_text)}")
         admin = self.ready.get("mqtt_admin")
         mqtt_host, _, mqtt_port = str(self.ready["mqtt"]).rpartition(":")
