@@ -1,5 +1,6 @@
 """The API client against the real server, one route group at a time."""
 
+import time
 from datetime import timedelta
 
 import httpx
@@ -138,6 +139,8 @@ def test_telemetry_stream_iterates_and_resumes_after_the_last_reading(iotmock):
     exported = [r for r in iotmock.telemetry.export(device="s-1")]
     assert [r.ts for r in first + missed] == [r.ts for r in exported]
     assert not stream.gaps and not resumed.gaps and stream.missed == 0
+    with pytest.raises(IotMockError, match="queue must be"), iotmock.telemetry.stream(queue=0):
+        pass
 
 
 def test_edge_nodes_create_list_uplink_delete(iotmock):
@@ -217,12 +220,31 @@ def test_subscribe_collects_messages_with_paho(iotmock):
         sub.wait_for(1, timeout=0.2)
 
 
-def test_an_outage_disconnects_and_comes_back(iotmock):
-    iotmock.mqtt.outage(timedelta(milliseconds=300))
+def test_an_outage_holds_qos1_publishes_and_replays_them(iotmock):
+    iotmock.mqtt.outage(timedelta(seconds=2))
     assert iotmock.mqtt.status()["state"] == "outage"
-    assert iotmock.mqtt.publish("t", "x", qos=1) == "held"
+    assert iotmock.mqtt.publish("t", "kept", qos=1) == "held"
+    assert iotmock.mqtt.publish("t", "lost", qos=0) == "dropped"
     with iotmock.mqtt.subscribe("t") as sub:  # connects once the broker is back
         assert sub.client.is_connected()
+    deadline = time.monotonic() + 5
+    while (policy := iotmock.mqtt.status()["outage_policy"])["replayed"] < 1:
+        assert time.monotonic() < deadline, policy
+        time.sleep(0.02)
+    assert (policy["replayed"], policy["dropped"]) == (1, 1)
+
+
+def test_a_subscription_comes_back_after_an_outage(iotmock):
+    with iotmock.mqtt.subscribe("after/#", qos=1) as sub:
+        iotmock.mqtt.outage(timedelta(milliseconds=500))
+        deadline = time.monotonic() + 10
+        while iotmock.mqtt.status()["state"] != "up" or not any(
+            "after/#" in c["subscriptions"] for c in iotmock.mqtt.clients()
+        ):
+            assert time.monotonic() < deadline, "the subscription did not come back"
+            time.sleep(0.05)
+        iotmock.mqtt.publish("after/outage", "back", qos=1)
+        assert [m.text for m in sub.wait_for(1)] == ["back"]
 
 
 def test_plugins_list_upload_delete(iotmock, built_plugin):

@@ -69,6 +69,8 @@ class Subscription:
         )
         if credentials is not None:
             self.client.username_pw_set(*credentials)
+        # Back soon after a broker outage (paho's default waits up to 120 s).
+        self.client.reconnect_delay_set(min_delay=1, max_delay=2)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
@@ -123,6 +125,9 @@ class Subscription:
     ) -> None:
         if reason.is_failure:
             self._refused = f"refused: {reason}"
+        elif self._subscribed.is_set():
+            # paho reconnected after a broker outage; the clean session lost the subscription.
+            client.subscribe(self.topic, qos=self.qos)
         self._connected.set()
 
     def _on_subscribe(
