@@ -143,6 +143,18 @@ def test_telemetry_stream_iterates_and_resumes_after_the_last_reading(iotmock):
         pass
 
 
+def test_a_dropped_stream_reconnects_and_resumes_without_loss(iotmock):
+    sensor_fleet(iotmock)
+    with iotmock.telemetry.stream(device="s-1", timeout=10) as stream:
+        iotmock.clock.advance(2_000)
+        first = stream.take(2)
+        stream._disconnect()  # the connection drops
+        iotmock.clock.advance(3_000)
+        rest = stream.take(3)
+    assert stream.reconnects >= 1
+    assert [r.ts for r in first + rest] == [r.ts for r in iotmock.telemetry.export(device="s-1")]
+
+
 def test_edge_nodes_create_list_uplink_delete(iotmock):
     sensor_fleet(iotmock)
     node = iotmock.edge.create("gw", ["s-1", "s-2"], [{"plugin": "edge-aggregate"}], window_ms=5000)

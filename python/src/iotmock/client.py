@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import queue
+import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -733,11 +734,26 @@ class TelemetryStream:
 
     def close(self) -> None:
         self._closed.set()
-        if self._response is not None:
-            self._response.close()
+        self._disconnect()
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._http.close()
+
+    def _disconnect(self) -> None:
+        """Ends the connection under the reading thread: a socket shutdown
+        wakes a blocked read, where closing the response would not."""
+        response = self._response
+        if response is None:
+            return
+        network = response.extensions.get("network_stream")
+        sock = network.get_extra_info("socket") if network is not None else None
+        if sock is None:
+            response.close()
+            return
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def __iter__(self) -> Iterator[Reading]:
         return self
@@ -795,16 +811,23 @@ class TelemetryStream:
                 self._pump()
             except (httpx.TransportError, httpx.StreamError):
                 pass
-            if self._closed.is_set():
-                break
-            try:
+            if self._response is not None:
+                self._response.close()
+            # The connection ended: resume after the last reading received.
+            failures = 0
+            while not self._closed.is_set():
                 time.sleep(0.1)
-                self.reconnects += 1
-                self._open()
-            except (httpx.TransportError, IotMockError) as e:
-                if self.reconnects > 50:
-                    self._items.put(e)
-                    return
+                try:
+                    self._open()
+                    self.reconnects += 1
+                    break
+                except (httpx.TransportError, IotMockError) as e:
+                    failures += 1
+                    if failures == 50:
+                        self._items.put(e)
+                        return
+        if self._response is not None:
+            self._response.close()
 
     def _pump(self) -> None:
         event, data, event_id = "message", [], None
