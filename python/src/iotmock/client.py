@@ -135,7 +135,7 @@ class Client:
 
     def health(self) -> JSON:
         """`GET /health`: clock, telemetry, commands and journal counters."""
-        return self._json("GET", "/health")  # type: ignore[no-any-return]
+        return self._obj("GET", "/health")
 
     def metrics(self) -> str:
         """`GET /metrics`: the Prometheus text."""
@@ -143,7 +143,7 @@ class Client:
 
     def openapi(self) -> JSON:
         """The OpenAPI document of every route."""
-        return self._json("GET", "/openapi.json")  # type: ignore[no-any-return]
+        return self._obj("GET", "/openapi.json")
 
     def device_api(self, device_id: str, password: str) -> DeviceApi:
         """The HTTP device API as device `device_id` (its own credentials)."""
@@ -221,6 +221,16 @@ class Client:
         response = self._request(method, path, **kwargs)
         return response.json() if response.content else None
 
+    def _obj(self, method: str, path: str, **kwargs: Any) -> JSON:
+        __tracebackhide__ = True
+        view: JSON = self._json(method, path, **kwargs)
+        return view
+
+    def _items(self, path: str) -> JSONList:
+        """The `items` of a listing that comes in one page."""
+        items: JSONList = self._json("GET", path)["items"]
+        return items
+
 
 def _problem(response: httpx.Response) -> IotMockError:
     request = response.request
@@ -262,7 +272,7 @@ class Devices(_Group):
 
     def create(self, id: str, **fields: Any) -> JSON:
         """`POST /devices`; the answer carries the credentials (the password only here)."""
-        return self._client._json("POST", "/devices", json={"id": id, **fields})  # type: ignore[no-any-return]
+        return self._client._obj("POST", "/devices", json={"id": id, **fields})
 
     def bulk(
         self, count: int, id_pattern: str, template: Mapping[str, Any] | None = None, **fields: Any
@@ -271,7 +281,7 @@ class Devices(_Group):
         body = {"count": count, "id_pattern": id_pattern, **fields}
         if template is not None:
             body["template"] = dict(template)
-        return self._client._json("POST", "/devices/bulk", json=body)  # type: ignore[no-any-return]
+        return self._client._obj("POST", "/devices/bulk", json=body)
 
     def list(self, *, page_size: int | None = None, **filters: Any) -> Iterator[JSON]:
         """Every device matching `tag`, `group`, `state`, `connectivity`, following the cursors."""
@@ -286,24 +296,22 @@ class Devices(_Group):
                 return
 
     def get(self, id: str) -> JSON:
-        return self._client._json("GET", f"/devices/{_seg(id)}")  # type: ignore[no-any-return]
+        return self._client._obj("GET", f"/devices/{_seg(id)}")
 
     def patch(self, id: str, **fields: Any) -> JSON:
         """`PATCH /devices/{id}`: `state`, `tags`, `group`, `metadata`, `buffer`, ..."""
-        return self._client._json("PATCH", f"/devices/{_seg(id)}", json=fields)  # type: ignore[no-any-return]
+        return self._client._obj("PATCH", f"/devices/{_seg(id)}", json=fields)
 
     def delete(self, id: str) -> None:
         self._client._request("DELETE", f"/devices/{_seg(id)}")
 
     def rotate_credentials(self, id: str) -> JSON:
         """A new secret; the answer is the only place the password is shown."""
-        return self._client._json("POST", f"/devices/{_seg(id)}/credentials")  # type: ignore[no-any-return]
+        return self._client._obj("POST", f"/devices/{_seg(id)}/credentials")
 
     def connectivity(self, id: str, state: Literal["online", "offline", "flaky"], **fields: Any) -> JSON:
         """Takes a simulated device online, offline or flaky (`mean_online_ms`, `mean_offline_ms`)."""
-        return self._client._json(  # type: ignore[no-any-return]
-            "POST", f"/devices/{_seg(id)}/connectivity", json={"state": state, **fields}
-        )
+        return self._client._obj("POST", f"/devices/{_seg(id)}/connectivity", json={"state": state, **fields})
 
 
 class DeviceApi:
@@ -318,24 +326,18 @@ class DeviceApi:
     def send_telemetry(self, readings: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> JSON:
         """One reading `{"sensor","value","unit"?,"ts"?}` or a list; → `{"accepted","held"}`."""
         body = dict(readings) if isinstance(readings, Mapping) else [dict(r) for r in readings]
-        return self._client._json(  # type: ignore[no-any-return]
-            "POST", f"{self._path}/telemetry", json=body, auth=self._auth
-        )
+        return self._client._obj("POST", f"{self._path}/telemetry", json=body, auth=self._auth)
 
     def state(self) -> JSON:
         """The reported state."""
-        return self._client._json("GET", f"{self._path}/state", auth=self._auth)  # type: ignore[no-any-return]
+        return self._client._obj("GET", f"{self._path}/state", auth=self._auth)
 
     def replace_state(self, state: Mapping[str, Any]) -> JSON:
-        return self._client._json(  # type: ignore[no-any-return]
-            "PUT", f"{self._path}/state", json=dict(state), auth=self._auth
-        )
+        return self._client._obj("PUT", f"{self._path}/state", json=dict(state), auth=self._auth)
 
     def update_state(self, patch: Mapping[str, Any]) -> JSON:
         """Merges `patch` (RFC 7396: None removes a key)."""
-        return self._client._json(  # type: ignore[no-any-return]
-            "PATCH", f"{self._path}/state", json=dict(patch), auth=self._auth
-        )
+        return self._client._obj("PATCH", f"{self._path}/state", json=dict(patch), auth=self._auth)
 
     def next_command(self, wait: Milliseconds = 0) -> JSON | None:
         """Long-polls (wall time) for the next command; None when none came."""
@@ -354,9 +356,7 @@ class DeviceApi:
         body: JSON = {"status": status}
         if result is not None:
             body["result"] = result
-        return self._client._json(  # type: ignore[no-any-return]
-            "POST", f"{self._path}/acks/{_seg(command_id)}", json=body, auth=self._auth
-        )
+        return self._client._obj("POST", f"{self._path}/acks/{_seg(command_id)}", json=body, auth=self._auth)
 
 
 # --- commands ------------------------------------------------------------
@@ -576,13 +576,13 @@ class Clock(_Group):
 
     def now(self) -> JSON:
         """`{"mode","now","now_ms"}`."""
-        return self._client._json("GET", "/clock")  # type: ignore[no-any-return]
+        return self._client._obj("GET", "/clock")
 
     def advance(self, step: Milliseconds) -> JSON:
         """Moves a manual clock by `step` (ms, or a timedelta); answers once
         the span's readings, edge windows and command events have happened."""
         ms = _ms(step)
-        return self._client._json(  # type: ignore[no-any-return]
+        return self._client._obj(
             "POST", "/clock/advance", json={"ms": ms}, timeout=max(self._client._timeout, 300.0)
         )
 
@@ -873,23 +873,21 @@ class EdgeNodes(_Group):
         are `{"plugin","config"}`; fields: `window_ms`, `buffer`, `budget`, `on_error`."""
         members = dict(devices) if isinstance(devices, Mapping) else {"ids": list(devices)}
         body = {"id": id, "devices": members, "rules": [dict(r) for r in rules], **fields}
-        return self._client._json("POST", "/edge-nodes", json=body)  # type: ignore[no-any-return]
+        return self._client._obj("POST", "/edge-nodes", json=body)
 
     def list(self) -> JSONList:
-        return self._client._json("GET", "/edge-nodes")["items"]  # type: ignore[no-any-return]
+        return self._client._items("/edge-nodes")
 
     def get(self, id: str) -> JSON:
         """The node with its counters (`readings`, `uplink`, `latency`, ...)."""
-        return self._client._json("GET", f"/edge-nodes/{_seg(id)}")  # type: ignore[no-any-return]
+        return self._client._obj("GET", f"/edge-nodes/{_seg(id)}")
 
     def delete(self, id: str) -> None:
         self._client._request("DELETE", f"/edge-nodes/{_seg(id)}")
 
     def uplink(self, id: str, state: Literal["up", "down"]) -> JSON:
         """Takes the uplink down (output is buffered) or up (the buffer is flushed first)."""
-        return self._client._json(  # type: ignore[no-any-return]
-            "POST", f"/edge-nodes/{_seg(id)}/uplink", json={"state": state}
-        )
+        return self._client._obj("POST", f"/edge-nodes/{_seg(id)}/uplink", json={"state": state})
 
 
 # --- stubs and the HTTP journal -----------------------------------------
@@ -901,13 +899,13 @@ class Stubs(_Group):
     def add(self, spec: Mapping[str, Any] | None = None, **fields: Any) -> JSON:
         """`POST /stubs` with `spec` and/or fields: `id`, `request`,
         `response` or `responses`, `delay_ms`, `priority`, `after_last`."""
-        return self._client._json("POST", "/stubs", json={**(spec or {}), **fields})  # type: ignore[no-any-return]
+        return self._client._obj("POST", "/stubs", json={**(spec or {}), **fields})
 
     def list(self) -> JSONList:
-        return self._client._json("GET", "/stubs")["items"]  # type: ignore[no-any-return]
+        return self._client._items("/stubs")
 
     def get(self, id: str) -> JSON:
-        return self._client._json("GET", f"/stubs/{_seg(id)}")  # type: ignore[no-any-return]
+        return self._client._obj("GET", f"/stubs/{_seg(id)}")
 
     def delete(self, id: str) -> None:
         self._client._request("DELETE", f"/stubs/{_seg(id)}")
@@ -971,15 +969,15 @@ class Plugins(_Group):
     """WebAssembly plugins: list, upload (hot reload), delete."""
 
     def list(self) -> JSONList:
-        return self._client._json("GET", "/plugins")["items"]  # type: ignore[no-any-return]
+        return self._client._items("/plugins")
 
     def get(self, name: str) -> JSON:
-        return self._client._json("GET", f"/plugins/{_seg(name)}")  # type: ignore[no-any-return]
+        return self._client._obj("GET", f"/plugins/{_seg(name)}")
 
     def upload(self, name: str, component: str | os.PathLike[str] | bytes) -> JSON:
         """Installs a component (a path to a `.wasm` file, or its bytes) as `name`."""
         data = component if isinstance(component, bytes) else Path(component).read_bytes()
-        return self._client._json(  # type: ignore[no-any-return]
+        return self._client._obj(
             "PUT",
             f"/plugins/{_seg(name)}",
             content=data,
@@ -1054,15 +1052,16 @@ class Mqtt(_Group):
 
     def outage(self, duration: Milliseconds) -> JSON:
         """Stops the broker for `duration` (ms or timedelta); clients are disconnected."""
-        return self._client._json("POST", "/mqtt/outage", json={"duration_ms": _ms(duration)})  # type: ignore[no-any-return]
+        return self._client._obj("POST", "/mqtt/outage", json={"duration_ms": _ms(duration)})
 
     def clients(self) -> JSONList:
         """Connected clients with their subscriptions."""
-        return self._client._json("GET", "/mqtt/clients")  # type: ignore[no-any-return]
+        clients: JSONList = self._client._json("GET", "/mqtt/clients")
+        return clients
 
     def status(self) -> JSON:
         """`{"state","clients","journal":{"cursor",...},"outage_policy",...}`."""
-        return self._client._json("GET", "/mqtt/status")  # type: ignore[no-any-return]
+        return self._client._obj("GET", "/mqtt/status")
 
     def cursor(self) -> int:
         """The journal's cursor now: pass it as `since` to see only later messages."""
