@@ -156,3 +156,24 @@ def test_sigterm_is_sent_first(tmp_path):
     mock.stop()
     assert record.read_text() == "TERM"
     assert mock.returncode == 0, "a kill would show -9"
+
+
+def test_a_scenario_dict_is_written_as_toml_that_reads_back_the_same():
+    tomllib = pytest.importorskip("tomllib")
+    from iotmock import _toml
+
+    scenario = {
+        "seed": 1,
+        "fleet": [
+            {
+                "id": 'a"b\\c',
+                "tags": ["ünï", "new\nline"],
+                "sensors": [{"plugin": "temperature", "config": {"mean": 19.5, "on": True, "drop": None}}],
+            }
+        ],
+        "stubs": [{"request": {"path": "/x"}, "response": {"status": 200, "body": {"k": [1, 2.5, "s"]}}}],
+        "weird key": {},
+    }
+    expected = {**scenario, "fleet": [{**scenario["fleet"][0]}]}
+    expected["fleet"][0]["sensors"] = [{"plugin": "temperature", "config": {"mean": 19.5, "on": True}}]
+    assert tomllib.loads(_toml.dumps(scenario)) == expected
