@@ -703,8 +703,6 @@ class TelemetryStream:
     was full); `gaps` lists the `gap` events of a resume that came too late.
     """
 
-    _END = object()
-
     def __init__(self, client: Client, params: JSON, *, after: int | None, timeout: float) -> None:
         self._client = client
         self._params = params
@@ -1109,7 +1107,8 @@ def _verify_failure(kind: str, request: JSON, result: JSON) -> str:
     lines = [
         f"{kind} verify failed: {result.get('detail') or 'expectation not met'}",
         f"  expected: {json.dumps(shown, sort_keys=True)}",
-        f"  waited {result.get('waited_ms')} ms; journal cursor {result.get('cursor')} (pass it as since= to look only later)",
+        f"  waited {result.get('waited_ms')} ms; journal cursor {result.get('cursor')}"
+        " (pass it as since= to look only later)",
     ]
     misses = result.get("near_misses") or []
     if misses:
@@ -1125,11 +1124,15 @@ def _near_miss(item: Any) -> str:
     if not isinstance(item, dict):
         return "    - " + json.dumps(item)
     if "topic" in item:
-        head = f"{item['topic']}  (qos {item.get('qos')}, retain {item.get('retain')}, client {item.get('client_id')})"
+        head = (
+            f"{item['topic']}  (qos {item.get('qos')}, retain {item.get('retain')},"
+            f" client {item.get('client_id')})"
+        )
         body, encoding, extra = item.get("payload"), item.get("payload_encoding"), ""
     else:
         query = "&".join(f"{k}={v}" for k, v in (item.get("query") or {}).items())
-        head = f"{item.get('method')} {item.get('path')}{'?' + query if query else ''}  -> {item.get('status')} (stub {item.get('stub')})"
+        target = f"{item.get('path')}?{query}" if query else item.get("path")
+        head = f"{item.get('method')} {target}  -> {item.get('status')} (stub {item.get('stub')})"
         body, encoding = item.get("body"), item.get("body_encoding")
         extra = "\n      headers: " + json.dumps(item.get("headers") or {}, sort_keys=True)
     head += f", cursor {item.get('cursor')}, simulated {item.get('sim_time')}"
