@@ -199,7 +199,10 @@ pub fn router(state: AppState) -> Router {
                 .post(mqtt::mqtt_faults_create)
                 .delete(mqtt::mqtt_faults_clear),
         )
-        .route("/mqtt/faults/{id}", axum::routing::delete(mqtt::mqtt_faults_destroy))
+        .route(
+            "/mqtt/faults/{id}",
+            axum::routing::delete(mqtt::mqtt_faults_destroy),
+        )
         .route(
             "/edge-nodes",
             post(edge::edge_nodes_create).get(edge::edge_nodes_index),

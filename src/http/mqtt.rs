@@ -249,7 +249,10 @@ pub async fn mqtt_faults_create(
     State(state): State<AppState>,
     ApiJson(spec): ApiJson<FaultSpec>,
 ) -> Result<(StatusCode, Json<FaultRule>), ApiError> {
-    let rule = state.mqtt.fault_add(spec).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let rule = state
+        .mqtt
+        .fault_add(spec)
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
     Ok((StatusCode::CREATED, Json(rule)))
 }
 

@@ -21,28 +21,20 @@ use mqtt5_protocol::{FixedHeader, Packet, PacketType};
 /// MQTT 5 reason codes the engine sends.
 pub(crate) mod rc {
     pub const SUCCESS: u8 = 0x00;
-    pub const NO_MATCHING_SUBSCRIBERS: u8 = 0x10;
     pub const UNSPECIFIED: u8 = 0x80;
     pub const MALFORMED: u8 = 0x81;
     pub const PROTOCOL_ERROR: u8 = 0x82;
     pub const UNSUPPORTED_VERSION: u8 = 0x84;
-    pub const CLIENT_ID_NOT_VALID: u8 = 0x85;
-    pub const BAD_CREDENTIALS: u8 = 0x86;
     pub const NOT_AUTHORIZED: u8 = 0x87;
-    pub const SERVER_UNAVAILABLE: u8 = 0x88;
-    pub const SERVER_BUSY: u8 = 0x89;
     pub const SERVER_SHUTTING_DOWN: u8 = 0x8B;
     pub const KEEP_ALIVE_TIMEOUT: u8 = 0x8D;
     pub const SESSION_TAKEN_OVER: u8 = 0x8E;
     pub const TOPIC_FILTER_INVALID: u8 = 0x8F;
     pub const TOPIC_NAME_INVALID: u8 = 0x90;
     pub const PACKET_ID_NOT_FOUND: u8 = 0x92;
-    pub const RECEIVE_MAXIMUM_EXCEEDED: u8 = 0x93;
     pub const TOPIC_ALIAS_INVALID: u8 = 0x94;
     pub const PACKET_TOO_LARGE: u8 = 0x95;
-    pub const QUOTA_EXCEEDED: u8 = 0x97;
     pub const PAYLOAD_FORMAT_INVALID: u8 = 0x99;
-    pub const SHARED_NOT_SUPPORTED: u8 = 0x9E;
 }
 
 /// Protocol levels.
@@ -84,6 +76,7 @@ impl From<mqtt5_protocol::MqttError> for ProtocolError {
 }
 
 /// One packet split off the stream: the first byte and the body.
+#[derive(Debug)]
 pub(crate) struct Frame {
     pub first: u8,
     pub body: Bytes,
@@ -137,7 +130,6 @@ pub(crate) struct InPublish {
     pub pid: u16,
     pub qos: u8,
     pub retain: bool,
-    pub dup: bool,
     /// MQTT 5 properties as sent, without topic alias and message expiry
     /// (the engine sets those per delivery).
     pub props: Bytes,
@@ -151,10 +143,19 @@ pub(crate) struct InPublish {
 #[derive(Debug)]
 pub(crate) enum Inbound {
     Publish(InPublish),
-    PubAck { pid: u16, code: u8 },
-    PubRec { pid: u16, code: u8 },
-    PubRel { pid: u16 },
-    PubComp { pid: u16 },
+    PubAck {
+        pid: u16,
+    },
+    PubRec {
+        pid: u16,
+        code: u8,
+    },
+    PubRel {
+        pid: u16,
+    },
+    PubComp {
+        pid: u16,
+    },
     Subscribe(SubscribePacket),
     Unsubscribe(UnsubscribePacket),
     PingReq,
@@ -183,7 +184,9 @@ impl Inbound {
 }
 
 /// Packet types, by name, for faults and journals.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum PacketKind {
     Connect,
@@ -299,10 +302,14 @@ pub(crate) fn decode(frame: Frame, version: u8) -> Result<Inbound, ProtocolError
     let v5 = version == V5;
     let ack = |body: &Bytes, expected_flags: u8| -> Result<(u16, u8), ProtocolError> {
         if flags != expected_flags {
-            return Err(ProtocolError::malformed("reserved flags of an acknowledgement"));
+            return Err(ProtocolError::malformed(
+                "reserved flags of an acknowledgement",
+            ));
         }
         if body.len() < 2 {
-            return Err(ProtocolError::malformed("acknowledgement without packet id"));
+            return Err(ProtocolError::malformed(
+                "acknowledgement without packet id",
+            ));
         }
         let pid = u16::from_be_bytes([body[0], body[1]]);
         let code = if v5 && body.len() > 2 { body[2] } else { 0 };
@@ -311,16 +318,19 @@ pub(crate) fn decode(frame: Frame, version: u8) -> Result<Inbound, ProtocolError
     Ok(match kind {
         1 => Inbound::Connect,
         3 => Inbound::Publish(decode_publish(flags, body, v5)?),
-        4 => {
-            let (pid, code) = ack(&body, 0)?;
-            Inbound::PubAck { pid, code }
-        }
+        4 => Inbound::PubAck {
+            pid: ack(&body, 0)?.0,
+        },
         5 => {
             let (pid, code) = ack(&body, 0)?;
             Inbound::PubRec { pid, code }
         }
-        6 => Inbound::PubRel { pid: ack(&body, 2)?.0 },
-        7 => Inbound::PubComp { pid: ack(&body, 0)?.0 },
+        6 => Inbound::PubRel {
+            pid: ack(&body, 2)?.0,
+        },
+        7 => Inbound::PubComp {
+            pid: ack(&body, 0)?.0,
+        },
         8 | 10 | 14 => {
             let header = fixed(first, body.len())?;
             let mut buf = body;
@@ -387,7 +397,9 @@ fn decode_publish(flags: u8, mut body: Bytes, v5: bool) -> Result<InPublish, Pro
     }
     let tlen = body.get_u16() as usize;
     if body.len() < tlen {
-        return Err(ProtocolError::malformed("PUBLISH topic longer than the packet"));
+        return Err(ProtocolError::malformed(
+            "PUBLISH topic longer than the packet",
+        ));
     }
     let topic = body.split_to(tlen);
     if std::str::from_utf8(&topic).is_err() {
@@ -410,7 +422,6 @@ fn decode_publish(flags: u8, mut body: Bytes, v5: bool) -> Result<InPublish, Pro
         pid,
         qos,
         retain,
-        dup,
         props: Bytes::new(),
         alias: None,
         expiry_secs: None,
@@ -420,7 +431,9 @@ fn decode_publish(flags: u8, mut body: Bytes, v5: bool) -> Result<InPublish, Pro
     if v5 {
         let plen = read_varint(&mut body)? as usize;
         if body.len() < plen {
-            return Err(ProtocolError::malformed("properties longer than the packet"));
+            return Err(ProtocolError::malformed(
+                "properties longer than the packet",
+            ));
         }
         let raw = body.split_to(plen);
         out.props = scan_publish_props(&raw, &mut out)?;
@@ -464,13 +477,21 @@ fn scan_publish_props(raw: &Bytes, out: &mut InPublish) -> Result<Bytes, Protoco
                 need(1, i)?;
                 out.payload_utf8 = raw[i] == 1;
                 if raw[i] > 1 {
-                    return Err(ProtocolError::new(rc::PROTOCOL_ERROR, "payload format indicator"));
+                    return Err(ProtocolError::new(
+                        rc::PROTOCOL_ERROR,
+                        "payload format indicator",
+                    ));
                 }
                 i += 1;
             }
             0x02 => {
                 need(4, i)?;
-                out.expiry_secs = Some(u32::from_be_bytes([raw[i], raw[i + 1], raw[i + 2], raw[i + 3]]));
+                out.expiry_secs = Some(u32::from_be_bytes([
+                    raw[i],
+                    raw[i + 1],
+                    raw[i + 2],
+                    raw[i + 3],
+                ]));
                 i += 4;
                 drop_it = true;
             }
@@ -673,7 +694,8 @@ pub(crate) fn encode_packet(out: &mut BytesMut, packet: &impl MqttPacket) {
 /// DISCONNECT with a reason code (MQTT 5 only; 3.1.1 servers never send one).
 pub(crate) fn encode_disconnect(out: &mut BytesMut, code: u8, reason: Option<&str>) {
     let mut d = DisconnectPacket::new(
-        mqtt5_protocol::ReasonCode::from_u8(code).unwrap_or(mqtt5_protocol::ReasonCode::UnspecifiedError),
+        mqtt5_protocol::ReasonCode::from_u8(code)
+            .unwrap_or(mqtt5_protocol::ReasonCode::UnspecifiedError),
     );
     if let Some(r) = reason {
         d = d.with_reason_string(r.to_string());
@@ -713,8 +735,8 @@ mod tests {
         assert_eq!(p.pid, 7);
         assert_eq!(&p.payload[..], b"hello");
         let mut expected = BytesMut::new();
-        expected.put_slice(&props[..9]);
-        expected.put_slice(&props[12..]);
+        expected.put_slice(&props[..7]);
+        expected.put_slice(&props[10..]);
         assert_eq!(&p.props[..], &expected[..]);
 
         let out = OutPublish {
@@ -742,13 +764,15 @@ mod tests {
     fn split_waits_for_whole_packets_and_refuses_large_ones() {
         let mut b = BytesMut::from(&[0x30u8, 0x05, 0, 1][..]);
         assert!(split(&mut b, 100).unwrap().is_none());
-        b.put_slice(&[b'a', b'x']);
-        b.put_u8(0x30);
+        b.put_slice(&[b'a', b'x', b'y', 0x30]);
         let f = split(&mut b, 100).unwrap().unwrap();
         assert_eq!(f.body.len(), 5);
         assert_eq!(b.len(), 1);
         let mut big = BytesMut::from(&[0x30u8, 0xff, 0x7f][..]);
-        assert_eq!(split(&mut big, 1000).unwrap_err().code, rc::PACKET_TOO_LARGE);
+        assert_eq!(
+            split(&mut big, 1000).unwrap_err().code,
+            rc::PACKET_TOO_LARGE
+        );
     }
 
     #[test]

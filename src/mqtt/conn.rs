@@ -18,8 +18,10 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use super::codec::{self, Frame, Inbound, OutPublish, PacketKind, ProtocolError, V5, V31, V311, rc};
-use super::engine::{Accepted, Engine, Ending, Listening, Out};
+use super::codec::{
+    self, Frame, Inbound, OutPublish, PacketKind, ProtocolError, V5, V31, V311, rc,
+};
+use super::engine::{Accepted, Ending, Engine, Listening, Out};
 use super::faults::{self, Direction, Verdict};
 use super::journal::Origin;
 use super::session::{ConnCtl, Msg, NEVER, Will};
@@ -97,7 +99,10 @@ where
     let (connect, version) = match codec::decode_connect(&frame) {
         Ok(c) => c,
         Err(e) => {
-            engine.counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            engine
+                .counters
+                .protocol_errors
+                .fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%peer, detail = %e.detail, "MQTT CONNECT refused");
             if e.code == rc::UNSUPPORTED_VERSION {
                 // The client's level is unknown, so answer as 3.1.1 does.
@@ -302,9 +307,7 @@ fn handshake(
                 props,
                 qos: w.qos as u8,
                 retain: w.retain,
-                expires_at: p
-                    .message_expiry_interval
-                    .map(|s| now + i64::from(s) * 1000),
+                expires_at: p.message_expiry_interval.map(|s| now + i64::from(s) * 1000),
                 from: Some(client_id.clone()),
             }),
             delay_secs: p.will_delay_interval.unwrap_or(0),
@@ -400,8 +403,8 @@ async fn run<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let keep_alive = (conn.keep_alive > 0)
-        .then(|| Duration::from_millis(u64::from(conn.keep_alive) * 1500));
+    let keep_alive =
+        (conn.keep_alive > 0).then(|| Duration::from_millis(u64::from(conn.keep_alive) * 1500));
     let sleep = tokio::time::sleep(keep_alive.unwrap_or(Duration::from_secs(86_400)));
     tokio::pin!(sleep);
     let mut pulled = Vec::new();
@@ -425,7 +428,9 @@ where
             if engine.faults.active() {
                 match write_with_faults(engine, conn, stream, &out).await {
                     Ok(None) => {}
-                    Ok(Some(code)) => break Stop::Error(code, "disconnected by a fault rule".into()),
+                    Ok(Some(code)) => {
+                        break Stop::Error(code, "disconnected by a fault rule".into());
+                    }
                     Err(()) => break Stop::Done(Ending::Abrupt, None),
                 }
             } else if stream.write_all(&out).await.is_err() {
@@ -487,12 +492,17 @@ where
         }
         Stop::Error(code, detail) => {
             if code != rc::KEEP_ALIVE_TIMEOUT {
-                engine.counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                engine
+                    .counters
+                    .protocol_errors
+                    .fetch_add(1, Ordering::Relaxed);
             }
             tracing::debug!(client_id = %conn.client_id, code, %detail, "MQTT connection closed by the broker");
+            // What was handled before the error is answered first.
             if conn.version == V5 {
-                out.clear();
                 codec::encode_disconnect(&mut out, code, Some(&detail));
+            }
+            if !out.is_empty() {
                 let _ = stream.write_all(&out).await;
             }
             (Ending::Abrupt, None)
@@ -564,7 +574,7 @@ fn handle_frames(
         }
         match packet {
             Inbound::Publish(p) => publish(engine, ctl, conn, p, out)?,
-            Inbound::PubAck { pid, .. } => {
+            Inbound::PubAck { pid } => {
                 if engine.finished(&conn.client_id, pid) {
                     *want_pull = true;
                 }
@@ -590,7 +600,10 @@ fn handle_frames(
             Inbound::Subscribe(s) => {
                 let sub_id = s.properties.get_subscription_identifier();
                 if sub_id == Some(0) {
-                    return Err(ProtocolError::new(rc::PROTOCOL_ERROR, "subscription identifier 0"));
+                    return Err(ProtocolError::new(
+                        rc::PROTOCOL_ERROR,
+                        "subscription identifier 0",
+                    ));
                 }
                 let mut filters = Vec::with_capacity(s.filters.len());
                 for f in &s.filters {
@@ -689,20 +702,21 @@ fn publish(
         Some(a) if a == 0 || a > engine.limits.topic_alias_max => {
             return Err(ProtocolError::new(
                 rc::TOPIC_ALIAS_INVALID,
-                format!("topic alias {a} outside 1..={}", engine.limits.topic_alias_max),
+                format!(
+                    "topic alias {a} outside 1..={}",
+                    engine.limits.topic_alias_max
+                ),
             ));
         }
-        Some(a) if text.is_empty() => {
-            match conn.aliases.as_ref().and_then(|m| m.get(&a)) {
-                Some(t) => t.clone(),
-                None => {
-                    return Err(ProtocolError::new(
-                        rc::PROTOCOL_ERROR,
-                        format!("topic alias {a} was never set"),
-                    ));
-                }
+        Some(a) if text.is_empty() => match conn.aliases.as_ref().and_then(|m| m.get(&a)) {
+            Some(t) => t.clone(),
+            None => {
+                return Err(ProtocolError::new(
+                    rc::PROTOCOL_ERROR,
+                    format!("topic alias {a} was never set"),
+                ));
             }
-        }
+        },
         Some(a) => {
             let t: Arc<str> = text.into();
             conn.aliases.get_or_insert_default().insert(a, t.clone());
@@ -711,13 +725,20 @@ fn publish(
         None => text.into(),
     };
     if topics::valid_topic_name(&topic).is_err() {
-        return Err(ProtocolError::new(rc::TOPIC_NAME_INVALID, "invalid topic name"));
+        return Err(ProtocolError::new(
+            rc::TOPIC_NAME_INVALID,
+            "invalid topic name",
+        ));
     }
     let allowed = engine
         .authorizer
         .as_ref()
         .is_none_or(|a| a.may_publish(&conn.client_id, conn.user.as_deref(), &topic));
-    let code = if allowed { rc::SUCCESS } else { rc::NOT_AUTHORIZED };
+    let code = if allowed {
+        rc::SUCCESS
+    } else {
+        rc::NOT_AUTHORIZED
+    };
     if allowed {
         let msg = Arc::new(Msg {
             topic,
@@ -796,7 +817,11 @@ where
         });
         match verdict {
             Verdict::Pass | Verdict::RefuseConnect(_) => pending.extend_from_slice(pkt),
-            Verdict::Drop => {}
+            Verdict::Drop => {
+                if kind == PacketKind::Publish {
+                    engine.fault_dropped(&conn.client_id);
+                }
+            }
             Verdict::Duplicate => {
                 pending.extend_from_slice(pkt);
                 let start = pending.len();

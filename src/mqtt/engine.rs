@@ -18,6 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+use super::Qos;
 use super::auth::Authorizer;
 use super::codec::{OutPublish, V5, rc};
 use super::journal::Origin;
@@ -27,7 +28,6 @@ use super::session::{
 };
 use super::store::{Loaded, Op, RELEASED, SENT, Store};
 use super::tree::{Filter, Hit, SubOpts, Tree, parse_filter};
-use super::Qos;
 use crate::clock::{Clock, wall_ms};
 
 /// Limits the engine enforces.
@@ -41,9 +41,10 @@ pub(crate) struct EngineLimits {
     pub topic_alias_max: u16,
 }
 
-/// Engine-wide counters.
+/// Engine-wide counters (read into [`super::BrokerCounters`]).
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
+    pub dropped_fault: AtomicU64,
     pub received: AtomicU64,
     pub routed_deliveries: AtomicU64,
     pub dropped_queue_full: AtomicU64,
@@ -69,6 +70,9 @@ struct Core {
     /// (due sim ms, sequence) → timer.
     timers: BTreeMap<(i64, u64), Timer>,
     timer_seq: u64,
+    /// Session generations, unique across sessions: a timer set for a
+    /// session that was since replaced never matches its successor.
+    generations: u64,
     /// Reused per route: matching subscriptions.
     hits: Vec<Hit>,
 }
@@ -227,7 +231,8 @@ impl Engine {
             session.version = version;
             session.expiry_secs = expiry_secs;
             session.will = will;
-            session.generation += 1;
+            core.generations += 1;
+            session.generation = core.generations;
             session.resend = !session.inflight.is_empty();
             session.connected_at_ms = wall_ms();
             session.clean_start = clean_start;
@@ -271,7 +276,8 @@ impl Engine {
                 return;
             }
             session.link = None;
-            session.generation += 1;
+            core.generations += 1;
+            session.generation = core.generations;
             if let Some(e) = expiry_override {
                 session.expiry_secs = e;
                 self.persist_session(session);
@@ -336,7 +342,9 @@ impl Engine {
                 tracing::debug!(client_id = %client, topic = %msg.topic, "will not published: not authorized");
                 continue;
             }
-            self.counters.wills_published.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .wills_published
+                .fetch_add(1, Ordering::Relaxed);
             tracing::debug!(client_id = %client, topic = %msg.topic, "publishing will");
             self.observed.published(
                 &msg.topic,
@@ -394,7 +402,12 @@ impl Engine {
             .is_some_and(|s| s.awaiting_rel.remove(&pid))
     }
 
-    fn route_locked(&self, core: &mut Core, msg: &Arc<Msg>, wakes: &mut Vec<Arc<ConnCtl>>) -> usize {
+    fn route_locked(
+        &self,
+        core: &mut Core,
+        msg: &Arc<Msg>,
+        wakes: &mut Vec<Arc<ConnCtl>>,
+    ) -> usize {
         self.counters.received.fetch_add(1, Ordering::Relaxed);
         if msg.retain {
             if msg.payload.is_empty() {
@@ -539,7 +552,9 @@ impl Engine {
                     });
                 }
                 s.counters.dropped_expired += 1;
-                self.counters.dropped_expired.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .dropped_expired
+                    .fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             let size = OutPublish {
@@ -585,7 +600,8 @@ impl Engine {
             };
             out.push(Out::Publish { d, pid, dup: false });
         }
-        !s.queue.is_empty() && (s.inflight.len() < window || s.queue.front().is_some_and(|d| d.qos == 0))
+        !s.queue.is_empty()
+            && (s.inflight.len() < window || s.queue.front().is_some_and(|d| d.qos == 0))
     }
 
     /// PUBACK (QoS 1) or PUBCOMP (QoS 2) for a message we sent.
@@ -659,7 +675,11 @@ impl Engine {
         filters: &[(String, SubOpts)],
     ) -> Vec<u8> {
         let now = self.clock.now_ms();
-        let refused = if version == V5 { rc::NOT_AUTHORIZED } else { 0x80 };
+        let refused = if version == V5 {
+            rc::NOT_AUTHORIZED
+        } else {
+            0x80
+        };
         let invalid = if version == V5 {
             rc::TOPIC_FILTER_INVALID
         } else {
@@ -846,6 +866,32 @@ impl Engine {
             .iter()
             .map(|(id, s)| (id.clone(), (s.queue.len(), s.inflight.len(), s.counters)))
             .collect()
+    }
+
+    /// A PUBLISH to `client_id` that a fault rule dropped.
+    pub fn fault_dropped(&self, client_id: &str) {
+        self.counters.dropped_fault.fetch_add(1, Ordering::Relaxed);
+        let mut core = self.core.lock().unwrap();
+        if let Some(s) = core.sessions.get_mut(client_id) {
+            s.counters.dropped_fault += 1;
+        }
+    }
+
+    pub fn counters(&self) -> super::BrokerCounters {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        super::BrokerCounters {
+            received: get(&c.received),
+            deliveries: get(&c.routed_deliveries),
+            dropped_queue_full: get(&c.dropped_queue_full),
+            dropped_expired: get(&c.dropped_expired),
+            dropped_too_large: get(&c.dropped_too_large),
+            dropped_fault: get(&c.dropped_fault),
+            skipped_offline_qos0: get(&c.dropped_offline_qos0),
+            wills_published: get(&c.wills_published),
+            connections_refused: get(&c.connections_refused),
+            protocol_errors: get(&c.protocol_errors),
+        }
     }
 
     pub fn sizes(&self) -> (usize, usize, usize) {

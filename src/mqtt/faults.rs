@@ -321,12 +321,10 @@ impl Faults {
             if m.direction.is_some_and(|d| d != p.direction)
                 || m.packet.is_some_and(|k| k != p.kind)
                 || m.client.as_deref().is_some_and(|c| !glob(c, p.client_id))
-                || m
-                    .user
+                || m.user
                     .as_deref()
                     .is_some_and(|u| !p.user.is_some_and(|pu| glob(u, pu)))
-                || m
-                    .topic
+                || m.topic
                     .as_deref()
                     .is_some_and(|f| !p.topic.is_some_and(|t| super::topics::matches(f, t)))
             {
@@ -335,7 +333,10 @@ impl Faults {
             if v.action == FaultAction::WithholdAck
                 && !matches!(
                     p.kind,
-                    PacketKind::PubAck | PacketKind::PubRec | PacketKind::PubComp | PacketKind::Suback
+                    PacketKind::PubAck
+                        | PacketKind::PubRec
+                        | PacketKind::PubComp
+                        | PacketKind::Suback
                 )
             {
                 continue;
@@ -362,9 +363,7 @@ impl Faults {
                 FaultAction::Duplicate => Verdict::Duplicate,
                 FaultAction::Reorder => Verdict::Reorder,
                 FaultAction::Disconnect => Verdict::Disconnect(v.reason_code.unwrap_or(0x80)),
-                FaultAction::RefuseConnect => {
-                    Verdict::RefuseConnect(v.reason_code.unwrap_or(0x87))
-                }
+                FaultAction::RefuseConnect => Verdict::RefuseConnect(v.reason_code.unwrap_or(0x87)),
                 FaultAction::Throttle => Verdict::Throttle(v.bytes_per_sec.unwrap_or(1)),
             };
             st.log_seq += 1;
@@ -462,8 +461,10 @@ mod tests {
     fn draws_repeat_under_the_same_seed() {
         let run = |seed| {
             let f = Faults::new(seed);
-            f.add(spec(serde_json::json!({"action": "drop", "probability": 0.5})))
-                .unwrap();
+            f.add(spec(
+                serde_json::json!({"action": "drop", "probability": 0.5}),
+            ))
+            .unwrap();
             (0..64)
                 .map(|_| f.on(&out_publish("c", "t")) == Verdict::Drop)
                 .collect::<Vec<bool>>()
@@ -480,7 +481,9 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("delay_ms"));
         let e = f
-            .add(spec(serde_json::json!({"action": "duplicate", "match": {"direction": "in"}})))
+            .add(spec(
+                serde_json::json!({"action": "duplicate", "match": {"direction": "in"}}),
+            ))
             .unwrap_err();
         assert!(e.to_string().contains("out"));
     }

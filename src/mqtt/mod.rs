@@ -165,7 +165,6 @@ impl From<Qos> for u8 {
     }
 }
 
-
 /// A change in who is connected, for other modules (the fleet's
 /// connectivity tracking). Sent when the first connection of a client id
 /// opens and when its last one closes.
@@ -228,9 +227,41 @@ pub struct Status {
     /// Outages since the start.
     pub outages: u64,
     pub clients: usize,
+    /// Sessions the broker keeps (connected, or away and not expired).
+    pub sessions: usize,
+    /// Subscriptions in the subscription tree.
+    pub subscriptions: usize,
+    /// Retained messages.
+    pub retained: usize,
+    /// What the engine did since the start.
+    pub broker: BrokerCounters,
     pub journal: JournalStats,
     pub outage_policy: OutageCounters,
     pub limits: Limits,
+}
+
+/// The engine's counters since the start.
+#[derive(Debug, Clone, Copy, Default, Serialize, utoipa::ToSchema)]
+pub struct BrokerCounters {
+    /// Messages accepted for routing (clients, the server, wills).
+    pub received: u64,
+    /// Deliveries queued for sessions.
+    pub deliveries: u64,
+    /// Dropped because a session's queue was full.
+    pub dropped_queue_full: u64,
+    /// Dropped because they expired before they could be sent.
+    pub dropped_expired: u64,
+    /// Skipped because they were larger than the client's Maximum Packet Size.
+    pub dropped_too_large: u64,
+    /// Dropped by a packet fault rule.
+    pub dropped_fault: u64,
+    /// QoS 0 messages (or any to a non-persistent session) matching a
+    /// session whose client was away: not queued, as MQTT allows.
+    pub skipped_offline_qos0: u64,
+    pub wills_published: u64,
+    pub connections_refused: u64,
+    /// Connections closed for a protocol error.
+    pub protocol_errors: u64,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -499,9 +530,14 @@ impl Shared {
     /// Journals and routes a server publish.
     fn route(&self, topic: &str, payload: Bytes, qos: Qos, retain: bool) {
         let msg = engine::server_msg(topic, payload, u8::from(qos), retain);
-        self.engine
-            .observed
-            .published(&msg.topic, &msg.payload, msg.qos, retain, None, Origin::Server);
+        self.engine.observed.published(
+            &msg.topic,
+            &msg.payload,
+            msg.qos,
+            retain,
+            None,
+            Origin::Server,
+        );
         self.engine.route(msg);
     }
 }
@@ -522,7 +558,13 @@ impl MqttHandle {
     }
 
     /// [`publish`](Self::publish) without the future: routing never waits.
-    pub fn publish_now(&self, topic: &str, payload: Bytes, qos: Qos, retain: bool) -> PublishOutcome {
+    pub fn publish_now(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        qos: Qos,
+        retain: bool,
+    ) -> PublishOutcome {
         let shared = &self.shared;
         let held_now = {
             let mut held = shared.held.lock().unwrap();
@@ -580,7 +622,10 @@ impl MqttHandle {
     }
 
     /// Adds a packet fault rule.
-    pub fn fault_add(&self, spec: faults::FaultSpec) -> Result<faults::FaultRule, faults::FaultError> {
+    pub fn fault_add(
+        &self,
+        spec: faults::FaultSpec,
+    ) -> Result<faults::FaultRule, faults::FaultError> {
         self.shared.engine.faults.add(spec)
     }
 
@@ -671,7 +716,11 @@ impl MqttHandle {
 
     /// Journal entries after `since` on `filter`, at most `limit`.
     pub fn messages(&self, filter: Option<&str>, since: u64, limit: usize) -> Page {
-        self.shared.engine.observed.journal.page(filter, since, limit)
+        self.shared
+            .engine
+            .observed
+            .journal
+            .page(filter, since, limit)
     }
 
     /// The newest journal cursor, changing with every entry added: follow
@@ -682,6 +731,7 @@ impl MqttHandle {
 
     pub fn status(&self) -> Status {
         let shared = &self.shared;
+        let (sessions, subscriptions, retained) = shared.engine.sizes();
         let link = *shared.link.lock().unwrap();
         let (state, until, remaining_ms) = match link {
             Link::Up => ("up", None, None),
@@ -702,6 +752,10 @@ impl MqttHandle {
             addr: shared.addr.to_string(),
             outages: shared.outages.load(Ordering::Relaxed),
             clients: shared.engine.observed.client_count(),
+            sessions,
+            subscriptions,
+            retained,
+            broker: shared.engine.counters(),
             journal: shared.engine.observed.journal.stats(),
             outage_policy: OutageCounters {
                 dropped: shared.dropped.load(Ordering::Relaxed),

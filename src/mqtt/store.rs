@@ -56,8 +56,7 @@ CREATE TABLE messages (
 );
 "];
 
-/// Where a stored message stands.
-pub(crate) const QUEUED: i64 = 0;
+/// Where a stored message stands (0: queued, not yet sent).
 pub(crate) const SENT: i64 = 1;
 pub(crate) const RELEASED: i64 = 2;
 
@@ -130,12 +129,11 @@ impl Store {
     pub fn open(dir: &Path) -> Result<(Self, Loaded), StoreError> {
         let path = dir.join("broker.db");
         let shown = path.display().to_string();
-        let conn = crate::sqlite::open(Some(&path), MIGRATIONS).map_err(|source| {
-            StoreError::Open {
+        let conn =
+            crate::sqlite::open(Some(&path), MIGRATIONS).map_err(|source| StoreError::Open {
                 path: shown.clone(),
                 source,
-            }
-        })?;
+            })?;
         let loaded = load(&conn).map_err(|source| StoreError::Sql {
             path: shown.clone(),
             source,
@@ -270,8 +268,10 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: Op) -> rusqlite::Result<()> {
             state,
             pid,
         } => {
-            tx.prepare_cached("UPDATE messages SET state = ?3, pid = ?4 WHERE client_id = ?1 AND seq = ?2")?
-                .execute(params![&*client_id, seq as i64, state, pid])?;
+            tx.prepare_cached(
+                "UPDATE messages SET state = ?3, pid = ?4 WHERE client_id = ?1 AND seq = ?2",
+            )?
+            .execute(params![&*client_id, seq as i64, state, pid])?;
         }
         Op::MsgDel { client_id, seq } => {
             tx.prepare_cached("DELETE FROM messages WHERE client_id = ?1 AND seq = ?2")?
@@ -283,7 +283,8 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: Op) -> rusqlite::Result<()> {
 
 fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
     let mut retained = Vec::new();
-    let mut st = conn.prepare("SELECT topic, payload, props, qos, expires_at FROM retained ORDER BY topic")?;
+    let mut st =
+        conn.prepare("SELECT topic, payload, props, qos, expires_at FROM retained ORDER BY topic")?;
     let mut rows = st.query([])?;
     while let Some(r) = rows.next()? {
         let topic: String = r.get(0)?;

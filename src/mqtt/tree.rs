@@ -58,11 +58,6 @@ pub(crate) fn parse_filter(raw: &str) -> Result<Filter<'_>, &'static str> {
     Ok(Filter { group, filter })
 }
 
-/// Checks a topic name of a PUBLISH.
-pub(crate) fn valid_topic(topic: &str) -> bool {
-    !topic.is_empty() && !topic.contains(['+', '#', '\0'])
-}
-
 #[derive(Default)]
 struct Node {
     children: HashMap<Box<str>, Node>,
@@ -313,7 +308,11 @@ mod tests {
     fn shared_groups_take_turns() {
         let mut t = Tree::default();
         for c in ["x", "y"] {
-            t.insert(&parse_filter("$share/g/t/#").unwrap(), &Arc::from(c), opts(1));
+            t.insert(
+                &parse_filter("$share/g/t/#").unwrap(),
+                &Arc::from(c),
+                opts(1),
+            );
         }
         let a = hits(&mut t, "t/1");
         let b = hits(&mut t, "t/2");

@@ -54,7 +54,14 @@ struct Will<'a> {
 }
 
 /// CONNECT for `level` (3, 4 or 5). `conn_props` only for 5.
-fn connect(level: u8, id: &str, clean: bool, keep_alive: u16, conn_props: &[u8], will: Option<&Will>) -> Vec<u8> {
+fn connect(
+    level: u8,
+    id: &str,
+    clean: bool,
+    keep_alive: u16,
+    conn_props: &[u8],
+    will: Option<&Will>,
+) -> Vec<u8> {
     let mut b = Vec::new();
     if level == 3 {
         string(b"MQIsdp", &mut b);
@@ -137,7 +144,9 @@ impl Raw {
 
     /// The next packet (first byte, body) or `None` at EOF.
     async fn packet(&mut self) -> Option<(u8, Vec<u8>)> {
-        self.packet_within(WAIT).await.expect("a packet or EOF in time")
+        self.packet_within(WAIT)
+            .await
+            .expect("a packet or EOF in time")
     }
 
     async fn packet_within(&mut self, within: Duration) -> Result<Option<(u8, Vec<u8>)>, ()> {
@@ -243,7 +252,8 @@ async fn v5_properties_pass_through_untouched_and_small_clients_get_what_fits() 
 
     // Too large for the subscriber: skipped, counted, and the next one
     // still arrives.
-    publ.send(&publish(5, "t/big", 0, 0, &[], &[b'x'; 100])).await;
+    publ.send(&publish(5, "t/big", 0, 0, &[], &[b'x'; 100]))
+        .await;
     publ.send(&publish(5, "t/after", 0, 0, &[], b"ok")).await;
     let (topic, _, _) = sub.publish(5).await;
     assert_eq!(topic, "t/after");
@@ -263,7 +273,8 @@ async fn v5_properties_pass_through_untouched_and_small_clients_get_what_fits() 
 #[tokio::test]
 async fn mqtt_3_1_clients_connect_and_take_part() {
     let server = TestServer::with_scenario("", |_| {}).await;
-    let (mut old, connack) = Raw::open(server.mqtt, &connect(3, "old-device", true, 30, &[], None)).await;
+    let (mut old, connack) =
+        Raw::open(server.mqtt, &connect(3, "old-device", true, 30, &[], None)).await;
     assert_eq!(connack, [0, 0], "CONNACK accepted");
     old.send(&subscribe(4, 1, "cmd/#", 1)).await;
     suback(&mut old).await;
@@ -285,7 +296,11 @@ async fn protocol_errors_get_a_disconnect_with_its_reason_code() {
     assert_eq!((first, body[0]), (0xe0, 0x94), "topic alias invalid");
     assert!(c.packet().await.is_none(), "then closed");
 
-    let (mut c, _) = Raw::open(server.mqtt, &connect(5, "alias-unknown", true, 0, &[], None)).await;
+    let (mut c, _) = Raw::open(
+        server.mqtt,
+        &connect(5, "alias-unknown", true, 0, &[], None),
+    )
+    .await;
     c.send(&publish(5, "", 0, 0, &[0x23, 0, 7], b"x")).await;
     let (first, body) = c.packet().await.expect("DISCONNECT");
     assert_eq!((first, body[0]), (0xe0, 0x82), "protocol error");
@@ -297,7 +312,10 @@ async fn a_3_1_1_client_taken_over_is_closed_without_a_disconnect_packet() {
     let server = TestServer::with_scenario("", |_| {}).await;
     let (mut first, _) = Raw::open(server.mqtt, &connect(4, "same", true, 0, &[], None)).await;
     let (_second, _) = Raw::open(server.mqtt, &connect(4, "same", true, 0, &[], None)).await;
-    assert!(first.packet().await.is_none(), "3.1.1: closed, no DISCONNECT");
+    assert!(
+        first.packet().await.is_none(),
+        "3.1.1: closed, no DISCONNECT"
+    );
 
     let (mut first, _) = Raw::open(server.mqtt, &connect(5, "same5", true, 0, &[], None)).await;
     let (_second, _) = Raw::open(server.mqtt, &connect(5, "same5", true, 0, &[], None)).await;
@@ -330,14 +348,26 @@ async fn a_delayed_will_fires_when_the_manual_clock_reaches_it_and_is_journaled(
     drop(c);
     let since = server.get("/api/v1/mqtt/messages?topic=wills/%23").await.1["next_cursor"].clone();
     // Not yet: 59 s of simulated time.
-    let (s, _) = server.post("/api/v1/clock/advance", json!({"ms": 59_000})).await;
+    let (s, _) = server
+        .post("/api/v1/clock/advance", json!({"ms": 59_000}))
+        .await;
     assert_eq!(s, 200);
-    let v = verify(&server, json!({"topic":"wills/#","exactly":0,"within_ms":300,"since":since})).await;
-    assert_eq!(v["ok"], true, "{v}");
-    let (s, _) = server.post("/api/v1/clock/advance", json!({"ms": 1_000})).await;
+    let v = verify(
+        &server,
+        json!({"topic":"wills/#","exactly":0,"within_ms":300,"since":since}),
+    )
+    .await;
+    assert_eq!(v["passed"], true, "{v}");
+    let (s, _) = server
+        .post("/api/v1/clock/advance", json!({"ms": 1_000}))
+        .await;
     assert_eq!(s, 200);
-    let v = verify(&server, json!({"topic":"wills/w1","exactly":1,"within_ms":5000,"since":since})).await;
-    assert_eq!(v["ok"], true, "{v}");
+    let v = verify(
+        &server,
+        json!({"topic":"wills/w1","exactly":1,"within_ms":5000,"since":since}),
+    )
+    .await;
+    assert_eq!(v["passed"], true, "{v}");
     let (_, page) = server.get("/api/v1/mqtt/messages?topic=wills/%23").await;
     let item = &page["items"][0];
     assert_eq!(item["origin"], "will", "{item}");
@@ -357,14 +387,19 @@ async fn queued_messages_expire_on_the_manual_clock() {
     drop(sub);
     let (mut publ, _) = Raw::open(server.mqtt, &connect(5, "p", true, 0, &[], None)).await;
     // Message Expiry Interval 10 s and 100 s.
-    publ.send(&publish(5, "q/short", 1, 1, &[0x02, 0, 0, 0, 10], b"s")).await;
-    publ.send(&publish(5, "q/long", 1, 2, &[0x02, 0, 0, 0, 100], b"l")).await;
+    publ.send(&publish(5, "q/short", 1, 1, &[0x02, 0, 0, 0, 10], b"s"))
+        .await;
+    publ.send(&publish(5, "q/long", 1, 2, &[0x02, 0, 0, 0, 100], b"l"))
+        .await;
     for _ in 0..2 {
         assert_eq!(publ.packet().await.unwrap().0, 0x40, "PUBACK");
     }
-    let (s, _) = server.post("/api/v1/clock/advance", json!({"ms": 30_000})).await;
+    let (s, _) = server
+        .post("/api/v1/clock/advance", json!({"ms": 30_000}))
+        .await;
     assert_eq!(s, 200);
-    let (mut sub, connack) = Raw::open(server.mqtt, &connect(5, "away", false, 0, &expiry, None)).await;
+    let (mut sub, connack) =
+        Raw::open(server.mqtt, &connect(5, "away", false, 0, &expiry, None)).await;
     assert_eq!(connack[0], 1, "session present");
     let (topic, p, _) = sub.publish(5).await;
     assert_eq!(topic, "q/long");
@@ -399,7 +434,8 @@ async fn retained_messages_of_long_topics_and_queued_messages_survive_a_restart(
     server.stop().await;
 
     let server = TestServer::with_scenario("", |c| c.data_dir = Some(data.clone())).await;
-    let (mut sub, connack) = Raw::open(server.mqtt, &connect(4, "keeper", false, 0, &[], None)).await;
+    let (mut sub, connack) =
+        Raw::open(server.mqtt, &connect(4, "keeper", false, 0, &[], None)).await;
     assert_eq!(connack, [1, 0], "session present after the restart");
     let (topic, _, payload) = sub.publish(4).await;
     assert_eq!((topic.as_str(), &payload[..]), ("jobs/1", &b"job"[..]));
@@ -456,7 +492,11 @@ async fn duplicate_and_reorder_reach_a_real_subscriber() {
     let (mut sub, _) = Raw::open(server.mqtt, &connect(4, "sub", true, 0, &[], None)).await;
     sub.send(&subscribe(4, 1, "d/#", 1)).await;
     suback(&mut sub).await;
-    fault(&server, json!({"match": {"client": "sub", "topic": "d/dup"}, "action": "duplicate"})).await;
+    fault(
+        &server,
+        json!({"match": {"client": "sub", "topic": "d/dup"}, "action": "duplicate"}),
+    )
+    .await;
     let (mut publ, _) = Raw::open(server.mqtt, &connect(4, "p", true, 0, &[], None)).await;
     publ.send(&publish(4, "d/dup", 1, 1, &[], b"once")).await;
     let (f1, b1) = sub.packet().await.unwrap();
@@ -465,7 +505,11 @@ async fn duplicate_and_reorder_reach_a_real_subscriber() {
     assert_eq!(b1, b2, "same packet id and payload");
 
     server.delete("/api/v1/mqtt/faults").await;
-    fault(&server, json!({"match": {"client": "sub", "topic": "d/first"}, "action": "reorder", "count": 1})).await;
+    fault(
+        &server,
+        json!({"match": {"client": "sub", "topic": "d/first"}, "action": "reorder", "count": 1}),
+    )
+    .await;
     publ.send(&publish(4, "d/first", 0, 0, &[], b"1")).await;
     publ.send(&publish(4, "d/second", 0, 0, &[], b"2")).await;
     let (t1, _, _) = sub.publish(4).await;
@@ -477,7 +521,11 @@ async fn duplicate_and_reorder_reach_a_real_subscriber() {
 #[tokio::test]
 async fn refused_connections_and_fault_disconnects_carry_their_reason_codes() {
     let server = TestServer::with_scenario("", |_| {}).await;
-    fault(&server, json!({"match": {"client": "blocked"}, "action": "refuse_connect", "reason_code": 0x88})).await;
+    fault(
+        &server,
+        json!({"match": {"client": "blocked"}, "action": "refuse_connect", "reason_code": 0x88}),
+    )
+    .await;
     let s = TcpStream::connect(server.mqtt).await.unwrap();
     let mut raw = Raw { s, buf: Vec::new() };
     raw.send(&connect(5, "blocked", true, 0, &[], None)).await;
@@ -496,7 +544,11 @@ async fn refused_connections_and_fault_disconnects_carry_their_reason_codes() {
     assert_eq!(c.packet().await.unwrap().0, 0x40);
     assert_eq!(c.packet().await.unwrap().0, 0x40);
     let (first, body) = c.packet().await.expect("DISCONNECT");
-    assert_eq!((first, body[0]), (0xe0, 0x97), "quota exceeded, as the rule says");
+    assert_eq!(
+        (first, body[0]),
+        (0xe0, 0x97),
+        "quota exceeded, as the rule says"
+    );
     server.stop().await;
 }
 
@@ -510,7 +562,8 @@ async fn probabilistic_drops_repeat_under_the_same_seed() {
         fault(&server, json!({"match": {"client": "s", "packet": "publish"}, "action": "drop", "probability": 0.5})).await;
         let (mut publ, _) = Raw::open(server.mqtt, &connect(4, "p", true, 0, &[], None)).await;
         for i in 0..40 {
-            publ.send(&publish(4, &format!("r/{i}"), 0, 0, &[], b"v")).await;
+            publ.send(&publish(4, &format!("r/{i}"), 0, 0, &[], b"v"))
+                .await;
         }
         publ.send(&publish(4, "end", 0, 0, &[], b"")).await;
         // A marker the subscriber does not filter on would not arrive; wait
@@ -527,6 +580,10 @@ async fn probabilistic_drops_repeat_under_the_same_seed() {
     }
     let a = run(11).await;
     let b = run(11).await;
-    assert!(!a.is_empty() && a.len() < 40, "about half dropped: {}", a.len());
+    assert!(
+        !a.is_empty() && a.len() < 40,
+        "about half dropped: {}",
+        a.len()
+    );
     assert_eq!(a, b);
 }
