@@ -177,6 +177,7 @@ impl Server {
 
         let mut mqtt_config = MqttConfig::new(config.mqtt);
         mqtt_config.journal_capacity = config.journal_capacity;
+        mqtt_config.seed = seed;
         mqtt_config.storage_dir = config.data_dir.as_ref().map(|d| d.join("mqtt"));
         let device_access = match &config.mqtt_auth {
             MqttAuth::Devices { admin_password } if config.mqtt_authorizer.is_none() => {

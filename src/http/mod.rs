@@ -93,6 +93,10 @@ pub struct AppState {
         mqtt::mqtt_clients,
         mqtt::mqtt_status,
         mqtt::mqtt_outage,
+        mqtt::mqtt_faults_create,
+        mqtt::mqtt_faults_index,
+        mqtt::mqtt_faults_destroy,
+        mqtt::mqtt_faults_clear,
         edge::edge_nodes_create,
         edge::edge_nodes_index,
         edge::edge_nodes_show,
@@ -189,6 +193,16 @@ pub fn router(state: AppState) -> Router {
         .route("/mqtt/clients", get(mqtt::mqtt_clients))
         .route("/mqtt/status", get(mqtt::mqtt_status))
         .route("/mqtt/outage", post(mqtt::mqtt_outage))
+        .route(
+            "/mqtt/faults",
+            get(mqtt::mqtt_faults_index)
+                .post(mqtt::mqtt_faults_create)
+                .delete(mqtt::mqtt_faults_clear),
+        )
+        .route(
+            "/mqtt/faults/{id}",
+            axum::routing::delete(mqtt::mqtt_faults_destroy),
+        )
         .route(
             "/edge-nodes",
             post(edge::edge_nodes_create).get(edge::edge_nodes_index),

@@ -1,5 +1,5 @@
 //! The MQTT bridge: publish from HTTP, read the journal, verify, list
-//! clients, read the status, cause an outage.
+//! clients, read the status, cause an outage, break packets on purpose.
 
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::error::{ApiError, ApiJson, Problem};
+use crate::mqtt::faults::{FaultEvent, FaultRule, FaultSpec};
 use crate::mqtt::{ClientInfo, MqttError, PublishOutcome, Qos, Status, VerifySpec, topics};
 use crate::verify::{Expect, Verdict};
 
@@ -218,4 +219,78 @@ pub async fn mqtt_outage(
         }
         Err(e) => Err(ApiError::internal(e)),
     }
+}
+
+/// Fault rules and the log of their firings.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct FaultList {
+    pub rules: Vec<FaultRule>,
+    /// Firings after `since`, oldest first (a bounded log).
+    pub log: Vec<FaultEvent>,
+    /// Firings the log no longer holds.
+    pub log_evicted: u64,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct FaultLogQuery {
+    /// Only firings with a sequence number above this.
+    #[serde(default)]
+    pub since: u64,
+}
+
+/// Adds a packet-level fault rule: drop, delay, duplicate, reorder,
+/// withhold_ack, disconnect, refuse_connect or throttle, on the packets
+/// its `match` selects. Draws come from the server's seed.
+#[utoipa::path(post, path = "/api/v1/mqtt/faults", tag = "mqtt",
+    request_body = FaultSpec,
+    responses((status = 201, body = FaultRule), (status = 422, body = Problem)))]
+pub async fn mqtt_faults_create(
+    State(state): State<AppState>,
+    ApiJson(spec): ApiJson<FaultSpec>,
+) -> Result<(StatusCode, Json<FaultRule>), ApiError> {
+    let rule = state
+        .mqtt
+        .fault_add(spec)
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    Ok((StatusCode::CREATED, Json(rule)))
+}
+
+/// The fault rules with how often each matched and fired, and the log of
+/// firings.
+#[utoipa::path(get, path = "/api/v1/mqtt/faults", tag = "mqtt", params(FaultLogQuery),
+    responses((status = 200, body = FaultList)))]
+pub async fn mqtt_faults_index(
+    State(state): State<AppState>,
+    Query(q): Query<FaultLogQuery>,
+) -> Json<FaultList> {
+    let (log, log_evicted) = state.mqtt.fault_log(q.since);
+    Json(FaultList {
+        rules: state.mqtt.fault_rules(),
+        log,
+        log_evicted,
+    })
+}
+
+/// Removes one fault rule.
+#[utoipa::path(delete, path = "/api/v1/mqtt/faults/{id}", tag = "mqtt",
+    params(("id" = String, Path, description = "rule id, e.g. f-1")),
+    responses((status = 204), (status = 404, body = Problem)))]
+pub async fn mqtt_faults_destroy(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .mqtt
+        .fault_remove(&id)
+        .map_err(|e| ApiError::not_found(e.to_string()))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Removes every fault rule.
+#[utoipa::path(delete, path = "/api/v1/mqtt/faults", tag = "mqtt",
+    responses((status = 204)))]
+pub async fn mqtt_faults_clear(State(state): State<AppState>) -> StatusCode {
+    state.mqtt.faults_clear();
+    StatusCode::NO_CONTENT
 }

@@ -24,6 +24,8 @@ pub struct Health {
     pub commands: CommandCounters,
     /// The MQTT message journal (`GET /mqtt/messages`, verify).
     pub mqtt_journal: crate::mqtt::JournalStats,
+    /// The broker engine's counters (drops by reason, wills, refusals).
+    pub mqtt_broker: crate::mqtt::BrokerCounters,
     /// The HTTP request journal (`GET /http/requests`, verify).
     pub http_journal: crate::stubs::HttpJournalStats,
 }
@@ -41,6 +43,7 @@ pub async fn health_show(State(state): State<AppState>) -> Json<Health> {
         telemetry: state.telemetry.counters(),
         commands: state.commands.counters(),
         mqtt_journal: state.mqtt.status().journal,
+        mqtt_broker: state.mqtt.status().broker,
         http_journal: state.stubs.journal().stats(),
     })
 }
@@ -212,6 +215,56 @@ pub async fn metrics_show(State(state): State<AppState>) -> impl IntoResponse {
         "Publishes held during an outage that the full buffer evicted.",
         mqtt.outage_policy.held_evicted,
     );
+    let b = mqtt.broker;
+    for (name, help, value) in [
+        (
+            "mqtt_received_total",
+            "Messages the broker accepted for routing.",
+            b.received,
+        ),
+        (
+            "mqtt_deliveries_total",
+            "Deliveries queued for sessions.",
+            b.deliveries,
+        ),
+        (
+            "mqtt_dropped_queue_full_total",
+            "Messages dropped at a full session queue.",
+            b.dropped_queue_full,
+        ),
+        (
+            "mqtt_dropped_expired_total",
+            "Messages that expired before they were sent.",
+            b.dropped_expired,
+        ),
+        (
+            "mqtt_dropped_too_large_total",
+            "Messages over a client's Maximum Packet Size.",
+            b.dropped_too_large,
+        ),
+        (
+            "mqtt_dropped_fault_total",
+            "Messages dropped by a fault rule.",
+            b.dropped_fault,
+        ),
+        (
+            "mqtt_wills_published_total",
+            "Wills the broker published.",
+            b.wills_published,
+        ),
+        (
+            "mqtt_connections_refused_total",
+            "CONNECTs answered with a refusal.",
+            b.connections_refused,
+        ),
+        (
+            "mqtt_protocol_errors_total",
+            "Connections closed for a protocol error.",
+            b.protocol_errors,
+        ),
+    ] {
+        counter(name, help, value);
+    }
     counter(
         "http_journal_evicted_total",
         "HTTP requests evicted from the journal (raise --http-journal-capacity).",

@@ -1,387 +1,1014 @@
-//! The mqtt5 engine, kept in this file and `auth.rs`: building and starting
-//! one broker instance, and the event handler that feeds the journal, the
-//! client registry and the client event stream.
+//! The broker engine's core: sessions, the subscription tree and retained
+//! messages under one lock, and the operations connections and the server
+//! perform on them (connect, route, pull, acknowledge, subscribe,
+//! disconnect), plus the timers that run on the server's clock (will
+//! delay, session expiry).
+//!
+//! One std mutex guards the core: every operation is a short map update
+//! or a tree walk, never held across an `.await`; wake-ups and I/O happen
+//! after it is released. The listener and the per-connection tasks are in
+//! `conn.rs`; the packet formats in `codec.rs`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use mqtt5::broker::MqttBroker;
-use mqtt5::broker::config::{BrokerConfig, StorageBackend as Backend, StorageConfig};
-use mqtt5::broker::events::{
-    BrokerEventHandler, ClientConnectEvent, ClientDisconnectEvent, ClientPublishEvent,
-    ClientSubscribeEvent, ClientUnsubscribeEvent, PublishAction, SubAckReasonCode,
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use super::Qos;
+use super::auth::Authorizer;
+use super::codec::{OutPublish, V5, rc};
+use super::journal::Origin;
+use super::observed::Observed;
+use super::session::{
+    ConnCtl, Delivery, Enqueued, Flight, Link, Msg, NEVER, Session, SessionCounters, Will,
 };
-use mqtt5::broker::router::MessageRouter;
-use mqtt5::broker::server::BrokerShutdownHandle;
-use mqtt5::broker::storage::{DynamicStorage, StorageBackend};
-use tokio::sync::broadcast;
-
-use super::journal::Journal;
-use super::{ClientEvent, ClientInfo, MAX_PACKET_SIZE, MqttConfig, Qos};
+use super::store::{Loaded, Op, RELEASED, SENT, Store};
+use super::tree::{Filter, Hit, SubOpts, Tree, parse_filter};
 use crate::clock::{Clock, wall_ms};
 
-/// What the event handler writes to and the facade reads from. Holds no
-/// engine object except the storage slot, which is emptied before a restart
-/// (the storage directory lock lives as long as any clone of it).
-pub(crate) struct Observed {
-    pub journal: Journal,
+/// Limits the engine enforces.
+#[derive(Debug, Clone)]
+pub(crate) struct EngineLimits {
+    pub max_packet: usize,
+    pub max_queued: usize,
+    pub max_queued_bytes: usize,
+    pub max_inflight: u16,
+    pub max_clients: usize,
+    pub topic_alias_max: u16,
+}
+
+/// Engine-wide counters (read into [`super::BrokerCounters`]).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub dropped_fault: AtomicU64,
+    pub received: AtomicU64,
+    pub routed_deliveries: AtomicU64,
+    pub dropped_queue_full: AtomicU64,
+    pub dropped_expired: AtomicU64,
+    pub dropped_too_large: AtomicU64,
+    pub dropped_offline_qos0: AtomicU64,
+    pub wills_published: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub protocol_errors: AtomicU64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Will { client: Arc<str>, generation: u64 },
+    SessionEnd { client: Arc<str>, generation: u64 },
+}
+
+#[derive(Default)]
+struct Core {
+    sessions: HashMap<Arc<str>, Session>,
+    tree: Tree,
+    retained: HashMap<Arc<str>, Arc<Msg>>,
+    /// (due sim ms, sequence) → timer.
+    timers: BTreeMap<(i64, u64), Timer>,
+    timer_seq: u64,
+    /// Session generations, unique across sessions: a timer set for a
+    /// session that was since replaced never matches its successor.
+    generations: u64,
+    /// Reused per route: matching subscriptions.
+    hits: Vec<Hit>,
+}
+
+pub(crate) struct Engine {
+    // A std mutex: see the module comment.
+    core: Mutex<Core>,
+    pub observed: Arc<Observed>,
     pub clock: Clock,
-    pub events: broadcast::Sender<ClientEvent>,
-    // std locks: held for a map update, never across an await.
-    pub clients: Mutex<HashMap<Arc<str>, Client>>,
-    pub storage: RwLock<Option<Arc<DynamicStorage>>>,
-    /// In-process listeners on what clients publish (the command engine
-    /// reads acks this way). Written when a tap is added, read per publish.
-    pub taps: RwLock<Vec<Tap>>,
-    pub subscribed: broadcast::Sender<Subscribed>,
+    pub limits: EngineLimits,
+    pub authorizer: Option<Arc<dyn Authorizer>>,
+    pub counters: Counters,
+    timers_changed: Notify,
+    /// Live connections (after CONNECT was read).
+    pub conns: AtomicUsize,
+    pub next_conn: AtomicU64,
+    /// False during an outage and after shutdown: CONNECTs are refused.
+    pub accepting: AtomicBool,
+    stopped: Notify,
+    /// Durable state under `--data-dir`; `None` keeps it in memory.
+    pub store: Option<Store>,
+    pub faults: super::faults::Faults,
 }
 
-/// A client's granted subscriptions (the command engine delivers a real
-/// device's queued commands once it listens for them).
-#[derive(Debug, Clone)]
-pub struct Subscribed {
-    pub client_id: Arc<str>,
-    pub user: Option<Arc<str>>,
-    pub filters: Vec<String>,
+/// What a CONNECT got.
+pub(crate) struct Accepted {
+    pub session_present: bool,
+    pub subscriptions: BTreeMap<String, Qos>,
 }
 
-/// A listener on client publishes matching `filter`, with a bounded queue;
-/// what does not fit is counted in `dropped`.
-pub(crate) struct Tap {
-    pub filter: String,
-    pub tx: tokio::sync::mpsc::Sender<Tapped>,
-    pub dropped: Arc<std::sync::atomic::AtomicU64>,
+/// One packet to write to a connection.
+pub(crate) enum Out {
+    Publish { d: Delivery, pid: u16, dup: bool },
+    PubRel(u16),
 }
 
-/// A message a client published, as a tap sees it.
-#[derive(Debug, Clone)]
-pub struct Tapped {
-    pub topic: Arc<str>,
-    pub payload: bytes::Bytes,
-    pub client_id: Arc<str>,
-    pub user: Option<Arc<str>>,
+/// How a connection ended, for its will and session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// DISCONNECT with reason 0x00: no will.
+    Normal,
+    /// DISCONNECT with reason 0x04: the will is published.
+    WithWill,
+    /// Anything else: network error, protocol error, keepalive, outage.
+    Abrupt,
+    /// Closed because another connection took the session over.
+    TakenOver,
 }
 
-pub(crate) struct Client {
-    /// Connections with this id (briefly 2 during a takeover).
-    connections: u32,
-    user: Option<Arc<str>>,
-    connected_at_ms: i64,
-    clean_start: bool,
-    subscriptions: BTreeMap<String, Qos>,
-}
+/// Wills to publish once the core lock is released.
+type Wills = Vec<(Arc<str>, Option<Arc<str>>, Arc<Msg>)>;
 
-impl Observed {
-    pub fn clients(&self) -> Vec<ClientInfo> {
-        let clients = self.clients.lock().unwrap();
-        let mut out: Vec<ClientInfo> = clients
-            .iter()
-            .map(|(id, c)| ClientInfo {
-                client_id: id.to_string(),
-                user: c.user.as_deref().map(str::to_string),
-                connected_at_ms: c.connected_at_ms,
-                clean_start: c.clean_start,
-                subscriptions: c
-                    .subscriptions
+impl Engine {
+    pub fn new(
+        observed: Arc<Observed>,
+        clock: Clock,
+        limits: EngineLimits,
+        authorizer: Option<Arc<dyn Authorizer>>,
+        store: Option<(Store, Loaded)>,
+        seed: u64,
+    ) -> Arc<Self> {
+        let mut core = Core::default();
+        let store = store.map(|(store, loaded)| {
+            load_into(&mut core, loaded, clock.now_ms());
+            store
+        });
+        Arc::new(Self {
+            core: Mutex::new(core),
+            observed,
+            clock,
+            limits,
+            authorizer,
+            counters: Counters::default(),
+            timers_changed: Notify::new(),
+            conns: AtomicUsize::new(0),
+            next_conn: AtomicU64::new(1),
+            accepting: AtomicBool::new(true),
+            stopped: Notify::new(),
+            store,
+            faults: super::faults::Faults::new(seed),
+        })
+    }
+
+    /// Queues a store write (with `--data-dir`); call under the core lock.
+    fn persist(&self, op: impl FnOnce() -> Op) {
+        if let Some(store) = &self.store {
+            store.push(op());
+        }
+    }
+
+    fn persist_session(&self, s: &Session) {
+        if s.persistent() {
+            self.persist(|| Op::SessionPut {
+                client_id: s.client_id.clone(),
+                user: s.user.clone(),
+                version: s.version,
+                expiry_secs: s.expiry_secs,
+                subs: s.subs.iter().map(|(f, o)| (f.clone(), *o)).collect(),
+            });
+        }
+    }
+
+    // ---- connecting ----
+
+    /// Sets up the session of an accepted CONNECT: resumes or replaces the
+    /// old one, takes over a live connection of the same id.
+    #[allow(clippy::too_many_arguments)]
+    pub fn connect(
+        &self,
+        ctl: &Arc<ConnCtl>,
+        client_id: &Arc<str>,
+        user: Option<Arc<str>>,
+        version: u8,
+        clean_start: bool,
+        expiry_secs: u32,
+        will: Option<Will>,
+        window: u16,
+        max_packet: usize,
+    ) -> Accepted {
+        let mut wills: Wills = Vec::new();
+        let accepted = {
+            let mut core = self.core.lock().unwrap();
+            let core = &mut *core;
+            let mut resumable = false;
+            if let Some(old) = core.sessions.get_mut(client_id) {
+                if let Some(link) = old.link.take() {
+                    link.ctl.close_with(rc::SESSION_TAKEN_OVER);
+                    // The old connection closed without DISCONNECT: its
+                    // will goes out unless it was to wait (the new
+                    // connection arrived within its delay).
+                    if let Some(w) = old.will.take()
+                        && (w.delay_secs == 0 || clean_start)
+                    {
+                        wills.push((old.client_id.clone(), old.user.clone(), w.msg));
+                    }
+                } else if let Some(w) = old.will.take()
+                    && clean_start
+                {
+                    // A delayed will of an ended connection, pre-empted by a
+                    // new connection: not sent (MQTT-3.1.3-9).
+                    drop(w);
+                }
+                resumable = !clean_start && old.user == user;
+            }
+            if !resumable && let Some(old) = core.sessions.remove(client_id) {
+                remove_subscriptions(&mut core.tree, &old);
+                if old.persistent() {
+                    self.persist(|| Op::SessionDel(client_id.clone()));
+                }
+            }
+            let session = core
+                .sessions
+                .entry(client_id.clone())
+                .or_insert_with(|| Session::new(client_id.clone(), version));
+            session.user = user;
+            session.version = version;
+            session.expiry_secs = expiry_secs;
+            session.will = will;
+            core.generations += 1;
+            session.generation = core.generations;
+            session.resend = !session.inflight.is_empty();
+            session.connected_at_ms = wall_ms();
+            session.clean_start = clean_start;
+            session.link = Some(Link {
+                ctl: ctl.clone(),
+                window: window.min(self.limits.max_inflight).max(1),
+                max_packet,
+            });
+            self.persist_session(session);
+            Accepted {
+                session_present: resumable,
+                subscriptions: session
+                    .subs
                     .iter()
-                    .map(|(f, q)| (f.clone(), *q))
+                    .map(|(f, o)| (f.clone(), Qos::try_from(o.qos).unwrap_or_default()))
                     .collect(),
+            }
+        };
+        self.publish_wills(wills);
+        accepted
+    }
+
+    /// The connection `ctl` of `client_id` ended.
+    pub fn disconnected(
+        &self,
+        ctl: &ConnCtl,
+        client_id: &Arc<str>,
+        ending: Ending,
+        expiry_override: Option<u32>,
+    ) {
+        let now = self.clock.now_ms();
+        let mut wills: Wills = Vec::new();
+        let mut timers_changed = false;
+        {
+            let mut core = self.core.lock().unwrap();
+            let core = &mut *core;
+            let Some(session) = core.sessions.get_mut(client_id) else {
+                return;
+            };
+            if !session.is_link(ctl) || ending == Ending::TakenOver {
+                return;
+            }
+            session.link = None;
+            core.generations += 1;
+            session.generation = core.generations;
+            if let Some(e) = expiry_override {
+                session.expiry_secs = e;
+                self.persist_session(session);
+            }
+            let will = session.will.take();
+            let expiry = session.expiry_secs;
+            let generation = session.generation;
+            let user = session.user.clone();
+            match (ending, will) {
+                (Ending::Normal, _) | (_, None) => {}
+                (_, Some(w)) if w.delay_secs == 0 || expiry == 0 => {
+                    wills.push((client_id.clone(), user, w.msg));
+                }
+                (_, Some(w)) => {
+                    let delay = w.delay_secs.min(expiry);
+                    session.will = Some(w);
+                    let seq = core.timer_seq;
+                    core.timer_seq += 1;
+                    core.timers.insert(
+                        (now + i64::from(delay) * 1000, seq),
+                        Timer::Will {
+                            client: client_id.clone(),
+                            generation,
+                        },
+                    );
+                    timers_changed = true;
+                }
+            }
+            if expiry == 0 {
+                if let Some(old) = core.sessions.remove(client_id) {
+                    remove_subscriptions(&mut core.tree, &old);
+                    if expiry_override.is_some() {
+                        self.persist(|| Op::SessionDel(client_id.clone()));
+                    }
+                }
+            } else if expiry != NEVER {
+                let seq = core.timer_seq;
+                core.timer_seq += 1;
+                core.timers.insert(
+                    (now + i64::from(expiry) * 1000, seq),
+                    Timer::SessionEnd {
+                        client: client_id.clone(),
+                        generation,
+                    },
+                );
+                timers_changed = true;
+            }
+        }
+        if timers_changed {
+            self.timers_changed.notify_one();
+        }
+        self.publish_wills(wills);
+    }
+
+    fn publish_wills(&self, wills: Wills) {
+        for (client, user, msg) in wills {
+            let allowed = self
+                .authorizer
+                .as_ref()
+                .is_none_or(|a| a.may_publish(&client, user.as_deref(), &msg.topic));
+            if !allowed {
+                tracing::debug!(client_id = %client, topic = %msg.topic, "will not published: not authorized");
+                continue;
+            }
+            self.counters
+                .wills_published
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(client_id = %client, topic = %msg.topic, "publishing will");
+            self.observed.published(
+                &msg.topic,
+                &msg.payload,
+                msg.qos,
+                msg.retain,
+                Some((&client, user.as_ref())),
+                Origin::Will,
+            );
+            self.route(msg);
+        }
+    }
+
+    // ---- routing ----
+
+    /// Routes a message to every matching session; answers how many
+    /// sessions it was queued for.
+    pub fn route(&self, msg: Arc<Msg>) -> usize {
+        let mut wakes: Vec<Arc<ConnCtl>> = Vec::new();
+        let n = {
+            let mut core = self.core.lock().unwrap();
+            self.route_locked(&mut core, &msg, &mut wakes)
+        };
+        for w in wakes {
+            w.wake.notify_one();
+        }
+        n
+    }
+
+    /// A client's PUBLISH at QoS 2: routed unless its packet id is already
+    /// waiting for PUBREL (a resend). Answers whether it was new.
+    pub fn route_qos2(&self, ctl: &ConnCtl, client_id: &str, pid: u16, msg: Arc<Msg>) -> bool {
+        let mut wakes = Vec::new();
+        {
+            let mut core = self.core.lock().unwrap();
+            let Some(session) = core.sessions.get_mut(client_id) else {
+                return false;
+            };
+            if !session.is_link(ctl) || !session.awaiting_rel.insert(pid) {
+                return false;
+            }
+            self.route_locked(&mut core, &msg, &mut wakes);
+        }
+        for w in wakes {
+            w.wake.notify_one();
+        }
+        true
+    }
+
+    /// PUBREL received: answers whether the packet id was known.
+    pub fn release(&self, client_id: &str, pid: u16) -> bool {
+        let mut core = self.core.lock().unwrap();
+        core.sessions
+            .get_mut(client_id)
+            .is_some_and(|s| s.awaiting_rel.remove(&pid))
+    }
+
+    fn route_locked(
+        &self,
+        core: &mut Core,
+        msg: &Arc<Msg>,
+        wakes: &mut Vec<Arc<ConnCtl>>,
+    ) -> usize {
+        self.counters.received.fetch_add(1, Ordering::Relaxed);
+        if msg.retain {
+            if msg.payload.is_empty() {
+                if core.retained.remove(&msg.topic).is_some() {
+                    self.persist(|| Op::RetainClear(msg.topic.clone()));
+                }
+            } else {
+                core.retained.insert(msg.topic.clone(), msg.clone());
+                self.persist(|| Op::RetainSet(msg.clone()));
+            }
+        }
+        let mut hits = std::mem::take(&mut core.hits);
+        hits.clear();
+        {
+            let sessions = &core.sessions;
+            core.tree.matches(&msg.topic, &mut hits, &|c| {
+                sessions.get(c).is_none_or(|s| s.link.is_none())
+            });
+        }
+        if hits.len() > 1 {
+            hits.sort_unstable_by(|a, b| a.client.cmp(&b.client));
+        }
+        let mut routed = 0;
+        let mut i = 0;
+        while i < hits.len() {
+            let client = hits[i].client.clone();
+            let mut qos: Option<u8> = None;
+            let mut rap = false;
+            let mut ids: Vec<u32> = Vec::new();
+            while i < hits.len() && hits[i].client == client {
+                let h = &hits[i];
+                i += 1;
+                if h.opts.no_local && !h.shared && msg.from.as_deref() == Some(&*client) {
+                    continue;
+                }
+                qos = Some(qos.unwrap_or(0).max(h.opts.qos));
+                rap |= h.opts.retain_as_published;
+                if let Some(id) = h.opts.sub_id {
+                    ids.push(id);
+                }
+            }
+            let Some(qos) = qos else { continue };
+            let Some(session) = core.sessions.get_mut(&client) else {
+                continue;
+            };
+            let qos = qos.min(msg.qos);
+            if session.link.is_none() && (qos == 0 || !session.persistent()) {
+                self.counters
+                    .dropped_offline_qos0
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let d = Delivery {
+                seq: 0,
+                msg: msg.clone(),
+                qos,
+                retain: msg.retain && rap,
+                sub_ids: (!ids.is_empty()).then(|| ids.into_boxed_slice()),
+            };
+            let stored = qos > 0 && session.persistent();
+            match session.enqueue(d, self.limits.max_queued, self.limits.max_queued_bytes) {
+                Enqueued::Queued => {}
+                Enqueued::QueuedDroppedOldest(old) => {
+                    self.counters
+                        .dropped_queue_full
+                        .fetch_add(1, Ordering::Relaxed);
+                    if old.qos > 0 && stored {
+                        self.persist(|| Op::MsgDel {
+                            client_id: client.clone(),
+                            seq: old.seq,
+                        });
+                    }
+                }
+                Enqueued::Dropped => {
+                    self.counters
+                        .dropped_queue_full
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if stored && let Some(d) = session.queue.back() {
+                let d = d.clone();
+                self.persist(|| Op::MsgAdd {
+                    client_id: client.clone(),
+                    seq: d.seq,
+                    d,
+                });
+            }
+            routed += 1;
+            if let Some(link) = &session.link {
+                wakes.push(link.ctl.clone());
+            }
+        }
+        core.hits = hits;
+        self.counters
+            .routed_deliveries
+            .fetch_add(routed as u64, Ordering::Relaxed);
+        routed
+    }
+
+    // ---- sending ----
+
+    /// Takes what connection `ctl` may send now: in-flight messages again
+    /// after a resume, then queued messages within its window, at most
+    /// `max` of them. Answers whether more are waiting.
+    pub fn pull(&self, ctl: &ConnCtl, client_id: &str, max: usize, out: &mut Vec<Out>) -> bool {
+        let now = self.clock.now_ms();
+        let mut core = self.core.lock().unwrap();
+        let Some(s) = core.sessions.get_mut(client_id) else {
+            return false;
+        };
+        let Some(link) = &s.link else { return false };
+        if link.ctl.id != ctl.id {
+            return false;
+        }
+        let window = link.window as usize;
+        let max_packet = link.max_packet;
+        if s.resend {
+            s.resend = false;
+            for (pid, f) in &s.inflight {
+                out.push(match f {
+                    Flight::Publish(d) => Out::Publish {
+                        d: d.clone(),
+                        pid: *pid,
+                        dup: true,
+                    },
+                    Flight::Released(_) => Out::PubRel(*pid),
+                });
+            }
+        }
+        while out.len() < max {
+            let Some(front) = s.queue.front() else { break };
+            if front.qos > 0 && s.inflight.len() >= window {
+                break;
+            }
+            let d = s.pop().expect("front exists");
+            let stored = d.qos > 0 && s.persistent();
+            if d.msg.expired(now) {
+                if stored {
+                    self.persist(|| Op::MsgDel {
+                        client_id: s.client_id.clone(),
+                        seq: d.seq,
+                    });
+                }
+                s.counters.dropped_expired += 1;
+                self.counters
+                    .dropped_expired
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let size = OutPublish {
+                topic: &d.msg.topic,
+                payload: &d.msg.payload,
+                props: &d.msg.props,
+                qos: d.qos,
+                retain: d.retain,
+                dup: false,
+                pid: 1,
+                expiry_secs: d.msg.expiry_left(now),
+                sub_ids: d.sub_ids.as_deref().unwrap_or(&[]),
+            }
+            .size(s.version);
+            if size > max_packet {
+                if stored {
+                    self.persist(|| Op::MsgDel {
+                        client_id: s.client_id.clone(),
+                        seq: d.seq,
+                    });
+                }
+                s.counters.dropped_too_large += 1;
+                self.counters
+                    .dropped_too_large
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            s.counters.sent += 1;
+            let pid = if d.qos > 0 {
+                let pid = s.alloc_pid();
+                if stored {
+                    self.persist(|| Op::MsgState {
+                        client_id: s.client_id.clone(),
+                        seq: d.seq,
+                        state: SENT,
+                        pid,
+                    });
+                }
+                s.inflight.push_back((pid, Flight::Publish(d.clone())));
+                pid
+            } else {
+                0
+            };
+            out.push(Out::Publish { d, pid, dup: false });
+        }
+        !s.queue.is_empty()
+            && (s.inflight.len() < window || s.queue.front().is_some_and(|d| d.qos == 0))
+    }
+
+    /// PUBACK (QoS 1) or PUBCOMP (QoS 2) for a message we sent.
+    pub fn finished(&self, client_id: &str, pid: u16) -> bool {
+        let mut core = self.core.lock().unwrap();
+        let Some(s) = core.sessions.get_mut(client_id) else {
+            return false;
+        };
+        match s.inflight_position(pid) {
+            Some(i) => {
+                let (_, f) = s.inflight.remove(i).expect("position exists");
+                if s.persistent() {
+                    let seq = match f {
+                        Flight::Publish(d) => d.seq,
+                        Flight::Released(seq) => seq,
+                    };
+                    self.persist(|| Op::MsgDel {
+                        client_id: s.client_id.clone(),
+                        seq,
+                    });
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// PUBREC for a QoS 2 message we sent: answers whether to send PUBREL
+    /// (a PUBREC with an error code ends the exchange).
+    pub fn received(&self, client_id: &str, pid: u16, code: u8) -> Option<bool> {
+        let mut core = self.core.lock().unwrap();
+        let s = core.sessions.get_mut(client_id)?;
+        let i = s.inflight_position(pid)?;
+        let seq = match &s.inflight[i].1 {
+            Flight::Publish(d) => d.seq,
+            Flight::Released(seq) => *seq,
+        };
+        let stored = s.persistent();
+        if code >= 0x80 {
+            s.inflight.remove(i);
+            if stored {
+                self.persist(|| Op::MsgDel {
+                    client_id: s.client_id.clone(),
+                    seq,
+                });
+            }
+            Some(false)
+        } else {
+            s.inflight[i].1 = Flight::Released(seq);
+            if stored {
+                self.persist(|| Op::MsgState {
+                    client_id: s.client_id.clone(),
+                    seq,
+                    state: RELEASED,
+                    pid,
+                });
+            }
+            Some(true)
+        }
+    }
+
+    // ---- subscriptions ----
+
+    /// Adds subscriptions; answers a reason code per filter (granted QoS
+    /// or an error) and queues the retained messages they ask for.
+    pub fn subscribe(
+        &self,
+        client_id: &Arc<str>,
+        user: Option<&str>,
+        version: u8,
+        filters: &[(String, SubOpts)],
+    ) -> Vec<u8> {
+        let now = self.clock.now_ms();
+        let refused = if version == V5 {
+            rc::NOT_AUTHORIZED
+        } else {
+            0x80
+        };
+        let invalid = if version == V5 {
+            rc::TOPIC_FILTER_INVALID
+        } else {
+            0x80
+        };
+        let allowed: Vec<Option<u8>> = filters
+            .iter()
+            .map(|(f, _)| match parse_filter(f) {
+                Err(_) => Some(invalid),
+                Ok(_) => match &self.authorizer {
+                    Some(a) if !a.may_subscribe(client_id, user, f) => Some(refused),
+                    _ => None,
+                },
             })
             .collect();
-        out.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        let mut codes = Vec::with_capacity(filters.len());
+        let mut granted = Vec::new();
+        let wake = {
+            let mut core = self.core.lock().unwrap();
+            let core = &mut *core;
+            let Some(session) = core.sessions.get_mut(client_id) else {
+                return vec![rc::UNSPECIFIED; filters.len()];
+            };
+            for ((raw, opts), refusal) in filters.iter().zip(allowed) {
+                if let Some(code) = refusal {
+                    codes.push(code);
+                    continue;
+                }
+                let f = parse_filter(raw).expect("checked above");
+                let existed = core.tree.insert(&f, client_id, *opts);
+                session.subs.insert(raw.clone(), *opts);
+                codes.push(opts.qos);
+                granted.push((raw.clone(), Qos::try_from(opts.qos).unwrap_or_default()));
+                let send_retained = f.group.is_none()
+                    && (opts.retain_handling == 0 || (opts.retain_handling == 1 && !existed));
+                if send_retained {
+                    queue_retained(
+                        &mut core.retained,
+                        session,
+                        &f,
+                        opts,
+                        now,
+                        &self.limits,
+                        &self.counters,
+                    );
+                }
+            }
+            self.persist_session(session);
+            session.link.as_ref().map(|l| l.ctl.clone())
+        };
+        if let Some(ctl) = wake {
+            ctl.wake.notify_one();
+        }
+        self.observed.subscribed(client_id, granted);
+        codes
+    }
+
+    /// Removes subscriptions; answers whether each existed.
+    pub fn unsubscribe(&self, client_id: &str, filters: &[String]) -> Vec<bool> {
+        let out = {
+            let mut core = self.core.lock().unwrap();
+            let core = &mut *core;
+            let Some(session) = core.sessions.get_mut(client_id) else {
+                return vec![false; filters.len()];
+            };
+            let out = filters
+                .iter()
+                .map(|raw| {
+                    let existed = session.subs.remove(raw).is_some();
+                    if let Ok(f) = parse_filter(raw) {
+                        core.tree.remove(&f, client_id);
+                    }
+                    existed
+                })
+                .collect();
+            self.persist_session(session);
+            out
+        };
+        self.observed.unsubscribed(client_id, filters);
         out
     }
 
-    /// Whether the client with this id, or a client logged in as this
-    /// user, has a subscription matching `topic`.
-    pub fn listens(&self, who: &str, topic: &str) -> bool {
-        let clients = self.clients.lock().unwrap();
-        let matches = |c: &Client| {
-            c.subscriptions
-                .keys()
-                .any(|f| super::topics::matches(f, topic))
-        };
-        if let Some(c) = clients.get(who)
-            && matches(c)
-        {
-            return true;
-        }
-        clients
-            .values()
-            .any(|c| c.user.as_deref() == Some(who) && matches(c))
-    }
+    // ---- timers on the server's clock ----
 
-    pub fn client_count(&self) -> usize {
-        self.clients.lock().unwrap().len()
-    }
-
-    /// Forgets every client (after the engine stopped) and tells listeners.
-    pub fn forget_all(&self) {
-        let gone: Vec<(Arc<str>, Client)> = self.clients.lock().unwrap().drain().collect();
-        for (id, client) in gone {
-            let _ = self.events.send(ClientEvent::Disconnected {
-                client_id: id.to_string(),
-                user: client.user.as_deref().map(str::to_string),
-                clean: false,
-            });
-        }
-    }
-}
-
-fn qos_of(q: mqtt5::QoS) -> Qos {
-    match q {
-        mqtt5::QoS::AtMostOnce => Qos::AtMostOnce,
-        mqtt5::QoS::AtLeastOnce => Qos::AtLeastOnce,
-        mqtt5::QoS::ExactlyOnce => Qos::ExactlyOnce,
-    }
-}
-
-pub(crate) struct Events(pub Arc<Observed>);
-
-type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-impl BrokerEventHandler for Events {
-    fn on_client_connect<'a>(&'a self, e: ClientConnectEvent) -> BoxFuture<'a, ()> {
-        Box::pin(async move {
-            // A resumed session brings its subscriptions back without
-            // SUBSCRIBE packets: read them from the session store.
-            let mut subscriptions = BTreeMap::new();
-            if !e.clean_start {
-                let storage = self.0.storage.read().unwrap().clone();
-                if let Some(storage) = storage
-                    && let Ok(Some(session)) = storage.get_session(&e.client_id).await
-                {
-                    for (filter, sub) in session.subscriptions {
-                        subscriptions.insert(filter, qos_of(sub.qos));
+    /// Fires wills whose delay ran out and ends expired sessions, in time
+    /// order, as the clock reaches them. Runs until [`Engine::stop_timers`].
+    pub async fn run_timers(self: Arc<Self>) {
+        loop {
+            let next = self.core.lock().unwrap().timers.keys().next().map(|k| k.0);
+            let changed = self.timers_changed.notified();
+            match next {
+                Some(due) => {
+                    tokio::select! {
+                        _ = self.clock.sleep_until(due) => {}
+                        _ = changed => continue,
+                        _ = self.stopped.notified() => return,
+                    }
+                }
+                None => {
+                    tokio::select! {
+                        _ = changed => continue,
+                        _ = self.stopped.notified() => return,
                     }
                 }
             }
-            {
-                let mut clients = self.0.clients.lock().unwrap();
-                let client = clients.entry(e.client_id.clone()).or_insert(Client {
-                    connections: 0,
-                    user: None,
-                    connected_at_ms: 0,
-                    clean_start: e.clean_start,
-                    subscriptions: BTreeMap::new(),
-                });
-                client.connections += 1;
-                client.user = e.user_id.clone();
-                client.connected_at_ms = wall_ms();
-                client.clean_start = e.clean_start;
-                client.subscriptions = subscriptions;
-            }
-            tracing::debug!(client_id = %e.client_id, clean_start = e.clean_start, "MQTT client connected");
-            let _ = self.0.events.send(ClientEvent::Connected {
-                client_id: e.client_id.to_string(),
-                user: e.user_id.as_deref().map(str::to_string),
-            });
-        })
+            self.fire_due(self.clock.now_ms());
+        }
     }
 
-    fn on_client_subscribe<'a>(&'a self, e: ClientSubscribeEvent) -> BoxFuture<'a, ()> {
-        Box::pin(async move {
-            let mut filters = Vec::new();
-            let user = {
-                let mut clients = self.0.clients.lock().unwrap();
-                let Some(client) = clients.get_mut(&e.client_id) else {
+    pub fn stop_timers(&self) {
+        self.stopped.notify_waiters();
+        self.stopped.notify_one();
+    }
+
+    fn fire_due(&self, now: i64) {
+        loop {
+            let mut wills: Wills = Vec::new();
+            {
+                let mut core = self.core.lock().unwrap();
+                let core = &mut *core;
+                let Some((&key, _)) = core.timers.iter().next() else {
                     return;
                 };
-                for s in e.subscriptions {
-                    let granted = match s.result {
-                        SubAckReasonCode::GrantedQoS0 => Qos::AtMostOnce,
-                        SubAckReasonCode::GrantedQoS1 => Qos::AtLeastOnce,
-                        SubAckReasonCode::GrantedQoS2 => Qos::ExactlyOnce,
-                        _ => continue,
-                    };
-                    filters.push(s.topic_filter.to_string());
-                    client
-                        .subscriptions
-                        .insert(s.topic_filter.to_string(), granted);
+                if key.0 > now {
+                    return;
                 }
-                client.user.clone()
-            };
-            if !filters.is_empty() {
-                let _ = self.0.subscribed.send(Subscribed {
-                    client_id: e.client_id.clone(),
-                    user,
-                    filters,
-                });
-            }
-        })
-    }
-
-    fn on_client_unsubscribe<'a>(&'a self, e: ClientUnsubscribeEvent) -> BoxFuture<'a, ()> {
-        Box::pin(async move {
-            let mut clients = self.0.clients.lock().unwrap();
-            if let Some(client) = clients.get_mut(&e.client_id) {
-                for f in e.topic_filters {
-                    client.subscriptions.remove(&*f);
-                }
-            }
-        })
-    }
-
-    fn on_client_publish<'a>(&'a self, e: ClientPublishEvent) -> BoxFuture<'a, PublishAction> {
-        {
-            let taps = self.0.taps.read().unwrap();
-            for tap in taps.iter() {
-                if super::topics::matches(&tap.filter, &e.topic) {
-                    let tapped = Tapped {
-                        topic: e.topic.clone(),
-                        payload: e.payload.clone(),
-                        client_id: e.client_id.clone(),
-                        user: e.user_id.clone(),
-                    };
-                    if tap.tx.try_send(tapped).is_err() {
-                        tap.dropped
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let timer = core.timers.remove(&key).expect("first key");
+                match timer {
+                    Timer::Will { client, generation } => {
+                        if let Some(s) = core.sessions.get_mut(&client)
+                            && s.generation == generation
+                            && s.link.is_none()
+                            && let Some(w) = s.will.take()
+                        {
+                            wills.push((client, s.user.clone(), w.msg));
+                        }
+                    }
+                    Timer::SessionEnd { client, generation } => {
+                        let ends = core
+                            .sessions
+                            .get(&client)
+                            .is_some_and(|s| s.generation == generation && s.link.is_none());
+                        if ends && let Some(mut s) = core.sessions.remove(&client) {
+                            if let Some(w) = s.will.take() {
+                                wills.push((client.clone(), s.user.clone(), w.msg));
+                            }
+                            remove_subscriptions(&mut core.tree, &s);
+                            self.persist(|| Op::SessionDel(client.clone()));
+                            tracing::debug!(client_id = %client, "MQTT session expired");
+                        }
                     }
                 }
+            }
+            self.publish_wills(wills);
+        }
+    }
+
+    // ---- outages and shutdown ----
+
+    /// Closes every live connection with `code` (wills fire) and waits up
+    /// to `within` for them to finish.
+    pub async fn close_all(&self, code: u8, within: Duration) {
+        let ctls: Vec<Arc<ConnCtl>> = {
+            let core = self.core.lock().unwrap();
+            core.sessions
+                .values()
+                .filter_map(|s| s.link.as_ref().map(|l| l.ctl.clone()))
+                .collect()
+        };
+        for c in ctls {
+            c.close_with(code);
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        while self.conns.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    // ---- views ----
+
+    pub fn session_counters(&self) -> HashMap<Arc<str>, (usize, usize, SessionCounters)> {
+        let core = self.core.lock().unwrap();
+        core.sessions
+            .iter()
+            .map(|(id, s)| (id.clone(), (s.queue.len(), s.inflight.len(), s.counters)))
+            .collect()
+    }
+
+    /// A PUBLISH to `client_id` that a fault rule dropped.
+    pub fn fault_dropped(&self, client_id: &str) {
+        self.counters.dropped_fault.fetch_add(1, Ordering::Relaxed);
+        let mut core = self.core.lock().unwrap();
+        if let Some(s) = core.sessions.get_mut(client_id) {
+            s.counters.dropped_fault += 1;
+        }
+    }
+
+    pub fn counters(&self) -> super::BrokerCounters {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        super::BrokerCounters {
+            received: get(&c.received),
+            deliveries: get(&c.routed_deliveries),
+            dropped_queue_full: get(&c.dropped_queue_full),
+            dropped_expired: get(&c.dropped_expired),
+            dropped_too_large: get(&c.dropped_too_large),
+            dropped_fault: get(&c.dropped_fault),
+            skipped_offline_qos0: get(&c.dropped_offline_qos0),
+            wills_published: get(&c.wills_published),
+            connections_refused: get(&c.connections_refused),
+            protocol_errors: get(&c.protocol_errors),
+        }
+    }
+
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        let core = self.core.lock().unwrap();
+        (core.sessions.len(), core.tree.len(), core.retained.len())
+    }
+}
+
+/// Puts what the store held back into a fresh core: retained messages,
+/// sessions (offline, their expiry counted from now) with their
+/// subscriptions and messages.
+fn load_into(core: &mut Core, loaded: Loaded, now: i64) {
+    for m in loaded.retained {
+        if !m.expired(now) {
+            core.retained.insert(m.topic.clone(), m);
+        }
+    }
+    for ls in loaded.sessions {
+        let mut s = Session::new(ls.client_id.clone(), ls.version);
+        s.user = ls.user;
+        s.expiry_secs = ls.expiry_secs;
+        for (raw, opts) in ls.subs {
+            if let Ok(f) = parse_filter(&raw) {
+                core.tree.insert(&f, &ls.client_id, opts);
+                s.subs.insert(raw, opts);
             }
         }
-        self.0.journal.push(
-            wall_ms(),
-            self.0.clock.now_ms(),
-            e.topic,
-            e.payload,
-            qos_of(e.qos),
-            e.retain,
-            Some(e.client_id),
-        );
-        Box::pin(async { PublishAction::Continue })
-    }
-
-    fn on_client_disconnect<'a>(&'a self, e: ClientDisconnectEvent) -> BoxFuture<'a, ()> {
-        Box::pin(async move {
-            let gone = {
-                let mut clients = self.0.clients.lock().unwrap();
-                match clients.get_mut(&e.client_id) {
-                    Some(client) if client.connections > 1 => {
-                        client.connections -= 1;
-                        false
-                    }
-                    Some(_) => {
-                        clients.remove(&e.client_id);
-                        true
-                    }
-                    None => false,
+        for (seq, state, pid, mut d) in ls.messages {
+            d.seq = seq;
+            s.next_seq = s.next_seq.max(seq);
+            match state {
+                SENT => s.inflight.push_back((pid, Flight::Publish(d))),
+                RELEASED => s.inflight.push_back((pid, Flight::Released(seq))),
+                _ => {
+                    s.queued_bytes += d.msg.weight();
+                    s.queue.push_back(d);
                 }
-            };
-            tracing::debug!(client_id = %e.client_id, unexpected = e.unexpected, "MQTT client disconnected");
-            if gone {
-                let _ = self.0.events.send(ClientEvent::Disconnected {
-                    client_id: e.client_id.to_string(),
-                    user: e.user_id.as_deref().map(str::to_string),
-                    clean: !e.unexpected,
-                });
             }
-        })
-    }
-}
-
-/// One running engine instance.
-pub(crate) struct Running {
-    pub addr: SocketAddr,
-    pub router: Arc<MessageRouter>,
-    pub stop: BrokerShutdownHandle,
-    pub task: tokio::task::JoinHandle<()>,
-}
-
-/// Where an engine instance keeps sessions, queues and retained messages.
-pub(crate) enum Keep<'a> {
-    /// Files in a directory: they outlive the process.
-    Dir(&'a Path),
-    /// Memory, taking over what the previous instance (before an outage)
-    /// held, if any.
-    Memory(Option<Arc<DynamicStorage>>),
-}
-
-/// Builds and starts a broker on `addr`.
-pub(crate) async fn start(
-    config: &MqttConfig,
-    addr: SocketAddr,
-    keep: Keep<'_>,
-    observed: &Arc<Observed>,
-) -> Result<Running, String> {
-    let (storage, carry) = match keep {
-        Keep::Dir(dir) => (
-            StorageConfig::new()
-                .with_backend(Backend::File)
-                .with_base_dir(dir.to_path_buf()),
-            None,
-        ),
-        Keep::Memory(carry) => (StorageConfig::new().with_backend(Backend::Memory), carry),
-    };
-    let storage = storage
-        .with_max_queued_messages_per_client(config.max_queued_per_session)
-        .with_max_queued_bytes_per_client(config.max_queued_bytes_per_session);
-    let broker_config = BrokerConfig::default()
-        .with_bind_address(addr)
-        .with_max_packet_size(MAX_PACKET_SIZE)
-        .with_max_clients(config.max_clients)
-        .with_max_outbound_inflight(config.max_inflight)
-        // $SYS would rewrite ~14 retained files every 10 s; subscribing to
-        // `$SYS/#` stays harmless (it just receives nothing).
-        .with_sys_topics_enabled(false)
-        .with_storage(storage)
-        .with_event_handler(Arc::new(Events(observed.clone())));
-    let mut broker = MqttBroker::with_config(broker_config)
-        .await
-        .map_err(|e| e.to_string())?;
-    if let Some(authorizer) = &config.authorizer {
-        broker = broker.with_auth_provider(Arc::new(super::auth::Adapter(authorizer.clone())));
-    }
-    let addr = broker
-        .local_addr()
-        .ok_or_else(|| "no TCP listener".to_string())?;
-    if let (Some(from), Some(to)) = (carry, broker.storage()) {
-        // Before `run`, which loads the retained messages into the router.
-        carry_over(&from, &to)
-            .await
-            .map_err(|e| format!("taking over the stopped broker's state: {e}"))?;
-    }
-    *observed.storage.write().unwrap() = broker.storage();
-    let router = broker.router();
-    let stop = broker.shutdown_handle();
-    let mut ready = broker.ready_receiver();
-    let task = tokio::spawn(async move {
-        if let Err(error) = broker.run().await {
-            tracing::error!(%error, "MQTT broker stopped with an error");
+            s.next_pid = s.next_pid.max(pid);
         }
+        s.resend = !s.inflight.is_empty();
+        if s.expiry_secs != NEVER {
+            let seq = core.timer_seq;
+            core.timer_seq += 1;
+            core.timers.insert(
+                (now + i64::from(s.expiry_secs) * 1000, seq),
+                Timer::SessionEnd {
+                    client: ls.client_id.clone(),
+                    generation: 0,
+                },
+            );
+        }
+        core.sessions.insert(ls.client_id, s);
+    }
+}
+
+fn remove_subscriptions(tree: &mut Tree, s: &Session) {
+    for raw in s.subs.keys() {
+        if let Ok(f) = parse_filter(raw) {
+            tree.remove(&f, &s.client_id);
+        }
+    }
+}
+
+fn queue_retained(
+    retained: &mut HashMap<Arc<str>, Arc<Msg>>,
+    session: &mut Session,
+    f: &Filter<'_>,
+    opts: &SubOpts,
+    now: i64,
+    limits: &EngineLimits,
+    counters: &Counters,
+) {
+    let mut matching: Vec<Arc<Msg>> = Vec::new();
+    retained.retain(|topic, m| {
+        if m.expired(now) {
+            return false;
+        }
+        if super::topics::matches(f.filter, topic) {
+            matching.push(m.clone());
+        }
+        true
     });
-    if ready.wait_for(|up| *up).await.is_err() {
-        *observed.storage.write().unwrap() = None;
-        return Err("the broker stopped while starting".into());
+    // A stable order for the same state: by topic.
+    matching.sort_by(|a, b| a.topic.cmp(&b.topic));
+    for m in matching {
+        let d = Delivery {
+            seq: 0,
+            qos: m.qos.min(opts.qos),
+            retain: true,
+            sub_ids: opts.sub_id.map(|id| vec![id].into_boxed_slice()),
+            msg: m,
+        };
+        if !matches!(
+            session.enqueue(d, limits.max_queued, limits.max_queued_bytes),
+            Enqueued::Queued
+        ) {
+            counters.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
+        }
     }
-    Ok(Running {
-        addr,
-        router,
-        stop,
-        task,
+}
+
+/// A message the server itself publishes.
+pub(crate) fn server_msg(topic: &str, payload: Bytes, qos: u8, retain: bool) -> Arc<Msg> {
+    Arc::new(Msg {
+        topic: topic.into(),
+        payload,
+        props: Bytes::new(),
+        qos,
+        retain,
+        expires_at: None,
+        from: None,
     })
 }
 
-/// Copies retained messages, sessions, queued and in-flight messages from
-/// one storage to another, as a file backend would have kept them.
-async fn carry_over(from: &DynamicStorage, to: &DynamicStorage) -> mqtt5::Result<()> {
-    for (topic, message) in from.get_retained_messages("#").await? {
-        to.store_retained_message(&topic, message).await?;
-    }
-    for id in from.session_client_ids().await? {
-        if let Some(session) = from.get_session(&id).await? {
-            to.store_session(session).await?;
-        }
-        for message in from.get_queued_messages(&id).await? {
-            to.queue_message(message).await?;
-        }
-        for message in from.get_inflight_messages(&id).await? {
-            to.store_inflight_message(message).await?;
-        }
-    }
-    Ok(())
+/// Where the engine listens; answered by [`super::conn::listen`].
+pub(crate) struct Listening {
+    pub addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<()>,
 }

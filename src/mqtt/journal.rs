@@ -29,6 +29,28 @@ pub struct Entry {
     pub retain: bool,
     /// The publishing client; `None` for the server's own publishes.
     pub client_id: Option<Arc<str>>,
+    pub origin: Origin,
+}
+
+/// Who made a journaled message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A client's PUBLISH.
+    Client,
+    /// The server's own (in-process) publish.
+    Server,
+    /// A client's will, published by the broker for it.
+    Will,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Client => "client",
+            Origin::Server => "server",
+            Origin::Will => "will",
+        }
+    }
 }
 
 /// A page of entries.
@@ -88,6 +110,7 @@ impl Journal {
         qos: Qos,
         retain: bool,
         client_id: Option<Arc<str>>,
+        origin: Origin,
     ) {
         let cursor = {
             let mut ring = self.ring.lock().unwrap();
@@ -109,6 +132,7 @@ impl Journal {
                     qos,
                     retain,
                     client_id,
+                    origin,
                 });
             }
             cursor
@@ -192,7 +216,7 @@ impl serde::Serialize for Entry {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use base64::Engine;
         use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("Entry", 10)?;
+        let mut st = s.serialize_struct("Entry", 11)?;
         st.serialize_field("cursor", &self.cursor)?;
         st.serialize_field("received_at", &crate::clock::rfc3339_ms(self.wall_ms))?;
         st.serialize_field("sim_time", &crate::clock::rfc3339_ms(self.sim_ms))?;
@@ -211,6 +235,7 @@ impl serde::Serialize for Entry {
         st.serialize_field("qos", &u8::from(self.qos))?;
         st.serialize_field("retain", &self.retain)?;
         st.serialize_field("client_id", &self.client_id.as_deref())?;
+        st.serialize_field("origin", self.origin.as_str())?;
         st.end()
     }
 }
@@ -228,6 +253,7 @@ mod tests {
             Qos::AtMostOnce,
             false,
             None,
+            Origin::Server,
         );
     }
 

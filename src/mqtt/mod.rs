@@ -1,46 +1,58 @@
-//! The MQTT side: an embedded broker (the `mqtt5` crate's engine) behind a
-//! small facade. The rest of the server publishes through [`MqttHandle`] and
-//! never sees an engine type, so the engine could be swapped.
+//! The MQTT side: an embedded broker (our own engine) behind a small
+//! facade. The rest of the server publishes through [`MqttHandle`] and
+//! never sees an engine type.
 //!
 //! It owns the listener, the broker's limits, the in-process publishing
 //! link, the message journal, the list of connected clients, the auth hook
 //! and outages on purpose. It does not decide what is published
 //! (telemetry, commands and edge nodes do) and keeps no device state.
 //!
-//! Engine code lives in `engine.rs` and `auth.rs` only.
+//! The engine's rooms: `codec.rs` (packets on the wire, through the
+//! `mqtt5-protocol` codec), `conn.rs` (listener and connection tasks),
+//! `engine.rs` (the core: routing, acknowledgements, timers on the
+//! server's clock), `session.rs` (per-client state), `tree.rs` (the
+//! subscription tree), `observed.rs` (what the rest of the server hears)
+//! and `auth.rs` (who may do what).
 
 mod auth;
+mod codec;
+mod conn;
 mod engine;
+pub mod faults;
 mod journal;
+mod observed;
+mod session;
+mod store;
 pub mod topics;
+mod tree;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use mqtt5::broker::router::MessageRouter;
-use mqtt5::broker::storage::DynamicStorage;
-use mqtt5::packet::publish::PublishPacket;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 
 pub use auth::{AuthDecision, Authorizer};
-pub use engine::{Subscribed, Tapped};
-pub use journal::{Entry, JournalStats, Page};
+pub use journal::{Entry, JournalStats, Origin, Page};
+pub use observed::{Subscribed, Tapped};
+pub use session::SessionCounters;
 
 use crate::clock::{Clock, rfc3339_ms, wall_ms};
 use crate::verify::{Expect, Verdict, json_contains};
-use engine::Observed;
+use engine::Engine;
+use observed::Observed;
 
 /// The largest packet the broker accepts and advertises: the MQTT maximum.
-/// (The engine's default is one byte more, which makes some v5 clients such
-/// as paho-mqtt refuse the connection.)
 pub const MAX_PACKET_SIZE: usize = 268_435_455;
+
+/// Topic aliases a client may set (client to server).
+pub const TOPIC_ALIAS_MAXIMUM: u16 = 64;
 
 /// Default capacity of the message journal.
 pub const DEFAULT_JOURNAL_CAPACITY: usize = 100_000;
@@ -66,12 +78,14 @@ pub struct MqttConfig {
     pub journal_capacity: usize,
     /// In-process publishes held while the broker is down on purpose.
     pub outage_buffer: usize,
-    /// Where sessions, queues and retained messages are stored as files,
-    /// surviving a restart of the process. `None`: in memory, surviving
+    /// Where sessions, queues and retained messages are stored (SQLite,
+    /// `broker.db`), surviving a restart of the process. `None`: in memory, surviving
     /// outages but not the process.
     pub storage_dir: Option<PathBuf>,
     /// Who may connect, publish, subscribe; `None` allows everything.
     pub authorizer: Option<Arc<dyn Authorizer>>,
+    /// Seeds the fault rules' random draws.
+    pub seed: u64,
 }
 
 impl std::fmt::Debug for MqttConfig {
@@ -99,6 +113,7 @@ impl MqttConfig {
             outage_buffer: DEFAULT_OUTAGE_BUFFER,
             storage_dir: None,
             authorizer: None,
+            seed: 0,
         }
     }
 }
@@ -150,16 +165,6 @@ impl From<Qos> for u8 {
     }
 }
 
-impl From<Qos> for mqtt5::QoS {
-    fn from(q: Qos) -> Self {
-        match q {
-            Qos::AtMostOnce => mqtt5::QoS::AtMostOnce,
-            Qos::AtLeastOnce => mqtt5::QoS::AtLeastOnce,
-            Qos::ExactlyOnce => mqtt5::QoS::ExactlyOnce,
-        }
-    }
-}
-
 /// A change in who is connected, for other modules (the fleet's
 /// connectivity tracking). Sent when the first connection of a client id
 /// opens and when its last one closes.
@@ -188,6 +193,13 @@ pub struct ClientInfo {
     /// Filter → granted QoS.
     #[schema(value_type = Object)]
     pub subscriptions: std::collections::BTreeMap<String, Qos>,
+    /// Messages waiting in its session's queue.
+    pub queued: usize,
+    /// QoS 1/2 messages sent and not yet acknowledged.
+    pub inflight: usize,
+    /// Messages dropped for this session (all reasons).
+    pub dropped: u64,
+    pub counters: SessionCounters,
 }
 
 /// What happened to an in-process publish.
@@ -215,9 +227,41 @@ pub struct Status {
     /// Outages since the start.
     pub outages: u64,
     pub clients: usize,
+    /// Sessions the broker keeps (connected, or away and not expired).
+    pub sessions: usize,
+    /// Subscriptions in the subscription tree.
+    pub subscriptions: usize,
+    /// Retained messages.
+    pub retained: usize,
+    /// What the engine did since the start.
+    pub broker: BrokerCounters,
     pub journal: JournalStats,
     pub outage_policy: OutageCounters,
     pub limits: Limits,
+}
+
+/// The engine's counters since the start.
+#[derive(Debug, Clone, Copy, Default, Serialize, utoipa::ToSchema)]
+pub struct BrokerCounters {
+    /// Messages accepted for routing (clients, the server, wills).
+    pub received: u64,
+    /// Deliveries queued for sessions.
+    pub deliveries: u64,
+    /// Dropped because a session's queue was full.
+    pub dropped_queue_full: u64,
+    /// Dropped because they expired before they could be sent.
+    pub dropped_expired: u64,
+    /// Skipped because they were larger than the client's Maximum Packet Size.
+    pub dropped_too_large: u64,
+    /// Dropped by a packet fault rule.
+    pub dropped_fault: u64,
+    /// QoS 0 messages (or any to a non-persistent session) matching a
+    /// session whose client was away: not queued, as MQTT allows.
+    pub skipped_offline_qos0: u64,
+    pub wills_published: u64,
+    pub connections_refused: u64,
+    /// Connections closed for a protocol error.
+    pub protocol_errors: u64,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -242,9 +286,8 @@ pub struct Limits {
     pub max_queued_bytes_per_session: usize,
     pub max_inflight: u16,
     pub max_clients: usize,
-    /// Per-client delivery lane of the engine; a QoS 0 message to a client
-    /// whose lane is full is dropped by the engine (not counted by it).
-    pub client_channel_capacity: usize,
+    /// Topic aliases a client may set on its PUBLISHes.
+    pub topic_alias_maximum: u16,
 }
 
 /// A verify request: count the journal's messages on `filter` (after
@@ -275,15 +318,13 @@ pub struct MqttHandle {
 }
 
 struct Shared {
-    observed: Arc<Observed>,
+    engine: Arc<Engine>,
     addr: SocketAddr,
     limits: Limits,
-    // std locks: held to clone an Arc or flip a state, never across an
-    // await. The router is `None` while the broker is down: holding it
-    // then would keep the storage directory locked.
-    router: RwLock<Option<Arc<MessageRouter>>>,
+    // std locks: held to flip a state or push a message, never across an
+    // await.
     link: Mutex<Link>,
-    held: Mutex<VecDeque<PublishPacket>>,
+    held: Mutex<VecDeque<Held>>,
     held_capacity: usize,
     wake: Notify,
     outages: AtomicU64,
@@ -293,15 +334,20 @@ struct Shared {
     replayed: AtomicU64,
 }
 
+/// An in-process publish waiting for an outage to end.
+struct Held {
+    topic: String,
+    payload: Bytes,
+    qos: Qos,
+    retain: bool,
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Link {
     Up,
     Outage { until: Instant, until_wall_ms: i64 },
     Stopped,
 }
-
-/// The engine's per-client delivery lane (its default, kept).
-const CLIENT_CHANNEL_CAPACITY: usize = 10_000;
 
 impl Broker {
     /// Binds the listener (port 0 picks a free one) and starts serving.
@@ -312,32 +358,48 @@ impl Broker {
                 source,
             })?;
         }
-        let dir = config.storage_dir.clone();
-        let (events, _) = broadcast::channel(1024);
-        let observed = Arc::new(Observed {
-            journal: journal::Journal::new(config.journal_capacity),
-            clock,
-            events,
-            clients: Mutex::default(),
-            storage: RwLock::new(None),
-            taps: RwLock::default(),
-            subscribed: broadcast::channel(1024).0,
-        });
-        let running = engine::start(config, config.addr, keep(dir.as_deref(), None), &observed)
-            .await
-            .map_err(|detail| MqttError::Start {
+        let store = match &config.storage_dir {
+            Some(dir) => Some(store::Store::open(dir).map_err(|e| MqttError::Start {
                 addr: config.addr,
-                detail,
+                detail: e.to_string(),
+            })?),
+            None => None,
+        };
+        let observed = Arc::new(Observed::new(
+            journal::Journal::new(config.journal_capacity),
+            clock.clone(),
+        ));
+        let engine = Engine::new(
+            observed,
+            clock,
+            engine::EngineLimits {
+                max_packet: MAX_PACKET_SIZE,
+                max_queued: config.max_queued_per_session,
+                max_queued_bytes: config.max_queued_bytes_per_session,
+                max_inflight: config.max_inflight,
+                max_clients: config.max_clients,
+                topic_alias_max: TOPIC_ALIAS_MAXIMUM,
+            },
+            config.authorizer.clone(),
+            store,
+            config.seed,
+        );
+        let listening = conn::listen(&engine, config.addr)
+            .await
+            .map_err(|e| MqttError::Start {
+                addr: config.addr,
+                detail: e.to_string(),
             })?;
-        let local_addr = running.addr;
-        match &dir {
+        let local_addr = listening.addr;
+        let timers = tokio::spawn(engine.clone().run_timers());
+        match &config.storage_dir {
             Some(dir) => {
                 tracing::info!(addr = %local_addr, storage = %dir.display(), "MQTT broker listening")
             }
             None => tracing::info!(addr = %local_addr, storage = "memory", "MQTT broker listening"),
         }
         let shared = Arc::new(Shared {
-            observed,
+            engine,
             addr: local_addr,
             limits: Limits {
                 max_packet_size: MAX_PACKET_SIZE,
@@ -345,9 +407,8 @@ impl Broker {
                 max_queued_bytes_per_session: config.max_queued_bytes_per_session,
                 max_inflight: config.max_inflight,
                 max_clients: config.max_clients,
-                client_channel_capacity: CLIENT_CHANNEL_CAPACITY,
+                topic_alias_maximum: TOPIC_ALIAS_MAXIMUM,
             },
-            router: RwLock::new(Some(running.router.clone())),
             link: Mutex::new(Link::Up),
             held: Mutex::default(),
             held_capacity: config.outage_buffer,
@@ -359,17 +420,7 @@ impl Broker {
             replayed: AtomicU64::new(0),
         });
         let (stop, stop_rx) = oneshot::channel();
-        // Restarts bind the port the first start got, so clients find the
-        // broker where it was.
-        let mut restart_config = config.clone();
-        restart_config.addr = local_addr;
-        let supervisor = tokio::spawn(supervise(
-            shared.clone(),
-            restart_config,
-            dir,
-            running,
-            stop_rx,
-        ));
+        let supervisor = tokio::spawn(supervise(shared.clone(), listening, timers, stop_rx));
         Ok(Self {
             handle: MqttHandle { shared },
             local_addr,
@@ -394,16 +445,16 @@ impl Broker {
     }
 }
 
-/// Owns the engine instance: stops it for an outage and starts a new one on
-/// the same port when the outage ends, with the same storage directory or
-/// the stopped instance's memory.
+/// Owns the listener: closes it and every connection for an outage and
+/// listens again on the same port when the outage ends. Sessions, queues
+/// and retained messages stay in the engine throughout.
 async fn supervise(
     shared: Arc<Shared>,
-    config: MqttConfig,
-    dir: Option<PathBuf>,
-    mut running: engine::Running,
+    mut listening: engine::Listening,
+    timers: tokio::task::JoinHandle<()>,
     mut stop_rx: oneshot::Receiver<()>,
 ) {
+    let engine = shared.engine.clone();
     loop {
         tokio::select! {
             _ = shared.wake.notified() => {}
@@ -413,75 +464,81 @@ async fn supervise(
             continue;
         };
         tracing::info!(addr = %shared.addr, "MQTT outage: disconnecting every client");
-        let stopped = stop_engine(&shared, running).await;
-        // Without a storage directory the next instance takes over this
-        // one's memory; with one, the files are the state (and this clone
-        // would keep the directory locked).
-        let carry = if dir.is_none() { stopped } else { None };
+        engine.accepting.store(false, Ordering::Release);
+        listening.task.abort();
+        let _ = (&mut listening.task).await;
+        engine
+            .close_all(codec::rc::SERVER_SHUTTING_DOWN, Duration::from_secs(5))
+            .await;
         tokio::select! {
             _ = tokio::time::sleep_until(until) => {}
             _ = &mut stop_rx => {
                 *shared.link.lock().unwrap() = Link::Stopped;
+                engine.stop_timers();
+                let _ = timers.await;
                 return;
             }
         }
-        // The old instance's last storage clones may take a moment to go
-        // (the engine waits up to 5 s for its tasks); retry until the
-        // directory lock is free.
+        // The port was ours a moment ago; retry briefly if the OS is slow
+        // to let it go.
         let mut attempts = 0u32;
-        running = loop {
-            let keep = keep(dir.as_deref(), carry.clone());
-            match engine::start(&config, shared.addr, keep, &shared.observed).await {
-                Ok(r) => break r,
-                Err(detail) => {
+        listening = loop {
+            match conn::listen(&engine, shared.addr).await {
+                Ok(l) => break l,
+                Err(error) => {
                     attempts += 1;
                     if attempts.is_multiple_of(20) {
-                        tracing::warn!(addr = %shared.addr, %detail, attempts, "MQTT broker not back yet; retrying");
+                        tracing::warn!(addr = %shared.addr, %error, attempts, "MQTT broker not back yet; retrying");
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(50)) => {}
                         _ = &mut stop_rx => {
                             *shared.link.lock().unwrap() = Link::Stopped;
+                            engine.stop_timers();
+                            let _ = timers.await;
                             return;
                         }
                     }
                 }
             }
         };
-        let held: Vec<PublishPacket> = {
+        engine.accepting.store(true, Ordering::Release);
+        let held: Vec<Held> = {
             let mut held = shared.held.lock().unwrap();
-            *shared.router.write().unwrap() = Some(running.router.clone());
             *shared.link.lock().unwrap() = Link::Up;
             held.drain(..).collect()
         };
         tracing::info!(addr = %shared.addr, held = held.len(), "MQTT outage over: listening again");
-        for packet in &held {
-            running.router.route_message(packet, None).await;
+        let n = held.len() as u64;
+        for h in held {
+            shared.route(&h.topic, h.payload, h.qos, h.retain);
         }
-        shared
-            .replayed
-            .fetch_add(held.len() as u64, Ordering::Relaxed);
+        shared.replayed.fetch_add(n, Ordering::Relaxed);
     }
     *shared.link.lock().unwrap() = Link::Stopped;
-    *shared.router.write().unwrap() = None;
-    stop_engine(&shared, running).await;
+    engine.accepting.store(false, Ordering::Release);
+    listening.task.abort();
+    let _ = listening.task.await;
+    engine
+        .close_all(codec::rc::SERVER_SHUTTING_DOWN, Duration::from_secs(5))
+        .await;
+    engine.stop_timers();
+    let _ = timers.await;
 }
 
-/// Stops an engine instance; answers its storage.
-async fn stop_engine(shared: &Shared, running: engine::Running) -> Option<Arc<DynamicStorage>> {
-    *shared.router.write().unwrap() = None;
-    running.stop.shutdown();
-    let _ = running.task.await;
-    let storage = shared.observed.storage.write().unwrap().take();
-    drop(running.router);
-    shared.observed.forget_all();
-    storage
-}
-
-fn keep(dir: Option<&Path>, carry: Option<Arc<DynamicStorage>>) -> engine::Keep<'_> {
-    match dir {
-        Some(dir) => engine::Keep::Dir(dir),
-        None => engine::Keep::Memory(carry),
+impl Shared {
+    /// Journals and routes a server publish.
+    fn route(&self, topic: &str, payload: Bytes, qos: Qos, retain: bool) {
+        let msg = engine::server_msg(topic, payload, u8::from(qos), retain);
+        self.engine.observed.published(
+            &msg.topic,
+            &msg.payload,
+            msg.qos,
+            retain,
+            None,
+            Origin::Server,
+        );
+        self.engine.route(msg);
     }
 }
 
@@ -497,67 +554,61 @@ impl MqttHandle {
         qos: Qos,
         retain: bool,
     ) -> PublishOutcome {
-        let payload = payload.into();
-        let packet = PublishPacket::new(topic, payload.clone(), qos.into()).with_retain(retain);
+        self.publish_now(topic, payload.into(), qos, retain)
+    }
+
+    /// [`publish`](Self::publish) without the future: routing never waits.
+    pub fn publish_now(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        qos: Qos,
+        retain: bool,
+    ) -> PublishOutcome {
         let shared = &self.shared;
-        let router = shared.router.read().unwrap().clone();
-        let outcome = match router {
-            Some(router) => {
-                self.journal_push(topic, payload, qos, retain);
-                router.route_message(&packet, None).await;
-                return PublishOutcome::Routed;
-            }
-            None => {
-                let mut held = shared.held.lock().unwrap();
-                let link = *shared.link.lock().unwrap();
-                match link {
-                    // Came back between the two reads.
-                    Link::Up => None,
-                    Link::Outage { .. } if qos != Qos::AtMostOnce || retain => {
-                        if shared.held_capacity == 0 {
+        let held_now = {
+            let mut held = shared.held.lock().unwrap();
+            let link = *shared.link.lock().unwrap();
+            match link {
+                Link::Up => None,
+                Link::Outage { .. } if qos != Qos::AtMostOnce || retain => {
+                    if shared.held_capacity == 0 {
+                        shared.held_evicted.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        if held.len() == shared.held_capacity {
+                            held.pop_front();
                             shared.held_evicted.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            if held.len() == shared.held_capacity {
-                                held.pop_front();
-                                shared.held_evicted.fetch_add(1, Ordering::Relaxed);
-                            }
-                            held.push_back(packet.clone());
                         }
-                        shared.held_total.fetch_add(1, Ordering::Relaxed);
-                        Some(PublishOutcome::Held)
+                        held.push_back(Held {
+                            topic: topic.to_string(),
+                            payload: payload.clone(),
+                            qos,
+                            retain,
+                        });
                     }
-                    Link::Outage { .. } | Link::Stopped => {
-                        shared.dropped.fetch_add(1, Ordering::Relaxed);
-                        Some(PublishOutcome::Dropped)
-                    }
+                    shared.held_total.fetch_add(1, Ordering::Relaxed);
+                    Some(PublishOutcome::Held)
+                }
+                Link::Outage { .. } | Link::Stopped => {
+                    shared.dropped.fetch_add(1, Ordering::Relaxed);
+                    return PublishOutcome::Dropped;
                 }
             }
         };
-        match outcome {
-            Some(PublishOutcome::Held) => {
+        match held_now {
+            Some(outcome) => {
                 self.journal_push(topic, payload, qos, retain);
-                PublishOutcome::Held
+                outcome
             }
-            Some(other) => other,
             None => {
-                let router = shared.router.read().unwrap().clone();
-                match router {
-                    Some(router) => {
-                        self.journal_push(topic, payload, qos, retain);
-                        router.route_message(&packet, None).await;
-                        PublishOutcome::Routed
-                    }
-                    None => {
-                        shared.dropped.fetch_add(1, Ordering::Relaxed);
-                        PublishOutcome::Dropped
-                    }
-                }
+                shared.route(topic, payload, qos, retain);
+                PublishOutcome::Routed
             }
         }
     }
 
     fn journal_push(&self, topic: &str, payload: Bytes, qos: Qos, retain: bool) {
-        let observed = &self.shared.observed;
+        let observed = &self.shared.engine.observed;
         observed.journal.push(
             wall_ms(),
             observed.clock.now_ms(),
@@ -566,7 +617,34 @@ impl MqttHandle {
             qos,
             retain,
             None,
+            Origin::Server,
         );
+    }
+
+    /// Adds a packet fault rule.
+    pub fn fault_add(
+        &self,
+        spec: faults::FaultSpec,
+    ) -> Result<faults::FaultRule, faults::FaultError> {
+        self.shared.engine.faults.add(spec)
+    }
+
+    /// Fault rules with how often each matched and fired.
+    pub fn fault_rules(&self) -> Vec<faults::FaultRule> {
+        self.shared.engine.faults.list()
+    }
+
+    /// Fault firings after `since`, and how many the log evicted.
+    pub fn fault_log(&self, since: u64) -> (Vec<faults::FaultEvent>, u64) {
+        self.shared.engine.faults.log(since)
+    }
+
+    pub fn fault_remove(&self, id: &str) -> Result<(), faults::FaultError> {
+        self.shared.engine.faults.remove(id)
+    }
+
+    pub fn faults_clear(&self) {
+        self.shared.engine.faults.clear()
     }
 
     /// Connect and disconnect events, for other modules. A receiver that
@@ -582,11 +660,12 @@ impl MqttHandle {
     ) -> mpsc::Receiver<Tapped> {
         let (tx, rx) = mpsc::channel(capacity);
         self.shared
+            .engine
             .observed
             .taps
             .write()
             .unwrap()
-            .push(engine::Tap {
+            .push(observed::Tap {
                 filter: filter.to_string(),
                 tx,
                 dropped,
@@ -596,37 +675,63 @@ impl MqttHandle {
 
     /// Granted subscriptions from now on.
     pub fn subscriptions(&self) -> broadcast::Receiver<Subscribed> {
-        self.shared.observed.subscribed.subscribe()
+        self.shared.engine.observed.subscribed.subscribe()
     }
 
     /// Whether the client `who` (client id or user name) listens on
     /// `topic` now.
     pub fn listens(&self, who: &str, topic: &str) -> bool {
-        self.shared.observed.listens(who, topic)
+        self.shared.engine.observed.listens(who, topic)
     }
 
     pub fn events(&self) -> broadcast::Receiver<ClientEvent> {
-        self.shared.observed.events.subscribe()
+        self.shared.engine.observed.events.subscribe()
     }
 
     /// Connected clients with their subscriptions, sorted by id.
     pub fn clients(&self) -> Vec<ClientInfo> {
-        self.shared.observed.clients()
+        let engine = &self.shared.engine;
+        let mut counters = engine.session_counters();
+        engine
+            .observed
+            .clients()
+            .into_iter()
+            .map(|c| {
+                let (queued, inflight, counters) =
+                    counters.remove(&c.client_id).unwrap_or_default();
+                ClientInfo {
+                    client_id: c.client_id.to_string(),
+                    user: c.user.as_deref().map(str::to_string),
+                    connected_at_ms: c.connected_at_ms,
+                    clean_start: c.clean_start,
+                    subscriptions: c.subscriptions,
+                    queued,
+                    inflight,
+                    dropped: counters.dropped(),
+                    counters,
+                }
+            })
+            .collect()
     }
 
     /// Journal entries after `since` on `filter`, at most `limit`.
     pub fn messages(&self, filter: Option<&str>, since: u64, limit: usize) -> Page {
-        self.shared.observed.journal.page(filter, since, limit)
+        self.shared
+            .engine
+            .observed
+            .journal
+            .page(filter, since, limit)
     }
 
     /// The newest journal cursor, changing with every entry added: follow
     /// the journal with [`messages`](Self::messages) without polling.
     pub fn journal_watch(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.shared.observed.journal.watch()
+        self.shared.engine.observed.journal.watch()
     }
 
     pub fn status(&self) -> Status {
         let shared = &self.shared;
+        let (sessions, subscriptions, retained) = shared.engine.sizes();
         let link = *shared.link.lock().unwrap();
         let (state, until, remaining_ms) = match link {
             Link::Up => ("up", None, None),
@@ -646,8 +751,12 @@ impl MqttHandle {
             remaining_ms,
             addr: shared.addr.to_string(),
             outages: shared.outages.load(Ordering::Relaxed),
-            clients: shared.observed.client_count(),
-            journal: shared.observed.journal.stats(),
+            clients: shared.engine.observed.client_count(),
+            sessions,
+            subscriptions,
+            retained,
+            broker: shared.engine.counters(),
+            journal: shared.engine.observed.journal.stats(),
             outage_policy: OutageCounters {
                 dropped: shared.dropped.load(Ordering::Relaxed),
                 held: shared.held_total.load(Ordering::Relaxed),
@@ -682,8 +791,6 @@ impl MqttHandle {
                 until_wall_ms: wall_ms() + duration.as_millis() as i64,
             };
         }
-        // From now on in-process publishes follow the outage policy.
-        *self.shared.router.write().unwrap() = None;
         self.shared.outages.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             duration_ms = duration.as_millis() as u64,
@@ -696,7 +803,7 @@ impl MqttHandle {
     /// Waits (on journal changes, not by polling) until the expectation is
     /// settled or `within` has passed, then answers with the verdict.
     pub async fn verify(&self, spec: &VerifySpec) -> Verdict {
-        let journal = &self.shared.observed.journal;
+        let journal = &self.shared.engine.observed.journal;
         crate::verify::wait_for_verdict(
             spec.expect,
             spec.since,

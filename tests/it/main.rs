@@ -8,6 +8,7 @@ mod bench;
 mod broker;
 mod commands;
 mod edge;
+mod engine;
 mod fleet;
 mod http_commands;
 mod http_devices;

@@ -138,7 +138,9 @@ impl Proc {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let config = dir.path().join("mosquitto.conf");
         // The limits mirror iotmock's (README, "Limits"), so that both
-        // brokers queue and keep in flight the same amounts.
+        // brokers queue and keep in flight the same amounts; both send
+        // without Nagle's delay (iotmock sets TCP_NODELAY on every
+        // connection), so latencies compare fairly.
         std::fs::write(
             &config,
             format!(
@@ -148,6 +150,7 @@ impl Proc {
                  max_inflight_messages 64\n\
                  max_queued_messages 10000\n\
                  max_connections -1\n\
+                 set_tcp_nodelay true\n\
                  log_dest stderr\n\
                  log_type error\n"
             ),

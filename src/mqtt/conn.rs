@@ -1,0 +1,887 @@
+//! Connections: the TCP listener and one task per client connection.
+//!
+//! A connection task takes any `AsyncRead + AsyncWrite` stream (plain TCP
+//! here; TLS and WebSocket transports wrap theirs and call [`serve`]). It
+//! reads the CONNECT, then loops: packets in, handled against the engine's
+//! core; deliveries pulled from the session when woken; one write per
+//! round. Per-connection state is small and grows only when used: buffers
+//! start empty and shrink back after a burst, topic aliases are a map made
+//! on first use.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use super::codec::{
+    self, Frame, Inbound, OutPublish, PacketKind, ProtocolError, V5, V31, V311, rc,
+};
+use super::engine::{Accepted, Ending, Engine, Listening, Out};
+use super::faults::{self, Direction, Verdict};
+use super::journal::Origin;
+use super::session::{ConnCtl, Msg, NEVER, Will};
+use super::tree::SubOpts;
+use super::{AuthDecision, topics};
+use mqtt5_protocol::ReasonCode;
+use mqtt5_protocol::packet::connack::ConnAckPacket;
+use mqtt5_protocol::packet::connect::ConnectPacket;
+use mqtt5_protocol::packet::suback::{SubAckPacket, SubAckReasonCode};
+use mqtt5_protocol::packet::unsuback::{UnsubAckPacket, UnsubAckReasonCode};
+
+/// A client that has not sent CONNECT within this is closed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deliveries taken from a session per round.
+const PULL_BATCH: usize = 256;
+/// Buffers larger than this are given back once empty.
+const KEEP_BUFFER: usize = 8 * 1024;
+
+/// Binds `addr` and accepts connections until the task is aborted.
+pub(crate) async fn listen(engine: &Arc<Engine>, addr: SocketAddr) -> std::io::Result<Listening> {
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let engine = engine.clone();
+    let task = tokio::spawn(async move {
+        let mut last_error_log = None::<tokio::time::Instant>;
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(serve(engine.clone(), stream, peer));
+                }
+                Err(error) => {
+                    // Out of file descriptors and the like: back off rather
+                    // than spin, and say so once a second at most.
+                    let now = tokio::time::Instant::now();
+                    if last_error_log.is_none_or(|t| now - t > Duration::from_secs(1)) {
+                        tracing::warn!(%error, "MQTT listener cannot accept; backing off");
+                        last_error_log = Some(now);
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+    Ok(Listening { addr, task })
+}
+
+/// Counts a live connection for as long as it is held.
+struct Live<'a>(&'a Engine);
+impl Drop for Live<'_> {
+    fn drop(&mut self) {
+        self.0.conns.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Serves one client connection on any byte stream.
+pub(crate) async fn serve<S>(engine: Arc<Engine>, mut stream: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut rbuf = BytesMut::new();
+    let frame = match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        read_frame(&mut stream, &mut rbuf, engine.limits.max_packet),
+    )
+    .await
+    {
+        Ok(Ok(Some(f))) => f,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, detail = %e.detail, "MQTT connection closed before CONNECT");
+            return;
+        }
+        _ => return,
+    };
+    let (connect, version) = match codec::decode_connect(&frame) {
+        Ok(c) => c,
+        Err(e) => {
+            engine
+                .counters
+                .protocol_errors
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, detail = %e.detail, "MQTT CONNECT refused");
+            if e.code == rc::UNSUPPORTED_VERSION {
+                // The client's level is unknown, so answer as 3.1.1 does.
+                let mut out = BytesMut::new();
+                codec::encode_packet(
+                    &mut out,
+                    &ConnAckPacket::new_v311(false, ReasonCode::UnsupportedProtocolVersion),
+                );
+                let _ = stream.write_all(&out).await;
+            }
+            return;
+        }
+    };
+    engine.conns.fetch_add(1, Ordering::AcqRel);
+    let _live = Live(&engine);
+    let ctl = Arc::new(ConnCtl {
+        id: engine.next_conn.fetch_add(1, Ordering::Relaxed),
+        ..ConnCtl::default()
+    });
+    let mut out = BytesMut::new();
+    let Some(mut conn) = handshake(&engine, &ctl, *connect, version, &mut out) else {
+        engine
+            .counters
+            .connections_refused
+            .fetch_add(1, Ordering::Relaxed);
+        let _ = stream.write_all(&out).await;
+        let _ = stream.shutdown().await;
+        return;
+    };
+    if stream.write_all(&out).await.is_err() {
+        engine.disconnected(&ctl, &conn.client_id, Ending::Abrupt, None);
+        engine
+            .observed
+            .disconnected(&conn.client_id, conn.user.as_ref(), false);
+        return;
+    }
+    out.clear();
+    let (ending, expiry) = run(&engine, &ctl, &mut conn, &mut stream, rbuf, out).await;
+    let _ = stream.shutdown().await;
+    engine.disconnected(&ctl, &conn.client_id, ending, expiry);
+    engine.observed.disconnected(
+        &conn.client_id,
+        conn.user.as_ref(),
+        ending == Ending::Normal,
+    );
+}
+
+async fn read_frame<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Option<Frame>, ProtocolError> {
+    loop {
+        if let Some(f) = codec::split(buf, max)? {
+            return Ok(Some(f));
+        }
+        match stream.read_buf(buf).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// A connection after CONNACK.
+struct Conn {
+    client_id: Arc<str>,
+    user: Option<Arc<str>>,
+    version: u8,
+    keep_alive: u16,
+    /// Session expiry from CONNECT: 0 forbids setting one on DISCONNECT.
+    connect_expiry: u32,
+    aliases: Option<HashMap<u16, Arc<str>>>,
+    /// A packet a reorder fault holds back until the next one is written.
+    held_back: Option<Vec<u8>>,
+}
+
+fn connack(out: &mut BytesMut, version: u8, present: bool, code: ReasonCode) {
+    let p = if version == V5 {
+        ConnAckPacket::new(present, code)
+    } else {
+        ConnAckPacket::new_v311(present, code)
+    };
+    codec::encode_packet(out, &p);
+}
+
+/// Checks a CONNECT and sets up the session; writes the CONNACK to `out`.
+/// `None`: refused (the CONNACK says why).
+fn handshake(
+    engine: &Arc<Engine>,
+    ctl: &Arc<ConnCtl>,
+    c: ConnectPacket,
+    version: u8,
+    out: &mut BytesMut,
+) -> Option<Conn> {
+    let v5 = version == V5;
+    let refuse = |out: &mut BytesMut, code: ReasonCode, why: &str| {
+        tracing::debug!(client_id = %c.client_id, reason = why, "MQTT connection refused");
+        connack(out, version, false, code);
+        None
+    };
+    if !engine.accepting.load(Ordering::Acquire) {
+        return refuse(out, ReasonCode::ServerUnavailable, "the broker is down");
+    }
+    if engine.faults.active() {
+        let verdict = engine.faults.on(&faults::Packet {
+            client_id: &c.client_id,
+            user: c.username.as_deref(),
+            direction: Direction::In,
+            kind: PacketKind::Connect,
+            topic: None,
+        });
+        match verdict {
+            Verdict::RefuseConnect(code) | Verdict::Disconnect(code) => {
+                let code = ReasonCode::from_u8(code).unwrap_or(ReasonCode::NotAuthorized);
+                return refuse(out, code, "refused by a fault rule");
+            }
+            Verdict::Drop => return None,
+            _ => {}
+        }
+    }
+    if engine.conns.load(Ordering::Acquire) > engine.limits.max_clients {
+        return refuse(out, ReasonCode::QuotaExceeded, "too many clients");
+    }
+    let mut client_id = c.client_id.clone();
+    let mut assigned = None;
+    if client_id.is_empty() {
+        if version == V31 || (version == V311 && !c.clean_start) {
+            return refuse(
+                out,
+                ReasonCode::ClientIdentifierNotValid,
+                "empty client id without a clean session",
+            );
+        }
+        client_id = format!("auto-{:016x}", rand::random::<u64>());
+        if v5 {
+            assigned = Some(client_id.clone());
+        }
+    }
+    if v5 && c.properties.get_authentication_method().is_some() {
+        return refuse(
+            out,
+            ReasonCode::BadAuthenticationMethod,
+            "enhanced authentication is not offered",
+        );
+    }
+    if let Some(w) = &c.will
+        && topics::valid_topic_name(&w.topic).is_err()
+    {
+        return refuse(out, ReasonCode::TopicNameInvalid, "invalid will topic");
+    }
+    let user: Option<Arc<str>> = match &engine.authorizer {
+        None => c.username.as_deref().map(Arc::from),
+        Some(a) => match a.authenticate(&client_id, c.username.as_deref(), c.password.as_deref()) {
+            AuthDecision::Allow { user } => user.map(Arc::from),
+            AuthDecision::BadCredentials => {
+                return refuse(out, ReasonCode::BadUsernameOrPassword, "bad credentials");
+            }
+            AuthDecision::NotAuthorized => {
+                return refuse(out, ReasonCode::NotAuthorized, "not authorized");
+            }
+        },
+    };
+    let expiry = if v5 {
+        c.properties.get_session_expiry_interval().unwrap_or(0)
+    } else if c.clean_start {
+        0
+    } else {
+        NEVER
+    };
+    let window = if v5 {
+        c.properties.get_receive_maximum().unwrap_or(u16::MAX)
+    } else {
+        u16::MAX
+    };
+    let max_packet = if v5 {
+        c.properties
+            .get_maximum_packet_size()
+            .map_or(usize::MAX, |m| m as usize)
+    } else {
+        usize::MAX
+    };
+    if v5 && (window == 0 || max_packet == 0) {
+        return refuse(
+            out,
+            ReasonCode::ProtocolError,
+            "receive maximum or maximum packet size 0",
+        );
+    }
+    let now = engine.clock.now_ms();
+    let client_id: Arc<str> = client_id.into();
+    let will = c.will.as_ref().map(|w| {
+        let p = &w.properties;
+        let props = if v5 {
+            will_props(p)
+        } else {
+            bytes::Bytes::new()
+        };
+        Will {
+            msg: Arc::new(Msg {
+                topic: w.topic.as_str().into(),
+                payload: bytes::Bytes::copy_from_slice(&w.payload),
+                props,
+                qos: w.qos as u8,
+                retain: w.retain,
+                expires_at: p.message_expiry_interval.map(|s| now + i64::from(s) * 1000),
+                from: Some(client_id.clone()),
+            }),
+            delay_secs: p.will_delay_interval.unwrap_or(0),
+        }
+    });
+    let Accepted {
+        session_present,
+        subscriptions,
+    } = engine.connect(
+        ctl,
+        &client_id,
+        user.clone(),
+        version,
+        c.clean_start,
+        expiry,
+        will,
+        window,
+        max_packet,
+    );
+    if v5 {
+        let mut p = ConnAckPacket::new(session_present, ReasonCode::Success)
+            .with_maximum_packet_size(engine.limits.max_packet as u32)
+            .with_topic_alias_maximum(engine.limits.topic_alias_max);
+        if let Some(id) = assigned {
+            p = p.with_assigned_client_id(id);
+        }
+        codec::encode_packet(out, &p);
+    } else {
+        connack(out, version, session_present, ReasonCode::Success);
+    }
+    engine
+        .observed
+        .connected(&client_id, user.as_ref(), c.clean_start, subscriptions);
+    Some(Conn {
+        client_id,
+        user,
+        version,
+        keep_alive: c.keep_alive,
+        connect_expiry: expiry,
+        aliases: None,
+        held_back: None,
+    })
+}
+
+/// Will properties in a fixed order (the same will, the same bytes).
+fn will_props(p: &mqtt5_protocol::WillProperties) -> bytes::Bytes {
+    use bytes::BufMut;
+    let mut b = BytesMut::new();
+    let put_str = |b: &mut BytesMut, s: &[u8]| {
+        b.put_u16(s.len() as u16);
+        b.put_slice(s);
+    };
+    if let Some(f) = p.payload_format_indicator {
+        b.put_u8(0x01);
+        b.put_u8(u8::from(f));
+    }
+    if let Some(ct) = &p.content_type {
+        b.put_u8(0x03);
+        put_str(&mut b, ct.as_bytes());
+    }
+    if let Some(rt) = &p.response_topic {
+        b.put_u8(0x08);
+        put_str(&mut b, rt.as_bytes());
+    }
+    if let Some(cd) = &p.correlation_data {
+        b.put_u8(0x09);
+        put_str(&mut b, cd);
+    }
+    for (k, v) in &p.user_properties {
+        b.put_u8(0x26);
+        put_str(&mut b, k.as_bytes());
+        put_str(&mut b, v.as_bytes());
+    }
+    b.freeze()
+}
+
+/// What ended the loop.
+enum Stop {
+    Done(Ending, Option<u32>),
+    /// Close with this reason (MQTT 5 DISCONNECT first).
+    Error(u8, String),
+    Closed(u8),
+}
+
+async fn run<S>(
+    engine: &Arc<Engine>,
+    ctl: &Arc<ConnCtl>,
+    conn: &mut Conn,
+    stream: &mut S,
+    mut rbuf: BytesMut,
+    mut out: BytesMut,
+) -> (Ending, Option<u32>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let keep_alive =
+        (conn.keep_alive > 0).then(|| Duration::from_millis(u64::from(conn.keep_alive) * 1500));
+    let sleep = tokio::time::sleep(keep_alive.unwrap_or(Duration::from_secs(86_400)));
+    tokio::pin!(sleep);
+    let mut pulled = Vec::new();
+    let mut want_pull = true;
+    let stop = loop {
+        if want_pull {
+            want_pull = false;
+            pulled.clear();
+            let more = engine.pull(ctl, &conn.client_id, PULL_BATCH, &mut pulled);
+            if !pulled.is_empty() {
+                let now = engine.clock.now_ms();
+                for o in pulled.drain(..) {
+                    encode_out(&o, conn.version, now, &mut out);
+                }
+            }
+            if more {
+                want_pull = true;
+            }
+        }
+        if !out.is_empty() {
+            if engine.faults.active() {
+                match write_with_faults(engine, conn, stream, &out).await {
+                    Ok(None) => {}
+                    Ok(Some(code)) => {
+                        break Stop::Error(code, "disconnected by a fault rule".into());
+                    }
+                    Err(()) => break Stop::Done(Ending::Abrupt, None),
+                }
+            } else if stream.write_all(&out).await.is_err() {
+                break Stop::Done(Ending::Abrupt, None);
+            }
+            out.clear();
+            if out.capacity() > KEEP_BUFFER {
+                out = BytesMut::new();
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = ctl.wake.notified() => {
+                if let Some(code) = ctl.closing() {
+                    break Stop::Closed(code);
+                }
+                want_pull = true;
+            }
+            r = stream.read_buf(&mut rbuf) => {
+                match r {
+                    Ok(0) | Err(_) => break Stop::Done(Ending::Abrupt, None),
+                    Ok(_) => {}
+                }
+                if let Some(ka) = keep_alive {
+                    sleep.as_mut().reset(tokio::time::Instant::now() + ka);
+                }
+                let before = engine.store.as_ref().map(|s| s.issued());
+                let handled = handle_frames(engine, ctl, conn, &mut rbuf, &mut out, &mut want_pull);
+                // Acknowledge only what is stored.
+                if let (Some(store), Some(before)) = (&engine.store, before) {
+                    let issued = store.issued();
+                    if issued > before {
+                        store.durable(issued).await;
+                    }
+                }
+                match handled {
+                    Ok(None) => {}
+                    Ok(Some(stop)) => break stop,
+                    Err(e) => break Stop::Error(e.code, e.detail),
+                }
+                if rbuf.is_empty() && rbuf.capacity() > KEEP_BUFFER {
+                    rbuf = BytesMut::new();
+                }
+            }
+            _ = &mut sleep, if keep_alive.is_some() => {
+                break Stop::Error(rc::KEEP_ALIVE_TIMEOUT, "keep alive timed out".into());
+            }
+            // More deliveries are waiting: take them once reads had their
+            // turn.
+            _ = tokio::task::yield_now(), if want_pull => {}
+        }
+    };
+    match stop {
+        Stop::Done(ending, expiry) => {
+            if !out.is_empty() {
+                let _ = stream.write_all(&out).await;
+            }
+            (ending, expiry)
+        }
+        Stop::Error(code, detail) => {
+            if code != rc::KEEP_ALIVE_TIMEOUT {
+                engine
+                    .counters
+                    .protocol_errors
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::debug!(client_id = %conn.client_id, code, %detail, "MQTT connection closed by the broker");
+            // What was handled before the error is answered first.
+            if conn.version == V5 {
+                codec::encode_disconnect(&mut out, code, Some(&detail));
+            }
+            if !out.is_empty() {
+                let _ = stream.write_all(&out).await;
+            }
+            (Ending::Abrupt, None)
+        }
+        Stop::Closed(code) => {
+            if conn.version == V5 {
+                codec::encode_disconnect(&mut out, code, None);
+            }
+            if !out.is_empty() {
+                let _ = stream.write_all(&out).await;
+            }
+            let ending = if code == rc::SESSION_TAKEN_OVER {
+                Ending::TakenOver
+            } else {
+                Ending::Abrupt
+            };
+            (ending, None)
+        }
+    }
+}
+
+fn encode_out(o: &Out, version: u8, now: i64, out: &mut BytesMut) {
+    match o {
+        Out::Publish { d, pid, dup } => OutPublish {
+            topic: &d.msg.topic,
+            payload: &d.msg.payload,
+            props: &d.msg.props,
+            qos: d.qos,
+            retain: d.retain,
+            dup: *dup,
+            pid: *pid,
+            expiry_secs: d.msg.expiry_left(now),
+            sub_ids: d.sub_ids.as_deref().unwrap_or(&[]),
+        }
+        .encode(version, out),
+        Out::PubRel(pid) => codec::encode_ack(out, 6, *pid, 0, version),
+    }
+}
+
+/// Handles every whole packet in `rbuf`. `Ok(Some)`: the connection ends.
+fn handle_frames(
+    engine: &Arc<Engine>,
+    ctl: &Arc<ConnCtl>,
+    conn: &mut Conn,
+    rbuf: &mut BytesMut,
+    out: &mut BytesMut,
+    want_pull: &mut bool,
+) -> Result<Option<Stop>, ProtocolError> {
+    while let Some(frame) = codec::split(rbuf, engine.limits.max_packet)? {
+        let packet = codec::decode(frame, conn.version)?;
+        if engine.faults.active() {
+            let topic = match &packet {
+                Inbound::Publish(p) => std::str::from_utf8(&p.topic).ok(),
+                _ => None,
+            };
+            match engine.faults.on(&faults::Packet {
+                client_id: &conn.client_id,
+                user: conn.user.as_deref(),
+                direction: Direction::In,
+                kind: packet.kind(),
+                topic,
+            }) {
+                Verdict::Drop => continue,
+                Verdict::Disconnect(code) => {
+                    return Err(ProtocolError::new(code, "disconnected by a fault rule"));
+                }
+                _ => {}
+            }
+        }
+        match packet {
+            Inbound::Publish(p) => publish(engine, ctl, conn, p, out)?,
+            Inbound::PubAck { pid } => {
+                if engine.finished(&conn.client_id, pid) {
+                    *want_pull = true;
+                }
+            }
+            Inbound::PubRec { pid, code } => match engine.received(&conn.client_id, pid, code) {
+                Some(true) => codec::encode_ack(out, 6, pid, 0, conn.version),
+                Some(false) => *want_pull = true,
+                None => codec::encode_ack(out, 6, pid, rc::PACKET_ID_NOT_FOUND, conn.version),
+            },
+            Inbound::PubRel { pid } => {
+                let code = if engine.release(&conn.client_id, pid) {
+                    rc::SUCCESS
+                } else {
+                    rc::PACKET_ID_NOT_FOUND
+                };
+                codec::encode_ack(out, 7, pid, code, conn.version);
+            }
+            Inbound::PubComp { pid } => {
+                if engine.finished(&conn.client_id, pid) {
+                    *want_pull = true;
+                }
+            }
+            Inbound::Subscribe(s) => {
+                let sub_id = s.properties.get_subscription_identifier();
+                if sub_id == Some(0) {
+                    return Err(ProtocolError::new(
+                        rc::PROTOCOL_ERROR,
+                        "subscription identifier 0",
+                    ));
+                }
+                let mut filters = Vec::with_capacity(s.filters.len());
+                for f in &s.filters {
+                    let o = &f.options;
+                    if o.no_local && f.filter.starts_with("$share/") {
+                        return Err(ProtocolError::new(
+                            rc::PROTOCOL_ERROR,
+                            "no local on a shared subscription",
+                        ));
+                    }
+                    filters.push((
+                        f.filter.clone(),
+                        SubOpts {
+                            qos: o.qos as u8,
+                            no_local: o.no_local,
+                            retain_as_published: o.retain_as_published,
+                            retain_handling: o.retain_handling as u8,
+                            sub_id,
+                        },
+                    ));
+                }
+                let codes = engine.subscribe(
+                    &conn.client_id,
+                    conn.user.as_deref(),
+                    conn.version,
+                    &filters,
+                );
+                let mut ack = if conn.version == V5 {
+                    SubAckPacket::new(s.packet_id)
+                } else {
+                    SubAckPacket::new_v311(s.packet_id)
+                };
+                for c in codes {
+                    ack = ack.add_reason_code(
+                        SubAckReasonCode::from_u8(c).unwrap_or(SubAckReasonCode::UnspecifiedError),
+                    );
+                }
+                codec::encode_packet(out, &ack);
+                *want_pull = true;
+            }
+            Inbound::Unsubscribe(u) => {
+                let existed = engine.unsubscribe(&conn.client_id, &u.filters);
+                let mut ack = if conn.version == V5 {
+                    UnsubAckPacket::new(u.packet_id)
+                } else {
+                    UnsubAckPacket::new_v311(u.packet_id)
+                };
+                for e in existed {
+                    ack = ack.add_reason_code(if e {
+                        UnsubAckReasonCode::Success
+                    } else {
+                        UnsubAckReasonCode::NoSubscriptionExisted
+                    });
+                }
+                codec::encode_packet(out, &ack);
+            }
+            Inbound::PingReq => codec::encode_pingresp(out),
+            Inbound::Disconnect(d) => {
+                let expiry = d.properties.get_session_expiry_interval();
+                if expiry.is_some_and(|e| e > 0) && conn.connect_expiry == 0 {
+                    return Err(ProtocolError::new(
+                        rc::PROTOCOL_ERROR,
+                        "session expiry set on DISCONNECT after 0 on CONNECT",
+                    ));
+                }
+                let ending = if u8::from(d.reason_code) == 0x04 {
+                    Ending::WithWill
+                } else {
+                    Ending::Normal
+                };
+                return Ok(Some(Stop::Done(ending, expiry)));
+            }
+            Inbound::Connect => {
+                return Err(ProtocolError::new(rc::PROTOCOL_ERROR, "a second CONNECT"));
+            }
+            Inbound::Auth => {
+                return Err(ProtocolError::new(
+                    rc::PROTOCOL_ERROR,
+                    "AUTH without enhanced authentication",
+                ));
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn publish(
+    engine: &Arc<Engine>,
+    ctl: &Arc<ConnCtl>,
+    conn: &mut Conn,
+    p: codec::InPublish,
+    out: &mut BytesMut,
+) -> Result<(), ProtocolError> {
+    let text = std::str::from_utf8(&p.topic).expect("checked by the codec");
+    let topic: Arc<str> = match p.alias {
+        Some(a) if a == 0 || a > engine.limits.topic_alias_max => {
+            return Err(ProtocolError::new(
+                rc::TOPIC_ALIAS_INVALID,
+                format!(
+                    "topic alias {a} outside 1..={}",
+                    engine.limits.topic_alias_max
+                ),
+            ));
+        }
+        Some(a) if text.is_empty() => match conn.aliases.as_ref().and_then(|m| m.get(&a)) {
+            Some(t) => t.clone(),
+            None => {
+                return Err(ProtocolError::new(
+                    rc::PROTOCOL_ERROR,
+                    format!("topic alias {a} was never set"),
+                ));
+            }
+        },
+        Some(a) => {
+            let t: Arc<str> = text.into();
+            conn.aliases.get_or_insert_default().insert(a, t.clone());
+            t
+        }
+        None => text.into(),
+    };
+    if topics::valid_topic_name(&topic).is_err() {
+        return Err(ProtocolError::new(
+            rc::TOPIC_NAME_INVALID,
+            "invalid topic name",
+        ));
+    }
+    let allowed = engine
+        .authorizer
+        .as_ref()
+        .is_none_or(|a| a.may_publish(&conn.client_id, conn.user.as_deref(), &topic));
+    let code = if allowed {
+        rc::SUCCESS
+    } else {
+        rc::NOT_AUTHORIZED
+    };
+    if allowed {
+        let msg = Arc::new(Msg {
+            topic,
+            payload: p.payload,
+            props: p.props,
+            qos: p.qos,
+            retain: p.retain,
+            expires_at: p
+                .expiry_secs
+                .map(|s| engine.clock.now_ms() + i64::from(s) * 1000),
+            from: Some(conn.client_id.clone()),
+        });
+        let journal = |msg: &Msg| {
+            engine.observed.published(
+                &msg.topic,
+                &msg.payload,
+                msg.qos,
+                msg.retain,
+                Some((&conn.client_id, conn.user.as_ref())),
+                Origin::Client,
+            )
+        };
+        if p.qos == 2 {
+            // A resent QoS 2 PUBLISH (same id before PUBREL) is not
+            // routed again.
+            let m = msg.clone();
+            if engine.route_qos2(ctl, &conn.client_id, p.pid, msg) {
+                journal(&m);
+            }
+        } else {
+            journal(&msg);
+            engine.route(msg);
+        }
+    } else {
+        tracing::debug!(client_id = %conn.client_id, topic = %topic, "publish refused by the ACL");
+    }
+    match p.qos {
+        1 => codec::encode_ack(out, 4, p.pid, code, conn.version),
+        2 => codec::encode_ack(out, 5, p.pid, code, conn.version),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Writes `out` packet by packet through the fault rules. `Ok(Some(code))`:
+/// a rule disconnects the client.
+async fn write_with_faults<S>(
+    engine: &Engine,
+    conn: &mut Conn,
+    stream: &mut S,
+    out: &[u8],
+) -> Result<Option<u8>, ()>
+where
+    S: AsyncWrite + Unpin,
+{
+    let mut pending: Vec<u8> = Vec::with_capacity(out.len());
+    let mut i = 0;
+    while i < out.len() {
+        let (len, header) = packet_len(&out[i..]);
+        let pkt = &out[i..i + len];
+        i += len;
+        let kind = PacketKind::of_first_byte(pkt[0]).unwrap_or(PacketKind::Publish);
+        let topic = (kind == PacketKind::Publish)
+            .then(|| {
+                let body = &pkt[header..];
+                let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
+                std::str::from_utf8(&body[2..2 + tl]).ok()
+            })
+            .flatten();
+        let verdict = engine.faults.on(&faults::Packet {
+            client_id: &conn.client_id,
+            user: conn.user.as_deref(),
+            direction: Direction::Out,
+            kind,
+            topic,
+        });
+        match verdict {
+            Verdict::Pass | Verdict::RefuseConnect(_) => pending.extend_from_slice(pkt),
+            Verdict::Drop => {
+                if kind == PacketKind::Publish {
+                    engine.fault_dropped(&conn.client_id);
+                }
+            }
+            Verdict::Duplicate => {
+                pending.extend_from_slice(pkt);
+                let start = pending.len();
+                pending.extend_from_slice(pkt);
+                if kind == PacketKind::Publish && (pkt[0] >> 1) & 3 > 0 {
+                    pending[start] |= 0x08;
+                }
+            }
+            Verdict::Reorder => {
+                if let Some(prev) = conn.held_back.replace(pkt.to_vec()) {
+                    pending.extend_from_slice(&prev);
+                }
+                continue;
+            }
+            Verdict::Delay(ms) => {
+                flush(stream, &mut pending).await?;
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                pending.extend_from_slice(pkt);
+            }
+            Verdict::Throttle(bps) => {
+                flush(stream, &mut pending).await?;
+                stream.write_all(pkt).await.map_err(|_| ())?;
+                let secs = pkt.len() as f64 / bps as f64;
+                tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+            }
+            Verdict::Disconnect(code) => {
+                flush(stream, &mut pending).await?;
+                return Ok(Some(code));
+            }
+        }
+        if let Some(prev) = conn.held_back.take() {
+            pending.extend_from_slice(&prev);
+        }
+    }
+    flush(stream, &mut pending).await?;
+    Ok(None)
+}
+
+async fn flush<S: AsyncWrite + Unpin>(stream: &mut S, pending: &mut Vec<u8>) -> Result<(), ()> {
+    if !pending.is_empty() {
+        stream.write_all(pending).await.map_err(|_| ())?;
+        pending.clear();
+    }
+    Ok(())
+}
+
+/// (whole length, fixed header length) of the encoded packet at the start
+/// of `b` (the engine's own output, so always whole).
+fn packet_len(b: &[u8]) -> (usize, usize) {
+    let mut len = 0usize;
+    let mut i = 1;
+    let mut shift = 0;
+    loop {
+        let x = b[i];
+        len |= ((x & 0x7f) as usize) << shift;
+        shift += 7;
+        i += 1;
+        if x & 0x80 == 0 {
+            break;
+        }
+    }
+    (i + len, i)
+}

@@ -1,0 +1,260 @@
+//! Sessions: what the broker keeps for one client id between and during
+//! its connections. Subscriptions, the queue of messages waiting to be
+//! sent, the in-flight window (QoS 1/2 messages sent and not yet
+//! acknowledged), the QoS 2 packet ids received and not yet released, the
+//! will, and the counters of what was dropped and why.
+//!
+//! Plain data: the engine's core holds every session under its lock, and
+//! the connection task of a session's client pulls from it.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use super::tree::SubOpts;
+
+/// A message the broker accepted, shared by every delivery of it.
+#[derive(Debug)]
+pub(crate) struct Msg {
+    pub topic: Arc<str>,
+    pub payload: Bytes,
+    /// MQTT 5 properties as the publisher sent them, without topic alias
+    /// and message expiry.
+    pub props: Bytes,
+    pub qos: u8,
+    pub retain: bool,
+    /// Simulated time (ms) after which it is no longer delivered.
+    pub expires_at: Option<i64>,
+    /// The publishing client (for no-local); `None` for the server.
+    pub from: Option<Arc<str>>,
+}
+
+impl Msg {
+    /// Bytes the message holds, for byte budgets.
+    pub fn weight(&self) -> usize {
+        self.topic.len() + self.payload.len() + self.props.len() + 64
+    }
+
+    pub fn expired(&self, now: i64) -> bool {
+        self.expires_at.is_some_and(|t| t <= now)
+    }
+
+    /// Seconds left, rounded up, for the Message Expiry Interval sent on.
+    pub fn expiry_left(&self, now: i64) -> Option<u32> {
+        self.expires_at
+            .map(|t| ((t - now).max(0) as u64).div_ceil(1000) as u32)
+    }
+}
+
+/// One message on its way to one client.
+#[derive(Debug, Clone)]
+pub(crate) struct Delivery {
+    /// Order within its session (set when queued), the key of its stored
+    /// copy.
+    pub seq: u64,
+    pub msg: Arc<Msg>,
+    pub qos: u8,
+    pub retain: bool,
+    pub sub_ids: Option<Box<[u32]>>,
+}
+
+/// A QoS 1/2 delivery sent and not yet finished.
+#[derive(Debug, Clone)]
+pub(crate) enum Flight {
+    /// PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Publish(Delivery),
+    /// PUBREL sent; waiting for PUBCOMP. Holds the delivery's `seq`.
+    Released(u64),
+}
+
+/// The control block of one live connection, shared between the
+/// connection's task and the core (which wakes it and may close it).
+#[derive(Debug, Default)]
+pub(crate) struct ConnCtl {
+    pub id: u64,
+    pub wake: Notify,
+    /// 0: open; else the reason code to close with (0x8E taken over,
+    /// 0x8B shutting down, ...).
+    pub close: AtomicU8,
+}
+
+impl ConnCtl {
+    pub fn close_with(&self, code: u8) {
+        self.close.store(code, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+    pub fn closing(&self) -> Option<u8> {
+        match self.close.load(Ordering::Relaxed) {
+            0 => None,
+            c => Some(c),
+        }
+    }
+}
+
+/// A connected client as its session sees it.
+#[derive(Debug)]
+pub(crate) struct Link {
+    pub ctl: Arc<ConnCtl>,
+    /// How many QoS 1/2 messages may be in flight to it.
+    pub window: u16,
+    /// The largest packet it accepts.
+    pub max_packet: usize,
+}
+
+/// The will of a connection.
+#[derive(Debug, Clone)]
+pub(crate) struct Will {
+    pub msg: Arc<Msg>,
+    pub delay_secs: u32,
+}
+
+/// Counters of one session.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, utoipa::ToSchema)]
+pub struct SessionCounters {
+    /// Messages sent to the client (PUBLISH packets, first sends).
+    pub sent: u64,
+    /// Messages dropped because the session's queue was full.
+    pub dropped_queue_full: u64,
+    /// Messages dropped because they expired before they could be sent.
+    pub dropped_expired: u64,
+    /// Messages skipped because they were larger than the client's
+    /// Maximum Packet Size.
+    pub dropped_too_large: u64,
+    /// Messages dropped by a packet fault rule.
+    pub dropped_fault: u64,
+}
+
+impl SessionCounters {
+    pub fn dropped(&self) -> u64 {
+        self.dropped_queue_full + self.dropped_expired + self.dropped_too_large + self.dropped_fault
+    }
+}
+
+/// Session Expiry Interval meaning "never".
+pub(crate) const NEVER: u32 = u32::MAX;
+
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub client_id: Arc<str>,
+    pub user: Option<Arc<str>>,
+    pub version: u8,
+    /// Filter as the client gave it → options.
+    pub subs: BTreeMap<String, SubOpts>,
+    /// Seconds the session outlives its connection; [`NEVER`] for ever.
+    pub expiry_secs: u32,
+    pub link: Option<Link>,
+    pub queue: VecDeque<Delivery>,
+    pub queued_bytes: usize,
+    /// In send order.
+    pub inflight: VecDeque<(u16, Flight)>,
+    pub next_pid: u16,
+    pub next_seq: u64,
+    /// Inbound QoS 2 packet ids: PUBREC sent, PUBREL not yet received.
+    pub awaiting_rel: HashSet<u16>,
+    pub will: Option<Will>,
+    /// Set when a connection resumed this session: in-flight messages are
+    /// sent again (DUP) before anything new.
+    pub resend: bool,
+    /// Bumped at each connect and disconnect, so that a timer set for an
+    /// older state does nothing.
+    pub generation: u64,
+    pub counters: SessionCounters,
+    pub connected_at_ms: i64,
+    pub clean_start: bool,
+}
+
+/// What happened to a message offered to a session.
+pub(crate) enum Enqueued {
+    Queued,
+    /// Queued, and the oldest waiting message was dropped for room.
+    QueuedDroppedOldest(Delivery),
+    /// Not queued: QoS 0 at a full queue.
+    Dropped,
+}
+
+impl Session {
+    pub fn new(client_id: Arc<str>, version: u8) -> Self {
+        Self {
+            client_id,
+            user: None,
+            version,
+            subs: BTreeMap::new(),
+            expiry_secs: 0,
+            link: None,
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            inflight: VecDeque::new(),
+            next_pid: 0,
+            next_seq: 0,
+            awaiting_rel: HashSet::new(),
+            will: None,
+            resend: false,
+            generation: 0,
+            counters: SessionCounters::default(),
+            connected_at_ms: 0,
+            clean_start: true,
+        }
+    }
+
+    /// Whether it survives its client going away.
+    pub fn persistent(&self) -> bool {
+        self.expiry_secs > 0
+    }
+
+    /// Queues a delivery within `max_count` messages and `max_bytes`
+    /// bytes: a QoS 0 message that does not fit is dropped, a QoS 1/2
+    /// message makes room by dropping the oldest waiting one.
+    pub fn enqueue(&mut self, mut d: Delivery, max_count: usize, max_bytes: usize) -> Enqueued {
+        self.next_seq += 1;
+        d.seq = self.next_seq;
+        let w = d.msg.weight();
+        let full = self.queue.len() >= max_count || self.queued_bytes + w > max_bytes;
+        if full && d.qos == 0 {
+            self.counters.dropped_queue_full += 1;
+            return Enqueued::Dropped;
+        }
+        let mut dropped = None;
+        if full && let Some(old) = self.queue.pop_front() {
+            self.queued_bytes -= old.msg.weight();
+            self.counters.dropped_queue_full += 1;
+            dropped = Some(old);
+        }
+        self.queued_bytes += w;
+        self.queue.push_back(d);
+        match dropped {
+            Some(old) => Enqueued::QueuedDroppedOldest(old),
+            None => Enqueued::Queued,
+        }
+    }
+
+    pub fn pop(&mut self) -> Option<Delivery> {
+        let d = self.queue.pop_front()?;
+        self.queued_bytes -= d.msg.weight();
+        Some(d)
+    }
+
+    /// A packet id not in flight.
+    pub fn alloc_pid(&mut self) -> u16 {
+        loop {
+            self.next_pid = self.next_pid.wrapping_add(1);
+            if self.next_pid == 0 {
+                continue;
+            }
+            let pid = self.next_pid;
+            if !self.inflight.iter().any(|(p, _)| *p == pid) {
+                return pid;
+            }
+        }
+    }
+
+    pub fn inflight_position(&self, pid: u16) -> Option<usize> {
+        self.inflight.iter().position(|(p, _)| *p == pid)
+    }
+
+    pub fn is_link(&self, ctl: &ConnCtl) -> bool {
+        self.link.as_ref().is_some_and(|l| l.ctl.id == ctl.id)
+    }
+}

@@ -1,0 +1,358 @@
+//! Durable broker state under `--data-dir`: retained messages (any legal
+//! topic), persistent sessions with their subscriptions, and the messages
+//! queued or in flight for them, in one SQLite file (`mqtt/broker.db`).
+//!
+//! The engine's core produces write operations under its lock, in order,
+//! and hands them to one writer thread through a bounded channel (its
+//! capacity, [`CHANNEL_CAPACITY`] operations, is the backpressure: a core
+//! that outruns the disk waits). The writer applies whatever has arrived
+//! in one transaction and then announces the last operation it made
+//! durable; a connection waits for that before it acknowledges a PUBLISH
+//! or SUBSCRIBE that changed stored state, so nothing is acknowledged
+//! before it is stored. Without `--data-dir` there is no store and no cost.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use bytes::Bytes;
+use rusqlite::{Connection, params};
+use tokio::sync::watch;
+
+use super::session::{Delivery, Msg};
+use super::tree::SubOpts;
+
+/// Operations waiting for the writer, at most.
+pub(crate) const CHANNEL_CAPACITY: usize = 65_536;
+
+const MIGRATIONS: &[&str] = &["
+CREATE TABLE retained (
+    topic TEXT PRIMARY KEY,
+    payload BLOB NOT NULL,
+    props BLOB NOT NULL,
+    qos INTEGER NOT NULL,
+    expires_at INTEGER
+);
+CREATE TABLE sessions (
+    client_id TEXT PRIMARY KEY,
+    user TEXT,
+    version INTEGER NOT NULL,
+    expiry_secs INTEGER NOT NULL,
+    subs TEXT NOT NULL
+);
+CREATE TABLE messages (
+    client_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    state INTEGER NOT NULL,
+    pid INTEGER NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    props BLOB NOT NULL,
+    qos INTEGER NOT NULL,
+    retain INTEGER NOT NULL,
+    expires_at INTEGER,
+    sub_ids TEXT,
+    PRIMARY KEY (client_id, seq)
+);
+"];
+
+/// Where a stored message stands (0: queued, not yet sent).
+pub(crate) const SENT: i64 = 1;
+pub(crate) const RELEASED: i64 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("MQTT store {path}: {source}")]
+    Open {
+        path: String,
+        source: crate::sqlite::OpenError,
+    },
+    #[error("MQTT store {path}: {source}")]
+    Sql {
+        path: String,
+        source: rusqlite::Error,
+    },
+}
+
+pub(crate) enum Op {
+    RetainSet(Arc<Msg>),
+    RetainClear(Arc<str>),
+    SessionPut {
+        client_id: Arc<str>,
+        user: Option<Arc<str>>,
+        version: u8,
+        expiry_secs: u32,
+        subs: Vec<(String, SubOpts)>,
+    },
+    SessionDel(Arc<str>),
+    MsgAdd {
+        client_id: Arc<str>,
+        seq: u64,
+        d: Delivery,
+    },
+    MsgState {
+        client_id: Arc<str>,
+        seq: u64,
+        state: i64,
+        pid: u16,
+    },
+    MsgDel {
+        client_id: Arc<str>,
+        seq: u64,
+    },
+}
+
+pub(crate) struct Store {
+    tx: mpsc::SyncSender<(u64, Op)>,
+    issued: std::sync::atomic::AtomicU64,
+    durable: watch::Receiver<u64>,
+}
+
+/// What was stored, read back at start.
+pub(crate) struct Loaded {
+    pub retained: Vec<Arc<Msg>>,
+    pub sessions: Vec<LoadedSession>,
+}
+
+pub(crate) struct LoadedSession {
+    pub client_id: Arc<str>,
+    pub user: Option<Arc<str>>,
+    pub version: u8,
+    pub expiry_secs: u32,
+    pub subs: Vec<(String, SubOpts)>,
+    /// (seq, state, pid, delivery), in seq order.
+    pub messages: Vec<(u64, i64, u16, Delivery)>,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` and reads it back.
+    pub fn open(dir: &Path) -> Result<(Self, Loaded), StoreError> {
+        let path = dir.join("broker.db");
+        let shown = path.display().to_string();
+        let conn =
+            crate::sqlite::open(Some(&path), MIGRATIONS).map_err(|source| StoreError::Open {
+                path: shown.clone(),
+                source,
+            })?;
+        let loaded = load(&conn).map_err(|source| StoreError::Sql {
+            path: shown.clone(),
+            source,
+        })?;
+        let (tx, rx) = mpsc::sync_channel(CHANNEL_CAPACITY);
+        let (durable_tx, durable) = watch::channel(0);
+        std::thread::Builder::new()
+            .name("mqtt-store".into())
+            .spawn(move || writer(conn, rx, durable_tx, shown))
+            .expect("spawning the MQTT store thread");
+        Ok((
+            Self {
+                tx,
+                issued: std::sync::atomic::AtomicU64::new(0),
+                durable,
+            },
+            loaded,
+        ))
+    }
+
+    /// Queues an operation. Called under the engine's core lock, so the
+    /// order of operations is the order of changes.
+    pub fn push(&self, op: Op) {
+        let seq = self
+            .issued
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            + 1;
+        if self.tx.send((seq, op)).is_err() {
+            tracing::error!("the MQTT store writer has stopped; broker state is no longer stored");
+        }
+    }
+
+    /// The newest operation queued so far.
+    pub fn issued(&self) -> u64 {
+        self.issued.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Waits until operation `seq` and all before it are stored.
+    pub async fn durable(&self, seq: u64) {
+        let mut rx = self.durable.clone();
+        let _ = rx.wait_for(|d| *d >= seq).await;
+    }
+}
+
+fn writer(
+    mut conn: Connection,
+    rx: mpsc::Receiver<(u64, Op)>,
+    durable: watch::Sender<u64>,
+    path: String,
+) {
+    let mut batch = Vec::with_capacity(1024);
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < 4096 {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let last = batch.last().map_or(0, |(s, _)| *s);
+        let result = (|| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            for (_, op) in batch.drain(..) {
+                apply(&tx, op)?;
+            }
+            tx.commit()
+        })();
+        if let Err(error) = result {
+            batch.clear();
+            tracing::error!(%path, %error, "MQTT store write failed");
+        }
+        durable.send_replace(last);
+    }
+}
+
+fn ids_text(ids: &Option<Box<[u32]>>) -> Option<String> {
+    ids.as_ref()
+        .map(|v| v.iter().map(u32::to_string).collect::<Vec<_>>().join(","))
+}
+
+fn apply(tx: &rusqlite::Transaction<'_>, op: Op) -> rusqlite::Result<()> {
+    match op {
+        Op::RetainSet(m) => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO retained (topic, payload, props, qos, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![&*m.topic, &m.payload[..], &m.props[..], m.qos, m.expires_at])?;
+        }
+        Op::RetainClear(topic) => {
+            tx.prepare_cached("DELETE FROM retained WHERE topic = ?1")?
+                .execute(params![&*topic])?;
+        }
+        Op::SessionPut {
+            client_id,
+            user,
+            version,
+            expiry_secs,
+            subs,
+        } => {
+            let subs = serde_json::to_string(&subs).unwrap_or_else(|_| "[]".into());
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO sessions (client_id, user, version, expiry_secs, subs) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![&*client_id, user.as_deref(), version, expiry_secs, subs])?;
+        }
+        Op::SessionDel(client_id) => {
+            tx.prepare_cached("DELETE FROM sessions WHERE client_id = ?1")?
+                .execute(params![&*client_id])?;
+            tx.prepare_cached("DELETE FROM messages WHERE client_id = ?1")?
+                .execute(params![&*client_id])?;
+        }
+        Op::MsgAdd { client_id, seq, d } => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO messages (client_id, seq, state, pid, topic, payload, props, qos, retain, expires_at, sub_ids)
+                 VALUES (?1, ?2, 0, 0, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![
+                &*client_id,
+                seq as i64,
+                &*d.msg.topic,
+                &d.msg.payload[..],
+                &d.msg.props[..],
+                d.qos,
+                d.retain,
+                d.msg.expires_at,
+                ids_text(&d.sub_ids),
+            ])?;
+        }
+        Op::MsgState {
+            client_id,
+            seq,
+            state,
+            pid,
+        } => {
+            tx.prepare_cached(
+                "UPDATE messages SET state = ?3, pid = ?4 WHERE client_id = ?1 AND seq = ?2",
+            )?
+            .execute(params![&*client_id, seq as i64, state, pid])?;
+        }
+        Op::MsgDel { client_id, seq } => {
+            tx.prepare_cached("DELETE FROM messages WHERE client_id = ?1 AND seq = ?2")?
+                .execute(params![&*client_id, seq as i64])?;
+        }
+    }
+    Ok(())
+}
+
+fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
+    let mut retained = Vec::new();
+    let mut st =
+        conn.prepare("SELECT topic, payload, props, qos, expires_at FROM retained ORDER BY topic")?;
+    let mut rows = st.query([])?;
+    while let Some(r) = rows.next()? {
+        let topic: String = r.get(0)?;
+        retained.push(Arc::new(Msg {
+            topic: topic.into(),
+            payload: Bytes::from(r.get::<_, Vec<u8>>(1)?),
+            props: Bytes::from(r.get::<_, Vec<u8>>(2)?),
+            qos: r.get(3)?,
+            retain: true,
+            expires_at: r.get(4)?,
+            from: None,
+        }));
+    }
+    let mut sessions = Vec::new();
+    let mut st = conn.prepare(
+        "SELECT client_id, user, version, expiry_secs, subs FROM sessions ORDER BY client_id",
+    )?;
+    let mut rows = st.query([])?;
+    while let Some(r) = rows.next()? {
+        let client_id: String = r.get(0)?;
+        let user: Option<String> = r.get(1)?;
+        let subs: String = r.get(4)?;
+        sessions.push(LoadedSession {
+            client_id: client_id.into(),
+            user: user.map(Arc::from),
+            version: r.get(2)?,
+            expiry_secs: r.get(3)?,
+            subs: serde_json::from_str(&subs).unwrap_or_default(),
+            messages: Vec::new(),
+        });
+    }
+    let mut st = conn.prepare(
+        "SELECT seq, state, pid, topic, payload, props, qos, retain, expires_at, sub_ids
+         FROM messages WHERE client_id = ?1 ORDER BY seq",
+    )?;
+    for s in &mut sessions {
+        let mut rows = st.query(params![&*s.client_id])?;
+        while let Some(r) = rows.next()? {
+            let topic: String = r.get(3)?;
+            let qos: u8 = r.get(6)?;
+            let sub_ids: Option<String> = r.get(9)?;
+            let msg = Arc::new(Msg {
+                topic: topic.into(),
+                payload: Bytes::from(r.get::<_, Vec<u8>>(4)?),
+                props: Bytes::from(r.get::<_, Vec<u8>>(5)?),
+                qos,
+                retain: r.get(7)?,
+                expires_at: r.get(8)?,
+                from: None,
+            });
+            s.messages.push((
+                r.get::<_, i64>(0)? as u64,
+                r.get(1)?,
+                r.get(2)?,
+                Delivery {
+                    seq: 0,
+                    retain: msg.retain,
+                    msg,
+                    qos,
+                    sub_ids: sub_ids.map(|t| {
+                        t.split(',')
+                            .filter_map(|x| x.parse().ok())
+                            .collect::<Vec<u32>>()
+                            .into_boxed_slice()
+                    }),
+                },
+            ));
+        }
+    }
+    Ok(Loaded { retained, sessions })
+}

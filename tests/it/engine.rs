@@ -1,0 +1,589 @@
+//! The broker engine at the packet level, with a raw MQTT client built
+//! here byte by byte (so that what goes on the wire is exactly what the
+//! test says): MQTT 5 properties passed through untouched, Maximum Packet
+//! Size honoured, MQTT 3.1, reason codes on protocol errors, takeovers as
+//! each protocol version expects, wills and message expiry on the
+//! server's clock, and durable state across a restart.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::{TestServer, WAIT};
+
+fn varint(mut n: usize, out: &mut Vec<u8>) {
+    loop {
+        let mut b = (n & 0x7f) as u8;
+        n >>= 7;
+        if n > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+fn string(s: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s);
+}
+
+fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    varint(body.len(), &mut out);
+    out.extend_from_slice(body);
+    out
+}
+
+/// Properties: a length and the bytes.
+fn props(p: &[u8], out: &mut Vec<u8>) {
+    varint(p.len(), out);
+    out.extend_from_slice(p);
+}
+
+struct Will<'a> {
+    topic: &'a str,
+    payload: &'a [u8],
+    qos: u8,
+    delay_secs: Option<u32>,
+}
+
+/// CONNECT for `level` (3, 4 or 5). `conn_props` only for 5.
+fn connect(
+    level: u8,
+    id: &str,
+    clean: bool,
+    keep_alive: u16,
+    conn_props: &[u8],
+    will: Option<&Will>,
+) -> Vec<u8> {
+    let mut b = Vec::new();
+    if level == 3 {
+        string(b"MQIsdp", &mut b);
+    } else {
+        string(b"MQTT", &mut b);
+    }
+    b.push(level);
+    let mut flags = if clean { 0x02 } else { 0 };
+    if let Some(w) = will {
+        flags |= 0x04 | (w.qos << 3);
+    }
+    b.push(flags);
+    b.extend_from_slice(&keep_alive.to_be_bytes());
+    if level == 5 {
+        props(conn_props, &mut b);
+    }
+    string(id.as_bytes(), &mut b);
+    if let Some(w) = will {
+        if level == 5 {
+            let mut wp = Vec::new();
+            if let Some(d) = w.delay_secs {
+                wp.push(0x18);
+                wp.extend_from_slice(&d.to_be_bytes());
+            }
+            props(&wp, &mut b);
+        }
+        string(w.topic.as_bytes(), &mut b);
+        string(w.payload, &mut b);
+    }
+    packet(0x10, &b)
+}
+
+fn subscribe(level: u8, pid: u16, filter: &str, options: u8) -> Vec<u8> {
+    let mut b = pid.to_be_bytes().to_vec();
+    if level == 5 {
+        props(&[], &mut b);
+    }
+    string(filter.as_bytes(), &mut b);
+    b.push(options);
+    packet(0x82, &b)
+}
+
+fn publish(level: u8, topic: &str, qos: u8, pid: u16, p: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut b = Vec::new();
+    string(topic.as_bytes(), &mut b);
+    if qos > 0 {
+        b.extend_from_slice(&pid.to_be_bytes());
+    }
+    if level == 5 {
+        props(p, &mut b);
+    }
+    b.extend_from_slice(payload);
+    packet(0x30 | (qos << 1), &b)
+}
+
+fn user_property(k: &str, v: &str, out: &mut Vec<u8>) {
+    out.push(0x26);
+    string(k.as_bytes(), out);
+    string(v.as_bytes(), out);
+}
+
+struct Raw {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    async fn open(addr: SocketAddr, connect: &[u8]) -> (Self, Vec<u8>) {
+        let s = TcpStream::connect(addr).await.expect("connect");
+        let mut raw = Raw { s, buf: Vec::new() };
+        raw.send(connect).await;
+        let connack = raw.packet().await.expect("a CONNACK");
+        assert_eq!(connack.0, 0x20, "CONNACK expected, got {connack:?}");
+        (raw, connack.1)
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).await.expect("write");
+    }
+
+    /// The next packet (first byte, body) or `None` at EOF.
+    async fn packet(&mut self) -> Option<(u8, Vec<u8>)> {
+        self.packet_within(WAIT)
+            .await
+            .expect("a packet or EOF in time")
+    }
+
+    async fn packet_within(&mut self, within: Duration) -> Result<Option<(u8, Vec<u8>)>, ()> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if self.buf.len() >= 2 {
+                let mut len = 0usize;
+                let mut i = 1;
+                let mut shift = 0;
+                let mut whole = false;
+                while i < self.buf.len() && i <= 4 {
+                    let b = self.buf[i];
+                    len |= ((b & 0x7f) as usize) << shift;
+                    shift += 7;
+                    i += 1;
+                    if b & 0x80 == 0 {
+                        whole = true;
+                        break;
+                    }
+                }
+                if whole && self.buf.len() >= i + len {
+                    let first = self.buf[0];
+                    let body = self.buf[i..i + len].to_vec();
+                    self.buf.drain(..i + len);
+                    return Ok(Some((first, body)));
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.s.read(&mut chunk)).await {
+                Err(_) => return Err(()),
+                Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// The next PUBLISH: (topic, properties, payload).
+    async fn publish(&mut self, level: u8) -> (String, Vec<u8>, Vec<u8>) {
+        loop {
+            let (first, body) = self.packet().await.expect("a PUBLISH before EOF");
+            if first >> 4 != 3 {
+                continue;
+            }
+            let qos = (first >> 1) & 3;
+            let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
+            let topic = String::from_utf8(body[2..2 + tl].to_vec()).unwrap();
+            let mut i = 2 + tl + if qos > 0 { 2 } else { 0 };
+            let mut p = Vec::new();
+            if level == 5 {
+                let mut len = 0usize;
+                let mut shift = 0;
+                loop {
+                    let b = body[i];
+                    i += 1;
+                    len |= ((b & 0x7f) as usize) << shift;
+                    shift += 7;
+                    if b & 0x80 == 0 {
+                        break;
+                    }
+                }
+                p = body[i..i + len].to_vec();
+                i += len;
+            }
+            return (topic, p, body[i..].to_vec());
+        }
+    }
+
+    /// Nothing arrives within `quiet`.
+    async fn silent(&mut self, quiet: Duration) {
+        if let Ok(p) = self.packet_within(quiet).await {
+            panic!("expected nothing, got {p:?}");
+        }
+    }
+}
+
+async fn suback(raw: &mut Raw) {
+    let (first, _) = raw.packet().await.expect("SUBACK");
+    assert_eq!(first, 0x90);
+}
+
+#[tokio::test]
+async fn v5_properties_pass_through_untouched_and_small_clients_get_what_fits() {
+    let server = TestServer::with_scenario("", |_| {}).await;
+    let addr = server.mqtt;
+    // Maximum Packet Size 64 (property 0x27).
+    let small = [0x27, 0, 0, 0, 64];
+    let (mut sub, _) = Raw::open(addr, &connect(5, "small", true, 0, &small, None)).await;
+    sub.send(&subscribe(5, 1, "t/#", 0)).await;
+    suback(&mut sub).await;
+    let (mut publ, _) = Raw::open(addr, &connect(5, "pub", true, 0, &[], None)).await;
+
+    let mut p = Vec::new();
+    user_property("z", "1", &mut p);
+    user_property("a", "2", &mut p);
+    user_property("z", "3", &mut p);
+    // A 43-byte packet to the subscriber: what Mosquitto delivers.
+    let payload = b"0123456789012345678";
+    publ.send(&publish(5, "t/x", 0, 0, &p, payload)).await;
+    let (topic, got_props, got_payload) = sub.publish(5).await;
+    assert_eq!(topic, "t/x");
+    assert_eq!(got_props, p, "user properties in order, nothing added");
+    assert_eq!(got_payload, payload);
+
+    // Too large for the subscriber: skipped, counted, and the next one
+    // still arrives.
+    publ.send(&publish(5, "t/big", 0, 0, &[], &[b'x'; 100]))
+        .await;
+    publ.send(&publish(5, "t/after", 0, 0, &[], b"ok")).await;
+    let (topic, _, _) = sub.publish(5).await;
+    assert_eq!(topic, "t/after");
+    let (_, clients) = server.get("/api/v1/mqtt/clients").await;
+    let small = clients["items"]
+        .as_array()
+        .or(clients.as_array())
+        .unwrap()
+        .iter()
+        .find(|c| c["client_id"] == "small")
+        .cloned()
+        .expect("the small client listed");
+    assert_eq!(small["counters"]["dropped_too_large"], 1, "{small}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn mqtt_3_1_clients_connect_and_take_part() {
+    let server = TestServer::with_scenario("", |_| {}).await;
+    let (mut old, connack) =
+        Raw::open(server.mqtt, &connect(3, "old-device", true, 30, &[], None)).await;
+    assert_eq!(connack, [0, 0], "CONNACK accepted");
+    old.send(&subscribe(4, 1, "cmd/#", 1)).await;
+    suback(&mut old).await;
+    let (mut new, _) = Raw::open(server.mqtt, &connect(4, "new", true, 30, &[], None)).await;
+    new.send(&publish(4, "cmd/1", 0, 0, &[], b"go")).await;
+    let (topic, _, payload) = old.publish(4).await;
+    assert_eq!((topic.as_str(), &payload[..]), ("cmd/1", &b"go"[..]));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn protocol_errors_get_a_disconnect_with_its_reason_code() {
+    let server = TestServer::with_scenario("", |_| {}).await;
+    let mut alias0 = Vec::new();
+    alias0.extend_from_slice(&[0x23, 0, 0]);
+    let (mut c, _) = Raw::open(server.mqtt, &connect(5, "alias-zero", true, 0, &[], None)).await;
+    c.send(&publish(5, "a", 0, 0, &alias0, b"x")).await;
+    let (first, body) = c.packet().await.expect("DISCONNECT");
+    assert_eq!((first, body[0]), (0xe0, 0x94), "topic alias invalid");
+    assert!(c.packet().await.is_none(), "then closed");
+
+    let (mut c, _) = Raw::open(
+        server.mqtt,
+        &connect(5, "alias-unknown", true, 0, &[], None),
+    )
+    .await;
+    c.send(&publish(5, "", 0, 0, &[0x23, 0, 7], b"x")).await;
+    let (first, body) = c.packet().await.expect("DISCONNECT");
+    assert_eq!((first, body[0]), (0xe0, 0x82), "protocol error");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_3_1_1_client_taken_over_is_closed_without_a_disconnect_packet() {
+    let server = TestServer::with_scenario("", |_| {}).await;
+    let (mut first, _) = Raw::open(server.mqtt, &connect(4, "same", true, 0, &[], None)).await;
+    let (_second, _) = Raw::open(server.mqtt, &connect(4, "same", true, 0, &[], None)).await;
+    assert!(
+        first.packet().await.is_none(),
+        "3.1.1: closed, no DISCONNECT"
+    );
+
+    let (mut first, _) = Raw::open(server.mqtt, &connect(5, "same5", true, 0, &[], None)).await;
+    let (_second, _) = Raw::open(server.mqtt, &connect(5, "same5", true, 0, &[], None)).await;
+    let (p, body) = first.packet().await.expect("MQTT 5: DISCONNECT");
+    assert_eq!((p, body[0]), (0xe0, 0x8e), "session taken over");
+    server.stop().await;
+}
+
+async fn verify(server: &TestServer, body: Value) -> Value {
+    let (status, v) = server.post("/api/v1/mqtt/verify", body).await;
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+#[tokio::test]
+async fn a_delayed_will_fires_when_the_manual_clock_reaches_it_and_is_journaled() {
+    let server = TestServer::with_scenario("", |c| c.clock = iotmock::ClockMode::Manual).await;
+    let will = Will {
+        topic: "wills/w1",
+        payload: b"gone",
+        qos: 1,
+        delay_secs: Some(60),
+    };
+    // Session expiry 3600 s so the will waits for its own delay.
+    let (c, _) = Raw::open(
+        server.mqtt,
+        &connect(5, "w1", true, 0, &[0x11, 0, 0, 0x0e, 0x10], Some(&will)),
+    )
+    .await;
+    drop(c);
+    let since = server.get("/api/v1/mqtt/messages?topic=wills/%23").await.1["next_cursor"].clone();
+    // Not yet: 59 s of simulated time.
+    let (s, _) = server
+        .post("/api/v1/clock/advance", json!({"ms": 59_000}))
+        .await;
+    assert_eq!(s, 200);
+    let v = verify(
+        &server,
+        json!({"topic":"wills/#","exactly":0,"within_ms":300,"since":since}),
+    )
+    .await;
+    assert_eq!(v["passed"], true, "{v}");
+    let (s, _) = server
+        .post("/api/v1/clock/advance", json!({"ms": 1_000}))
+        .await;
+    assert_eq!(s, 200);
+    let v = verify(
+        &server,
+        json!({"topic":"wills/w1","exactly":1,"within_ms":5000,"since":since}),
+    )
+    .await;
+    assert_eq!(v["passed"], true, "{v}");
+    let (_, page) = server.get("/api/v1/mqtt/messages?topic=wills/%23").await;
+    let item = &page["items"][0];
+    assert_eq!(item["origin"], "will", "{item}");
+    assert_eq!(item["client_id"], "w1");
+    assert_eq!(item["payload"], "gone");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn queued_messages_expire_on_the_manual_clock() {
+    let server = TestServer::with_scenario("", |c| c.clock = iotmock::ClockMode::Manual).await;
+    let expiry = [0x11, 0, 0, 0x0e, 0x10];
+    let (mut sub, _) = Raw::open(server.mqtt, &connect(5, "away", true, 0, &expiry, None)).await;
+    sub.send(&subscribe(5, 1, "q/#", 1)).await;
+    suback(&mut sub).await;
+    sub.send(&packet(0xe0, &[0])).await;
+    drop(sub);
+    let (mut publ, _) = Raw::open(server.mqtt, &connect(5, "p", true, 0, &[], None)).await;
+    // Message Expiry Interval 10 s and 100 s.
+    publ.send(&publish(5, "q/short", 1, 1, &[0x02, 0, 0, 0, 10], b"s"))
+        .await;
+    publ.send(&publish(5, "q/long", 1, 2, &[0x02, 0, 0, 0, 100], b"l"))
+        .await;
+    for _ in 0..2 {
+        assert_eq!(publ.packet().await.unwrap().0, 0x40, "PUBACK");
+    }
+    let (s, _) = server
+        .post("/api/v1/clock/advance", json!({"ms": 30_000}))
+        .await;
+    assert_eq!(s, 200);
+    let (mut sub, connack) =
+        Raw::open(server.mqtt, &connect(5, "away", false, 0, &expiry, None)).await;
+    assert_eq!(connack[0], 1, "session present");
+    let (topic, p, _) = sub.publish(5).await;
+    assert_eq!(topic, "q/long");
+    // 100 s minus the 30 s that passed.
+    assert_eq!(p, [0x02, 0, 0, 0, 70]);
+    // The short one is gone: nothing else arrives.
+    sub.send(&packet(0x40, &[0, 1])).await;
+    sub.silent(Duration::from_millis(300)).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn retained_messages_of_long_topics_and_queued_messages_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_path_buf();
+    let long_topic = format!("site/{}/status", "x".repeat(300));
+    let server = TestServer::with_scenario("", |c| c.data_dir = Some(data.clone())).await;
+    let (mut sub, _) = Raw::open(server.mqtt, &connect(4, "keeper", false, 0, &[], None)).await;
+    sub.send(&subscribe(4, 1, "jobs/#", 1)).await;
+    suback(&mut sub).await;
+    sub.send(&packet(0xe0, &[])).await;
+    drop(sub);
+    let (mut publ, _) = Raw::open(server.mqtt, &connect(4, "pub", true, 0, &[], None)).await;
+    let mut retained = publish(4, &long_topic, 1, 1, &[], b"kept");
+    retained[0] |= 1;
+    publ.send(&retained).await;
+    publ.send(&publish(4, "jobs/1", 1, 2, &[], b"job")).await;
+    for _ in 0..2 {
+        assert_eq!(publ.packet().await.unwrap().0, 0x40, "PUBACK once stored");
+    }
+    drop(publ);
+    server.stop().await;
+
+    let server = TestServer::with_scenario("", |c| c.data_dir = Some(data.clone())).await;
+    let (mut sub, connack) =
+        Raw::open(server.mqtt, &connect(4, "keeper", false, 0, &[], None)).await;
+    assert_eq!(connack, [1, 0], "session present after the restart");
+    let (topic, _, payload) = sub.publish(4).await;
+    assert_eq!((topic.as_str(), &payload[..]), ("jobs/1", &b"job"[..]));
+    let (mut late, _) = Raw::open(server.mqtt, &connect(4, "late", true, 0, &[], None)).await;
+    late.send(&subscribe(4, 1, "site/#", 0)).await;
+    suback(&mut late).await;
+    let (topic, _, payload) = late.publish(4).await;
+    assert_eq!((topic, payload), (long_topic, b"kept".to_vec()));
+    server.stop().await;
+}
+
+async fn fault(server: &TestServer, rule: Value) -> String {
+    let (status, v) = server.post("/api/v1/mqtt/faults", rule).await;
+    assert_eq!(status, 201, "{v}");
+    v["id"].as_str().unwrap().to_string()
+}
+
+async fn fired(server: &TestServer, id: &str) -> u64 {
+    let (_, v) = server.get("/api/v1/mqtt/faults").await;
+    v["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id)
+        .map(|r| r["fired"].as_u64().unwrap())
+        .unwrap_or_else(|| panic!("rule {id} listed: {v}"))
+}
+
+#[tokio::test]
+async fn a_withheld_puback_makes_the_client_resend_and_the_resend_is_acknowledged() {
+    let server = TestServer::with_scenario("", |_| {}).await;
+    let id = fault(
+        &server,
+        json!({"match": {"client": "fw-*", "packet": "puback"}, "action": "withhold_ack", "count": 1}),
+    )
+    .await;
+    let (mut fw, _) = Raw::open(server.mqtt, &connect(4, "fw-1", true, 0, &[], None)).await;
+    fw.send(&publish(4, "up/1", 1, 5, &[], b"x")).await;
+    fw.silent(Duration::from_millis(300)).await;
+    let mut again = publish(4, "up/1", 1, 5, &[], b"x");
+    again[0] |= 0x08;
+    fw.send(&again).await;
+    let (first, body) = fw.packet().await.expect("PUBACK for the resend");
+    assert_eq!((first, &body[..]), (0x40, &[0u8, 5][..]));
+    assert_eq!(fired(&server, &id).await, 1);
+    let (_, v) = server.get("/api/v1/mqtt/faults").await;
+    assert_eq!(v["log"][0]["packet"], "puback", "{v}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn duplicate_and_reorder_reach_a_real_subscriber() {
+    let server = TestServer::with_scenario("", |_| {}).await;
+    let (mut sub, _) = Raw::open(server.mqtt, &connect(4, "sub", true, 0, &[], None)).await;
+    sub.send(&subscribe(4, 1, "d/#", 1)).await;
+    suback(&mut sub).await;
+    fault(
+        &server,
+        json!({"match": {"client": "sub", "topic": "d/dup"}, "action": "duplicate"}),
+    )
+    .await;
+    let (mut publ, _) = Raw::open(server.mqtt, &connect(4, "p", true, 0, &[], None)).await;
+    publ.send(&publish(4, "d/dup", 1, 1, &[], b"once")).await;
+    let (f1, b1) = sub.packet().await.unwrap();
+    let (f2, b2) = sub.packet().await.unwrap();
+    assert_eq!((f1, f2), (0x32, 0x3a), "the second copy carries DUP");
+    assert_eq!(b1, b2, "same packet id and payload");
+
+    server.delete("/api/v1/mqtt/faults").await;
+    fault(
+        &server,
+        json!({"match": {"client": "sub", "topic": "d/first"}, "action": "reorder", "count": 1}),
+    )
+    .await;
+    publ.send(&publish(4, "d/first", 0, 0, &[], b"1")).await;
+    publ.send(&publish(4, "d/second", 0, 0, &[], b"2")).await;
+    let (t1, _, _) = sub.publish(4).await;
+    let (t2, _, _) = sub.publish(4).await;
+    assert_eq!((t1.as_str(), t2.as_str()), ("d/second", "d/first"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn refused_connections_and_fault_disconnects_carry_their_reason_codes() {
+    let server = TestServer::with_scenario("", |_| {}).await;
+    fault(
+        &server,
+        json!({"match": {"client": "blocked"}, "action": "refuse_connect", "reason_code": 0x88}),
+    )
+    .await;
+    let s = TcpStream::connect(server.mqtt).await.unwrap();
+    let mut raw = Raw { s, buf: Vec::new() };
+    raw.send(&connect(5, "blocked", true, 0, &[], None)).await;
+    let (first, body) = raw.packet().await.unwrap();
+    assert_eq!((first, body[1]), (0x20, 0x88), "CONNACK server unavailable");
+
+    fault(
+        &server,
+        json!({"match": {"client": "chatty", "direction": "in", "packet": "publish"}, "action": "disconnect", "after": 2, "reason_code": 0x97}),
+    )
+    .await;
+    let (mut c, _) = Raw::open(server.mqtt, &connect(5, "chatty", true, 0, &[], None)).await;
+    for i in 1..=3u16 {
+        c.send(&publish(5, "x", 1, i, &[], b"p")).await;
+    }
+    assert_eq!(c.packet().await.unwrap().0, 0x40);
+    assert_eq!(c.packet().await.unwrap().0, 0x40);
+    let (first, body) = c.packet().await.expect("DISCONNECT");
+    assert_eq!(
+        (first, body[0]),
+        (0xe0, 0x97),
+        "quota exceeded, as the rule says"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn probabilistic_drops_repeat_under_the_same_seed() {
+    async fn run(seed: u64) -> Vec<String> {
+        let server = TestServer::with_scenario("", |c| c.seed = Some(seed)).await;
+        let (mut sub, _) = Raw::open(server.mqtt, &connect(4, "s", true, 0, &[], None)).await;
+        sub.send(&subscribe(4, 1, "r/#", 0)).await;
+        suback(&mut sub).await;
+        fault(&server, json!({"match": {"client": "s", "packet": "publish"}, "action": "drop", "probability": 0.5})).await;
+        let (mut publ, _) = Raw::open(server.mqtt, &connect(4, "p", true, 0, &[], None)).await;
+        for i in 0..40 {
+            publ.send(&publish(4, &format!("r/{i}"), 0, 0, &[], b"v"))
+                .await;
+        }
+        publ.send(&publish(4, "end", 0, 0, &[], b"")).await;
+        // A marker the subscriber does not filter on would not arrive; wait
+        // for the last one the rule let through instead.
+        let mut got = Vec::new();
+        while let Ok(Some((first, body))) = sub.packet_within(Duration::from_millis(500)).await {
+            if first >> 4 == 3 {
+                let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
+                got.push(String::from_utf8(body[2..2 + tl].to_vec()).unwrap());
+            }
+        }
+        server.stop().await;
+        got
+    }
+    let a = run(11).await;
+    let b = run(11).await;
+    assert!(
+        !a.is_empty() && a.len() < 40,
+        "about half dropped: {}",
+        a.len()
+    );
+    assert_eq!(a, b);
+}
