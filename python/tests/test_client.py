@@ -259,6 +259,20 @@ def test_a_subscription_comes_back_after_an_outage(iotmock):
         assert [m.text for m in sub.wait_for(1)] == ["back"]
 
 
+def test_a_fault_rule_drops_what_it_matches_and_counts_it(iotmock):
+    with iotmock.mqtt.subscribe("f/#", qos=0) as sub:
+        rule = iotmock.mqtt.fault("drop", match={"topic": "f/lost", "direction": "out"})
+        iotmock.mqtt.publish("f/lost", "x")
+        iotmock.mqtt.publish("f/kept", "y")
+        assert [m.topic for m in sub.wait_for(1)] == ["f/kept"]
+    listed = iotmock.mqtt.faults()
+    assert [(r["id"], r["fired"]) for r in listed["rules"]] == [(rule["id"], 1)]
+    assert listed["log"][0]["topic"] == "f/lost"
+    iotmock.mqtt.delete_fault(rule["id"])
+    iotmock.mqtt.clear_faults()
+    assert iotmock.mqtt.faults()["rules"] == []
+
+
 def test_plugins_list_upload_delete(iotmock, built_plugin):
     names = {p["name"] for p in iotmock.plugins.list()}
     assert {"temperature", "thermostat", "edge-threshold"} <= names

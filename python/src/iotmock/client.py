@@ -1052,6 +1052,28 @@ class Mqtt(_Group):
         """Stops the broker for `duration` (ms or timedelta); clients are disconnected."""
         return self._client._obj("POST", "/mqtt/outage", json={"duration_ms": _ms(duration)})
 
+    def fault(self, action: str, *, match: dict[str, Any] | None = None, **options: Any) -> JSON:
+        """Adds a packet fault rule, e.g.
+        `fault("withhold_ack", match={"client": "fw-*", "packet": "puback"}, count=1)`.
+        Options: probability, count, after, delay_ms, jitter_ms, reason_code,
+        bytes_per_sec. Returns the rule with its `id`."""
+        body: dict[str, Any] = {"action": action, **options}
+        if match is not None:
+            body["match"] = match
+        return self._client._obj("POST", "/mqtt/faults", json=body)
+
+    def faults(self, *, since: int = 0) -> JSON:
+        """`{"rules":[...with matched and fired...],"log":[...],"log_evicted"}`."""
+        return self._client._obj("GET", "/mqtt/faults", params={"since": since})
+
+    def delete_fault(self, id: str) -> None:
+        """Removes one fault rule."""
+        self._client._request("DELETE", f"/mqtt/faults/{_seg(id)}")
+
+    def clear_faults(self) -> None:
+        """Removes every fault rule."""
+        self._client._request("DELETE", "/mqtt/faults")
+
     def clients(self) -> JSONList:
         """Connected clients with their subscriptions."""
         clients: JSONList = self._client._json("GET", "/mqtt/clients")

@@ -74,4 +74,8 @@ ROUTES: dict[tuple[str, str], Callable[..., object]] = {
     ("GET", "/api/v1/mqtt/clients"): Mqtt.clients,
     ("GET", "/api/v1/mqtt/status"): Mqtt.status,
     ("POST", "/api/v1/mqtt/outage"): Mqtt.outage,
+    ("POST", "/api/v1/mqtt/faults"): Mqtt.fault,
+    ("GET", "/api/v1/mqtt/faults"): Mqtt.faults,
+    ("DELETE", "/api/v1/mqtt/faults"): Mqtt.clear_faults,
+    ("DELETE", "/api/v1/mqtt/faults/{id}"): Mqtt.delete_fault,
 }
