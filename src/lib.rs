@@ -35,6 +35,7 @@ pub mod http;
 pub mod mqtt;
 pub mod plugin;
 pub mod random;
+mod ratelimit;
 pub mod scenario;
 pub mod sqlite;
 pub mod stubs;

@@ -1526,7 +1526,7 @@ impl Inner {
                         && let Err(error) = store.put(seq, version, deadline, &view)
                     {
                         self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(command = %view.id, %error, "could not store a command");
+                        crate::ratelimit::error_limited!(command = %view.id, %error, "could not store a command");
                     }
                 }
                 Effect::Forget(id) => {
@@ -1534,7 +1534,7 @@ impl Inner {
                         && let Err(error) = store.delete(&id)
                     {
                         self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(command = %id, %error, "could not forget a command");
+                        crate::ratelimit::error_limited!(command = %id, %error, "could not forget a command");
                     }
                 }
                 Effect::SetOnline { device, online } => {
@@ -1721,7 +1721,7 @@ async fn handle(
         Ok(handling) => handling,
         Err(error) => {
             i.stats.handler_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(device = %job.device, command = %job.message.id, %error, "command handler failed; the device answers `failed`");
+            crate::ratelimit::warn_limited!(device = %job.device, command = %job.message.id, %error, "command handler failed; the device answers `failed`");
             Handling {
                 replies: vec![HandlerReply {
                     delay_ms: 0,
@@ -1757,7 +1757,7 @@ async fn follow_acks(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<Tappe
             Ok(ack) => ack,
             Err(error) => {
                 i.stats.acks_invalid.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(topic = %msg.topic, %error, "ack is not {{\"status\", \"result\"?}}; ignored");
+                crate::ratelimit::warn_limited!(topic = %msg.topic, %error, "ack is not {{\"status\", \"result\"?}}; ignored");
                 continue;
             }
         };
@@ -1872,7 +1872,7 @@ async fn follow_presence(
             Ok(_) => continue,
             Err(RecvError::Lagged(missed)) => {
                 let Some(i) = inner.upgrade() else { return };
-                tracing::warn!(
+                crate::ratelimit::warn_limited!(
                     missed,
                     "connectivity changes missed; rescanning queued commands"
                 );
@@ -1908,7 +1908,7 @@ async fn follow_subscriptions(
         let event = match events.recv().await {
             Ok(event) => event,
             Err(RecvError::Lagged(missed)) => {
-                tracing::warn!(
+                crate::ratelimit::warn_limited!(
                     missed,
                     "subscription events missed; queued commands go out at the next connectivity change"
                 );

@@ -46,7 +46,7 @@ pub(crate) async fn follow(mqtt: MqttHandle, tap: Arc<Tap>, mut stop: oneshot::R
             if page.evicted > evicted {
                 // Entries went before this task saw them; which ones were
                 // telemetry is unknown, so it is logged, not guessed.
-                tracing::warn!(
+                crate::ratelimit::warn_limited!(
                     evicted = page.evicted - evicted,
                     "MQTT journal evicted messages before edge nodes read them; raise --journal-capacity"
                 );

@@ -454,7 +454,7 @@ impl Node {
                     task.rules[i].plugin,
                     rfc3339_ms(window.end)
                 );
-                tracing::warn!(node = %self.id, rule = i, plugin = %task.rules[i].plugin, %error, "edge batch failed");
+                crate::ratelimit::warn_limited!(node = %self.id, rule = i, plugin = %task.rules[i].plugin, %error, "edge batch failed");
                 {
                     let mut c = self.counters.lock().unwrap();
                     c.failed_batches += 1;
@@ -750,7 +750,10 @@ pub struct ReadingCounters {
     pub invalid_in: u64,
 }
 
+/// Named apart from the command engine's counters in the OpenAPI
+/// document, where one name is one schema.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = EdgeCommandCounters)]
 pub struct CommandCounters {
     /// Commands the command engine accepted.
     pub issued: u64,

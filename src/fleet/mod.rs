@@ -811,7 +811,7 @@ impl Fleet {
                             .await
                     }
                     Err(RecvError::Lagged(missed)) => {
-                        tracing::warn!(
+                        crate::ratelimit::warn_limited!(
                             missed,
                             "connection events missed; device connectivity may lag until the next one"
                         )
@@ -840,7 +840,7 @@ impl Fleet {
                 ..Default::default()
             };
             if let Err(error) = self.update(id, patch).await {
-                tracing::warn!(device = id, %error, "could not mark the device active");
+                crate::ratelimit::warn_limited!(device = id, %error, "could not mark the device active");
             }
         }
         entry.presence.set(true);

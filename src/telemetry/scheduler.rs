@@ -581,7 +581,7 @@ impl Scheduler {
                 Some(unit)
             }
             Err(error) => {
-                tracing::warn!(plugin = %key.0, %error, "sensor plugin cannot describe its readings");
+                crate::ratelimit::warn_limited!(plugin = %key.0, %error, "sensor plugin cannot describe its readings");
                 None
             }
         }
