@@ -4,15 +4,16 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use std::sync::Arc;
+
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
 use crate::clock::{Clock, ClockMode};
 use crate::commands::Commands;
 use crate::edge::EdgeNodes;
 use crate::fleet::access::DeviceAccess;
 use crate::fleet::{Fleet, FleetError};
-use crate::http::{self, Addrs, AppState};
+use crate::http::{self, Addrs, AdminToken, AppState, HttpLimits, ListenerStats};
 use crate::mqtt::{Broker, MqttConfig};
 use crate::plugin::watcher::{PluginWatcher, WatchError};
 use crate::plugin::{LoadError, PluginHost, PluginLimits, World};
@@ -57,6 +58,15 @@ pub struct Config {
     pub http_journal_capacity: usize,
     /// Silence, in simulated ms, after which an HTTP device is offline.
     pub http_device_timeout_ms: i64,
+    /// Timeouts and the connection cap of each HTTP listener.
+    pub http_limits: HttpLimits,
+    /// With a token, `/api/v1` (but `/health` and the device API) requires
+    /// `Authorization: Bearer TOKEN`.
+    pub admin_token: Option<AdminToken>,
+    /// Serve the API on a non-loopback address without an admin token.
+    pub insecure_admin: bool,
+    /// The longest span one `POST /clock/advance` may move, ms.
+    pub max_advance_ms: i64,
 }
 
 /// How MQTT clients are admitted.
@@ -92,6 +102,10 @@ impl Config {
             mock_http: None,
             http_journal_capacity: crate::stubs::DEFAULT_HTTP_JOURNAL_CAPACITY,
             http_device_timeout_ms: crate::fleet::DEFAULT_HTTP_DEVICE_TIMEOUT_MS,
+            http_limits: HttpLimits::default(),
+            admin_token: None,
+            insecure_admin: false,
+            max_advance_ms: http::DEFAULT_MAX_ADVANCE_MS,
         }
     }
 }
@@ -110,6 +124,12 @@ pub enum StartError {
     Fleet(#[from] FleetError),
     #[error(transparent)]
     Commands(#[from] crate::commands::CommandError),
+    #[error(
+        "the API would listen on {addr}, reachable from the network, with no authentication: \
+         give an admin token (--admin-token TOKEN, IOTMOCK_ADMIN_TOKEN or --admin-token-file PATH), \
+         listen on a loopback address (--http 127.0.0.1:{port}), or pass --insecure-admin to serve it open"
+    )]
+    InsecureAdmin { addr: SocketAddr, port: u16 },
     #[error("listening for HTTP on {addr}: {source}")]
     Http {
         addr: SocketAddr,
@@ -142,8 +162,7 @@ pub struct Server {
     plugins: PluginHost,
     clock: Clock,
     broker: Broker,
-    http_stop: oneshot::Sender<()>,
-    http_task: tokio::task::JoinHandle<()>,
+    http: http::serve::Serving,
     stubs: crate::stubs::Stubs,
     mock: Option<MockListener>,
     _watcher: Option<PluginWatcher>,
@@ -151,6 +170,13 @@ pub struct Server {
 
 impl Server {
     pub async fn start(config: Config) -> Result<Self, StartError> {
+        if !config.http.ip().is_loopback() && config.admin_token.is_none() && !config.insecure_admin
+        {
+            return Err(StartError::InsecureAdmin {
+                addr: config.http,
+                port: config.http.port(),
+            });
+        }
         let scenario = match &config.scenario {
             ScenarioChoice::Demo => Scenario::demo(),
             ScenarioChoice::Empty => Scenario::default(),
@@ -293,12 +319,28 @@ impl Server {
             edge,
             stubs: stubs.clone(),
             commands,
+            admin_token: config.admin_token.clone(),
+            limits: http::ApiLimits {
+                http: config.http_limits,
+                max_advance_ms: config.max_advance_ms,
+                api_connections: Arc::new(ListenerStats::default()),
+                mock_connections: config.mock_http.map(|_| Arc::new(ListenerStats::default())),
+            },
         };
-        let mock = match config.mock_http {
-            Some(addr) => Some(MockListener::start(addr, http::mock_router(state.clone())).await?),
-            None => None,
+        let mock = match (config.mock_http, &state.limits.mock_connections) {
+            (Some(addr), Some(stats)) => Some(
+                MockListener::start(
+                    addr,
+                    http::mock_router(state.clone()),
+                    config.http_limits,
+                    stats.clone(),
+                )
+                .await?,
+            ),
+            _ => None,
         };
-        let (http_stop, http_task) = serve_http(listener, http::router(state));
+        let api_stats = state.limits.api_connections.clone();
+        let http = http::serve::serve(listener, http::router(state), config.http_limits, api_stats);
         tracing::info!(addr = %http_addr, "HTTP API listening");
         Ok(Self {
             mqtt_auth: config.mqtt_auth.clone(),
@@ -307,8 +349,7 @@ impl Server {
             plugins,
             clock,
             broker,
-            http_stop,
-            http_task,
+            http,
             stubs,
             mock,
             _watcher: watcher,
@@ -370,53 +411,35 @@ impl Server {
         // Hanging stubs let go, so open requests can finish.
         self.stubs.close();
         if let Some(mock) = self.mock {
-            let _ = mock.stop.send(());
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), mock.task).await;
+            let _ = mock.serving.stop.send(());
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(5), mock.serving.task).await;
         }
-        let _ = self.http_stop.send(());
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.http_task).await;
+        let _ = self.http.stop.send(());
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.http.task).await;
         self.broker.shutdown().await;
         tracing::info!("stopped");
     }
 }
 
-/// Serves a router on a listener whose connections a stub can reset, until
-/// the returned sender fires (open requests may finish).
-fn serve_http(
-    listener: TcpListener,
-    app: axum::Router,
-) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-    use crate::stubs::listener::{ConnHandle, ResettableListener};
-    let (stop, stop_rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let serve = axum::serve(
-            ResettableListener(listener),
-            app.into_make_service_with_connect_info::<ConnHandle>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = stop_rx.await;
-        });
-        if let Err(error) = serve.await {
-            tracing::error!(%error, "HTTP server stopped with an error");
-        }
-    });
-    (stop, task)
-}
-
 /// The `--mock-http` server.
 struct MockListener {
     addr: SocketAddr,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
+    serving: http::serve::Serving,
 }
 
 impl MockListener {
-    async fn start(addr: SocketAddr, app: axum::Router) -> Result<Self, StartError> {
+    async fn start(
+        addr: SocketAddr,
+        app: axum::Router,
+        limits: HttpLimits,
+        stats: Arc<ListenerStats>,
+    ) -> Result<Self, StartError> {
         let http_error = |source| StartError::Http { addr, source };
         let listener = TcpListener::bind(addr).await.map_err(http_error)?;
         let addr = listener.local_addr().map_err(http_error)?;
-        let (stop, task) = serve_http(listener, app);
+        let serving = http::serve::serve(listener, app, limits, stats);
         tracing::info!(%addr, "mock HTTP listening (stubs on their real paths)");
-        Ok(Self { addr, stop, task })
+        Ok(Self { addr, serving })
     }
 }

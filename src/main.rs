@@ -59,9 +59,44 @@ struct ServeArgs {
     #[arg(long, default_value = "open", value_parser = ["open", "devices"])]
     mqtt_auth: String,
     /// Password of the MQTT `admin` user with --mqtt-auth devices (default:
-    /// a random one, printed in the ready line).
-    #[arg(long, env = "IOTMOCK_ADMIN_PASSWORD")]
+    /// a random one, printed in the ready line). Prefer the environment or
+    /// --admin-password-file: arguments show in `ps`.
+    #[arg(long, env = "IOTMOCK_ADMIN_PASSWORD", hide_env_values = true)]
     admin_password: Option<String>,
+    /// A file holding the MQTT `admin` password (its first line).
+    #[arg(long, value_name = "PATH", conflicts_with = "admin_password")]
+    admin_password_file: Option<PathBuf>,
+    /// Require `Authorization: Bearer TOKEN` on /api/v1 (all but /health and
+    /// the device API). Prefer the environment or --admin-token-file:
+    /// arguments show in `ps`.
+    #[arg(long, env = "IOTMOCK_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// A file holding the admin token (its first line).
+    #[arg(long, value_name = "PATH", conflicts_with = "admin_token")]
+    admin_token_file: Option<PathBuf>,
+    /// Serve the API on a non-loopback --http address without an admin
+    /// token (anyone who can reach it controls the server).
+    #[arg(long)]
+    insecure_admin: bool,
+    /// The longest span one POST /clock/advance may move: `1d`, `6h`,
+    /// `90m`, `30s`, `500ms` or plain milliseconds.
+    #[arg(long, default_value = "1d", value_parser = parse_duration_ms)]
+    max_advance: i64,
+    /// Time a client has to send a request's headers (from the connection's
+    /// start, or from the first byte of a later request).
+    #[arg(long, default_value = "10s", value_parser = parse_duration_ms)]
+    http_header_timeout: i64,
+    /// Time a client has to send a request's body, after its headers.
+    #[arg(long, default_value = "30s", value_parser = parse_duration_ms)]
+    http_body_timeout: i64,
+    /// A kept-alive HTTP connection with no request under way for this long
+    /// is closed.
+    #[arg(long, default_value = "60s", value_parser = parse_duration_ms)]
+    http_idle_timeout: i64,
+    /// Connections each HTTP listener (the API, --mock-http) keeps open at
+    /// once; one more is answered 503 and closed.
+    #[arg(long, default_value_t = iotmock::http::DEFAULT_MAX_CONNECTIONS)]
+    http_max_connections: usize,
     /// A second HTTP listener where stubs answer on their real paths (no
     /// /mock prefix), for firmware with fixed URLs.
     #[arg(long, value_name = "ADDR")]
@@ -76,7 +111,7 @@ struct ServeArgs {
     http_device_timeout: i64,
 }
 
-/// `30s`, `500ms`, `2m`, or a number of milliseconds.
+/// `30s`, `500ms`, `2m`, `6h`, `1d`, or a number of milliseconds.
 fn parse_duration_ms(s: &str) -> Result<i64, String> {
     let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: i64 = digits
@@ -86,7 +121,9 @@ fn parse_duration_ms(s: &str) -> Result<i64, String> {
         "" | "ms" => 1,
         "s" => 1000,
         "m" => 60_000,
-        _ => return Err(format!("{s:?}: the unit must be ms, s or m")),
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("{s:?}: the unit must be ms, s, m, h or d")),
     };
     let ms = n
         .checked_mul(factor)
@@ -136,6 +173,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some("none") => ScenarioChoice::Empty,
         Some(path) => ScenarioChoice::File(PathBuf::from(path)),
     };
+    let admin_password = secret(args.admin_password, args.admin_password_file.as_deref())?;
+    let admin_token = secret(args.admin_token, args.admin_token_file.as_deref())?
+        .map(|t| iotmock::http::AdminToken::new(&t))
+        .transpose()?;
+    let ms = |ms: i64| std::time::Duration::from_millis(ms as u64);
     let config = Config {
         http: args.http,
         mqtt: args.mqtt,
@@ -147,8 +189,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         journal_capacity: args.journal_capacity,
         mqtt_auth: match args.mqtt_auth.as_str() {
             "devices" => MqttAuth::Devices {
-                admin_password: args
-                    .admin_password
+                admin_password: admin_password
                     .unwrap_or_else(|| iotmock::fleet::credentials::new_secret().0),
             },
             _ => MqttAuth::Open,
@@ -156,6 +197,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         mock_http: args.mock_http,
         http_journal_capacity: args.http_journal_capacity,
         http_device_timeout_ms: args.http_device_timeout,
+        http_limits: iotmock::http::HttpLimits {
+            header_timeout: ms(args.http_header_timeout),
+            body_timeout: ms(args.http_body_timeout),
+            idle_timeout: ms(args.http_idle_timeout),
+            max_connections: args.http_max_connections,
+        },
+        admin_token,
+        insecure_admin: args.insecure_admin,
+        max_advance_ms: args.max_advance,
         ..Config::ephemeral()
     };
     let server = Server::start(config).await.context("starting iotmock")?;
@@ -164,6 +214,26 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     server.shutdown().await;
     Ok(())
+}
+
+/// A secret given directly (flag or environment) or as a file's first
+/// line.
+fn secret(value: Option<String>, file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    match (value, file) {
+        (Some(value), _) => Ok(Some(value)),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the secret in {}", path.display()))?;
+            let line = text.lines().next().unwrap_or("").trim().to_string();
+            anyhow::ensure!(
+                !line.is_empty(),
+                "{} is empty: write the secret on its first line",
+                path.display()
+            );
+            Ok(Some(line))
+        }
+        (None, None) => Ok(None),
+    }
 }
 
 async fn shutdown_signal() {
@@ -192,7 +262,13 @@ mod tests {
         assert_eq!(parse_duration_ms("2m"), Ok(120_000));
         assert_eq!(parse_duration_ms("1500"), Ok(1500));
         assert!(parse_duration_ms("0s").is_err());
-        assert!(parse_duration_ms("5h").unwrap_err().contains("ms, s or m"));
+        assert_eq!(parse_duration_ms("6h"), Ok(21_600_000));
+        assert_eq!(parse_duration_ms("1d"), Ok(86_400_000));
+        assert!(
+            parse_duration_ms("5w")
+                .unwrap_err()
+                .contains("ms, s, m, h or d")
+        );
         assert!(parse_duration_ms("soon").is_err());
     }
 }

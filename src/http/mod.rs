@@ -2,13 +2,16 @@
 //! file per resource, errors as problem+json. Handlers only translate
 //! between HTTP and the modules' handles.
 
+mod admin;
 mod commands;
 mod device_api;
 mod devices;
 mod edge;
 mod error;
 mod mqtt;
+mod openapi_errors;
 mod plugins;
+pub(crate) mod serve;
 mod stubs;
 mod system;
 mod telemetry;
@@ -20,7 +23,10 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{any, get, post};
 use utoipa::OpenApi;
 
+pub use admin::{AdminToken, EmptyToken};
 pub use error::{ApiError, Problem};
+use openapi_errors::ErrorResponses;
+pub use serve::{DEFAULT_MAX_CONNECTIONS, HttpLimits, ListenerCounters, ListenerStats};
 
 use crate::clock::Clock;
 use crate::commands::Commands;
@@ -35,6 +41,12 @@ use crate::telemetry::Telemetry;
 const MAX_PLUGIN_BYTES: usize = 64 << 20;
 /// Largest bulk-provisioning body (the template is small; this is slack).
 const MAX_BULK_BYTES: usize = 16 << 20;
+/// Largest other JSON body.
+const MAX_JSON_BYTES: usize = 2 << 20;
+/// Default of `--max-advance`: the longest span one `POST /clock/advance`
+/// moves the clock (a day), so that one request cannot keep the server busy
+/// for hours; advance again for more.
+pub const DEFAULT_MAX_ADVANCE_MS: i64 = 86_400_000;
 
 #[derive(Clone, Copy)]
 pub struct Addrs {
@@ -54,6 +66,18 @@ pub struct AppState {
     pub edge: EdgeNodes,
     pub stubs: Stubs,
     pub commands: Commands,
+    /// Required on the admin routes when set.
+    pub admin_token: Option<AdminToken>,
+    pub limits: ApiLimits,
+}
+
+/// Bounds on the work and connections clients can cause.
+#[derive(Clone)]
+pub struct ApiLimits {
+    pub http: HttpLimits,
+    pub max_advance_ms: i64,
+    pub api_connections: std::sync::Arc<ListenerStats>,
+    pub mock_connections: Option<std::sync::Arc<ListenerStats>>,
 }
 
 #[derive(OpenApi)]
@@ -118,7 +142,7 @@ pub struct AppState {
         stubs::mock_prefixed,
     ),
     components(schemas(Problem, stubs::NoStubMatched)),
-    modifiers(&DeviceBasicAuth)
+    modifiers(&DeviceBasicAuth, &ErrorResponses)
 )]
 struct ApiDoc;
 
@@ -142,8 +166,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/health", get(system::health_show))
+    let admin = Router::new()
         .route("/openapi.json", get(|| async { axum::Json(openapi()) }))
         .route("/clock", get(system::clock_show))
         .route("/clock/advance", post(system::clock_advance))
@@ -224,6 +247,14 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/http/requests", get(stubs::http_requests))
         .route("/http/verify", post(stubs::http_verify))
+        // Layered before the open routes are merged: only these need the
+        // admin token.
+        .layer(axum::middleware::from_fn_with_state(
+            state.admin_token.clone(),
+            admin::require_admin,
+        ));
+    let api = admin
+        .route("/health", get(system::health_show))
         .merge(device_api_routes(state.clone()));
     Router::new()
         .nest("/api/v1", api)
@@ -232,6 +263,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(system::metrics_show))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_JSON_BYTES))
         .with_state(state)
 }
 

@@ -28,6 +28,10 @@ pub struct Health {
     pub mqtt_broker: crate::mqtt::BrokerCounters,
     /// The HTTP request journal (`GET /http/requests`, verify).
     pub http_journal: crate::stubs::HttpJournalStats,
+    /// Connections of the API listener.
+    pub http_connections: super::ListenerCounters,
+    /// Connections of the `--mock-http` listener, when there is one.
+    pub mock_http_connections: Option<super::ListenerCounters>,
 }
 
 /// Whether the server is up, where it listens, and its counters.
@@ -45,6 +49,12 @@ pub async fn health_show(State(state): State<AppState>) -> Json<Health> {
         mqtt_journal: state.mqtt.status().journal,
         mqtt_broker: state.mqtt.status().broker,
         http_journal: state.stubs.journal().stats(),
+        http_connections: state.limits.api_connections.counters(&state.limits.http),
+        mock_http_connections: state
+            .limits
+            .mock_connections
+            .as_ref()
+            .map(|s| s.counters(&state.limits.http)),
     })
 }
 
@@ -56,6 +66,8 @@ pub struct ClockView {
     pub now: String,
     /// Simulated time, ms since the Unix epoch.
     pub now_ms: i64,
+    /// The longest span one `POST /clock/advance` may move (`--max-advance`).
+    pub max_advance_ms: i64,
 }
 
 fn clock_view(state: &AppState) -> ClockView {
@@ -64,6 +76,7 @@ fn clock_view(state: &AppState) -> ClockView {
         mode: state.clock.mode().to_string(),
         now: rfc3339_ms(now),
         now_ms: now,
+        max_advance_ms: state.limits.max_advance_ms,
     }
 }
 
@@ -81,13 +94,21 @@ pub struct AdvanceRequest {
     pub ms: i64,
 }
 
+/// The most simulated time one step of an advance covers: the work of a
+/// long advance is done a step at a time, so that it stops soon after the
+/// client goes away (the handler is dropped between steps).
+const ADVANCE_STEP_MS: i64 = 10_000;
+
 /// Moves a manual clock forward. Answers once every reading due in the
 /// span has been published, in timestamp order, and every edge node has
-/// processed the windows that closed in it.
+/// processed the windows that closed in it. A span over `max_advance_ms`
+/// (`GET /clock`, `--max-advance`) is refused; when the client disconnects,
+/// the clock stops where the advance had got to.
 #[utoipa::path(post, path = "/api/v1/clock/advance", tag = "clock",
     request_body = AdvanceRequest,
     responses((status = 200, body = ClockView),
-        (status = 409, description = "the clock is not manual", body = super::error::Problem)))]
+        (status = 409, description = "the clock is not manual", body = super::error::Problem),
+        (status = 422, description = "a span of 0 or less, or over the maximum", body = super::error::Problem)))]
 pub async fn clock_advance(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<AdvanceRequest>,
@@ -97,6 +118,13 @@ pub async fn clock_advance(
         crate::clock::ClockError::BadStep(_) => ApiError::invalid(e.to_string()),
     };
     state.clock.check_advance(request.ms).map_err(clock_error)?;
+    let max = state.limits.max_advance_ms;
+    if request.ms > max {
+        return Err(ApiError::invalid(format!(
+            "ms: {} is more than one advance may move, {max} ms (--max-advance); advance in steps of at most that",
+            request.ms
+        )));
+    }
     let start = state.clock.now_ms();
     let target = start.saturating_add(request.ms);
     // Commands answered before the advance (a handler call started by a
@@ -110,11 +138,12 @@ pub async fn clock_advance(
         if now >= target {
             break;
         }
+        let limit = target.min(now.saturating_add(ADVANCE_STEP_MS));
         let step_to = state
             .commands
             .next_due()
-            .filter(|due| *due > now && *due < target)
-            .unwrap_or(target);
+            .filter(|due| *due > now && *due < limit)
+            .unwrap_or(limit);
         state.clock.advance(step_to - now).map_err(clock_error)?;
         state.telemetry.wait_produced(step_to).await;
         state.edge.wait_processed(step_to).await;

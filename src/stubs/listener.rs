@@ -1,5 +1,5 @@
-//! A TCP listener for the HTTP servers whose connections a handler can
-//! reset on purpose (the `reset` fault): each connection carries a flag the
+//! The HTTP servers' connection stream, which a handler can reset on
+//! purpose (the `reset` fault): each connection carries a flag the
 //! handler sets through [`ConnHandle`]; the next read or write on that
 //! connection sets `SO_LINGER` to zero and fails, so hyper drops it and the
 //! kernel answers with a TCP RST instead of a response.
@@ -10,14 +10,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
-use axum::extract::connect_info::Connected;
-use axum::serve::{IncomingStream, Listener};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-
-pub struct ResettableListener(pub TcpListener);
+use tokio::net::TcpStream;
 
 pub struct ResettableIo {
     stream: TcpStream,
@@ -38,46 +33,17 @@ impl ConnHandle {
     }
 }
 
-impl Listener for ResettableListener {
-    type Io = ResettableIo;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.0.accept().await {
-                Ok((stream, addr)) => {
-                    // Dripped bodies go out chunk by chunk, not coalesced.
-                    let _ = stream.set_nodelay(true);
-                    let io = ResettableIo {
-                        stream,
-                        reset: Arc::default(),
-                    };
-                    return (io, addr);
-                }
-                Err(error) => {
-                    // Out of descriptors and the like: wait, do not spin.
-                    tracing::warn!(%error, "accepting an HTTP connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.0.local_addr()
-    }
-}
-
-impl Connected<IncomingStream<'_, ResettableListener>> for ConnHandle {
-    fn connect_info(stream: IncomingStream<'_, ResettableListener>) -> Self {
-        Self {
-            reset: stream.io().reset.clone(),
-            remote: *stream.remote_addr(),
-        }
-    }
-}
-
 impl ResettableIo {
+    /// Wraps an accepted stream; the handle goes to its requests.
+    pub fn new(stream: TcpStream, remote: SocketAddr) -> (Self, ConnHandle) {
+        let reset = Arc::new(AtomicBool::new(false));
+        let handle = ConnHandle {
+            reset: reset.clone(),
+            remote,
+        };
+        (Self { stream, reset }, handle)
+    }
+
     fn check(&self) -> io::Result<()> {
         if self.reset.load(Ordering::Acquire) {
             let _ = self.stream.set_zero_linger();

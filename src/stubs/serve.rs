@@ -80,6 +80,49 @@ pub fn header_pairs(headers: &axum::http::HeaderMap) -> Vec<(String, String)> {
     out
 }
 
+/// Headers as the journal keeps them: every HTTP Basic credential (in
+/// `Authorization` or `Proxy-Authorization`, whatever its user name and
+/// whether or not it is a device's) has its password removed; other
+/// schemes are kept, so a test can verify that a token was sent.
+pub fn journal_headers(headers: &axum::http::HeaderMap) -> Vec<(String, String)> {
+    let mut out = header_pairs(headers);
+    for (name, value) in &mut out {
+        if name == "authorization" || name == "proxy-authorization" {
+            *value = redact_basic(value);
+        }
+    }
+    out
+}
+
+/// `value` (one header value, or repeated ones joined with ", ") with each
+/// Basic credential replaced by its user name.
+fn redact_basic(value: &str) -> String {
+    use base64::Engine;
+    let mut parts = Vec::new();
+    for part in value.split(", ") {
+        let Some((scheme, encoded)) = part.trim().split_once(' ') else {
+            parts.push(part.to_string());
+            continue;
+        };
+        if !scheme.eq_ignore_ascii_case("basic") {
+            parts.push(part.to_string());
+            continue;
+        }
+        let user = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .ok()
+            .and_then(|d| {
+                let colon = d.iter().position(|b| *b == b':')?;
+                String::from_utf8(d[..colon].to_vec()).ok()
+            });
+        parts.push(match user {
+            Some(user) => format!("Basic (redacted; user {user:?})"),
+            None => "Basic (redacted)".to_string(),
+        });
+    }
+    parts.join(", ")
+}
+
 /// The device's fields for templates, when the request authenticates as
 /// a device.
 fn device_context(fleet: &Fleet, headers: &axum::http::HeaderMap) -> Option<(String, Value)> {
@@ -138,13 +181,12 @@ pub async fn answer(
     let (parts, body) = request.into_parts();
     let body = match axum::body::to_bytes(body, MAX_STUB_BODY).await {
         Ok(b) => b,
-        Err(_) => {
-            return problem(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload-too-large",
-                format!("stub requests carry at most {MAX_STUB_BODY} bytes of body"),
-                None,
-            );
+        Err(error) => {
+            return crate::http::ApiError::body_failed(
+                &error,
+                &format!("stub requests carry at most {MAX_STUB_BODY} bytes of body"),
+            )
+            .into_response();
         }
     };
     let raw_path = parts.uri.path();
@@ -170,16 +212,7 @@ pub async fn answer(
         json: json_body,
     };
     let device = device_context(fleet, &parts.headers);
-    let mut journal_headers = facts.headers.clone();
-    if device.is_some() {
-        // A device's own secret stays out of the journal (other credentials
-        // are kept: tests may verify a token was sent).
-        for (name, value) in &mut journal_headers {
-            if name == "authorization" {
-                *value = "Basic (device credentials)".to_string();
-            }
-        }
-    }
+    let journal_headers = journal_headers(&parts.headers);
     let mut entry = HttpEntry {
         cursor: 0,
         wall_ms: wall_ms(),

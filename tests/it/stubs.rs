@@ -101,7 +101,7 @@ async fn stub_with_matchers_template_delay_and_sequence() {
     assert_eq!(entry["query"]["channel"], "stable");
     assert_eq!(entry["status"], 503);
     assert_eq!(
-        entry["headers"]["authorization"], "Basic (device credentials)",
+        entry["headers"]["authorization"], "Basic (redacted; user \"fw-1\")",
         "the device's secret is not journaled"
     );
 
