@@ -10,6 +10,27 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// Longest wait of a verify call.
+pub const MAX_WITHIN_MS: u64 = 60_000;
+
+/// The fields every verify request carries besides its selection: one
+/// count expectation and how long to wait, checked in one place for the
+/// MQTT and the HTTP journals.
+pub fn expectation(
+    at_least: Option<u64>,
+    at_most: Option<u64>,
+    exactly: Option<u64>,
+    within_ms: u64,
+) -> Result<(Expect, std::time::Duration), String> {
+    let expect = Expect::from_fields(at_least, at_most, exactly)?;
+    if within_ms > MAX_WITHIN_MS {
+        return Err(format!(
+            "within_ms {within_ms} is too long: at most {MAX_WITHIN_MS}"
+        ));
+    }
+    Ok((expect, std::time::Duration::from_millis(within_ms)))
+}
+
 /// How many matching items a verify call expects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expect {

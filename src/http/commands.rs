@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 
 use super::AppState;
-use super::error::{ApiError, ApiJson, Problem};
+use super::error::{ApiError, ApiJson, ApiQuery, Problem};
 use crate::commands::{
     BatchView, CommandError, CommandFilter, CommandPage, CommandRequest, CommandView,
     FleetCommandRequest,
@@ -92,7 +92,7 @@ pub async fn commands_fleet_create(
     responses((status = 200, body = CommandPage), (status = 422, body = Problem)))]
 pub async fn commands_index(
     State(state): State<AppState>,
-    Query(filter): Query<CommandFilter>,
+    ApiQuery(filter): ApiQuery<CommandFilter>,
 ) -> Result<Json<CommandPage>, ApiError> {
     Ok(Json(state.commands.list(&filter)?))
 }
@@ -105,7 +105,7 @@ pub async fn commands_index(
 pub async fn commands_show(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(query): Query<WaitQuery>,
+    ApiQuery(query): ApiQuery<WaitQuery>,
 ) -> Result<Json<CommandView>, ApiError> {
     let view = match wait_of(&query)? {
         Some(wait) => state.commands.wait(&id, wait).await?,
@@ -135,7 +135,7 @@ pub async fn commands_cancel(
 pub async fn commands_batch_show(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(query): Query<WaitQuery>,
+    ApiQuery(query): ApiQuery<WaitQuery>,
 ) -> Result<Json<BatchView>, ApiError> {
     let view = match wait_of(&query)? {
         Some(wait) => state.commands.wait_batch(&id, wait).await?,

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::AppState;
-use super::error::{ApiError, ApiJson, Problem};
+use super::error::{ApiError, ApiJson, ApiQuery, Problem};
 use crate::clock::{parse_rfc3339_ms, wall_ms};
 use crate::fleet::ReportMode;
 use crate::fleet::{AuthOutcome, ReportedState};
@@ -109,11 +109,10 @@ pub async fn journal_device_api(
     let (mut parts, body) = request.into_parts();
     let body = match axum::body::to_bytes(body, MAX_DEVICE_BODY).await {
         Ok(b) => b,
-        Err(_) => {
-            return ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload-too-large",
-                format!(
+        Err(error) => {
+            return ApiError::body_failed(
+                &error,
+                &format!(
                     "device API requests carry at most {MAX_DEVICE_BODY} bytes; split the readings"
                 ),
             )
@@ -405,10 +404,8 @@ pub struct NextQuery {
 pub async fn device_commands_next(
     State(state): State<AppState>,
     auth: DeviceAuth,
-    query: Result<axum::extract::Query<NextQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<NextQuery>,
 ) -> Result<Response, ApiError> {
-    let axum::extract::Query(q) =
-        query.map_err(|e| ApiError::invalid(format!("query: {}", e.body_text())))?;
     let wait_ms = q.wait_ms.unwrap_or(0);
     if wait_ms > MAX_POLL_MS {
         return Err(ApiError::invalid(format!(

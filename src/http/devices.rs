@@ -1,11 +1,11 @@
 //! Devices: provisioning, listing, lifecycle, credentials, connectivity.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 
 use super::AppState;
-use super::error::{ApiError, ApiJson, Problem};
+use super::error::{ApiError, ApiJson, ApiQuery, Problem};
 use crate::fleet::{
     BulkCreate, BulkCreated, ConnectivityRequest, CreateDevice, Credentials, DeviceFilter,
     DevicePage, DeviceView, FleetError, PatchDevice,
@@ -59,10 +59,8 @@ pub async fn devices_bulk_create(
     responses((status = 200, body = DevicePage), (status = 422, body = Problem)))]
 pub async fn devices_index(
     State(state): State<AppState>,
-    query: Result<Query<DeviceFilter>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(filter): ApiQuery<DeviceFilter>,
 ) -> Result<Json<DevicePage>, ApiError> {
-    let Query(filter) =
-        query.map_err(|e| ApiError::invalid(format!("query: {}", e.body_text())))?;
     Ok(Json(state.fleet.list(&filter)?))
 }
 

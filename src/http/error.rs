@@ -1,8 +1,11 @@
 //! One error type for the API, answered as `application/problem+json`
-//! (RFC 9457), and a JSON extractor whose rejections use the same shape.
+//! (RFC 9457), and the extractors whose rejections use the same shape:
+//! JSON bodies ([`ApiJson`]), raw bodies ([`ApiBytes`]) and query strings
+//! ([`ApiQuery`]).
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Request};
+use axum::extract::rejection::{BytesRejection, JsonRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -52,9 +55,40 @@ impl ApiError {
         Self::new(StatusCode::CONFLICT, "conflict", detail)
     }
 
+    /// A body larger than the route takes.
+    pub fn too_large(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", detail)
+    }
+
+    /// A request body that failed to arrive: too large, too slow, or cut
+    /// off. `error` is the body's error, `limits` says what the route takes.
+    pub fn body_failed(error: &(dyn std::error::Error + 'static), limits: &str) -> Self {
+        let mut cause = Some(error);
+        while let Some(e) = cause {
+            // axum boxes the limit's error once more on its way up.
+            if e.is::<http_body_util::LengthLimitError>()
+                || e.is::<Box<http_body_util::LengthLimitError>>()
+            {
+                return Self::too_large(format!("the body is too large: {limits}"));
+            }
+            if let Some(timeout) = e.downcast_ref::<super::serve::BodyTimeout>() {
+                return Self::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request-timeout",
+                    format!(
+                        "the body did not arrive within {} s of the headers (--http-body-timeout); send it in one go",
+                        timeout.0.as_secs_f64()
+                    ),
+                );
+            }
+            cause = e.source();
+        }
+        Self::bad_request(format!("the body could not be read: {error}"))
+    }
+
     /// A server-side failure: the detail is logged, not sent.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
-        tracing::error!(%detail, "request failed");
+        crate::ratelimit::error_limited!(%detail, "request failed");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
@@ -114,8 +148,55 @@ where
                     "unsupported-media-type",
                     "send the body as JSON with the header Content-Type: application/json",
                 ),
+                JsonRejection::BytesRejection(e) => ApiError::body_failed(&e, JSON_LIMITS),
                 other => ApiError::bad_request(other.body_text()),
             }),
         }
+    }
+}
+
+/// What JSON bodies may weigh, for the 413 answer.
+const JSON_LIMITS: &str = "JSON bodies carry at most 2 MiB (16 MiB for POST /devices/bulk)";
+
+/// A raw body, with rejections answered as problem+json (413 when larger
+/// than the route takes, 408 when it does not arrive in time).
+pub struct ApiBytes(pub axum::body::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for ApiBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        axum::body::Bytes::from_request(req, state)
+            .await
+            .map(Self)
+            .map_err(|e: BytesRejection| {
+                ApiError::body_failed(&e, "plugin components carry at most 64 MiB")
+            })
+    }
+}
+
+/// `axum::extract::Query`, with rejections answered as problem+json: a
+/// query string that does not fit the route's parameters is a 422 naming
+/// the parameter.
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(q)| Self(q))
+            .map_err(|e| {
+                ApiError::invalid(format!(
+                    "the query string does not fit this route's parameters (see /api/v1/openapi.json): {}",
+                    e.body_text()
+                        .trim_start_matches("Failed to deserialize query string: ")
+                ))
+            })
     }
 }

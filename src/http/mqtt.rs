@@ -4,20 +4,18 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
-use super::error::{ApiError, ApiJson, Problem};
+use super::error::{ApiError, ApiJson, ApiQuery, Problem};
 use crate::mqtt::faults::{FaultEvent, FaultRule, FaultSpec};
 use crate::mqtt::{ClientInfo, MqttError, PublishOutcome, Qos, Status, VerifySpec, topics};
-use crate::verify::{Expect, Verdict};
+use crate::verify::Verdict;
 
 /// Largest page of `GET /mqtt/messages`.
 const MAX_PAGE: usize = 10_000;
-/// Longest wait of a verify call.
-const MAX_WITHIN_MS: u64 = 60_000;
 /// Longest outage.
 const MAX_OUTAGE_MS: u64 = 3_600_000;
 
@@ -95,9 +93,8 @@ pub struct MessagesPage {
     responses((status = 200, body = MessagesPage), (status = 422, body = Problem)))]
 pub async fn mqtt_messages(
     State(state): State<AppState>,
-    query: Result<Query<MessagesQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(query): ApiQuery<MessagesQuery>,
 ) -> Result<Json<MessagesPage>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
     if let Some(filter) = &query.topic {
         topics::valid_filter(filter)
             .map_err(|e| ApiError::invalid(format!("topic filter {filter:?}: {e}")))?;
@@ -152,19 +149,18 @@ pub async fn mqtt_verify(
 ) -> Result<Json<Verdict>, ApiError> {
     topics::valid_filter(&request.topic)
         .map_err(|e| ApiError::invalid(format!("topic filter {:?}: {e}", request.topic)))?;
-    let expect = Expect::from_fields(request.at_least, request.at_most, request.exactly)
-        .map_err(ApiError::invalid)?;
-    if request.within_ms > MAX_WITHIN_MS {
-        return Err(ApiError::invalid(format!(
-            "within_ms {} is too long: at most {MAX_WITHIN_MS}",
-            request.within_ms
-        )));
-    }
+    let (expect, within) = crate::verify::expectation(
+        request.at_least,
+        request.at_most,
+        request.exactly,
+        request.within_ms,
+    )
+    .map_err(ApiError::invalid)?;
     let spec = VerifySpec {
         filter: request.topic,
         contains: request.payload_contains,
         expect,
-        within: Duration::from_millis(request.within_ms),
+        within,
         since: request.since,
     };
     Ok(Json(state.mqtt.verify(&spec).await))
@@ -262,7 +258,7 @@ pub async fn mqtt_faults_create(
     responses((status = 200, body = FaultList)))]
 pub async fn mqtt_faults_index(
     State(state): State<AppState>,
-    Query(q): Query<FaultLogQuery>,
+    ApiQuery(q): ApiQuery<FaultLogQuery>,
 ) -> Json<FaultList> {
     let (log, log_evicted) = state.mqtt.fault_log(q.since);
     Json(FaultList {

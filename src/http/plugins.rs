@@ -1,13 +1,12 @@
 //! Plugins over HTTP: list, upload (hot reload) and delete.
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Serialize;
 
 use super::AppState;
-use super::error::{ApiError, Problem};
+use super::error::{ApiBytes, ApiError, Problem};
 use crate::plugin::{LoadError, PluginInfo, PluginSource};
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -52,7 +51,7 @@ pub async fn plugins_show(
 pub async fn plugins_update(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    body: Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> Result<Json<PluginInfo>, ApiError> {
     if body.is_empty() {
         return Err(ApiError::invalid(

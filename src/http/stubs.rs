@@ -1,28 +1,24 @@
 //! Mock HTTP endpoints: stub management, the answers under `/mock/` (and
 //! on `--mock-http`), the request journal and verify.
 
-use std::time::Duration;
-
 use axum::Json;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::AppState;
-use super::error::{ApiError, ApiJson, Problem};
+use super::error::{ApiError, ApiJson, ApiQuery, Problem};
 use crate::stubs::matcher::compile_map;
 use crate::stubs::serve::{Mount, answer};
 use crate::stubs::{
     HttpEntry, HttpVerifySpec, NearMiss, PathPattern, RequestFilter, StubDef, StubError, StubView,
 };
-use crate::verify::{Expect, Verdict};
+use crate::verify::Verdict;
 
 /// Largest page of `GET /http/requests`.
 const MAX_PAGE: usize = 10_000;
-/// Longest wait of a verify call.
-const MAX_WITHIN_MS: u64 = 60_000;
 
 impl From<StubError> for ApiError {
     fn from(e: StubError) -> Self {
@@ -204,9 +200,8 @@ fn filter_of(
     responses((status = 200, body = RequestsPage), (status = 422, body = Problem)))]
 pub async fn http_requests(
     State(state): State<AppState>,
-    query: Result<Query<RequestsQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<RequestsQuery>,
 ) -> Result<Json<RequestsPage>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::invalid(format!("query: {}", e.body_text())))?;
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_PAGE {
         return Err(ApiError::invalid(format!(
@@ -291,14 +286,13 @@ pub async fn http_verify(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<HttpVerifyRequest>,
 ) -> Result<Json<Verdict>, ApiError> {
-    let expect = Expect::from_fields(request.at_least, request.at_most, request.exactly)
-        .map_err(ApiError::invalid)?;
-    if request.within_ms > MAX_WITHIN_MS {
-        return Err(ApiError::invalid(format!(
-            "within_ms {} is too long: at most {MAX_WITHIN_MS}",
-            request.within_ms
-        )));
-    }
+    let (expect, within) = crate::verify::expectation(
+        request.at_least,
+        request.at_most,
+        request.exactly,
+        request.within_ms,
+    )
+    .map_err(ApiError::invalid)?;
     let filter = filter_of(
         request.method.as_deref(),
         request.path.as_deref(),
@@ -312,7 +306,7 @@ pub async fn http_verify(
         headers: compile_map("headers", &request.headers, true).map_err(ApiError::invalid)?,
         body_contains: request.body_contains,
         expect,
-        within: Duration::from_millis(request.within_ms),
+        within,
         since: request.since,
     };
     Ok(Json(state.stubs.verify(&spec).await))

@@ -4,13 +4,13 @@
 use std::convert::Infallible;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::AppState;
-use super::error::{ApiError, Problem};
+use super::error::{ApiError, ApiQuery, Problem};
 use crate::clock::{parse_rfc3339_ms, write_rfc3339_ms};
 use crate::telemetry::{DEFAULT_QUEUE, ExportFilter, LiveFilter, LiveItem, MAX_QUEUE};
 
@@ -65,9 +65,8 @@ fn time(field: &str, value: &Option<String>) -> Result<Option<i64>, ApiError> {
         (status = 422, body = Problem)))]
 pub async fn telemetry_export(
     State(state): State<AppState>,
-    query: Result<Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<ExportQuery>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::invalid(format!("query: {}", e.body_text())))?;
     let limit = q.limit.unwrap_or(10_000);
     if !(1..=100_000).contains(&limit) {
         return Err(ApiError::invalid(format!(
@@ -185,9 +184,8 @@ const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
 pub async fn telemetry_stream(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
-    query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<StreamQuery>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::invalid(format!("query: {}", e.body_text())))?;
     let capacity = q.queue.unwrap_or(DEFAULT_QUEUE);
     if !(1..=MAX_QUEUE).contains(&capacity) {
         return Err(ApiError::invalid(format!(

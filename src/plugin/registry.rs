@@ -255,6 +255,19 @@ impl Registry {
         self.entry(name).map(|e| e.info())
     }
 
+    /// Drops `name`'s entry when no version of it has ever loaded and no
+    /// load attempt left an error to show.
+    fn forget_if_empty(&self, name: &str) {
+        let mut entries = self.entries.write().unwrap();
+        if let Some(entry) = entries.get(name)
+            && entry.current().is_none()
+            && entry.builtin.is_none()
+            && entry.health.lock().unwrap().last_error.is_none()
+        {
+            entries.remove(name);
+        }
+    }
+
     fn entry_or_insert(&self, name: &str) -> Arc<Entry> {
         if let Some(entry) = self.entry(name) {
             return entry;
@@ -333,7 +346,14 @@ impl Registry {
             }
             Err(error) => {
                 tracing::warn!(plugin = name, %error, "plugin load refused; the previous version keeps serving");
-                entry.record_load_error(&error.to_string(), (hash, source));
+                // An upload refused over the API was answered with its error;
+                // a name that never served anything is not listed for it. A
+                // refused file stays listed: nobody else would see why.
+                if entry.current().is_none() && source == PluginSource::Api {
+                    self.forget_if_empty(name);
+                } else {
+                    entry.record_load_error(&error.to_string(), (hash, source));
+                }
                 Err(error)
             }
         }

@@ -10,6 +10,7 @@ mod commands;
 mod edge;
 mod engine;
 mod fleet;
+mod hardening;
 mod http_commands;
 mod http_devices;
 mod mosquitto;
