@@ -14,6 +14,7 @@
 //! Responses take as long as they take (long polls, event streams).
 
 use std::convert::Infallible;
+use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -241,7 +242,12 @@ async fn connection(
                 let response = tower_service::Service::call(&mut app, request).await?;
                 // The request counts as under way until its response has
                 // been sent (or abandoned), however long it streams.
-                Ok::<_, Infallible>(response.map(|body| Body::new(GuardedBody { body, guard })))
+                Ok::<_, Infallible>(response.map(|body| {
+                    Body::new(GuardedBody {
+                        body,
+                        _guard: guard,
+                    })
+                }))
             }
         })
     };
@@ -485,8 +491,7 @@ impl http_body::Body for DeadlineBody {
 /// A response body holding its request's [`RequestGuard`].
 struct GuardedBody {
     body: Body,
-    #[allow(dead_code)]
-    guard: RequestGuard,
+    _guard: RequestGuard,
 }
 
 impl http_body::Body for GuardedBody {
@@ -508,8 +513,6 @@ impl http_body::Body for GuardedBody {
         self.body.size_hint()
     }
 }
-
-use std::future::Future as _;
 
 #[cfg(test)]
 mod tests {
