@@ -40,6 +40,9 @@ const PULL_BATCH: usize = 256;
 /// QoS 2 messages an MQTT 5 client may have waiting for PUBREL (the
 /// Receive Maximum in CONNACK); one more is DISCONNECT 0x93.
 pub(crate) const RECEIVE_MAXIMUM: u16 = 1024;
+/// How long a connection the broker closed is drained before the socket
+/// goes.
+const LINGER: Duration = Duration::from_millis(500);
 /// Buffers larger than this are given back once empty.
 const KEEP_BUFFER: usize = 8 * 1024;
 
@@ -146,6 +149,20 @@ where
     let (ending, expiry) = run(&engine, &ctl, &mut conn, &mut stream, rbuf, out).await;
     let _ = stream.shutdown().await;
     engine.disconnected(&ctl, &conn.client_id, ending, expiry);
+    if !matches!(ending, Ending::Normal | Ending::WithWill) {
+        // The broker closed: what the client still sends is read and
+        // discarded for a moment, so its last writes do not meet a reset
+        // before it has read the DISCONNECT or the last acknowledgements.
+        let mut sink = [0u8; 1024];
+        let _ = tokio::time::timeout(LINGER, async {
+            while let Ok(n) = stream.read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
     engine.observed.disconnected(
         &conn.client_id,
         conn.user.as_ref(),
