@@ -268,6 +268,9 @@ def test_a_fault_rule_drops_what_it_matches_and_counts_it(iotmock):
     listed = iotmock.mqtt.faults()
     assert [(r["id"], r["fired"]) for r in listed["rules"]] == [(rule["id"], 1)]
     assert listed["log"][0]["topic"] == "f/lost"
+    assert [(d["topic"], d["reason"]) for d in iotmock.mqtt.drops()["items"]] == [
+        ("f/lost", "fault")
+    ]
     iotmock.mqtt.delete_fault(rule["id"])
     iotmock.mqtt.clear_faults()
     assert iotmock.mqtt.faults()["rules"] == []

@@ -121,6 +121,7 @@ pub struct ApiLimits {
         mqtt::mqtt_faults_index,
         mqtt::mqtt_faults_destroy,
         mqtt::mqtt_faults_clear,
+        mqtt::mqtt_drops_index,
         edge::edge_nodes_create,
         edge::edge_nodes_index,
         edge::edge_nodes_show,
@@ -222,6 +223,7 @@ pub fn router(state: AppState) -> Router {
                 .post(mqtt::mqtt_faults_create)
                 .delete(mqtt::mqtt_faults_clear),
         )
+        .route("/mqtt/drops", get(mqtt::mqtt_drops_index))
         .route(
             "/mqtt/faults/{id}",
             axum::routing::delete(mqtt::mqtt_faults_destroy),

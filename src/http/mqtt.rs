@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::error::{ApiError, ApiJson, ApiQuery, Problem};
+use crate::mqtt::DropEvent;
 use crate::mqtt::faults::{FaultEvent, FaultRule, FaultSpec};
 use crate::mqtt::{ClientInfo, MqttError, PublishOutcome, Qos, Status, VerifySpec, topics};
 use crate::verify::Verdict;
@@ -289,4 +290,26 @@ pub async fn mqtt_faults_destroy(
 pub async fn mqtt_faults_clear(State(state): State<AppState>) -> StatusCode {
     state.mqtt.faults_clear();
     StatusCode::NO_CONTENT
+}
+
+/// Messages that did not reach a client, with the reason.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct DropList {
+    /// After `since`, oldest first (a bounded log).
+    pub items: Vec<DropEvent>,
+    /// Entries the log no longer holds.
+    pub evicted: u64,
+}
+
+/// The drop log: each message the broker did not deliver to a client
+/// (`queue_full`, `expired`, `too_large`, `fault`), with the client and
+/// topic.
+#[utoipa::path(get, path = "/api/v1/mqtt/drops", tag = "mqtt", params(FaultLogQuery),
+    responses((status = 200, body = DropList)))]
+pub async fn mqtt_drops_index(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<FaultLogQuery>,
+) -> Json<DropList> {
+    let (items, evicted) = state.mqtt.drops(q.since);
+    Json(DropList { items, evicted })
 }

@@ -37,6 +37,12 @@ use mqtt5_protocol::packet::unsuback::{UnsubAckPacket, UnsubAckReasonCode};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Deliveries taken from a session per round.
 const PULL_BATCH: usize = 256;
+/// QoS 2 messages an MQTT 5 client may have waiting for PUBREL (the
+/// Receive Maximum in CONNACK); one more is DISCONNECT 0x93.
+pub(crate) const RECEIVE_MAXIMUM: u16 = 1024;
+/// How long a connection the broker closed is drained before the socket
+/// goes.
+const LINGER: Duration = Duration::from_millis(500);
 /// Buffers larger than this are given back once empty.
 const KEEP_BUFFER: usize = 8 * 1024;
 
@@ -143,6 +149,20 @@ where
     let (ending, expiry) = run(&engine, &ctl, &mut conn, &mut stream, rbuf, out).await;
     let _ = stream.shutdown().await;
     engine.disconnected(&ctl, &conn.client_id, ending, expiry);
+    if !matches!(ending, Ending::Normal | Ending::WithWill) {
+        // The broker closed: what the client still sends is read and
+        // discarded for a moment, so its last writes do not meet a reset
+        // before it has read the DISCONNECT or the last acknowledgements.
+        let mut sink = [0u8; 1024];
+        let _ = tokio::time::timeout(LINGER, async {
+            while let Ok(n) = stream.read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
     engine.observed.disconnected(
         &conn.client_id,
         conn.user.as_ref(),
@@ -330,6 +350,7 @@ fn handshake(
     if v5 {
         let mut p = ConnAckPacket::new(session_present, ReasonCode::Success)
             .with_maximum_packet_size(engine.limits.max_packet as u32)
+            .with_receive_maximum(RECEIVE_MAXIMUM)
             .with_topic_alias_maximum(engine.limits.topic_alias_max);
         if let Some(id) = assigned {
             p = p.with_assigned_client_id(id);
@@ -765,8 +786,20 @@ fn publish(
             // A resent QoS 2 PUBLISH (same id before PUBREL) is not
             // routed again.
             let m = msg.clone();
-            if engine.route_qos2(ctl, &conn.client_id, p.pid, msg) {
-                journal(&m);
+            let limit = if conn.version == V5 {
+                usize::from(RECEIVE_MAXIMUM)
+            } else {
+                usize::MAX
+            };
+            match engine.route_qos2(ctl, &conn.client_id, p.pid, msg, limit) {
+                Ok(true) => journal(&m),
+                Ok(false) => {}
+                Err(()) => {
+                    return Err(ProtocolError::new(
+                        rc::RECEIVE_MAXIMUM_EXCEEDED,
+                        format!("more than {RECEIVE_MAXIMUM} QoS 2 messages waiting for PUBREL"),
+                    ));
+                }
             }
         } else {
             journal(&msg);
@@ -819,7 +852,7 @@ where
             Verdict::Pass | Verdict::RefuseConnect(_) => pending.extend_from_slice(pkt),
             Verdict::Drop => {
                 if kind == PacketKind::Publish {
-                    engine.fault_dropped(&conn.client_id);
+                    engine.fault_dropped(&conn.client_id, topic.unwrap_or(""), (pkt[0] >> 1) & 3);
                 }
             }
             Verdict::Duplicate => {

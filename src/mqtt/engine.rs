@@ -77,9 +77,47 @@ struct Core {
     hits: Vec<Hit>,
 }
 
+/// Dropped messages kept in the drop log.
+pub const DROP_LOG_CAPACITY: usize = 10_000;
+
+/// Why a message did not reach a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DropReason {
+    /// The session's queue was full.
+    QueueFull,
+    /// It expired before it could be sent.
+    Expired,
+    /// Larger than the client's Maximum Packet Size.
+    TooLarge,
+    /// A packet fault rule dropped it.
+    Fault,
+}
+
+/// One dropped message, as the drop log keeps it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct DropEvent {
+    pub seq: u64,
+    /// Simulated time, RFC 3339.
+    pub sim_time: String,
+    pub client_id: String,
+    pub topic: String,
+    pub qos: u8,
+    pub reason: DropReason,
+}
+
+#[derive(Default)]
+struct DropLog {
+    entries: std::collections::VecDeque<DropEvent>,
+    seq: u64,
+    evicted: u64,
+}
+
 pub(crate) struct Engine {
     // A std mutex: see the module comment.
     core: Mutex<Core>,
+    // A std mutex: held to push or copy, never across an await.
+    drops: Mutex<DropLog>,
     pub observed: Arc<Observed>,
     pub clock: Clock,
     pub limits: EngineLimits,
@@ -141,6 +179,7 @@ impl Engine {
         });
         Arc::new(Self {
             core: Mutex::new(core),
+            drops: Mutex::default(),
             observed,
             clock,
             limits,
@@ -161,6 +200,39 @@ impl Engine {
         if let Some(store) = &self.store {
             store.push(op());
         }
+    }
+
+    /// Logs a dropped message (bounded: the oldest entry is evicted and
+    /// counted).
+    fn log_drop(&self, client_id: &str, msg: &Msg, qos: u8, reason: DropReason) {
+        let mut log = self.drops.lock().unwrap();
+        log.seq += 1;
+        if log.entries.len() == DROP_LOG_CAPACITY {
+            log.entries.pop_front();
+            log.evicted += 1;
+        }
+        let seq = log.seq;
+        log.entries.push_back(DropEvent {
+            seq,
+            sim_time: crate::clock::rfc3339_ms(self.clock.now_ms()),
+            client_id: client_id.to_string(),
+            topic: msg.topic.to_string(),
+            qos,
+            reason,
+        });
+    }
+
+    /// Drops logged after `since`, and how many the log evicted.
+    pub fn drop_log(&self, since: u64) -> (Vec<DropEvent>, u64) {
+        let log = self.drops.lock().unwrap();
+        (
+            log.entries
+                .iter()
+                .filter(|e| e.seq > since)
+                .cloned()
+                .collect(),
+            log.evicted,
+        )
     }
 
     fn persist_session(&self, s: &Session) {
@@ -376,22 +448,35 @@ impl Engine {
 
     /// A client's PUBLISH at QoS 2: routed unless its packet id is already
     /// waiting for PUBREL (a resend). Answers whether it was new.
-    pub fn route_qos2(&self, ctl: &ConnCtl, client_id: &str, pid: u16, msg: Arc<Msg>) -> bool {
+    /// `Err(())`: the client already has `limit` QoS 2 messages waiting
+    /// for PUBREL (its Receive Maximum is exceeded).
+    pub fn route_qos2(
+        &self,
+        ctl: &ConnCtl,
+        client_id: &str,
+        pid: u16,
+        msg: Arc<Msg>,
+        limit: usize,
+    ) -> Result<bool, ()> {
         let mut wakes = Vec::new();
         {
             let mut core = self.core.lock().unwrap();
             let Some(session) = core.sessions.get_mut(client_id) else {
-                return false;
+                return Ok(false);
             };
-            if !session.is_link(ctl) || !session.awaiting_rel.insert(pid) {
-                return false;
+            if !session.is_link(ctl) || session.awaiting_rel.contains(&pid) {
+                return Ok(false);
             }
+            if session.awaiting_rel.len() >= limit {
+                return Err(());
+            }
+            session.awaiting_rel.insert(pid);
             self.route_locked(&mut core, &msg, &mut wakes);
         }
         for w in wakes {
             w.wake.notify_one();
         }
-        true
+        Ok(true)
     }
 
     /// PUBREL received: answers whether the packet id was known.
@@ -474,6 +559,7 @@ impl Engine {
                     self.counters
                         .dropped_queue_full
                         .fetch_add(1, Ordering::Relaxed);
+                    self.log_drop(&client, &old.msg, old.qos, DropReason::QueueFull);
                     if old.qos > 0 && stored {
                         self.persist(|| Op::MsgDel {
                             client_id: client.clone(),
@@ -485,6 +571,7 @@ impl Engine {
                     self.counters
                         .dropped_queue_full
                         .fetch_add(1, Ordering::Relaxed);
+                    self.log_drop(&client, msg, qos, DropReason::QueueFull);
                 }
             }
             if stored && let Some(d) = session.queue.back() {
@@ -555,6 +642,7 @@ impl Engine {
                 self.counters
                     .dropped_expired
                     .fetch_add(1, Ordering::Relaxed);
+                self.log_drop(&s.client_id, &d.msg, d.qos, DropReason::Expired);
                 continue;
             }
             let size = OutPublish {
@@ -580,6 +668,7 @@ impl Engine {
                 self.counters
                     .dropped_too_large
                     .fetch_add(1, Ordering::Relaxed);
+                self.log_drop(&s.client_id, &d.msg, d.qos, DropReason::TooLarge);
                 continue;
             }
             s.counters.sent += 1;
@@ -869,8 +958,10 @@ impl Engine {
     }
 
     /// A PUBLISH to `client_id` that a fault rule dropped.
-    pub fn fault_dropped(&self, client_id: &str) {
+    pub fn fault_dropped(&self, client_id: &str, topic: &str, qos: u8) {
         self.counters.dropped_fault.fetch_add(1, Ordering::Relaxed);
+        let msg = server_msg(topic, Bytes::new(), qos, false);
+        self.log_drop(client_id, &msg, qos, DropReason::Fault);
         let mut core = self.core.lock().unwrap();
         if let Some(s) = core.sessions.get_mut(client_id) {
             s.counters.dropped_fault += 1;

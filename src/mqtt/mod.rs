@@ -39,6 +39,7 @@ use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 
 pub use auth::{AuthDecision, Authorizer};
+pub use engine::{DROP_LOG_CAPACITY, DropEvent, DropReason};
 pub use journal::{Entry, JournalStats, Origin, Page};
 pub use observed::{Subscribed, Tapped};
 pub use session::SessionCounters;
@@ -637,6 +638,12 @@ impl MqttHandle {
     /// Fault firings after `since`, and how many the log evicted.
     pub fn fault_log(&self, since: u64) -> (Vec<faults::FaultEvent>, u64) {
         self.shared.engine.faults.log(since)
+    }
+
+    /// Messages that did not reach a client (queue full, expired, too
+    /// large, fault) after `since`, and how many the log evicted.
+    pub fn drops(&self, since: u64) -> (Vec<DropEvent>, u64) {
+        self.shared.engine.drop_log(since)
     }
 
     pub fn fault_remove(&self, id: &str) -> Result<(), faults::FaultError> {

@@ -267,6 +267,10 @@ async fn v5_properties_pass_through_untouched_and_small_clients_get_what_fits() 
         .cloned()
         .expect("the small client listed");
     assert_eq!(small["counters"]["dropped_too_large"], 1, "{small}");
+    let (_, drops) = server.get("/api/v1/mqtt/drops").await;
+    assert_eq!(drops["items"][0]["topic"], "t/big", "{drops}");
+    assert_eq!(drops["items"][0]["reason"], "too_large");
+    assert_eq!(drops["items"][0]["client_id"], "small");
     server.stop().await;
 }
 
@@ -405,6 +409,9 @@ async fn queued_messages_expire_on_the_manual_clock() {
     assert_eq!(topic, "q/long");
     // 100 s minus the 30 s that passed.
     assert_eq!(p, [0x02, 0, 0, 0, 70]);
+    let (_, drops) = server.get("/api/v1/mqtt/drops").await;
+    assert_eq!(drops["items"][0]["topic"], "q/short", "{drops}");
+    assert_eq!(drops["items"][0]["reason"], "expired");
     // The short one is gone: nothing else arrives.
     sub.send(&packet(0x40, &[0, 1])).await;
     sub.silent(Duration::from_millis(300)).await;
@@ -586,4 +593,81 @@ async fn probabilistic_drops_repeat_under_the_same_seed() {
         a.len()
     );
     assert_eq!(a, b);
+}
+
+#[tokio::test]
+async fn a_client_past_the_receive_maximum_gets_disconnect_0x93() {
+    let server = TestServer::with_scenario("", |_| {}).await;
+    let (mut c, connack) = Raw::open(server.mqtt, &connect(5, "flood", true, 0, &[], None)).await;
+    // Receive Maximum (0x21) 1024 in the CONNACK properties.
+    assert!(
+        connack.windows(3).any(|w| w == [0x21, 0x04, 0x00]),
+        "{connack:?}"
+    );
+    let mut burst = Vec::new();
+    for pid in 1..=1025u16 {
+        burst.extend_from_slice(&publish(5, "q2", 2, pid, &[], b"m"));
+    }
+    c.send(&burst).await;
+    let mut pubrecs = 0;
+    loop {
+        let (first, body) = c.packet().await.expect("PUBRECs, then DISCONNECT");
+        match first {
+            0x50 => pubrecs += 1,
+            0xe0 => {
+                assert_eq!(body[0], 0x93, "receive maximum exceeded");
+                break;
+            }
+            other => panic!("unexpected packet {other:#x}"),
+        }
+    }
+    assert_eq!(pubrecs, 1024);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn delay_and_throttle_hold_back_what_a_client_receives() {
+    let server = TestServer::with_scenario("", |_| {}).await;
+    let (mut sub, _) = Raw::open(server.mqtt, &connect(4, "slow", true, 0, &[], None)).await;
+    sub.send(&subscribe(4, 1, "s/#", 0)).await;
+    suback(&mut sub).await;
+    let (mut publ, _) = Raw::open(server.mqtt, &connect(4, "p", true, 0, &[], None)).await;
+
+    let delay = fault(
+        &server,
+        json!({"match": {"client": "slow", "topic": "s/late"}, "action": "delay", "delay_ms": 400}),
+    )
+    .await;
+    let sent = std::time::Instant::now();
+    publ.send(&publish(4, "s/late", 0, 0, &[], b"x")).await;
+    let (topic, _, _) = sub.publish(4).await;
+    assert_eq!(topic, "s/late");
+    assert!(
+        sent.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        sent.elapsed()
+    );
+    server.delete(&format!("/api/v1/mqtt/faults/{delay}")).await;
+
+    // 5 packets of about 1 KB at 5,000 bytes/s: at least 0.8 s.
+    fault(
+        &server,
+        json!({"match": {"client": "slow", "topic": "s/bulk"}, "action": "throttle", "bytes_per_sec": 5000}),
+    )
+    .await;
+    let sent = std::time::Instant::now();
+    for _ in 0..5 {
+        publ.send(&publish(4, "s/bulk", 0, 0, &[], &[b'b'; 1000]))
+            .await;
+    }
+    for _ in 0..5 {
+        let (topic, _, payload) = sub.publish(4).await;
+        assert_eq!((topic.as_str(), payload.len()), ("s/bulk", 1000));
+    }
+    assert!(
+        sent.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        sent.elapsed()
+    );
+    server.stop().await;
 }

@@ -1066,6 +1066,12 @@ class Mqtt(_Group):
         """`{"rules":[...with matched and fired...],"log":[...],"log_evicted"}`."""
         return self._client._obj("GET", "/mqtt/faults", params={"since": since})
 
+    def drops(self, *, since: int = 0) -> JSON:
+        """Messages the broker did not deliver: `{"items":[{"seq","sim_time",
+        "client_id","topic","qos","reason"}],"evicted"}`; `reason` is
+        `queue_full`, `expired`, `too_large` or `fault`."""
+        return self._client._obj("GET", "/mqtt/drops", params={"since": since})
+
     def delete_fault(self, id: str) -> None:
         """Removes one fault rule."""
         self._client._request("DELETE", f"/mqtt/faults/{_seg(id)}")

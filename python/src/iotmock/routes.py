@@ -78,4 +78,5 @@ ROUTES: dict[tuple[str, str], Callable[..., object]] = {
     ("GET", "/api/v1/mqtt/faults"): Mqtt.faults,
     ("DELETE", "/api/v1/mqtt/faults"): Mqtt.clear_faults,
     ("DELETE", "/api/v1/mqtt/faults/{id}"): Mqtt.delete_fault,
+    ("GET", "/api/v1/mqtt/drops"): Mqtt.drops,
 }
