@@ -216,12 +216,13 @@ mod tests {
             (s.len, s.bytes, s.evicted, s.evicted_by_bytes),
             (3, 30, 2, 0)
         );
-        // 60 more bytes: 30 + 60 > 100, so two old entries go for it.
-        ring.push_with(|_| Blob(60));
+        // 85 more bytes: one old entry goes for the count, one more for
+        // the bytes (20 + 85 > 100).
+        ring.push_with(|_| Blob(85));
         let s = ring.stats();
         assert_eq!(
             (s.len, s.bytes, s.evicted, s.evicted_by_bytes),
-            (2, 70, 4, 1)
+            (2, 95, 4, 1)
         );
         assert_eq!(ring.after(0).map(|(c, _)| c).collect::<Vec<_>>(), [5, 6]);
         assert!(ring.missed_after(3));
