@@ -94,6 +94,10 @@ impl Journal {
         client_id: Option<Arc<str>>,
         origin: Origin,
     ) {
+        // The journal keeps its own copy, sized exactly: a payload sliced
+        // from a larger receive buffer would keep the whole buffer alive,
+        // and the journal would hold more than its byte budget counts.
+        let payload = Bytes::copy_from_slice(&payload);
         self.0.push_with(|cursor| Entry {
             cursor,
             wall_ms,
@@ -248,5 +252,16 @@ mod tests {
         assert!(j.page(None, 5, 10).items.is_empty());
         let (last, missed) = j.scan(0, |_| {});
         assert_eq!((last, missed), (5, false));
+    }
+
+    #[test]
+    fn keeps_its_own_copy_of_a_payload() {
+        let j = Journal::new(10, 1 << 20);
+        let buffer = Bytes::from(vec![7u8; 4096]);
+        let payload = buffer.slice(..16);
+        j.push(0, 0, "t".into(), payload, Qos::AtMostOnce, false, None);
+        // The 4 KiB buffer is not kept alive by the 16 bytes journaled.
+        assert!(buffer.is_unique());
+        assert_eq!(j.page(None, 0, 10).items[0].payload.len(), 16);
     }
 }

@@ -140,9 +140,14 @@ impl HttpJournal {
     /// Appends an entry (its cursor is assigned here); evicts and counts
     /// the oldest as the bounds require. Returns the cursor.
     pub fn push(&self, mut entry: HttpEntry) -> u64 {
+        // A copy, not a slice: a slice would keep the whole request body
+        // (and a receive buffer it shares) alive, and the journal would
+        // hold far more than it counts.
         if entry.body.len() > MAX_BODY_KEPT {
-            entry.body = entry.body.slice(..MAX_BODY_KEPT);
+            entry.body = Bytes::copy_from_slice(&entry.body[..MAX_BODY_KEPT]);
             entry.body_truncated = true;
+        } else if !entry.body.is_empty() {
+            entry.body = Bytes::copy_from_slice(&entry.body);
         }
         self.0.push_with(|cursor| {
             entry.cursor = cursor;
@@ -202,5 +207,22 @@ mod tests {
         assert_eq!((last, missed), (3, true));
         let (_, missed) = j.scan(1, |_| {});
         assert!(!missed);
+    }
+
+    #[test]
+    fn keeps_its_own_copy_of_a_body_not_a_slice_of_it() {
+        let j = HttpJournal::new(10, 1 << 20);
+        let mut e = entry("/big");
+        let body = Bytes::from(vec![b'x'; 1 << 20]);
+        e.body = body.clone();
+        j.push(e);
+        let mut small = entry("/small");
+        let owned = Bytes::from(vec![b'y'; 10]);
+        small.body = owned.clone();
+        j.push(small);
+        // The journal holds none of the request's buffers.
+        assert!(body.is_unique());
+        assert!(owned.is_unique());
+        assert_eq!(j.stats().len, 2);
     }
 }
