@@ -259,7 +259,16 @@ mod tests {
         let j = Journal::new(10, 1 << 20);
         let buffer = Bytes::from(vec![7u8; 4096]);
         let payload = buffer.slice(..16);
-        j.push(0, 0, "t".into(), payload, Qos::AtMostOnce, false, None);
+        j.push(
+            0,
+            0,
+            "t".into(),
+            payload,
+            Qos::AtMostOnce,
+            false,
+            None,
+            Origin::Server,
+        );
         // The 4 KiB buffer is not kept alive by the 16 bytes journaled.
         assert!(buffer.is_unique());
         assert_eq!(j.page(None, 0, 10).items[0].payload.len(), 16);
