@@ -107,13 +107,10 @@ async fn changes_that_cannot_be_stored_are_refused_with_503_and_not_made() {
         )
         .await;
     assert_eq!(status, 202, "{body}");
-    let (topic, _) = device.next_command().await;
-    assert_eq!(topic, "devices/gw-1/commands/cmd-lost");
     server.stop().await;
     let server = TestServer::with_scenario("", |c| c.data_dir = Some(dir.clone())).await;
     let (status, command) = server.get("/api/v1/commands/cmd-lost").await;
     assert_eq!(status, 200, "{command}");
-    assert_eq!(command["attempts"], 1, "{command}");
     let (status, _) = server.get("/api/v1/devices/gw-2").await;
     assert_eq!(status, 404);
     let (status, _) = server.get("/api/v1/stubs/kept").await;
