@@ -47,6 +47,8 @@ pub struct Config {
     pub plugin_limits: PluginLimits,
     /// Messages kept in the MQTT journal.
     pub journal_capacity: usize,
+    /// Bytes kept in the MQTT journal.
+    pub journal_max_bytes: usize,
     /// Who may connect to the broker; `None` allows everyone.
     pub mqtt_authorizer: Option<std::sync::Arc<dyn crate::mqtt::Authorizer>>,
     /// `devices`: device credentials (or the admin's) are required; used
@@ -56,6 +58,14 @@ pub struct Config {
     pub mock_http: Option<SocketAddr>,
     /// Requests kept in the HTTP journal (stubs and the device API).
     pub http_journal_capacity: usize,
+    /// Bytes kept in the HTTP journal.
+    pub http_journal_max_bytes: usize,
+    /// Largest rendered stub response; larger ones are answered 413.
+    pub max_stub_response_bytes: usize,
+    /// The telemetry export journal's bounds and the live streams' budget.
+    pub telemetry_limits: crate::telemetry::TelemetryLimits,
+    /// Most devices the fleet holds.
+    pub max_devices: usize,
     /// Silence, in simulated ms, after which an HTTP device is offline.
     pub http_device_timeout_ms: i64,
     /// Timeouts and the connection cap of each HTTP listener.
@@ -97,10 +107,15 @@ impl Config {
             clock: ClockMode::Realtime,
             plugin_limits: PluginLimits::default(),
             journal_capacity: crate::mqtt::DEFAULT_JOURNAL_CAPACITY,
+            journal_max_bytes: crate::mqtt::DEFAULT_JOURNAL_MAX_BYTES,
             mqtt_authorizer: None,
             mqtt_auth: MqttAuth::Open,
             mock_http: None,
             http_journal_capacity: crate::stubs::DEFAULT_HTTP_JOURNAL_CAPACITY,
+            http_journal_max_bytes: crate::stubs::DEFAULT_HTTP_JOURNAL_MAX_BYTES,
+            max_stub_response_bytes: crate::stubs::DEFAULT_MAX_RESPONSE_BYTES,
+            telemetry_limits: crate::telemetry::TelemetryLimits::default(),
+            max_devices: crate::fleet::DEFAULT_MAX_DEVICES,
             http_device_timeout_ms: crate::fleet::DEFAULT_HTTP_DEVICE_TIMEOUT_MS,
             http_limits: HttpLimits::default(),
             admin_token: None,
@@ -204,6 +219,7 @@ impl Server {
         let mut mqtt_config = MqttConfig::new(config.mqtt);
         mqtt_config.journal_capacity = config.journal_capacity;
         mqtt_config.seed = seed;
+        mqtt_config.journal_max_bytes = config.journal_max_bytes;
         mqtt_config.storage_dir = config.data_dir.as_ref().map(|d| d.join("mqtt"));
         let device_access = match &config.mqtt_auth {
             MqttAuth::Devices { admin_password } if config.mqtt_authorizer.is_none() => {
@@ -217,7 +233,13 @@ impl Server {
                 .map(|a| a as std::sync::Arc<dyn crate::mqtt::Authorizer>)
         });
         let broker = Broker::start(&mqtt_config, clock.clone()).await?;
-        let telemetry = Telemetry::start(clock.clone(), plugins.clone(), broker.handle(), seed);
+        let telemetry = Telemetry::start(
+            clock.clone(),
+            plugins.clone(),
+            broker.handle(),
+            seed,
+            config.telemetry_limits,
+        );
 
         for device in &scenario.devices {
             for sensor in &device.sensors {
@@ -251,6 +273,7 @@ impl Server {
         )
         .await?;
         fleet.set_http_device_timeout(config.http_device_timeout_ms);
+        fleet.set_max_devices(config.max_devices);
         if let Some(access) = &device_access {
             access.attach(fleet.clone());
         }
@@ -306,7 +329,11 @@ impl Server {
         let stubs = crate::stubs::Stubs::open(
             config.data_dir.as_deref(),
             seed,
-            config.http_journal_capacity,
+            crate::stubs::StubLimits {
+                journal_capacity: config.http_journal_capacity,
+                journal_max_bytes: config.http_journal_max_bytes,
+                max_response_bytes: config.max_stub_response_bytes,
+            },
         )?;
         stubs.restore(&scenario.stubs).await?;
         let state = AppState {

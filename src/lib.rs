@@ -24,6 +24,8 @@
 //! - [`random`]: the seeded per-device random streams.
 //! - [`verify`]: count expectations and JSON subset matching, shared by
 //!   the journals' verify calls.
+//! - `journal`: the ring behind the MQTT, HTTP and telemetry journals,
+//!   bounded by a count and by bytes.
 
 pub mod app;
 pub mod builtin;
@@ -32,6 +34,7 @@ pub mod commands;
 pub mod edge;
 pub mod fleet;
 pub mod http;
+mod journal;
 pub mod mqtt;
 pub mod plugin;
 pub mod random;

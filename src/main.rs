@@ -54,6 +54,11 @@ struct ServeArgs {
     /// older ones are evicted and counted.
     #[arg(long, default_value_t = iotmock::mqtt::DEFAULT_JOURNAL_CAPACITY)]
     journal_capacity: usize,
+    /// Bytes of recent MQTT messages kept (payloads, topics, bookkeeping):
+    /// `128MiB`, `512KiB`, `1GiB` or plain bytes; older ones are evicted and
+    /// counted, and a message larger than this is not kept.
+    #[arg(long, default_value = "128MiB", value_parser = parse_bytes)]
+    journal_max_bytes: usize,
     /// MQTT admission: `open` (anyone, any topic) or `devices` (device
     /// credentials; back ends use the admin user).
     #[arg(long, default_value = "open", value_parser = ["open", "devices"])]
@@ -105,10 +110,51 @@ struct ServeArgs {
     /// GET /api/v1/http/requests and verify; older ones are evicted and counted.
     #[arg(long, default_value_t = iotmock::stubs::DEFAULT_HTTP_JOURNAL_CAPACITY)]
     http_journal_capacity: usize,
+    /// Bytes of recent HTTP requests kept; older ones are evicted and
+    /// counted.
+    #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
+    http_journal_max_bytes: usize,
+    /// Largest response a stub may render (body and headers); a request
+    /// whose response would be larger is answered 413 without rendering.
+    #[arg(long, default_value = "8MiB", value_parser = parse_bytes)]
+    max_stub_response_bytes: usize,
+    /// Readings (and dropout records) kept for GET /api/v1/telemetry and
+    /// stream resumption; older ones are evicted and counted.
+    #[arg(long, default_value_t = iotmock::telemetry::JOURNAL_CAPACITY)]
+    telemetry_journal_capacity: usize,
+    /// Bytes of readings kept for export, with the same policy.
+    #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
+    telemetry_journal_max_bytes: usize,
+    /// Bytes the queues of all live telemetry stream subscribers may hold
+    /// together; beyond it readings are dropped for the slow ones, counted
+    /// and marked in their streams.
+    #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
+    stream_max_bytes: usize,
+    /// Most devices the fleet holds; creations beyond it are refused (422).
+    #[arg(long, default_value_t = iotmock::fleet::DEFAULT_MAX_DEVICES)]
+    max_devices: usize,
     /// Silence after which a device using the HTTP device API is offline,
     /// in simulated time: `30s`, `500ms`, `2m` or plain milliseconds.
     #[arg(long, default_value = "30s", value_parser = parse_duration_ms)]
     http_device_timeout: i64,
+}
+
+/// `64MiB`, `512KiB`, `1GiB` (also `K`, `M`, `G`, powers of 1024), or a
+/// number of bytes.
+fn parse_bytes(s: &str) -> Result<usize, String> {
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size: use e.g. 64MiB, 512KiB or 1048576"))?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        _ => return Err(format!("{s:?}: the unit must be KiB, MiB or GiB")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// `30s`, `500ms`, `2m`, `6h`, `1d`, or a number of milliseconds.
@@ -187,6 +233,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         seed: args.seed,
         clock: args.clock,
         journal_capacity: args.journal_capacity,
+        journal_max_bytes: args.journal_max_bytes,
+        http_journal_max_bytes: args.http_journal_max_bytes,
+        max_stub_response_bytes: args.max_stub_response_bytes,
+        telemetry_limits: iotmock::telemetry::TelemetryLimits {
+            journal_capacity: args.telemetry_journal_capacity,
+            journal_max_bytes: args.telemetry_journal_max_bytes,
+            stream_max_bytes: args.stream_max_bytes,
+        },
+        max_devices: args.max_devices,
         mqtt_auth: match args.mqtt_auth.as_str() {
             "devices" => MqttAuth::Devices {
                 admin_password: admin_password
@@ -253,7 +308,17 @@ async fn shutdown_signal() {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration_ms;
+    use super::{parse_bytes, parse_duration_ms};
+
+    #[test]
+    fn sizes_take_binary_units_and_refuse_nonsense() {
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("512K"), Ok(512 << 10));
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("1000"), Ok(1000));
+        assert!(parse_bytes("5TB").unwrap_err().contains("KiB, MiB or GiB"));
+        assert!(parse_bytes("lots").is_err());
+    }
 
     #[test]
     fn durations_take_units_and_refuse_nonsense() {

@@ -125,7 +125,7 @@ struct Inner {
     clock: Clock,
     fleet: Fleet,
     mqtt: MqttHandle,
-    store: Option<CommandStore>,
+    store: Option<Arc<CommandStore>>,
     stats: Stats,
     tap_dropped: Arc<AtomicU64>,
     /// New timers or jobs: the driver looks again.
@@ -248,7 +248,7 @@ impl Commands {
         shards: usize,
     ) -> Result<Self, CommandError> {
         let store = match data_dir {
-            Some(dir) => Some(CommandStore::open(dir)?),
+            Some(dir) => Some(Arc::new(CommandStore::open(dir)?)),
             None => None,
         };
         let tap_dropped = Arc::new(AtomicU64::new(0));
@@ -432,8 +432,10 @@ impl Commands {
                 now,
                 &mut effects,
             )?;
-            core.commands[&id].view.clone()
+            (core.commands[&id].view.clone(), id)
         };
+        let (view, id) = view;
+        self.0.store_created(&[id], None, &mut effects).await?;
         self.0.wake.notify_one();
         self.0.run_effects(effects).await;
         Ok(view)
@@ -488,11 +490,15 @@ impl Commands {
                 batch_id.clone(),
                 Batch {
                     name: request.name.clone(),
-                    ids,
+                    ids: ids.clone(),
                 },
             );
-            batch_id
+            (batch_id, ids)
         };
+        let (batch_id, ids) = batch_id;
+        self.0
+            .store_created(&ids, Some(&batch_id), &mut effects)
+            .await?;
         self.0.wake.notify_one();
         self.0.run_effects(effects).await;
         self.batch(&batch_id)
@@ -910,6 +916,28 @@ fn message_of(v: &CommandView) -> CommandMessage {
 }
 
 impl Core {
+    /// Forgets a command that was just created and could not be stored:
+    /// it leaves no trace (its timers find nothing and do nothing).
+    fn take_back(&mut self, id: &Arc<str>) {
+        let Some(rec) = self.commands.remove(id) else {
+            return;
+        };
+        self.order.remove(&rec.seq);
+        let device = &rec.view.device;
+        if let Some(queue) = self.queues.get_mut(device) {
+            queue.retain(|q| q != id);
+            if queue.is_empty() {
+                self.queues.remove(device);
+            }
+        }
+        if let Some(inflight) = self.inflight.get_mut(device) {
+            inflight.retain(|q| q != id);
+            if inflight.is_empty() {
+                self.inflight.remove(device);
+            }
+        }
+    }
+
     fn schedule(&mut self, due: i64, timer: Timer) {
         self.timer_seq += 1;
         self.timers.push(Reverse((due, self.timer_seq, timer)));
@@ -1484,6 +1512,63 @@ impl Inner {
         }
     }
 
+    /// Stores new commands before anything about them leaves the engine
+    /// (no publish, no answer): their newest records among `effects` are
+    /// written now and taken out of the list. When the write fails the
+    /// commands are taken back, as if never submitted, the other effects
+    /// are dropped, and the error is returned; nothing half-done remains.
+    async fn store_created(
+        &self,
+        ids: &[Arc<str>],
+        batch: Option<&str>,
+        effects: &mut Vec<Effect>,
+    ) -> Result<(), CommandError> {
+        let Some(store) = self.store.clone() else {
+            return Ok(());
+        };
+        let wanted: std::collections::HashSet<&str> = ids.iter().map(|id| &**id).collect();
+        let mut records: HashMap<String, (u64, u64, Option<i64>, Box<CommandView>)> =
+            HashMap::with_capacity(ids.len());
+        let mut rest = Vec::with_capacity(effects.len());
+        for effect in effects.drain(..) {
+            match effect {
+                Effect::Persist {
+                    seq,
+                    version,
+                    deadline,
+                    view,
+                } if wanted.contains(view.id.as_str()) => {
+                    if records.get(&view.id).is_none_or(|r| version > r.1) {
+                        records.insert(view.id.clone(), (seq, version, deadline, view));
+                    }
+                }
+                other => rest.push(other),
+            }
+        }
+        *effects = rest;
+        let rows: Vec<_> = records.into_values().collect();
+        let written = crate::sqlite::blocking(move || store.put_all(&rows)).await;
+        let Err(error) = written else {
+            return Ok(());
+        };
+        self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(commands = ids.len(), %error, "could not store new commands; they were not submitted");
+        effects.clear();
+        {
+            let mut core = self.core.lock().unwrap();
+            for id in ids {
+                core.take_back(id);
+            }
+            if let Some(batch) = batch {
+                core.batches.remove(batch);
+            }
+        }
+        self.stats
+            .submitted
+            .fetch_sub(ids.len() as u64, Ordering::Relaxed);
+        Err(error.into())
+    }
+
     async fn run_effects(&self, effects: Vec<Effect>) {
         for effect in effects {
             match effect {
@@ -1522,19 +1607,26 @@ impl Inner {
                     deadline,
                     view,
                 } => {
-                    if let Some(store) = &self.store
-                        && let Err(error) = store.put(seq, version, deadline, &view)
-                    {
-                        self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
-                        crate::ratelimit::error_limited!(command = %view.id, %error, "could not store a command");
+                    if let Some(store) = self.store.clone() {
+                        let id = view.id.clone();
+                        let written = crate::sqlite::blocking(move || {
+                            store.put(seq, version, deadline, &view)
+                        })
+                        .await;
+                        if let Err(error) = written {
+                            self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+                            crate::ratelimit::error_limited!(command = %id, %error, "could not store a command");
+                        }
                     }
                 }
                 Effect::Forget(id) => {
-                    if let Some(store) = &self.store
-                        && let Err(error) = store.delete(&id)
-                    {
-                        self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
-                        crate::ratelimit::error_limited!(command = %id, %error, "could not forget a command");
+                    if let Some(store) = self.store.clone() {
+                        let key = id.clone();
+                        let removed = crate::sqlite::blocking(move || store.delete(&key)).await;
+                        if let Err(error) = removed {
+                            self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+                            crate::ratelimit::error_limited!(command = %id, %error, "could not forget a command");
+                        }
                     }
                 }
                 Effect::SetOnline { device, online } => {

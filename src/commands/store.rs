@@ -61,14 +61,20 @@ impl CommandStore {
         deadline: Option<i64>,
         view: &CommandView,
     ) -> Result<(), CommandStoreError> {
-        let body = serde_json::to_string(view).expect("a command serializes");
-        self.conn.lock().unwrap().execute(
-            "INSERT INTO commands (id, seq, version, deadline, body) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT(id) DO UPDATE SET version = excluded.version,
-                 deadline = excluded.deadline, body = excluded.body
-             WHERE excluded.version > commands.version",
-            params![view.id, seq as i64, version as i64, deadline, body],
-        )?;
+        put_on(&self.conn.lock().unwrap(), seq, version, deadline, view)
+    }
+
+    /// Writes new commands in one transaction: all or none.
+    pub fn put_all(
+        &self,
+        rows: &[(u64, u64, Option<i64>, Box<CommandView>)],
+    ) -> Result<(), CommandStoreError> {
+        let mut conn = self.conn.lock().unwrap();
+        let tx = conn.transaction()?;
+        for (seq, version, deadline, view) in rows {
+            put_on(&tx, *seq, *version, *deadline, view)?;
+        }
+        tx.commit()?;
         Ok(())
     }
 
@@ -108,4 +114,23 @@ impl CommandStore {
         }
         Ok(out)
     }
+}
+
+/// Writes one command unless a newer version of it is already there.
+fn put_on(
+    conn: &Connection,
+    seq: u64,
+    version: u64,
+    deadline: Option<i64>,
+    view: &CommandView,
+) -> Result<(), CommandStoreError> {
+    let body = serde_json::to_string(view).expect("a command serializes");
+    conn.prepare_cached(
+        "INSERT INTO commands (id, seq, version, deadline, body) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT(id) DO UPDATE SET version = excluded.version,
+             deadline = excluded.deadline, body = excluded.body
+         WHERE excluded.version > commands.version",
+    )?
+    .execute(params![view.id, seq as i64, version as i64, deadline, body])?;
+    Ok(())
 }

@@ -266,9 +266,7 @@ impl EdgeNodes {
         }
         if store && let Some(db) = &self.0.store {
             let (db, spec) = (db.clone(), spec.clone());
-            tokio::task::spawn_blocking(move || db.put(&spec, true))
-                .await
-                .expect("edge store task panicked")?;
+            crate::sqlite::blocking(move || db.put(&spec, true)).await?;
         }
         let (control, rx) = mpsc::channel(CONTROL_CAPACITY);
         let node = {
@@ -421,9 +419,7 @@ impl EdgeNodes {
         };
         if let Some(db) = &self.0.store {
             let (db, id) = (db.clone(), id.to_string());
-            tokio::task::spawn_blocking(move || db.set_uplink(&id, up))
-                .await
-                .expect("edge store task panicked")?;
+            crate::sqlite::blocking(move || db.set_uplink(&id, up)).await?;
         }
         let (tx, rx) = oneshot::channel();
         if control.send(Control::Uplink(up, tx)).await.is_ok() {
@@ -440,9 +436,7 @@ impl EdgeNodes {
         }
         if let Some(db) = &self.0.store {
             let (db, id) = (db.clone(), id.to_string());
-            tokio::task::spawn_blocking(move || db.remove(&id))
-                .await
-                .expect("edge store task panicked")?;
+            crate::sqlite::blocking(move || db.remove(&id)).await?;
         }
         self.0
             .nodes

@@ -217,9 +217,7 @@ impl Fleet {
         let at = self.0.clock.now_ms();
         let key = id.to_string();
         let fleet = self.clone();
-        tokio::task::spawn_blocking(move || fleet.0.store.set_reported(&key, &text, at))
-            .await
-            .expect("store task panicked")?;
+        crate::sqlite::blocking(move || fleet.0.store.set_reported(&key, &text, at)).await?;
         let state = Arc::new(state);
         entry.http.inner.lock().unwrap().reported = Some((state.clone(), at));
         Ok(ReportedState {

@@ -13,7 +13,7 @@ pub mod model;
 mod store;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 pub use http_link::{DEFAULT_HTTP_DEVICE_TIMEOUT_MS, LongPoll, ReportMode, ReportedState};
@@ -33,6 +33,9 @@ use store::Store;
 
 /// Most devices one bulk call creates.
 pub const MAX_BULK: u32 = 1_000_000;
+/// Most devices the fleet holds by default (`--max-devices`): about 1 KiB
+/// each in memory, so some 100 MiB at the cap.
+pub const DEFAULT_MAX_DEVICES: usize = 100_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
@@ -42,8 +45,25 @@ pub enum FleetError {
     Duplicate(String),
     #[error("{0}")]
     Invalid(String),
+    #[error(
+        "the fleet may hold at most {max} devices (--max-devices) and has {current}; this request would add {asked}; delete devices or start the server with a larger --max-devices"
+    )]
+    TooMany {
+        max: usize,
+        current: usize,
+        asked: usize,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Room reserved for devices being created; given back when dropped.
+struct Reservation(Arc<Inner>, usize);
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.0.reserved.fetch_sub(self.1, Ordering::AcqRel);
+    }
 }
 
 /// A device in memory: its record, secret, and live connectivity.
@@ -82,6 +102,11 @@ struct Inner {
     plugins: PluginHost,
     /// Silence, in simulated ms, after which an HTTP device is offline.
     http_timeout_ms: AtomicI64,
+    /// Most devices the fleet holds.
+    max_devices: AtomicUsize,
+    /// Devices being created now (stored, not yet in the map): counted
+    /// against `max_devices` so that concurrent creations cannot pass it.
+    reserved: AtomicUsize,
     /// Every connectivity change (the command engine delivers queued
     /// commands on `online`). A lagging listener is told how many it
     /// missed and rescans.
@@ -141,6 +166,8 @@ impl Fleet {
             mqtt,
             plugins,
             http_timeout_ms: AtomicI64::new(DEFAULT_HTTP_DEVICE_TIMEOUT_MS),
+            max_devices: AtomicUsize::new(DEFAULT_MAX_DEVICES),
+            reserved: AtomicUsize::new(0),
             presence: broadcast::channel(PRESENCE_EVENTS).0,
             membership: std::sync::OnceLock::new(),
         }));
@@ -351,6 +378,8 @@ impl Fleet {
                 request.count
             )));
         }
+        // Before anything is built: a bulk call over the cap costs nothing.
+        drop(self.reserve(request.count as usize)?);
         self.check_template(&request.template)?;
         let ids = expand_pattern(
             &request.id_pattern,
@@ -389,6 +418,7 @@ impl Fleet {
 
     /// Stores new devices (all or none), then brings them to life.
     async fn insert(&self, devices: Vec<Device>) -> Result<Vec<DeviceView>, FleetError> {
+        let _room = self.reserve(devices.len())?;
         {
             let map = self.0.devices.read().unwrap();
             if let Some(d) = devices.iter().find(|d| map.contains_key(&d.id)) {
@@ -403,7 +433,7 @@ impl Fleet {
             })
             .collect();
         let fleet = self.clone();
-        let rows = tokio::task::spawn_blocking(move || {
+        let rows = crate::sqlite::blocking(move || {
             let pairs: Vec<(Device, SecretHash)> = rows
                 .iter()
                 .map(|(d, h, _)| (d.clone(), h.clone()))
@@ -413,8 +443,7 @@ impl Fleet {
                 None => Ok(rows),
             }
         })
-        .await
-        .expect("store task panicked")?;
+        .await?;
         let mut views = Vec::with_capacity(rows.len());
         let mut streams = Vec::new();
         for (device, hash, secret) in rows {
@@ -471,6 +500,34 @@ impl Fleet {
 
     pub fn len(&self) -> usize {
         self.0.devices.read().unwrap().len()
+    }
+
+    /// Sets the most devices the fleet holds (`--max-devices`); devices
+    /// already there stay.
+    pub fn set_max_devices(&self, max: usize) {
+        self.0.max_devices.store(max, Ordering::Relaxed);
+    }
+
+    /// The cap on the fleet's size.
+    pub fn max_devices(&self) -> usize {
+        self.0.max_devices.load(Ordering::Relaxed)
+    }
+
+    /// Room for `n` more devices, held until the returned guard is dropped
+    /// (by then they are in the map, or were not created).
+    fn reserve(&self, n: usize) -> Result<Reservation, FleetError> {
+        let max = self.max_devices();
+        let reserved = self.0.reserved.fetch_add(n, Ordering::AcqRel) + n;
+        let current = self.len();
+        if current.saturating_add(reserved) > max {
+            self.0.reserved.fetch_sub(n, Ordering::AcqRel);
+            return Err(FleetError::TooMany {
+                max,
+                current,
+                asked: n,
+            });
+        }
+        Ok(Reservation(self.0.clone(), n))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -591,9 +648,7 @@ impl Fleet {
         d.updated_at = self.0.clock.now_ms();
         let stored = d.clone();
         let fleet = self.clone();
-        tokio::task::spawn_blocking(move || fleet.0.store.update(&stored))
-            .await
-            .expect("store task panicked")?;
+        crate::sqlite::blocking(move || fleet.0.store.update(&stored)).await?;
         let restream = old.state != d.state || old.sensors != d.sensors;
         let online_before = entry.presence.online_at(self.0.clock.now_ms());
         *entry.device.lock().unwrap() = Arc::new(d.clone());
@@ -621,9 +676,7 @@ impl Fleet {
         let entry = self.entry(id)?;
         let key = id.to_string();
         let fleet = self.clone();
-        tokio::task::spawn_blocking(move || fleet.0.store.delete(&key))
-            .await
-            .expect("store task panicked")?;
+        crate::sqlite::blocking(move || fleet.0.store.delete(&key)).await?;
         self.0.devices.write().unwrap().remove(id);
         self.membership_changed(id, None);
         self.0.telemetry.remove_device(id).await;
@@ -645,9 +698,7 @@ impl Fleet {
         let key = id.to_string();
         let stored = hash.clone();
         let fleet = self.clone();
-        tokio::task::spawn_blocking(move || fleet.0.store.set_secret(&key, &stored, at))
-            .await
-            .expect("store task panicked")?;
+        crate::sqlite::blocking(move || fleet.0.store.set_secret(&key, &stored, at)).await?;
         *entry.secret.lock().unwrap() = hash;
         Ok(Credentials {
             username: id.to_string(),

@@ -29,7 +29,7 @@ impl From<CommandError> for ApiError {
             CommandError::QueueFull { .. } => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue-full", e.to_string())
             }
-            CommandError::Store(_) => ApiError::internal(e),
+            CommandError::Store(_) => ApiError::storage(e),
         }
     }
 }

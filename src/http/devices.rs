@@ -16,8 +16,8 @@ impl From<FleetError> for ApiError {
         match e {
             FleetError::NotFound(_) => ApiError::not_found(e.to_string()),
             FleetError::Duplicate(_) => ApiError::conflict(e.to_string()),
-            FleetError::Invalid(_) => ApiError::invalid(e.to_string()),
-            FleetError::Store(_) => ApiError::internal(e),
+            FleetError::Invalid(_) | FleetError::TooMany { .. } => ApiError::invalid(e.to_string()),
+            FleetError::Store(_) => ApiError::storage(e),
         }
     }
 }

@@ -15,7 +15,7 @@ impl From<EdgeError> for ApiError {
             EdgeError::NotFound(_) => ApiError::not_found(e.to_string()),
             EdgeError::Duplicate(_) => ApiError::conflict(e.to_string()),
             EdgeError::Invalid(_) => ApiError::invalid(e.to_string()),
-            EdgeError::Store(_) => ApiError::internal(e),
+            EdgeError::Store(_) => ApiError::storage(e),
         }
     }
 }

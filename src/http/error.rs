@@ -86,6 +86,17 @@ impl ApiError {
         Self::bad_request(format!("the body could not be read: {error}"))
     }
 
+    /// A change that could not be stored under `--data-dir`, and so was not
+    /// made: 503, the store's own error logged, not sent.
+    pub fn storage(detail: impl std::fmt::Display) -> Self {
+        tracing::error!(%detail, "a change could not be stored; it was not made");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage-failed",
+            "the change could not be stored under --data-dir, so it was not made; the server log says why (a full or read-only disk?); retry once the storage is fixed",
+        )
+    }
+
     /// A server-side failure: the detail is logged, not sent.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         crate::ratelimit::error_limited!(%detail, "request failed");

@@ -26,7 +26,7 @@ impl From<StubError> for ApiError {
             StubError::Invalid(_) => ApiError::invalid(e.to_string()),
             StubError::Duplicate(_) => ApiError::conflict(e.to_string()),
             StubError::NotFound(_) => ApiError::not_found(e.to_string()),
-            StubError::Store(_) => ApiError::internal(e),
+            StubError::Store(_) => ApiError::storage(e),
         }
     }
 }

@@ -27,11 +27,27 @@ pub struct Health {
     /// The broker engine's counters (drops by reason, wills, refusals).
     pub mqtt_broker: crate::mqtt::BrokerCounters,
     /// The HTTP request journal (`GET /http/requests`, verify).
-    pub http_journal: crate::stubs::HttpJournalStats,
+    pub http_journal: crate::mqtt::JournalStats,
     /// Connections of the API listener.
     pub http_connections: super::ListenerCounters,
     /// Connections of the `--mock-http` listener, when there is one.
     pub mock_http_connections: Option<super::ListenerCounters>,
+    /// What clients can make the server hold, and what was refused.
+    pub limits: LimitsView,
+}
+
+/// The budgets not shown with their journals.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct LimitsView {
+    /// Devices in the fleet now.
+    pub devices: usize,
+    /// Most devices the fleet holds (`--max-devices`).
+    pub max_devices: usize,
+    /// Largest rendered stub response (`--max-stub-response-bytes`).
+    pub max_stub_response_bytes: usize,
+    /// Stub requests answered 413 because their response would have
+    /// rendered larger.
+    pub stub_responses_refused: u64,
 }
 
 /// Whether the server is up, where it listens, and its counters.
@@ -55,6 +71,12 @@ pub async fn health_show(State(state): State<AppState>) -> Json<Health> {
             .mock_connections
             .as_ref()
             .map(|s| s.counters(&state.limits.http)),
+        limits: LimitsView {
+            devices: state.fleet.len(),
+            max_devices: state.fleet.max_devices(),
+            max_stub_response_bytes: state.stubs.limits().max_response_bytes,
+            stub_responses_refused: state.stubs.oversized(),
+        },
     })
 }
 
@@ -294,10 +316,73 @@ pub async fn metrics_show(State(state): State<AppState>) -> impl IntoResponse {
     ] {
         counter(name, help, value);
     }
+    let http_journal = state.stubs.journal().stats();
     counter(
         "http_journal_evicted_total",
-        "HTTP requests evicted from the journal (raise --http-journal-capacity).",
-        state.stubs.journal().stats().evicted,
+        "HTTP requests evicted from the journal (raise --http-journal-capacity or --http-journal-max-bytes).",
+        http_journal.evicted,
+    );
+    counter(
+        "stub_responses_refused_total",
+        "Stub requests answered 413: the response would have rendered larger than --max-stub-response-bytes.",
+        state.stubs.oversized(),
+    );
+    counter(
+        "telemetry_journal_evicted_total",
+        "Readings evicted from the telemetry export journal.",
+        t.journal.evicted,
+    );
+    counter(
+        "telemetry_stream_missed_by_bytes_total",
+        "Readings live stream subscribers missed because all their queues together were at --stream-max-bytes.",
+        t.stream_missed_by_bytes,
+    );
+    let mut gauge = |name: &str, help: &str, value: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP iotmock_{name} {help}\n# TYPE iotmock_{name} gauge\niotmock_{name} {value}"
+        );
+    };
+    for (name, what, j) in [
+        ("mqtt_journal", "the MQTT message journal", mqtt.journal),
+        ("http_journal", "the HTTP request journal", http_journal),
+        (
+            "telemetry_journal",
+            "the telemetry export journal",
+            t.journal,
+        ),
+    ] {
+        gauge(
+            &format!("{name}_bytes"),
+            &format!("Bytes held by {what}."),
+            j.bytes as u64,
+        );
+        gauge(
+            &format!("{name}_max_bytes"),
+            &format!("Byte budget of {what}."),
+            j.max_bytes as u64,
+        );
+        gauge(
+            &format!("{name}_entries"),
+            &format!("Entries held by {what}."),
+            j.len as u64,
+        );
+    }
+    gauge(
+        "telemetry_stream_queued_bytes",
+        "Bytes queued for live telemetry stream subscribers, over all of them.",
+        t.stream_queued_bytes,
+    );
+    gauge(
+        "telemetry_stream_max_bytes",
+        "Byte budget of all live stream queues together.",
+        t.stream_max_bytes,
+    );
+    gauge("devices", "Devices in the fleet.", state.fleet.len() as u64);
+    gauge(
+        "max_devices",
+        "Most devices the fleet holds (--max-devices).",
+        state.fleet.max_devices() as u64,
     );
     let _ = writeln!(
         out,

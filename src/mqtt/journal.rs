@@ -1,19 +1,20 @@
-//! The message journal: a bounded ring of the most recent MQTT messages the
-//! broker accepted, from clients and from the server itself.
-//!
-//! Capacity is fixed at start; when full, the oldest entry is evicted and
-//! counted. Every entry gets a cursor (1, 2, 3, ...) that never repeats, so a
+//! The message journal: the most recent MQTT messages the broker accepted,
+//! from clients and from the server itself, in the shared journal ring
+//! ([`crate::journal`]): bounded by a count (`--journal-capacity`) and by
+//! bytes (`--journal-max-bytes`); the oldest are evicted and counted.
+//! Every entry gets a cursor (1, 2, 3, ...) that never repeats, so a
 //! reader can page with `since` and a verify call can wait for new entries
 //! (a `watch` channel carries the newest cursor; no polling).
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::Qos;
 use super::topics;
+pub use crate::journal::JournalStats;
+use crate::journal::Weigh;
 
 /// One message as the broker accepted it.
 #[derive(Debug, Clone)]
@@ -53,6 +54,15 @@ impl Origin {
     }
 }
 
+impl Weigh for Entry {
+    fn weight(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.topic.len()
+            + self.payload.len()
+            + self.client_id.as_ref().map_or(0, |c| c.len())
+    }
+}
+
 /// A page of entries.
 #[derive(Debug, Clone)]
 pub struct Page {
@@ -63,43 +73,15 @@ pub struct Page {
     pub evicted: u64,
 }
 
-#[derive(Debug, Clone, Copy, serde::Serialize, utoipa::ToSchema)]
-pub struct JournalStats {
-    pub capacity: usize,
-    pub len: usize,
-    pub evicted: u64,
-    /// The newest cursor handed out (0: none yet).
-    pub cursor: u64,
-}
-
-pub(crate) struct Journal {
-    capacity: usize,
-    // A std mutex: held for a push or a scan, never across an await.
-    ring: Mutex<Ring>,
-    newest: watch::Sender<u64>,
-}
-
-struct Ring {
-    entries: VecDeque<Entry>,
-    last_cursor: u64,
-    evicted: u64,
-}
+pub(crate) struct Journal(crate::journal::Journal<Entry>);
 
 impl Journal {
-    pub fn new(capacity: usize) -> Self {
-        Self {
-            capacity,
-            ring: Mutex::new(Ring {
-                // Grows on demand: a large capacity costs nothing until used.
-                entries: VecDeque::with_capacity(capacity.min(1024)),
-                last_cursor: 0,
-                evicted: 0,
-            }),
-            newest: watch::Sender::new(0),
-        }
+    pub fn new(capacity: usize, max_bytes: usize) -> Self {
+        Self(crate::journal::Journal::new(capacity, max_bytes))
     }
 
-    /// Appends a message; evicts (and counts) the oldest when full.
+    /// Appends a message; evicts (and counts) the oldest as the bounds
+    /// require.
     #[allow(clippy::too_many_arguments)]
     pub fn push(
         &self,
@@ -112,100 +94,63 @@ impl Journal {
         client_id: Option<Arc<str>>,
         origin: Origin,
     ) {
-        let cursor = {
-            let mut ring = self.ring.lock().unwrap();
-            ring.last_cursor += 1;
-            let cursor = ring.last_cursor;
-            if self.capacity == 0 {
-                ring.evicted += 1;
-            } else {
-                if ring.entries.len() == self.capacity {
-                    ring.entries.pop_front();
-                    ring.evicted += 1;
-                }
-                ring.entries.push_back(Entry {
-                    cursor,
-                    wall_ms,
-                    sim_ms,
-                    topic,
-                    payload,
-                    qos,
-                    retain,
-                    client_id,
-                    origin,
-                });
-            }
-            cursor
-        };
-        self.newest.send_replace(cursor);
+        // The journal keeps its own copy, sized exactly: a payload sliced
+        // from a larger receive buffer would keep the whole buffer alive,
+        // and the journal would hold more than its byte budget counts.
+        let payload = Bytes::copy_from_slice(&payload);
+        self.0.push_with(|cursor| Entry {
+            cursor,
+            wall_ms,
+            sim_ms,
+            topic,
+            payload,
+            qos,
+            retain,
+            client_id,
+            origin,
+        });
     }
 
     pub fn stats(&self) -> JournalStats {
-        let ring = self.ring.lock().unwrap();
-        JournalStats {
-            capacity: self.capacity,
-            len: ring.entries.len(),
-            evicted: ring.evicted,
-            cursor: ring.last_cursor,
-        }
+        self.0.stats()
     }
 
     /// Entries after `since` whose topic matches `filter` (all when `None`),
     /// at most `limit` of them.
     pub fn page(&self, filter: Option<&str>, since: u64, limit: usize) -> Page {
-        let ring = self.ring.lock().unwrap();
-        let mut items = Vec::new();
-        let mut next_cursor = since;
-        for entry in ring.entries.range(ring.start_index(since)..) {
-            if items.len() == limit {
-                break;
+        self.0.read(|ring| {
+            let mut items = Vec::new();
+            let mut next_cursor = since;
+            for (cursor, entry) in ring.after(since) {
+                if items.len() == limit {
+                    break;
+                }
+                next_cursor = cursor;
+                if filter.is_none_or(|f| topics::matches(f, &entry.topic)) {
+                    items.push(entry.clone());
+                }
             }
-            next_cursor = entry.cursor;
-            if filter.is_none_or(|f| topics::matches(f, &entry.topic)) {
-                items.push(entry.clone());
+            if items.len() < limit {
+                // Everything up to the newest was examined.
+                next_cursor = next_cursor.max(ring.last_cursor());
             }
-        }
-        if items.len() < limit {
-            // Everything up to the newest was examined.
-            next_cursor = next_cursor.max(ring.last_cursor);
-        }
-        Page {
-            items,
-            next_cursor,
-            evicted: ring.evicted,
-        }
+            Page {
+                items,
+                next_cursor,
+                evicted: ring.stats().evicted,
+            }
+        })
     }
 
     /// Calls `visit` on every entry after `since`; returns the newest cursor
     /// examined and whether entries after `since` had already been evicted.
-    pub fn scan(&self, since: u64, mut visit: impl FnMut(&Entry)) -> (u64, bool) {
-        let ring = self.ring.lock().unwrap();
-        let missed = ring
-            .entries
-            .front()
-            .map_or(ring.last_cursor > since, |e| e.cursor > since + 1);
-        for entry in ring.entries.range(ring.start_index(since)..) {
-            visit(entry);
-        }
-        (ring.last_cursor.max(since), missed)
+    pub fn scan(&self, since: u64, visit: impl FnMut(&Entry)) -> (u64, bool) {
+        self.0.scan(since, visit)
     }
 
     /// A receiver that changes whenever an entry is added.
     pub fn watch(&self) -> watch::Receiver<u64> {
-        self.newest.subscribe()
-    }
-}
-
-impl Ring {
-    /// Index of the first entry with a cursor above `since`.
-    fn start_index(&self, since: u64) -> usize {
-        match self.entries.front() {
-            // Cursors are contiguous in the ring.
-            Some(first) if since >= first.cursor => {
-                ((since - first.cursor + 1) as usize).min(self.entries.len())
-            }
-            _ => 0,
-        }
+        self.0.watch()
     }
 }
 
@@ -259,7 +204,7 @@ mod tests {
 
     #[test]
     fn evicts_oldest_and_counts() {
-        let j = Journal::new(3);
+        let j = Journal::new(3, 1 << 20);
         for i in 0..5 {
             push(&j, &format!("t/{i}"));
         }
@@ -272,8 +217,29 @@ mod tests {
     }
 
     #[test]
+    fn evicts_by_bytes_as_well() {
+        let entry_size = std::mem::size_of::<Entry>() + 3 + 1000;
+        let j = Journal::new(100, 3 * entry_size);
+        for i in 0..5 {
+            j.push(
+                0,
+                0,
+                format!("t/{i}").into(),
+                Bytes::from(vec![0; 1000]),
+                Qos::AtMostOnce,
+                false,
+                None,
+                Origin::Server,
+            );
+        }
+        let s = j.stats();
+        assert_eq!((s.len, s.evicted, s.evicted_by_bytes), (3, 2, 2));
+        assert_eq!(s.bytes, 3 * entry_size);
+    }
+
+    #[test]
     fn pages_with_filter_and_limit() {
-        let j = Journal::new(10);
+        let j = Journal::new(10, 1 << 20);
         for t in ["a/1", "b/1", "a/2", "a/3", "b/2"] {
             push(&j, t);
         }
@@ -286,5 +252,25 @@ mod tests {
         assert!(j.page(None, 5, 10).items.is_empty());
         let (last, missed) = j.scan(0, |_| {});
         assert_eq!((last, missed), (5, false));
+    }
+
+    #[test]
+    fn keeps_its_own_copy_of_a_payload() {
+        let j = Journal::new(10, 1 << 20);
+        let buffer = Bytes::from(vec![7u8; 4096]);
+        let payload = buffer.slice(..16);
+        j.push(
+            0,
+            0,
+            "t".into(),
+            payload,
+            Qos::AtMostOnce,
+            false,
+            None,
+            Origin::Server,
+        );
+        // The 4 KiB buffer is not kept alive by the 16 bytes journaled.
+        assert!(buffer.is_unique());
+        assert_eq!(j.page(None, 0, 10).items[0].payload.len(), 16);
     }
 }

@@ -57,6 +57,9 @@ pub const TOPIC_ALIAS_MAXIMUM: u16 = 64;
 
 /// Default capacity of the message journal.
 pub const DEFAULT_JOURNAL_CAPACITY: usize = 100_000;
+/// Default byte budget of the message journal (payloads, topics and
+/// bookkeeping).
+pub const DEFAULT_JOURNAL_MAX_BYTES: usize = 128 << 20;
 
 /// Default number of in-process QoS>0 or retained publishes held during an
 /// outage.
@@ -77,6 +80,8 @@ pub struct MqttConfig {
     /// Messages kept in the journal; beyond it the oldest is evicted and
     /// counted.
     pub journal_capacity: usize,
+    /// Bytes kept in the journal, with the same policy.
+    pub journal_max_bytes: usize,
     /// In-process publishes held while the broker is down on purpose.
     pub outage_buffer: usize,
     /// Where sessions, queues and retained messages are stored (SQLite,
@@ -96,6 +101,7 @@ impl std::fmt::Debug for MqttConfig {
             .field("max_queued_per_session", &self.max_queued_per_session)
             .field("max_inflight", &self.max_inflight)
             .field("journal_capacity", &self.journal_capacity)
+            .field("journal_max_bytes", &self.journal_max_bytes)
             .field("storage_dir", &self.storage_dir)
             .field("authorizer", &self.authorizer.is_some())
             .finish_non_exhaustive()
@@ -111,6 +117,7 @@ impl MqttConfig {
             max_inflight: 64,
             max_clients: 100_000,
             journal_capacity: DEFAULT_JOURNAL_CAPACITY,
+            journal_max_bytes: DEFAULT_JOURNAL_MAX_BYTES,
             outage_buffer: DEFAULT_OUTAGE_BUFFER,
             storage_dir: None,
             authorizer: None,
@@ -367,7 +374,7 @@ impl Broker {
             None => None,
         };
         let observed = Arc::new(Observed::new(
-            journal::Journal::new(config.journal_capacity),
+            journal::Journal::new(config.journal_capacity, config.journal_max_bytes),
             clock.clone(),
         ));
         let engine = Engine::new(

@@ -134,6 +134,10 @@ pub enum CallError {
         got: usize,
         expected: usize,
     },
+    #[error(
+        "plugin {name:?} is quarantined until {until} for running past its deadline again and again; see GET /api/v1/plugins, fix or replace it"
+    )]
+    Quarantined { name: String, until: String },
     #[error("the plugin host is shutting down")]
     ShuttingDown,
 }
@@ -141,7 +145,7 @@ pub enum CallError {
 impl CallError {
     /// Whether the failure means the plugin misbehaved (as opposed to a
     /// configuration it rejected as data).
-    fn is_fault(&self) -> bool {
+    pub(crate) fn is_fault(&self) -> bool {
         matches!(
             self,
             CallError::Timeout { .. }

@@ -2,11 +2,17 @@
 //! on a few OS threads fed from tokio through one bounded queue. Each worker
 //! keeps one live instance per plugin version it has run, so a plugin has
 //! at most one instance per worker, never one per device.
+//!
+//! Isolation: one plugin's calls may occupy all workers but one (each
+//! plugin has that many slots, taken before a call is queued), so a plugin
+//! that runs to its deadline on every call slows only itself; and one that
+//! keeps doing so is quarantined (see the registry), its calls refused
+//! before they reach the queue.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use wasmtime::{Store, Trap};
 
 use super::bindings::{command_handler, edge_rule, sensor, types};
@@ -24,6 +30,11 @@ type Job = Box<dyn FnOnce(&mut Worker) + Send>;
 pub(crate) struct Pool {
     registry: Arc<Registry>,
     jobs: mpsc::Sender<Job>,
+    /// Calls one plugin may have queued or running at once.
+    per_plugin: usize,
+    // A std mutex: held to find or make a plugin's semaphore, never across
+    // an await.
+    slots: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 enum Exports {
@@ -74,7 +85,22 @@ impl Pool {
                 })
                 .expect("spawn plugin worker thread");
         }
-        Self { registry, jobs: tx }
+        Self {
+            registry,
+            jobs: tx,
+            per_plugin: limits.workers.max(2) - 1,
+            slots: Mutex::default(),
+        }
+    }
+
+    fn slots_of(&self, name: &str) -> Arc<Semaphore> {
+        let mut slots = self.slots.lock().unwrap();
+        if let Some(s) = slots.get(name) {
+            return s.clone();
+        }
+        let s = Arc::new(Semaphore::new(self.per_plugin));
+        slots.insert(name.to_string(), s.clone());
+        s
     }
 
     fn lookup(&self, name: &str, world: World) -> Result<(Arc<Entry>, Arc<Version>), CallError> {
@@ -92,6 +118,10 @@ impl Pool {
                 expected: world,
             });
         }
+        if let Some(refused) = entry.refusal() {
+            entry.record_failure(&refused);
+            return Err(refused);
+        }
         Ok((entry, version))
     }
 
@@ -103,6 +133,11 @@ impl Pool {
         f: impl FnOnce(&mut Worker) -> R + Send + 'static,
         outcome: impl Fn(&R) -> Option<&CallError>,
     ) -> Result<R, CallError> {
+        let slots = self.slots_of(entry.name());
+        let _slot = slots
+            .acquire_owned()
+            .await
+            .map_err(|_| CallError::ShuttingDown)?;
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |worker| {
             let _ = tx.send(f(worker));
@@ -233,7 +268,7 @@ impl Pool {
 fn record(entry: &Entry, error: Option<&CallError>) {
     match error {
         None => entry.record_success(),
-        Some(e) => entry.record_failure(&e.to_string(), e.is_fault()),
+        Some(e) => entry.record_failure(e),
     }
 }
 

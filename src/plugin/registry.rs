@@ -16,13 +16,21 @@ use wasmtime::{Engine, EngineWeak};
 
 use super::bindings::{command_handler, edge_rule, sensor};
 use super::host::HostState;
-use super::{LoadError, valid_name};
+use super::{CallError, LoadError, valid_name};
 
 /// The WIT package version plugins are built against.
 pub(crate) const WIT_VERSION: &str = "0.1.0";
 
 /// How often the epoch advances; call deadlines are counted in these ticks.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// Deadline hits in a row that put a plugin in quarantine.
+pub const QUARANTINE_AFTER: u32 = 3;
+/// The first quarantine's length (wall time); each one that follows
+/// without a successful call in between lasts twice as long, up to
+/// [`QUARANTINE_MAX`].
+pub const QUARANTINE_FIRST: Duration = Duration::from_secs(1);
+pub const QUARANTINE_MAX: Duration = Duration::from_secs(60);
 
 /// The world a plugin implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -76,6 +84,10 @@ pub enum PluginStatus {
     Ok,
     /// Loaded, but its last call trapped, timed out or ran out of memory.
     Unhealthy,
+    /// It kept running past its deadline: calls are refused at once, without
+    /// reaching a worker, until `quarantined_until`; then one call is tried
+    /// again (see `quarantine_reason`).
+    Quarantined,
     /// Never loaded: every attempt failed (see `last_error`).
     Failed,
 }
@@ -99,6 +111,15 @@ pub struct PluginInfo {
     pub last_error_at: Option<String>,
     pub calls: u64,
     pub failures: u64,
+    /// While quarantined: when calls are tried again (wall time, RFC 3339).
+    pub quarantined_until: Option<String>,
+    /// Why the plugin was last quarantined.
+    pub quarantine_reason: Option<String>,
+    /// Quarantines since the start.
+    pub quarantines: u64,
+    /// Calls refused because the plugin was quarantined (not counted in
+    /// `calls`).
+    pub refused_calls: u64,
 }
 
 /// A plugin's compiled, linked form, ready to instantiate.
@@ -136,9 +157,23 @@ impl Version {
     }
 }
 
+/// A plugin taken out of service for a while.
+struct Quarantine {
+    until: std::time::Instant,
+    until_wall: String,
+}
+
 #[derive(Default)]
 struct Health {
     status_unhealthy: bool,
+    /// Deadline hits in a row.
+    timeouts_in_row: u32,
+    /// Quarantines since the last successful call: each doubles the next.
+    backoff_level: u32,
+    quarantine: Option<Quarantine>,
+    quarantine_reason: Option<String>,
+    quarantines: u64,
+    refused_calls: u64,
     last_error: Option<String>,
     last_error_at: Option<String>,
     failures: u64,
@@ -156,6 +191,10 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     pub fn current(&self) -> Option<Arc<Version>> {
         self.current.read().unwrap().clone()
     }
@@ -164,15 +203,63 @@ impl Entry {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let mut health = self.health.lock().unwrap();
         health.status_unhealthy = false;
+        health.timeouts_in_row = 0;
+        health.backoff_level = 0;
     }
 
-    pub fn record_failure(&self, error: &str, fault: bool) {
+    /// Records a failed call; the [`QUARANTINE_AFTER`]th deadline hit in a
+    /// row puts the plugin in quarantine.
+    pub fn record_failure(&self, error: &CallError) {
+        if matches!(error, CallError::Quarantined { .. }) {
+            self.health.lock().unwrap().refused_calls += 1;
+            return;
+        }
         self.calls.fetch_add(1, Ordering::Relaxed);
         let mut health = self.health.lock().unwrap();
         health.failures += 1;
-        health.status_unhealthy |= fault;
+        health.status_unhealthy |= error.is_fault();
         health.last_error = Some(error.to_string());
         health.last_error_at = Some(crate::clock::wall_rfc3339());
+        if !matches!(error, CallError::Timeout { .. }) {
+            health.timeouts_in_row = 0;
+            return;
+        }
+        health.timeouts_in_row += 1;
+        let now = std::time::Instant::now();
+        let active = health.quarantine.as_ref().is_some_and(|q| q.until > now);
+        if health.timeouts_in_row < QUARANTINE_AFTER || active {
+            return;
+        }
+        let backoff = QUARANTINE_FIRST
+            .saturating_mul(1 << health.backoff_level.min(16))
+            .min(QUARANTINE_MAX);
+        let until_wall =
+            crate::clock::rfc3339_ms(crate::clock::wall_ms() + backoff.as_millis() as i64);
+        let reason = format!(
+            "ran past its deadline {} times in a row (last: {error}); its calls are refused until {until_wall}, then one is tried again, and a failure doubles the wait (up to {} s)",
+            health.timeouts_in_row,
+            QUARANTINE_MAX.as_secs()
+        );
+        tracing::warn!(plugin = %self.name, until = %until_wall, backoff_ms = backoff.as_millis() as u64, "plugin quarantined: it keeps running past its deadline");
+        health.quarantine = Some(Quarantine {
+            until: now + backoff,
+            until_wall,
+        });
+        health.quarantine_reason = Some(reason);
+        health.quarantines += 1;
+        health.backoff_level += 1;
+        // Once released, the next deadline hit puts it back at once.
+        health.timeouts_in_row = QUARANTINE_AFTER - 1;
+    }
+
+    /// The refusal for a call made while the plugin is quarantined.
+    pub fn refusal(&self) -> Option<CallError> {
+        let health = self.health.lock().unwrap();
+        let q = health.quarantine.as_ref()?;
+        (q.until > std::time::Instant::now()).then(|| CallError::Quarantined {
+            name: self.name.clone(),
+            until: q.until_wall.clone(),
+        })
     }
 
     fn record_load_error(&self, error: &str, refused: (String, PluginSource)) {
@@ -185,8 +272,14 @@ impl Entry {
     fn info(&self) -> PluginInfo {
         let current = self.current();
         let health = self.health.lock().unwrap();
+        let quarantined_until = health
+            .quarantine
+            .as_ref()
+            .filter(|q| q.until > std::time::Instant::now())
+            .map(|q| q.until_wall.clone());
         let status = match (&current, health.status_unhealthy) {
             (None, _) => PluginStatus::Failed,
+            (Some(_), _) if quarantined_until.is_some() => PluginStatus::Quarantined,
             (Some(_), true) => PluginStatus::Unhealthy,
             (Some(_), false) => PluginStatus::Ok,
         };
@@ -203,6 +296,10 @@ impl Entry {
             last_error_at: health.last_error_at.clone(),
             calls: self.calls.load(Ordering::Relaxed),
             failures: health.failures,
+            quarantined_until,
+            quarantine_reason: health.quarantine_reason.clone(),
+            quarantines: health.quarantines,
+            refused_calls: health.refused_calls,
         }
     }
 }
@@ -338,9 +435,13 @@ impl Registry {
                 );
                 *entry.current.write().unwrap() = Some(version);
                 {
+                    // A new version starts with a clean record.
                     let mut health = entry.health.lock().unwrap();
                     health.status_unhealthy = false;
                     health.refused = None;
+                    health.timeouts_in_row = 0;
+                    health.backoff_level = 0;
+                    health.quarantine = None;
                 }
                 Ok(entry.info())
             }

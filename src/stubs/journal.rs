@@ -1,21 +1,26 @@
-//! The HTTP request journal: a bounded ring of the most recent requests to
-//! stubs and to the HTTP device API, with what was answered.
+//! The HTTP request journal: the most recent requests to stubs and to the
+//! HTTP device API, with what was answered, in the shared journal ring
+//! ([`crate::journal`]).
 //!
-//! Capacity is fixed at start (`--http-journal-capacity`); when full the
-//! oldest entry is evicted and counted. Cursors start at 1 and never
-//! repeat; a `watch` channel carries the newest so verify waits without
-//! polling. Bodies are kept up to [`MAX_BODY_KEPT`] bytes.
+//! Bounded by a count (`--http-journal-capacity`) and by bytes
+//! (`--http-journal-max-bytes`); the oldest entries are evicted and
+//! counted. Cursors start at 1 and never repeat; a `watch` channel carries
+//! the newest so verify waits without polling. Bodies are kept up to
+//! [`MAX_BODY_KEPT`] bytes.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 
+use crate::journal::JournalStats;
+
 /// Requests kept by default.
 pub const DEFAULT_HTTP_JOURNAL_CAPACITY: usize = 10_000;
+/// Bytes of requests kept by default.
+pub const DEFAULT_HTTP_JOURNAL_MAX_BYTES: usize = 64 << 20;
 /// Bytes of a request body kept in the journal; the rest is cut and
 /// `body_truncated` says so.
 pub const MAX_BODY_KEPT: usize = 64 << 10;
@@ -108,99 +113,60 @@ impl Serialize for HttpEntry {
     }
 }
 
-#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
-pub struct HttpJournalStats {
-    pub capacity: usize,
-    pub len: usize,
-    pub evicted: u64,
-    /// The newest cursor handed out (0: none yet).
-    pub cursor: u64,
+impl crate::journal::Weigh for HttpEntry {
+    fn weight(&self) -> usize {
+        let pairs = |v: &[(String, String)]| {
+            v.iter()
+                .map(|(k, v)| k.len() + v.len() + std::mem::size_of::<(String, String)>())
+                .sum::<usize>()
+        };
+        std::mem::size_of::<Self>()
+            + self.method.len()
+            + self.path.len()
+            + pairs(&self.query)
+            + pairs(&self.headers)
+            + self.body.len()
+            + self.device.as_ref().map_or(0, String::len)
+    }
 }
 
-pub struct HttpJournal {
-    capacity: usize,
-    // A std mutex: held for a push or a scan, never across an await.
-    ring: Mutex<Ring>,
-    newest: watch::Sender<u64>,
-}
-
-struct Ring {
-    entries: VecDeque<HttpEntry>,
-    last_cursor: u64,
-    evicted: u64,
-}
+pub struct HttpJournal(crate::journal::Journal<HttpEntry>);
 
 impl HttpJournal {
-    pub fn new(capacity: usize) -> Self {
-        Self {
-            capacity,
-            ring: Mutex::new(Ring {
-                entries: VecDeque::with_capacity(capacity.min(1024)),
-                last_cursor: 0,
-                evicted: 0,
-            }),
-            newest: watch::Sender::new(0),
-        }
+    pub fn new(capacity: usize, max_bytes: usize) -> Self {
+        Self(crate::journal::Journal::new(capacity, max_bytes))
     }
 
     /// Appends an entry (its cursor is assigned here); evicts and counts
-    /// the oldest when full. Returns the cursor.
+    /// the oldest as the bounds require. Returns the cursor.
     pub fn push(&self, mut entry: HttpEntry) -> u64 {
+        // A copy, not a slice: a slice would keep the whole request body
+        // (and a receive buffer it shares) alive, and the journal would
+        // hold far more than it counts.
         if entry.body.len() > MAX_BODY_KEPT {
-            entry.body = entry.body.slice(..MAX_BODY_KEPT);
+            entry.body = Bytes::copy_from_slice(&entry.body[..MAX_BODY_KEPT]);
             entry.body_truncated = true;
+        } else if !entry.body.is_empty() {
+            entry.body = Bytes::copy_from_slice(&entry.body);
         }
-        let cursor = {
-            let mut ring = self.ring.lock().unwrap();
-            ring.last_cursor += 1;
-            entry.cursor = ring.last_cursor;
-            if self.capacity == 0 {
-                ring.evicted += 1;
-            } else {
-                if ring.entries.len() == self.capacity {
-                    ring.entries.pop_front();
-                    ring.evicted += 1;
-                }
-                ring.entries.push_back(entry);
-            }
-            ring.last_cursor
-        };
-        self.newest.send_replace(cursor);
-        cursor
+        self.0.push_with(|cursor| {
+            entry.cursor = cursor;
+            entry
+        })
     }
 
-    pub fn stats(&self) -> HttpJournalStats {
-        let ring = self.ring.lock().unwrap();
-        HttpJournalStats {
-            capacity: self.capacity,
-            len: ring.entries.len(),
-            evicted: ring.evicted,
-            cursor: ring.last_cursor,
-        }
+    pub fn stats(&self) -> JournalStats {
+        self.0.stats()
     }
 
     /// Calls `visit` on every entry after `since`; returns the newest
     /// cursor examined and whether entries after `since` were evicted.
-    pub fn scan(&self, since: u64, mut visit: impl FnMut(&HttpEntry)) -> (u64, bool) {
-        let ring = self.ring.lock().unwrap();
-        let missed = ring
-            .entries
-            .front()
-            .map_or(ring.last_cursor > since, |e| e.cursor > since + 1);
-        let start = match ring.entries.front() {
-            Some(first) if since >= first.cursor => {
-                ((since - first.cursor + 1) as usize).min(ring.entries.len())
-            }
-            _ => 0,
-        };
-        for entry in ring.entries.range(start..) {
-            visit(entry);
-        }
-        (ring.last_cursor.max(since), missed)
+    pub fn scan(&self, since: u64, visit: impl FnMut(&HttpEntry)) -> (u64, bool) {
+        self.0.scan(since, visit)
     }
 
     pub fn watch(&self) -> watch::Receiver<u64> {
-        self.newest.subscribe()
+        self.0.watch()
     }
 }
 
@@ -229,7 +195,7 @@ mod tests {
 
     #[test]
     fn evicts_oldest_counts_and_cuts_bodies() {
-        let j = HttpJournal::new(2);
+        let j = HttpJournal::new(2, 1 << 20);
         for i in 0..3 {
             j.push(entry(&format!("/{i}")));
         }
@@ -241,5 +207,22 @@ mod tests {
         assert_eq!((last, missed), (3, true));
         let (_, missed) = j.scan(1, |_| {});
         assert!(!missed);
+    }
+
+    #[test]
+    fn keeps_its_own_copy_of_a_body_not_a_slice_of_it() {
+        let j = HttpJournal::new(10, 1 << 20);
+        let mut e = entry("/big");
+        let body = Bytes::from(vec![b'x'; 1 << 20]);
+        e.body = body.clone();
+        j.push(e);
+        let mut small = entry("/small");
+        let owned = Bytes::from(vec![b'y'; 10]);
+        small.body = owned.clone();
+        j.push(small);
+        // The journal holds none of the request's buffers.
+        assert!(body.is_unique());
+        assert!(owned.is_unique());
+        assert_eq!(j.stats().len, 2);
     }
 }

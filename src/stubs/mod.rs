@@ -25,7 +25,9 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::watch;
 
-pub use journal::{DEFAULT_HTTP_JOURNAL_CAPACITY, HttpEntry, HttpJournal, HttpJournalStats};
+pub use journal::{
+    DEFAULT_HTTP_JOURNAL_CAPACITY, DEFAULT_HTTP_JOURNAL_MAX_BYTES, HttpEntry, HttpJournal,
+};
 pub use matcher::{Matcher, Mismatch, PathPattern};
 pub use store::StubStoreError;
 pub use stub::{Stub, StubDef};
@@ -107,6 +109,10 @@ struct Shared {
     next: AtomicU64,
     seed: u64,
     journal: HttpJournal,
+    limits: StubLimits,
+    /// Requests answered 413 because their response would render larger
+    /// than `limits.max_response_bytes`.
+    oversized: AtomicU64,
     /// Set at shutdown: hanging stubs let go.
     closing: watch::Sender<bool>,
     /// API stubs, with `--data-dir`.
@@ -177,13 +183,39 @@ impl HttpVerifySpec {
     }
 }
 
+/// Default bound of one rendered stub response (body and headers).
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 8 << 20;
+
+/// How much a client can make the stubs hold.
+#[derive(Debug, Clone, Copy)]
+pub struct StubLimits {
+    /// Requests kept in the journal.
+    pub journal_capacity: usize,
+    /// Bytes kept in the journal.
+    pub journal_max_bytes: usize,
+    /// Largest rendered response (body and header values); a request whose
+    /// response would render larger is answered 413, measured before
+    /// anything is rendered.
+    pub max_response_bytes: usize,
+}
+
+impl Default for StubLimits {
+    fn default() -> Self {
+        Self {
+            journal_capacity: DEFAULT_HTTP_JOURNAL_CAPACITY,
+            journal_max_bytes: DEFAULT_HTTP_JOURNAL_MAX_BYTES,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+        }
+    }
+}
+
 impl Stubs {
     /// An empty registry; with `data_dir`, stubs made over the API are
     /// stored there (see [`restore`](Self::restore)).
     pub fn open(
         data_dir: Option<&std::path::Path>,
         seed: u64,
-        journal_capacity: usize,
+        limits: StubLimits,
     ) -> Result<Self, StubError> {
         let store = match data_dir {
             Some(dir) => Some(Arc::new(store::StubStore::open(dir)?)),
@@ -193,7 +225,9 @@ impl Stubs {
             stubs: RwLock::default(),
             next: AtomicU64::new(1),
             seed,
-            journal: HttpJournal::new(journal_capacity),
+            journal: HttpJournal::new(limits.journal_capacity, limits.journal_max_bytes),
+            limits,
+            oversized: AtomicU64::new(0),
             closing: watch::Sender::new(false),
             store,
         })))
@@ -207,9 +241,7 @@ impl Stubs {
         let stored = match &self.0.store {
             Some(store) => {
                 let store = store.clone();
-                tokio::task::spawn_blocking(move || store.load())
-                    .await
-                    .expect("stub store task panicked")?
+                crate::sqlite::blocking(move || store.load()).await?
             }
             None => Vec::new(),
         };
@@ -246,9 +278,7 @@ impl Stubs {
         if let (Some(store), Some(mut stored)) = (self.0.store.clone(), stored) {
             stored.id = Some(view.id.clone());
             let id = view.id.clone();
-            let saved = tokio::task::spawn_blocking(move || store.put(&id, order, &stored))
-                .await
-                .expect("stub store task panicked");
+            let saved = crate::sqlite::blocking(move || store.put(&id, order, &stored)).await;
             if let Err(error) = saved {
                 let _ = self.remove(&view.id);
                 return Err(error.into());
@@ -257,28 +287,26 @@ impl Stubs {
         Ok(view)
     }
 
-    /// Removes a stub, and its stored row.
+    /// Removes a stub's stored row, then the stub: when the row cannot be
+    /// removed the stub stays, as it would after a restart.
     pub async fn delete(&self, id: &str) -> Result<(), StubError> {
-        self.remove(id)?;
+        if self.stub(id).is_none() {
+            return Err(StubError::NotFound(id.to_string()));
+        }
         if let Some(store) = self.0.store.clone() {
             let id = id.to_string();
-            tokio::task::spawn_blocking(move || store.delete(&id))
-                .await
-                .expect("stub store task panicked")?;
+            crate::sqlite::blocking(move || store.delete(&id)).await?;
         }
-        Ok(())
+        self.remove(id)
     }
 
-    /// Removes every stub and every stored row; returns how many stubs
+    /// Removes every stored row, then every stub; returns how many stubs
     /// there were.
     pub async fn delete_all(&self) -> Result<usize, StubError> {
-        let n = self.clear();
         if let Some(store) = self.0.store.clone() {
-            tokio::task::spawn_blocking(move || store.clear())
-                .await
-                .expect("stub store task panicked")?;
+            crate::sqlite::blocking(move || store.clear()).await?;
         }
-        Ok(n)
+        Ok(self.clear())
     }
 
     fn stub(&self, id: &str) -> Option<Arc<Stub>> {
@@ -394,6 +422,20 @@ impl Stubs {
         &self.0.journal
     }
 
+    pub fn limits(&self) -> StubLimits {
+        self.0.limits
+    }
+
+    /// Requests refused because their response would have rendered larger
+    /// than the limit.
+    pub fn oversized(&self) -> u64 {
+        self.0.oversized.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_oversized(&self) {
+        self.0.oversized.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Journal entries after `since` that `filter` selects, at most
     /// `limit`; and the cursor to continue from.
     pub fn requests(
@@ -498,7 +540,15 @@ mod tests {
 
     #[test]
     fn generated_ids_skip_taken_ones_and_order_follows_priority() {
-        let stubs = Stubs::open(None, 0, 10).unwrap();
+        let stubs = Stubs::open(
+            None,
+            0,
+            StubLimits {
+                journal_capacity: 10,
+                ..StubLimits::default()
+            },
+        )
+        .unwrap();
         stubs
             .add(
                 def(serde_json::json!({"id":"stub-2","request":{"path":"/a"},"response":{}})),

@@ -245,6 +245,42 @@ pub async fn answer(
         Some(Fault::Reset | Fault::Hang) => None,
         _ => Some(response.status),
     };
+    let request_value = json!({
+        "method": facts.method.as_str(),
+        "path": facts.path,
+        "params": params,
+        "query": facts.query.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect::<Map<_, _>>(),
+        "headers": facts.headers.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect::<Map<_, _>>(),
+        "body": String::from_utf8_lossy(&facts.body),
+        "json": facts.json,
+    });
+    let device_value = device.as_ref().map(|(_, v)| v);
+    let context = |now_ms| Context {
+        request: &request_value,
+        device: device_value,
+        now_ms,
+        stub_id: &stub.id,
+        calls: chosen.call,
+    };
+    // Measured before anything is rendered: a template that repeats the
+    // request body must not be rendered to learn that it is too large.
+    let limit = stubs.limits().max_response_bytes;
+    if entry.status.is_some() && !fits(response, &context(clock.now_ms()), limit) {
+        stubs.count_oversized();
+        entry.status = Some(413);
+        entry.fault = None;
+        stubs.journal().push(entry);
+        tracing::debug!(stub = %stub.id, limit, "stub response over the size limit");
+        return problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "stub-response-too-large",
+            format!(
+                "stub {:?} would answer this request with more than {limit} bytes (body and headers as rendered from its template); send a smaller request body, change the template, or raise --max-stub-response-bytes",
+                stub.id
+            ),
+            None,
+        );
+    }
     stubs.journal().push(entry);
     tracing::debug!(stub = %stub.id, call = chosen.call, path = %facts.path, "stub answered");
 
@@ -267,23 +303,23 @@ pub async fn answer(
         _ => {}
     }
 
-    let request_value = json!({
-        "method": facts.method.as_str(),
-        "path": facts.path,
-        "params": params,
-        "query": facts.query.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect::<Map<_, _>>(),
-        "headers": facts.headers.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect::<Map<_, _>>(),
-        "body": String::from_utf8_lossy(&facts.body),
-        "json": facts.json,
-    });
-    let ctx = Context {
-        request: &request_value,
-        device: device.as_ref().map(|(_, v)| v),
-        now_ms: clock.now_ms(),
-        stub_id: &stub.id,
-        calls: chosen.call,
+    build(response, &context(clock.now_ms()))
+}
+
+/// Whether the response, rendered for this request, stays within `limit`
+/// bytes (body and header values).
+fn fits(response: &super::stub::ResponseDef, ctx: &Context<'_>, limit: usize) -> bool {
+    let mut budget = template::Budget::new(limit);
+    let body = match &response.body {
+        None => Ok(()),
+        Some(Value::String(text)) => template::measure(text, ctx, &mut budget),
+        Some(value) => template::measure_json(value, ctx, &mut budget),
     };
-    build(response, &ctx)
+    body.is_ok()
+        && response
+            .headers
+            .values()
+            .all(|value| template::measure(value, ctx, &mut budget).is_ok())
 }
 
 /// The declared response, rendered, with a `malformed` or `drip` fault

@@ -13,6 +13,8 @@
 //! exactly one placeholder becomes the value itself (a number stays a
 //! number; missing is null).
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 
 /// What a template can read.
@@ -120,54 +122,58 @@ fn walk<'v>(mut value: &'v Value, path: &mut std::str::Split<'_, char>) -> Optio
     Some(value)
 }
 
-/// The value a placeholder names.
-fn lookup(name: &str, ctx: &Context<'_>) -> Option<Value> {
+/// The value a placeholder names: borrowed from the request or device
+/// when it lives there (a large body is not copied to be looked at).
+fn lookup<'v>(name: &str, ctx: &Context<'v>) -> Option<Cow<'v, Value>> {
     let mut parts = name.split('.');
     match parts.next()? {
-        "now" => Some(Value::String(crate::clock::rfc3339_ms(ctx.now_ms))),
-        "now_ms" => Some(Value::from(ctx.now_ms)),
+        "now" => Some(Cow::Owned(Value::String(crate::clock::rfc3339_ms(
+            ctx.now_ms,
+        )))),
+        "now_ms" => Some(Cow::Owned(Value::from(ctx.now_ms))),
         "stub" => match parts.next()? {
-            "id" => Some(Value::String(ctx.stub_id.to_string())),
-            "calls" => Some(Value::from(ctx.calls)),
+            "id" => Some(Cow::Owned(Value::String(ctx.stub_id.to_string()))),
+            "calls" => Some(Cow::Owned(Value::from(ctx.calls))),
             _ => None,
         },
-        "device" => walk(ctx.device?, &mut parts).cloned(),
+        "device" => walk(ctx.device?, &mut parts).map(Cow::Borrowed),
         "request" => {
             let field = parts.next()?;
-            let request = ctx.request;
-            match field {
+            let request: &'v Value = ctx.request;
+            let found = match field {
                 "path" => match parts.next() {
-                    None => request.get("path").cloned(),
-                    Some(param) => request.get("params")?.get(param).cloned(),
+                    None => request.get("path"),
+                    Some(param) => request.get("params")?.get(param),
                 },
                 "body" => {
                     let mut rest = parts.clone();
                     if rest.next().is_none() {
-                        request.get("body").cloned()
+                        request.get("body")
                     } else {
-                        walk(request.get("json")?, &mut parts).cloned()
+                        walk(request.get("json")?, &mut parts)
                     }
                 }
                 "headers" => {
                     let name = parts.collect::<Vec<_>>().join(".").to_ascii_lowercase();
-                    request.get("headers")?.get(name).cloned()
+                    request.get("headers")?.get(name)
                 }
                 "query" => {
                     let name = parts.collect::<Vec<_>>().join(".");
-                    request.get("query")?.get(name).cloned()
+                    request.get("query")?.get(name)
                 }
-                other => request.get(other).cloned(),
-            }
+                other => request.get(other),
+            };
+            found.map(Cow::Borrowed)
         }
         _ => None,
     }
 }
 
-fn as_text(value: &Value) -> String {
+fn push_text(out: &mut String, value: &Value) {
     match value {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
+        Value::String(s) => out.push_str(s),
+        Value::Null => {}
+        other => out.push_str(&other.to_string()),
     }
 }
 
@@ -182,7 +188,7 @@ pub fn render(text: &str, ctx: &Context<'_>) -> String {
             Piece::Text(t) => out.push_str(t),
             Piece::Var(name) => {
                 if let Some(v) = lookup(name, ctx) {
-                    out.push_str(&as_text(&v));
+                    push_text(&mut out, &v);
                 }
             }
             Piece::Unclosed => {}
@@ -197,7 +203,7 @@ pub fn render_json(value: &Value, ctx: &Context<'_>) -> Value {
         Value::String(s) => {
             let p = pieces(s);
             if let [Piece::Var(name)] = p.as_slice() {
-                return lookup(name, ctx).unwrap_or(Value::Null);
+                return lookup(name, ctx).map_or(Value::Null, Cow::into_owned);
             }
             Value::String(render(s, ctx))
         }
@@ -208,6 +214,134 @@ pub fn render_json(value: &Value, ctx: &Context<'_>) -> Value {
                 .collect::<Map<_, _>>(),
         ),
         other => other.clone(),
+    }
+}
+
+/// A rendered response would pass its byte budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooLarge;
+
+/// Bytes a rendering may still produce. Measuring takes from it and stops
+/// at the first piece that does not fit, so measuring costs at most the
+/// budget (plus the template), never what the rendering would have cost.
+#[derive(Debug)]
+pub struct Budget(usize);
+
+impl Budget {
+    pub fn new(bytes: usize) -> Self {
+        Self(bytes)
+    }
+
+    fn take(&mut self, n: usize) -> Result<(), TooLarge> {
+        self.0 = self.0.checked_sub(n).ok_or(TooLarge)?;
+        Ok(())
+    }
+}
+
+/// Counts serialized bytes against a budget, failing once it is spent.
+struct Counter<'b>(&'b mut Budget);
+
+impl std::io::Write for Counter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .take(buf.len())
+            .map_err(|_| std::io::Error::other("over budget"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn take_json(value: &Value, budget: &mut Budget) -> Result<(), TooLarge> {
+    serde_json::to_writer(Counter(budget), value).map_err(|_| TooLarge)
+}
+
+/// Takes what `push_text` would write.
+fn take_text(value: &Value, budget: &mut Budget) -> Result<(), TooLarge> {
+    match value {
+        Value::String(s) => budget.take(s.len()),
+        Value::Null => Ok(()),
+        other => take_json(other, budget),
+    }
+}
+
+/// Takes `s` as it appears inside a JSON string literal (escapes counted).
+/// Its plain length is taken first, so a string larger than what is left
+/// is refused without being scanned.
+fn take_escaped(s: &str, budget: &mut Budget) -> Result<(), TooLarge> {
+    budget.take(s.len())?;
+    let extra = s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 1,
+            0..=0x1f => 5,
+            _ => 0,
+        })
+        .sum();
+    budget.take(extra)
+}
+
+/// Takes from `budget` the bytes [`render`] would produce, without
+/// rendering.
+pub fn measure(text: &str, ctx: &Context<'_>, budget: &mut Budget) -> Result<(), TooLarge> {
+    if !text.contains("{{") {
+        return budget.take(text.len());
+    }
+    for piece in pieces(text) {
+        match piece {
+            Piece::Text(t) => budget.take(t.len())?,
+            Piece::Var(name) => {
+                if let Some(v) = lookup(name, ctx) {
+                    take_text(&v, budget)?;
+                }
+            }
+            Piece::Unclosed => {}
+        }
+    }
+    Ok(())
+}
+
+/// Takes from `budget` the bytes the JSON text of [`render_json`] would
+/// have, without rendering.
+pub fn measure_json(value: &Value, ctx: &Context<'_>, budget: &mut Budget) -> Result<(), TooLarge> {
+    match value {
+        Value::String(s) => {
+            let p = pieces(s);
+            if let [Piece::Var(name)] = p.as_slice() {
+                return match lookup(name, ctx) {
+                    Some(v) => take_json(&v, budget),
+                    None => budget.take(4),
+                };
+            }
+            budget.take(2)?;
+            for piece in p {
+                match piece {
+                    Piece::Text(t) => take_escaped(t, budget)?,
+                    Piece::Var(name) => match lookup(name, ctx).as_deref() {
+                        Some(Value::String(v)) => take_escaped(v, budget)?,
+                        Some(Value::Null) | None => {}
+                        Some(other) => take_json(other, budget)?,
+                    },
+                    Piece::Unclosed => {}
+                }
+            }
+            Ok(())
+        }
+        Value::Array(items) => {
+            budget.take(2 + items.len().saturating_sub(1))?;
+            items.iter().try_for_each(|v| measure_json(v, ctx, budget))
+        }
+        Value::Object(map) => {
+            budget.take(2 + map.len().saturating_sub(1))?;
+            map.iter().try_for_each(|(k, v)| {
+                budget.take(3)?;
+                take_escaped(k, budget)?;
+                measure_json(v, ctx, budget)
+            })
+        }
+        other => take_json(other, budget),
     }
 }
 
@@ -249,5 +383,40 @@ mod tests {
         assert!(check("b", "{{reqest.path}}").is_err());
         assert!(check("b", "{{now").is_err());
         assert!(check("b", "{{request.query}}").is_err());
+    }
+
+    #[test]
+    fn measuring_matches_rendering_and_stops_at_the_budget() {
+        let request = json!({
+            "method": "POST", "path": "/p", "body": "a\"b\u{1}c", "json": {"k": [1, "x"]},
+            "query": {}, "headers": {}, "params": {}
+        });
+        let ctx = Context {
+            request: &request,
+            device: None,
+            now_ms: 0,
+            stub_id: "s",
+            calls: 1,
+        };
+        let text = "[{{request.body}}] {{request.body.k}} {{stub.calls}}";
+        let rendered = render(text, &ctx);
+        let mut exact = Budget::new(rendered.len());
+        assert_eq!(measure(text, &ctx, &mut exact), Ok(()));
+        assert_eq!(
+            measure(text, &ctx, &mut Budget::new(rendered.len() - 1)),
+            Err(TooLarge)
+        );
+        let template = json!({"b": "<{{request.body}}>", "k": "{{request.body.k}}", "n": null, "m": "{{nope.x}}", "l": [1, "{{now_ms}}"]});
+        let rendered = render_json(&template, &ctx).to_string();
+        let mut exact = Budget::new(rendered.len());
+        assert_eq!(
+            measure_json(&template, &ctx, &mut exact),
+            Ok(()),
+            "{rendered}"
+        );
+        assert_eq!(
+            measure_json(&template, &ctx, &mut Budget::new(rendered.len() - 1)),
+            Err(TooLarge)
+        );
     }
 }

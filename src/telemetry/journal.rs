@@ -1,30 +1,31 @@
 //! The telemetry journal: the most recent published readings, and the
-//! records of dropouts, bounded, for export. When full the oldest entry is
-//! evicted and counted.
-
-use std::collections::VecDeque;
+//! records of dropouts, for export and for resuming live streams, in the
+//! shared journal ring ([`crate::journal`]): bounded by a count
+//! (`--telemetry-journal-capacity`) and by bytes
+//! (`--telemetry-journal-max-bytes`); the oldest are evicted and counted.
+//! Sequence numbers are the ring's cursors.
 
 use super::Reading;
+use crate::journal::{JournalStats, Ring, Weigh};
 
-/// Readings kept for export.
+/// Readings kept for export by default.
 pub const JOURNAL_CAPACITY: usize = 100_000;
+/// Bytes of readings kept by default.
+pub const JOURNAL_MAX_BYTES: usize = 64 << 20;
+
+impl Weigh for Reading {
+    fn weight(&self) -> usize {
+        // Device, sensor and unit are shared with the stream, not copied.
+        std::mem::size_of::<Self>() + self.anomaly.as_ref().map_or(0, String::len)
+    }
+}
 
 #[derive(Debug)]
-pub struct Journal {
-    entries: VecDeque<(u64, Reading)>,
-    capacity: usize,
-    next: u64,
-    pub evicted: u64,
-}
+pub struct Journal(Ring<Reading>);
 
 impl Default for Journal {
     fn default() -> Self {
-        Self {
-            entries: VecDeque::new(),
-            capacity: JOURNAL_CAPACITY,
-            next: 1,
-            evicted: 0,
-        }
+        Self::new(JOURNAL_CAPACITY, JOURNAL_MAX_BYTES)
     }
 }
 
@@ -60,48 +61,41 @@ pub struct Replay {
 }
 
 impl Journal {
-    /// Keeps a reading; answers its sequence number (1, 2, ...) and the
-    /// reading as kept.
-    pub fn push(&mut self, reading: Reading) -> (u64, &Reading) {
-        if self.entries.len() >= self.capacity {
-            self.entries.pop_front();
-            self.evicted += 1;
-        }
-        let seq = self.next;
-        self.entries.push_back((seq, reading));
-        self.next += 1;
-        let (_, kept) = self.entries.back().expect("just pushed");
-        (seq, kept)
+    pub fn new(capacity: usize, max_bytes: usize) -> Self {
+        Self(Ring::new(capacity, max_bytes))
+    }
+
+    /// Keeps a reading (unless it is larger than the whole budget);
+    /// answers its sequence number (1, 2, ...).
+    pub fn push(&mut self, reading: Reading) -> u64 {
+        self.0.push_with(|_| reading).0
+    }
+
+    /// The sequence number the next reading will get.
+    pub fn next_seq(&self) -> u64 {
+        self.0.last_cursor() + 1
     }
 
     /// The readings `wants` picks after sequence number `after`.
     pub fn replay(&self, after: u64, wants: impl Fn(&Reading) -> bool) -> Replay {
         // A cursor from an earlier run: everything kept is new to it.
-        let earlier_run = after >= self.next;
+        let newest = self.0.last_cursor();
+        let earlier_run = after > newest;
         let after = if earlier_run { 0 } else { after };
-        let first = self.entries.front().map_or(self.next, |(seq, _)| *seq);
         Replay {
             items: self
-                .entries
-                .iter()
-                .filter(|(seq, r)| *seq > after && wants(r))
-                .cloned()
+                .0
+                .after(after)
+                .filter(|(_, r)| wants(r))
+                .map(|(seq, r)| (seq, r.clone()))
                 .collect(),
-            gap: earlier_run || first > after + 1,
-            upto: self.next - 1,
+            gap: earlier_run || self.0.missed_after(after),
+            upto: newest,
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    pub fn capacity(&self) -> usize {
-        self.capacity
+    pub fn stats(&self) -> JournalStats {
+        self.0.stats()
     }
 
     /// Matching readings in publishing order, and the cursor of the last one
@@ -109,9 +103,8 @@ impl Journal {
     pub fn export(&self, f: &ExportFilter) -> (Vec<Reading>, Option<u64>) {
         let mut out = Vec::new();
         let mut last = 0;
-        for (seq, r) in &self.entries {
-            if f.cursor.is_some_and(|c| *seq <= c)
-                || (!f.dropouts && r.is_dropout())
+        for (seq, r) in self.0.after(f.cursor.unwrap_or(0)) {
+            if (!f.dropouts && r.is_dropout())
                 || f.device.as_deref().is_some_and(|d| d != &*r.device)
                 || f.sensor.as_deref().is_some_and(|s| s != &*r.sensor)
                 || f.since.is_some_and(|t| r.ts < t)
@@ -123,7 +116,7 @@ impl Journal {
                 return (out, Some(last));
             }
             out.push(r.clone());
-            last = *seq;
+            last = seq;
         }
         (out, None)
     }
@@ -137,15 +130,10 @@ mod tests {
 
     #[test]
     fn replay_answers_what_follows_a_cursor_and_says_when_some_is_gone() {
-        let mut journal = Journal {
-            capacity: 4,
-            ..Journal::default()
-        };
+        let mut journal = Journal::new(4, 1 << 20);
         for ts in 1..=6 {
             assert_eq!(
-                journal
-                    .push(reading(if ts % 2 == 0 { "a" } else { "b" }, ts))
-                    .0,
+                journal.push(reading(if ts % 2 == 0 { "a" } else { "b" }, ts)),
                 ts as u64
             );
         }

@@ -5,7 +5,11 @@
 //! subscriber's queue is full the new reading is dropped for that subscriber
 //! only, counted, and a marker takes its place in the queue, so the
 //! subscriber learns exactly where and how many readings it missed. The
-//! scheduler never waits for a subscriber.
+//! queues of all subscribers together also share one byte budget
+//! (`--stream-max-bytes`): when it is spent, readings are dropped and
+//! marked the same way, so subscribers that never read cannot make the
+//! server hold more than the budget however many there are and whatever
+//! `queue` they ask for. The scheduler never waits for a subscriber.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -19,6 +23,13 @@ use super::Reading;
 pub const DEFAULT_QUEUE: usize = 10_000;
 /// The largest queue a subscriber may ask for.
 pub const MAX_QUEUE: usize = 100_000;
+/// Bytes all subscribers' queues may hold together, by default.
+pub const DEFAULT_STREAM_MAX_BYTES: usize = 64 << 20;
+
+/// What a queued reading costs the budget.
+fn weight(reading: &Reading) -> usize {
+    std::mem::size_of::<LiveItem>() + reading.anomaly.as_ref().map_or(0, String::len)
+}
 
 /// What a subscriber wants.
 #[derive(Debug, Clone, Default)]
@@ -55,6 +66,8 @@ struct Queue {
     items: VecDeque<LiveItem>,
     /// Readings in `items` (markers do not count against the capacity).
     readings: usize,
+    /// Their weight, taken from the hub's budget.
+    bytes: usize,
 }
 
 struct Subscriber {
@@ -66,7 +79,6 @@ struct Subscriber {
 }
 
 /// Every live subscriber; shared by the scheduler and the HTTP handlers.
-#[derive(Default)]
 pub struct Hub {
     // A std lock: held to push one reading or to add or remove a
     // subscriber, never across an await.
@@ -75,6 +87,17 @@ pub struct Hub {
     count: AtomicUsize,
     /// Readings dropped for slow subscribers, over all of them.
     pub missed: AtomicU64,
+    /// Of `missed`, those dropped because the shared byte budget was spent.
+    pub missed_by_bytes: AtomicU64,
+    /// Bytes queued now, over all subscribers.
+    bytes: AtomicUsize,
+    max_bytes: usize,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new(DEFAULT_STREAM_MAX_BYTES)
+    }
 }
 
 impl std::fmt::Debug for Hub {
@@ -87,6 +110,31 @@ impl std::fmt::Debug for Hub {
 }
 
 impl Hub {
+    pub fn new(max_bytes: usize) -> Self {
+        Self {
+            subscribers: RwLock::default(),
+            count: AtomicUsize::new(0),
+            missed: AtomicU64::new(0),
+            missed_by_bytes: AtomicU64::new(0),
+            bytes: AtomicUsize::new(0),
+            max_bytes,
+        }
+    }
+
+    /// Bytes queued now over all subscribers, and the budget.
+    pub fn bytes(&self) -> (usize, usize) {
+        (self.bytes.load(Ordering::Relaxed), self.max_bytes)
+    }
+
+    /// Takes `n` bytes from the shared budget, if they are there.
+    fn reserve(&self, n: usize) -> bool {
+        self.bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                (b + n <= self.max_bytes).then_some(b + n)
+            })
+            .is_ok()
+    }
+
     /// Hands a reading (or a dropout record), with its journal sequence
     /// number, to every subscriber that wants it.
     pub fn offer(&self, seq: u64, reading: &Reading) {
@@ -98,10 +146,16 @@ impl Hub {
                 continue;
             }
             let mut q = sub.queue.lock().unwrap();
-            if q.readings < sub.capacity {
+            let w = weight(reading);
+            let room = q.readings < sub.capacity;
+            if room && self.reserve(w) {
                 q.items.push_back(LiveItem::Reading(seq, reading.clone()));
                 q.readings += 1;
+                q.bytes += w;
             } else {
+                if room {
+                    self.missed_by_bytes.fetch_add(1, Ordering::Relaxed);
+                }
                 match q.items.back_mut() {
                     Some(LiveItem::Missed(n)) => *n += 1,
                     _ => q.items.push_back(LiveItem::Missed(1)),
@@ -126,6 +180,7 @@ impl Hub {
             queue: Mutex::new(Queue {
                 items: VecDeque::new(),
                 readings: 0,
+                bytes: 0,
             }),
             notify: Notify::new(),
             missed: AtomicU64::new(0),
@@ -155,10 +210,16 @@ impl LiveSubscription {
                 if !q.items.is_empty() {
                     let n = max.min(q.items.len());
                     let batch: Vec<LiveItem> = q.items.drain(..n).collect();
-                    q.readings -= batch
-                        .iter()
-                        .filter(|i| matches!(i, LiveItem::Reading(..)))
-                        .count();
+                    let (mut readings, mut bytes) = (0, 0);
+                    for item in &batch {
+                        if let LiveItem::Reading(_, r) = item {
+                            readings += 1;
+                            bytes += weight(r);
+                        }
+                    }
+                    q.readings -= readings;
+                    q.bytes -= bytes;
+                    self.hub.bytes.fetch_sub(bytes, Ordering::Relaxed);
                     return batch;
                 }
             }
@@ -174,11 +235,19 @@ impl LiveSubscription {
 
 impl Drop for LiveSubscription {
     fn drop(&mut self) {
-        let mut subs = self.hub.subscribers.write().unwrap();
-        if let Some(i) = subs.iter().position(|s| Arc::ptr_eq(s, &self.sub)) {
-            subs.swap_remove(i);
-            self.hub.count.fetch_sub(1, Ordering::Relaxed);
+        {
+            let mut subs = self.hub.subscribers.write().unwrap();
+            if let Some(i) = subs.iter().position(|s| Arc::ptr_eq(s, &self.sub)) {
+                subs.swap_remove(i);
+                self.hub.count.fetch_sub(1, Ordering::Relaxed);
+            }
         }
+        // No longer offered anything: what it still queues goes back to
+        // the budget.
+        let mut q = self.sub.queue.lock().unwrap();
+        self.hub.bytes.fetch_sub(q.bytes, Ordering::Relaxed);
+        q.bytes = 0;
+        q.items.clear();
     }
 }
 
@@ -213,6 +282,29 @@ mod tests {
         assert_eq!(hub.missed.load(Ordering::Relaxed), 3);
         drop(sub);
         assert_eq!(hub.subscribers(), 0);
+    }
+
+    #[tokio::test]
+    async fn subscribers_share_one_byte_budget() {
+        let one = weight(&reading("a", 0));
+        let hub = Arc::new(Hub::new(3 * one));
+        let a = hub.subscribe(LiveFilter::default(), 100);
+        let b = hub.subscribe(LiveFilter::default(), 100);
+        hub.offer(1, &reading("a", 1));
+        hub.offer(2, &reading("a", 2));
+        // a and b hold two each would be four: b gets only one.
+        assert_eq!(hub.bytes(), (3 * one, 3 * one));
+        assert_eq!(hub.missed_by_bytes.load(Ordering::Relaxed), 1);
+        assert_eq!(a.next_batch(10).await.len(), 2);
+        assert_eq!(
+            b.next_batch(10).await,
+            vec![LiveItem::Reading(1, reading("a", 1)), LiveItem::Missed(1)]
+        );
+        assert_eq!(hub.bytes().0, 0);
+        hub.offer(3, &reading("a", 3));
+        drop(a);
+        drop(b);
+        assert_eq!(hub.bytes().0, 0);
     }
 
     #[tokio::test]

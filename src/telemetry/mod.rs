@@ -19,8 +19,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
-pub use journal::{ExportFilter, JOURNAL_CAPACITY};
-pub use live::{DEFAULT_QUEUE, LiveFilter, LiveItem, LiveSubscription, MAX_QUEUE};
+pub use journal::{ExportFilter, JOURNAL_CAPACITY, JOURNAL_MAX_BYTES};
+pub use live::{
+    DEFAULT_QUEUE, DEFAULT_STREAM_MAX_BYTES, LiveFilter, LiveItem, LiveSubscription, MAX_QUEUE,
+};
 pub use presence::Presence;
 pub use reading::Reading;
 pub use scheduler::{
@@ -33,6 +35,27 @@ use crate::plugin::PluginHost;
 
 /// Control messages waiting for the scheduler; senders wait when full.
 const CONTROL_CAPACITY: usize = 1024;
+
+/// How much telemetry may hold for readers.
+#[derive(Debug, Clone, Copy)]
+pub struct TelemetryLimits {
+    /// Readings kept in the export journal.
+    pub journal_capacity: usize,
+    /// Bytes kept in the export journal.
+    pub journal_max_bytes: usize,
+    /// Bytes all live stream subscribers' queues may hold together.
+    pub stream_max_bytes: usize,
+}
+
+impl Default for TelemetryLimits {
+    fn default() -> Self {
+        Self {
+            journal_capacity: JOURNAL_CAPACITY,
+            journal_max_bytes: JOURNAL_MAX_BYTES,
+            stream_max_bytes: DEFAULT_STREAM_MAX_BYTES,
+        }
+    }
+}
 
 /// Counters visible in the API. Every reading that was due and not
 /// published is counted under one of the `*_failed` / `dropouts` fields.
@@ -68,8 +91,8 @@ impl TelemetryStats {
     /// journal lock, so subscribers see sequence numbers in order.
     pub fn keep(&self, reading: Reading) {
         let mut journal = self.journal.lock().unwrap();
-        let (seq, kept) = journal.push(reading);
-        self.live.offer(seq, kept);
+        self.live.offer(journal.next_seq(), &reading);
+        journal.push(reading);
     }
 
     /// A reading went out on MQTT: counted, shown to the edge nodes, kept.
@@ -104,11 +127,22 @@ pub struct TelemetryCounters {
     /// Readings live stream subscribers missed because they fell behind
     /// (each was told how many, where).
     pub stream_missed: u64,
+    /// Readings live stream subscribers missed because the queues of all
+    /// subscribers together had spent their byte budget (part of
+    /// `stream_missed`).
+    pub stream_missed_by_bytes: u64,
+    /// Bytes queued for live stream subscribers now, over all of them.
+    pub stream_queued_bytes: u64,
+    /// The byte budget of all live stream queues together
+    /// (`--stream-max-bytes`).
+    pub stream_max_bytes: u64,
     /// Entries (readings and dropout records) in the export journal now, its capacity, and how many it
     /// has evicted.
     pub journal_len: u64,
     pub journal_capacity: u64,
     pub journal_evicted: u64,
+    /// The export journal's bounds and counters, bytes included.
+    pub journal: crate::journal::JournalStats,
     /// Simulated time up to which every due reading has been produced.
     pub produced_until: i64,
 }
@@ -134,9 +168,22 @@ pub struct Telemetry {
 
 impl Telemetry {
     /// Starts the scheduler task; it ends when every handle is dropped.
-    pub fn start(clock: Clock, plugins: PluginHost, mqtt: MqttHandle, seed: u64) -> Self {
+    pub fn start(
+        clock: Clock,
+        plugins: PluginHost,
+        mqtt: MqttHandle,
+        seed: u64,
+        limits: TelemetryLimits,
+    ) -> Self {
         let (control, rx) = mpsc::channel(CONTROL_CAPACITY);
-        let stats = Arc::new(TelemetryStats::default());
+        let stats = Arc::new(TelemetryStats {
+            journal: std::sync::Mutex::new(journal::Journal::new(
+                limits.journal_capacity,
+                limits.journal_max_bytes,
+            )),
+            live: Arc::new(live::Hub::new(limits.stream_max_bytes)),
+            ..TelemetryStats::default()
+        });
         let streams = Arc::new(AtomicU64::new(0));
         let (progress_tx, progress) = watch::channel(clock.now_ms());
         let scheduler = scheduler::Scheduler::new(
@@ -240,14 +287,8 @@ impl Telemetry {
     }
 
     pub fn counters(&self) -> TelemetryCounters {
-        let (journal_len, journal_capacity, journal_evicted) = {
-            let journal = self.stats.journal.lock().unwrap();
-            (
-                journal.len() as u64,
-                journal.capacity() as u64,
-                journal.evicted,
-            )
-        };
+        let journal = self.stats.journal.lock().unwrap().stats();
+        let (stream_queued_bytes, stream_max_bytes) = self.stats.live.bytes();
         let s = &self.stats;
         TelemetryCounters {
             streams: self.streams.load(Ordering::Relaxed),
@@ -261,9 +302,13 @@ impl Telemetry {
             buffer_discarded: s.buffer_discarded.load(Ordering::Relaxed),
             stream_subscribers: s.live.subscribers() as u64,
             stream_missed: s.live.missed.load(Ordering::Relaxed),
-            journal_len,
-            journal_capacity,
-            journal_evicted,
+            stream_missed_by_bytes: s.live.missed_by_bytes.load(Ordering::Relaxed),
+            stream_queued_bytes: stream_queued_bytes as u64,
+            stream_max_bytes: stream_max_bytes as u64,
+            journal_len: journal.len as u64,
+            journal_capacity: journal.capacity as u64,
+            journal_evicted: journal.evicted,
+            journal,
             produced_until: *self.progress.borrow(),
         }
     }

@@ -2,6 +2,12 @@
 //! streams are taken in rounds, at most one reading per stream per round
 //! (each reading's plugin state feeds the next), grouped by (plugin,
 //! config) into batched plugin calls, and published in timestamp order.
+//!
+//! The calls of one round run side by side, so a slow plugin delays only
+//! the round it is in, never the calls of the others; a plugin that keeps
+//! running to its deadline is quarantined by the plugin host and its calls
+//! then fail at once (counted in `sample_failed`), so the fleet's rate
+//! comes back and the backlog is caught up in the rounds that follow.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
@@ -394,13 +400,31 @@ impl Scheduler {
                 .push((due, idx));
             self.heap.push(Reverse((next, idx, s.generation)));
         }
-        let mut readings: Vec<(i64, usize, Reading)> = Vec::new();
+        let mut calls = Vec::new();
         for (key, members) in groups {
             let unit = self.unit_for(&key).await;
             for chunk in members.chunks(MAX_BATCH) {
-                self.sample_chunk(&key, unit.clone(), chunk, &mut readings)
-                    .await;
+                let (ctx, requests) = self.prepare_chunk(chunk);
+                calls.push((key.clone(), unit.clone(), chunk.to_vec(), ctx, requests));
             }
+        }
+        self.stats
+            .plugin_calls
+            .fetch_add(calls.len() as u64, Ordering::Relaxed);
+        let plugins = &self.plugins;
+        let answers =
+            futures_util::future::join_all(calls.iter_mut().map(|(key, _, _, ctx, requests)| {
+                plugins.sample(
+                    &key.0,
+                    key.1.clone(),
+                    std::mem::take(ctx),
+                    std::mem::take(requests),
+                )
+            }))
+            .await;
+        let mut readings: Vec<(i64, usize, Reading)> = Vec::new();
+        for ((key, unit, chunk, _, _), (result, ctx)) in calls.into_iter().zip(answers) {
+            self.finish_chunk(&key, unit, &chunk, result, ctx, &mut readings);
         }
         readings.sort_by_key(|r| (r.0, r.1));
         for (ts, idx, reading) in readings {
@@ -484,13 +508,10 @@ impl Scheduler {
         }
     }
 
-    async fn sample_chunk(
-        &mut self,
-        key: &GroupKey,
-        unit: Option<Arc<str>>,
-        chunk: &[(i64, usize)],
-        readings: &mut Vec<(i64, usize, Reading)>,
-    ) {
+    /// Takes the random streams and plugin states of a chunk's streams into
+    /// one call's context and requests (they come back in
+    /// [`finish_chunk`](Self::finish_chunk)).
+    fn prepare_chunk(&mut self, chunk: &[(i64, usize)]) -> (CallContext, Vec<SampleRequest>) {
         let mut ctx = CallContext {
             now: self.clock.now_ms(),
             slots: Vec::with_capacity(chunk.len()),
@@ -508,11 +529,20 @@ impl Scheduler {
                 state: std::mem::take(&mut s.state),
             });
         }
-        self.stats.plugin_calls.fetch_add(1, Ordering::Relaxed);
-        let (result, ctx) = self
-            .plugins
-            .sample(&key.0, key.1.clone(), ctx, requests)
-            .await;
+        (ctx, requests)
+    }
+
+    /// Gives the streams back their random streams and new states, and
+    /// turns the samples into readings.
+    fn finish_chunk(
+        &mut self,
+        key: &GroupKey,
+        unit: Option<Arc<str>>,
+        chunk: &[(i64, usize)],
+        result: Result<Vec<crate::plugin::Sample>, crate::plugin::CallError>,
+        ctx: CallContext,
+        readings: &mut Vec<(i64, usize, Reading)>,
+    ) {
         if ctx.slots.len() == chunk.len() {
             for (slot, &(_, idx)) in ctx.slots.into_iter().zip(chunk) {
                 self.streams[idx].as_mut().expect("live stream").rng = slot.rng;

@@ -692,9 +692,16 @@ async fn journal_eviction_is_counted_exactly() {
         .collect();
     assert_eq!(payloads, ["7", "8", "9", "10", "11"]);
     let (_, status) = server.get("/api/v1/mqtt/status").await;
+    let mut journal = status["journal"].clone();
+    let bytes = journal["bytes"].take().as_u64().unwrap();
+    assert!(
+        bytes > 0 && bytes < 5 * 1024,
+        "five small messages: {journal}"
+    );
     assert_eq!(
-        status["journal"],
-        json!({"capacity":5,"len":5,"evicted":7,"cursor":12})
+        journal,
+        json!({"capacity":5,"len":5,"evicted":7,"evicted_by_bytes":0,"cursor":12,
+               "max_bytes":128 << 20,"bytes":null})
     );
     server.stop().await;
 }

@@ -277,13 +277,13 @@ async fn offline_device_lets_a_command_expire_and_gets_the_next_on_return() {
 
 /// A real device played by an MQTT client: connects as `device`, answers
 /// what it is sent with `answer`.
-struct RealDevice {
+pub(crate) struct RealDevice {
     client: AsyncClient,
     commands: mpsc::UnboundedReceiver<(String, Value)>,
 }
 
 impl RealDevice {
-    async fn connect(server: &TestServer, device: &str) -> Self {
+    pub(crate) async fn connect(server: &TestServer, device: &str) -> Self {
         let mut options = MqttOptions::new(device, "127.0.0.1", server.mqtt.port());
         options.set_keep_alive(Duration::from_secs(30));
         options.set_credentials(device, "unused-in-open-mode");
@@ -324,11 +324,16 @@ impl RealDevice {
         }
     }
 
-    async fn next_command(&mut self) -> (String, Value) {
+    pub(crate) async fn next_command(&mut self) -> (String, Value) {
         tokio::time::timeout(Duration::from_secs(10), self.commands.recv())
             .await
             .expect("a command in time")
             .expect("connected")
+    }
+
+    /// A command received so far, without waiting.
+    pub(crate) fn try_command(&mut self) -> Option<(String, Value)> {
+        self.commands.try_recv().ok()
     }
 
     async fn ack(&self, device: &str, id: &str, body: Value) {

@@ -228,7 +228,9 @@ sensors = [{ plugin = "probe", interval_ms = 20 }]
     })
     .await;
 
-    let unhealthy = |p: &serde_json::Value| p["status"] == "unhealthy";
+    // A plugin that keeps hitting its deadline goes on to quarantine.
+    let unhealthy =
+        |p: &serde_json::Value| p["status"] == "unhealthy" || p["status"] == "quarantined";
     let spin = server.wait_plugin("spin", unhealthy).await;
     assert!(
         spin["last_error"]

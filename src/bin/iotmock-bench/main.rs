@@ -14,6 +14,7 @@ mod platform;
 mod procs;
 mod report;
 mod sampling;
+mod soak;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -47,7 +48,8 @@ struct Cli {
     #[arg(long)]
     no_mosquitto: bool,
     /// Parts to run, comma separated: broker, latency, connections,
-    /// platform, plugins.
+    /// platform, plugins; and `soak` (not run unless named: it takes
+    /// `--soak-duration`).
     #[arg(long, value_delimiter = ',', default_values_t = [
         "broker".to_string(), "latency".to_string(), "connections".to_string(),
         "platform".to_string(), "plugins".to_string(),
@@ -57,6 +59,24 @@ struct Cli {
     /// the brokers (default: 3, 1 with --smoke).
     #[arg(long)]
     reps: Option<usize>,
+    /// How long the soak part runs: `120s`, `30m` (10 s with --smoke).
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    soak_duration: Duration,
+}
+
+/// `120s`, `30m`, `1h`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration: use e.g. 120s, 30m or 1h"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{s:?}: the unit must be s, m or h")),
+    };
+    Ok(Duration::from_secs(secs))
 }
 
 /// How much of everything to run.
@@ -187,7 +207,8 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
     let plan = Plan::new(&cli);
     let wants = |part: &str| cli.only.iter().any(|p| p == part);
     let iotmock_bin = procs::locate_iotmock(cli.iotmock.as_deref())?;
-    let mosquitto_bin = if cli.no_mosquitto {
+    let brokers_wanted = wants("broker") || wants("latency") || wants("connections");
+    let mosquitto_bin = if cli.no_mosquitto || !brokers_wanted {
         None
     } else {
         match procs::locate_mosquitto(!plan.smoke) {
@@ -242,6 +263,20 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         match plugins_part(&plan, &iotmock_bin, &runtime, &mut raw) {
             Ok(t) => tables.push(t),
             Err(e) => errors.push(format!("plugins: {e:#}")),
+        }
+    }
+    if wants("soak") {
+        let duration = if plan.smoke {
+            Duration::from_secs(10)
+        } else {
+            cli.soak_duration
+        };
+        match runtime.block_on(soak::run(&iotmock_bin, duration)) {
+            Ok((t, soak_raw)) => {
+                tables.push(t);
+                raw.insert("soak".into(), soak_raw);
+            }
+            Err(e) => errors.push(format!("soak: {e:#}")),
         }
     }
     runtime.shutdown_timeout(Duration::from_secs(5));

@@ -1,0 +1,159 @@
+//! No acknowledgement without durability: with `--data-dir`, a change is
+//! answered only once it is stored; one that cannot be stored is a 503
+//! that says so and leaves nothing behind. A database file that is empty
+//! or not iotmock's stops the start instead of an empty start.
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::commands::RealDevice;
+use crate::support::TestServer;
+
+/// Holds a database's write lock, as a failing disk would refuse every
+/// write: the server's writes wait out SQLite's busy timeout, then fail.
+fn hold_write_lock(path: &std::path::Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(path).expect("open the database");
+    conn.execute_batch("BEGIN EXCLUSIVE;")
+        .expect("take the write lock");
+    conn
+}
+
+fn assert_storage_failed(what: &str, status: u16, problem: &Value) {
+    assert_eq!(status, 503, "{what}: {problem}");
+    assert_eq!(
+        problem["type"], "https://iotmock.dev/problems/storage-failed",
+        "{what}: {problem}"
+    );
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("could not be stored under --data-dir, so it was not made"),
+        "{what}: {problem}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_that_cannot_be_stored_are_refused_with_503_and_not_made() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_path_buf();
+    let server = TestServer::with_scenario("", |c| c.data_dir = Some(dir.clone())).await;
+    let (status, _) = server
+        .post("/api/v1/devices", json!({"id": "gw-1", "simulated": false}))
+        .await;
+    assert_eq!(status, 201);
+    let (status, _) = server
+        .post(
+            "/api/v1/stubs",
+            json!({"id": "kept", "request": {"method": "GET", "path": "/kept"},
+                   "response": {"status": 200}}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    // The device listens for commands: one that is sent would arrive.
+    let mut device = RealDevice::connect(&server, "gw-1").await;
+
+    let locks: Vec<_> = ["iotmock.db", "commands.db", "stubs.db", "edge.db"]
+        .iter()
+        .map(|file| hold_write_lock(&dir.join(file)))
+        .collect();
+    let (command, new_device, stub, edge, stub_delete) = tokio::join!(
+        server.post(
+            "/api/v1/devices/gw-1/commands",
+            json!({"id": "cmd-lost", "name": "reboot", "timeout_ms": 60000}),
+        ),
+        server.post("/api/v1/devices", json!({"id": "gw-2", "simulated": false})),
+        server.post(
+            "/api/v1/stubs",
+            json!({"id": "lost", "request": {"method": "GET", "path": "/lost"},
+                   "response": {"status": 200}}),
+        ),
+        server.post(
+            "/api/v1/edge-nodes",
+            json!({"id": "edge-lost", "devices": {"ids": ["gw-1"]},
+                   "rules": [{"plugin": "edge-aggregate"}]}),
+        ),
+        server.delete("/api/v1/stubs/kept"),
+    );
+    assert_storage_failed("command", command.0, &command.1);
+    assert_storage_failed("device", new_device.0, &new_device.1);
+    assert_storage_failed("stub", stub.0, &stub.1);
+    assert_storage_failed("edge node", edge.0, &edge.1);
+    assert_storage_failed("stub delete", stub_delete.0, &stub_delete.1);
+    drop(locks);
+
+    // Nothing half-done: none of it is in memory, nothing went out.
+    let (status, _) = server.get("/api/v1/commands/cmd-lost").await;
+    assert_eq!(status, 404, "the refused command is not kept");
+    let (status, _) = server.get("/api/v1/devices/gw-2").await;
+    assert_eq!(status, 404);
+    let (status, _) = server.get("/api/v1/stubs/lost").await;
+    assert_eq!(status, 404);
+    let (status, _) = server.get("/api/v1/edge-nodes/edge-lost").await;
+    assert_eq!(status, 404);
+    let (status, _) = server.get("/api/v1/stubs/kept").await;
+    assert_eq!(status, 200, "a delete that was not stored did not happen");
+    let (_, health) = server.get("/api/v1/health").await;
+    assert_eq!(health["commands"]["submitted"], 0, "{health}");
+    assert_eq!(health["commands"]["store_errors"], 1, "{health}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(device.try_command().is_none(), "no command was published");
+
+    // With storage back, the same command is accepted, and survives.
+    let (status, body) = server
+        .post(
+            "/api/v1/devices/gw-1/commands",
+            json!({"id": "cmd-lost", "name": "reboot", "timeout_ms": 60000}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    server.stop().await;
+    let server = TestServer::with_scenario("", |c| c.data_dir = Some(dir.clone())).await;
+    let (status, command) = server.get("/api/v1/commands/cmd-lost").await;
+    assert_eq!(status, 200, "{command}");
+    let (status, _) = server.get("/api/v1/devices/gw-2").await;
+    assert_eq!(status, 404);
+    let (status, _) = server.get("/api/v1/stubs/kept").await;
+    assert_eq!(status, 200);
+    server.stop().await;
+}
+
+#[test]
+fn an_empty_or_foreign_database_stops_the_start() {
+    let cases: [(&[u8], &str); 2] = [
+        (b"", "is empty (zero bytes)"),
+        (
+            b"a note someone saved here: not a database at all, but long enough to have a header",
+            "is not an iotmock database (not an SQLite file)",
+        ),
+    ];
+    for (content, needle) in cases {
+        let data = tempfile::tempdir().unwrap();
+        let db = data.path().join("iotmock.db");
+        std::fs::write(&db, content).unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_iotmock"))
+            .args([
+                "serve",
+                "--http",
+                "127.0.0.1:0",
+                "--mqtt",
+                "127.0.0.1:0",
+                "--scenario",
+                "none",
+                "--data-dir",
+            ])
+            .arg(data.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(needle), "{stderr}");
+        assert!(stderr.contains("iotmock.db"), "{stderr}");
+        assert!(output.stdout.is_empty(), "no ready line");
+        assert_eq!(
+            std::fs::read(&db).unwrap(),
+            content,
+            "the file is left as it was"
+        );
+    }
+}
