@@ -76,6 +76,10 @@ pub enum PluginStatus {
     Ok,
     /// Loaded, but its last call trapped, timed out or ran out of memory.
     Unhealthy,
+    /// Loaded and serving, but its last call returned an error (a
+    /// configuration it refused, a failure it reported; see `last_error`).
+    /// Other plugins are not affected; the next call that succeeds clears it.
+    Failing,
     /// Never loaded: every attempt failed (see `last_error`).
     Failed,
 }
@@ -139,6 +143,8 @@ impl Version {
 #[derive(Default)]
 struct Health {
     status_unhealthy: bool,
+    /// The last call returned an error that was not a fault.
+    failing: bool,
     last_error: Option<String>,
     last_error_at: Option<String>,
     failures: u64,
@@ -164,6 +170,7 @@ impl Entry {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let mut health = self.health.lock().unwrap();
         health.status_unhealthy = false;
+        health.failing = false;
     }
 
     pub fn record_failure(&self, error: &str, fault: bool) {
@@ -171,6 +178,7 @@ impl Entry {
         let mut health = self.health.lock().unwrap();
         health.failures += 1;
         health.status_unhealthy |= fault;
+        health.failing = !fault;
         health.last_error = Some(error.to_string());
         health.last_error_at = Some(crate::clock::wall_rfc3339());
     }
@@ -188,6 +196,7 @@ impl Entry {
         let status = match (&current, health.status_unhealthy) {
             (None, _) => PluginStatus::Failed,
             (Some(_), true) => PluginStatus::Unhealthy,
+            (Some(_), false) if health.failing => PluginStatus::Failing,
             (Some(_), false) => PluginStatus::Ok,
         };
         PluginInfo {
@@ -327,6 +336,7 @@ impl Registry {
                 {
                     let mut health = entry.health.lock().unwrap();
                     health.status_unhealthy = false;
+                    health.failing = false;
                     health.refused = None;
                 }
                 Ok(entry.info())
