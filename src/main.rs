@@ -40,7 +40,7 @@ When every listener is up, one JSON line goes to stdout:
 SIGINT (Ctrl-C) or SIGTERM shuts down cleanly.
 
 Environment:
-  RUST_LOG                 log filter (default info,mqtt5=warn), e.g. RUST_LOG=debug
+  RUST_LOG                 log filter (default info), e.g. RUST_LOG=debug
   IOTMOCK_CACHE_DIR        where compiled plugins are cached (default: wasmtime's,
                            ~/.cache/wasmtime); empty turns the cache off
   IOTMOCK_ADMIN_PASSWORD   same as --admin-password
