@@ -378,7 +378,7 @@ mod tests {
             e.starts_with("config: field `nested`: unknown field `rat`"),
             "{e}"
         );
-        assert!(parse_config::<Example>("[1]").is_err());
+        assert!(parse_config::<Example>("\"warm\"").is_err());
         assert_eq!(
             parse_config::<Example>(r#"{"mean":3}"#).unwrap().mean,
             Some(3.0)
