@@ -4,12 +4,22 @@
 //!
 //! The nested build gets its own target dir under OUT_DIR (the outer one is
 //! locked by the running cargo) and none of the host's rustflags.
+//!
+//! Progress: cargo keeps a build script's output to itself until the script
+//! ends (and replays a `cargo:warning` on every later build), and the first
+//! plugin build takes minutes, so each crate the nested build compiles is
+//! written to the terminal (`/dev/tty`, when there is one) as it starts,
+//! with the time taken at the end. Without a terminal (CI) cargo's own
+//! progress line shows `iotmock(build)` running; the nested build's full
+//! output is in the build script's stderr (`cargo build -vv`).
 
 use std::env;
 use std::fmt::Write as _;
 use std::fs;
+use std::io::{BufRead, BufReader, Write as _};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::Instant;
 
 const TARGET: &str = "wasm32-wasip2";
 
@@ -39,9 +49,47 @@ fn main() {
     ] {
         cmd.env_remove(var);
     }
-    let status = cmd.status().expect("could not run cargo to build plugins/");
+    let started = Instant::now();
+    let mut child = cmd
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("could not run cargo to build plugins/");
+    let mut tty = fs::OpenOptions::new().write(true).open("/dev/tty").ok();
+    let mut compiled = 0;
+    for line in BufReader::new(child.stderr.take().expect("piped stderr")).lines() {
+        let Ok(line) = line else { break };
+        // Kept for `cargo build -vv` and for a failed build's report.
+        eprintln!("{line}");
+        let line = line.trim_start();
+        if line.starts_with("Compiling ") {
+            if compiled == 0
+                && let Some(tty) = tty.as_mut()
+            {
+                let _ = writeln!(
+                    tty,
+                    "   iotmock: building the plugins in plugins/ for {TARGET} (minutes the first time, then cached)"
+                );
+            }
+            compiled += 1;
+            if let Some(tty) = tty.as_mut() {
+                let _ = writeln!(tty, "   iotmock: plugins/ {line}");
+            }
+        }
+    }
+    let status = child
+        .wait()
+        .expect("could not wait for cargo building plugins/");
     if !status.success() {
         panic!("building the plugins in plugins/ for {TARGET} failed (see the errors above)");
+    }
+    if compiled > 0
+        && let Some(tty) = tty.as_mut()
+    {
+        let _ = writeln!(
+            tty,
+            "   iotmock: plugins/ built ({compiled} crates, {:.0} s)",
+            started.elapsed().as_secs_f64()
+        );
     }
 
     let release = target_dir.join(TARGET).join("release");

@@ -16,7 +16,7 @@ use crate::fleet::{Fleet, FleetError};
 use crate::http::{self, Addrs, AdminToken, AppState, HttpLimits, ListenerStats};
 use crate::mqtt::{Broker, MqttConfig};
 use crate::plugin::watcher::{PluginWatcher, WatchError};
-use crate::plugin::{LoadError, PluginHost, PluginLimits, World};
+use crate::plugin::{LoadError, PluginHost, PluginLimits};
 use crate::scenario::{Scenario, ScenarioError};
 use crate::telemetry::Telemetry;
 
@@ -44,6 +44,9 @@ pub struct Config {
     /// Overrides the scenario's seed.
     pub seed: Option<u64>,
     pub clock: ClockMode,
+    /// Where simulated time starts (ms since the epoch); overrides the
+    /// scenario's `start_time`. Neither: see [`Clock::starting_at`].
+    pub start_time_ms: Option<i64>,
     pub plugin_limits: PluginLimits,
     /// Messages kept in the MQTT journal.
     pub journal_capacity: usize,
@@ -105,6 +108,7 @@ impl Config {
             scenario: ScenarioChoice::Empty,
             seed: None,
             clock: ClockMode::Realtime,
+            start_time_ms: None,
             plugin_limits: PluginLimits::default(),
             journal_capacity: crate::mqtt::DEFAULT_JOURNAL_CAPACITY,
             journal_max_bytes: crate::mqtt::DEFAULT_JOURNAL_MAX_BYTES,
@@ -145,10 +149,21 @@ pub enum StartError {
          listen on a loopback address (--http 127.0.0.1:{port}), or pass --insecure-admin to serve it open"
     )]
     InsecureAdmin { addr: SocketAddr, port: u16 },
-    #[error("listening for HTTP on {addr}: {source}")]
-    Http {
+    #[error(
+        "{flag} {addr} is in use (another iotmock, or another program, holds it); pass {flag} {free} for a free port, or stop what holds it",
+        free = SocketAddr::new(addr.ip(), 0)
+    )]
+    InUse {
+        flag: &'static str,
         addr: SocketAddr,
-        source: std::io::Error,
+    },
+    #[error(
+        "{flag} {addr}: cannot listen there ({reason}); pass an address of this machine, e.g. {flag} 127.0.0.1:0"
+    )]
+    Listen {
+        flag: &'static str,
+        addr: SocketAddr,
+        reason: String,
     },
     #[error("data directory {path}: {source}")]
     DataDir {
@@ -159,13 +174,19 @@ pub enum StartError {
     EdgeNode { node: String, problem: String },
     #[error("scenario: {0}")]
     Stub(#[from] crate::stubs::StubError),
-    #[error("scenario: device {device:?} has sensor {sensor:?} with plugin {plugin:?}, {problem}")]
-    SensorPlugin {
-        device: String,
-        sensor: String,
-        plugin: String,
-        problem: String,
-    },
+}
+
+/// How scenario text given inline is named in errors.
+const INLINE_ORIGIN: &str = "(inline)";
+
+/// The scenario's name in errors, as [`Scenario::parse`] names it.
+fn scenario_origin(choice: &ScenarioChoice) -> String {
+    match choice {
+        ScenarioChoice::Demo => crate::scenario::DEMO_ORIGIN.to_string(),
+        ScenarioChoice::Empty => "(none)".to_string(),
+        ScenarioChoice::File(path) => path.display().to_string(),
+        ScenarioChoice::Inline(_) => INLINE_ORIGIN.to_string(),
+    }
 }
 
 /// A running iotmock: the broker, the API, the plugin host and the
@@ -196,7 +217,7 @@ impl Server {
             ScenarioChoice::Demo => Scenario::demo(),
             ScenarioChoice::Empty => Scenario::default(),
             ScenarioChoice::File(path) => Scenario::from_file(path)?,
-            ScenarioChoice::Inline(text) => Scenario::parse(text, "(inline)")?,
+            ScenarioChoice::Inline(text) => Scenario::parse(text, INLINE_ORIGIN)?,
         };
         let seed = config.seed.or(scenario.seed).unwrap_or(0);
         if let Some(dir) = &config.data_dir {
@@ -206,7 +227,22 @@ impl Server {
             })?;
         }
 
-        let clock = Clock::new(config.clock);
+        // Every listener is checked before anything starts, so a port clash
+        // is one clear error, not a broker and a fleet started for nothing.
+        let listener = bind("--http", config.http).await?;
+        let mock_listener = match config.mock_http {
+            Some(addr) => Some(bind("--mock-http", addr).await?),
+            None => None,
+        };
+        if config.mqtt.port() != 0 {
+            // The broker binds its own socket; a probe finds a clash first.
+            drop(bind("--mqtt", config.mqtt).await?);
+        }
+
+        let clock = Clock::starting_at(
+            config.clock,
+            config.start_time_ms.or(scenario.start_time_ms),
+        );
         let limits = config.plugin_limits.clone();
         let plugins = tokio::task::spawn_blocking(move || PluginHost::start(limits))
             .await
@@ -241,28 +277,6 @@ impl Server {
             config.telemetry_limits,
         );
 
-        for device in &scenario.devices {
-            for sensor in &device.sensors {
-                match plugins.info(&sensor.plugin).and_then(|i| i.world) {
-                    Some(World::Sensor) => {}
-                    Some(other) => {
-                        return Err(StartError::SensorPlugin {
-                            device: device.id.clone(),
-                            sensor: sensor.sensor_name().to_string(),
-                            plugin: sensor.plugin.clone(),
-                            problem: format!("which is a {other} plugin, not a sensor"),
-                        });
-                    }
-                    // It may still arrive (a file in --plugins, PUT
-                    // /plugins); until then its readings count as failed.
-                    None => tracing::warn!(
-                        device = %device.id,
-                        plugin = %sensor.plugin,
-                        "sensor plugin not loaded yet; its readings are counted as failed until it is"
-                    ),
-                }
-            }
-        }
         let fleet = Fleet::open(
             config.data_dir.as_deref(),
             clock.clone(),
@@ -278,7 +292,17 @@ impl Server {
             access.attach(fleet.clone());
         }
         fleet.follow(broker.handle().events());
-        let provisioned = fleet.provision_scenario(&scenario.devices).await?;
+        let provisioned =
+            fleet
+                .provision_scenario(&scenario.devices)
+                .await
+                .map_err(|e| match e {
+                    FleetError::Invalid(detail) => StartError::Scenario(ScenarioError::Invalid {
+                        origin: scenario_origin(&config.scenario),
+                        detail,
+                    }),
+                    other => StartError::Fleet(other),
+                })?;
         tracing::info!(devices = fleet.len(), provisioned, seed, "fleet ready");
         let commands = Commands::start(
             config.data_dir.as_deref(),
@@ -312,16 +336,7 @@ impl Server {
                 problem: e.to_string(),
             })?;
 
-        let listener = TcpListener::bind(config.http)
-            .await
-            .map_err(|source| StartError::Http {
-                addr: config.http,
-                source,
-            })?;
-        let http_addr = listener.local_addr().map_err(|source| StartError::Http {
-            addr: config.http,
-            source,
-        })?;
+        let http_addr = local_addr("--http", config.http, &listener)?;
         let addrs = Addrs {
             http: http_addr,
             mqtt: broker.local_addr(),
@@ -354,16 +369,14 @@ impl Server {
                 mock_connections: config.mock_http.map(|_| Arc::new(ListenerStats::default())),
             },
         };
-        let mock = match (config.mock_http, &state.limits.mock_connections) {
-            (Some(addr), Some(stats)) => Some(
-                MockListener::start(
-                    addr,
-                    http::mock_router(state.clone()),
-                    config.http_limits,
-                    stats.clone(),
-                )
-                .await?,
-            ),
+        let mock = match (config.mock_http, mock_listener, &state.limits.mock_connections) {
+            (Some(addr), Some(listener), Some(stats)) => Some(MockListener::start(
+                addr,
+                listener,
+                http::mock_router(state.clone()),
+                config.http_limits,
+                stats.clone(),
+            )?),
             _ => None,
         };
         let api_stats = state.limits.api_connections.clone();
@@ -456,17 +469,46 @@ struct MockListener {
 }
 
 impl MockListener {
-    async fn start(
+    fn start(
         addr: SocketAddr,
+        listener: TcpListener,
         app: axum::Router,
         limits: HttpLimits,
         stats: Arc<ListenerStats>,
     ) -> Result<Self, StartError> {
-        let http_error = |source| StartError::Http { addr, source };
-        let listener = TcpListener::bind(addr).await.map_err(http_error)?;
-        let addr = listener.local_addr().map_err(http_error)?;
+        let addr = local_addr("--mock-http", addr, &listener)?;
         let serving = http::serve::serve(listener, app, limits, stats);
         tracing::info!(%addr, "mock HTTP listening (stubs on their real paths)");
         Ok(Self { addr, serving })
+    }
+}
+
+/// Binds the listener of command-line flag `flag`, with an error that
+/// says which flag to change.
+async fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| listen_error(flag, addr, &e))
+}
+
+fn local_addr(
+    flag: &'static str,
+    addr: SocketAddr,
+    listener: &TcpListener,
+) -> Result<SocketAddr, StartError> {
+    listener
+        .local_addr()
+        .map_err(|e| listen_error(flag, addr, &e))
+}
+
+fn listen_error(flag: &'static str, addr: SocketAddr, error: &std::io::Error) -> StartError {
+    if error.kind() == std::io::ErrorKind::AddrInUse {
+        StartError::InUse { flag, addr }
+    } else {
+        StartError::Listen {
+            flag,
+            addr,
+            reason: error.to_string(),
+        }
     }
 }

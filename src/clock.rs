@@ -3,6 +3,10 @@
 //! `realtime` follows the wall clock; `xN` runs N times faster from the
 //! moment the server starts; `manual` stands still until
 //! [`Clock::advance`] moves it, which makes runs reproducible.
+//!
+//! Simulated time starts where `--start-time` (or the scenario's
+//! `start_time`) says; without it a manual clock starts at
+//! [`MANUAL_EPOCH_MS`] and the others at the wall clock's now.
 
 use std::fmt;
 use std::str::FromStr;
@@ -11,8 +15,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
-/// Where a manual clock starts: 2026-01-01T00:00:00Z.
+/// Where a manual clock starts unless told otherwise: 2026-01-01T00:00:00Z.
 pub const MANUAL_EPOCH_MS: i64 = 1_767_225_600_000;
+/// [`MANUAL_EPOCH_MS`] as the command line's help shows it.
+pub const MANUAL_EPOCH: &str = "2026-01-01T00:00:00Z";
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ClockMode {
@@ -63,6 +69,9 @@ pub struct Clock(Arc<Inner>);
 struct Inner {
     mode: ClockMode,
     start_ms: i64,
+    /// A realtime clock given a start time runs from it at the wall
+    /// clock's rate instead of reading the wall clock.
+    anchored: bool,
     started: Instant,
     /// Manual time; also wakes sleepers on a manual clock.
     manual: watch::Sender<i64>,
@@ -70,13 +79,21 @@ struct Inner {
 
 impl Clock {
     pub fn new(mode: ClockMode) -> Self {
-        let start_ms = match mode {
+        Self::starting_at(mode, None)
+    }
+
+    /// A clock whose simulated time starts at `start_ms` (ms since the
+    /// epoch); `None`: the manual epoch for a manual clock, now otherwise.
+    pub fn starting_at(mode: ClockMode, start_ms: Option<i64>) -> Self {
+        let anchored = start_ms.is_some();
+        let start_ms = start_ms.unwrap_or_else(|| match mode {
             ClockMode::Manual => MANUAL_EPOCH_MS,
             _ => wall_ms(),
-        };
+        });
         Self(Arc::new(Inner {
             mode,
             start_ms,
+            anchored,
             started: Instant::now(),
             manual: watch::Sender::new(start_ms),
         }))
@@ -89,7 +106,8 @@ impl Clock {
     /// Simulated time, ms since the Unix epoch.
     pub fn now_ms(&self) -> i64 {
         match self.0.mode {
-            ClockMode::Realtime => wall_ms(),
+            ClockMode::Realtime if !self.0.anchored => wall_ms(),
+            ClockMode::Realtime => self.0.start_ms + self.0.started.elapsed().as_millis() as i64,
             ClockMode::Accelerated(n) => {
                 self.0.start_ms + (self.0.started.elapsed().as_secs_f64() * 1000.0 * n) as i64
             }
@@ -185,8 +203,8 @@ pub fn write_rfc3339_ms(out: &mut String, ms: i64) {
     );
 }
 
-/// Parses the RFC 3339 UTC form this module writes (also without
-/// milliseconds, or with an offset of `+00:00`).
+/// Parses RFC 3339 as this module writes it (UTC, `Z`), also without
+/// milliseconds or with an offset (`+02:00`, `-05:30`).
 pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
     let b = s.as_bytes();
     if b.len() < 20
@@ -213,13 +231,31 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
         }
         None => (0, rest),
     };
-    if zone != "Z" && zone != "+00:00" {
-        return None;
-    }
+    let offset_min = match zone {
+        "Z" | "z" => 0,
+        _ => {
+            let z = zone.as_bytes();
+            if z.len() != 6 || !matches!(z[0], b'+' | b'-') || z[3] != b':' {
+                return None;
+            }
+            let (oh, om) = (
+                zone.get(1..3)?.parse::<i64>().ok()?,
+                zone.get(4..6)?.parse::<i64>().ok()?,
+            );
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let minutes = oh * 60 + om;
+            if z[0] == b'-' { -minutes } else { minutes }
+        }
+    };
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
         return None;
     }
-    Some(days_from_civil(y, mo, d) * 86_400_000 + ((h * 60 + mi) * 60 + sec) * 1000 + frac)
+    Some(
+        days_from_civil(y, mo, d) * 86_400_000 + ((h * 60 + mi) * 60 + sec) * 1000 + frac
+            - offset_min * 60_000,
+    )
 }
 
 // Howard Hinnant's civil calendar algorithms.
@@ -263,6 +299,16 @@ mod tests {
             Some(MANUAL_EPOCH_MS)
         );
         assert_eq!(parse_rfc3339_ms("yesterday"), None);
+        assert_eq!(parse_rfc3339_ms(MANUAL_EPOCH), Some(MANUAL_EPOCH_MS));
+        assert_eq!(
+            parse_rfc3339_ms("2026-01-01T09:30:00+09:30"),
+            Some(MANUAL_EPOCH_MS)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2025-12-31T19:00:00.000-05:00"),
+            Some(MANUAL_EPOCH_MS)
+        );
+        assert_eq!(parse_rfc3339_ms("2026-01-01T00:00:00+0100"), None);
     }
 
     #[test]
@@ -280,5 +326,18 @@ mod tests {
         assert_eq!(clock.advance(1500).unwrap(), MANUAL_EPOCH_MS + 1500);
         assert!(clock.advance(0).is_err());
         assert!(Clock::new(ClockMode::Realtime).advance(1).is_err());
+    }
+
+    #[test]
+    fn a_start_time_moves_every_mode() {
+        let start = MANUAL_EPOCH_MS + 9 * 3_600_000;
+        assert_eq!(
+            Clock::starting_at(ClockMode::Manual, Some(start)).now_ms(),
+            start
+        );
+        for mode in [ClockMode::Realtime, ClockMode::Accelerated(10.0)] {
+            let now = Clock::starting_at(mode, Some(start)).now_ms();
+            assert!((start..start + 60_000).contains(&now), "{mode}: {now}");
+        }
     }
 }

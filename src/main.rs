@@ -1,10 +1,9 @@
 //! The `iotmock` command: flags in, library call, exit code out.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use iotmock::{ClockMode, Config, MqttAuth, ScenarioChoice, Server};
 
@@ -22,18 +21,43 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Start the broker, the API and the simulation.
+    #[command(after_long_help = SERVE_HELP)]
     Serve(Box<ServeArgs>),
     /// Print the built-in demo scenario (a starting point for your own).
     Scenario,
 }
 
+/// The part of `serve --help` that is not about one flag.
+const SERVE_HELP: &str = "\
+Addresses (--http, --mqtt, --mock-http): IP:PORT (127.0.0.1:8080, [::1]:8080),
+HOST:PORT (localhost:8080), or a bare PORT, which means 127.0.0.1:PORT. Port 0
+picks a free port.
+
+When every listener is up, one JSON line goes to stdout:
+  {\"event\":\"ready\",\"http\":\"127.0.0.1:8080\",\"mqtt\":\"127.0.0.1:1883\"}
+(with \"mock_http\" when --mock-http is given, and \"mqtt_admin\" with
+--mqtt-auth devices). Wait for it before connecting. Logs go to stderr.
+SIGINT (Ctrl-C) or SIGTERM shuts down cleanly.
+
+Environment:
+  RUST_LOG                 log filter (default info), e.g. RUST_LOG=debug
+  IOTMOCK_CACHE_DIR        where compiled plugins are cached (default: wasmtime's,
+                           ~/.cache/wasmtime); empty turns the cache off
+  IOTMOCK_ADMIN_PASSWORD   same as --admin-password
+
+Exit codes:
+  0  stopped by SIGINT or SIGTERM
+  1  could not start (a port in use, a bad scenario, a data directory that
+     cannot be written), or failed while running; stderr says why
+  2  bad command line (an unknown flag, a value that does not parse)";
+
 #[derive(clap::Args)]
 struct ServeArgs {
     /// HTTP API address (port 0 picks a free port).
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    #[arg(long, default_value = "127.0.0.1:8080", value_parser = parse_listen_addr)]
     http: SocketAddr,
     /// MQTT broker address (port 0 picks a free port).
-    #[arg(long, default_value = "127.0.0.1:1883")]
+    #[arg(long, default_value = "127.0.0.1:1883", value_parser = parse_listen_addr)]
     mqtt: SocketAddr,
     /// Folder of *.wasm plugins, watched and hot-reloaded.
     #[arg(long)]
@@ -50,6 +74,11 @@ struct ServeArgs {
     /// realtime, manual, or xN (N times faster than real time).
     #[arg(long, default_value = "realtime")]
     clock: ClockMode,
+    /// Where simulated time starts, RFC 3339 (e.g. 2026-06-01T09:00:00Z);
+    /// overrides the scenario's start_time. Default: 2026-01-01T00:00:00Z
+    /// with --clock manual, the wall clock's now otherwise.
+    #[arg(long, value_name = "RFC3339", value_parser = parse_start_time)]
+    start_time: Option<i64>,
     /// Recent MQTT messages kept for GET /api/v1/mqtt/messages and verify;
     /// older ones are evicted and counted.
     #[arg(long, default_value_t = iotmock::mqtt::DEFAULT_JOURNAL_CAPACITY)]
@@ -104,7 +133,7 @@ struct ServeArgs {
     http_max_connections: usize,
     /// A second HTTP listener where stubs answer on their real paths (no
     /// /mock prefix), for firmware with fixed URLs.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr)]
     mock_http: Option<SocketAddr>,
     /// Recent HTTP requests (stubs and device API) kept for
     /// GET /api/v1/http/requests and verify; older ones are evicted and counted.
@@ -180,6 +209,42 @@ fn parse_duration_ms(s: &str) -> Result<i64, String> {
     Ok(ms)
 }
 
+/// A listening address: `IP:PORT`, `HOST:PORT` (resolved; IPv4 first), or
+/// a bare `PORT` on 127.0.0.1.
+fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    let forms = "use PORT (8080 means 127.0.0.1:8080), IP:PORT (127.0.0.1:8080, [::1]:8080) or HOST:PORT (localhost:8080)";
+    if s.rsplit_once(':')
+        .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+    {
+        return Err(format!("{s:?} is not an address: {forms}"));
+    }
+    let addrs: Vec<SocketAddr> = s
+        .to_socket_addrs()
+        .map_err(|e| format!("{s:?}: the host name does not resolve ({e}); {forms}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{s:?}: the host name has no address; {forms}"))
+}
+
+/// `--start-time`: RFC 3339, as ms since the epoch.
+fn parse_start_time(s: &str) -> Result<i64, String> {
+    iotmock::clock::parse_rfc3339_ms(s).ok_or_else(|| {
+        format!(
+            "{s:?} is not an RFC 3339 time: write e.g. 2026-06-01T09:00:00Z or 2026-06-01T09:00:00+02:00"
+        )
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -194,12 +259,28 @@ fn main() -> ExitCode {
             match runtime.block_on(serve(args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
-                    eprintln!("iotmock: {error:#}");
+                    eprintln!("iotmock: {}", error_text(&error));
                     ExitCode::FAILURE
                 }
             }
         }
     }
+}
+
+/// An error and its causes in one line, leaving out a cause whose text the
+/// message already quotes.
+fn error_text(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 fn init_logging() {
@@ -232,6 +313,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         scenario,
         seed: args.seed,
         clock: args.clock,
+        start_time_ms: args.start_time,
         journal_capacity: args.journal_capacity,
         journal_max_bytes: args.journal_max_bytes,
         http_journal_max_bytes: args.http_journal_max_bytes,
@@ -263,7 +345,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_advance_ms: args.max_advance,
         ..Config::ephemeral()
     };
-    let server = Server::start(config).await.context("starting iotmock")?;
+    let server = Server::start(config).await?;
     println!("{}", server.ready_line());
     shutdown_signal().await;
     tracing::info!("shutting down");
@@ -308,7 +390,7 @@ async fn shutdown_signal() {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_bytes, parse_duration_ms};
+    use super::{parse_bytes, parse_duration_ms, parse_listen_addr};
 
     #[test]
     fn sizes_take_binary_units_and_refuse_nonsense() {
@@ -318,6 +400,30 @@ mod tests {
         assert_eq!(parse_bytes("1000"), Ok(1000));
         assert!(parse_bytes("5TB").unwrap_err().contains("KiB, MiB or GiB"));
         assert!(parse_bytes("lots").is_err());
+    }
+
+
+    #[test]
+    fn addresses_take_a_bare_port_and_host_names() {
+        assert_eq!(parse_listen_addr("8080"), Ok(([127, 0, 0, 1], 8080).into()));
+        assert_eq!(
+            parse_listen_addr("0.0.0.0:1883"),
+            Ok(([0, 0, 0, 0], 1883).into())
+        );
+        assert_eq!(
+            parse_listen_addr("localhost:8080").map(|a| (a.ip().is_loopback(), a.port())),
+            Ok((true, 8080))
+        );
+        for bad in [
+            "localhost",
+            "http://localhost:8080",
+            ":8080",
+            "8080x",
+            "99999",
+        ] {
+            let err = parse_listen_addr(bad).unwrap_err();
+            assert!(err.contains("HOST:PORT"), "{bad}: {err}");
+        }
     }
 
     #[test]

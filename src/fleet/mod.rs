@@ -24,7 +24,7 @@ use tokio::sync::broadcast;
 
 use crate::clock::{Clock, rfc3339_ms};
 use crate::mqtt::{MqttHandle, Qos, topics};
-use crate::plugin::{PluginHost, SharedState, World};
+use crate::plugin::{CallError, PluginHost, SharedState, World};
 use crate::random::DeviceRng;
 use crate::scenario::{SensorSpec, check_sensor, expand_pattern, validate_device_id};
 use crate::telemetry::{BufferCounters, Presence, StreamSpec, Telemetry};
@@ -333,6 +333,44 @@ impl Fleet {
         }
     }
 
+    /// Asks each sensor's plugin to check its configuration (`describe`),
+    /// so a typo is refused now, by name, instead of failing every reading
+    /// later. `device` names the device (or the bulk template) in the error;
+    /// `checked` remembers the (plugin, config) pairs already accepted.
+    async fn check_sensor_configs(
+        &self,
+        device: &str,
+        sensors: &[SensorSpec],
+        checked: &mut std::collections::HashSet<(String, String)>,
+    ) -> Result<(), FleetError> {
+        for (i, sensor) in sensors.iter().enumerate() {
+            let config = sensor.config.to_string();
+            let key = (sensor.plugin.clone(), config);
+            if checked.contains(&key) {
+                continue;
+            }
+            match self.0.plugins.check_sensor_config(&key.0, &key.1).await {
+                Ok(_) => {}
+                Err(CallError::InvalidConfig { detail, .. }) => {
+                    let detail = detail.strip_prefix("config: ").unwrap_or(&detail);
+                    return Err(FleetError::Invalid(format!(
+                        "{device}, sensor {:?} (sensors[{i}]): plugin {:?} refused its config: {detail}",
+                        sensor.sensor_name(),
+                        sensor.plugin,
+                    )));
+                }
+                // The plugin could not answer (it trapped, ran out of time):
+                // that is its fault, not the config's, and shows in
+                // `/plugins`; the device is accepted.
+                Err(error) => {
+                    tracing::warn!(plugin = %sensor.plugin, %error, "sensor plugin could not check a config");
+                }
+            }
+            checked.insert(key);
+        }
+        Ok(())
+    }
+
     fn build(&self, id: String, t: &DeviceTemplate, shared: &SharedParts) -> Device {
         let now = self.0.clock.now_ms();
         Device {
@@ -363,6 +401,12 @@ impl Fleet {
     ) -> Result<DeviceView, FleetError> {
         validate_device_id(&id).map_err(FleetError::Invalid)?;
         self.check_template(&template)?;
+        self.check_sensor_configs(
+            &format!("device {id:?}"),
+            &template.sensors,
+            &mut Default::default(),
+        )
+        .await?;
         let shared = SharedParts::of(&template);
         let device = self.build(id, &template, &shared);
         let mut created = self.insert(vec![device]).await?;
@@ -381,6 +425,12 @@ impl Fleet {
         // Before anything is built: a bulk call over the cap costs nothing.
         drop(self.reserve(request.count as usize)?);
         self.check_template(&request.template)?;
+        self.check_sensor_configs(
+            &format!("template (devices {:?})", request.id_pattern),
+            &request.template.sensors,
+            &mut Default::default(),
+        )
+        .await?;
         let ids = expand_pattern(
             &request.id_pattern,
             request.first.unwrap_or(1),
@@ -463,11 +513,36 @@ impl Fleet {
     }
 
     /// Provisions the scenario's devices that are not in the store yet.
+    /// Every device of the scenario is checked first, as `POST /devices`
+    /// checks one (plugin names and worlds, sensor configs): a scenario
+    /// with a misspelled plugin or config key does not start.
     pub async fn provision_scenario(
         &self,
         devices: &[crate::scenario::DeviceSpec],
     ) -> Result<usize, FleetError> {
         let mut new = Vec::new();
+        let mut checked = std::collections::HashSet::new();
+        for spec in devices {
+            let template = DeviceTemplate {
+                kind: spec.kind.clone(),
+                tags: spec.tags.clone(),
+                group: spec.group.clone(),
+                sensors: spec.sensors.clone(),
+                command_handler: spec.command_handler.clone(),
+                buffer: spec.buffer,
+                ..DeviceTemplate {
+                    simulated: true,
+                    ..Default::default()
+                }
+            };
+            let device = format!("device {:?}", spec.id);
+            self.check_template(&template).map_err(|e| match e {
+                FleetError::Invalid(detail) => FleetError::Invalid(format!("{device}: {detail}")),
+                other => other,
+            })?;
+            self.check_sensor_configs(&device, &spec.sensors, &mut checked)
+                .await?;
+        }
         for spec in devices {
             if self.0.devices.read().unwrap().contains_key(&spec.id) {
                 continue;
@@ -645,6 +720,14 @@ impl Fleet {
             buffer: Some(d.buffer),
         };
         self.check_template(&template)?;
+        if old.sensors != d.sensors {
+            self.check_sensor_configs(
+                &format!("device {id:?}"),
+                &d.sensors,
+                &mut Default::default(),
+            )
+            .await?;
+        }
         d.updated_at = self.0.clock.now_ms();
         let stored = d.clone();
         let fleet = self.clone();

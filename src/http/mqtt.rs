@@ -84,6 +84,10 @@ pub struct MessagesPage {
     pub items: Vec<crate::mqtt::Entry>,
     /// Pass as `since` for the next page.
     pub next_cursor: u64,
+    /// True when this page stopped at `limit` and newer messages are left:
+    /// ask again with `since=next_cursor` (false: this page reached the
+    /// newest message; later ones may still arrive).
+    pub more: bool,
     /// Messages evicted from the journal since the start (it was full).
     pub evicted: u64,
 }
@@ -112,6 +116,7 @@ pub async fn mqtt_messages(
     Ok(Json(MessagesPage {
         items: page.items,
         next_cursor: page.next_cursor,
+        more: page.more,
         evicted: page.evicted,
     }))
 }

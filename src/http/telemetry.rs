@@ -32,6 +32,11 @@ pub struct ExportQuery {
     /// `dropouts`: also the records of readings the sensor model left out
     /// (value null, anomaly `dropout`; never published on MQTT).
     pub include: Option<String>,
+    /// `true` (JSON lines only): the body ends with one more line,
+    /// `{"next_cursor":N}` when more pages follow (pass it as `cursor`) or
+    /// `{"next_cursor":null}` on the last page, so a reader of the body
+    /// alone knows whether it has everything.
+    pub trailer: Option<bool>,
 }
 
 /// Parses `include`: the only thing that can be included is `dropouts`.
@@ -58,7 +63,8 @@ fn time(field: &str, value: &Option<String>) -> Result<Option<i64>, ApiError> {
 
 /// Recent published readings (from a bounded journal; see
 /// `telemetry.journal_*` in `/health`), oldest first. When `limit` cuts the
-/// answer short, the `x-next-cursor` header gives the cursor of the next page.
+/// answer short, the `x-next-cursor` header gives the cursor of the next page
+/// (and, with `trailer=true`, a last line of the body).
 #[utoipa::path(get, path = "/api/v1/telemetry", tag = "telemetry",
     params(ExportQuery),
     responses((status = 200, description = "JSON lines or CSV", content_type = "application/x-ndjson"),
@@ -91,6 +97,12 @@ pub async fn telemetry_export(
         limit,
         dropouts: include_dropouts(&q.include)?,
     };
+    let trailer = q.trailer.unwrap_or(false);
+    if trailer && csv {
+        return Err(ApiError::invalid(
+            "trailer=true is for format=jsonl; a CSV page says that more follow in its x-next-cursor header",
+        ));
+    }
     let (readings, next) = state.telemetry.export(&filter);
     let mut body = String::with_capacity(readings.len() * 110 + 64);
     if csv {
@@ -117,6 +129,10 @@ pub async fn telemetry_export(
     } else {
         for r in &readings {
             r.write_json(&mut body);
+            body.push('\n');
+        }
+        if trailer {
+            body.push_str(&serde_json::json!({ "next_cursor": next }).to_string());
             body.push('\n');
         }
     }

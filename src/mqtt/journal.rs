@@ -69,6 +69,9 @@ pub struct Page {
     pub items: Vec<Entry>,
     /// Pass as `since` to continue after this page.
     pub next_cursor: u64,
+    /// The page stopped at its limit with newer entries left to read: ask
+    /// again with `since = next_cursor`.
+    pub more: bool,
     /// Entries evicted since the start (the journal was full).
     pub evicted: u64,
 }
@@ -135,6 +138,7 @@ impl Journal {
                 next_cursor = next_cursor.max(ring.last_cursor());
             }
             Page {
+                more: next_cursor < ring.last_cursor(),
                 items,
                 next_cursor,
                 evicted: ring.stats().evicted,
@@ -246,9 +250,11 @@ mod tests {
         let p = j.page(Some("a/+"), 0, 2);
         assert_eq!(p.items.len(), 2);
         assert_eq!(p.next_cursor, 3);
+        assert!(p.more);
         let p = j.page(Some("a/+"), p.next_cursor, 2);
         assert_eq!(p.items.iter().map(|e| e.cursor).collect::<Vec<_>>(), [4]);
         assert_eq!(p.next_cursor, 5);
+        assert!(!p.more);
         assert!(j.page(None, 5, 10).items.is_empty());
         let (last, missed) = j.scan(0, |_| {});
         assert_eq!((last, missed), (5, false));

@@ -309,7 +309,18 @@ impl PluginHost {
 
     /// Asks a sensor plugin what its readings are, checking `config`.
     pub async fn describe_sensor(&self, name: &str, config: &str) -> Result<SensorInfo, CallError> {
-        self.pool.describe_sensor(name, config).await
+        self.pool.describe_sensor(name, config, false).await
+    }
+
+    /// Asks a sensor plugin whether it takes `config` (its `describe`),
+    /// before a device with it is accepted. A refusal is the plugin's
+    /// answer, not a failed call: it does not make the plugin `failing`.
+    pub async fn check_sensor_config(
+        &self,
+        name: &str,
+        config: &str,
+    ) -> Result<SensorInfo, CallError> {
+        self.pool.describe_sensor(name, config, true).await
     }
 
     /// Produces one sample per request, in order. `ctx.slots` are the

@@ -169,7 +169,15 @@ impl Pool {
         Ok(result)
     }
 
-    pub async fn describe_sensor(&self, name: &str, config: &str) -> Result<SensorInfo, CallError> {
+    /// `describe`. With `config_check`, a refused configuration is the
+    /// plugin doing its job (checking what a user gave it), not a failed
+    /// call; otherwise (the scheduler asking for a unit) it is one.
+    pub async fn describe_sensor(
+        &self,
+        name: &str,
+        config: &str,
+        config_check: bool,
+    ) -> Result<SensorInfo, CallError> {
         let (entry, version) = self.lookup(name, World::Sensor)?;
         let config = config.to_string();
         self.run(
@@ -190,7 +198,11 @@ impl Pool {
                         description: info.description,
                     })
             },
-            |r| r.as_ref().err(),
+            move |r| {
+                r.as_ref()
+                    .err()
+                    .filter(|e| !(config_check && matches!(e, CallError::InvalidConfig { .. })))
+            },
         )
         .await?
     }

@@ -88,6 +88,10 @@ pub enum PluginStatus {
     /// reaching a worker, until `quarantined_until`; then one call is tried
     /// again (see `quarantine_reason`).
     Quarantined,
+    /// Loaded and serving, but its last call returned an error (a
+    /// configuration it refused, a failure it reported; see `last_error`).
+    /// Other plugins are not affected; the next call that succeeds clears it.
+    Failing,
     /// Never loaded: every attempt failed (see `last_error`).
     Failed,
 }
@@ -174,6 +178,8 @@ struct Health {
     quarantine_reason: Option<String>,
     quarantines: u64,
     refused_calls: u64,
+    /// The last call returned an error that was not a fault.
+    failing: bool,
     last_error: Option<String>,
     last_error_at: Option<String>,
     failures: u64,
@@ -205,6 +211,7 @@ impl Entry {
         health.status_unhealthy = false;
         health.timeouts_in_row = 0;
         health.backoff_level = 0;
+        health.failing = false;
     }
 
     /// Records a failed call; the [`QUARANTINE_AFTER`]th deadline hit in a
@@ -218,6 +225,7 @@ impl Entry {
         let mut health = self.health.lock().unwrap();
         health.failures += 1;
         health.status_unhealthy |= error.is_fault();
+        health.failing = !error.is_fault();
         health.last_error = Some(error.to_string());
         health.last_error_at = Some(crate::clock::wall_rfc3339());
         if !matches!(error, CallError::Timeout { .. }) {
@@ -281,6 +289,7 @@ impl Entry {
             (None, _) => PluginStatus::Failed,
             (Some(_), _) if quarantined_until.is_some() => PluginStatus::Quarantined,
             (Some(_), true) => PluginStatus::Unhealthy,
+            (Some(_), false) if health.failing => PluginStatus::Failing,
             (Some(_), false) => PluginStatus::Ok,
         };
         PluginInfo {
@@ -438,6 +447,7 @@ impl Registry {
                     // A new version starts with a clean record.
                     let mut health = entry.health.lock().unwrap();
                     health.status_unhealthy = false;
+                    health.failing = false;
                     health.refused = None;
                     health.timeouts_in_row = 0;
                     health.backoff_level = 0;

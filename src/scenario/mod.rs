@@ -11,6 +11,8 @@ use crate::telemetry::OfflineBuffer;
 
 /// The scenario `iotmock serve` runs when none is given.
 pub const DEMO: &str = include_str!("demo.toml");
+/// How the built-in demo is named in errors.
+pub const DEMO_ORIGIN: &str = "(built-in demo)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
@@ -30,6 +32,9 @@ pub enum ScenarioError {
 struct RawScenario {
     #[serde(default)]
     seed: Option<u64>,
+    /// Where simulated time starts, RFC 3339; `--start-time` overrides it.
+    #[serde(default)]
+    start_time: Option<String>,
     #[serde(default)]
     fleet: Vec<RawFleet>,
     #[serde(default)]
@@ -124,6 +129,8 @@ pub struct DeviceSpec {
 #[derive(Debug, Clone, Default)]
 pub struct Scenario {
     pub seed: Option<u64>,
+    /// Where simulated time starts, ms since the epoch.
+    pub start_time_ms: Option<i64>,
     pub devices: Vec<DeviceSpec>,
     /// `[[edge_node]]` tables, checked when the server starts them.
     pub edge_nodes: Vec<crate::edge::EdgeNodeSpec>,
@@ -140,7 +147,7 @@ impl Scenario {
     }
 
     pub fn demo() -> Self {
-        Self::parse(DEMO, "(built-in demo)").expect("the built-in demo scenario is valid")
+        Self::parse(DEMO, DEMO_ORIGIN).expect("the built-in demo scenario is valid")
     }
 
     /// Parses and validates scenario text; `origin` names it in errors.
@@ -152,6 +159,14 @@ impl Scenario {
         let invalid = |detail: String| ScenarioError::Invalid {
             origin: origin.to_string(),
             detail,
+        };
+        let start_time_ms = match &raw.start_time {
+            None => None,
+            Some(text) => Some(crate::clock::parse_rfc3339_ms(text).ok_or_else(|| {
+                invalid(format!(
+                    "start_time {text:?} is not an RFC 3339 time: write e.g. \"2026-06-01T09:00:00Z\""
+                ))
+            })?),
         };
         let mut devices = Vec::new();
         let mut seen = BTreeSet::new();
@@ -225,6 +240,7 @@ impl Scenario {
         }
         Ok(Self {
             seed: raw.seed,
+            start_time_ms,
             devices,
             edge_nodes: raw.edge_node,
             stubs: raw.stubs,
@@ -343,6 +359,17 @@ mod tests {
         let err =
             Scenario::parse("[[fleet]]\nid = \"a\"\n[[fleet]]\nid = \"a\"\n", "t").unwrap_err();
         assert!(err.to_string().contains("twice"), "{err}");
+    }
+
+    #[test]
+    fn start_time_is_rfc3339() {
+        let s = Scenario::parse("start_time = \"2026-06-01T09:00:00+02:00\"\n", "t").unwrap();
+        assert_eq!(
+            s.start_time_ms,
+            crate::clock::parse_rfc3339_ms("2026-06-01T07:00:00Z")
+        );
+        let err = Scenario::parse("start_time = \"9am\"\n", "t").unwrap_err();
+        assert!(err.to_string().contains("start_time \"9am\""), "{err}");
     }
 
     #[test]

@@ -597,6 +597,14 @@ async fn journal_verify_and_clients() {
         .await;
     let items = page["items"].as_array().unwrap();
     assert_eq!(items.len(), 4, "{page}");
+    assert_eq!(page["more"], false, "{page}");
+    let (_, cut) = server
+        .get(&format!(
+            "/api/v1/mqtt/messages?topic=dev/%23&since={since}&limit=3"
+        ))
+        .await;
+    assert_eq!(cut["items"].as_array().unwrap().len(), 3, "{cut}");
+    assert_eq!(cut["more"], true, "the body says a page was cut: {cut}");
     // Client publishes and the HTTP one race; find them by content.
     let find = |topic: &str, retain: bool| {
         items

@@ -222,3 +222,78 @@ async fn export_filters_and_pages() {
     assert_eq!(health["telemetry"]["journal_evicted"], 0);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_pages_say_in_the_body_when_more_follow() {
+    let server = TestServer::with_scenario(THREE_DEVICES, |c| c.clock = ClockMode::Manual).await;
+    server
+        .post("/api/v1/clock/advance", json!({ "ms": 10_000 }))
+        .await;
+    let mut readings = Vec::new();
+    let mut path = "/api/v1/telemetry?limit=7&trailer=true".to_string();
+    let mut pages = 0;
+    loop {
+        let body = server.get_text(&path).await;
+        pages += 1;
+        let mut lines: Vec<serde_json::Value> = body
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("every line is JSON"))
+            .collect();
+        let trailer = lines.pop().expect("a trailer line");
+        assert_eq!(
+            trailer.as_object().map(|o| o.len()),
+            Some(1),
+            "the trailer is only {{\"next_cursor\"}}: {trailer}"
+        );
+        assert!(lines.iter().all(|r| r.get("device").is_some()));
+        readings.extend(lines);
+        match trailer["next_cursor"].as_u64() {
+            Some(next) => path = format!("/api/v1/telemetry?limit=7&trailer=true&cursor={next}"),
+            None => {
+                assert!(trailer["next_cursor"].is_null(), "{trailer}");
+                break;
+            }
+        }
+    }
+    assert_eq!(readings.len(), 30);
+    assert_eq!(pages, 5);
+    // Without it the body is the readings alone, as before.
+    let plain = server.get_text("/api/v1/telemetry?limit=7").await;
+    assert_eq!(plain.lines().count(), 7);
+    let (status, problem) = server
+        .get("/api/v1/telemetry?format=csv&trailer=true")
+        .await;
+    assert_eq!(status, 422, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("x-next-cursor")
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scenario_sets_the_start_time_and_the_flag_overrides_it() {
+    let scenario = format!("start_time = \"2026-07-01T08:00:00Z\"\n{THREE_DEVICES}");
+    let server = TestServer::with_scenario(&scenario, |c| c.clock = ClockMode::Manual).await;
+    let (_, clock) = server.get("/api/v1/clock").await;
+    assert_eq!(clock["now"], "2026-07-01T08:00:00.000Z");
+    let mut sub = server.subscribe("devices/t-1/telemetry/#").await;
+    server
+        .post("/api/v1/clock/advance", json!({ "ms": 1_000 }))
+        .await;
+    let ts = sub.next().await.json()["ts"].as_str().unwrap().to_string();
+    assert!(ts.starts_with("2026-07-01T08:00:0"), "{ts}");
+    server.stop().await;
+
+    let start = iotmock::clock::parse_rfc3339_ms("2030-01-01T12:00:00Z").unwrap();
+    let server = TestServer::with_scenario(&scenario, |c| {
+        c.clock = ClockMode::Manual;
+        c.start_time_ms = Some(start);
+    })
+    .await;
+    let (_, clock) = server.get("/api/v1/clock").await;
+    assert_eq!(clock["now_ms"], start);
+    server.stop().await;
+}

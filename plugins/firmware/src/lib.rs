@@ -59,7 +59,9 @@ impl Guest for Plugin {
         let step_ms = number(&config, "step_ms", 500.0)?;
         let failure_rate = number(&config, "failure_rate", 0.1)?;
         if !(0.0..=100.0).contains(&steps) {
-            return Err(PluginError::InvalidConfig("steps must be 0 to 100".to_string()));
+            return Err(PluginError::InvalidConfig(
+                "steps must be 0 to 100".to_string(),
+            ));
         }
         if !(0.0..=3_600_000.0).contains(&step_ms) {
             return Err(PluginError::InvalidConfig(
@@ -104,7 +106,11 @@ impl Guest for Plugin {
                 json!({ "error": "image verification failed", "version": version }),
             ));
         } else {
-            host::set_state(device, "firmware_version", &Value::from(version).to_string());
+            host::set_state(
+                device,
+                "firmware_version",
+                &Value::from(version).to_string(),
+            );
             replies.push(reply(
                 step_ms,
                 AckStatus::Completed,

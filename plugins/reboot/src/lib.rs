@@ -79,7 +79,10 @@ impl Guest for Plugin {
                 Reply {
                     delay_ms,
                     status: AckStatus::Completed,
-                    result: Some(json!({ "rebooting": true, "offline_ms": offline_ms, "boot_count": boots }).to_string()),
+                    result: Some(
+                        json!({ "rebooting": true, "offline_ms": offline_ms, "boot_count": boots })
+                            .to_string(),
+                    ),
                 },
             ],
             offline_ms: Some(offline_ms),

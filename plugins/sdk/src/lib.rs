@@ -31,11 +31,56 @@ use serde::de::DeserializeOwned;
 
 /// Parses a plugin's JSON configuration, naming what is wrong on failure.
 /// An empty string means "all defaults".
+///
+/// Give the config struct `#[serde(default, deny_unknown_fields)]`: an
+/// unknown key is then refused by name (`unknown field \`amplitud\`,
+/// expected one of ...`), and a bad value names its field (`field \`mean\`:
+/// invalid type: string "hot", expected f64`), which serde alone does not
+/// say. The host calls `describe` with every configuration before it
+/// accepts it, so this is what a user sees in a 422 or a refused scenario.
 pub fn parse_config<T: DeserializeOwned + Default>(config: &str) -> Result<T, String> {
     if config.trim().is_empty() {
         return Ok(T::default());
     }
-    serde_json::from_str(config).map_err(|e| format!("plugin config: {e}"))
+    serde_json::from_str(config).map_err(|e| format!("config: {}", blame::<T>(config, &e)))
+}
+
+/// Words a config error so it names the top-level field at fault: with
+/// every field defaulted, each key can be tried alone, and the first that
+/// fails alone is the one to fix.
+fn blame<T: DeserializeOwned>(config: &str, error: &serde_json::Error) -> String {
+    let whole = without_position(error);
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(config)
+    else {
+        return whole;
+    };
+    for (key, value) in map {
+        let mut alone = serde_json::Map::new();
+        alone.insert(key.clone(), value);
+        if let Err(e) = serde_json::from_value::<T>(serde_json::Value::Object(alone)) {
+            let detail = without_position(&e);
+            if detail.starts_with(&unknown_field_prefix(&key)) {
+                return detail;
+            }
+            return format!("field `{key}`: {detail}");
+        }
+    }
+    whole
+}
+
+/// The prefix of serde's message for the unknown top-level key `key`.
+fn unknown_field_prefix(key: &str) -> String {
+    format!("unknown field `{key}`")
+}
+
+/// serde_json's message without its " at line L column C" (configs are one
+/// line of JSON the host wrote, so the position helps nobody).
+fn without_position(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    match text.find(" at line ") {
+        Some(at) => text[..at].to_string(),
+        None => text,
+    }
 }
 
 /// Fails with `message` unless `ok`: for config checks.
@@ -301,6 +346,45 @@ pub(crate) mod testing {
 mod tests {
     use super::testing::*;
     use super::*;
+
+    #[derive(serde::Deserialize, Default, Debug)]
+    #[serde(default, deny_unknown_fields)]
+    struct Example {
+        mean: Option<f64>,
+        placement: Placement,
+        nested: Nested,
+    }
+
+    #[derive(serde::Deserialize, Default, Debug)]
+    #[serde(default, deny_unknown_fields)]
+    struct Nested {
+        rate: f64,
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        let e = parse_config::<Example>(r#"{"mean":1,"amplitud":2}"#).unwrap_err();
+        assert!(e.starts_with("config: unknown field `amplitud`"), "{e}");
+        assert!(!e.contains("line 1"), "{e}");
+        let e = parse_config::<Example>(r#"{"placement":"indoor","mean":"hot"}"#).unwrap_err();
+        assert!(e.starts_with("config: field `mean`: invalid type"), "{e}");
+        let e = parse_config::<Example>(r#"{"placement":"attic"}"#).unwrap_err();
+        assert!(
+            e.starts_with("config: field `placement`: unknown variant `attic`"),
+            "{e}"
+        );
+        let e = parse_config::<Example>(r#"{"nested":{"rat":1}}"#).unwrap_err();
+        assert!(
+            e.starts_with("config: field `nested`: unknown field `rat`"),
+            "{e}"
+        );
+        assert!(parse_config::<Example>("\"warm\"").is_err());
+        assert_eq!(
+            parse_config::<Example>(r#"{"mean":3}"#).unwrap().mean,
+            Some(3.0)
+        );
+        assert!(parse_config::<Example>("").unwrap().mean.is_none());
+    }
 
     #[test]
     fn quantize_rounds_to_step() {

@@ -30,11 +30,18 @@ impl Pool {
             Ok(found) => found,
             Err(e) => return (Err(e), ctx),
         };
+        // An empty batch is a configuration check: refusing a bad config is
+        // the plugin doing its job, not a failing call.
+        let config_check = readings.is_empty();
         match self
             .run(
                 entry,
                 move |w| process_on(w, &version, &config, state, window, readings, ctx, budget),
-                |r: &Answer| r.0.as_ref().err(),
+                move |r: &Answer| {
+                    r.0.as_ref()
+                        .err()
+                        .filter(|e| !(config_check && matches!(e, CallError::InvalidConfig { .. })))
+                },
             )
             .await
         {
