@@ -369,7 +369,11 @@ impl Server {
                 mock_connections: config.mock_http.map(|_| Arc::new(ListenerStats::default())),
             },
         };
-        let mock = match (config.mock_http, mock_listener, &state.limits.mock_connections) {
+        let mock = match (
+            config.mock_http,
+            mock_listener,
+            &state.limits.mock_connections,
+        ) {
             (Some(addr), Some(listener), Some(stats)) => Some(MockListener::start(
                 addr,
                 listener,

@@ -403,7 +403,6 @@ mod tests {
         assert!(parse_bytes("lots").is_err());
     }
 
-
     #[test]
     fn addresses_take_a_bare_port_and_host_names() {
         assert_eq!(parse_listen_addr("8080"), Ok(([127, 0, 0, 1], 8080).into()));
