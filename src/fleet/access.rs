@@ -41,7 +41,7 @@ impl DeviceAccess {
 impl Authorizer for DeviceAccess {
     fn authenticate(
         &self,
-        _client_id: &str,
+        client_id: &str,
         username: Option<&str>,
         password: Option<&[u8]>,
     ) -> AuthDecision {
@@ -61,6 +61,9 @@ impl Authorizer for DeviceAccess {
             return AuthDecision::NotAuthorized;
         };
         match fleet.authenticate(username, password) {
+            // Its own id only: another device's id would take that
+            // device's session and connectivity over.
+            AuthOutcome::Ok if client_id != username => AuthDecision::ClientIdNotValid,
             AuthOutcome::Ok => AuthDecision::Allow {
                 user: Some(username.to_string()),
             },

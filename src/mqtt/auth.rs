@@ -31,4 +31,7 @@ pub enum AuthDecision {
     BadCredentials,
     /// CONNACK 0x87 (v5) / 5 (3.1.1): not authorized.
     NotAuthorized,
+    /// CONNACK 0x85 (v5) / 2 (3.1.1): the client id is not one this user
+    /// may take (a device connects only under its own id).
+    ClientIdNotValid,
 }

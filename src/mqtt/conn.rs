@@ -283,6 +283,13 @@ fn handshake(
             AuthDecision::NotAuthorized => {
                 return refuse(out, ReasonCode::NotAuthorized, "not authorized");
             }
+            AuthDecision::ClientIdNotValid => {
+                return refuse(
+                    out,
+                    ReasonCode::ClientIdentifierNotValid,
+                    "a device connects only under its own id",
+                );
+            }
         },
     };
     let expiry = if v5 {

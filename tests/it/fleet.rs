@@ -391,8 +391,17 @@ async fn device_credentials_admit_refuse_and_confine_mqtt_clients() {
     let mut anonymous = Client::spawn(crate::broker::options(server.mqtt, "anon"), false);
     assert!(anonymous.error().await.contains("NotAuthorized"));
 
+    // The right secret under another client id is refused: a device
+    // connects only as itself, so it cannot take dev-2's session over.
+    let mut other_id = Client::spawn(login(&server, "dev-2", "dev-1", &secret_one), false);
+    let refused = other_id.error().await;
+    assert!(
+        refused.contains("ClientIdentifierNotValid") || refused.contains("BadClientId"),
+        "{refused}"
+    );
+
     // The right secret connects; the device becomes active and online.
-    let (device, _) = Client::connect(login(&server, "dev-1-firmware", "dev-1", &secret_one)).await;
+    let (device, _) = Client::connect(login(&server, "dev-1", "dev-1", &secret_one)).await;
     let view = wait_device(&server, "dev-1", |d| d["connectivity"]["state"] == "online").await;
     assert_eq!(view["state"], "active");
     assert_eq!(view["connectivity"]["connect_count"], 1);
@@ -464,7 +473,7 @@ async fn device_credentials_admit_refuse_and_confine_mqtt_clients() {
     assert!(old.error().await.contains("BadUserNamePassword"));
     let (again, _) = Client::connect(login(
         &server,
-        "n",
+        "dev-1",
         "dev-1",
         rotated["password"].as_str().unwrap(),
     ))
