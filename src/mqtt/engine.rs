@@ -632,17 +632,7 @@ impl Engine {
             let d = s.pop().expect("front exists");
             let stored = d.qos > 0 && s.persistent();
             if d.msg.expired(now) {
-                if stored {
-                    self.persist(|| Op::MsgDel {
-                        client_id: s.client_id.clone(),
-                        seq: d.seq,
-                    });
-                }
-                s.counters.dropped_expired += 1;
-                self.counters
-                    .dropped_expired
-                    .fetch_add(1, Ordering::Relaxed);
-                self.log_drop(&s.client_id, &d.msg, d.qos, DropReason::Expired);
+                self.unsent(s, &d, stored, DropReason::Expired);
                 continue;
             }
             let size = OutPublish {
@@ -658,17 +648,7 @@ impl Engine {
             }
             .size(s.version);
             if size > max_packet {
-                if stored {
-                    self.persist(|| Op::MsgDel {
-                        client_id: s.client_id.clone(),
-                        seq: d.seq,
-                    });
-                }
-                s.counters.dropped_too_large += 1;
-                self.counters
-                    .dropped_too_large
-                    .fetch_add(1, Ordering::Relaxed);
-                self.log_drop(&s.client_id, &d.msg, d.qos, DropReason::TooLarge);
+                self.unsent(s, &d, stored, DropReason::TooLarge);
                 continue;
             }
             s.counters.sent += 1;
@@ -691,6 +671,35 @@ impl Engine {
         }
         !s.queue.is_empty()
             && (s.inflight.len() < window || s.queue.front().is_some_and(|d| d.qos == 0))
+    }
+
+    /// A queued delivery taken out without being sent: forgotten by the
+    /// store, counted on the session and the engine, and logged.
+    fn unsent(&self, s: &mut Session, d: &Delivery, stored: bool, reason: DropReason) {
+        if stored {
+            self.persist(|| Op::MsgDel {
+                client_id: s.client_id.clone(),
+                seq: d.seq,
+            });
+        }
+        let (session, engine) = match reason {
+            DropReason::Expired => (
+                &mut s.counters.dropped_expired,
+                &self.counters.dropped_expired,
+            ),
+            DropReason::TooLarge => (
+                &mut s.counters.dropped_too_large,
+                &self.counters.dropped_too_large,
+            ),
+            DropReason::QueueFull => (
+                &mut s.counters.dropped_queue_full,
+                &self.counters.dropped_queue_full,
+            ),
+            DropReason::Fault => (&mut s.counters.dropped_fault, &self.counters.dropped_fault),
+        };
+        *session += 1;
+        engine.fetch_add(1, Ordering::Relaxed);
+        self.log_drop(&s.client_id, &d.msg, d.qos, reason);
     }
 
     /// PUBACK (QoS 1) or PUBCOMP (QoS 2) for a message we sent.
