@@ -83,13 +83,9 @@ pub(crate) struct Frame {
     pub body: Bytes,
 }
 
-/// Splits one whole packet off the front of `buf`, or answers `None` when
-/// more bytes are needed. A packet larger than `max` is refused as soon as
-/// its length is known, before its body is read.
-pub(crate) fn split(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, ProtocolError> {
-    if buf.len() < 2 {
-        return Ok(None);
-    }
+/// The fixed header at the start of `buf`: (its length, the body's
+/// length), or `None` when it is not all there yet.
+pub(crate) fn fixed_header(buf: &[u8]) -> Result<Option<(usize, usize)>, ProtocolError> {
     let mut len: usize = 0;
     let mut shift = 0;
     let mut i = 1;
@@ -105,9 +101,18 @@ pub(crate) fn split(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, Pro
         shift += 7;
         i += 1;
         if b & 0x80 == 0 {
-            break;
+            return Ok(Some((i, len)));
         }
     }
+}
+
+/// Splits one whole packet off the front of `buf`, or answers `None` when
+/// more bytes are needed. A packet larger than `max` is refused as soon as
+/// its length is known, before its body is read.
+pub(crate) fn split(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, ProtocolError> {
+    let Some((i, len)) = fixed_header(buf)? else {
+        return Ok(None);
+    };
     if i + len > max {
         return Err(ProtocolError::new(
             rc::PACKET_TOO_LARGE,

@@ -837,7 +837,11 @@ where
     let mut pending: Vec<u8> = Vec::with_capacity(out.len());
     let mut i = 0;
     while i < out.len() {
-        let (len, header) = packet_len(&out[i..]);
+        // The engine's own output: always whole packets.
+        let Ok(Some((header, body_len))) = codec::fixed_header(&out[i..]) else {
+            break;
+        };
+        let len = header + body_len;
         let pkt = &out[i..i + len];
         i += len;
         let kind = PacketKind::of_first_byte(pkt[0]).unwrap_or(PacketKind::Publish);
@@ -906,22 +910,4 @@ async fn flush<S: AsyncWrite + Unpin>(stream: &mut S, pending: &mut Vec<u8>) -> 
         pending.clear();
     }
     Ok(())
-}
-
-/// (whole length, fixed header length) of the encoded packet at the start
-/// of `b` (the engine's own output, so always whole).
-fn packet_len(b: &[u8]) -> (usize, usize) {
-    let mut len = 0usize;
-    let mut i = 1;
-    let mut shift = 0;
-    loop {
-        let x = b[i];
-        len |= ((x & 0x7f) as usize) << shift;
-        shift += 7;
-        i += 1;
-        if x & 0x80 == 0 {
-            break;
-        }
-    }
-    (i + len, i)
 }

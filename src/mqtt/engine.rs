@@ -77,6 +77,14 @@ struct Core {
     hits: Vec<Hit>,
 }
 
+impl Core {
+    /// Sets a timer; timers due at the same time fire in the order set.
+    fn schedule(&mut self, due: i64, timer: Timer) {
+        self.timer_seq += 1;
+        self.timers.insert((due, self.timer_seq), timer);
+    }
+}
+
 /// Dropped messages kept in the drop log.
 pub const DROP_LOG_CAPACITY: usize = 10_000;
 
@@ -366,10 +374,8 @@ impl Engine {
                 (_, Some(w)) => {
                     let delay = w.delay_secs.min(expiry);
                     session.will = Some(w);
-                    let seq = core.timer_seq;
-                    core.timer_seq += 1;
-                    core.timers.insert(
-                        (now + i64::from(delay) * 1000, seq),
+                    core.schedule(
+                        now + i64::from(delay) * 1000,
                         Timer::Will {
                             client: client_id.clone(),
                             generation,
@@ -386,10 +392,8 @@ impl Engine {
                     }
                 }
             } else if expiry != NEVER {
-                let seq = core.timer_seq;
-                core.timer_seq += 1;
-                core.timers.insert(
-                    (now + i64::from(expiry) * 1000, seq),
+                core.schedule(
+                    now + i64::from(expiry) * 1000,
                     Timer::SessionEnd {
                         client: client_id.clone(),
                         generation,
@@ -1034,10 +1038,8 @@ fn load_into(core: &mut Core, loaded: Loaded, now: i64) {
         }
         s.resend = !s.inflight.is_empty();
         if s.expiry_secs != NEVER {
-            let seq = core.timer_seq;
-            core.timer_seq += 1;
-            core.timers.insert(
-                (now + i64::from(s.expiry_secs) * 1000, seq),
+            core.schedule(
+                now + i64::from(s.expiry_secs) * 1000,
                 Timer::SessionEnd {
                     client: ls.client_id.clone(),
                     generation: 0,

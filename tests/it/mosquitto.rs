@@ -17,23 +17,7 @@ use crate::support::TestServer;
 /// Makes sure the mosquitto clients are installed, once per test run.
 fn ensure_clients() {
     static ONCE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    ONCE.get_or_init(|| {
-        let present = Command::new("mosquitto_sub").arg("--help").output().is_ok();
-        if present {
-            return;
-        }
-        let installed = Command::new("sh")
-            .args([
-                "-c",
-                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto-clients",
-            ])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(
-            installed,
-            "mosquitto_sub is missing and could not be installed: run `apt-get install mosquitto-clients`"
-        );
-    });
+    ONCE.get_or_init(|| crate::support::ensure_tool("mosquitto_sub", "mosquitto-clients"));
 }
 
 fn base(addr: SocketAddr) -> Vec<String> {

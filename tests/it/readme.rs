@@ -238,15 +238,10 @@ fn has_field(v: &Value, field: &Field) -> bool {
 
 #[test]
 fn readme_examples_work_as_written() {
+    // The README's examples need these; installed on first use, like the
+    // mosquitto clients.
     for tool in ["bash", "curl", "jq"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        assert!(
-            found,
-            "the README's examples need {tool}: apt-get install {tool}"
-        );
+        crate::support::ensure_tool(tool, tool);
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();

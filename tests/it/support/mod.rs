@@ -265,3 +265,29 @@ impl Subscriber {
         out
     }
 }
+
+/// Makes sure the command `tool` exists, installing Debian's `package`
+/// when it does not (the tests run as root on a fresh machine), so that
+/// `cargo test --release` needs no set-up of its own.
+pub fn ensure_tool(tool: &str, package: &str) {
+    let present = || {
+        std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if present() {
+        return;
+    }
+    let installed = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {package}"),
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        installed && present(),
+        "{tool} is missing and could not be installed: run `apt-get install {package}`"
+    );
+}
