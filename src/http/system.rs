@@ -54,6 +54,7 @@ pub struct LimitsView {
 #[utoipa::path(get, path = "/api/v1/health", tag = "system",
     responses((status = 200, body = Health)))]
 pub async fn health_show(State(state): State<AppState>) -> Json<Health> {
+    let mqtt = state.mqtt.status();
     Json(Health {
         status: "ok",
         version: env!("CARGO_PKG_VERSION"),
@@ -62,8 +63,8 @@ pub async fn health_show(State(state): State<AppState>) -> Json<Health> {
         clock: clock_view(&state),
         telemetry: state.telemetry.counters(),
         commands: state.commands.counters(),
-        mqtt_journal: state.mqtt.status().journal,
-        mqtt_broker: state.mqtt.status().broker,
+        mqtt_journal: mqtt.journal,
+        mqtt_broker: mqtt.broker,
         http_journal: state.stubs.journal().stats(),
         http_connections: state.limits.api_connections.counters(&state.limits.http),
         mock_http_connections: state

@@ -40,21 +40,7 @@ pub(crate) fn parse_filter(raw: &str) -> Result<Filter<'_>, &'static str> {
         }
         None => (None, raw),
     };
-    if filter.is_empty() {
-        return Err("empty topic filter");
-    }
-    if filter.contains('\0') {
-        return Err("topic filter holds a NUL character");
-    }
-    let mut levels = filter.split('/').peekable();
-    while let Some(level) = levels.next() {
-        if level.contains('#') && (level != "#" || levels.peek().is_some()) {
-            return Err("# must be a whole level and the last one");
-        }
-        if level.contains('+') && level != "+" {
-            return Err("+ must be a whole level");
-        }
-    }
+    super::topics::valid_filter(filter)?;
     Ok(Filter { group, filter })
 }
 
