@@ -20,7 +20,7 @@ mod model;
 mod store;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -153,11 +153,24 @@ struct Core {
     timer_seq: u64,
     batches: HashMap<String, Batch>,
     finals: usize,
+    /// New commands whose first write is under way: nothing about them
+    /// leaves the engine (a queued one is not delivered, an HTTP device
+    /// does not fetch it) until it is stored.
+    unstored: HashSet<Arc<str>>,
 }
 
 struct Batch {
     name: String,
     ids: Vec<Arc<str>>,
+}
+
+/// What an API change of a command replaced, to put back when the change
+/// cannot be stored.
+struct Undo {
+    view: CommandView,
+    version: u64,
+    /// Where the command stood in its device's queue.
+    queue_at: Option<usize>,
 }
 
 struct Rec {
@@ -271,6 +284,7 @@ impl Commands {
                 order: BTreeMap::new(),
                 next_seq: 1,
                 queues: HashMap::new(),
+                unstored: HashSet::new(),
                 inflight: HashMap::new(),
                 pollers: HashMap::new(),
                 timers: BinaryHeap::new(),
@@ -687,6 +701,15 @@ impl Commands {
                 )));
             }
             let id: Arc<str> = id.into();
+            let rec = &core.commands[&id];
+            let undo = Undo {
+                view: rec.view.clone(),
+                version: rec.version,
+                queue_at: core
+                    .queues
+                    .get(&rec.view.device)
+                    .and_then(|q| q.iter().position(|c| *c == id)),
+            };
             core.finish(
                 &id,
                 CommandStatus::Cancelled,
@@ -695,8 +718,10 @@ impl Commands {
                 now,
                 &mut effects,
             );
-            core.commands[&id].view.clone()
+            (core.commands[&id].view.clone(), id, undo)
         };
+        let (view, id, undo) = view;
+        self.0.store_change(&id, undo, &mut effects).await?;
         self.0.run_effects(effects).await;
         Ok(view)
     }
@@ -764,7 +789,7 @@ impl Commands {
                     ids.iter()
                         .find(|id| {
                             let r = &core.commands[*id];
-                            r.http_fetched < r.view.attempts
+                            r.http_fetched < r.view.attempts && !core.unstored.contains(*id)
                         })
                         .cloned()
                 });
@@ -919,6 +944,7 @@ impl Core {
     /// Forgets a command that was just created and could not be stored:
     /// it leaves no trace (its timers find nothing and do nothing).
     fn take_back(&mut self, id: &Arc<str>) {
+        self.unstored.remove(id);
         let Some(rec) = self.commands.remove(id) else {
             return;
         };
@@ -1130,6 +1156,9 @@ impl Inner {
             status: watch::Sender::new(CommandStatus::Queued),
         };
         effects.push(persist(&rec));
+        if self.store.is_some() {
+            core.unstored.insert(id.clone());
+        }
         core.commands.insert(id.clone(), rec);
         core.order.insert(seq, id.clone());
         self.stats.submitted.fetch_add(1, Ordering::Relaxed);
@@ -1194,10 +1223,16 @@ impl Inner {
         let Some(queue) = core.queues.remove(device) else {
             return;
         };
+        let mut waiting = VecDeque::new();
         for id in queue {
-            if core.commands.get(&id).map(|r| r.view.status) == Some(CommandStatus::Queued) {
+            if core.unstored.contains(&id) {
+                waiting.push_back(id);
+            } else if core.commands.get(&id).map(|r| r.view.status) == Some(CommandStatus::Queued) {
                 self.deliver(core, &id, now, effects);
             }
+        }
+        if !waiting.is_empty() {
+            core.queues.insert(device.to_string(), waiting);
         }
     }
 
@@ -1512,6 +1547,68 @@ impl Inner {
         }
     }
 
+    /// Stores an API change of one existing command before it is answered:
+    /// its newest record among `effects` is written now. When the write
+    /// fails the change is undone (unless something else changed the
+    /// command since), the other effects are dropped, and the error is
+    /// returned.
+    async fn store_change(
+        &self,
+        id: &Arc<str>,
+        undo: Undo,
+        effects: &mut Vec<Effect>,
+    ) -> Result<(), CommandError> {
+        let Some(store) = self.store.clone() else {
+            return Ok(());
+        };
+        let newest = effects
+            .iter()
+            .rposition(|e| matches!(e, Effect::Persist { view, .. } if view.id.as_str() == &**id));
+        let written = match newest.map(|i| effects.remove(i)) {
+            Some(Effect::Persist {
+                seq,
+                version,
+                deadline,
+                view,
+            }) => {
+                effects.retain(
+                    |e| !matches!(e, Effect::Persist { view, .. } if view.id.as_str() == &**id),
+                );
+                crate::sqlite::blocking(move || store.put(seq, version, deadline, &view)).await
+            }
+            _ => Ok(()),
+        };
+        let Err(error) = written else {
+            return Ok(());
+        };
+        let mut core = self.core.lock().unwrap();
+        self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(command = %id, %error, "could not store a change of a command; it was not made");
+        effects.clear();
+        let finished = undo.view.status.is_final();
+        if let Some(rec) = core.commands.get_mut(id)
+            && rec.version == undo.version + 1
+        {
+            let was_final = rec.view.status.is_final();
+            rec.status.send_replace(undo.view.status);
+            rec.view = undo.view;
+            rec.version = undo.version;
+            let device = rec.view.device.clone();
+            if was_final && !finished {
+                core.finals -= 1;
+            }
+            if let Some(at) = undo.queue_at {
+                let queue = core.queues.entry(device.clone()).or_default();
+                queue.insert(at.min(queue.len()), id.clone());
+                // A device polling over HTTP takes it back on its next look.
+                if let Some(poller) = core.pollers.get(&device) {
+                    poller.notify_waiters();
+                }
+            }
+        }
+        Err(error.into())
+    }
+
     /// Stores new commands before anything about them leaves the engine
     /// (no publish, no answer): their newest records among `effects` are
     /// written now and taken out of the list. When the write fails the
@@ -1549,6 +1646,27 @@ impl Inner {
         let rows: Vec<_> = records.into_values().collect();
         let written = crate::sqlite::blocking(move || store.put_all(&rows)).await;
         let Err(error) = written else {
+            // Stored: a device that came online (or started polling)
+            // during the write takes its queued commands now.
+            let mut core = self.core.lock().unwrap();
+            let now = self.clock.now_ms();
+            let mut devices = Vec::new();
+            for id in ids {
+                core.unstored.remove(id);
+                if let Some(rec) = core.commands.get(id)
+                    && !devices.contains(&rec.view.device)
+                {
+                    devices.push(rec.view.device.clone());
+                }
+            }
+            for device in devices {
+                if self.deliverable(&device) {
+                    self.deliver_queued(&mut core, &device, now, effects);
+                }
+                if let Some(poller) = core.pollers.get(&device) {
+                    poller.notify_waiters();
+                }
+            }
             return Ok(());
         };
         self.stats.store_errors.fetch_add(1, Ordering::Relaxed);

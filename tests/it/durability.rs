@@ -52,12 +52,27 @@ async fn changes_that_cannot_be_stored_are_refused_with_503_and_not_made() {
     assert_eq!(status, 201);
     // The device listens for commands: one that is sent would arrive.
     let mut device = RealDevice::connect(&server, "gw-1").await;
+    // A command waits for a device that is away; cancelling it is a change.
+    let (status, _) = server
+        .post(
+            "/api/v1/devices",
+            json!({"id": "gw-away", "simulated": false}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, queued) = server
+        .post(
+            "/api/v1/devices/gw-away/commands",
+            json!({"id": "cmd-queued", "name": "reboot", "timeout_ms": 60000}),
+        )
+        .await;
+    assert_eq!((status, &queued["status"]), (202, &json!("queued")));
 
     let locks: Vec<_> = ["iotmock.db", "commands.db", "stubs.db", "edge.db"]
         .iter()
         .map(|file| hold_write_lock(&dir.join(file)))
         .collect();
-    let (command, new_device, stub, edge, stub_delete) = tokio::join!(
+    let (command, new_device, stub, edge, stub_delete, cancel) = tokio::join!(
         server.post(
             "/api/v1/devices/gw-1/commands",
             json!({"id": "cmd-lost", "name": "reboot", "timeout_ms": 60000}),
@@ -74,12 +89,14 @@ async fn changes_that_cannot_be_stored_are_refused_with_503_and_not_made() {
                    "rules": [{"plugin": "edge-aggregate"}]}),
         ),
         server.delete("/api/v1/stubs/kept"),
+        server.post("/api/v1/commands/cmd-queued/cancel", json!({})),
     );
     assert_storage_failed("command", command.0, &command.1);
     assert_storage_failed("device", new_device.0, &new_device.1);
     assert_storage_failed("stub", stub.0, &stub.1);
     assert_storage_failed("edge node", edge.0, &edge.1);
     assert_storage_failed("stub delete", stub_delete.0, &stub_delete.1);
+    assert_storage_failed("command cancel", cancel.0, &cancel.1);
     drop(locks);
 
     // Nothing half-done: none of it is in memory, nothing went out.
@@ -94,8 +111,13 @@ async fn changes_that_cannot_be_stored_are_refused_with_503_and_not_made() {
     let (status, _) = server.get("/api/v1/stubs/kept").await;
     assert_eq!(status, 200, "a delete that was not stored did not happen");
     let (_, health) = server.get("/api/v1/health").await;
-    assert_eq!(health["commands"]["submitted"], 0, "{health}");
-    assert_eq!(health["commands"]["store_errors"], 1, "{health}");
+    let (_, still) = server.get("/api/v1/commands/cmd-queued").await;
+    assert_eq!(
+        still["status"], "queued",
+        "a cancel that was not stored did not happen: {still}"
+    );
+    assert_eq!(health["commands"]["submitted"], 1, "{health}");
+    assert_eq!(health["commands"]["store_errors"], 2, "{health}");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(device.try_command().is_none(), "no command was published");
 
@@ -107,10 +129,16 @@ async fn changes_that_cannot_be_stored_are_refused_with_503_and_not_made() {
         )
         .await;
     assert_eq!(status, 202, "{body}");
+    let (status, cancelled) = server
+        .post("/api/v1/commands/cmd-queued/cancel", json!({}))
+        .await;
+    assert_eq!((status, &cancelled["status"]), (200, &json!("cancelled")));
     server.stop().await;
     let server = TestServer::with_scenario("", |c| c.data_dir = Some(dir.clone())).await;
     let (status, command) = server.get("/api/v1/commands/cmd-lost").await;
     assert_eq!(status, 200, "{command}");
+    let (_, cancelled) = server.get("/api/v1/commands/cmd-queued").await;
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
     let (status, _) = server.get("/api/v1/devices/gw-2").await;
     assert_eq!(status, 404);
     let (status, _) = server.get("/api/v1/stubs/kept").await;
