@@ -52,6 +52,11 @@ pub struct Config {
     pub journal_capacity: usize,
     /// Bytes kept in the MQTT journal.
     pub journal_max_bytes: usize,
+    /// The largest MQTT packet a client may send, advertised in CONNACK.
+    pub mqtt_max_packet_size: usize,
+    /// Messages and bytes queued per MQTT session.
+    pub mqtt_max_queued: usize,
+    pub mqtt_max_queued_bytes: usize,
     /// Who may connect to the broker; `None` allows everyone.
     pub mqtt_authorizer: Option<std::sync::Arc<dyn crate::mqtt::Authorizer>>,
     /// `devices`: device credentials (or the admin's) are required; used
@@ -112,6 +117,9 @@ impl Config {
             plugin_limits: PluginLimits::default(),
             journal_capacity: crate::mqtt::DEFAULT_JOURNAL_CAPACITY,
             journal_max_bytes: crate::mqtt::DEFAULT_JOURNAL_MAX_BYTES,
+            mqtt_max_packet_size: crate::mqtt::DEFAULT_MAX_PACKET_SIZE,
+            mqtt_max_queued: crate::mqtt::DEFAULT_MAX_QUEUED,
+            mqtt_max_queued_bytes: crate::mqtt::DEFAULT_MAX_QUEUED_BYTES,
             mqtt_authorizer: None,
             mqtt_auth: MqttAuth::Open,
             mock_http: None,
@@ -196,7 +204,7 @@ pub struct Server {
     addrs: Addrs,
     seed: u64,
     plugins: PluginHost,
-    clock: Clock,
+    simulation: crate::simulation::Simulation,
     broker: Broker,
     http: http::serve::Serving,
     stubs: crate::stubs::Stubs,
@@ -256,6 +264,9 @@ impl Server {
         mqtt_config.journal_capacity = config.journal_capacity;
         mqtt_config.seed = seed;
         mqtt_config.journal_max_bytes = config.journal_max_bytes;
+        mqtt_config.max_packet_size = config.mqtt_max_packet_size;
+        mqtt_config.max_queued_per_session = config.mqtt_max_queued;
+        mqtt_config.max_queued_bytes_per_session = config.mqtt_max_queued_bytes;
         mqtt_config.storage_dir = config.data_dir.as_ref().map(|d| d.join("mqtt"));
         let device_access = match &config.mqtt_auth {
             MqttAuth::Devices { admin_password } if config.mqtt_authorizer.is_none() => {
@@ -351,8 +362,16 @@ impl Server {
             },
         )?;
         stubs.restore(&scenario.stubs).await?;
+        let simulation = crate::simulation::Simulation::new(
+            clock.clone(),
+            telemetry.clone(),
+            edge.clone(),
+            commands.clone(),
+            broker.handle(),
+        );
         let state = AppState {
             addrs,
+            simulation: simulation.clone(),
             clock: clock.clone(),
             plugins: plugins.clone(),
             mqtt: broker.handle(),
@@ -391,7 +410,7 @@ impl Server {
             addrs,
             seed,
             plugins,
-            clock,
+            simulation,
             broker,
             http,
             stubs,
@@ -426,8 +445,11 @@ impl Server {
         &self.plugins
     }
 
-    pub fn clock(&self) -> &Clock {
-        &self.clock
+    /// Simulated time: read it, and move a manual clock with the span
+    /// played in order, as `POST /clock/advance` does; and the MQTT
+    /// delivery barrier.
+    pub fn simulation(&self) -> &crate::simulation::Simulation {
+        &self.simulation
     }
 
     /// The line printed on stdout when the server is ready.

@@ -21,6 +21,8 @@
 //! - [`telemetry`]: the fleet's scheduler, sensor calls, publishing.
 //! - [`plugin`]: the wasmtime host, the registry with hot reload, the
 //!   folder watcher.
+//! - [`simulation`]: simulated time played in order (readings, edge
+//!   windows, command events) and the delivery barrier.
 //! - [`random`]: the seeded per-device random streams.
 //! - [`verify`]: count expectations and JSON subset matching, shared by
 //!   the journals' verify calls.
@@ -40,6 +42,7 @@ pub mod plugin;
 pub mod random;
 mod ratelimit;
 pub mod scenario;
+pub mod simulation;
 pub mod sqlite;
 pub mod stubs;
 pub mod telemetry;

@@ -89,6 +89,19 @@ struct ServeArgs {
     /// counted, and a message larger than this is not kept.
     #[arg(long, default_value = "128MiB", value_parser = parse_bytes)]
     journal_max_bytes: usize,
+    /// The largest MQTT packet a client may send (advertised in CONNACK as
+    /// Maximum Packet Size): a larger one closes its connection (MQTT 5:
+    /// DISCONNECT 0x95) and is counted. 1KiB up to 256MiB less one byte,
+    /// the MQTT maximum.
+    #[arg(long, default_value = "16MiB", value_parser = parse_max_packet_size)]
+    mqtt_max_packet_size: usize,
+    /// QoS 1/2 messages queued per MQTT session while its client is away
+    /// or behind; past it the oldest is dropped and counted.
+    #[arg(long, default_value_t = iotmock::mqtt::DEFAULT_MAX_QUEUED)]
+    mqtt_max_queued: usize,
+    /// Bytes queued per MQTT session, with the same policy.
+    #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
+    mqtt_max_queued_bytes: usize,
     /// MQTT admission: `open` (anyone, any topic) or `devices` (device
     /// credentials; back ends use the admin user).
     #[arg(long, default_value = "open", value_parser = ["open", "devices"])]
@@ -185,6 +198,21 @@ fn parse_bytes(s: &str) -> Result<usize, String> {
     };
     n.checked_mul(1 << shift)
         .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+fn parse_max_packet_size(s: &str) -> Result<usize, String> {
+    let n = parse_bytes(s)?;
+    let (min, max) = (
+        iotmock::mqtt::MIN_MAX_PACKET_SIZE,
+        iotmock::mqtt::MAX_PACKET_SIZE,
+    );
+    if (min..=max).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "{s:?} is outside {min}..={max} bytes (1KiB up to the MQTT maximum)"
+        ))
+    }
 }
 
 /// `30s`, `500ms`, `2m`, `6h`, `1d`, or a number of milliseconds.
@@ -317,6 +345,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         start_time_ms: args.start_time,
         journal_capacity: args.journal_capacity,
         journal_max_bytes: args.journal_max_bytes,
+        mqtt_max_packet_size: args.mqtt_max_packet_size,
+        mqtt_max_queued: args.mqtt_max_queued,
+        mqtt_max_queued_bytes: args.mqtt_max_queued_bytes,
         http_journal_max_bytes: args.http_journal_max_bytes,
         max_stub_response_bytes: args.max_stub_response_bytes,
         telemetry_limits: iotmock::telemetry::TelemetryLimits {

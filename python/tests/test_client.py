@@ -316,3 +316,12 @@ def test_health_metrics_and_openapi(iotmock):
     assert iotmock.health()["clock"]["mode"] == "manual"
     assert "iotmock_" in iotmock.metrics()
     assert iotmock.openapi()["info"]["title"] == "iotmock"
+
+
+def test_advance_with_wait_delivered_leaves_nothing_in_flight(iotmock):
+    sensor_fleet(iotmock)
+    # paho-mqtt acknowledges a QoS 1 message after its callback ran: when
+    # the advance answers, every reading of the span has been collected.
+    with iotmock.mqtt.subscribe("devices/+/telemetry/#", qos=1) as sub:
+        iotmock.clock.advance(10_000, wait_delivered=True)
+        assert len(sub.messages) == 20

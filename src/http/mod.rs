@@ -58,6 +58,7 @@ pub struct Addrs {
 #[derive(Clone)]
 pub struct AppState {
     pub addrs: Addrs,
+    pub simulation: crate::simulation::Simulation,
     pub clock: Clock,
     pub plugins: PluginHost,
     pub mqtt: MqttHandle,

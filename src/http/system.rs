@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +48,10 @@ pub struct LimitsView {
     /// Stub requests answered 413 because their response would have
     /// rendered larger.
     pub stub_responses_refused: u64,
+    /// The broker's limits (`--mqtt-max-packet-size`, `--mqtt-max-queued`,
+    /// `--mqtt-max-queued-bytes`, ...); what they refused is counted in
+    /// `mqtt_broker`.
+    pub mqtt: crate::mqtt::Limits,
 }
 
 /// Whether the server is up, where it listens, and its counters.
@@ -77,6 +81,7 @@ pub async fn health_show(State(state): State<AppState>) -> Json<Health> {
             max_devices: state.fleet.max_devices(),
             max_stub_response_bytes: state.stubs.limits().max_response_bytes,
             stub_responses_refused: state.stubs.oversized(),
+            mqtt: mqtt.limits,
         },
     })
 }
@@ -115,23 +120,34 @@ pub async fn clock_show(State(state): State<AppState>) -> Json<ClockView> {
 pub struct AdvanceRequest {
     /// How far to move a manual clock, ms.
     pub ms: i64,
+    /// Answer only once every MQTT message the span produced has reached
+    /// every connected client it was routed to: written to its socket
+    /// (QoS 0) or acknowledged by it (QoS 1/2).
+    #[serde(default)]
+    pub wait_delivered: bool,
+    /// How long `wait_delivered` waits, ms (default 10000, at most
+    /// 60000); past it the answer is 504 naming the clients still waiting.
+    pub wait_timeout_ms: Option<u64>,
 }
 
-/// The most simulated time one step of an advance covers: the work of a
-/// long advance is done a step at a time, so that it stops soon after the
-/// client goes away (the handler is dropped between steps).
-const ADVANCE_STEP_MS: i64 = 10_000;
+/// The longest `wait_timeout_ms` of an advance.
+const MAX_DELIVERY_WAIT_MS: u64 = 60_000;
+/// `wait_timeout_ms` when not given.
+const DEFAULT_DELIVERY_WAIT_MS: u64 = 10_000;
 
 /// Moves a manual clock forward. Answers once every reading due in the
 /// span has been published, in timestamp order, and every edge node has
-/// processed the windows that closed in it. A span over `max_advance_ms`
+/// processed the windows that closed in it; with `wait_delivered`, once
+/// every MQTT message of the span has reached its connected subscribers
+/// too (504 when that takes longer than `wait_timeout_ms`). A span over `max_advance_ms`
 /// (`GET /clock`, `--max-advance`) is refused; when the client disconnects,
 /// the clock stops where the advance had got to.
 #[utoipa::path(post, path = "/api/v1/clock/advance", tag = "clock",
     request_body = AdvanceRequest,
     responses((status = 200, body = ClockView),
         (status = 409, description = "the clock is not manual", body = super::error::Problem),
-        (status = 422, description = "a span of 0 or less, or over the maximum", body = super::error::Problem)))]
+        (status = 422, description = "a span of 0 or less, or over the maximum; a wait over the maximum", body = super::error::Problem),
+        (status = 504, description = "wait_delivered: clients had not received every message of the span in time (the clock did advance)", body = super::error::Problem)))]
 pub async fn clock_advance(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<AdvanceRequest>,
@@ -148,29 +164,51 @@ pub async fn clock_advance(
             request.ms
         )));
     }
-    let start = state.clock.now_ms();
-    let target = start.saturating_add(request.ms);
-    // Commands answered before the advance (a handler call started by a
-    // send) change device state before any reading of the span is made.
-    state.commands.settle(start).await;
-    // The span is played in steps that end at each command event (a reply,
-    // a timeout, a device going offline), so readings, edge windows and
-    // command events interleave in time order whatever the span's length.
-    loop {
-        let now = state.clock.now_ms();
-        if now >= target {
-            break;
-        }
-        let limit = target.min(now.saturating_add(ADVANCE_STEP_MS));
-        let step_to = state
-            .commands
-            .next_due()
-            .filter(|due| *due > now && *due < limit)
-            .unwrap_or(limit);
-        state.clock.advance(step_to - now).map_err(clock_error)?;
-        state.telemetry.wait_produced(step_to).await;
-        state.edge.wait_processed(step_to).await;
-        state.commands.settle(step_to).await;
+    let wait_ms = request.wait_timeout_ms.unwrap_or(DEFAULT_DELIVERY_WAIT_MS);
+    if wait_ms > MAX_DELIVERY_WAIT_MS {
+        return Err(ApiError::invalid(format!(
+            "wait_timeout_ms: {wait_ms} is more than {MAX_DELIVERY_WAIT_MS}; wait in several calls"
+        )));
+    }
+    state
+        .simulation
+        .advance(request.ms)
+        .await
+        .map_err(clock_error)?;
+    if request.wait_delivered
+        && let Err(pending) = state
+            .simulation
+            .wait_delivered(std::time::Duration::from_millis(wait_ms))
+            .await
+    {
+        let shown: Vec<String> = pending
+            .iter()
+            .take(10)
+            .map(|p| {
+                format!(
+                    "{} ({} queued, {} unacknowledged{})",
+                    p.client_id,
+                    p.queued,
+                    p.inflight,
+                    if p.writing { ", a write under way" } else { "" }
+                )
+            })
+            .collect();
+        return Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "delivery-timeout",
+            format!(
+                "the clock advanced to {}, but after {wait_ms} ms {} connected client(s) had not received every message of the span: {}{}; a QoS 1/2 subscriber must acknowledge what it receives (or pass a longer wait_timeout_ms)",
+                rfc3339_ms(state.clock.now_ms()),
+                pending.len(),
+                shown.join(", "),
+                if pending.len() > shown.len() {
+                    ", ..."
+                } else {
+                    ""
+                }
+            ),
+        ));
     }
     Ok(Json(clock_view(&state)))
 }
@@ -314,6 +352,11 @@ pub async fn metrics_show(State(state): State<AppState>) -> impl IntoResponse {
             "Connections closed for a protocol error.",
             b.protocol_errors,
         ),
+        (
+            "mqtt_packets_too_large_total",
+            "Packets over the broker's Maximum Packet Size, refused.",
+            b.packets_too_large,
+        ),
     ] {
         counter(name, help, value);
     }
@@ -380,6 +423,16 @@ pub async fn metrics_show(State(state): State<AppState>) -> impl IntoResponse {
         t.stream_max_bytes,
     );
     gauge("devices", "Devices in the fleet.", state.fleet.len() as u64);
+    gauge(
+        "mqtt_max_packet_size_bytes",
+        "The largest MQTT packet a client may send (--mqtt-max-packet-size).",
+        mqtt.limits.max_packet_size as u64,
+    );
+    gauge(
+        "mqtt_max_queued_bytes_per_session",
+        "Bytes queued per MQTT session before the oldest is dropped (--mqtt-max-queued-bytes).",
+        mqtt.limits.max_queued_bytes_per_session as u64,
+    );
     gauge(
         "max_devices",
         "Most devices the fleet holds (--max-devices).",

@@ -97,6 +97,9 @@ where
     {
         Ok(Ok(Some(f))) => f,
         Ok(Err(e)) => {
+            if e.code == rc::PACKET_TOO_LARGE {
+                engine.counters.count_too_large();
+            }
             tracing::debug!(%peer, detail = %e.detail, "MQTT connection closed before CONNECT");
             return;
         }
@@ -437,6 +440,9 @@ where
     tokio::pin!(sleep);
     let mut pulled = Vec::new();
     let mut want_pull = true;
+    // The newest delivery in `out`; the socket has it once `out` is
+    // written (what a delivery barrier waits for).
+    let mut writing_upto = 0;
     let stop = loop {
         if want_pull {
             want_pull = false;
@@ -445,6 +451,9 @@ where
             if !pulled.is_empty() {
                 let now = engine.clock.now_ms();
                 for o in pulled.drain(..) {
+                    if let Out::Publish { d, dup: false, .. } = &o {
+                        writing_upto = d.seq;
+                    }
                     encode_out(&o, conn.version, now, &mut out);
                 }
             }
@@ -463,6 +472,9 @@ where
                 }
             } else if stream.write_all(&out).await.is_err() {
                 break Stop::Done(Ending::Abrupt, None);
+            }
+            if writing_upto > 0 {
+                ctl.written_upto.store(writing_upto, Ordering::Release);
             }
             out.clear();
             if out.capacity() > KEEP_BUFFER {
@@ -519,7 +531,9 @@ where
             (ending, expiry)
         }
         Stop::Error(code, detail) => {
-            if code != rc::KEEP_ALIVE_TIMEOUT {
+            if code == rc::PACKET_TOO_LARGE {
+                engine.counters.count_too_large();
+            } else if code != rc::KEEP_ALIVE_TIMEOUT {
                 engine
                     .counters
                     .protocol_errors

@@ -30,6 +30,26 @@ use super::store::{Loaded, Op, RELEASED, SENT, Store};
 use super::tree::{Filter, Hit, SubOpts, Tree, parse_filter};
 use crate::clock::{Clock, wall_ms};
 
+/// The end of one connected client's deliveries at a moment.
+pub(crate) struct Mark {
+    client_id: Arc<str>,
+    ctl: Arc<ConnCtl>,
+    upto: u64,
+}
+
+/// A client that has not yet received everything up to its mark.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct PendingDelivery {
+    pub client_id: String,
+    /// Messages still waiting in its queue.
+    pub queued: usize,
+    /// QoS 1/2 messages sent and not yet acknowledged.
+    pub inflight: usize,
+    /// Messages taken from the queue whose write to the socket has not
+    /// finished.
+    pub writing: bool,
+}
+
 /// Limits the engine enforces.
 #[derive(Debug, Clone)]
 pub(crate) struct EngineLimits {
@@ -54,6 +74,16 @@ pub(crate) struct Counters {
     pub wills_published: AtomicU64,
     pub connections_refused: AtomicU64,
     pub protocol_errors: AtomicU64,
+    pub packets_too_large: AtomicU64,
+}
+
+impl Counters {
+    /// A packet over the broker's maximum: a protocol error of its own
+    /// kind, counted both ways so `/health` can tell it apart.
+    pub fn count_too_large(&self) {
+        self.protocol_errors.fetch_add(1, Ordering::Relaxed);
+        self.packets_too_large.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -671,10 +701,56 @@ impl Engine {
             } else {
                 0
             };
+            ctl.pulled_upto.store(d.seq, Ordering::Release);
             out.push(Out::Publish { d, pid, dup: false });
         }
         !s.queue.is_empty()
             && (s.inflight.len() < window || s.queue.front().is_some_and(|d| d.qos == 0))
+    }
+
+    /// Where each connected client's deliveries end now: what a delivery
+    /// barrier waits for.
+    pub fn delivery_marks(&self) -> Vec<Mark> {
+        let core = self.core.lock().unwrap();
+        core.sessions
+            .values()
+            .filter_map(|s| {
+                let link = s.link.as_ref()?;
+                Some(Mark {
+                    client_id: s.client_id.clone(),
+                    ctl: link.ctl.clone(),
+                    upto: s.next_seq,
+                })
+            })
+            .collect()
+    }
+
+    /// `None` once the client has every delivery up to its mark: written
+    /// to its socket (QoS 0) or acknowledged (QoS 1/2), or the client has
+    /// gone (nothing more can reach that connection). Else what is left.
+    pub fn mark_pending(&self, mark: &Mark) -> Option<PendingDelivery> {
+        let core = self.core.lock().unwrap();
+        let s = core.sessions.get(&mark.client_id)?;
+        if !s.is_link(&mark.ctl) {
+            return None;
+        }
+        let queued = s.queue.iter().take_while(|d| d.seq <= mark.upto).count();
+        let inflight = s
+            .inflight
+            .iter()
+            .filter(|(_, f)| match f {
+                Flight::Publish(d) => d.seq <= mark.upto,
+                Flight::Released(seq) => *seq <= mark.upto,
+            })
+            .count();
+        let pulled = mark.ctl.pulled_upto.load(Ordering::Acquire).min(mark.upto);
+        let unwritten = mark.ctl.written_upto.load(Ordering::Acquire) < pulled;
+        (queued > 0 || inflight > 0 || unwritten).then(|| PendingDelivery {
+            client_id: mark.client_id.to_string(),
+            queued,
+            inflight,
+            writing: unwritten,
+        })
     }
 
     /// A queued delivery taken out without being sent: forgotten by the
@@ -995,6 +1071,7 @@ impl Engine {
             wills_published: get(&c.wills_published),
             connections_refused: get(&c.connections_refused),
             protocol_errors: get(&c.protocol_errors),
+            packets_too_large: get(&c.packets_too_large),
         }
     }
 

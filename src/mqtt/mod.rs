@@ -39,7 +39,7 @@ use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 
 pub use auth::{AuthDecision, Authorizer};
-pub use engine::{DROP_LOG_CAPACITY, DropEvent, DropReason};
+pub use engine::{DROP_LOG_CAPACITY, DropEvent, DropReason, PendingDelivery};
 pub use journal::{Entry, JournalStats, Origin, Page};
 pub use observed::{Subscribed, Tapped};
 pub use session::SessionCounters;
@@ -49,8 +49,22 @@ use crate::verify::{Expect, Verdict, json_contains};
 use engine::Engine;
 use observed::Observed;
 
-/// The largest packet the broker accepts and advertises: the MQTT maximum.
+/// The largest packet MQTT can express: the ceiling of
+/// `--mqtt-max-packet-size`.
 pub const MAX_PACKET_SIZE: usize = 268_435_455;
+
+/// The largest packet the broker accepts (and advertises in CONNACK) by
+/// default: room for a firmware image, far from the protocol's 256 MiB.
+pub const DEFAULT_MAX_PACKET_SIZE: usize = 16 << 20;
+
+/// The smallest `--mqtt-max-packet-size` that still admits a CONNECT
+/// with a long client id, credentials and a will.
+pub const MIN_MAX_PACKET_SIZE: usize = 1024;
+
+/// Messages queued per session by default (QoS 1/2, client away or behind).
+pub const DEFAULT_MAX_QUEUED: usize = 10_000;
+/// Bytes queued per session by default.
+pub const DEFAULT_MAX_QUEUED_BYTES: usize = 64 << 20;
 
 /// Topic aliases a client may set (client to server).
 pub const TOPIC_ALIAS_MAXIMUM: u16 = 64;
@@ -77,6 +91,10 @@ pub struct MqttConfig {
     /// QoS 1/2 messages in flight to one client before the rest queue.
     pub max_inflight: u16,
     pub max_clients: usize,
+    /// The largest packet a client may send (advertised in CONNACK as
+    /// Maximum Packet Size); a larger one closes the connection with
+    /// DISCONNECT 0x95 (MQTT 5) and is counted.
+    pub max_packet_size: usize,
     /// Messages kept in the journal; beyond it the oldest is evicted and
     /// counted.
     pub journal_capacity: usize,
@@ -112,10 +130,11 @@ impl MqttConfig {
     pub fn new(addr: SocketAddr) -> Self {
         Self {
             addr,
-            max_queued_per_session: 10_000,
-            max_queued_bytes_per_session: 64 << 20,
+            max_queued_per_session: DEFAULT_MAX_QUEUED,
+            max_queued_bytes_per_session: DEFAULT_MAX_QUEUED_BYTES,
             max_inflight: 64,
             max_clients: 100_000,
+            max_packet_size: DEFAULT_MAX_PACKET_SIZE,
             journal_capacity: DEFAULT_JOURNAL_CAPACITY,
             journal_max_bytes: DEFAULT_JOURNAL_MAX_BYTES,
             outage_buffer: DEFAULT_OUTAGE_BUFFER,
@@ -270,6 +289,9 @@ pub struct BrokerCounters {
     pub connections_refused: u64,
     /// Connections closed for a protocol error.
     pub protocol_errors: u64,
+    /// Of those: packets over the broker's Maximum Packet Size
+    /// (`--mqtt-max-packet-size`), refused with DISCONNECT 0x95.
+    pub packets_too_large: u64,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -381,7 +403,7 @@ impl Broker {
             observed,
             clock,
             engine::EngineLimits {
-                max_packet: MAX_PACKET_SIZE,
+                max_packet: config.max_packet_size,
                 max_queued: config.max_queued_per_session,
                 max_queued_bytes: config.max_queued_bytes_per_session,
                 max_inflight: config.max_inflight,
@@ -410,7 +432,7 @@ impl Broker {
             engine,
             addr: local_addr,
             limits: Limits {
-                max_packet_size: MAX_PACKET_SIZE,
+                max_packet_size: config.max_packet_size,
                 max_queued_per_session: config.max_queued_per_session,
                 max_queued_bytes_per_session: config.max_queued_bytes_per_session,
                 max_inflight: config.max_inflight,
@@ -741,6 +763,36 @@ impl MqttHandle {
     /// the journal with [`messages`](Self::messages) without polling.
     pub fn journal_watch(&self) -> tokio::sync::watch::Receiver<u64> {
         self.shared.engine.observed.journal.watch()
+    }
+
+    /// A delivery barrier: waits until every connected client has every
+    /// message routed to it before this call, written to its socket
+    /// (QoS 0) or acknowledged (QoS 1/2). A client that disconnects
+    /// meanwhile no longer counts. After `timeout`, the clients still
+    /// waiting, and what for.
+    pub async fn wait_delivered(&self, timeout: Duration) -> Result<(), Vec<PendingDelivery>> {
+        let engine = &self.shared.engine;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut marks = engine.delivery_marks();
+        loop {
+            let mut pending = Vec::new();
+            marks.retain(|m| match engine.mark_pending(m) {
+                Some(p) => {
+                    pending.push(p);
+                    true
+                }
+                None => false,
+            });
+            if marks.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(pending);
+            }
+            // Connection tasks write within microseconds of a wake; acks
+            // take a round trip. A short poll costs little next to either.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 
     pub fn status(&self) -> Status {

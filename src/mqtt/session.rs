@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -79,6 +79,11 @@ pub(crate) struct ConnCtl {
     /// 0: open; else the reason code to close with (0x8E taken over,
     /// 0x8B shutting down, ...).
     pub close: AtomicU8,
+    /// The newest delivery (session `seq`) taken from the queue to be
+    /// written; set under the core's lock.
+    pub pulled_upto: AtomicU64,
+    /// The newest delivery whose PUBLISH the socket has taken.
+    pub written_upto: AtomicU64,
 }
 
 impl ConnCtl {

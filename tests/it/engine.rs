@@ -671,3 +671,176 @@ async fn delay_and_throttle_hold_back_what_a_client_receives() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn packets_over_the_maximum_packet_size_are_refused_and_counted() {
+    // By default the broker takes up to 16 MiB, and says so in CONNACK
+    // (Maximum Packet Size, property 0x27).
+    let server = TestServer::with_scenario("", |_| {}).await;
+    let (_c, connack) = Raw::open(server.mqtt, &connect(5, "default", true, 0, &[], None)).await;
+    assert!(
+        connack
+            .windows(5)
+            .any(|w| w == [0x27, 0x01, 0x00, 0x00, 0x00]),
+        "16 MiB advertised: {connack:?}"
+    );
+    server.stop().await;
+
+    let server = TestServer::with_scenario("", |c| c.mqtt_max_packet_size = 2048).await;
+    let (mut sub, connack) =
+        Raw::open(server.mqtt, &connect(5, "watcher", true, 0, &[], None)).await;
+    assert!(
+        connack
+            .windows(5)
+            .any(|w| w == [0x27, 0x00, 0x00, 0x08, 0x00]),
+        "2048 advertised: {connack:?}"
+    );
+    sub.send(&subscribe(5, 1, "fw/#", 0)).await;
+    suback(&mut sub).await;
+
+    // Under the maximum: delivered as usual.
+    let (mut v5, _) = Raw::open(server.mqtt, &connect(5, "fw-5", true, 0, &[], None)).await;
+    v5.send(&publish(5, "fw/ok", 0, 0, &[], &[7u8; 1500])).await;
+    let (topic, _, payload) = sub.publish(5).await;
+    assert_eq!((topic.as_str(), payload.len()), ("fw/ok", 1500));
+
+    // Over it: MQTT 5 gets DISCONNECT 0x95 (Packet too large), then EOF.
+    v5.send(&publish(5, "fw/image", 0, 0, &[], &[7u8; 4000]))
+        .await;
+    let (first, body) = v5.packet().await.expect("DISCONNECT");
+    assert_eq!((first, body[0]), (0xe0, 0x95), "packet too large");
+    assert!(v5.packet().await.is_none(), "then closed");
+
+    // MQTT 3.1.1 has no DISCONNECT from the server: the socket closes.
+    let (mut v4, _) = Raw::open(server.mqtt, &connect(4, "fw-4", true, 0, &[], None)).await;
+    v4.send(&publish(4, "fw/image", 0, 0, &[], &[7u8; 4000]))
+        .await;
+    assert!(v4.packet().await.is_none(), "closed without a packet");
+
+    // Neither image reached the subscriber; both refusals are counted and
+    // the limit is in /health and /metrics.
+    sub.silent(Duration::from_millis(200)).await;
+    let (_, health) = server.get("/api/v1/health").await;
+    assert_eq!(health["mqtt_broker"]["packets_too_large"], 2, "{health}");
+    assert_eq!(
+        health["limits"]["mqtt"]["max_packet_size"], 2048,
+        "{health}"
+    );
+    let metrics = server.get_text("/metrics").await;
+    assert!(
+        metrics.contains("iotmock_mqtt_packets_too_large_total 2")
+            && metrics.contains("iotmock_mqtt_max_packet_size_bytes 2048"),
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+/// PUBLISH packets already in a raw client's socket, read without
+/// waiting for more.
+fn publishes_already_received(raw: &mut Raw) -> usize {
+    let mut chunk = [0u8; 65536];
+    loop {
+        match raw.s.try_read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => raw.buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    let mut count = 0;
+    let mut i = 0;
+    while i + 1 < raw.buf.len() {
+        let first = raw.buf[i];
+        let (mut len, mut j, mut shift) = (0usize, i + 1, 0);
+        loop {
+            let b = raw.buf[j];
+            len |= ((b & 0x7f) as usize) << shift;
+            shift += 7;
+            j += 1;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        assert!(j + len <= raw.buf.len(), "a packet cut short");
+        if first >> 4 == 3 {
+            count += 1;
+        }
+        i = j + len;
+    }
+    raw.buf.clear();
+    count
+}
+
+const TWENTY_DEVICES: &str = r#"
+[[fleet]]
+id_pattern = "b-{n}"
+count = 20
+[[fleet.sensors]]
+plugin = "temperature"
+interval_ms = 1000
+"#;
+
+#[tokio::test]
+async fn an_advance_with_wait_delivered_returns_after_subscribers_have_the_span() {
+    let server = TestServer::with_scenario(TWENTY_DEVICES, |c| {
+        c.clock = iotmock::clock::ClockMode::Manual;
+    })
+    .await;
+    let (mut sub, _) = Raw::open(server.mqtt, &connect(5, "watcher", true, 0, &[], None)).await;
+    sub.send(&subscribe(5, 1, "devices/+/telemetry/#", 0)).await;
+    suback(&mut sub).await;
+    let published = |h: &Value| h["telemetry"]["published"].as_u64().unwrap();
+    let (_, health) = server.get("/api/v1/health").await;
+    let before = published(&health);
+
+    // QoS 0: every reading of the span is in the subscriber's socket when
+    // the advance answers (read here without waiting).
+    let (status, clock) = server
+        .post(
+            "/api/v1/clock/advance",
+            json!({"ms": 10_000, "wait_delivered": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{clock}");
+    let got = publishes_already_received(&mut sub);
+    let (_, health) = server.get("/api/v1/health").await;
+    let span = published(&health) - before;
+    assert!(span >= 200, "20 devices for 10 s: {span}");
+    assert_eq!(got as u64, span, "every reading of the span had arrived");
+
+    // QoS 1 counts once acknowledged: a subscriber that never sends PUBACK
+    // holds the barrier until its timeout, and the answer names it. (Acks
+    // of commands are QoS 1; readings are QoS 0.)
+    let (mut mute, _) = Raw::open(server.mqtt, &connect(5, "mute", true, 0, &[], None)).await;
+    mute.send(&subscribe(5, 1, "devices/+/acks/+", 1)).await;
+    suback(&mut mute).await;
+    let (status, command) = server
+        .post("/api/v1/devices/b-1/commands", json!({"name": "ping"}))
+        .await;
+    assert_eq!(status, 202, "{command}");
+    let (status, problem) = server
+        .post(
+            "/api/v1/clock/advance",
+            json!({"ms": 2_000, "wait_delivered": true, "wait_timeout_ms": 300}),
+        )
+        .await;
+    assert_eq!(status, 504, "{problem}");
+    assert_eq!(
+        problem["type"], "https://iotmock.dev/problems/delivery-timeout",
+        "{problem}"
+    );
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("mute (0 queued, ") && detail.contains(" unacknowledged"),
+        "{detail}"
+    );
+    assert!(!detail.contains("watcher"), "{detail}");
+    let (status, problem) = server
+        .post(
+            "/api/v1/clock/advance",
+            json!({"ms": 1_000, "wait_delivered": true, "wait_timeout_ms": 600_000}),
+        )
+        .await;
+    assert_eq!(status, 422, "{problem}");
+    server.stop().await;
+}

@@ -578,12 +578,28 @@ class Clock(_Group):
         """`{"mode","now","now_ms"}`."""
         return self._client._obj("GET", "/clock")
 
-    def advance(self, step: Milliseconds) -> JSON:
+    def advance(
+        self,
+        step: Milliseconds,
+        *,
+        wait_delivered: bool = False,
+        wait_timeout: Milliseconds | None = None,
+    ) -> JSON:
         """Moves a manual clock by `step` (ms, or a timedelta); answers once
-        the span's readings, edge windows and command events have happened."""
-        ms = _ms(step)
+        the span's readings, edge windows and command events have happened.
+
+        With `wait_delivered`, also once every MQTT message of the span has
+        reached every connected subscriber (written to its socket for QoS 0,
+        acknowledged for QoS 1/2), so a subscriber in the test has them all;
+        past `wait_timeout` (default 10 s) it raises `IotMockError` (504)
+        naming the clients still waiting."""
+        body: dict[str, Any] = {"ms": _ms(step)}
+        if wait_delivered:
+            body["wait_delivered"] = True
+        if wait_timeout is not None:
+            body["wait_timeout_ms"] = _ms(wait_timeout)
         return self._client._obj(
-            "POST", "/clock/advance", json={"ms": ms}, timeout=max(self._client._timeout, 300.0)
+            "POST", "/clock/advance", json=body, timeout=max(self._client._timeout, 300.0)
         )
 
 
