@@ -50,7 +50,9 @@ def client(
     cert: tuple[Path, Path] | None = None,
     protocol: Any = mqtt.MQTTv311,
 ) -> mqtt.Client:
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, transport=transport, protocol=protocol)
+    c = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, transport=transport, protocol=protocol
+    )
     if transport == "websockets":
         c.ws_set_options(path="/mqtt")
     if ca is not None:
