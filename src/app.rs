@@ -641,7 +641,10 @@ impl Server {
         // Hanging stubs let go, so open requests can finish.
         self.stubs.close();
         drop(self.transports);
-        for listener in [self.mock, self.https, self.mock_https].into_iter().flatten() {
+        for listener in [self.mock, self.https, self.mock_https]
+            .into_iter()
+            .flatten()
+        {
             let _ = listener.serving.stop.send(());
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), listener.serving.task)
                 .await;

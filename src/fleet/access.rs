@@ -47,7 +47,11 @@ impl DeviceAccess {
 
     fn refuse(&self, reason: Refusal, device: &str) -> AuthDecision {
         self.stats.refused(reason);
-        warn_limited!(device, reason = reason.as_str(), "MQTT device certificate refused at CONNECT");
+        warn_limited!(
+            device,
+            reason = reason.as_str(),
+            "MQTT device certificate refused at CONNECT"
+        );
         AuthDecision::NotAuthorized
     }
 

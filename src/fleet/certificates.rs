@@ -176,7 +176,11 @@ impl Fleet {
         ids: &[&str],
     ) -> Result<(Vec<CertRow>, Vec<IssuedCertificate>), FleetError> {
         let window = IssueCertificate::default().window()?;
-        self.sign(ids.iter().map(|id| (id.to_string(), None, window)).collect())
+        self.sign(
+            ids.iter()
+                .map(|id| (id.to_string(), None, window))
+                .collect(),
+        )
     }
 
     fn sign(&self, specs: Vec<Spec>) -> Result<(Vec<CertRow>, Vec<IssuedCertificate>), FleetError> {
@@ -236,8 +240,7 @@ impl Fleet {
         let fleet = self.clone();
         let (key, s) = (id.to_string(), serial.clone());
         let found =
-            crate::sqlite::blocking(move || fleet.0.store.revoke_cert(&key, &s, wall_ms()))
-                .await?;
+            crate::sqlite::blocking(move || fleet.0.store.revoke_cert(&key, &s, wall_ms())).await?;
         if found.is_none() {
             return Err(FleetError::NoCertificate {
                 device: id.to_string(),

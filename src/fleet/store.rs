@@ -40,16 +40,16 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE devices ADD COLUMN buffer TEXT;",
     // 4: device certificates (never their private keys). Rows stay after
     // revocation, and after the device is deleted, so that a revoked
-    // certificate stays refused.
+    // certificate stays refused. The rowid keeps the order of issue.
     "CREATE TABLE certificates (
-        serial TEXT PRIMARY KEY NOT NULL,
+        serial TEXT UNIQUE NOT NULL,
         device TEXT NOT NULL,
         cert_pem TEXT NOT NULL,
         not_before INTEGER NOT NULL,
         not_after INTEGER NOT NULL,
         created_at INTEGER NOT NULL,
         revoked_at INTEGER
-    ) WITHOUT ROWID;
+    );
     CREATE INDEX certificates_device ON certificates (device);",
 ];
 
@@ -212,7 +212,7 @@ impl Store {
         let conn = self.conn.lock().unwrap();
         let mut stmt = conn.prepare_cached(
             "SELECT serial, device, cert_pem, not_before, not_after, created_at, revoked_at
-             FROM certificates WHERE device = ?1 ORDER BY created_at, serial",
+             FROM certificates WHERE device = ?1 ORDER BY rowid",
         )?;
         let rows = stmt.query_map(params![device], |r| {
             Ok(CertRow {
@@ -231,10 +231,17 @@ impl Store {
     /// Revokes one certificate of a device at `at` (wall ms). `None`: the
     /// device has no certificate with this serial; `Some(false)`: it was
     /// revoked before.
-    pub fn revoke_cert(&self, device: &str, serial: &str, at: i64) -> Result<Option<bool>, StoreError> {
+    pub fn revoke_cert(
+        &self,
+        device: &str,
+        serial: &str,
+        at: i64,
+    ) -> Result<Option<bool>, StoreError> {
         let conn = self.conn.lock().unwrap();
         let revoked: Option<Option<i64>> = conn
-            .prepare_cached("SELECT revoked_at FROM certificates WHERE device = ?1 AND serial = ?2")?
+            .prepare_cached(
+                "SELECT revoked_at FROM certificates WHERE device = ?1 AND serial = ?2",
+            )?
             .query_row(params![device, serial], |r| r.get(0))
             .optional()?;
         match revoked {

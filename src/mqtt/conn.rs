@@ -144,7 +144,8 @@ pub(crate) async fn serve<S>(
         ..ConnCtl::default()
     });
     let mut out = BytesMut::new();
-    let Some(mut conn) = handshake(&engine, &ctl, *connect, version, cert.as_ref(), &mut out) else {
+    let Some(mut conn) = handshake(&engine, &ctl, *connect, version, cert.as_ref(), &mut out)
+    else {
         engine
             .counters
             .connections_refused

@@ -216,9 +216,7 @@ fn datetime(ms: i64) -> Result<OffsetDateTime, TlsError> {
 /// The first certificate of a PEM text.
 pub(crate) fn first_cert(pem: &str) -> Option<CertificateDer<'static>> {
     use rustls_pki_types::pem::PemObject;
-    CertificateDer::pem_slice_iter(pem.as_bytes())
-        .next()?
-        .ok()
+    CertificateDer::pem_slice_iter(pem.as_bytes()).next()?.ok()
 }
 
 /// Writes a private key readable by its owner only.

@@ -273,24 +273,24 @@ impl Tls {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        let error = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(stream)).await
-        {
-            Ok(Ok(tls)) => {
-                self.stats.handshakes.fetch_add(1, Ordering::Relaxed);
-                let cert = tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .and_then(|c| peer_cert(c));
-                if cert.is_some() {
-                    self.stats.with_certificate.fetch_add(1, Ordering::Relaxed);
+        let error =
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    self.stats.handshakes.fetch_add(1, Ordering::Relaxed);
+                    let cert = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|c| peer_cert(c));
+                    if cert.is_some() {
+                        self.stats.with_certificate.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Some((tls, cert));
                 }
-                return Some((tls, cert));
-            }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "the handshake timed out".to_string(),
-        };
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "the handshake timed out".to_string(),
+            };
         if let Some(reason) = cert_refusal(&error) {
             // Counted by the verifier, which knows the exact reason.
             warn_limited!(%peer, listener, reason = reason.as_str(), detail = %error,

@@ -83,7 +83,11 @@ fn bench_harness_smoke_run_reports_every_part() {
     let tls = &results["tls"][0];
     assert_eq!(tls["broker"], "iotmock");
     assert!(tls["handshakes_per_s"].as_f64().unwrap() > 0.0, "{tls}");
-    assert_eq!((tls["qos0_lost"].as_u64(), tls["qos1_lost"].as_u64()), (Some(0), Some(0)), "{tls}");
+    assert_eq!(
+        (tls["qos0_lost"].as_u64(), tls["qos1_lost"].as_u64()),
+        (Some(0), Some(0)),
+        "{tls}"
+    );
     let c = &results["connections"][0];
     assert_eq!(c["broker"], "iotmock");
     assert_eq!(c["result"]["held"], c["result"]["attempted"], "{c}");

@@ -222,7 +222,10 @@ async fn wait_subscribed(server: &TestServer, filter: &str) {
         {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no subscriber on {filter}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no subscriber on {filter}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -256,13 +259,21 @@ async fn mosquitto_device_certificate_is_the_device() {
     wait_subscribed(&server, "devices/dev-1/telemetry/#").await;
     // No password: the certificate says who it is.
     let out = pub_with_cert(addr, &files.ca, &dev, "dev-1", "devices/dev-1/telemetry/t").await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(finish(sub).await.trim(), "devices/dev-1/telemetry/t 42");
 
     // The device's ACLs hold: another device's topic is not its own.
-    let (_, before) = server.get("/api/v1/mqtt/messages?topic=devices/dev-2/%23").await;
+    let (_, before) = server
+        .get("/api/v1/mqtt/messages?topic=devices/dev-2/%23")
+        .await;
     let _ = pub_with_cert(addr, &files.ca, &dev, "dev-1", "devices/dev-2/telemetry/t").await;
-    let (_, after) = server.get("/api/v1/mqtt/messages?topic=devices/dev-2/%23").await;
+    let (_, after) = server
+        .get("/api/v1/mqtt/messages?topic=devices/dev-2/%23")
+        .await;
     assert_eq!(before["items"], after["items"]);
 
     // Its own id only: CONNACK "identifier rejected".
@@ -275,7 +286,10 @@ async fn mosquitto_device_certificate_is_the_device() {
     );
 
     let (_, health) = server.get("/api/v1/health").await;
-    assert!(health["tls"]["with_certificate"].as_u64().unwrap() >= 3, "{health}");
+    assert!(
+        health["tls"]["with_certificate"].as_u64().unwrap() >= 3,
+        "{health}"
+    );
     let (status, list) = server.get("/api/v1/devices/dev-1/certificates").await;
     assert_eq!(status, 200);
     assert_eq!(list["items"][0]["serial"], dev.serial.as_str());
@@ -291,7 +305,9 @@ async fn revoked_expired_foreign_and_suspended_certificates_are_refused() {
     let files = Files::new(&server).await;
     let addr = mqtts(&server);
     create_device(&server, "dev-1").await;
-    let good = files.issue(&server, "dev-1", json!({"valid_days": 30})).await;
+    let good = files
+        .issue(&server, "dev-1", json!({"valid_days": 30}))
+        .await;
     let revoked = files.issue(&server, "dev-1", json!({})).await;
     let expired = files
         .issue(
@@ -305,14 +321,22 @@ async fn revoked_expired_foreign_and_suspended_certificates_are_refused() {
     let foreign = files.issue(&other, "dev-1", json!({})).await;
 
     let (status, _) = server
-        .delete(&format!("/api/v1/devices/dev-1/certificates/{}", revoked.serial))
+        .delete(&format!(
+            "/api/v1/devices/dev-1/certificates/{}",
+            revoked.serial
+        ))
         .await;
     assert_eq!(status, 204);
     let (status, problem) = server
         .delete("/api/v1/devices/dev-1/certificates/00ff")
         .await;
     assert_eq!(status, 404, "{problem}");
-    assert!(problem["detail"].as_str().unwrap().contains("certificates lists them"));
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("certificates lists them")
+    );
 
     for (cert, reason) in [
         (&revoked, "revoked"),
@@ -327,7 +351,9 @@ async fn revoked_expired_foreign_and_suspended_certificates_are_refused() {
     let metrics = server.get_text("/metrics").await;
     for reason in ["revoked", "expired", "unknown_ca"] {
         assert!(
-            metrics.contains(&format!("iotmock_tls_refused_total{{reason=\"{reason}\"}} 1")),
+            metrics.contains(&format!(
+                "iotmock_tls_refused_total{{reason=\"{reason}\"}} 1"
+            )),
             "{metrics}"
         );
     }
@@ -341,7 +367,10 @@ async fn revoked_expired_foreign_and_suspended_certificates_are_refused() {
     assert_eq!(statuses, ["valid", "revoked", "expired"]);
 
     // A suspended device's good certificate: CONNACK not authorized.
-    assert_eq!(patch(&server, "dev-1", json!({"state": "suspended"})).await, 200);
+    assert_eq!(
+        patch(&server, "dev-1", json!({"state": "suspended"})).await,
+        200
+    );
     let out = pub_with_cert(addr, &files.ca, &good, "dev-1", "devices/dev-1/telemetry/t").await;
     assert!(!out.status.success());
     assert!(
@@ -352,9 +381,16 @@ async fn revoked_expired_foreign_and_suspended_certificates_are_refused() {
     assert_eq!(refused(&server, "device_not_active").await, 1);
 
     // The server kept serving: back in service, the good one works.
-    assert_eq!(patch(&server, "dev-1", json!({"state": "active"})).await, 200);
+    assert_eq!(
+        patch(&server, "dev-1", json!({"state": "active"})).await,
+        200
+    );
     let out = pub_with_cert(addr, &files.ca, &good, "dev-1", "devices/dev-1/telemetry/t").await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // A deleted device's certificates go with it: a device made again
     // under the same id does not inherit them.
@@ -375,7 +411,10 @@ async fn certificates_mode_requires_a_device_certificate() {
     let files = Files::new(&server).await;
     let addr = mqtts(&server);
     let (status, device) = server
-        .post("/api/v1/devices", json!({"id": "dev-1", "simulated": false}))
+        .post(
+            "/api/v1/devices",
+            json!({"id": "dev-1", "simulated": false}),
+        )
         .await;
     assert_eq!(status, 201);
     let password = device["credentials"]["password"].as_str().unwrap();
@@ -383,7 +422,16 @@ async fn certificates_mode_requires_a_device_certificate() {
     let mut args = tls_args(addr, &files.ca);
     args.extend(
         [
-            "-u", "dev-1", "-P", password, "-i", "dev-1", "-t", "devices/dev-1/x", "-m", "1",
+            "-u",
+            "dev-1",
+            "-P",
+            password,
+            "-i",
+            "dev-1",
+            "-t",
+            "devices/dev-1/x",
+            "-m",
+            "1",
         ]
         .map(String::from),
     );
@@ -393,10 +441,14 @@ async fn certificates_mode_requires_a_device_certificate() {
     // With the certificate it is.
     let dev = files.issue(&server, "dev-1", json!({})).await;
     let out = pub_with_cert(addr, &files.ca, &dev, "dev-1", "devices/dev-1/telemetry/t").await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Back ends keep the admin password (no certificate).
-    let sub = admin_sub(addr, &files.ca, "devices/#", 1);
-    wait_subscribed(&server, "devices/#").await;
+    let sub = admin_sub(addr, &files.ca, "devices/+/telemetry/#", 1);
+    wait_subscribed(&server, "devices/+/telemetry/#").await;
     let out = pub_with_cert(addr, &files.ca, &dev, "dev-1", "devices/dev-1/telemetry/t").await;
     assert!(out.status.success());
     assert!(finish(sub).await.contains("devices/dev-1/telemetry/t 42"));
@@ -431,7 +483,11 @@ async fn a_device_csr_is_signed_with_the_device_as_subject() {
         .to_vec(),
     )
     .await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (status, issued) = server
         .post(
             "/api/v1/devices/dev-csr/certificates",
@@ -439,13 +495,22 @@ async fn a_device_csr_is_signed_with_the_device_as_subject() {
         )
         .await;
     assert_eq!(status, 201, "{issued}");
-    assert!(issued.get("private_key").is_none(), "the device kept its key");
+    assert!(
+        issued.get("private_key").is_none(),
+        "the device kept its key"
+    );
     let cert = files.write("own.crt", issued["certificate"].as_str().unwrap());
     let out = run(
         "openssl",
-        ["x509", "-noout", "-subject", "-in", &cert.display().to_string()]
-            .map(String::from)
-            .to_vec(),
+        [
+            "x509",
+            "-noout",
+            "-subject",
+            "-in",
+            &cert.display().to_string(),
+        ]
+        .map(String::from)
+        .to_vec(),
     )
     .await;
     // The subject is ours, not what the request asked for.
@@ -468,7 +533,11 @@ async fn a_device_csr_is_signed_with_the_device_as_subject() {
         "devices/dev-csr/telemetry/t",
     )
     .await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Bad requests say what to fix.
     for (body, needle) in [
@@ -481,7 +550,10 @@ async fn a_device_csr_is_signed_with_the_device_as_subject() {
             .post("/api/v1/devices/dev-csr/certificates", body)
             .await;
         assert_eq!(status, 422, "{problem}");
-        assert!(problem["detail"].as_str().unwrap().contains(needle), "{problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains(needle),
+            "{problem}"
+        );
     }
     let (status, _) = server
         .post("/api/v1/devices/nobody/certificates", json!({}))
@@ -517,7 +589,10 @@ async fn openssl_s_client_sees_the_handshake_cases() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
     // A client certificate is asked for and accepted.
-    let (cert, key) = (dev.cert.display().to_string(), dev.key.display().to_string());
+    let (cert, key) = (
+        dev.cert.display().to_string(),
+        dev.key.display().to_string(),
+    );
     let out = s_client(&["-cert", &cert, "-key", &key]).await;
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("Verify return code: 0 (ok)"),
@@ -526,7 +601,10 @@ async fn openssl_s_client_sees_the_handshake_cases() {
     );
     // Revoked: the handshake fails with the "certificate revoked" alert.
     server
-        .delete(&format!("/api/v1/devices/dev-1/certificates/{}", dev.serial))
+        .delete(&format!(
+            "/api/v1/devices/dev-1/certificates/{}",
+            dev.serial
+        ))
         .await;
     let out = s_client(&["-cert", &cert, "-key", &key]).await;
     let err = String::from_utf8_lossy(&out.stderr);
@@ -552,7 +630,11 @@ async fn curl_reaches_the_api_device_api_and_stubs_over_https() {
         args.push(url);
         async move {
             let out = run("curl", args).await;
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             let text = String::from_utf8(out.stdout).unwrap();
             let (body, code) = text.rsplit_once('\n').unwrap();
             (code.parse::<u16>().unwrap(), body.to_string())
@@ -610,7 +692,12 @@ async fn curl_reaches_the_api_device_api_and_stubs_over_https() {
     // No certificate and no password: 401.
     let (code, _) = curl(
         telemetry("dev-h"),
-        vec!["-d".into(), "{}".into(), "-H".into(), "content-type: application/json".into()],
+        vec![
+            "-d".into(),
+            "{}".into(),
+            "-H".into(),
+            "content-type: application/json".into(),
+        ],
     )
     .await;
     assert_eq!(code, 401);
@@ -622,7 +709,7 @@ async fn curl_reaches_the_api_device_api_and_stubs_over_https() {
 #[tokio::test]
 async fn a_simulated_fleet_streams_to_a_tls_subscriber() {
     let scenario = r#"
-[[devices]]
+[[fleet]]
 id = "tls-sim-1"
 sensors = [{ plugin = "temperature", interval_ms = 50 }]
 "#;
@@ -630,7 +717,12 @@ sensors = [{ plugin = "temperature", interval_ms = 50 }]
     config.scenario = ScenarioChoice::Inline(scenario.into());
     let server = TestServer::start(config).await;
     let files = Files::new(&server).await;
-    let sub = admin_sub(mqtts(&server), &files.ca, "devices/tls-sim-1/telemetry/#", 3);
+    let sub = admin_sub(
+        mqtts(&server),
+        &files.ca,
+        "devices/tls-sim-1/telemetry/#",
+        3,
+    );
     let out = finish(sub).await;
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 3, "{out}");
@@ -669,7 +761,11 @@ async fn bulk_provisioning_issues_certificates() {
         "devices/fw-03/telemetry/t",
     )
     .await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Without the flag, no certificates.
     let (_, plain) = server
         .post(
@@ -694,7 +790,10 @@ async fn the_ca_and_revocations_survive_a_restart() {
     let good = files.issue(&server, "dev-1", json!({})).await;
     let revoked = files.issue(&server, "dev-1", json!({})).await;
     server
-        .delete(&format!("/api/v1/devices/dev-1/certificates/{}", revoked.serial))
+        .delete(&format!(
+            "/api/v1/devices/dev-1/certificates/{}",
+            revoked.serial
+        ))
         .await;
     let ca_before = server.server().ca_pem().to_string();
     server.stop().await;
@@ -714,7 +813,9 @@ async fn the_ca_and_revocations_survive_a_restart() {
     for entry in walk(data.path()) {
         let bytes = std::fs::read(&entry).unwrap();
         assert!(
-            !bytes.windows(key_body.len()).any(|w| w == key_body.as_bytes()),
+            !bytes
+                .windows(key_body.len())
+                .any(|w| w == key_body.as_bytes()),
             "a device key in {}",
             entry.display()
         );
@@ -724,8 +825,19 @@ async fn the_ca_and_revocations_survive_a_restart() {
     assert_eq!(server.server().ca_pem(), ca_before);
     let addr = mqtts(&server);
     let out = pub_with_cert(addr, &files.ca, &good, "dev-1", "devices/dev-1/telemetry/t").await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = pub_with_cert(addr, &files.ca, &revoked, "dev-1", "devices/dev-1/telemetry/t").await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = pub_with_cert(
+        addr,
+        &files.ca,
+        &revoked,
+        "dev-1",
+        "devices/dev-1/telemetry/t",
+    )
+    .await;
     assert!(!out.status.success(), "a revoked certificate came back");
     let (_, list) = server.get("/api/v1/devices/dev-1/certificates").await;
     assert_eq!(list["items"].as_array().unwrap().len(), 2);
@@ -778,7 +890,12 @@ async fn listeners_are_named_in_the_ready_line_and_clashes_say_which_flag() {
         ),
     ] {
         let error = iotmock::Server::start(config).await.err().expect("a clash");
-        assert!(error.to_string().starts_with(&format!("{flag} {taken} is in use")), "{error}");
+        assert!(
+            error
+                .to_string()
+                .starts_with(&format!("{flag} {taken} is in use")),
+            "{error}"
+        );
     }
     server.stop().await;
 }

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use serde_json::{Value, json};
@@ -55,7 +55,10 @@ impl Certs {
         name.push(DnType::CommonName, "iotmock-bench CA");
         ca.distinguished_name = name;
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let ca_cert = ca.self_signed(&ca_key)?;
         let issuer = Issuer::new(ca, ca_key);
 
@@ -77,7 +80,10 @@ impl Certs {
             Ok(())
         };
         write("ca.pem", ca_cert.pem())?;
-        write("server.pem", format!("{}{}", server_cert.pem(), ca_cert.pem()))?;
+        write(
+            "server.pem",
+            format!("{}{}", server_cert.pem(), ca_cert.pem()),
+        )?;
         write("server.key", server_key.serialize_pem())?;
         Ok(Self {
             ca_der: ca_cert.der().clone(),
@@ -272,8 +278,7 @@ async fn throughput(
         let mut got = 0u64;
         let mut last = Instant::now();
         while got < expected {
-            let n = match tokio::time::timeout(Duration::from_secs(3), sub.read(&mut chunk)).await
-            {
+            let n = match tokio::time::timeout(Duration::from_secs(3), sub.read(&mut chunk)).await {
                 Ok(Ok(0)) | Err(_) => break,
                 Ok(Ok(n)) => n,
                 Ok(Err(e)) => return Err(e.into()),
@@ -339,7 +344,8 @@ async fn throughput(
                 }
             }
             if qos == 1 {
-                let _ = tokio::time::timeout(Duration::from_secs(10), window.acquire_many(64)).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(10), window.acquire_many(64)).await;
             }
             wr.write_all(&[0xe0, 0]).await?;
             wr.flush().await?;
@@ -353,7 +359,11 @@ async fn throughput(
     let (got, last) = receiver.await??;
     let secs = last.duration_since(started).as_secs_f64().max(1e-6);
     let cpu = p.cpu().since(&cpu0).as_secs_f64();
-    Ok((got as f64 / secs, got as f64 / cpu.max(1e-6), expected - got.min(expected)))
+    Ok((
+        got as f64 / secs,
+        got as f64 / cpu.max(1e-6),
+        expected - got.min(expected),
+    ))
 }
 
 /// Resident memory added per idle TLS MQTT connection.
@@ -430,12 +440,20 @@ pub async fn run(
         "MQTT over TLS (client certificates required, full handshakes, 64 B payloads; target: iotmock >= 1.0x mosquitto)",
         &["measure", "iotmock", "mosquitto", "ratio", "verdict"],
     );
-    let fmt_row = |table: &mut Table, label: &str, key: &str, higher_better: bool, fmt: &dyn Fn(f64) -> String| {
+    let fmt_row = |table: &mut Table,
+                   label: &str,
+                   key: &str,
+                   higher_better: bool,
+                   fmt: &dyn Fn(f64) -> String| {
         let a = results[0][key].as_f64().unwrap_or(0.0);
         let b = results.get(1).and_then(|r| r[key].as_f64());
         let (cell_b, r, verdict) = match b {
             Some(b) => {
-                let (r, text) = if higher_better { ratio(a, b) } else { ratio(b, a) };
+                let (r, text) = if higher_better {
+                    ratio(a, b)
+                } else {
+                    ratio(b, a)
+                };
                 (fmt(b), text, status(r >= 1.0))
             }
             None => ("n/a".into(), "n/a".into(), "n/a".into()),
@@ -443,12 +461,36 @@ pub async fn run(
         table.row(vec![label.into(), fmt(a), cell_b, r, verdict]);
     };
     let num = thousands;
-    fmt_row(&mut table, "TLS handshakes/s", "handshakes_per_s", true, &num);
-    fmt_row(&mut table, "handshakes per broker CPU-s", "handshakes_per_cpu_s", true, &num);
+    fmt_row(
+        &mut table,
+        "TLS handshakes/s",
+        "handshakes_per_s",
+        true,
+        &num,
+    );
+    fmt_row(
+        &mut table,
+        "handshakes per broker CPU-s",
+        "handshakes_per_cpu_s",
+        true,
+        &num,
+    );
     fmt_row(&mut table, "QoS 0 deliveries/s", "qos0_per_s", true, &num);
-    fmt_row(&mut table, "QoS 0 deliveries per broker CPU-s", "qos0_per_cpu_s", true, &num);
+    fmt_row(
+        &mut table,
+        "QoS 0 deliveries per broker CPU-s",
+        "qos0_per_cpu_s",
+        true,
+        &num,
+    );
     fmt_row(&mut table, "QoS 1 deliveries/s", "qos1_per_s", true, &num);
-    fmt_row(&mut table, "QoS 1 deliveries per broker CPU-s", "qos1_per_cpu_s", true, &num);
+    fmt_row(
+        &mut table,
+        "QoS 1 deliveries per broker CPU-s",
+        "qos1_per_cpu_s",
+        true,
+        &num,
+    );
     fmt_row(
         &mut table,
         "memory per idle TLS connection",
