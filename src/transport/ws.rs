@@ -24,6 +24,8 @@ pub(crate) async fn accept<S>(stream: S, peer: SocketAddr) -> Option<WsIo<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // The error type is tungstenite's callback contract, not ours to box.
+    #[allow(clippy::result_large_err)]
     let callback = |request: &Request, mut response: Response| {
         if request.uri().path() != WS_PATH {
             return Err(refusal(

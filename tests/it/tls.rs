@@ -865,6 +865,40 @@ async fn listeners_are_named_in_the_ready_line_and_clashes_say_which_flag() {
         let addr: SocketAddr = ready[key].as_str().unwrap().parse().unwrap();
         assert_ne!(addr.port(), 0, "{key}");
     }
+    // A WebSocket upgrade on another path, or without the mqtt
+    // subprotocol, is refused with a status that says so.
+    let ws = server.server().transport_addr(MqttTransport::Ws).unwrap();
+    for (path, protocol, expected) in [("/other", "mqtt", "404"), ("/mqtt", "chat", "400")] {
+        let out = run(
+            "curl",
+            [
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+                "Connection: Upgrade",
+                "-H",
+                "Upgrade: websocket",
+                "-H",
+                "Sec-WebSocket-Version: 13",
+                "-H",
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                "-H",
+                &format!("Sec-WebSocket-Protocol: {protocol}"),
+                &format!("http://{ws}{path}"),
+            ]
+            .map(String::from)
+            .to_vec(),
+        )
+        .await;
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            expected,
+            "{path} {protocol}"
+        );
+    }
     let taken = server.server().transport_addr(MqttTransport::Tls).unwrap();
     for (flag, config) in [
         (
