@@ -488,27 +488,28 @@ impl MqttListener {
                 };
                 let _ = stream.set_nodelay(true);
                 let (tls, mqtt) = (tls.clone(), mqtt.clone());
-                tokio::spawn(async move {
-                    match kind {
-                        MqttTransport::Tls => {
-                            if let Some((stream, cert)) = tls.accept(stream, peer, flag).await {
-                                mqtt.serve_stream(stream, peer, cert).await;
-                            }
+                // One task per kind: a task is as large as its future, and
+                // an idle TLS connection should not carry a WebSocket's
+                // state.
+                match kind {
+                    MqttTransport::Tls => tokio::spawn(async move {
+                        if let Some((stream, cert)) = tls.accept(stream, peer, flag).await {
+                            mqtt.serve_stream(stream, peer, cert).await;
                         }
-                        MqttTransport::Ws => {
-                            if let Some(stream) = ws::accept(stream, peer).await {
-                                mqtt.serve_stream(stream, peer, None).await;
-                            }
+                    }),
+                    MqttTransport::Ws => tokio::spawn(async move {
+                        if let Some(stream) = ws::accept(stream, peer).await {
+                            mqtt.serve_stream(stream, peer, None).await;
                         }
-                        MqttTransport::Wss => {
-                            if let Some((stream, cert)) = tls.accept(stream, peer, flag).await
-                                && let Some(stream) = ws::accept(stream, peer).await
-                            {
-                                mqtt.serve_stream(stream, peer, cert).await;
-                            }
+                    }),
+                    MqttTransport::Wss => tokio::spawn(async move {
+                        if let Some((stream, cert)) = tls.accept(stream, peer, flag).await
+                            && let Some(stream) = ws::accept(stream, peer).await
+                        {
+                            mqtt.serve_stream(stream, peer, cert).await;
                         }
-                    }
-                });
+                    }),
+                };
             }
         });
         tracing::info!(%addr, listener = flag, "MQTT transport listening");
