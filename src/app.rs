@@ -19,6 +19,7 @@ use crate::plugin::watcher::{PluginWatcher, WatchError};
 use crate::plugin::{LoadError, PluginHost, PluginLimits};
 use crate::scenario::{Scenario, ScenarioError};
 use crate::telemetry::Telemetry;
+use crate::transport::{MqttListener, MqttTransport, Tls, TlsSettings};
 
 /// Which scenario to run.
 #[derive(Debug, Clone)]
@@ -85,6 +86,17 @@ pub struct Config {
     pub insecure_admin: bool,
     /// The longest span one `POST /clock/advance` may move, ms.
     pub max_advance_ms: i64,
+    /// MQTT over TLS.
+    pub mqtts: Option<SocketAddr>,
+    /// MQTT over WebSocket, plain and over TLS.
+    pub ws: Option<SocketAddr>,
+    pub wss: Option<SocketAddr>,
+    /// The API (and the device API) over TLS.
+    pub https: Option<SocketAddr>,
+    /// The `--mock-http` stubs over TLS.
+    pub mock_https: Option<SocketAddr>,
+    /// Server certificate names, or a certificate brought along.
+    pub tls: TlsSettings,
 }
 
 /// How MQTT clients are admitted.
@@ -92,8 +104,23 @@ pub struct Config {
 pub enum MqttAuth {
     /// Anyone may connect and use any topic.
     Open,
-    /// Devices with their own credentials, back ends as `admin`.
+    /// Devices with their own credentials (a password, or a client
+    /// certificate over TLS), back ends as `admin`.
     Devices { admin_password: String },
+    /// Devices only with a client certificate over TLS; back ends as
+    /// `admin` with its password.
+    Certificates { admin_password: String },
+}
+
+impl MqttAuth {
+    fn admin_password(&self) -> Option<&str> {
+        match self {
+            MqttAuth::Open => None,
+            MqttAuth::Devices { admin_password } | MqttAuth::Certificates { admin_password } => {
+                Some(admin_password)
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for dyn crate::mqtt::Authorizer {
@@ -133,6 +160,12 @@ impl Config {
             admin_token: None,
             insecure_admin: false,
             max_advance_ms: http::DEFAULT_MAX_ADVANCE_MS,
+            mqtts: None,
+            ws: None,
+            wss: None,
+            https: None,
+            mock_https: None,
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -182,6 +215,8 @@ pub enum StartError {
     EdgeNode { node: String, problem: String },
     #[error("scenario: {0}")]
     Stub(#[from] crate::stubs::StubError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::transport::TlsError),
 }
 
 /// How scenario text given inline is named in errors.
@@ -209,17 +244,24 @@ pub struct Server {
     http: http::serve::Serving,
     stubs: crate::stubs::Stubs,
     mock: Option<MockListener>,
+    /// `--https` and `--mock-https`.
+    https: Option<MockListener>,
+    mock_https: Option<MockListener>,
+    /// `--mqtts`, `--ws`, `--wss`, in that order when given.
+    transports: Vec<(MqttTransport, MqttListener)>,
+    tls: Arc<Tls>,
     _watcher: Option<PluginWatcher>,
 }
 
 impl Server {
     pub async fn start(config: Config) -> Result<Self, StartError> {
-        if !config.http.ip().is_loopback() && config.admin_token.is_none() && !config.insecure_admin
-        {
-            return Err(StartError::InsecureAdmin {
-                addr: config.http,
-                port: config.http.port(),
-            });
+        for addr in std::iter::once(config.http).chain(config.https) {
+            if !addr.ip().is_loopback() && config.admin_token.is_none() && !config.insecure_admin {
+                return Err(StartError::InsecureAdmin {
+                    addr,
+                    port: addr.port(),
+                });
+            }
         }
         let scenario = match &config.scenario {
             ScenarioChoice::Demo => Scenario::demo(),
@@ -246,6 +288,31 @@ impl Server {
             // The broker binds its own socket; a probe finds a clash first.
             drop(bind("--mqtt", config.mqtt).await?);
         }
+        let mut transport_listeners = Vec::new();
+        for (kind, addr) in [
+            (MqttTransport::Tls, config.mqtts),
+            (MqttTransport::Ws, config.ws),
+            (MqttTransport::Wss, config.wss),
+        ] {
+            if let Some(addr) = addr {
+                transport_listeners.push((kind, bind(kind.flag(), addr).await?));
+            }
+        }
+        let https_listener = match config.https {
+            Some(addr) => Some(bind("--https", addr).await?),
+            None => None,
+        };
+        let mock_https_listener = match config.mock_https {
+            Some(addr) => Some(bind("--mock-https", addr).await?),
+            None => None,
+        };
+        let tls = {
+            let settings = config.tls.clone();
+            let dir = config.data_dir.clone();
+            tokio::task::spawn_blocking(move || Tls::start(&settings, dir.as_deref()))
+                .await
+                .expect("TLS set-up panicked")?
+        };
 
         let clock = Clock::starting_at(
             config.clock,
@@ -269,10 +336,13 @@ impl Server {
         mqtt_config.max_queued_bytes_per_session = config.mqtt_max_queued_bytes;
         mqtt_config.storage_dir = config.data_dir.as_ref().map(|d| d.join("mqtt"));
         let device_access = match &config.mqtt_auth {
-            MqttAuth::Devices { admin_password } if config.mqtt_authorizer.is_none() => {
-                Some(DeviceAccess::new(admin_password.clone()))
-            }
-            _ => None,
+            MqttAuth::Open => None,
+            _ if config.mqtt_authorizer.is_some() => None,
+            auth => Some(DeviceAccess::new(
+                auth.admin_password().unwrap_or_default().to_string(),
+                matches!(auth, MqttAuth::Certificates { .. }),
+                tls.stats().clone(),
+            )),
         };
         mqtt_config.authorizer = config.mqtt_authorizer.clone().or_else(|| {
             device_access
@@ -295,6 +365,7 @@ impl Server {
             telemetry.clone(),
             broker.handle(),
             plugins.clone(),
+            tls.clone(),
         )
         .await?;
         fleet.set_http_device_timeout(config.http_device_timeout_ms);
@@ -381,11 +452,16 @@ impl Server {
             stubs: stubs.clone(),
             commands,
             admin_token: config.admin_token.clone(),
+            tls: tls.clone(),
             limits: http::ApiLimits {
                 http: config.http_limits,
                 max_advance_ms: config.max_advance_ms,
                 api_connections: Arc::new(ListenerStats::default()),
                 mock_connections: config.mock_http.map(|_| Arc::new(ListenerStats::default())),
+                https_connections: config.https.map(|_| Arc::new(ListenerStats::default())),
+                mock_https_connections: config
+                    .mock_https
+                    .map(|_| Arc::new(ListenerStats::default())),
             },
         };
         let mock = match (
@@ -394,16 +470,63 @@ impl Server {
             &state.limits.mock_connections,
         ) {
             (Some(addr), Some(listener), Some(stats)) => Some(MockListener::start(
+                "--mock-http",
                 addr,
                 listener,
                 http::mock_router(state.clone()),
                 config.http_limits,
                 stats.clone(),
+                None,
             )?),
             _ => None,
         };
+        let https = match (
+            config.https,
+            https_listener,
+            &state.limits.https_connections,
+        ) {
+            (Some(addr), Some(listener), Some(stats)) => Some(MockListener::start(
+                "--https",
+                addr,
+                listener,
+                http::router(state.clone()),
+                config.http_limits,
+                stats.clone(),
+                Some(tls.clone()),
+            )?),
+            _ => None,
+        };
+        let mock_https = match (
+            config.mock_https,
+            mock_https_listener,
+            &state.limits.mock_https_connections,
+        ) {
+            (Some(addr), Some(listener), Some(stats)) => Some(MockListener::start(
+                "--mock-https",
+                addr,
+                listener,
+                http::mock_router(state.clone()),
+                config.http_limits,
+                stats.clone(),
+                Some(tls.clone()),
+            )?),
+            _ => None,
+        };
+        let mut transports = Vec::new();
+        for (kind, listener) in transport_listeners {
+            let addr = local_addr(kind.flag(), listener_addr(&config, kind), &listener)?;
+            let running = MqttListener::start(kind, listener, tls.clone(), broker.handle())
+                .map_err(|e| listen_error(kind.flag(), addr, &e))?;
+            transports.push((kind, running));
+        }
         let api_stats = state.limits.api_connections.clone();
-        let http = http::serve::serve(listener, http::router(state), config.http_limits, api_stats);
+        let http = http::serve::serve(
+            listener,
+            http::router(state),
+            config.http_limits,
+            api_stats,
+            None,
+        );
         tracing::info!(addr = %http_addr, "HTTP API listening");
         Ok(Self {
             mqtt_auth: config.mqtt_auth.clone(),
@@ -415,8 +538,35 @@ impl Server {
             http,
             stubs,
             mock,
+            https,
+            mock_https,
+            transports,
+            tls,
             _watcher: watcher,
         })
+    }
+
+    /// The address of a TLS or WebSocket MQTT listener, when it runs.
+    pub fn transport_addr(&self, kind: MqttTransport) -> Option<SocketAddr> {
+        self.transports
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, l)| l.addr)
+    }
+
+    /// The `--https` listener's address, when there is one.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https.as_ref().map(|m| m.addr)
+    }
+
+    /// The `--mock-https` listener's address, when there is one.
+    pub fn mock_https_addr(&self) -> Option<SocketAddr> {
+        self.mock_https.as_ref().map(|m| m.addr)
+    }
+
+    /// The built-in CA's certificate, PEM.
+    pub fn ca_pem(&self) -> &str {
+        self.tls.ca_pem()
     }
 
     /// The `--mock-http` listener's address, when there is one.
@@ -462,7 +612,21 @@ impl Server {
         if let Some(mock) = &self.mock {
             line["mock_http"] = serde_json::json!(mock.addr.to_string());
         }
-        if let MqttAuth::Devices { admin_password } = &self.mqtt_auth {
+        for (kind, listener) in &self.transports {
+            let key = match kind {
+                MqttTransport::Tls => "mqtts",
+                MqttTransport::Ws => "ws",
+                MqttTransport::Wss => "wss",
+            };
+            line[key] = serde_json::json!(listener.addr.to_string());
+        }
+        if let Some(https) = &self.https {
+            line["https"] = serde_json::json!(https.addr.to_string());
+        }
+        if let Some(mock) = &self.mock_https {
+            line["mock_https"] = serde_json::json!(mock.addr.to_string());
+        }
+        if let Some(admin_password) = self.mqtt_auth.admin_password() {
             line["mqtt_admin"] = serde_json::json!({
                 "username": crate::fleet::access::ADMIN_USER,
                 "password": admin_password,
@@ -476,10 +640,14 @@ impl Server {
     pub async fn shutdown(self) {
         // Hanging stubs let go, so open requests can finish.
         self.stubs.close();
-        if let Some(mock) = self.mock {
-            let _ = mock.serving.stop.send(());
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_secs(5), mock.serving.task).await;
+        drop(self.transports);
+        for listener in [self.mock, self.https, self.mock_https]
+            .into_iter()
+            .flatten()
+        {
+            let _ = listener.serving.stop.send(());
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), listener.serving.task)
+                .await;
         }
         let _ = self.http.stop.send(());
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.http.task).await;
@@ -488,7 +656,7 @@ impl Server {
     }
 }
 
-/// The `--mock-http` server.
+/// An extra HTTP server: `--mock-http`, `--https`, `--mock-https`.
 struct MockListener {
     addr: SocketAddr,
     serving: http::serve::Serving,
@@ -496,17 +664,28 @@ struct MockListener {
 
 impl MockListener {
     fn start(
+        flag: &'static str,
         addr: SocketAddr,
         listener: TcpListener,
         app: axum::Router,
         limits: HttpLimits,
         stats: Arc<ListenerStats>,
+        tls: Option<Arc<Tls>>,
     ) -> Result<Self, StartError> {
-        let addr = local_addr("--mock-http", addr, &listener)?;
-        let serving = http::serve::serve(listener, app, limits, stats);
-        tracing::info!(%addr, "mock HTTP listening (stubs on their real paths)");
+        let addr = local_addr(flag, addr, &listener)?;
+        let serving = http::serve::serve(listener, app, limits, stats, tls);
+        tracing::info!(%addr, listener = flag, "HTTP listening");
         Ok(Self { addr, serving })
     }
+}
+
+fn listener_addr(config: &Config, kind: MqttTransport) -> SocketAddr {
+    match kind {
+        MqttTransport::Tls => config.mqtts,
+        MqttTransport::Ws => config.ws,
+        MqttTransport::Wss => config.wss,
+    }
+    .unwrap_or(config.mqtt)
 }
 
 /// Binds the listener of command-line flag `flag`, with an error that

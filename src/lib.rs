@@ -19,6 +19,8 @@
 //! - [`http`]: the REST API.
 //! - [`stubs`]: mock HTTP endpoints, the HTTP request journal and verify.
 //! - [`telemetry`]: the fleet's scheduler, sensor calls, publishing.
+//! - [`transport`]: TLS and WebSocket transports, the built-in certificate
+//!   authority.
 //! - [`plugin`]: the wasmtime host, the registry with hot reload, the
 //!   folder watcher.
 //! - [`simulation`]: simulated time played in order (readings, edge
@@ -46,6 +48,7 @@ pub mod simulation;
 pub mod sqlite;
 pub mod stubs;
 pub mod telemetry;
+pub mod transport;
 pub mod verify;
 
 pub use app::{Config, MqttAuth, ScenarioChoice, Server, StartError};

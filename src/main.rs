@@ -30,14 +30,20 @@ enum Command {
 
 /// The part of `serve --help` that is not about one flag.
 const SERVE_HELP: &str = "\
-Addresses (--http, --mqtt, --mock-http): IP:PORT (127.0.0.1:8080, [::1]:8080),
-HOST:PORT (localhost:8080), or a bare PORT, which means 127.0.0.1:PORT. Port 0
-picks a free port.
+Addresses (--http, --mqtt, --mock-http, and the TLS and WebSocket ones):
+IP:PORT (127.0.0.1:8080, [::1]:8080), HOST:PORT (localhost:8080), or a bare
+PORT, which means 127.0.0.1:PORT. Port 0 picks a free port.
 
 When every listener is up, one JSON line goes to stdout:
   {\"event\":\"ready\",\"http\":\"127.0.0.1:8080\",\"mqtt\":\"127.0.0.1:1883\"}
-(with \"mock_http\" when --mock-http is given, and \"mqtt_admin\" with
---mqtt-auth devices). Wait for it before connecting. Logs go to stderr.
+(with \"mock_http\", \"mqtts\", \"ws\", \"wss\", \"https\", \"mock_https\" when
+those listeners are given, and \"mqtt_admin\" with --mqtt-auth devices or
+certificates). Wait for it before connecting. Logs go to stderr.
+
+TLS: the built-in CA (kept in --data-dir/tls, else made for the run) signs
+the server certificate (localhost, 127.0.0.1, ::1 and --tls-name names) and
+device certificates (POST /api/v1/devices/{id}/certificates); fetch it at
+GET /api/v1/ca.pem. --tls-cert/--tls-key serve your own certificate instead.
 SIGINT (Ctrl-C) or SIGTERM shuts down cleanly.
 
 Environment:
@@ -102,10 +108,42 @@ struct ServeArgs {
     /// Bytes queued per MQTT session, with the same policy.
     #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
     mqtt_max_queued_bytes: usize,
-    /// MQTT admission: `open` (anyone, any topic) or `devices` (device
-    /// credentials; back ends use the admin user).
-    #[arg(long, default_value = "open", value_parser = ["open", "devices"])]
+    /// MQTT admission: `open` (anyone, any topic), `devices` (device
+    /// credentials or a device certificate over TLS; back ends use the
+    /// admin user) or `certificates` (devices only with a certificate).
+    #[arg(long, default_value = "open", value_parser = ["open", "devices", "certificates"])]
     mqtt_auth: String,
+    /// MQTT over TLS (client certificates optional; see --mqtt-auth).
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr)]
+    mqtts: Option<SocketAddr>,
+    /// MQTT over WebSocket (path /mqtt, subprotocol mqtt).
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr)]
+    ws: Option<SocketAddr>,
+    /// MQTT over WebSocket over TLS (path /mqtt, subprotocol mqtt).
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr)]
+    wss: Option<SocketAddr>,
+    /// The API and the HTTP device API over TLS (devices may present their
+    /// certificate instead of a password).
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr)]
+    https: Option<SocketAddr>,
+    /// Stubs on their real paths over TLS, like --mock-http.
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr)]
+    mock_https: Option<SocketAddr>,
+    /// Another DNS name or IP address for the built-in server certificate
+    /// (repeat it, or separate with commas); localhost, 127.0.0.1 and ::1
+    /// are always covered.
+    #[arg(long, value_name = "NAME", value_delimiter = ',')]
+    tls_name: Vec<String>,
+    /// A PEM certificate chain to serve instead of the built-in one.
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificates whose client certificates are accepted too
+    /// (device certificates you issue yourself: subject CN = device id).
+    #[arg(long, value_name = "PATH")]
+    tls_client_ca: Option<PathBuf>,
     /// Password of the MQTT `admin` user with --mqtt-auth devices (default:
     /// a random one, printed in the ready line). Prefer the environment or
     /// --admin-password-file: arguments show in `ps`.
@@ -361,7 +399,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 admin_password: admin_password
                     .unwrap_or_else(|| iotmock::fleet::credentials::new_secret().0),
             },
+            "certificates" => MqttAuth::Certificates {
+                admin_password: admin_password
+                    .unwrap_or_else(|| iotmock::fleet::credentials::new_secret().0),
+            },
             _ => MqttAuth::Open,
+        },
+        mqtts: args.mqtts,
+        ws: args.ws,
+        wss: args.wss,
+        https: args.https,
+        mock_https: args.mock_https,
+        tls: iotmock::transport::TlsSettings {
+            names: args.tls_name,
+            cert: args.tls_cert,
+            key: args.tls_key,
+            client_ca: args.tls_client_ca,
         },
         mock_http: args.mock_http,
         http_journal_capacity: args.http_journal_capacity,

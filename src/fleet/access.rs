@@ -9,11 +9,18 @@
 //! - Suspended and decommissioned devices are refused at CONNECT (not
 //!   authorized); an unknown device or a wrong secret is a bad user name or
 //!   password.
+//! - A client that presented a verified certificate (TLS) is the device its
+//!   subject common name names, no password needed; with `--mqtt-auth
+//!   certificates` a device must present one (the admin still logs in with
+//!   its password). A certificate of a deleted, suspended or decommissioned
+//!   device is not authorized, counted and logged.
 
 use std::sync::{Arc, OnceLock};
 
 use super::{AuthOutcome, Fleet};
-use crate::mqtt::{AuthDecision, Authorizer};
+use crate::mqtt::{AuthDecision, Authorizer, PeerCert};
+use crate::ratelimit::warn_limited;
+use crate::transport::{Refusal, TlsStats};
 
 /// The admin user name.
 pub const ADMIN_USER: &str = "admin";
@@ -23,14 +30,29 @@ pub struct DeviceAccess {
     // everyone in the few milliseconds before.
     fleet: OnceLock<Fleet>,
     admin_password: String,
+    /// Devices must present a certificate (`--mqtt-auth certificates`).
+    require_cert: bool,
+    stats: Arc<TlsStats>,
 }
 
 impl DeviceAccess {
-    pub fn new(admin_password: String) -> Arc<Self> {
+    pub fn new(admin_password: String, require_cert: bool, stats: Arc<TlsStats>) -> Arc<Self> {
         Arc::new(Self {
             fleet: OnceLock::new(),
             admin_password,
+            require_cert,
+            stats,
         })
+    }
+
+    fn refuse(&self, reason: Refusal, device: &str) -> AuthDecision {
+        self.stats.refused(reason);
+        warn_limited!(
+            device,
+            reason = reason.as_str(),
+            "MQTT device certificate refused at CONNECT"
+        );
+        AuthDecision::NotAuthorized
     }
 
     pub fn attach(&self, fleet: Fleet) {
@@ -69,6 +91,42 @@ impl Authorizer for DeviceAccess {
             },
             AuthOutcome::Unknown | AuthOutcome::WrongSecret => AuthDecision::BadCredentials,
             AuthOutcome::NotAllowed => AuthDecision::NotAuthorized,
+        }
+    }
+
+    fn authenticate_peer(
+        &self,
+        client_id: &str,
+        username: Option<&str>,
+        password: Option<&[u8]>,
+        cert: Option<&PeerCert>,
+    ) -> AuthDecision {
+        if username == Some(ADMIN_USER) {
+            return self.authenticate(client_id, username, password);
+        }
+        let Some(cert) = cert else {
+            if self.require_cert {
+                return self.refuse(Refusal::CertificateRequired, username.unwrap_or(client_id));
+            }
+            return self.authenticate(client_id, username, password);
+        };
+        let device = cert.common_name.as_str();
+        if username.is_some_and(|u| u != device) {
+            // Another device's name over this device's certificate.
+            return AuthDecision::NotAuthorized;
+        }
+        let Some(fleet) = self.fleet.get() else {
+            return AuthDecision::NotAuthorized;
+        };
+        match fleet.authenticate_cert(device) {
+            AuthOutcome::Ok if client_id != device => AuthDecision::ClientIdNotValid,
+            AuthOutcome::Ok => AuthDecision::Allow {
+                user: Some(device.to_string()),
+            },
+            AuthOutcome::NotAllowed => self.refuse(Refusal::DeviceNotActive, device),
+            AuthOutcome::Unknown | AuthOutcome::WrongSecret => {
+                self.refuse(Refusal::UnknownDevice, device)
+            }
         }
     }
 
@@ -112,7 +170,7 @@ mod tests {
 
     #[test]
     fn devices_stay_in_their_own_topics() {
-        let access = DeviceAccess::new("pw".into());
+        let access = DeviceAccess::new("pw".into(), false, Default::default());
         let a = Some("dev-1");
         assert!(access.may_publish("c", a, "devices/dev-1/telemetry/t"));
         assert!(access.may_publish("c", a, "devices/dev-1/acks/42"));

@@ -7,6 +7,7 @@
 //! does not run the broker; the broker asks it about credentials.
 
 pub mod access;
+pub mod certificates;
 pub mod credentials;
 mod http_link;
 pub mod model;
@@ -53,6 +54,10 @@ pub enum FleetError {
         current: usize,
         asked: usize,
     },
+    #[error(
+        "device {device:?} has no certificate {serial}; GET /api/v1/devices/{device}/certificates lists them"
+    )]
+    NoCertificate { device: String, serial: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -114,6 +119,9 @@ struct Inner {
     /// Told when devices join, leave or change tags or group (edge nodes
     /// that select by tag or group follow it).
     membership: std::sync::OnceLock<Arc<dyn MembershipObserver>>,
+    /// The CA that issues device certificates and the TLS listeners'
+    /// revocation list.
+    tls: Arc<crate::transport::Tls>,
 }
 
 /// Told, synchronously, of every device that is created, deleted, or
@@ -154,9 +162,11 @@ impl Fleet {
         telemetry: Telemetry,
         mqtt: MqttHandle,
         plugins: PluginHost,
+        tls: Arc<crate::transport::Tls>,
     ) -> Result<Self, FleetError> {
         let store = Store::open(data_dir)?;
         let stored = store.load_all()?;
+        tls.revoke(store.revoked_serials()?);
         let fleet = Fleet(Arc::new(Inner {
             devices: RwLock::default(),
             store,
@@ -170,6 +180,7 @@ impl Fleet {
             reserved: AtomicUsize::new(0),
             presence: broadcast::channel(PRESENCE_EVENTS).0,
             membership: std::sync::OnceLock::new(),
+            tls,
         }));
         let count = stored.len();
         let mut streams = Vec::new();
@@ -409,7 +420,7 @@ impl Fleet {
         .await?;
         let shared = SharedParts::of(&template);
         let device = self.build(id, &template, &shared);
-        let mut created = self.insert(vec![device]).await?;
+        let (mut created, _) = self.insert(vec![device], false).await?;
         Ok(created.remove(0))
     }
 
@@ -453,7 +464,8 @@ impl Fleet {
             .into_iter()
             .map(|id| self.build(id, &request.template, &shared))
             .collect();
-        let created = self.insert(devices).await?;
+        let (created, certs) = self.insert(devices, request.certificates).await?;
+        let mut certs = certs.into_iter();
         Ok(BulkCreated {
             created: created.len(),
             devices: created
@@ -461,13 +473,23 @@ impl Fleet {
                 .map(|v| CreatedDevice {
                     id: v.id,
                     credentials: v.credentials.expect("new device"),
+                    certificate: if request.certificates {
+                        certs.next()
+                    } else {
+                        None
+                    },
                 })
                 .collect(),
         })
     }
 
-    /// Stores new devices (all or none), then brings them to life.
-    async fn insert(&self, devices: Vec<Device>) -> Result<Vec<DeviceView>, FleetError> {
+    /// Stores new devices (all or none), with a certificate each when
+    /// `certs`, then brings them to life.
+    async fn insert(
+        &self,
+        devices: Vec<Device>,
+        certs: bool,
+    ) -> Result<(Vec<DeviceView>, Vec<certificates::IssuedCertificate>), FleetError> {
         let _room = self.reserve(devices.len())?;
         {
             let map = self.0.devices.read().unwrap();
@@ -483,14 +505,20 @@ impl Fleet {
             })
             .collect();
         let fleet = self.clone();
-        let rows = crate::sqlite::blocking(move || {
+        let (rows, issued) = crate::sqlite::blocking(move || {
             let pairs: Vec<(Device, SecretHash)> = rows
                 .iter()
                 .map(|(d, h, _)| (d.clone(), h.clone()))
                 .collect();
-            match fleet.0.store.insert(&pairs)? {
+            let (cert_rows, issued) = if certs {
+                let ids: Vec<&str> = rows.iter().map(|(d, _, _)| d.id.as_str()).collect();
+                fleet.make_certificates(&ids)?
+            } else {
+                Default::default()
+            };
+            match fleet.0.store.insert(&pairs, &cert_rows)? {
                 Some(existing) => Err(FleetError::Duplicate(existing)),
-                None => Ok(rows),
+                None => Ok((rows, issued)),
             }
         })
         .await?;
@@ -509,7 +537,7 @@ impl Fleet {
             views.push(view);
         }
         self.0.telemetry.add(streams).await;
-        Ok(views)
+        Ok((views, issued))
     }
 
     /// Provisions the scenario's devices that are not in the store yet.
@@ -564,7 +592,7 @@ impl Fleet {
         }
         let n = new.len();
         if n > 0 {
-            self.insert(new).await?;
+            self.insert(new, false).await?;
         }
         Ok(n)
     }
@@ -759,7 +787,10 @@ impl Fleet {
         let entry = self.entry(id)?;
         let key = id.to_string();
         let fleet = self.clone();
-        crate::sqlite::blocking(move || fleet.0.store.delete(&key)).await?;
+        let (_, revoked) =
+            crate::sqlite::blocking(move || fleet.0.store.delete(&key, crate::clock::wall_ms()))
+                .await?;
+        self.0.tls.revoke(revoked);
         self.0.devices.write().unwrap().remove(id);
         self.membership_changed(id, None);
         self.0.telemetry.remove_device(id).await;
@@ -922,6 +953,16 @@ impl Fleet {
             return AuthOutcome::NotAllowed;
         }
         AuthOutcome::Ok
+    }
+
+    /// Checks a device's verified certificate (its subject common name is
+    /// the device id; chain, validity and revocation were checked by TLS).
+    pub fn authenticate_cert(&self, device: &str) -> AuthOutcome {
+        match self.entry(device) {
+            Err(_) => AuthOutcome::Unknown,
+            Ok(entry) if !entry.device().state.may_connect() => AuthOutcome::NotAllowed,
+            Ok(_) => AuthOutcome::Ok,
+        }
     }
 
     /// Follows the broker's connection events: a real device is online

@@ -205,6 +205,10 @@ pub struct BulkCreate {
     pub first: Option<u32>,
     #[serde(default)]
     pub template: DeviceTemplate,
+    /// Issue each device a certificate too (PEM certificate and private
+    /// key in the answer, shown only there).
+    #[serde(default)]
+    pub certificates: bool,
 }
 
 /// Body of `PATCH /devices/{id}`: fields given are replaced.
@@ -354,6 +358,9 @@ pub struct DevicePage {
 pub struct CreatedDevice {
     pub id: String,
     pub credentials: Credentials,
+    /// With `"certificates": true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<super::certificates::IssuedCertificate>,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]

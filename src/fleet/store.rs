@@ -38,7 +38,33 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;",
     // 3: each device's offline buffer (JSON; NULL: the default).
     "ALTER TABLE devices ADD COLUMN buffer TEXT;",
+    // 4: device certificates (never their private keys). Rows stay after
+    // revocation, and after the device is deleted, so that a revoked
+    // certificate stays refused. The rowid keeps the order of issue.
+    "CREATE TABLE certificates (
+        serial TEXT UNIQUE NOT NULL,
+        device TEXT NOT NULL,
+        cert_pem TEXT NOT NULL,
+        not_before INTEGER NOT NULL,
+        not_after INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        revoked_at INTEGER
+    );
+    CREATE INDEX certificates_device ON certificates (device);",
 ];
+
+/// A stored device certificate.
+#[derive(Debug, Clone)]
+pub(crate) struct CertRow {
+    pub serial: String,
+    pub device: String,
+    pub cert_pem: String,
+    /// Wall time, ms since the Unix epoch.
+    pub not_before: i64,
+    pub not_after: i64,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -69,7 +95,12 @@ impl Store {
 
     /// Inserts devices in one transaction: all or none. Returns the id of a
     /// device that already exists, if one does.
-    pub fn insert(&self, devices: &[(Device, SecretHash)]) -> Result<Option<String>, StoreError> {
+    /// Certificates issued with them go in the same transaction.
+    pub fn insert(
+        &self,
+        devices: &[(Device, SecretHash)],
+        certs: &[CertRow],
+    ) -> Result<Option<String>, StoreError> {
         let mut conn = self.conn.lock().unwrap();
         let tx = conn.transaction()?;
         {
@@ -104,6 +135,7 @@ impl Store {
                     json(&d.buffer),
                 ])?;
             }
+            insert_cert_rows(&tx, certs)?;
         }
         tx.commit()?;
         Ok(None)
@@ -145,14 +177,91 @@ impl Store {
         Ok(n == 1)
     }
 
-    pub fn delete(&self, id: &str) -> Result<bool, StoreError> {
-        let conn = self.conn.lock().unwrap();
-        let n = conn
+    /// Deletes a device; its certificates are revoked at `at` (wall ms),
+    /// and their serials returned.
+    pub fn delete(&self, id: &str, at: i64) -> Result<(bool, Vec<String>), StoreError> {
+        let mut conn = self.conn.lock().unwrap();
+        let tx = conn.transaction()?;
+        let n = tx
             .prepare_cached("DELETE FROM devices WHERE id = ?1")?
             .execute(params![id])?;
-        conn.prepare_cached("DELETE FROM device_reported WHERE id = ?1")?
+        tx.prepare_cached("DELETE FROM device_reported WHERE id = ?1")?
             .execute(params![id])?;
-        Ok(n == 1)
+        let serials = tx
+            .prepare_cached(
+                "UPDATE certificates SET revoked_at = ?2 WHERE device = ?1 AND revoked_at IS NULL
+                 RETURNING serial",
+            )?
+            .query_map(params![id, at], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        tx.commit()?;
+        Ok((n == 1, serials))
+    }
+
+    /// Stores issued certificates, in one transaction.
+    pub fn insert_certs(&self, rows: &[CertRow]) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock().unwrap();
+        let tx = conn.transaction()?;
+        insert_cert_rows(&tx, rows)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A device's certificates, oldest first.
+    pub fn certs(&self, device: &str) -> Result<Vec<CertRow>, StoreError> {
+        let conn = self.conn.lock().unwrap();
+        let mut stmt = conn.prepare_cached(
+            "SELECT serial, device, cert_pem, not_before, not_after, created_at, revoked_at
+             FROM certificates WHERE device = ?1 ORDER BY rowid",
+        )?;
+        let rows = stmt.query_map(params![device], |r| {
+            Ok(CertRow {
+                serial: r.get(0)?,
+                device: r.get(1)?,
+                cert_pem: r.get(2)?,
+                not_before: r.get(3)?,
+                not_after: r.get(4)?,
+                created_at: r.get(5)?,
+                revoked_at: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Revokes one certificate of a device at `at` (wall ms). `None`: the
+    /// device has no certificate with this serial; `Some(false)`: it was
+    /// revoked before.
+    pub fn revoke_cert(
+        &self,
+        device: &str,
+        serial: &str,
+        at: i64,
+    ) -> Result<Option<bool>, StoreError> {
+        let conn = self.conn.lock().unwrap();
+        let revoked: Option<Option<i64>> = conn
+            .prepare_cached(
+                "SELECT revoked_at FROM certificates WHERE device = ?1 AND serial = ?2",
+            )?
+            .query_row(params![device, serial], |r| r.get(0))
+            .optional()?;
+        match revoked {
+            None => Ok(None),
+            Some(Some(_)) => Ok(Some(false)),
+            Some(None) => {
+                conn.prepare_cached("UPDATE certificates SET revoked_at = ?2 WHERE serial = ?1")?
+                    .execute(params![serial, at])?;
+                Ok(Some(true))
+            }
+        }
+    }
+
+    /// Every revoked serial, for start-up.
+    pub fn revoked_serials(&self) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn.lock().unwrap();
+        let mut stmt =
+            conn.prepare("SELECT serial FROM certificates WHERE revoked_at IS NOT NULL")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Replaces a device's reported state (JSON object text).
@@ -249,6 +358,25 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+fn insert_cert_rows(tx: &rusqlite::Transaction<'_>, rows: &[CertRow]) -> Result<(), StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO certificates (serial, device, cert_pem, not_before, not_after, created_at, revoked_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for c in rows {
+        stmt.execute(params![
+            c.serial,
+            c.device,
+            c.cert_pem,
+            c.not_before,
+            c.not_after,
+            c.created_at,
+            c.revoked_at
+        ])?;
+    }
+    Ok(())
 }
 
 fn json<T: serde::Serialize + ?Sized>(value: &T) -> String {

@@ -2,6 +2,8 @@
 //! uses, authenticated with its own credentials (HTTP basic auth, the same
 //! user name and password as for MQTT). Posting telemetry, reporting state;
 //! every authenticated request counts as contact for its connectivity.
+//! On `--https`, a device may instead present its client certificate
+//! (subject CN = its id) and send no credentials.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,6 +23,7 @@ use super::error::{ApiError, ApiJson, ApiQuery, Problem};
 use crate::clock::{parse_rfc3339_ms, wall_ms};
 use crate::fleet::ReportMode;
 use crate::fleet::{AuthOutcome, ReportedState};
+use crate::mqtt::PeerCert;
 use crate::stubs::HttpEntry;
 use crate::stubs::serve::{basic_credentials, header_pairs, query_pairs};
 use crate::telemetry::Reading;
@@ -63,16 +66,29 @@ impl FromRequestParts<AppState> for DeviceAuth {
             .await
             .map_err(|e| ApiError::bad_request(e.body_text()).into_response())?;
         let id = params.get("id").cloned().unwrap_or_default();
-        let Some((user, password)) = basic_credentials(&parts.headers) else {
-            return Err(unauthorized(
-                "send the device's credentials with HTTP basic auth: user name = device id, password = its secret (as for MQTT)",
-            ));
+        let (user, outcome) = match (
+            basic_credentials(&parts.headers),
+            parts.extensions.get::<PeerCert>(),
+        ) {
+            (Some((user, password)), _) => {
+                let outcome = state.fleet.authenticate(&user, &password);
+                (user, outcome)
+            }
+            (None, Some(cert)) => {
+                let user = cert.common_name.clone();
+                (user.clone(), state.fleet.authenticate_cert(&user))
+            }
+            (None, None) => {
+                return Err(unauthorized(
+                    "send the device's credentials with HTTP basic auth: user name = device id, password = its secret (as for MQTT); or, on --https, present the device's client certificate",
+                ));
+            }
         };
-        match state.fleet.authenticate(&user, &password) {
+        match outcome {
             AuthOutcome::Ok => {}
             AuthOutcome::Unknown | AuthOutcome::WrongSecret => {
                 return Err(unauthorized(
-                    "wrong device user name or password; a rotated secret replaces the old one (POST /api/v1/devices/{id}/credentials)",
+                    "wrong device user name or password (or a certificate of a device that no longer exists); a rotated secret replaces the old one (POST /api/v1/devices/{id}/credentials)",
                 ));
             }
             AuthOutcome::NotAllowed => {

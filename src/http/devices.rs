@@ -14,7 +14,9 @@ use crate::fleet::{
 impl From<FleetError> for ApiError {
     fn from(e: FleetError) -> Self {
         match e {
-            FleetError::NotFound(_) => ApiError::not_found(e.to_string()),
+            FleetError::NotFound(_) | FleetError::NoCertificate { .. } => {
+                ApiError::not_found(e.to_string())
+            }
             FleetError::Duplicate(_) => ApiError::conflict(e.to_string()),
             FleetError::Invalid(_) | FleetError::TooMany { .. } => ApiError::invalid(e.to_string()),
             FleetError::Store(_) => ApiError::storage(e),

@@ -3,6 +3,7 @@
 //! between HTTP and the modules' handles.
 
 mod admin;
+mod certificates;
 mod commands;
 mod device_api;
 mod devices;
@@ -69,6 +70,8 @@ pub struct AppState {
     pub commands: Commands,
     /// Required on the admin routes when set.
     pub admin_token: Option<AdminToken>,
+    /// The CA, device certificates' issuer, TLS counters.
+    pub tls: std::sync::Arc<crate::transport::Tls>,
     pub limits: ApiLimits,
 }
 
@@ -79,6 +82,8 @@ pub struct ApiLimits {
     pub max_advance_ms: i64,
     pub api_connections: std::sync::Arc<ListenerStats>,
     pub mock_connections: Option<std::sync::Arc<ListenerStats>>,
+    pub https_connections: Option<std::sync::Arc<ListenerStats>>,
+    pub mock_https_connections: Option<std::sync::Arc<ListenerStats>>,
 }
 
 #[derive(OpenApi)]
@@ -107,6 +112,10 @@ pub struct ApiLimits {
         devices::devices_destroy,
         devices::devices_rotate_credentials,
         devices::devices_connectivity,
+        certificates::devices_certificates_create,
+        certificates::devices_certificates_index,
+        certificates::devices_certificates_destroy,
+        certificates::ca_show,
         commands::commands_create,
         commands::commands_fleet_create,
         commands::commands_index,
@@ -205,6 +214,15 @@ pub fn router(state: AppState) -> Router {
             "/devices/{id}/connectivity",
             post(devices::devices_connectivity),
         )
+        .route(
+            "/devices/{id}/certificates",
+            post(certificates::devices_certificates_create)
+                .get(certificates::devices_certificates_index),
+        )
+        .route(
+            "/devices/{id}/certificates/{serial}",
+            axum::routing::delete(certificates::devices_certificates_destroy),
+        )
         .route("/devices/{id}/commands", post(commands::commands_create))
         .route(
             "/commands",
@@ -258,6 +276,7 @@ pub fn router(state: AppState) -> Router {
         ));
     let api = admin
         .route("/health", get(system::health_show))
+        .route("/ca.pem", get(certificates::ca_show))
         .merge(device_api_routes(state.clone()));
     Router::new()
         .nest("/api/v1", api)

@@ -32,8 +32,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
+use crate::mqtt::PeerCert;
 use crate::ratelimit::{RateLimit, WARN_INTERVAL};
-use crate::stubs::listener::ResettableIo;
+use crate::stubs::listener::{ConnHandle, ResettableIo};
+use crate::transport::Tls;
 
 /// Default of `--http-header-timeout`.
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -111,12 +113,15 @@ pub(crate) struct Serving {
 }
 
 /// Serves `app` on `listener` until `stop` fires; open requests may then
-/// finish.
+/// finish. With `tls`, every connection starts with a TLS handshake, and a
+/// verified client certificate reaches handlers as a request extension
+/// ([`PeerCert`]).
 pub(crate) fn serve(
     listener: TcpListener,
     app: Router,
     limits: HttpLimits,
     stats: Arc<ListenerStats>,
+    tls: Option<Arc<Tls>>,
 ) -> Serving {
     let (stop, mut stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -150,17 +155,24 @@ pub(crate) fn serve(
                     stats.open.fetch_add(1, Ordering::Relaxed);
                     tokio::spawn(connection(
                         stream,
-                        remote,
-                        app.clone(),
-                        limits,
-                        stats.clone(),
-                        closing.clone(),
+                        Ctx {
+                            remote,
+                            app: app.clone(),
+                            limits,
+                            stats: stats.clone(),
+                            closing: closing.clone(),
+                        },
                         permit,
+                        tls.clone(),
                     ));
                 }
                 Err(_) => {
                     stats.refused.fetch_add(1, Ordering::Relaxed);
-                    tokio::spawn(refuse(stream, max));
+                    if tls.is_none() {
+                        tokio::spawn(refuse(stream, max));
+                    }
+                    // Over TLS the answer would need a handshake first: the
+                    // connection is closed (counted all the same).
                 }
             }
         }
@@ -212,19 +224,46 @@ impl Drop for OpenGuard {
     }
 }
 
-async fn connection(
-    stream: TcpStream,
+/// What a connection task needs besides its stream.
+struct Ctx {
     remote: std::net::SocketAddr,
     app: Router,
     limits: HttpLimits,
     stats: Arc<ListenerStats>,
-    mut closing: watch::Receiver<bool>,
+    closing: watch::Receiver<bool>,
+}
+
+async fn connection(
+    stream: TcpStream,
+    ctx: Ctx,
     _slot: OwnedSemaphorePermit,
+    tls: Option<Arc<Tls>>,
 ) {
-    let _open = OpenGuard(stats.clone());
+    let _open = OpenGuard(ctx.stats.clone());
     // Dripped bodies go out chunk by chunk, not coalesced.
     let _ = stream.set_nodelay(true);
-    let (io, handle) = ResettableIo::new(stream, remote);
+    let (io, handle) = ResettableIo::new(stream, ctx.remote);
+    match tls {
+        None => drive(io, handle, None, ctx).await,
+        Some(tls) => {
+            if let Some((io, cert)) = tls.accept(io, ctx.remote, "https").await {
+                drive(io, handle, cert, ctx).await;
+            }
+        }
+    }
+}
+
+async fn drive<I>(io: I, handle: ConnHandle, cert: Option<PeerCert>, ctx: Ctx)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Ctx {
+        remote,
+        app,
+        limits,
+        stats,
+        mut closing,
+    } = ctx;
     let activity = Arc::new(Activity::new());
     let io = ActivityIo {
         inner: io,
@@ -237,6 +276,9 @@ async fn connection(
             let mut request =
                 request.map(|body| Body::new(DeadlineBody::new(body, limits.body_timeout)));
             request.extensions_mut().insert(ConnectInfo(handle.clone()));
+            if let Some(cert) = &cert {
+                request.extensions_mut().insert(cert.clone());
+            }
             let mut app = app.clone();
             async move {
                 let response = tower_service::Service::call(&mut app, request).await?;
@@ -386,12 +428,12 @@ impl Drop for RequestGuard {
 }
 
 /// The connection's stream, telling [`Activity`] when bytes arrive.
-struct ActivityIo {
-    inner: ResettableIo,
+struct ActivityIo<I> {
+    inner: I,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for ActivityIo {
+impl<I: AsyncRead + Unpin> AsyncRead for ActivityIo<I> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -407,7 +449,7 @@ impl AsyncRead for ActivityIo {
     }
 }
 
-impl AsyncWrite for ActivityIo {
+impl<I: AsyncWrite + Unpin> AsyncWrite for ActivityIo<I> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -32,6 +32,11 @@ pub struct Health {
     pub http_connections: super::ListenerCounters,
     /// Connections of the `--mock-http` listener, when there is one.
     pub mock_http_connections: Option<super::ListenerCounters>,
+    /// Connections of the `--https` and `--mock-https` listeners.
+    pub https_connections: Option<super::ListenerCounters>,
+    pub mock_https_connections: Option<super::ListenerCounters>,
+    /// TLS handshakes and refused client certificates by reason.
+    pub tls: crate::transport::TlsCounters,
     /// What clients can make the server hold, and what was refused.
     pub limits: LimitsView,
 }
@@ -76,6 +81,17 @@ pub async fn health_show(State(state): State<AppState>) -> Json<Health> {
             .mock_connections
             .as_ref()
             .map(|s| s.counters(&state.limits.http)),
+        https_connections: state
+            .limits
+            .https_connections
+            .as_ref()
+            .map(|s| s.counters(&state.limits.http)),
+        mock_https_connections: state
+            .limits
+            .mock_https_connections
+            .as_ref()
+            .map(|s| s.counters(&state.limits.http)),
+        tls: state.tls.stats().counters(),
         limits: LimitsView {
             devices: state.fleet.len(),
             max_devices: state.fleet.max_devices(),
@@ -449,6 +465,19 @@ pub async fn metrics_show(State(state): State<AppState>) -> impl IntoResponse {
     );
     for (status, n) in &c.by_status {
         let _ = writeln!(out, "iotmock_commands{{status=\"{status}\"}} {n}");
+    }
+    let tls = state.tls.stats().counters();
+    let _ = writeln!(
+        out,
+        "# HELP iotmock_tls_handshakes_total Completed TLS handshakes (MQTT and HTTP).\n# TYPE iotmock_tls_handshakes_total counter\niotmock_tls_handshakes_total {}\n# HELP iotmock_tls_client_certificates_total TLS handshakes with a verified client certificate.\n# TYPE iotmock_tls_client_certificates_total counter\niotmock_tls_client_certificates_total {}",
+        tls.handshakes, tls.with_certificate
+    );
+    let _ = writeln!(
+        out,
+        "# HELP iotmock_tls_refused_total TLS clients refused, by reason (certificate checks at the handshake and at MQTT CONNECT).\n# TYPE iotmock_tls_refused_total counter"
+    );
+    for (reason, n) in &tls.refused {
+        let _ = writeln!(out, "iotmock_tls_refused_total{{reason=\"{reason}\"}} {n}");
     }
     let _ = writeln!(
         out,

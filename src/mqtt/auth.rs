@@ -1,6 +1,8 @@
 //! Who may connect, publish and subscribe: the [`Authorizer`] trait (the
 //! fleet module implements it with device credentials), which the engine
 //! asks at CONNECT, at each PUBLISH and will, and per SUBSCRIBE filter.
+//! A transport that verified a client certificate (TLS) hands its identity
+//! to the engine with the stream, and the engine passes it on at CONNECT.
 
 /// Decides connections and per-topic access. Called on the client's task:
 /// keep it quick and never block on I/O.
@@ -14,6 +16,18 @@ pub trait Authorizer: Send + Sync + 'static {
         username: Option<&str>,
         password: Option<&[u8]>,
     ) -> AuthDecision;
+    /// A CONNECT on a transport that verified a client certificate (or
+    /// none, `cert` = `None`). The default ignores the certificate.
+    fn authenticate_peer(
+        &self,
+        client_id: &str,
+        username: Option<&str>,
+        password: Option<&[u8]>,
+        cert: Option<&PeerCert>,
+    ) -> AuthDecision {
+        let _ = cert;
+        self.authenticate(client_id, username, password)
+    }
     /// A PUBLISH (and a will). Denied: PUBACK/PUBREC 0x87 for QoS 1/2, a
     /// silent drop for QoS 0.
     fn may_publish(&self, client_id: &str, user: Option<&str>, topic: &str) -> bool;
@@ -34,4 +48,13 @@ pub enum AuthDecision {
     /// CONNACK 0x85 (v5) / 2 (3.1.1): the client id is not one this user
     /// may take (a device connects only under its own id).
     ClientIdNotValid,
+}
+
+/// The identity in a client certificate the transport verified (chain,
+/// validity, revocation): its subject's common name and serial number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCert {
+    pub common_name: String,
+    /// Lowercase hex of the serial number's bytes.
+    pub serial: String,
 }

@@ -26,7 +26,7 @@ use super::faults::{self, Direction, Verdict};
 use super::journal::Origin;
 use super::session::{ConnCtl, Msg, NEVER, Will};
 use super::tree::SubOpts;
-use super::{AuthDecision, topics};
+use super::{AuthDecision, PeerCert, topics};
 use mqtt5_protocol::ReasonCode;
 use mqtt5_protocol::packet::connack::ConnAckPacket;
 use mqtt5_protocol::packet::connect::ConnectPacket;
@@ -57,7 +57,7 @@ pub(crate) async fn listen(engine: &Arc<Engine>, addr: SocketAddr) -> std::io::R
             match listener.accept().await {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(serve(engine.clone(), stream, peer));
+                    tokio::spawn(serve(engine.clone(), stream, peer, None));
                 }
                 Err(error) => {
                     // Out of file descriptors and the like: back off rather
@@ -83,9 +83,21 @@ impl Drop for Live<'_> {
     }
 }
 
-/// Serves one client connection on any byte stream.
-pub(crate) async fn serve<S>(engine: Arc<Engine>, mut stream: S, peer: SocketAddr)
-where
+/// Writes and flushes: TLS and WebSocket streams buffer until flushed
+/// (for TCP the flush costs nothing).
+async fn send<S: AsyncWrite + Unpin>(stream: &mut S, buf: &[u8]) -> std::io::Result<()> {
+    stream.write_all(buf).await?;
+    stream.flush().await
+}
+
+/// Serves one client connection on any byte stream. `cert` is the
+/// identity a transport verified (a TLS client certificate), if any.
+pub(crate) async fn serve<S>(
+    engine: Arc<Engine>,
+    mut stream: S,
+    peer: SocketAddr,
+    cert: Option<PeerCert>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let mut rbuf = BytesMut::new();
@@ -120,7 +132,7 @@ where
                     &mut out,
                     &ConnAckPacket::new_v311(false, ReasonCode::UnsupportedProtocolVersion),
                 );
-                let _ = stream.write_all(&out).await;
+                let _ = send(&mut stream, &out).await;
             }
             return;
         }
@@ -132,16 +144,17 @@ where
         ..ConnCtl::default()
     });
     let mut out = BytesMut::new();
-    let Some(mut conn) = handshake(&engine, &ctl, *connect, version, &mut out) else {
+    let Some(mut conn) = handshake(&engine, &ctl, *connect, version, cert.as_ref(), &mut out)
+    else {
         engine
             .counters
             .connections_refused
             .fetch_add(1, Ordering::Relaxed);
-        let _ = stream.write_all(&out).await;
+        let _ = send(&mut stream, &out).await;
         let _ = stream.shutdown().await;
         return;
     };
-    if stream.write_all(&out).await.is_err() {
+    if send(&mut stream, &out).await.is_err() {
         engine.disconnected(&ctl, &conn.client_id, Ending::Abrupt, None);
         engine
             .observed
@@ -218,6 +231,7 @@ fn handshake(
     ctl: &Arc<ConnCtl>,
     c: ConnectPacket,
     version: u8,
+    cert: Option<&PeerCert>,
     out: &mut BytesMut,
 ) -> Option<Conn> {
     let v5 = version == V5;
@@ -278,7 +292,12 @@ fn handshake(
     }
     let user: Option<Arc<str>> = match &engine.authorizer {
         None => c.username.as_deref().map(Arc::from),
-        Some(a) => match a.authenticate(&client_id, c.username.as_deref(), c.password.as_deref()) {
+        Some(a) => match a.authenticate_peer(
+            &client_id,
+            c.username.as_deref(),
+            c.password.as_deref(),
+            cert,
+        ) {
             AuthDecision::Allow { user } => user.map(Arc::from),
             AuthDecision::BadCredentials => {
                 return refuse(out, ReasonCode::BadUsernameOrPassword, "bad credentials");
@@ -470,7 +489,7 @@ where
                     }
                     Err(()) => break Stop::Done(Ending::Abrupt, None),
                 }
-            } else if stream.write_all(&out).await.is_err() {
+            } else if send(stream, &out).await.is_err() {
                 break Stop::Done(Ending::Abrupt, None);
             }
             if writing_upto > 0 {
@@ -526,7 +545,7 @@ where
     match stop {
         Stop::Done(ending, expiry) => {
             if !out.is_empty() {
-                let _ = stream.write_all(&out).await;
+                let _ = send(stream, &out).await;
             }
             (ending, expiry)
         }
@@ -545,7 +564,7 @@ where
                 codec::encode_disconnect(&mut out, code, Some(&detail));
             }
             if !out.is_empty() {
-                let _ = stream.write_all(&out).await;
+                let _ = send(stream, &out).await;
             }
             (Ending::Abrupt, None)
         }
@@ -554,7 +573,7 @@ where
                 codec::encode_disconnect(&mut out, code, None);
             }
             if !out.is_empty() {
-                let _ = stream.write_all(&out).await;
+                let _ = send(stream, &out).await;
             }
             let ending = if code == rc::SESSION_TAKEN_OVER {
                 Ending::TakenOver
@@ -901,7 +920,7 @@ where
             }
             Verdict::Throttle(bps) => {
                 flush(stream, &mut pending).await?;
-                stream.write_all(pkt).await.map_err(|_| ())?;
+                send(stream, pkt).await.map_err(|_| ())?;
                 let secs = pkt.len() as f64 / bps as f64;
                 tokio::time::sleep(Duration::from_secs_f64(secs)).await;
             }
@@ -920,7 +939,7 @@ where
 
 async fn flush<S: AsyncWrite + Unpin>(stream: &mut S, pending: &mut Vec<u8>) -> Result<(), ()> {
     if !pending.is_empty() {
-        stream.write_all(pending).await.map_err(|_| ())?;
+        send(stream, pending).await.map_err(|_| ())?;
         pending.clear();
     }
     Ok(())

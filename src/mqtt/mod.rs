@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 
-pub use auth::{AuthDecision, Authorizer};
+pub use auth::{AuthDecision, Authorizer, PeerCert};
 pub use engine::{DROP_LOG_CAPACITY, DropEvent, DropReason, PendingDelivery};
 pub use journal::{Entry, JournalStats, Origin, Page};
 pub use observed::{Subscribed, Tapped};
@@ -718,6 +718,17 @@ impl MqttHandle {
     /// `topic` now.
     pub fn listens(&self, who: &str, topic: &str) -> bool {
         self.shared.engine.observed.listens(who, topic)
+    }
+
+    /// Serves one MQTT connection on a stream a transport accepted (TLS,
+    /// WebSocket), with the client certificate it verified, until the
+    /// connection ends. During an outage CONNECT is answered "server
+    /// unavailable", and open connections are closed with the others.
+    pub async fn serve_stream<S>(&self, stream: S, peer: SocketAddr, cert: Option<PeerCert>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    {
+        conn::serve(self.shared.engine.clone(), stream, peer, cert).await;
     }
 
     pub fn events(&self) -> broadcast::Receiver<ClientEvent> {

@@ -44,6 +44,7 @@ fn bench_harness_smoke_run_reports_every_part() {
         "Concurrent MQTT connections",
         "The seed's five",
         "Plugins",
+        "MQTT over TLS",
     ] {
         assert!(
             titles.iter().any(|t| t.starts_with(part)),
@@ -79,6 +80,14 @@ fn bench_harness_smoke_run_reports_every_part() {
         assert!(l["iotmock"]["received"].as_u64().unwrap() > 0, "{l}");
         assert!(l["iotmock"]["p99_us"].as_f64().unwrap() > 0.0, "{l}");
     }
+    let tls = &results["tls"][0];
+    assert_eq!(tls["broker"], "iotmock");
+    assert!(tls["handshakes_per_s"].as_f64().unwrap() > 0.0, "{tls}");
+    assert_eq!(
+        (tls["qos0_lost"].as_u64(), tls["qos1_lost"].as_u64()),
+        (Some(0), Some(0)),
+        "{tls}"
+    );
     let c = &results["connections"][0];
     assert_eq!(c["broker"], "iotmock");
     assert_eq!(c["result"]["held"], c["result"]["attempted"], "{c}");

@@ -26,3 +26,4 @@ mod telemetry;
 mod telemetry_buffer;
 mod telemetry_stats;
 mod telemetry_stream;
+mod tls;

@@ -145,6 +145,10 @@ class Client:
         """The OpenAPI document of every route."""
         return self._obj("GET", "/openapi.json")
 
+    def ca_pem(self) -> str:
+        """`GET /ca.pem`: the built-in CA certificate (trust it for the TLS listeners)."""
+        return self._request("GET", "/ca.pem").text
+
     def device_api(self, device_id: str, password: str) -> DeviceApi:
         """The HTTP device API as device `device_id` (its own credentials)."""
         return DeviceApi(self, device_id, password)
@@ -312,6 +316,22 @@ class Devices(_Group):
     def connectivity(self, id: str, state: Literal["online", "offline", "flaky"], **fields: Any) -> JSON:
         """Takes a simulated device online, offline or flaky (`mean_online_ms`, `mean_offline_ms`)."""
         return self._client._obj("POST", f"/devices/{_seg(id)}/connectivity", json={"state": state, **fields})
+
+    def issue_certificate(self, id: str, **fields: Any) -> JSON:
+        """A client certificate (CN = the device id): `valid_days`, `csr`, `not_before`, `not_after`.
+
+        The answer has `certificate`, `serial`, `ca`, and `private_key` when the
+        key was made for you (shown only here).
+        """
+        return self._client._obj("POST", f"/devices/{_seg(id)}/certificates", json=fields)
+
+    def certificates(self, id: str) -> JSONList:
+        """The device's certificates with their `status` (valid, expired, revoked)."""
+        return self._client._items(f"/devices/{_seg(id)}/certificates")
+
+    def revoke_certificate(self, id: str, serial: str) -> None:
+        """Every TLS listener refuses the certificate from now on."""
+        self._client._request("DELETE", f"/devices/{_seg(id)}/certificates/{_seg(serial)}")
 
 
 class DeviceApi:

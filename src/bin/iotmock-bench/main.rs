@@ -15,6 +15,7 @@ mod procs;
 mod report;
 mod sampling;
 mod soak;
+mod tls;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -48,11 +49,11 @@ struct Cli {
     #[arg(long)]
     no_mosquitto: bool,
     /// Parts to run, comma separated: broker, latency, connections,
-    /// platform, plugins; and `soak` (not run unless named: it takes
+    /// platform, plugins, tls; and `soak` (not run unless named: it takes
     /// `--soak-duration`).
     #[arg(long, value_delimiter = ',', default_values_t = [
         "broker".to_string(), "latency".to_string(), "connections".to_string(),
-        "platform".to_string(), "plugins".to_string(),
+        "platform".to_string(), "plugins".to_string(), "tls".to_string(),
     ])]
     only: Vec<String>,
     /// Repetitions of each broker throughput case per broker, alternating
@@ -207,7 +208,8 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
     let plan = Plan::new(&cli);
     let wants = |part: &str| cli.only.iter().any(|p| p == part);
     let iotmock_bin = procs::locate_iotmock(cli.iotmock.as_deref())?;
-    let brokers_wanted = wants("broker") || wants("latency") || wants("connections");
+    let brokers_wanted =
+        wants("broker") || wants("latency") || wants("connections") || wants("tls");
     let mosquitto_bin = if cli.no_mosquitto || !brokers_wanted {
         None
     } else {
@@ -251,6 +253,32 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         ));
         if let Err(e) = result {
             errors.push(format!("brokers: {e:#}"));
+        }
+    }
+    if wants("tls") {
+        let tls_plan = if plan.smoke {
+            tls::TlsPlan {
+                handshake_time: Duration::from_secs(1),
+                handshake_workers: 2,
+                messages: 300,
+                publishers: 1,
+                idle_connections: 20,
+            }
+        } else {
+            tls::TlsPlan {
+                handshake_time: Duration::from_secs(10),
+                handshake_workers: 8,
+                messages: 50_000,
+                publishers: 2,
+                idle_connections: 1_000,
+            }
+        };
+        match runtime.block_on(tls::run(&iotmock_bin, mosquitto_bin.as_deref(), &tls_plan)) {
+            Ok((t, tls_raw)) => {
+                tables.push(t);
+                raw.insert("tls".into(), tls_raw);
+            }
+            Err(e) => errors.push(format!("tls: {e:#}")),
         }
     }
     if wants("platform") {

@@ -34,6 +34,8 @@ pub struct Proc {
     pub mqtt: SocketAddr,
     /// The REST API (iotmock only).
     pub http: Option<SocketAddr>,
+    /// The ready line (iotmock only).
+    ready: Option<Value>,
     child: Child,
     /// The last lines of stderr, for error messages.
     stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
@@ -125,15 +127,30 @@ impl Proc {
             kind: Kind::Iotmock,
             mqtt: addr("mqtt")?,
             http: Some(addr("http")?),
+            ready: Some(ready.clone()),
             child,
             stderr,
             _dir: dir,
         })
     }
 
+    /// An address the ready line names (`mqtts`, ...).
+    pub fn ready_addr(&self, key: &str) -> anyhow::Result<SocketAddr> {
+        self.ready
+            .as_ref()
+            .and_then(|r| r[key].as_str())
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow!("{} names no `{key}` address", self.kind.name()))
+    }
+
     /// Starts mosquitto on a free port with a generated configuration and
     /// waits until the port accepts connections.
     pub fn mosquitto(binary: &Path) -> anyhow::Result<Self> {
+        Self::mosquitto_with(binary, "")
+    }
+
+    /// [`Proc::mosquitto`] with more lines for its listener (TLS files).
+    pub fn mosquitto_with(binary: &Path, listener: &str) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let config = dir.path().join("mosquitto.conf");
@@ -145,6 +162,7 @@ impl Proc {
             &config,
             format!(
                 "listener {port} 127.0.0.1\n\
+                 {listener}\
                  allow_anonymous true\n\
                  persistence false\n\
                  max_inflight_messages 64\n\
@@ -181,6 +199,7 @@ impl Proc {
             kind: Kind::Mosquitto,
             mqtt,
             http: None,
+            ready: None,
             child,
             stderr,
             _dir: dir,
