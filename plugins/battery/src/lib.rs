@@ -41,22 +41,18 @@
 //! State (after the SDK's slots, see `iotmock_sdk::state`): previous
 //! reading time (ms), fraction used, batteries replaced so far.
 
-wit_bindgen::generate!({
-    world: "sensor",
-    path: "../../wit",
-});
-
-use exports::iotmock::plugin::sensor_api::{Guest, SampleRequest, SampleResult, SensorInfo};
-use iotmock::plugin::host;
-use iotmock::plugin::types::PluginError;
 use iotmock_sdk::anomaly::{Anomalies, AnomalyConfig, Profile};
 use iotmock_sdk::battery::Chemistry;
-use iotmock_sdk::{DAY_MS, Random, Stream, parse_config, quantize, require, state, state_number};
+use iotmock_sdk::sensor::{Info, Sample, Sensor};
+use iotmock_sdk::state::{self, Slots};
+use iotmock_sdk::{DAY_MS, Device, Random, quantize, require};
 
-/// Layout tag: plugin 5, layout version 1.
-const TAG: f64 = 5001.0;
 /// Device-state key read for the temperature.
 const TEMPERATURE_KEY: &str = "temperature";
+
+/// Numbers kept per device after the anomaly injector (see the state
+/// layout above).
+const STATE_SLOTS: usize = 3;
 
 #[derive(serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -90,20 +86,21 @@ impl Default for Config {
     }
 }
 
-struct Settings {
+struct Battery {
     c: Config,
     cutoff_v: f64,
     anomalies: Anomalies,
 }
 
-impl Settings {
-    fn load(text: &str) -> Result<Self, PluginError> {
-        parse_config(text)
-            .and_then(Self::resolve)
-            .map_err(PluginError::InvalidConfig)
-    }
+iotmock_sdk::export_sensor!(Battery);
 
-    fn resolve(c: Config) -> Result<Self, String> {
+impl Sensor for Battery {
+    type Config = Config;
+    type State = Slots<STATE_SLOTS>;
+    /// plugin 5, layout version 1.
+    const STATE_VERSION: u32 = 5001;
+
+    fn new(c: Config) -> Result<Self, String> {
         require(
             c.lifetime_days > 0.0 && c.lifetime_days.is_finite(),
             "lifetime_days must be positive",
@@ -138,12 +135,23 @@ impl Settings {
         })
     }
 
-    fn sample(&self, request: SampleRequest) -> SampleResult {
-        let device = request.device;
-        let ts = request.ts as f64;
+    fn info(&self) -> Info {
+        Info {
+            unit: "volt".into(),
+            description: "battery voltage: discharge curve over its lifetime, cold sag, replacement at cutoff".into(),
+        }
+    }
+
+    fn sample(
+        &self,
+        device: &Device,
+        ts: i64,
+        state: Option<Slots<STATE_SLOTS>>,
+    ) -> Result<Sample<Slots<STATE_SLOTS>>, String> {
+        let ts = ts as f64;
         let c = &self.c;
-        let mut rng = Stream::new(|| host::random_u64(device));
-        let (injector, own) = state::load(&request.state, TAG, &mut rng, |rng| {
+        let mut rng = device.random();
+        let (injector, own) = state::load(state, &mut rng, |rng| {
             let used = if c.start_random {
                 0.9 * rng.uniform()
             } else {
@@ -155,8 +163,7 @@ impl Settings {
         if ts > last_ts {
             used = (used + (ts - last_ts) / (c.lifetime_days * DAY_MS)).min(1.0);
         }
-        let temperature = state_number(host::get_state(device, TEMPERATURE_KEY).as_deref())
-            .unwrap_or(c.ambient_c);
+        let temperature = device.state_number(TEMPERATURE_KEY).unwrap_or(c.ambient_c);
         let mut volts = c.chemistry.voltage(used, temperature);
         if c.replace && (volts <= self.cutoff_v || used >= 1.0) {
             used = 0.0;
@@ -165,35 +172,9 @@ impl Settings {
         }
         let clean = (volts + c.noise * rng.normal()).max(0.0);
         let own = [ts.max(last_ts), used, replaced];
-        let out = state::finish(TAG, injector, &self.anomalies, &own, clean, |v| {
+        let out = state::finish(injector, &self.anomalies, &own, clean, |v| {
             quantize(v, c.resolution)
         });
-        SampleResult {
-            value: out.value,
-            anomaly: out.anomaly.map(Into::into),
-            state: out.state,
-        }
+        Ok(out.into())
     }
 }
-
-struct Battery;
-
-impl Guest for Battery {
-    fn describe(config: String) -> Result<SensorInfo, PluginError> {
-        Settings::load(&config)?;
-        Ok(SensorInfo {
-            unit: "volt".into(),
-            description: "battery voltage: discharge curve over its lifetime, cold sag, replacement at cutoff".into(),
-        })
-    }
-
-    fn sample(
-        config: String,
-        requests: Vec<SampleRequest>,
-    ) -> Result<Vec<SampleResult>, PluginError> {
-        let settings = Settings::load(&config)?;
-        Ok(requests.into_iter().map(|r| settings.sample(r)).collect())
-    }
-}
-
-export!(Battery);

@@ -15,41 +15,28 @@
 //! Aggregates come out in (device, sensor) order. A window without
 //! readings of a sensor produces no aggregate for it. Stateless.
 
-wit_bindgen::generate!({
-    world: "edge-rule",
-    path: "../../wit",
-});
-
 use std::collections::BTreeMap;
 
-use exports::iotmock::plugin::edge_rule_api::{
-    Action, Aggregate, EdgeReading, Guest, Outcome, Window,
-};
-use iotmock::plugin::types::PluginError;
+use iotmock_sdk::Device;
+use iotmock_sdk::edge::{Action, Aggregate, EdgeRule, Reading, Window};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct Config {
     sensors: Option<Vec<String>>,
-    #[serde(default = "yes")]
     per_device: bool,
-    #[serde(default)]
     forward: bool,
 }
 
-fn yes() -> bool {
-    true
-}
-
-fn parse(config: &str) -> Result<Config, PluginError> {
-    let text = if config.trim().is_empty() {
-        "{}"
-    } else {
-        config
-    };
-    serde_json::from_str(text)
-        .map_err(|e| PluginError::InvalidConfig(format!("edge-aggregate config: {e}")))
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            sensors: None,
+            per_device: true,
+            forward: false,
+        }
+    }
 }
 
 struct Stats {
@@ -59,17 +46,26 @@ struct Stats {
     count: u32,
 }
 
-struct Plugin;
-export!(Plugin);
+struct Aggregator(Config);
 
-impl Guest for Plugin {
+iotmock_sdk::export_edge_rule!(Aggregator);
+
+impl EdgeRule for Aggregator {
+    type Config = Config;
+    type State = ();
+
+    fn new(config: Config) -> Result<Self, String> {
+        Ok(Self(config))
+    }
+
     fn process(
-        config: String,
-        _state: Vec<u8>,
+        &self,
+        _node: &Device,
+        _state: &mut (),
         window: Window,
-        readings: Vec<EdgeReading>,
-    ) -> Result<Outcome, PluginError> {
-        let config = parse(&config)?;
+        readings: Vec<Reading>,
+    ) -> Result<Vec<Action>, String> {
+        let config = &self.0;
         let mut groups: BTreeMap<(Option<String>, String), Stats> = BTreeMap::new();
         let mut actions = Vec::new();
         for r in readings {
@@ -107,9 +103,6 @@ impl Guest for Plugin {
                 count: s.count,
             }));
         }
-        Ok(Outcome {
-            actions,
-            state: Vec::new(),
-        })
+        Ok(actions)
     }
 }

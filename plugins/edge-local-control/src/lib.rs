@@ -18,34 +18,42 @@
 //!
 //! Each device starts "off". State: JSON `{"device": true|false}` (on or off).
 
-wit_bindgen::generate!({
-    world: "edge-rule",
-    path: "../../wit",
-});
-
 use std::collections::BTreeMap;
 
-use exports::iotmock::plugin::edge_rule_api::{
-    Action, DeviceCommand, EdgeReading, Guest, Outcome, Window,
-};
-use iotmock::plugin::types::PluginError;
+use iotmock_sdk::Device;
+use iotmock_sdk::edge::{Action, DeviceCommand, EdgeRule, Reading, Window};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct Config {
-    #[serde(default = "default_sensor")]
     sensor: String,
-    #[serde(default = "default_above")]
     above: f64,
     below: Option<f64>,
-    #[serde(default = "default_on")]
     on: Command,
-    #[serde(default = "default_off")]
     off: Option<Command>,
     target: Option<String>,
-    #[serde(default = "yes")]
     forward: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            sensor: "temperature".into(),
+            above: 30.0,
+            below: None,
+            on: Command {
+                name: "fan_on".into(),
+                params: None,
+            },
+            off: Some(Command {
+                name: "fan_off".into(),
+                params: None,
+            }),
+            target: None,
+            forward: true,
+        }
+    }
 }
 
 #[derive(Deserialize, Clone)]
@@ -54,55 +62,6 @@ struct Command {
     name: String,
     #[serde(default)]
     params: Option<serde_json::Value>,
-}
-
-fn default_sensor() -> String {
-    "temperature".into()
-}
-
-fn default_above() -> f64 {
-    30.0
-}
-
-fn default_on() -> Command {
-    Command {
-        name: "fan_on".into(),
-        params: None,
-    }
-}
-
-fn default_off() -> Option<Command> {
-    Some(Command {
-        name: "fan_off".into(),
-        params: None,
-    })
-}
-
-fn yes() -> bool {
-    true
-}
-
-fn parse(config: &str) -> Result<Config, PluginError> {
-    let text = if config.trim().is_empty() {
-        "{}"
-    } else {
-        config
-    };
-    let config: Config = serde_json::from_str(text)
-        .map_err(|e| PluginError::InvalidConfig(format!("edge-local-control config: {e}")))?;
-    let below = config.below.unwrap_or(config.above - 2.0);
-    if below > config.above {
-        return Err(PluginError::InvalidConfig(format!(
-            "edge-local-control config: below ({below}) must not exceed above ({})",
-            config.above
-        )));
-    }
-    if config.on.name.is_empty() || config.off.as_ref().is_some_and(|c| c.name.is_empty()) {
-        return Err(PluginError::InvalidConfig(
-            "edge-local-control config: a command needs a name".into(),
-        ));
-    }
-    Ok(config)
 }
 
 fn command(device: &str, c: &Command) -> Action {
@@ -117,19 +76,40 @@ fn command(device: &str, c: &Command) -> Action {
     })
 }
 
-struct Plugin;
-export!(Plugin);
+struct LocalControl {
+    config: Config,
+    below: f64,
+}
 
-impl Guest for Plugin {
-    fn process(
-        config: String,
-        state: Vec<u8>,
-        _window: Window,
-        readings: Vec<EdgeReading>,
-    ) -> Result<Outcome, PluginError> {
-        let config = parse(&config)?;
+iotmock_sdk::export_edge_rule!(LocalControl);
+
+impl EdgeRule for LocalControl {
+    type Config = Config;
+    /// Whether each target device was last switched on.
+    type State = BTreeMap<String, bool>;
+
+    fn new(config: Config) -> Result<Self, String> {
         let below = config.below.unwrap_or(config.above - 2.0);
-        let mut on: BTreeMap<String, bool> = serde_json::from_slice(&state).unwrap_or_default();
+        if below > config.above {
+            return Err(format!(
+                "below ({below}) must not exceed above ({})",
+                config.above
+            ));
+        }
+        if config.on.name.is_empty() || config.off.as_ref().is_some_and(|c| c.name.is_empty()) {
+            return Err("a command needs a name".into());
+        }
+        Ok(Self { config, below })
+    }
+
+    fn process(
+        &self,
+        _node: &Device,
+        on: &mut Self::State,
+        _window: Window,
+        readings: Vec<Reading>,
+    ) -> Result<Vec<Action>, String> {
+        let config = &self.config;
         let mut actions = Vec::with_capacity(readings.len());
         for r in readings {
             if r.sensor == config.sensor {
@@ -138,7 +118,7 @@ impl Guest for Plugin {
                 if !is_on && r.value > config.above {
                     actions.push(command(&target, &config.on));
                     on.insert(target, true);
-                } else if is_on && r.value < below {
+                } else if is_on && r.value < self.below {
                     if let Some(off) = &config.off {
                         actions.push(command(&target, off));
                     }
@@ -149,9 +129,6 @@ impl Guest for Plugin {
                 actions.push(Action::Forward(r));
             }
         }
-        Ok(Outcome {
-            actions,
-            state: serde_json::to_vec(&on).unwrap_or_default(),
-        })
+        Ok(actions)
     }
 }

@@ -13,77 +13,65 @@
 //! | `burst` | 1 | readings a key may send at once after a quiet spell |
 //! | `by` | `"stream"` | the key: `"stream"` (device and sensor), `"device"` or `"node"` (one bucket for everything) |
 //!
-//! State: JSON `{"key": [tokens, last_ts]}`.
-
-wit_bindgen::generate!({
-    world: "edge-rule",
-    path: "../../wit",
-});
+//! State: tokens and the last reading time per key.
 
 use std::collections::BTreeMap;
 
-use exports::iotmock::plugin::edge_rule_api::{Action, EdgeReading, Guest, Outcome, Window};
-use iotmock::plugin::types::PluginError;
+use iotmock_sdk::Device;
+use iotmock_sdk::edge::{Action, EdgeRule, Reading, Window};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct Config {
-    #[serde(default = "one")]
     per_second: f64,
-    #[serde(default = "one_u")]
     burst: u32,
-    #[serde(default)]
     by: By,
 }
 
-fn one() -> f64 {
-    1.0
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            per_second: 1.0,
+            burst: 1,
+            by: By::Stream,
+        }
+    }
 }
 
-fn one_u() -> u32 {
-    1
-}
-
-#[derive(Deserialize, Default, Clone, Copy)]
+#[derive(Deserialize, Clone, Copy)]
 #[serde(rename_all = "lowercase")]
 enum By {
-    #[default]
     Stream,
     Device,
     Node,
 }
 
-fn parse(config: &str) -> Result<Config, PluginError> {
-    let text = if config.trim().is_empty() {
-        "{}"
-    } else {
-        config
-    };
-    let config: Config = serde_json::from_str(text)
-        .map_err(|e| PluginError::InvalidConfig(format!("edge-rate-limit config: {e}")))?;
-    if config.per_second.is_nan() || config.per_second <= 0.0 || config.burst == 0 {
-        return Err(PluginError::InvalidConfig(
-            "edge-rate-limit config: per_second must be above 0 and burst at least 1".into(),
-        ));
+struct RateLimit(Config);
+
+iotmock_sdk::export_edge_rule!(RateLimit);
+
+impl EdgeRule for RateLimit {
+    type Config = Config;
+    /// (tokens, last reading time) per key.
+    type State = BTreeMap<String, (f64, i64)>;
+
+    fn new(config: Config) -> Result<Self, String> {
+        if config.per_second.is_nan() || config.per_second <= 0.0 || config.burst == 0 {
+            return Err("per_second must be above 0 and burst at least 1".into());
+        }
+        Ok(Self(config))
     }
-    Ok(config)
-}
 
-struct Plugin;
-export!(Plugin);
-
-impl Guest for Plugin {
     fn process(
-        config: String,
-        state: Vec<u8>,
+        &self,
+        _node: &Device,
+        buckets: &mut Self::State,
         _window: Window,
-        readings: Vec<EdgeReading>,
-    ) -> Result<Outcome, PluginError> {
-        let config = parse(&config)?;
+        readings: Vec<Reading>,
+    ) -> Result<Vec<Action>, String> {
+        let config = &self.0;
         let burst = config.burst as f64;
-        let mut buckets: BTreeMap<String, (f64, i64)> =
-            serde_json::from_slice(&state).unwrap_or_default();
         let mut actions = Vec::with_capacity(readings.len());
         for r in readings {
             let key = match config.by {
@@ -100,9 +88,6 @@ impl Guest for Plugin {
                 actions.push(Action::Forward(r));
             }
         }
-        Ok(Outcome {
-            actions,
-            state: serde_json::to_vec(&buckets).unwrap_or_default(),
-        })
+        Ok(actions)
     }
 }

@@ -14,29 +14,22 @@
 //! | `mode` | `"inside"` | `"inside"`: keep readings within [min, max]; `"outside"`: keep only readings outside it (exceedances) |
 //! | `deadband` | 0 | keep a reading only when it differs from the last one kept for its device and sensor by at least this much (the first one is always kept) |
 //!
-//! State: the last kept value per device and sensor (JSON), so the
+//! State: the last kept value per device and sensor, so the
 //! deadband holds across windows.
-
-wit_bindgen::generate!({
-    world: "edge-rule",
-    path: "../../wit",
-});
 
 use std::collections::BTreeMap;
 
-use exports::iotmock::plugin::edge_rule_api::{Action, EdgeReading, Guest, Outcome, Window};
-use iotmock::plugin::types::PluginError;
+use iotmock_sdk::Device;
+use iotmock_sdk::edge::{Action, EdgeRule, Reading, Window};
 use serde::Deserialize;
 
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct Config {
     sensor: Option<String>,
     min: Option<f64>,
     max: Option<f64>,
-    #[serde(default)]
     mode: Mode,
-    #[serde(default)]
     deadband: f64,
 }
 
@@ -48,40 +41,35 @@ enum Mode {
     Outside,
 }
 
-fn parse(config: &str) -> Result<Config, PluginError> {
-    let config: Config = if config.trim().is_empty() {
-        Config::default()
-    } else {
-        serde_json::from_str(config)
-            .map_err(|e| PluginError::InvalidConfig(format!("edge-threshold config: {e}")))?
-    };
-    if let (Some(min), Some(max)) = (config.min, config.max)
-        && min > max
-    {
-        return Err(PluginError::InvalidConfig(format!(
-            "edge-threshold config: min ({min}) is above max ({max})"
-        )));
-    }
-    if config.deadband.is_nan() || config.deadband < 0.0 {
-        return Err(PluginError::InvalidConfig(
-            "edge-threshold config: deadband must be 0 or more".into(),
-        ));
-    }
-    Ok(config)
-}
+struct Threshold(Config);
 
-struct Plugin;
-export!(Plugin);
+iotmock_sdk::export_edge_rule!(Threshold);
 
-impl Guest for Plugin {
+impl EdgeRule for Threshold {
+    type Config = Config;
+    /// The last kept value per "device/sensor".
+    type State = BTreeMap<String, f64>;
+
+    fn new(config: Config) -> Result<Self, String> {
+        if let (Some(min), Some(max)) = (config.min, config.max)
+            && min > max
+        {
+            return Err(format!("min ({min}) is above max ({max})"));
+        }
+        if config.deadband.is_nan() || config.deadband < 0.0 {
+            return Err("deadband must be 0 or more".into());
+        }
+        Ok(Self(config))
+    }
+
     fn process(
-        config: String,
-        state: Vec<u8>,
+        &self,
+        _node: &Device,
+        last: &mut BTreeMap<String, f64>,
         _window: Window,
-        readings: Vec<EdgeReading>,
-    ) -> Result<Outcome, PluginError> {
-        let config = parse(&config)?;
-        let mut last: BTreeMap<String, f64> = serde_json::from_slice(&state).unwrap_or_default();
+        readings: Vec<Reading>,
+    ) -> Result<Vec<Action>, String> {
+        let config = &self.0;
         let mut actions = Vec::with_capacity(readings.len());
         for r in readings {
             if config.sensor.as_deref().is_some_and(|s| s != r.sensor) {
@@ -108,11 +96,6 @@ impl Guest for Plugin {
                 actions.push(Action::Forward(r));
             }
         }
-        let state = if last.is_empty() {
-            Vec::new()
-        } else {
-            serde_json::to_vec(&last).unwrap_or_default()
-        };
-        Ok(Outcome { actions, state })
+        Ok(actions)
     }
 }

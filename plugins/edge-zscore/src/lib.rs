@@ -17,72 +17,58 @@
 //! | `min_samples` | 10 | readings a stream needs before it can alert |
 //! | `forward` | true | forward checked readings to the next stage |
 //!
-//! State: JSON `{"device/sensor": [count, mean, m2]}`.
-
-wit_bindgen::generate!({
-    world: "edge-rule",
-    path: "../../wit",
-});
+//! State: count, mean and sum of squared deviations per device and sensor.
 
 use std::collections::BTreeMap;
 
-use exports::iotmock::plugin::edge_rule_api::{Action, Alert, EdgeReading, Guest, Outcome, Window};
-use iotmock::plugin::types::PluginError;
+use iotmock_sdk::Device;
+use iotmock_sdk::edge::{Action, Alert, EdgeRule, Reading, Window};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct Config {
     sensor: Option<String>,
-    #[serde(default = "default_threshold")]
     threshold: f64,
-    #[serde(default = "default_min_samples")]
     min_samples: u64,
-    #[serde(default = "yes")]
     forward: bool,
 }
 
-fn default_threshold() -> f64 {
-    3.0
-}
-
-fn default_min_samples() -> u64 {
-    10
-}
-
-fn yes() -> bool {
-    true
-}
-
-fn parse(config: &str) -> Result<Config, PluginError> {
-    let text = if config.trim().is_empty() {
-        "{}"
-    } else {
-        config
-    };
-    let config: Config = serde_json::from_str(text)
-        .map_err(|e| PluginError::InvalidConfig(format!("edge-zscore config: {e}")))?;
-    if config.threshold.is_nan() || config.threshold <= 0.0 {
-        return Err(PluginError::InvalidConfig(
-            "edge-zscore config: threshold must be above 0".into(),
-        ));
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            sensor: None,
+            threshold: 3.0,
+            min_samples: 10,
+            forward: true,
+        }
     }
-    Ok(config)
 }
 
-struct Plugin;
-export!(Plugin);
+struct ZScore(Config);
 
-impl Guest for Plugin {
+iotmock_sdk::export_edge_rule!(ZScore);
+
+impl EdgeRule for ZScore {
+    type Config = Config;
+    /// (count, mean, m2) per "device/sensor".
+    type State = BTreeMap<String, (u64, f64, f64)>;
+
+    fn new(config: Config) -> Result<Self, String> {
+        if config.threshold.is_nan() || config.threshold <= 0.0 {
+            return Err("threshold must be above 0".into());
+        }
+        Ok(Self(config))
+    }
+
     fn process(
-        config: String,
-        state: Vec<u8>,
+        &self,
+        _node: &Device,
+        stats: &mut Self::State,
         _window: Window,
-        readings: Vec<EdgeReading>,
-    ) -> Result<Outcome, PluginError> {
-        let config = parse(&config)?;
-        let mut stats: BTreeMap<String, (u64, f64, f64)> =
-            serde_json::from_slice(&state).unwrap_or_default();
+        readings: Vec<Reading>,
+    ) -> Result<Vec<Action>, String> {
+        let config = &self.0;
         let mut actions = Vec::with_capacity(readings.len());
         for r in readings {
             if config.sensor.as_deref().is_some_and(|s| s != r.sensor) {
@@ -124,9 +110,6 @@ impl Guest for Plugin {
                 actions.push(Action::Forward(r));
             }
         }
-        Ok(Outcome {
-            actions,
-            state: serde_json::to_vec(&stats).unwrap_or_default(),
-        })
+        Ok(actions)
     }
 }

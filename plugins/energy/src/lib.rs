@@ -31,22 +31,18 @@
 //! State (after the SDK's slots, see `iotmock_sdk::state`): previous
 //! reading time (ms), register (kWh, unrounded), load factor deviation.
 
-wit_bindgen::generate!({
-    world: "sensor",
-    path: "../../wit",
-});
-
-use exports::iotmock::plugin::sensor_api::{Guest, SampleRequest, SampleResult, SensorInfo};
-use iotmock::plugin::host;
-use iotmock::plugin::types::PluginError;
 use iotmock_sdk::anomaly::{Anomalies, AnomalyConfig, Profile};
 use iotmock_sdk::energy::{LoadProfile, Meter, Peak};
-use iotmock_sdk::{Stream, parse_config, quantize_down, require, state};
+use iotmock_sdk::sensor::{Info, Sample, Sensor};
+use iotmock_sdk::state::{self, Slots};
+use iotmock_sdk::{Device, quantize_down, require};
 
-/// Layout tag: plugin 7, layout version 1.
-const TAG: f64 = 7001.0;
 /// The register's capacity.
 const MAX_KWH: f64 = 99_999.999;
+
+/// Numbers kept per device after the anomaly injector (see the state
+/// layout above).
+const STATE_SLOTS: usize = 3;
 
 #[derive(serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -85,7 +81,7 @@ impl Default for Config {
     }
 }
 
-struct Settings {
+struct Energy {
     profile: LoadProfile,
     variability: f64,
     correlation: f64,
@@ -94,14 +90,15 @@ struct Settings {
     anomalies: Anomalies,
 }
 
-impl Settings {
-    fn load(text: &str) -> Result<Self, PluginError> {
-        parse_config(text)
-            .and_then(Self::resolve)
-            .map_err(PluginError::InvalidConfig)
-    }
+iotmock_sdk::export_sensor!(Energy);
 
-    fn resolve(c: Config) -> Result<Self, String> {
+impl Sensor for Energy {
+    type Config = Config;
+    type State = Slots<STATE_SLOTS>;
+    /// plugin 7, layout version 1.
+    const STATE_VERSION: u32 = 7001;
+
+    fn new(c: Config) -> Result<Self, String> {
         require(
             c.base_w >= 0.0 && c.base_w.is_finite(),
             "base_w must not be negative",
@@ -148,11 +145,22 @@ impl Settings {
         })
     }
 
-    fn sample(&self, request: SampleRequest) -> SampleResult {
-        let device = request.device;
-        let ts = request.ts as f64;
-        let mut rng = Stream::new(|| host::random_u64(device));
-        let (injector, own) = state::load(&request.state, TAG, &mut rng, |_| {
+    fn info(&self) -> Info {
+        Info {
+            unit: "kWh".into(),
+            description: "energy meter register: monotonic, driven by a daily load profile".into(),
+        }
+    }
+
+    fn sample(
+        &self,
+        device: &Device,
+        ts: i64,
+        state: Option<Slots<STATE_SLOTS>>,
+    ) -> Result<Sample<Slots<STATE_SLOTS>>, String> {
+        let ts = ts as f64;
+        let mut rng = device.random();
+        let (injector, own) = state::load(state, &mut rng, |_| {
             Meter::new(ts, self.initial_kwh).slots()
         });
         let mut meter = Meter::from_slots(&own);
@@ -163,35 +171,9 @@ impl Settings {
             self.correlation,
             &mut rng,
         );
-        let out = state::finish(TAG, injector, &self.anomalies, &meter.slots(), clean, |v| {
+        let out = state::finish(injector, &self.anomalies, &meter.slots(), clean, |v| {
             quantize_down(v, self.resolution)
         });
-        SampleResult {
-            value: out.value,
-            anomaly: out.anomaly.map(Into::into),
-            state: out.state,
-        }
+        Ok(out.into())
     }
 }
-
-struct Energy;
-
-impl Guest for Energy {
-    fn describe(config: String) -> Result<SensorInfo, PluginError> {
-        Settings::load(&config)?;
-        Ok(SensorInfo {
-            unit: "kWh".into(),
-            description: "energy meter register: monotonic, driven by a daily load profile".into(),
-        })
-    }
-
-    fn sample(
-        config: String,
-        requests: Vec<SampleRequest>,
-    ) -> Result<Vec<SampleResult>, PluginError> {
-        let settings = Settings::load(&config)?;
-        Ok(requests.into_iter().map(|r| settings.sample(r)).collect())
-    }
-}
-
-export!(Energy);

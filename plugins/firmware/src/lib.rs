@@ -16,110 +16,85 @@
 //! Commands other than `update_firmware` are rejected, as is an update
 //! without a `version` string.
 
-wit_bindgen::generate!({
-    world: "command-handler",
-    path: "../../wit",
-});
-
-extern crate alloc;
-
-use alloc::format;
-use alloc::string::{String, ToString};
-use alloc::vec::Vec;
-use exports::iotmock::plugin::command_handler_api::{AckStatus, Command, Guest, Handling, Reply};
-use iotmock::plugin::host;
-use iotmock::plugin::types::PluginError;
+use iotmock_sdk::Device;
+use iotmock_sdk::command::{AckStatus, Command, CommandHandler, Handling, Reply};
 use serde_json::{Value, json};
 
-struct Plugin;
-export!(Plugin);
+#[derive(serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Config {
+    steps: f64,
+    step_ms: f64,
+    failure_rate: f64,
+}
 
-fn number(v: &Value, key: &str, default: f64) -> Result<f64, PluginError> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(default),
-        Some(x) => x
-            .as_f64()
-            .ok_or_else(|| PluginError::InvalidConfig(format!("{key} must be a number"))),
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            steps: 4.0,
+            step_ms: 500.0,
+            failure_rate: 0.1,
+        }
     }
 }
 
-fn reply(delay_ms: u32, status: AckStatus, result: Value) -> Reply {
-    Reply {
-        delay_ms,
-        status,
-        result: (!result.is_null()).then(|| result.to_string()),
-    }
+struct Firmware {
+    steps: u32,
+    step_ms: u32,
+    failure_rate: f64,
 }
 
-impl Guest for Plugin {
-    fn handle(config: String, device: u32, command: Command) -> Result<Handling, PluginError> {
-        let config: Value = serde_json::from_str(&config)
-            .map_err(|e| PluginError::InvalidConfig(format!("config is not JSON: {e}")))?;
-        let steps = number(&config, "steps", 4.0)?;
-        let step_ms = number(&config, "step_ms", 500.0)?;
-        let failure_rate = number(&config, "failure_rate", 0.1)?;
-        if !(0.0..=100.0).contains(&steps) {
-            return Err(PluginError::InvalidConfig(
-                "steps must be 0 to 100".to_string(),
-            ));
+iotmock_sdk::export_command_handler!(Firmware);
+
+impl CommandHandler for Firmware {
+    type Config = Config;
+
+    fn new(c: Config) -> Result<Self, String> {
+        if !(0.0..=100.0).contains(&c.steps) {
+            return Err("steps must be 0 to 100".to_string());
         }
-        if !(0.0..=3_600_000.0).contains(&step_ms) {
-            return Err(PluginError::InvalidConfig(
-                "step_ms must be 0 to 3600000".to_string(),
-            ));
+        if !(0.0..=3_600_000.0).contains(&c.step_ms) {
+            return Err("step_ms must be 0 to 3600000".to_string());
         }
-        if !(0.0..=1.0).contains(&failure_rate) {
-            return Err(PluginError::InvalidConfig(
-                "failure_rate must be 0 to 1".to_string(),
-            ));
+        if !(0.0..=1.0).contains(&c.failure_rate) {
+            return Err("failure_rate must be 0 to 1".to_string());
         }
-        let (steps, step_ms) = (steps as u32, step_ms as u32);
-        let rejected = |message: String| Handling {
-            replies: Vec::from([reply(0, AckStatus::Rejected, json!({ "error": message }))]),
-            offline_ms: None,
-        };
+        Ok(Self {
+            steps: c.steps as u32,
+            step_ms: c.step_ms as u32,
+            failure_rate: c.failure_rate,
+        })
+    }
+
+    fn handle(&self, device: &Device, command: Command) -> Result<Handling, String> {
+        let (steps, step_ms) = (self.steps, self.step_ms);
         if command.name != "update_firmware" {
-            return Ok(rejected(format!(
+            return Ok(Handling::reply(Reply::rejected(format!(
                 "unknown command {:?}; this device knows update_firmware",
                 command.name
-            )));
+            ))));
         }
-        let params: Value = serde_json::from_str(&command.params).unwrap_or(Value::Null);
+        let params = command.params();
         let Some(version) = params.get("version").and_then(Value::as_str) else {
-            return Ok(rejected("params.version must be a string".to_string()));
+            return Ok(Handling::reply(Reply::rejected(
+                "params.version must be a string",
+            )));
         };
-        let mut replies = Vec::from([reply(0, AckStatus::Received, Value::Null)]);
+        let mut replies = Vec::from([Reply::received()]);
         for k in 1..=steps {
-            replies.push(reply(
-                step_ms,
-                AckStatus::Received,
-                json!({ "progress": k * 100 / steps.max(1) }),
-            ));
+            let progress = json!({ "progress": k * 100 / steps.max(1) });
+            replies.push(Reply::new(AckStatus::Received, Some(progress)).after_ms(step_ms));
         }
         // One draw per attempt, whatever the outcome, so the stream stays
         // aligned across runs.
-        let fails = host::random_f64(device) < failure_rate;
+        let fails = device.random_f64() < self.failure_rate;
         if fails {
-            replies.push(reply(
-                step_ms,
-                AckStatus::Failed,
-                json!({ "error": "image verification failed", "version": version }),
-            ));
+            let error = json!({ "error": "image verification failed", "version": version });
+            replies.push(Reply::new(AckStatus::Failed, Some(error)).after_ms(step_ms));
         } else {
-            host::set_state(
-                device,
-                "firmware_version",
-                &Value::from(version).to_string(),
-            );
-            replies.push(reply(
-                step_ms,
-                AckStatus::Completed,
-                json!({ "version": version }),
-            ));
+            device.set_state("firmware_version", &Value::from(version).to_string());
+            replies.push(Reply::completed(json!({ "version": version })).after_ms(step_ms));
         }
-        Ok(Handling {
-            replies,
-            offline_ms: None,
-        })
+        Ok(Handling::replies(replies))
     }
 }

@@ -14,69 +14,71 @@
 //!
 //! Two draws from the device's seeded stream per delivery.
 
-wit_bindgen::generate!({
-    world: "command-handler",
-    path: "../../wit",
-});
+use iotmock_sdk::Device;
+use iotmock_sdk::command::{Command, CommandHandler, Handling, Reply};
+use serde_json::json;
 
-extern crate alloc;
+#[derive(serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Config {
+    drop_rate: f64,
+    duplicate_rate: f64,
+    delay_ms: f64,
+    jitter_ms: f64,
+}
 
-use alloc::format;
-use alloc::string::{String, ToString};
-use alloc::vec::Vec;
-use exports::iotmock::plugin::command_handler_api::{AckStatus, Command, Guest, Handling, Reply};
-use iotmock::plugin::host;
-use iotmock::plugin::types::PluginError;
-use serde_json::{Value, json};
-
-struct Plugin;
-export!(Plugin);
-
-fn number(v: &Value, key: &str, default: f64) -> Result<f64, PluginError> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(default),
-        Some(x) => x
-            .as_f64()
-            .ok_or_else(|| PluginError::InvalidConfig(format!("{key} must be a number"))),
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            drop_rate: 0.3,
+            duplicate_rate: 0.2,
+            delay_ms: 0.0,
+            jitter_ms: 0.0,
+        }
     }
 }
 
-impl Guest for Plugin {
-    fn handle(config: String, device: u32, command: Command) -> Result<Handling, PluginError> {
-        let config: Value = serde_json::from_str(&config)
-            .map_err(|e| PluginError::InvalidConfig(format!("config is not JSON: {e}")))?;
-        let drop_rate = number(&config, "drop_rate", 0.3)?;
-        let duplicate_rate = number(&config, "duplicate_rate", 0.2)?;
-        let delay_ms = number(&config, "delay_ms", 0.0)?.clamp(0.0, 3_600_000.0);
-        let jitter_ms = number(&config, "jitter_ms", 0.0)?.clamp(0.0, 3_600_000.0);
-        if !(0.0..=1.0).contains(&drop_rate)
-            || !(0.0..=1.0).contains(&duplicate_rate)
-            || drop_rate + duplicate_rate > 1.0
+struct FlakyAcks {
+    drop_rate: f64,
+    duplicate_rate: f64,
+    delay_ms: f64,
+    jitter_ms: f64,
+}
+
+iotmock_sdk::export_command_handler!(FlakyAcks);
+
+impl CommandHandler for FlakyAcks {
+    type Config = Config;
+
+    fn new(c: Config) -> Result<Self, String> {
+        if !(0.0..=1.0).contains(&c.drop_rate)
+            || !(0.0..=1.0).contains(&c.duplicate_rate)
+            || c.drop_rate + c.duplicate_rate > 1.0
         {
-            return Err(PluginError::InvalidConfig(
+            return Err(
                 "drop_rate and duplicate_rate must be 0 to 1 and add up to at most 1".to_string(),
-            ));
+            );
         }
-        let fate = host::random_f64(device);
-        let jitter = host::random_f64(device) * jitter_ms;
-        let delay = (delay_ms + jitter) as u32;
-        let done = Reply {
-            delay_ms: delay,
-            status: AckStatus::Completed,
-            result: Some(json!({ "attempt": command.attempt }).to_string()),
-        };
-        let replies = if fate < drop_rate {
-            Vec::new()
-        } else if fate < drop_rate + duplicate_rate {
-            let mut again = done.clone();
-            again.delay_ms = 0;
-            Vec::from([done, again])
+        Ok(Self {
+            drop_rate: c.drop_rate,
+            duplicate_rate: c.duplicate_rate,
+            delay_ms: c.delay_ms.clamp(0.0, 3_600_000.0),
+            jitter_ms: c.jitter_ms.clamp(0.0, 3_600_000.0),
+        })
+    }
+
+    fn handle(&self, device: &Device, command: Command) -> Result<Handling, String> {
+        let fate = device.random_f64();
+        let jitter = device.random_f64() * self.jitter_ms;
+        let delay = (self.delay_ms + jitter) as u32;
+        let done = Reply::completed(json!({ "attempt": command.attempt })).after_ms(delay);
+        Ok(if fate < self.drop_rate {
+            Handling::silent()
+        } else if fate < self.drop_rate + self.duplicate_rate {
+            let again = done.clone().after_ms(0);
+            Handling::replies([done, again])
         } else {
-            Vec::from([done])
-        };
-        Ok(Handling {
-            replies,
-            offline_ms: None,
+            Handling::reply(done)
         })
     }
 }

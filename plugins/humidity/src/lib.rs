@@ -45,26 +45,19 @@
 //! State (after the SDK's slots, see `iotmock_sdk::state`): noise, dew
 //! point walk (3 slots).
 
-wit_bindgen::generate!({
-    world: "sensor",
-    path: "../../wit",
-});
-
-use exports::iotmock::plugin::sensor_api::{Guest, SampleRequest, SampleResult, SensorInfo};
-use iotmock::plugin::host;
-use iotmock::plugin::types::PluginError;
 use iotmock_sdk::anomaly::{Anomalies, AnomalyConfig, Profile};
 use iotmock_sdk::physics::{dew_point, relative_humidity};
+use iotmock_sdk::sensor::{Info, Sample, Sensor};
+use iotmock_sdk::state::{self, Slots};
 use iotmock_sdk::weather::{Walk, WalkParams};
-use iotmock_sdk::{
-    DAY_MS, Placement, Random, Stream, ar1_step, diurnal, parse_config, quantize, require, state,
-    state_number,
-};
+use iotmock_sdk::{DAY_MS, Device, Placement, Random, ar1_step, diurnal, quantize, require};
 
-/// Layout tag: plugin 2, layout version 1.
-const TAG: f64 = 2001.0;
 /// Device-state key read for the air temperature.
 const TEMPERATURE_KEY: &str = "temperature";
+
+/// Numbers kept per device after the anomaly injector (see the state
+/// layout above).
+const STATE_SLOTS: usize = 4;
 
 #[derive(serde::Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -83,7 +76,7 @@ struct Config {
     anomalies: AnomalyConfig,
 }
 
-struct Settings {
+struct Humidity {
     dew_point: f64,
     temperature_mean: f64,
     temperature_amplitude: f64,
@@ -96,14 +89,15 @@ struct Settings {
     anomalies: Anomalies,
 }
 
-impl Settings {
-    fn load(text: &str) -> Result<Self, PluginError> {
-        parse_config(text)
-            .and_then(Self::resolve)
-            .map_err(PluginError::InvalidConfig)
-    }
+iotmock_sdk::export_sensor!(Humidity);
 
-    fn resolve(c: Config) -> Result<Self, String> {
+impl Sensor for Humidity {
+    type Config = Config;
+    type State = Slots<STATE_SLOTS>;
+    /// plugin 2, layout version 1.
+    const STATE_VERSION: u32 = 2001;
+
+    fn new(c: Config) -> Result<Self, String> {
         let outdoor = c.placement == Placement::Outdoor;
         let pick =
             |v: Option<f64>, indoor: f64, out: f64| v.unwrap_or(if outdoor { out } else { indoor });
@@ -159,59 +153,42 @@ impl Settings {
         Ok(s)
     }
 
-    fn sample(&self, request: SampleRequest) -> SampleResult {
-        let device = request.device;
-        let ts = request.ts as f64;
-        let mut rng = Stream::new(|| host::random_u64(device));
-        let (injector, own) = state::load(&request.state, TAG, &mut rng, |rng| {
+    fn info(&self) -> Info {
+        Info {
+            unit: "percent".into(),
+            description: "relative humidity from a wandering dew point and the device's temperature (SHT31-class)".into(),
+        }
+    }
+
+    fn sample(
+        &self,
+        device: &Device,
+        ts: i64,
+        state: Option<Slots<STATE_SLOTS>>,
+    ) -> Result<Sample<Slots<STATE_SLOTS>>, String> {
+        let ts = ts as f64;
+        let mut rng = device.random();
+        let (injector, own) = state::load(state, &mut rng, |rng| {
             let w = Walk::start(ts, &self.walk, rng).slots();
             [0.0, w[0], w[1], w[2]]
         });
         let mut walk = Walk::from_slots(&own[1..4]);
         let dew = self.dew_point + walk.value(ts, &self.walk, &mut rng);
-        let temperature = state_number(host::get_state(device, TEMPERATURE_KEY).as_deref())
-            .unwrap_or_else(|| {
-                self.temperature_mean
-                    + self.temperature_amplitude * diurnal(ts, self.peak_hour, self.period_ms)
-            });
+        let temperature = device.state_number(TEMPERATURE_KEY).unwrap_or_else(|| {
+            self.temperature_mean
+                + self.temperature_amplitude * diurnal(ts, self.peak_hour, self.period_ms)
+        });
         let noise = ar1_step(own[0], self.correlation, self.noise, rng.normal());
         let clean = (relative_humidity(temperature, dew) + noise).clamp(0.0, 100.0);
 
         let w = walk.slots();
         let out = state::finish(
-            TAG,
             injector,
             &self.anomalies,
             &[noise, w[0], w[1], w[2]],
             clean,
             |v| quantize(v, self.resolution),
         );
-        SampleResult {
-            value: out.value,
-            anomaly: out.anomaly.map(Into::into),
-            state: out.state,
-        }
+        Ok(out.into())
     }
 }
-
-struct Humidity;
-
-impl Guest for Humidity {
-    fn describe(config: String) -> Result<SensorInfo, PluginError> {
-        Settings::load(&config)?;
-        Ok(SensorInfo {
-            unit: "percent".into(),
-            description: "relative humidity from a wandering dew point and the device's temperature (SHT31-class)".into(),
-        })
-    }
-
-    fn sample(
-        config: String,
-        requests: Vec<SampleRequest>,
-    ) -> Result<Vec<SampleResult>, PluginError> {
-        let settings = Settings::load(&config)?;
-        Ok(requests.into_iter().map(|r| settings.sample(r)).collect())
-    }
-}
-
-export!(Humidity);

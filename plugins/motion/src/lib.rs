@@ -32,20 +32,15 @@
 //! State (after the SDK's slots, see `iotmock_sdk::state`): previous
 //! reading time, occupancy, output-high-until, lockout-until (ms).
 
-wit_bindgen::generate!({
-    world: "sensor",
-    path: "../../wit",
-});
-
-use exports::iotmock::plugin::sensor_api::{Guest, SampleRequest, SampleResult, SensorInfo};
-use iotmock::plugin::host;
-use iotmock::plugin::types::PluginError;
 use iotmock_sdk::anomaly::{Anomalies, AnomalyConfig, Profile};
 use iotmock_sdk::pir::{Pir, PirParams};
-use iotmock_sdk::{Stream, parse_config, require, state};
+use iotmock_sdk::sensor::{Info, Sample, Sensor};
+use iotmock_sdk::state::{self, Slots};
+use iotmock_sdk::{Device, require};
 
-/// Layout tag: plugin 4, layout version 1.
-const TAG: f64 = 4001.0;
+/// Numbers kept per device after the anomaly injector (see the state
+/// layout above).
+const STATE_SLOTS: usize = 4;
 
 #[derive(serde::Deserialize, Clone, Copy, Default, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -87,20 +82,21 @@ impl Default for Config {
     }
 }
 
-struct Settings {
+struct Motion {
     pir: PirParams,
     report: Report,
     anomalies: Anomalies,
 }
 
-impl Settings {
-    fn load(text: &str) -> Result<Self, PluginError> {
-        parse_config(text)
-            .and_then(Self::resolve)
-            .map_err(PluginError::InvalidConfig)
-    }
+iotmock_sdk::export_sensor!(Motion);
 
-    fn resolve(c: Config) -> Result<Self, String> {
+impl Sensor for Motion {
+    type Config = Config;
+    type State = Slots<STATE_SLOTS>;
+    /// plugin 4, layout version 1.
+    const STATE_VERSION: u32 = 4001;
+
+    fn new(c: Config) -> Result<Self, String> {
         require(
             c.arrivals_per_hour >= 0.0 && c.arrivals_per_hour <= 3600.0,
             "arrivals_per_hour must be in 0..3600",
@@ -143,11 +139,24 @@ impl Settings {
         })
     }
 
-    fn sample(&self, request: SampleRequest) -> SampleResult {
-        let device = request.device;
-        let ts = request.ts as f64;
-        let mut rng = Stream::new(|| host::random_u64(device));
-        let (injector, own) = state::load(&request.state, TAG, &mut rng, |_| Pir::new(ts).slots());
+    fn info(&self) -> Info {
+        Info {
+            unit: "boolean".into(),
+            description:
+                "PIR motion (0/1): bursty time-of-day occupancy, hold and lockout (HC-SR501-class)"
+                    .into(),
+        }
+    }
+
+    fn sample(
+        &self,
+        device: &Device,
+        ts: i64,
+        state: Option<Slots<STATE_SLOTS>>,
+    ) -> Result<Sample<Slots<STATE_SLOTS>>, String> {
+        let ts = ts as f64;
+        let mut rng = device.random();
+        let (injector, own) = state::load(state, &mut rng, |_| Pir::new(ts).slots());
         let mut pir = Pir::from_slots(&own);
         let reading = pir.advance(ts, &self.pir, &mut rng);
         let on = match self.report {
@@ -155,42 +164,7 @@ impl Settings {
             Report::Latched => reading.latched,
         };
         let clean = if on { 1.0 } else { 0.0 };
-        let out = state::finish(
-            TAG,
-            injector,
-            &self.anomalies,
-            &pir.slots(),
-            clean,
-            f64::round,
-        );
-        SampleResult {
-            value: out.value,
-            anomaly: out.anomaly.map(Into::into),
-            state: out.state,
-        }
+        let out = state::finish(injector, &self.anomalies, &pir.slots(), clean, f64::round);
+        Ok(out.into())
     }
 }
-
-struct Motion;
-
-impl Guest for Motion {
-    fn describe(config: String) -> Result<SensorInfo, PluginError> {
-        Settings::load(&config)?;
-        Ok(SensorInfo {
-            unit: "boolean".into(),
-            description:
-                "PIR motion (0/1): bursty time-of-day occupancy, hold and lockout (HC-SR501-class)"
-                    .into(),
-        })
-    }
-
-    fn sample(
-        config: String,
-        requests: Vec<SampleRequest>,
-    ) -> Result<Vec<SampleResult>, PluginError> {
-        let settings = Settings::load(&config)?;
-        Ok(requests.into_iter().map(|r| settings.sample(r)).collect())
-    }
-}
-
-export!(Motion);

@@ -39,23 +39,16 @@
 //! State (after the SDK's slots, see `iotmock_sdk::state`): the drift walk
 //! (3 slots).
 
-wit_bindgen::generate!({
-    world: "sensor",
-    path: "../../wit",
-});
-
-use exports::iotmock::plugin::sensor_api::{Guest, SampleRequest, SampleResult, SensorInfo};
-use iotmock::plugin::host;
-use iotmock::plugin::types::PluginError;
 use iotmock_sdk::anomaly::{Anomalies, AnomalyConfig, Profile};
 use iotmock_sdk::physics::station_pressure;
+use iotmock_sdk::sensor::{Info, Sample, Sensor};
+use iotmock_sdk::state::{self, Slots};
 use iotmock_sdk::weather::{Walk, WalkParams};
-use iotmock_sdk::{
-    DAY_MS, HOUR_MS, Random, Stream, diurnal, parse_config, quantize, require, state,
-};
+use iotmock_sdk::{DAY_MS, Device, HOUR_MS, Random, diurnal, quantize, require};
 
-/// Layout tag: plugin 3, layout version 1.
-const TAG: f64 = 3001.0;
+/// Numbers kept per device after the anomaly injector (see the state
+/// layout above).
+const STATE_SLOTS: usize = 3;
 
 #[derive(serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -89,20 +82,21 @@ impl Default for Config {
     }
 }
 
-struct Settings {
+struct Pressure {
     c: Config,
     walk: WalkParams,
     anomalies: Anomalies,
 }
 
-impl Settings {
-    fn load(text: &str) -> Result<Self, PluginError> {
-        parse_config(text)
-            .and_then(Self::resolve)
-            .map_err(PluginError::InvalidConfig)
-    }
+iotmock_sdk::export_sensor!(Pressure);
 
-    fn resolve(c: Config) -> Result<Self, String> {
+impl Sensor for Pressure {
+    type Config = Config;
+    type State = Slots<STATE_SLOTS>;
+    /// plugin 3, layout version 1.
+    const STATE_VERSION: u32 = 3001;
+
+    fn new(c: Config) -> Result<Self, String> {
         require(
             (300.0..=1100.0).contains(&c.mean),
             &format!(
@@ -144,11 +138,23 @@ impl Settings {
         Ok(Self { c, walk, anomalies })
     }
 
-    fn sample(&self, request: SampleRequest) -> SampleResult {
-        let device = request.device;
-        let ts = request.ts as f64;
-        let mut rng = Stream::new(|| host::random_u64(device));
-        let (injector, own) = state::load(&request.state, TAG, &mut rng, |rng| {
+    fn info(&self) -> Info {
+        Info {
+            unit: "hPa".into(),
+            description: "barometric pressure: weather drift and atmospheric tide (BMP280-class)"
+                .into(),
+        }
+    }
+
+    fn sample(
+        &self,
+        device: &Device,
+        ts: i64,
+        state: Option<Slots<STATE_SLOTS>>,
+    ) -> Result<Sample<Slots<STATE_SLOTS>>, String> {
+        let ts = ts as f64;
+        let mut rng = device.random();
+        let (injector, own) = state::load(state, &mut rng, |rng| {
             Walk::start(ts, &self.walk, rng).slots()
         });
         let mut walk = Walk::from_slots(&own);
@@ -159,36 +165,9 @@ impl Settings {
         .clamp(870.0, 1085.0);
         let clean = station_pressure(sea_level, c.altitude_m) + c.noise * rng.normal();
 
-        let out = state::finish(TAG, injector, &self.anomalies, &walk.slots(), clean, |v| {
+        let out = state::finish(injector, &self.anomalies, &walk.slots(), clean, |v| {
             quantize(v, c.resolution)
         });
-        SampleResult {
-            value: out.value,
-            anomaly: out.anomaly.map(Into::into),
-            state: out.state,
-        }
+        Ok(out.into())
     }
 }
-
-struct Pressure;
-
-impl Guest for Pressure {
-    fn describe(config: String) -> Result<SensorInfo, PluginError> {
-        Settings::load(&config)?;
-        Ok(SensorInfo {
-            unit: "hPa".into(),
-            description: "barometric pressure: weather drift and atmospheric tide (BMP280-class)"
-                .into(),
-        })
-    }
-
-    fn sample(
-        config: String,
-        requests: Vec<SampleRequest>,
-    ) -> Result<Vec<SampleResult>, PluginError> {
-        let settings = Settings::load(&config)?;
-        Ok(requests.into_iter().map(|r| settings.sample(r)).collect())
-    }
-}
-
-export!(Pressure);

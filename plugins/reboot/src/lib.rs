@@ -12,80 +12,69 @@
 //!
 //! Commands other than `reboot` are rejected.
 
-wit_bindgen::generate!({
-    world: "command-handler",
-    path: "../../wit",
-});
-
-extern crate alloc;
-
-use alloc::format;
-use alloc::string::{String, ToString};
-use alloc::vec;
-use exports::iotmock::plugin::command_handler_api::{AckStatus, Command, Guest, Handling, Reply};
-use iotmock::plugin::host;
-use iotmock::plugin::types::PluginError;
+use iotmock_sdk::Device;
+use iotmock_sdk::command::{Command, CommandHandler, Handling, Reply};
 use serde_json::{Value, json};
 
-struct Plugin;
-export!(Plugin);
+#[derive(serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Config {
+    offline_ms: f64,
+    delay_ms: f64,
+}
 
-fn number(v: &Value, key: &str, default: f64) -> Result<f64, PluginError> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(default),
-        Some(x) => x
-            .as_f64()
-            .ok_or_else(|| PluginError::InvalidConfig(format!("{key} must be a number"))),
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            offline_ms: 5_000.0,
+            delay_ms: 100.0,
+        }
     }
 }
 
-impl Guest for Plugin {
-    fn handle(config: String, device: u32, command: Command) -> Result<Handling, PluginError> {
-        let config: Value = serde_json::from_str(&config)
-            .map_err(|e| PluginError::InvalidConfig(format!("config is not JSON: {e}")))?;
-        let default_offline = number(&config, "offline_ms", 5_000.0)?;
-        let delay_ms = number(&config, "delay_ms", 100.0)?.clamp(0.0, 3_600_000.0) as u32;
+struct Reboot {
+    offline_ms: f64,
+    delay_ms: u32,
+}
+
+iotmock_sdk::export_command_handler!(Reboot);
+
+impl CommandHandler for Reboot {
+    type Config = Config;
+
+    fn new(c: Config) -> Result<Self, String> {
+        Ok(Self {
+            offline_ms: c.offline_ms,
+            delay_ms: c.delay_ms.clamp(0.0, 3_600_000.0) as u32,
+        })
+    }
+
+    fn handle(&self, device: &Device, command: Command) -> Result<Handling, String> {
         if command.name != "reboot" {
-            return Ok(Handling {
-                replies: vec![Reply {
-                    delay_ms: 0,
-                    status: AckStatus::Rejected,
-                    result: Some(
-                        json!({ "error": format!("unknown command {:?}; this device knows reboot", command.name) })
-                            .to_string(),
-                    ),
-                }],
-                offline_ms: None,
-            });
+            return Ok(Handling::reply(Reply::rejected(format!(
+                "unknown command {:?}; this device knows reboot",
+                command.name
+            ))));
         }
-        let params: Value = serde_json::from_str(&command.params).unwrap_or(Value::Null);
-        let offline_ms = params
+        let offline_ms = command
+            .params()
             .get("offline_ms")
             .and_then(Value::as_f64)
-            .unwrap_or(default_offline)
+            .unwrap_or(self.offline_ms)
             .clamp(0.0, 86_400_000.0) as u32;
-        let boots = host::get_state(device, "boot_count")
+        let boots = device
+            .state("boot_count")
             .and_then(|s| s.parse::<u64>().ok())
             .unwrap_or(0)
             + 1;
-        host::set_state(device, "boot_count", &boots.to_string());
-        Ok(Handling {
-            replies: vec![
-                Reply {
-                    delay_ms: 0,
-                    status: AckStatus::Received,
-                    result: None,
-                },
-                Reply {
-                    delay_ms,
-                    status: AckStatus::Completed,
-                    result: Some(
-                        json!({ "rebooting": true, "offline_ms": offline_ms, "boot_count": boots })
-                            .to_string(),
-                    ),
-                },
-            ],
-            offline_ms: Some(offline_ms),
-        })
+        device.set_state("boot_count", &boots.to_string());
+        Ok(Handling::replies([
+            Reply::received(),
+            Reply::completed(
+                json!({ "rebooting": true, "offline_ms": offline_ms, "boot_count": boots }),
+            )
+            .after_ms(self.delay_ms),
+        ])
+        .then_offline_ms(offline_ms))
     }
 }

@@ -159,12 +159,41 @@ impl Anomalies {
     }
 }
 
-/// Labels, as carried in the sample's `anomaly` field.
-pub const SPIKE: &str = "spike";
-pub const STUCK: &str = "stuck";
-pub const DRIFT: &str = "drift";
-pub const DROPOUT: &str = "dropout";
-pub const OUT_OF_RANGE: &str = "out-of-range";
+/// The kinds of anomaly a reading can carry, named in the sample's
+/// `anomaly` field by [`Anomaly::as_str`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Anomaly {
+    /// One reading far off the signal, within the measuring range.
+    Spike,
+    /// The same value repeated for a run of readings.
+    Stuck,
+    /// An offset that grows over a run of readings.
+    Drift,
+    /// No reading at all.
+    Dropout,
+    /// A value beyond the sensor's measuring range.
+    OutOfRange,
+}
+
+impl Anomaly {
+    /// The label readings carry: "spike", "stuck", "drift", "dropout" or
+    /// "out-of-range".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Anomaly::Spike => "spike",
+            Anomaly::Stuck => "stuck",
+            Anomaly::Drift => "drift",
+            Anomaly::Dropout => "dropout",
+            Anomaly::OutOfRange => "out-of-range",
+        }
+    }
+}
+
+pub const SPIKE: Anomaly = Anomaly::Spike;
+pub const STUCK: Anomaly = Anomaly::Stuck;
+pub const DRIFT: Anomaly = Anomaly::Drift;
+pub const DROPOUT: Anomaly = Anomaly::Dropout;
+pub const OUT_OF_RANGE: Anomaly = Anomaly::OutOfRange;
 
 /// One device-sensor's anomaly state; lives in the state vector (8 slots).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -231,11 +260,7 @@ impl Injector {
     /// Applies anomalies to one clean reading: the value to report (none
     /// for a dropout) and the label of the anomaly, if any. Draws nothing
     /// when no rate is set and no episode runs.
-    pub fn apply(
-        &mut self,
-        settings: &Anomalies,
-        value: f64,
-    ) -> (Option<f64>, Option<&'static str>) {
+    pub fn apply(&mut self, settings: &Anomalies, value: f64) -> (Option<f64>, Option<Anomaly>) {
         let (c, p) = (&settings.config, &settings.profile);
         let rng = &mut self.rng;
         let mut value = value;
@@ -339,7 +364,7 @@ mod tests {
         config: AnomalyConfig,
         n: usize,
         clean: impl Fn(usize) -> f64,
-    ) -> Vec<(Option<f64>, Option<&'static str>)> {
+    ) -> Vec<(Option<f64>, Option<Anomaly>)> {
         let s = settings(config);
         let mut inj = Injector::new(0xDEAD_BEEF);
         (0..n)
@@ -353,7 +378,7 @@ mod tests {
             .collect()
     }
 
-    fn count(out: &[(Option<f64>, Option<&str>)], label: &str) -> usize {
+    fn count(out: &[(Option<f64>, Option<Anomaly>)], label: Anomaly) -> usize {
         out.iter().filter(|(_, l)| *l == Some(label)).count()
     }
 
@@ -560,7 +585,7 @@ mod tests {
         assert!(err.to_string().contains("spikes"));
     }
 
-    fn runs_of(out: &[(Option<f64>, Option<&str>)], label: &str) -> Vec<f64> {
+    fn runs_of(out: &[(Option<f64>, Option<Anomaly>)], label: Anomaly) -> Vec<f64> {
         let mut runs = Vec::new();
         let mut current = 0.0;
         for (_, l) in out {

@@ -1,17 +1,34 @@
-//! Helpers for iotmock plugins that are plain Rust, free of any WIT binding:
-//! the models here take their random numbers from a [`Random`] source the
-//! plugin builds over the host's per-device stream
-//! (`Stream::new(|| host::random_u64(device))`), so a plugin stays
-//! deterministic and the models can be tested on the host target.
+//! The iotmock plugin SDK: everything a plugin needs besides its model.
 //!
-//! What lives here:
+//! A plugin is a WebAssembly component of one of the worlds in the WIT
+//! package this crate carries (`wit/`, the same files the server is built
+//! from). Pick the world with a cargo feature and implement its trait:
+//!
+//! | feature | trait | export macro |
+//! |---|---|---|
+//! | `sensor` | [`sensor::Sensor`] | [`export_sensor!`] |
+//! | `command-handler` | [`command::CommandHandler`] | [`export_command_handler!`] |
+//! | `edge-rule` | [`edge::EdgeRule`] | [`export_edge_rule!`] |
+//!
+//! The SDK parses the JSON configuration into the trait's `Config` (serde;
+//! an unknown key is refused by name, see [`parse_config`]), keeps the
+//! model's typed state between calls in a versioned byte encoding
+//! ([`codec`]), and turns the model's answers into the world's records.
+//! [`Device`] reaches the host: the device's seeded random stream, its
+//! shared state and simulated time. Build with
+//! `cargo build --release --target wasm32-wasip2`.
+//!
+//! Besides the bindings, plain Rust models that need no host (and are
+//! tested on the host target): they take their random numbers from a
+//! [`Random`] source, which [`Device::random`] builds over the host's
+//! per-device stream, so a plugin stays deterministic.
 //! - numeric basics: [`gaussian`], [`ar1_step`], [`quantize`], [`diurnal`];
 //! - [`Random`] and [`Stream`]: uniform, normal, exponential and geometric
 //!   draws over any `u64` source;
 //! - [`weather`]: the slow day-to-day (or hour-to-hour) random walk that
 //!   moves means and amplitudes;
-//! - [`anomaly`]: the anomaly injector every sensor plugin shares, and the
-//!   common state layout ([`state`]);
+//! - [`anomaly`]: the anomaly injector every shipped sensor shares, and
+//!   their common state ([`state`]);
 //! - models used by one plugin each but tested here: [`pir`] (motion),
 //!   [`bursts`] (vibration), [`energy`] (load profile and meter),
 //!   [`battery`] (discharge curves), [`physics`] (humidity, altitude),
@@ -20,12 +37,22 @@
 pub mod anomaly;
 pub mod battery;
 pub mod bursts;
+pub mod codec;
+#[cfg(feature = "command-handler")]
+pub mod command;
+#[cfg(feature = "edge-rule")]
+pub mod edge;
 pub mod energy;
+mod host;
 pub mod physics;
 pub mod pir;
+#[cfg(feature = "sensor")]
+pub mod sensor;
 pub mod state;
 pub mod thermostat;
 pub mod weather;
+
+pub use host::{Device, Level, log, now};
 
 use serde::de::DeserializeOwned;
 
@@ -82,6 +109,15 @@ fn without_position(error: &serde_json::Error) -> String {
         None => text,
     }
 }
+
+/// The configuration of a plugin that takes none: `{}` (or nothing), and
+/// any key is refused by name.
+#[derive(serde::Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NoConfig {}
+
+/// The configuration of a plugin that ignores whatever it is given.
+pub type AnyConfig = serde::de::IgnoredAny;
 
 /// Fails with `message` unless `ok`: for config checks.
 pub fn require(ok: bool, message: &str) -> Result<(), String> {
@@ -384,6 +420,15 @@ mod tests {
             Some(3.0)
         );
         assert!(parse_config::<Example>("").unwrap().mean.is_none());
+    }
+
+    #[test]
+    fn no_config_takes_nothing_and_any_config_anything() {
+        assert!(parse_config::<NoConfig>("{}").is_ok());
+        assert!(parse_config::<NoConfig>("").is_ok());
+        let e = parse_config::<NoConfig>(r#"{"scale":3}"#).unwrap_err();
+        assert!(e.contains("unknown field `scale`"), "{e}");
+        assert!(parse_config::<AnyConfig>(r#"{"scale":3}"#).is_ok());
     }
 
     #[test]

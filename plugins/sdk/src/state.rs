@@ -1,102 +1,114 @@
-//! The state vector layout shared by every shipped sensor plugin.
+//! The state every shipped sensor plugin keeps for a device: the anomaly
+//! injector (see [`Injector`]) and `N` numbers of the plugin's own
+//! (documented in each plugin), written with the SDK's [`codec`].
 //!
-//! ```text
-//! index  0      layout tag: identifies the plugin and its layout version
-//!        1..=8  anomaly injector (see anomaly::Injector::SLOTS):
-//!               1 seed, 2 draws, 3 stuck readings left, 4 stuck value,
-//!               5 drift readings left, 6 drift length, 7 drift end offset,
-//!               8 dropout readings left
-//!        9..    the plugin's own state (documented in each plugin)
-//! ```
+//! A plugin names its layout with [`Sensor::STATE_VERSION`]: the shipped
+//! ones use their old layout tags (plugin number × 1000 + layout version),
+//! so a device's state never passes from one plugin to another or from one
+//! layout to the next; on a mismatch the device starts afresh. Numbers that
+//! are not finite are written as 0.
 //!
-//! A state that does not match (another length, another tag, a value that
-//! is not finite: e.g. what an older version of the plugin returned before
-//! a hot reload) is ignored and the device starts afresh. Every value is a
-//! finite number, integers stay below 2^53, so the vector survives a JSON
-//! round trip exactly.
+//! [`codec`]: crate::codec
+//! [`Sensor::STATE_VERSION`]: crate::sensor::Sensor::STATE_VERSION
 
 use crate::Random;
-use crate::anomaly::{Anomalies, Injector};
+use crate::anomaly::{Anomalies, Anomaly, Injector};
+use crate::codec::{Codec, Decoder, Encoder};
 
-/// Slots the SDK owns at the start of the state vector.
-pub const SDK_SLOTS: usize = 1 + Injector::SLOTS;
-
-/// Splits a state vector into the anomaly injector and the plugin's `N`
-/// own slots, or `None` when it is not a state this layout wrote.
-pub fn restore<const N: usize>(state: &[f64], tag: f64) -> Option<(Injector, [f64; N])> {
-    if state.len() != SDK_SLOTS + N || state[0] != tag || !state.iter().all(|v| v.is_finite()) {
-        return None;
-    }
-    let injector = Injector::from_slots(&state[1..SDK_SLOTS]);
-    let mut own = [0.0; N];
-    own.copy_from_slice(&state[SDK_SLOTS..]);
-    Some((injector, own))
+/// The anomaly injector and the plugin's `N` own numbers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Slots<const N: usize> {
+    pub injector: Injector,
+    pub own: [f64; N],
 }
 
-/// The state vector for the next request.
-pub fn save<const N: usize>(tag: f64, injector: &Injector, own: &[f64; N]) -> Vec<f64> {
-    let mut state = Vec::with_capacity(SDK_SLOTS + N);
-    state.push(tag);
-    injector.write_slots(&mut state);
-    state.extend(own.iter().map(|v| if v.is_finite() { *v } else { 0.0 }));
-    state
+impl<const N: usize> Codec for Slots<N> {
+    fn encode(&self, out: &mut Encoder) {
+        let mut words = Vec::with_capacity(Injector::SLOTS + N);
+        self.injector.write_slots(&mut words);
+        words.extend_from_slice(&self.own);
+        for w in words {
+            (if w.is_finite() { w } else { 0.0 }).encode(out);
+        }
+    }
+
+    fn decode(input: &mut Decoder<'_>) -> Option<Self> {
+        let mut words = [0.0; Injector::SLOTS];
+        for w in &mut words {
+            *w = f64::decode(input).filter(|v| v.is_finite())?;
+        }
+        let mut own = [0.0; N];
+        for w in &mut own {
+            *w = f64::decode(input).filter(|v| v.is_finite())?;
+        }
+        Some(Self {
+            injector: Injector::from_slots(&words),
+            own,
+        })
+    }
 }
 
 /// The state for this request: what the host handed back, or a fresh
 /// start (the injector's seed is the first draw, then `fresh` builds the
 /// plugin's own slots).
 pub fn load<const N: usize, R: Random>(
-    state: &[f64],
-    tag: f64,
+    state: Option<Slots<N>>,
     rng: &mut R,
     fresh: impl FnOnce(&mut R) -> [f64; N],
 ) -> (Injector, [f64; N]) {
-    restore(state, tag).unwrap_or_else(|| {
-        let injector = Injector::new(rng.next_u64());
-        (injector, fresh(rng))
-    })
+    match state {
+        Some(s) => (s.injector, s.own),
+        None => {
+            let injector = Injector::new(rng.next_u64());
+            (injector, fresh(rng))
+        }
+    }
 }
 
-/// One finished sample, before it becomes the WIT record.
-pub struct Outcome {
+/// One finished sample.
+pub struct Outcome<const N: usize> {
     pub value: Option<f64>,
-    pub anomaly: Option<&'static str>,
-    pub state: Vec<f64>,
+    pub anomaly: Option<Anomaly>,
+    pub state: Slots<N>,
 }
 
 /// Applies anomalies to the clean reading, rounds what is reported with
 /// `round` (the sensor's resolution) and packs the next state.
 pub fn finish<const N: usize>(
-    tag: f64,
     mut injector: Injector,
     anomalies: &Anomalies,
     own: &[f64; N],
     clean: f64,
     round: impl Fn(f64) -> f64,
-) -> Outcome {
+) -> Outcome<N> {
     let (value, anomaly) = injector.apply(anomalies, clean);
     Outcome {
         value: value.map(round),
         anomaly,
-        state: save(tag, &injector, own),
+        state: Slots {
+            injector,
+            own: *own,
+        },
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::{load, save};
 
     #[test]
     fn round_trip_and_mismatch() {
-        let injector = Injector::new(12345);
-        let state = save(7.0, &injector, &[1.0, 2.0]);
-        assert_eq!(state.len(), SDK_SLOTS + 2);
-        let (back, own) = restore::<2>(&state, 7.0).unwrap();
-        assert_eq!(back, injector);
-        assert_eq!(own, [1.0, 2.0]);
-        assert!(restore::<2>(&state, 8.0).is_none());
-        assert!(restore::<3>(&state, 7.0).is_none());
-        assert!(restore::<1>(&[0.3], 7.0).is_none());
-        assert!(restore::<2>(&[], 7.0).is_none());
+        let slots = Slots {
+            injector: Injector::new(12345),
+            own: [1.0, f64::NAN],
+        };
+        let bytes = save(7, &slots);
+        let back = load::<Slots<2>>(7, &bytes).unwrap();
+        assert_eq!(back.injector, slots.injector);
+        assert_eq!(back.own, [1.0, 0.0]);
+        assert!(load::<Slots<2>>(8, &bytes).is_none());
+        assert!(load::<Slots<3>>(7, &bytes).is_none());
+        assert!(load::<Slots<1>>(7, &bytes).is_none());
     }
 }

@@ -48,28 +48,16 @@
 //! value at the sensor's resolution, without injected anomalies) on every
 //! reading, for other sensors of the device (humidity, battery).
 //!
-//! State (after the SDK's slots, see `iotmock_sdk::state`): noise, daily
-//! mean walk (3 slots), daily amplitude walk (3 slots), thermostat offset
-//! and its time (2 slots).
+//! State (after the anomaly injector, see `iotmock_sdk::state`): noise,
+//! daily mean walk (3 slots), daily amplitude walk (3 slots), thermostat
+//! offset and its time (2 slots).
 
-wit_bindgen::generate!({
-    world: "sensor",
-    path: "../../wit",
-});
-
-use exports::iotmock::plugin::sensor_api::{Guest, SampleRequest, SampleResult, SensorInfo};
-use iotmock::plugin::host;
-use iotmock::plugin::types::PluginError;
 use iotmock_sdk::anomaly::{Anomalies, AnomalyConfig, Profile};
+use iotmock_sdk::sensor::{Info, Sample, Sensor};
+use iotmock_sdk::state::{self, Slots};
 use iotmock_sdk::thermostat::Regulator;
 use iotmock_sdk::weather::{Walk, WalkParams};
-use iotmock_sdk::{
-    DAY_MS, Placement, Random, Stream, ar1_step, diurnal, parse_config, quantize, require, state,
-    state_number,
-};
-
-/// Layout tag: plugin 1, layout version 2.
-const TAG: f64 = 1002.0;
+use iotmock_sdk::{DAY_MS, Device, Placement, Random, ar1_step, diurnal, quantize, require};
 /// Device-state key written with the current temperature.
 const STATE_KEY: &str = "temperature";
 /// Device-state key a thermostat sets: the temperature to approach, °C.
@@ -93,7 +81,7 @@ struct Config {
     anomalies: AnomalyConfig,
 }
 
-struct Settings {
+struct Temperature {
     mean: f64,
     amplitude: f64,
     peak_hour: f64,
@@ -107,14 +95,15 @@ struct Settings {
     anomalies: Anomalies,
 }
 
-impl Settings {
-    fn load(text: &str) -> Result<Self, PluginError> {
-        parse_config(text)
-            .and_then(Self::resolve)
-            .map_err(PluginError::InvalidConfig)
-    }
+iotmock_sdk::export_sensor!(Temperature);
 
-    fn resolve(c: Config) -> Result<Self, String> {
+impl Sensor for Temperature {
+    type Config = Config;
+    type State = Slots<9>;
+    /// Plugin 1, layout version 2.
+    const STATE_VERSION: u32 = 1002;
+
+    fn new(c: Config) -> Result<Self, String> {
         let outdoor = c.placement == Placement::Outdoor;
         let pick =
             |v: Option<f64>, indoor: f64, out: f64| v.unwrap_or(if outdoor { out } else { indoor });
@@ -181,11 +170,22 @@ impl Settings {
         Ok(s)
     }
 
-    fn sample(&self, request: SampleRequest) -> SampleResult {
-        let device = request.device;
-        let ts = request.ts as f64;
-        let mut rng = Stream::new(|| host::random_u64(device));
-        let (injector, own) = state::load(&request.state, TAG, &mut rng, |rng| {
+    fn info(&self) -> Info {
+        Info {
+            unit: "celsius".into(),
+            description: "air temperature: diurnal cycle with day-to-day weather and autocorrelated noise (SHT31-class)".into(),
+        }
+    }
+
+    fn sample(
+        &self,
+        device: &Device,
+        ts: i64,
+        state: Option<Slots<9>>,
+    ) -> Result<Sample<Slots<9>>, String> {
+        let ts = ts as f64;
+        let mut rng = device.random();
+        let (injector, own) = state::load(state, &mut rng, |rng| {
             let m = Walk::start(ts, &self.mean_walk, rng).slots();
             let a = Walk::start(ts, &self.amplitude_walk, rng).slots();
             let r = Regulator::start(ts).slots();
@@ -200,44 +200,18 @@ impl Settings {
             * (1.0 + amplitude_walk.value(ts, &self.amplitude_walk, &mut rng)).max(0.0);
         let noise = ar1_step(own[0], self.correlation, self.noise, rng.normal());
         let model = mean + amplitude * diurnal(ts, self.peak_hour, self.period_ms);
-        let target = state_number(host::get_state(device, TARGET_KEY).as_deref());
+        let target = device.state_number(TARGET_KEY);
         let clean = model + regulator.offset_at(ts, model, target, self.tau_ms) + noise;
 
         let shared = quantize(clean, self.resolution);
-        host::set_state(device, STATE_KEY, &format!("{shared}"));
+        device.set_state(STATE_KEY, &format!("{shared}"));
 
         let (m, a) = (mean_walk.slots(), amplitude_walk.slots());
         let r = regulator.slots();
         let own = [noise, m[0], m[1], m[2], a[0], a[1], a[2], r[0], r[1]];
-        let out = state::finish(TAG, injector, &self.anomalies, &own, clean, |v| {
+        let out = state::finish(injector, &self.anomalies, &own, clean, |v| {
             quantize(v, self.resolution)
         });
-        SampleResult {
-            value: out.value,
-            anomaly: out.anomaly.map(Into::into),
-            state: out.state,
-        }
+        Ok(out.into())
     }
 }
-
-struct Temperature;
-
-impl Guest for Temperature {
-    fn describe(config: String) -> Result<SensorInfo, PluginError> {
-        Settings::load(&config)?;
-        Ok(SensorInfo {
-            unit: "celsius".into(),
-            description: "air temperature: diurnal cycle with day-to-day weather and autocorrelated noise (SHT31-class)".into(),
-        })
-    }
-
-    fn sample(
-        config: String,
-        requests: Vec<SampleRequest>,
-    ) -> Result<Vec<SampleResult>, PluginError> {
-        let settings = Settings::load(&config)?;
-        Ok(requests.into_iter().map(|r| settings.sample(r)).collect())
-    }
-}
-
-export!(Temperature);

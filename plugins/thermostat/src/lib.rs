@@ -15,90 +15,80 @@
 //! `rejected` with `{"error": ...}` for a target that is missing, not a
 //! number or out of range, and for unknown commands.
 
-wit_bindgen::generate!({
-    world: "command-handler",
-    path: "../../wit",
-});
-
-extern crate alloc;
-
-use alloc::format;
-use alloc::string::{String, ToString};
-use alloc::vec;
-use exports::iotmock::plugin::command_handler_api::{AckStatus, Command, Guest, Handling, Reply};
-use iotmock::plugin::host;
-use iotmock::plugin::types::PluginError;
+use iotmock_sdk::Device;
+use iotmock_sdk::command::{AckStatus, Command, CommandHandler, Handling, Reply};
 use serde_json::{Value, json};
 
-struct Plugin;
-export!(Plugin);
+#[derive(serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Config {
+    min: f64,
+    max: f64,
+    delay_ms: f64,
+}
 
-fn number(config: &Value, key: &str, default: f64) -> Result<f64, PluginError> {
-    match config.get(key) {
-        None | Some(Value::Null) => Ok(default),
-        Some(v) => v
-            .as_f64()
-            .ok_or_else(|| PluginError::InvalidConfig(format!("{key} must be a number"))),
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            min: 5.0,
+            max: 35.0,
+            delay_ms: 50.0,
+        }
     }
 }
 
-fn reply(delay_ms: u32, status: AckStatus, result: Value) -> Reply {
-    Reply {
-        delay_ms,
-        status,
-        result: Some(result.to_string()),
-    }
+struct Thermostat {
+    min: f64,
+    max: f64,
+    delay_ms: u32,
 }
 
-fn reject(message: String) -> Handling {
-    Handling {
-        replies: vec![reply(0, AckStatus::Rejected, json!({ "error": message }))],
-        offline_ms: None,
-    }
-}
+iotmock_sdk::export_command_handler!(Thermostat);
 
-impl Guest for Plugin {
-    fn handle(config: String, device: u32, command: Command) -> Result<Handling, PluginError> {
-        let config: Value = serde_json::from_str(&config)
-            .map_err(|e| PluginError::InvalidConfig(format!("config is not JSON: {e}")))?;
-        let min = number(&config, "min", 5.0)?;
-        let max = number(&config, "max", 35.0)?;
-        let delay_ms = number(&config, "delay_ms", 50.0)?.clamp(0.0, 3_600_000.0) as u32;
-        let params: Value = serde_json::from_str(&command.params).unwrap_or(Value::Null);
+impl CommandHandler for Thermostat {
+    type Config = Config;
+
+    fn new(c: Config) -> Result<Self, String> {
+        Ok(Self {
+            min: c.min,
+            max: c.max,
+            delay_ms: c.delay_ms.clamp(0.0, 3_600_000.0) as u32,
+        })
+    }
+
+    fn handle(&self, device: &Device, command: Command) -> Result<Handling, String> {
+        let (min, max) = (self.min, self.max);
         match command.name.as_str() {
             "set_target" => {
-                let Some(target) = params.get("target").and_then(Value::as_f64) else {
-                    return Ok(reject("params.target must be a number (°C)".to_string()));
+                let Some(target) = command.params().get("target").and_then(Value::as_f64) else {
+                    return Ok(Handling::reply(Reply::rejected(
+                        "params.target must be a number (°C)",
+                    )));
                 };
                 if !(min..=max).contains(&target) {
-                    return Ok(reject(format!(
+                    return Ok(Handling::reply(Reply::rejected(format!(
                         "target {target} °C is outside {min}…{max} °C"
-                    )));
+                    ))));
                 }
-                host::set_state(device, "target", &target.to_string());
-                Ok(Handling {
-                    replies: vec![
-                        reply(0, AckStatus::Received, Value::Null),
-                        reply(delay_ms, AckStatus::Completed, json!({ "target": target })),
-                    ],
-                    offline_ms: None,
-                })
+                device.set_state("target", &target.to_string());
+                Ok(Handling::replies([
+                    Reply::new(AckStatus::Received, Some(Value::Null)),
+                    Reply::completed(json!({ "target": target })).after_ms(self.delay_ms),
+                ]))
             }
             "get_state" => {
                 let read = |key: &str| {
-                    host::get_state(device, key)
+                    device
+                        .state(key)
                         .and_then(|s| serde_json::from_str::<Value>(&s).ok())
                         .unwrap_or(Value::Null)
                 };
                 let state = json!({ "target": read("target"), "temperature": read("temperature") });
-                Ok(Handling {
-                    replies: vec![reply(0, AckStatus::Completed, state)],
-                    offline_ms: None,
-                })
+                Ok(Handling::reply(Reply::completed(state)))
             }
-            other => Ok(reject(format!(
+            other => Ok(Handling::reply(Reply::rejected(format!(
                 "unknown command {other:?}; a thermostat knows set_target and get_state"
-            ))),
+            )))),
         }
     }
 }

@@ -35,22 +35,18 @@
 //! State (after the SDK's slots, see `iotmock_sdk::state`): previous
 //! reading time, current burst end (ms), current burst level.
 
-wit_bindgen::generate!({
-    world: "sensor",
-    path: "../../wit",
-});
-
-use exports::iotmock::plugin::sensor_api::{Guest, SampleRequest, SampleResult, SensorInfo};
-use iotmock::plugin::host;
-use iotmock::plugin::types::PluginError;
 use iotmock_sdk::anomaly::{Anomalies, AnomalyConfig, Profile};
 use iotmock_sdk::bursts::{BurstParams, Bursts};
-use iotmock_sdk::{Random, Stream, parse_config, quantize, require, state};
+use iotmock_sdk::sensor::{Info, Sample, Sensor};
+use iotmock_sdk::state::{self, Slots};
+use iotmock_sdk::{Device, Random, quantize, require};
 
-/// Layout tag: plugin 6, layout version 1.
-const TAG: f64 = 6001.0;
 /// Largest reading: the ADXL345's widest range.
 const MAX_G: f64 = 16.0;
+
+/// Numbers kept per device after the anomaly injector (see the state
+/// layout above).
+const STATE_SLOTS: usize = 3;
 
 #[derive(serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -82,21 +78,22 @@ impl Default for Config {
     }
 }
 
-struct Settings {
+struct Vibration {
     c: Config,
     bursts: BurstParams,
     scatter: f64,
     anomalies: Anomalies,
 }
 
-impl Settings {
-    fn load(text: &str) -> Result<Self, PluginError> {
-        parse_config(text)
-            .and_then(Self::resolve)
-            .map_err(PluginError::InvalidConfig)
-    }
+iotmock_sdk::export_sensor!(Vibration);
 
-    fn resolve(c: Config) -> Result<Self, String> {
+impl Sensor for Vibration {
+    type Config = Config;
+    type State = Slots<STATE_SLOTS>;
+    /// plugin 6, layout version 1.
+    const STATE_VERSION: u32 = 6001;
+
+    fn new(c: Config) -> Result<Self, String> {
         require(c.window_samples >= 1.0, "window_samples must be at least 1")?;
         require(
             (0.0..=3600.0).contains(&c.bursts_per_hour),
@@ -139,12 +136,23 @@ impl Settings {
         })
     }
 
-    fn sample(&self, request: SampleRequest) -> SampleResult {
-        let device = request.device;
-        let ts = request.ts as f64;
-        let mut rng = Stream::new(|| host::random_u64(device));
-        let (injector, own) =
-            state::load(&request.state, TAG, &mut rng, |_| Bursts::new(ts).slots());
+    fn info(&self) -> Info {
+        Info {
+            unit: "g".into(),
+            description: "vibration RMS (gravity removed): ADXL345-class noise floor with bursts"
+                .into(),
+        }
+    }
+
+    fn sample(
+        &self,
+        device: &Device,
+        ts: i64,
+        state: Option<Slots<STATE_SLOTS>>,
+    ) -> Result<Sample<Slots<STATE_SLOTS>>, String> {
+        let ts = ts as f64;
+        let mut rng = device.random();
+        let (injector, own) = state::load(state, &mut rng, |_| Bursts::new(ts).slots());
         let mut bursts = Bursts::from_slots(&own);
         let burst = bursts
             .advance(ts, &self.bursts, &mut rng)
@@ -153,41 +161,9 @@ impl Settings {
             });
         let floor = self.c.noise_g * (1.0 + self.scatter * rng.normal()).max(0.0);
         let clean = (floor * floor + burst * burst).sqrt().min(MAX_G);
-        let out = state::finish(
-            TAG,
-            injector,
-            &self.anomalies,
-            &bursts.slots(),
-            clean,
-            |v| quantize(v, self.c.resolution),
-        );
-        SampleResult {
-            value: out.value,
-            anomaly: out.anomaly.map(Into::into),
-            state: out.state,
-        }
+        let out = state::finish(injector, &self.anomalies, &bursts.slots(), clean, |v| {
+            quantize(v, self.c.resolution)
+        });
+        Ok(out.into())
     }
 }
-
-struct Vibration;
-
-impl Guest for Vibration {
-    fn describe(config: String) -> Result<SensorInfo, PluginError> {
-        Settings::load(&config)?;
-        Ok(SensorInfo {
-            unit: "g".into(),
-            description: "vibration RMS (gravity removed): ADXL345-class noise floor with bursts"
-                .into(),
-        })
-    }
-
-    fn sample(
-        config: String,
-        requests: Vec<SampleRequest>,
-    ) -> Result<Vec<SampleResult>, PluginError> {
-        let settings = Settings::load(&config)?;
-        Ok(requests.into_iter().map(|r| settings.sample(r)).collect())
-    }
-}
-
-export!(Vibration);

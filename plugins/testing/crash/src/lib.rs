@@ -1,28 +1,28 @@
 //! Test sensor that traps in `sample`, as a plugin with a bug would.
 
-wit_bindgen::generate!({
-    world: "sensor",
-    path: "../../../wit",
-});
-
-use exports::iotmock::plugin::sensor_api::{Guest, SampleRequest, SampleResult, SensorInfo};
-use iotmock::plugin::types::PluginError;
+use iotmock_sdk::sensor::{Info, Sample, Sensor};
+use iotmock_sdk::{AnyConfig, Device};
 
 struct Plugin;
-export!(Plugin);
 
-impl Guest for Plugin {
-    fn describe(_config: String) -> Result<SensorInfo, PluginError> {
-        Ok(SensorInfo {
-            unit: "count".into(),
-            description: "traps".into(),
-        })
+iotmock_sdk::export_sensor!(Plugin);
+
+impl Sensor for Plugin {
+    type Config = AnyConfig;
+    type State = ();
+
+    fn new(_: AnyConfig) -> Result<Self, String> {
+        Ok(Self)
     }
 
-    fn sample(
-        _config: String,
-        _requests: Vec<SampleRequest>,
-    ) -> Result<Vec<SampleResult>, PluginError> {
+    fn info(&self) -> Info {
+        Info {
+            unit: "count".into(),
+            description: "traps".into(),
+        }
+    }
+
+    fn sample(&self, _device: &Device, _ts: i64, _state: Option<()>) -> Result<Sample<()>, String> {
         core::arch::wasm32::unreachable()
     }
 }

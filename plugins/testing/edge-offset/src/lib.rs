@@ -2,33 +2,34 @@
 //! value. Swapped in for `test-edge-pass` under the same name, it shows
 //! which version processed each reading.
 
-wit_bindgen::generate!({
-    world: "edge-rule",
-    path: "../../../wit",
-});
-
-use exports::iotmock::plugin::edge_rule_api::{Action, EdgeReading, Guest, Outcome, Window};
-use iotmock::plugin::types::PluginError;
+use iotmock_sdk::edge::{Action, EdgeRule, Reading, Window};
+use iotmock_sdk::{AnyConfig, Device};
 
 struct Plugin;
-export!(Plugin);
 
-impl Guest for Plugin {
+iotmock_sdk::export_edge_rule!(Plugin);
+
+impl EdgeRule for Plugin {
+    type Config = AnyConfig;
+    type State = ();
+
+    fn new(_: AnyConfig) -> Result<Self, String> {
+        Ok(Self)
+    }
+
     fn process(
-        _config: String,
-        state: Vec<u8>,
+        &self,
+        _node: &Device,
+        (): &mut (),
         _window: Window,
-        readings: Vec<EdgeReading>,
-    ) -> Result<Outcome, PluginError> {
-        Ok(Outcome {
-            actions: readings
-                .into_iter()
-                .map(|mut r| {
-                    r.value += 1000.0;
-                    Action::Forward(r)
-                })
-                .collect(),
-            state,
-        })
+        readings: Vec<Reading>,
+    ) -> Result<Vec<Action>, String> {
+        Ok(readings
+            .into_iter()
+            .map(|mut r| {
+                r.value += 1000.0;
+                Action::Forward(r)
+            })
+            .collect())
     }
 }

@@ -1,27 +1,28 @@
 //! Test edge rule that forwards every reading as it is. Also serves the
 //! tests as a component of another world than `sensor`.
 
-wit_bindgen::generate!({
-    world: "edge-rule",
-    path: "../../../wit",
-});
-
-use exports::iotmock::plugin::edge_rule_api::{Action, EdgeReading, Guest, Outcome, Window};
-use iotmock::plugin::types::PluginError;
+use iotmock_sdk::edge::{Action, EdgeRule, Reading, Window};
+use iotmock_sdk::{AnyConfig, Device};
 
 struct Plugin;
-export!(Plugin);
 
-impl Guest for Plugin {
+iotmock_sdk::export_edge_rule!(Plugin);
+
+impl EdgeRule for Plugin {
+    type Config = AnyConfig;
+    type State = ();
+
+    fn new(_: AnyConfig) -> Result<Self, String> {
+        Ok(Self)
+    }
+
     fn process(
-        _config: String,
-        state: Vec<u8>,
+        &self,
+        _node: &Device,
+        (): &mut (),
         _window: Window,
-        readings: Vec<EdgeReading>,
-    ) -> Result<Outcome, PluginError> {
-        Ok(Outcome {
-            actions: readings.into_iter().map(Action::Forward).collect(),
-            state,
-        })
+        readings: Vec<Reading>,
+    ) -> Result<Vec<Action>, String> {
+        Ok(readings.into_iter().map(Action::Forward).collect())
     }
 }

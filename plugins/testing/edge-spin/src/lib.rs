@@ -1,25 +1,29 @@
 //! Test edge rule that never returns from `process`: the host must stop
 //! it at the node's time budget.
 
-wit_bindgen::generate!({
-    world: "edge-rule",
-    path: "../../../wit",
-});
-
-use exports::iotmock::plugin::edge_rule_api::{EdgeReading, Guest, Outcome, Window};
-use iotmock::plugin::types::PluginError;
+use iotmock_sdk::edge::{Action, EdgeRule, Reading, Window};
+use iotmock_sdk::{AnyConfig, Device};
 
 struct Plugin;
-export!(Plugin);
 
-impl Guest for Plugin {
+iotmock_sdk::export_edge_rule!(Plugin);
+
+impl EdgeRule for Plugin {
+    type Config = AnyConfig;
+    type State = ();
+
+    fn new(_: AnyConfig) -> Result<Self, String> {
+        Ok(Self)
+    }
+
     #[allow(clippy::empty_loop)]
     fn process(
-        _config: String,
-        _state: Vec<u8>,
+        &self,
+        _node: &Device,
+        (): &mut (),
         _window: Window,
-        _readings: Vec<EdgeReading>,
-    ) -> Result<Outcome, PluginError> {
+        _readings: Vec<Reading>,
+    ) -> Result<Vec<Action>, String> {
         let mut n: u64 = 0;
         loop {
             n = core::hint::black_box(n.wrapping_add(1));

@@ -1,36 +1,29 @@
 //! Test sensor: every reading is 1.0. Its twin `test-fixed-two` differs only
 //! in the value, so swapping one file for the other shows a hot reload.
 
-wit_bindgen::generate!({
-    world: "sensor",
-    path: "../../../wit",
-});
+use iotmock_sdk::sensor::{Info, Sample, Sensor};
+use iotmock_sdk::{AnyConfig, Device};
 
-use exports::iotmock::plugin::sensor_api::{Guest, SampleRequest, SampleResult, SensorInfo};
-use iotmock::plugin::types::PluginError;
+struct Fixed;
 
-struct Plugin;
-export!(Plugin);
+iotmock_sdk::export_sensor!(Fixed);
 
-impl Guest for Plugin {
-    fn describe(_config: String) -> Result<SensorInfo, PluginError> {
-        Ok(SensorInfo {
-            unit: "count".into(),
-            description: "always 1.0".into(),
-        })
+impl Sensor for Fixed {
+    type Config = AnyConfig;
+    type State = ();
+
+    fn new(_: AnyConfig) -> Result<Self, String> {
+        Ok(Self)
     }
 
-    fn sample(
-        _config: String,
-        requests: Vec<SampleRequest>,
-    ) -> Result<Vec<SampleResult>, PluginError> {
-        Ok(requests
-            .into_iter()
-            .map(|_| SampleResult {
-                value: Some(1.0),
-                anomaly: None,
-                state: Vec::new(),
-            })
-            .collect())
+    fn info(&self) -> Info {
+        Info {
+            unit: "count".into(),
+            description: "always 1.0".into(),
+        }
+    }
+
+    fn sample(&self, _device: &Device, _ts: i64, _state: Option<()>) -> Result<Sample<()>, String> {
+        Ok(Sample::value(1.0, ()))
     }
 }

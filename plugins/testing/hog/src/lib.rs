@@ -1,29 +1,29 @@
 //! Test sensor that allocates without bound in `sample`: the host's memory
 //! cap must stop it.
 
-wit_bindgen::generate!({
-    world: "sensor",
-    path: "../../../wit",
-});
-
-use exports::iotmock::plugin::sensor_api::{Guest, SampleRequest, SampleResult, SensorInfo};
-use iotmock::plugin::types::PluginError;
+use iotmock_sdk::sensor::{Info, Sample, Sensor};
+use iotmock_sdk::{AnyConfig, Device};
 
 struct Plugin;
-export!(Plugin);
 
-impl Guest for Plugin {
-    fn describe(_config: String) -> Result<SensorInfo, PluginError> {
-        Ok(SensorInfo {
-            unit: "count".into(),
-            description: "allocates forever".into(),
-        })
+iotmock_sdk::export_sensor!(Plugin);
+
+impl Sensor for Plugin {
+    type Config = AnyConfig;
+    type State = ();
+
+    fn new(_: AnyConfig) -> Result<Self, String> {
+        Ok(Self)
     }
 
-    fn sample(
-        _config: String,
-        _requests: Vec<SampleRequest>,
-    ) -> Result<Vec<SampleResult>, PluginError> {
+    fn info(&self) -> Info {
+        Info {
+            unit: "count".into(),
+            description: "allocates forever".into(),
+        }
+    }
+
+    fn sample(&self, _device: &Device, _ts: i64, _state: Option<()>) -> Result<Sample<()>, String> {
         let mut hoard: Vec<Vec<u8>> = Vec::new();
         loop {
             hoard.push(core::hint::black_box(vec![1u8; 1 << 20]));

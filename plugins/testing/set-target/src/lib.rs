@@ -4,51 +4,41 @@
 //! (no value when it removed it). Lets tests drive the temperature
 //! plugin's thermostat without a command engine.
 
-wit_bindgen::generate!({
-    world: "sensor",
-    path: "../../../wit",
-});
+use iotmock_sdk::Device;
+use iotmock_sdk::sensor::{Info, Sample, Sensor};
 
-use exports::iotmock::plugin::sensor_api::{Guest, SampleRequest, SampleResult, SensorInfo};
-use iotmock::plugin::host;
-use iotmock::plugin::types::PluginError;
-
-struct Plugin;
-export!(Plugin);
-
-/// The number after `"target":` in the config, kept as text.
-fn target(config: &str) -> Option<&str> {
-    let rest = config.split("\"target\"").nth(1)?;
-    let rest = rest.trim_start().strip_prefix(':')?.trim_start();
-    let end = rest.find([',', '}', ' ']).unwrap_or(rest.len());
-    let text = &rest[..end];
-    (text != "null").then_some(text)
+#[derive(serde::Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct Config {
+    target: Option<f64>,
 }
 
-impl Guest for Plugin {
-    fn describe(_config: String) -> Result<SensorInfo, PluginError> {
-        Ok(SensorInfo {
-            unit: "celsius".into(),
-            description: "sets the device's thermostat target".into(),
-        })
+struct SetTarget(Option<f64>);
+
+iotmock_sdk::export_sensor!(SetTarget);
+
+impl Sensor for SetTarget {
+    type Config = Config;
+    type State = ();
+
+    fn new(config: Config) -> Result<Self, String> {
+        Ok(Self(config.target))
     }
 
-    fn sample(
-        config: String,
-        requests: Vec<SampleRequest>,
-    ) -> Result<Vec<SampleResult>, PluginError> {
-        let text = target(&config);
-        let value = text.and_then(|t| t.parse::<f64>().ok());
-        Ok(requests
-            .into_iter()
-            .map(|r| {
-                host::set_state(r.device, "target", text.unwrap_or("null"));
-                SampleResult {
-                    value,
-                    anomaly: None,
-                    state: Vec::new(),
-                }
-            })
-            .collect())
+    fn info(&self) -> Info {
+        Info {
+            unit: "celsius".into(),
+            description: "sets the device's thermostat target".into(),
+        }
+    }
+
+    fn sample(&self, device: &Device, _ts: i64, _state: Option<()>) -> Result<Sample<()>, String> {
+        let text = self.0.map_or_else(|| "null".to_string(), |t| t.to_string());
+        device.set_state("target", &text);
+        Ok(Sample {
+            value: self.0,
+            anomaly: None,
+            state: (),
+        })
     }
 }
