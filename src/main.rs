@@ -26,6 +26,41 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Print the built-in demo scenario (a starting point for your own).
     Scenario,
+    /// Plugins of your own.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Create a plugin crate of its own, outside this checkout, on the
+    /// iotmock plugin SDK: a small working model that builds with
+    /// `cargo build --release --target wasm32-wasip2`.
+    New(NewPluginArgs),
+}
+
+#[derive(clap::Args)]
+struct NewPluginArgs {
+    /// The plugin's name: its folder, its crate, and the name the server
+    /// knows it by (NAME.wasm in the --plugins folder).
+    name: String,
+    /// The WIT world the plugin implements.
+    #[arg(long, value_enum)]
+    world: WorldArg,
+    /// Folder to create the crate's folder in.
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// The SDK crate to depend on (the plugins/sdk folder of an iotmock
+    /// checkout); default: the checkout this binary was built from.
+    #[arg(long, default_value = iotmock::plugin::scaffold::SDK_DIR)]
+    sdk: PathBuf,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum WorldArg {
+    Sensor,
+    CommandHandler,
+    EdgeRule,
 }
 
 /// The part of `serve --help` that is not about one flag.
@@ -319,6 +354,13 @@ fn main() -> ExitCode {
             print!("{}", iotmock::scenario::DEMO);
             ExitCode::SUCCESS
         }
+        Command::Plugin(PluginCommand::New(args)) => match new_plugin(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("iotmock: {}", error_text(&error));
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve(args) => {
             let args = *args;
             init_logging();
@@ -332,6 +374,26 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `iotmock plugin new`: writes the crate and says how to build it.
+fn new_plugin(args: &NewPluginArgs) -> anyhow::Result<()> {
+    use iotmock::plugin::scaffold::{ScaffoldWorld, create};
+    let world = match args.world {
+        WorldArg::Sensor => ScaffoldWorld::Sensor,
+        WorldArg::CommandHandler => ScaffoldWorld::CommandHandler,
+        WorldArg::EdgeRule => ScaffoldWorld::EdgeRule,
+    };
+    let made = create(&args.name, world, &args.dir, &args.sdk)?;
+    let dir = made.dir.display();
+    println!("created the {world} plugin {} in {dir}", args.name);
+    println!("build it:  cd {dir} && cargo build --release --target wasm32-wasip2");
+    println!(
+        "then copy {dir}/{} into the server's --plugins folder as {}.wasm (see {dir}/README.md)",
+        made.artifact.display(),
+        args.name
+    );
+    Ok(())
 }
 
 /// An error and its causes in one line, leaving out a cause whose text the

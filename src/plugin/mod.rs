@@ -13,6 +13,7 @@ mod edge_rule;
 mod host;
 mod pool;
 mod registry;
+pub mod scaffold;
 pub mod watcher;
 
 use std::sync::Arc;
