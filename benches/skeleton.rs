@@ -237,10 +237,10 @@ fn run_sampling(
             })
             .collect(),
     };
-    let mut states: Vec<Vec<f64>> = vec![Vec::new(); per_call];
+    let mut states: Vec<Vec<u8>> = vec![Vec::new(); per_call];
     let mut ts = START_TS;
 
-    let call = |ctx: CallContext, states: &mut Vec<Vec<f64>>, ts: i64| {
+    let call = |ctx: CallContext, states: &mut Vec<Vec<u8>>, ts: i64| {
         let requests: Vec<SampleRequest> = states
             .iter_mut()
             .enumerate()

@@ -78,6 +78,14 @@ pub enum LoadError {
     )]
     NoWorld { name: String, version: &'static str },
     #[error(
+        "plugin {name:?} was built against iotmock:plugin@{found}, and this server speaks iotmock:plugin@{version}: rebuild it with the current plugin SDK (plugins/sdk: `cargo build --release --target wasm32-wasip2` in the plugin's crate; `iotmock plugin new` makes a fresh one)"
+    )]
+    OtherPackageVersion {
+        name: String,
+        found: String,
+        version: &'static str,
+    },
+    #[error(
         "plugin {name:?} is a {found} component, but the loaded plugin of that name is a {expected}; delete it first to change its world"
     )]
     WrongWorld {
@@ -170,7 +178,7 @@ pub struct SampleRequest {
     /// Index into the call's slots.
     pub device: u32,
     pub ts: i64,
-    pub state: Vec<f64>,
+    pub state: Vec<u8>,
 }
 
 /// One sensor sample.
@@ -178,7 +186,7 @@ pub struct SampleRequest {
 pub struct Sample {
     pub value: Option<f64>,
     pub anomaly: Option<String>,
-    pub state: Vec<f64>,
+    pub state: Vec<u8>,
 }
 
 /// A handle on the plugin host; cheap to clone.

@@ -324,7 +324,7 @@ fn sample_on(
                 .into_iter()
                 .map(|s| Sample {
                     value: s.value,
-                    anomaly: s.anomaly,
+                    anomaly: s.anomaly.map(|a| anomaly_label(a).to_string()),
                     state: s.state,
                 })
                 .collect())
@@ -484,5 +484,18 @@ impl Worker {
             store,
             exports,
         })
+    }
+}
+
+/// The label a reading carries for an anomaly kind (the MQTT payload's
+/// `"anomaly"` field).
+fn anomaly_label(kind: sensor::exports::iotmock::plugin::sensor_api::AnomalyKind) -> &'static str {
+    use sensor::exports::iotmock::plugin::sensor_api::AnomalyKind;
+    match kind {
+        AnomalyKind::Spike => "spike",
+        AnomalyKind::Stuck => "stuck",
+        AnomalyKind::Drift => "drift",
+        AnomalyKind::Dropout => "dropout",
+        AnomalyKind::OutOfRange => "out-of-range",
     }
 }

@@ -19,7 +19,7 @@ use super::host::HostState;
 use super::{CallError, LoadError, valid_name};
 
 /// The WIT package version plugins are built against.
-pub(crate) const WIT_VERSION: &str = "0.1.0";
+pub(crate) const WIT_VERSION: &str = "0.2.0";
 
 /// How often the epoch advances; call deadlines are counted in these ticks.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(2);
@@ -482,6 +482,26 @@ impl Registry {
                 detail: first_line(&e),
             })?;
         let ty = component.component_type();
+        // A component built against another version of the package is
+        // refused by that version's name before anything else is checked.
+        let names = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .chain(ty.exports(&self.engine).map(|(n, _)| n.to_string()));
+        for item in names {
+            if let Some(found) = item
+                .strip_prefix("iotmock:plugin/")
+                .and_then(|rest| rest.split_once('@'))
+                .map(|(_, version)| version)
+                && found != WIT_VERSION
+            {
+                return Err(LoadError::OtherPackageVersion {
+                    name: name.to_string(),
+                    found: found.to_string(),
+                    version: WIT_VERSION,
+                });
+            }
+        }
         for (import, _) in ty.imports(&self.engine) {
             let ours = [
                 format!("iotmock:plugin/host@{WIT_VERSION}"),

@@ -125,7 +125,7 @@ struct Stream {
     jitter_ms: i64,
     jitter_rng: Option<DeviceRng>,
     topic: String,
-    state: Vec<f64>,
+    state: Vec<u8>,
     rng: DeviceRng,
     shared: Arc<SharedState>,
     presence: Arc<Presence>,

@@ -209,3 +209,47 @@ async fn scaffolded_plugins_build_outside_the_checkout_and_hot_reload() {
     assert_eq!(status, 201, "{body}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_built_against_the_previous_wit_package_is_refused_by_name() {
+    let plugins = tempfile::tempdir().unwrap();
+    let server = TestServer::with_scenario("", |c| {
+        c.plugins_dir = Some(plugins.path().to_path_buf());
+    })
+    .await;
+    let old = crate::support::test_plugin_bytes("test_old_package.wasm");
+
+    let (status, body) = server.put_bytes("/api/v1/plugins/old", old.clone()).await;
+    assert_eq!(status, 422, "{body}");
+    let detail = body["detail"].as_str().unwrap();
+    for part in [
+        "\"old\"",
+        "iotmock:plugin@0.1.0",
+        "iotmock:plugin@0.2.0",
+        "rebuild it",
+        "cargo build --release --target wasm32-wasip2",
+    ] {
+        assert!(detail.contains(part), "{part} missing: {detail}");
+    }
+    assert_eq!(server.get("/api/v1/plugins/old").await.0, 404);
+
+    // Over a serving version in the watched folder: refused with the
+    // reason, and the serving version carries on.
+    std::fs::copy(
+        crate::support::test_plugin("test_fixed_one.wasm"),
+        plugins.path().join("old.wasm"),
+    )
+    .unwrap();
+    let serving = server.wait_plugin("old", |p| p["status"] == "ok").await;
+    std::fs::write(plugins.path().join("old.wasm"), old).unwrap();
+    let info = server
+        .wait_plugin("old", |p| {
+            p["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("iotmock:plugin@0.1.0"))
+        })
+        .await;
+    assert_eq!(info["version"], serving["version"], "{info}");
+    assert_eq!(info["status"], "ok", "{info}");
+    server.stop().await;
+}

@@ -22,7 +22,7 @@
 use std::collections::BTreeMap;
 
 use iotmock_sdk::Device;
-use iotmock_sdk::edge::{Action, Alert, EdgeRule, Reading, Window};
+use iotmock_sdk::edge::{Action, Alert, EdgeRule, Reading, Severity, Window};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -85,14 +85,14 @@ impl EdgeRule for ZScore {
                     let z = (r.value - mean) / sd;
                     if z.abs() > config.threshold {
                         let severity = if z.abs() > 2.0 * config.threshold {
-                            "critical"
+                            Severity::Critical
                         } else {
-                            "warning"
+                            Severity::Warning
                         };
                         actions.push(Action::Alert(Alert {
                             device: r.device.clone(),
                             sensor: r.sensor.clone(),
-                            severity: severity.into(),
+                            severity,
                             message: format!(
                                 "z-score {z:.2} (mean {mean:.3}, sd {sd:.3}, {n} readings)"
                             ),

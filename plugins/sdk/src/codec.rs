@@ -238,40 +238,6 @@ macro_rules! tuples {
 }
 tuples!((A), (A, B), (A, B, C), (A, B, C, D));
 
-/// Carries state bytes in the sensor world's `list<f64>`: the first word
-/// is the byte count, then six bytes per word as an integer below 2^48,
-/// so every word is finite and survives a JSON round trip exactly.
-pub(crate) fn to_words(bytes: &[u8]) -> Vec<f64> {
-    if bytes.is_empty() {
-        return Vec::new();
-    }
-    let mut words = Vec::with_capacity(1 + bytes.len().div_ceil(6));
-    words.push(bytes.len() as f64);
-    for chunk in bytes.chunks(6) {
-        let mut word = [0u8; 8];
-        word[..chunk.len()].copy_from_slice(chunk);
-        words.push(u64::from_le_bytes(word) as f64);
-    }
-    words
-}
-
-/// The bytes [`to_words`] packed; `None` for words it did not write.
-pub(crate) fn from_words(words: &[f64]) -> Option<Vec<u8>> {
-    let Some((&len, rest)) = words.split_first() else {
-        return Some(Vec::new());
-    };
-    let valid = |w: f64| w.fract() == 0.0 && (0.0..281_474_976_710_656.0).contains(&w);
-    if !valid(len) || (len as usize).div_ceil(6) != rest.len() || !rest.iter().all(|&w| valid(w)) {
-        return None;
-    }
-    let mut bytes: Vec<u8> = rest
-        .iter()
-        .flat_map(|&w| (w as u64).to_le_bytes().into_iter().take(6))
-        .collect();
-    bytes.truncate(len as usize);
-    Some(bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,20 +305,5 @@ mod tests {
     fn a_stateless_plugin_stores_nothing() {
         assert!(save(1, &()).is_empty());
         assert_eq!(load::<()>(1, &[]), Some(()));
-    }
-
-    #[test]
-    fn words_carry_bytes_exactly() {
-        for len in [0, 1, 5, 6, 7, 12, 100] {
-            let bytes: Vec<u8> = (0..len).map(|i| (i * 37 + 255) as u8).collect();
-            let words = to_words(&bytes);
-            assert!(words.iter().all(|w| w.is_finite() && w.fract() == 0.0));
-            let text = format!("{words:?}");
-            let reparsed: Vec<f64> = serde_json::from_str(&text).unwrap();
-            assert_eq!(from_words(&reparsed).unwrap(), bytes);
-        }
-        assert!(from_words(&[3.0, 0.5]).is_none());
-        assert!(from_words(&[13.0, 1.0]).is_none());
-        assert!(from_words(&[1002.0, 1.0, 2.0]).is_none());
     }
 }

@@ -49,7 +49,7 @@ pub mod wit {
 
 use wit::exports::iotmock::plugin::edge_rule_api::Outcome;
 pub use wit::exports::iotmock::plugin::edge_rule_api::{
-    Action, Aggregate, Alert, DeviceCommand, EdgeReading as Reading, Window,
+    Action, Aggregate, Alert, DeviceCommand, EdgeReading as Reading, Severity, Window,
 };
 use wit::iotmock::plugin::types::PluginError;
 

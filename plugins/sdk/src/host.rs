@@ -8,7 +8,7 @@ mod wit {
         inline: "
             package iotmock:sdk;
             world imports {
-                import iotmock:plugin/host@0.1.0;
+                import iotmock:plugin/host@0.2.0;
             }
         ",
         path: "wit",

@@ -46,7 +46,9 @@ pub mod wit {
     });
 }
 
-use wit::exports::iotmock::plugin::sensor_api::{SampleRequest, SampleResult, SensorInfo};
+use wit::exports::iotmock::plugin::sensor_api::{
+    AnomalyKind, SampleRequest, SampleResult, SensorInfo,
+};
 use wit::iotmock::plugin::types::PluginError;
 
 /// What a sensor's readings are: the unit every reading carries and one
@@ -147,19 +149,28 @@ pub fn sample<T: Sensor>(
     requests
         .into_iter()
         .map(|request| {
-            let state = codec::from_words(&request.state)
-                .and_then(|bytes| codec::load::<T::State>(T::STATE_VERSION, &bytes));
+            let state = codec::load::<T::State>(T::STATE_VERSION, &request.state);
             let device = Device::from_slot(request.device);
             let out = model
                 .sample(&device, request.ts, state)
                 .map_err(PluginError::Failed)?;
             Ok(SampleResult {
                 value: out.value,
-                anomaly: out.anomaly.map(|a| a.as_str().into()),
-                state: codec::to_words(&codec::save(T::STATE_VERSION, &out.state)),
+                anomaly: out.anomaly.map(kind),
+                state: codec::save(T::STATE_VERSION, &out.state),
             })
         })
         .collect()
+}
+
+fn kind(anomaly: Anomaly) -> AnomalyKind {
+    match anomaly {
+        Anomaly::Spike => AnomalyKind::Spike,
+        Anomaly::Stuck => AnomalyKind::Stuck,
+        Anomaly::Drift => AnomalyKind::Drift,
+        Anomaly::Dropout => AnomalyKind::Dropout,
+        Anomaly::OutOfRange => AnomalyKind::OutOfRange,
+    }
 }
 
 /// Exports a [`Sensor`] model as the plugin's `sensor` world. Use it once,

@@ -79,7 +79,7 @@ pub fn sampling(per_call: usize, time: Duration) -> anyhow::Result<Sampling> {
             })
             .collect(),
     };
-    let mut states: Vec<Vec<f64>> = vec![Vec::new(); per_call];
+    let mut states: Vec<Vec<u8>> = vec![Vec::new(); per_call];
     let mut ts = START_TS;
     let mut call = |ctx: CallContext, ts: i64| -> anyhow::Result<CallContext> {
         let requests: Vec<SampleRequest> = states

@@ -129,7 +129,12 @@ fn from_wit(action: wit::Action) -> EdgeAction {
         wit::Action::Alert(a) => EdgeAction::Alert(EdgeAlert {
             device: a.device,
             sensor: a.sensor,
-            severity: a.severity,
+            severity: match a.severity {
+                wit::Severity::Info => "info",
+                wit::Severity::Warning => "warning",
+                wit::Severity::Critical => "critical",
+            }
+            .to_string(),
             message: a.message,
             value: a.value,
         }),
