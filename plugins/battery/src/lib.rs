@@ -38,7 +38,7 @@
 //! Device state: reads key `"temperature"` (a JSON number, °C) once per
 //! reading.
 //!
-//! State (after the SDK's slots, see `iotmock_sdk::state`): previous
+//! State (after the anomaly injector, see `iotmock_sdk::state`): previous
 //! reading time (ms), fraction used, batteries replaced so far.
 
 use iotmock_sdk::anomaly::{Anomalies, AnomalyConfig, Profile};
@@ -97,7 +97,7 @@ iotmock_sdk::export_sensor!(Battery);
 impl Sensor for Battery {
     type Config = Config;
     type State = Slots<STATE_SLOTS>;
-    /// plugin 5, layout version 1.
+    /// Plugin 5, layout version 1.
     const STATE_VERSION: u32 = 5001;
 
     fn new(c: Config) -> Result<Self, String> {

@@ -28,7 +28,7 @@
 //! | `resolution` | 0.001 | kWh (0: no rounding) |
 //! | `anomalies` | none | see `iotmock_sdk::anomaly` (spike 5 kWh, drift 0.5 kWh, range 0…99999.999 kWh); anomalies may break monotonicity, they are flagged |
 //!
-//! State (after the SDK's slots, see `iotmock_sdk::state`): previous
+//! State (after the anomaly injector, see `iotmock_sdk::state`): previous
 //! reading time (ms), register (kWh, unrounded), load factor deviation.
 
 use iotmock_sdk::anomaly::{Anomalies, AnomalyConfig, Profile};
@@ -95,7 +95,7 @@ iotmock_sdk::export_sensor!(Energy);
 impl Sensor for Energy {
     type Config = Config;
     type State = Slots<STATE_SLOTS>;
-    /// plugin 7, layout version 1.
+    /// Plugin 7, layout version 1.
     const STATE_VERSION: u32 = 7001;
 
     fn new(c: Config) -> Result<Self, String> {

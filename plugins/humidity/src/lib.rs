@@ -42,7 +42,7 @@
 //! reading. Within one scheduler tick it sees what the temperature sensor
 //! wrote last, which may be the previous reading.
 //!
-//! State (after the SDK's slots, see `iotmock_sdk::state`): noise, dew
+//! State (after the anomaly injector, see `iotmock_sdk::state`): noise, dew
 //! point walk (3 slots).
 
 use iotmock_sdk::anomaly::{Anomalies, AnomalyConfig, Profile};
@@ -94,7 +94,7 @@ iotmock_sdk::export_sensor!(Humidity);
 impl Sensor for Humidity {
     type Config = Config;
     type State = Slots<STATE_SLOTS>;
-    /// plugin 2, layout version 1.
+    /// Plugin 2, layout version 1.
     const STATE_VERSION: u32 = 2001;
 
     fn new(c: Config) -> Result<Self, String> {

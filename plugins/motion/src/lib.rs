@@ -29,7 +29,7 @@
 //! | `report` | `"level"` | `"level"`: the output at the reading's time; `"latched"`: 1 if the output was high at any time since the previous reading (nothing missed between sparse readings) |
 //! | `anomalies` | none | see `iotmock_sdk::anomaly`; on this on/off sensor a spike inverts the reading, a drift brings more and more false triggers (up to `drift_size` = 0.5 chance), out-of-range reads 2 or -1 |
 //!
-//! State (after the SDK's slots, see `iotmock_sdk::state`): previous
+//! State (after the anomaly injector, see `iotmock_sdk::state`): previous
 //! reading time, occupancy, output-high-until, lockout-until (ms).
 
 use iotmock_sdk::anomaly::{Anomalies, AnomalyConfig, Profile};
@@ -93,7 +93,7 @@ iotmock_sdk::export_sensor!(Motion);
 impl Sensor for Motion {
     type Config = Config;
     type State = Slots<STATE_SLOTS>;
-    /// plugin 4, layout version 1.
+    /// Plugin 4, layout version 1.
     const STATE_VERSION: u32 = 4001;
 
     fn new(c: Config) -> Result<Self, String> {

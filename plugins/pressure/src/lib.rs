@@ -36,7 +36,7 @@
 //!
 //! Sea-level pressure is kept within 870…1085 hPa (the records).
 //!
-//! State (after the SDK's slots, see `iotmock_sdk::state`): the drift walk
+//! State (after the anomaly injector, see `iotmock_sdk::state`): the drift walk
 //! (3 slots).
 
 use iotmock_sdk::anomaly::{Anomalies, AnomalyConfig, Profile};
@@ -93,7 +93,7 @@ iotmock_sdk::export_sensor!(Pressure);
 impl Sensor for Pressure {
     type Config = Config;
     type State = Slots<STATE_SLOTS>;
-    /// plugin 3, layout version 1.
+    /// Plugin 3, layout version 1.
     const STATE_VERSION: u32 = 3001;
 
     fn new(c: Config) -> Result<Self, String> {

@@ -32,7 +32,7 @@
 //! | `resolution` | 0.0001 | g (0: no rounding) |
 //! | `anomalies` | none | see `iotmock_sdk::anomaly` (spike 2 g, drift 0.05 g, range 0…16 g) |
 //!
-//! State (after the SDK's slots, see `iotmock_sdk::state`): previous
+//! State (after the anomaly injector, see `iotmock_sdk::state`): previous
 //! reading time, current burst end (ms), current burst level.
 
 use iotmock_sdk::anomaly::{Anomalies, AnomalyConfig, Profile};
@@ -90,7 +90,7 @@ iotmock_sdk::export_sensor!(Vibration);
 impl Sensor for Vibration {
     type Config = Config;
     type State = Slots<STATE_SLOTS>;
-    /// plugin 6, layout version 1.
+    /// Plugin 6, layout version 1.
     const STATE_VERSION: u32 = 6001;
 
     fn new(c: Config) -> Result<Self, String> {
