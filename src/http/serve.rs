@@ -280,8 +280,22 @@ where
                 request.extensions_mut().insert(cert.clone());
             }
             let mut app = app.clone();
-            async move {
-                let response = tower_service::Service::call(&mut app, request).await?;
+            // Boxed: the connection is polled without its shutdown (see
+            // `linger`), which wants an `Unpin` future.
+            Box::pin(async move {
+                let mut response = tower_service::Service::call(&mut app, request).await?;
+                // A body refused (too large) or cut off (too slow) was not
+                // read to its end, so the connection cannot carry another
+                // request: say so, or a client's pool would reuse it.
+                if matches!(
+                    response.status(),
+                    hyper::StatusCode::PAYLOAD_TOO_LARGE | hyper::StatusCode::REQUEST_TIMEOUT
+                ) {
+                    response.headers_mut().insert(
+                        hyper::header::CONNECTION,
+                        hyper::header::HeaderValue::from_static("close"),
+                    );
+                }
                 // The request counts as under way until its response has
                 // been sent (or abandoned), however long it streams.
                 Ok::<_, Infallible>(response.map(|body| {
@@ -290,26 +304,29 @@ where
                         _guard: guard,
                     })
                 }))
-            }
+            })
         })
     };
-    let conn =
+    let mut conn =
         hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service);
-    tokio::pin!(conn);
     loop {
         let deadline = activity.deadline(&limits);
         let woke = tokio::select! {
-            result = conn.as_mut() => {
+            result = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => {
                 if let Err(error) = result {
                     tracing::debug!(%remote, %error, "HTTP connection ended with an error");
                 }
-                return;
+                Wake::Done
             }
             _ = activity.changed.notified() => Wake::Changed,
             _ = sleep_until(deadline) => Wake::Deadline,
             _ = closing.wait_for(|c| *c) => Wake::Closing,
         };
         match woke {
+            Wake::Done => {
+                linger(conn.into_parts().io.into_inner()).await;
+                return;
+            }
             Wake::Changed => {}
             Wake::Deadline => {
                 if activity
@@ -323,8 +340,9 @@ where
                 }
             }
             Wake::Closing => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.as_mut().await;
+                Pin::new(&mut conn).graceful_shutdown();
+                let _ = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)).await;
+                linger(conn.into_parts().io.into_inner()).await;
                 return;
             }
         }
@@ -332,9 +350,39 @@ where
 }
 
 enum Wake {
+    /// The connection has nothing more to serve.
+    Done,
     Changed,
     Deadline,
     Closing,
+}
+
+/// How long a connection the server ends keeps reading what the client
+/// still sends, and how much of it.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 16 << 20;
+
+/// Ends a connection the way clients can read: the answer is sent, the
+/// write side is closed, and what the client is still sending (the rest
+/// of a body refused with 413 before it was read) is read and dropped for
+/// a moment. Closing with unread data would make the kernel reset the
+/// connection, and a client still writing its body would see the reset
+/// instead of the answer.
+async fn linger<I: AsyncRead + AsyncWrite + Unpin>(mut io: I) {
+    if io.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = vec![0u8; 64 * 1024];
+    let mut left = LINGER_BYTES;
+    let _ = tokio::time::timeout(LINGER, async {
+        while left > 0 {
+            match io.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
