@@ -15,11 +15,16 @@
 //! - models used by one plugin each but tested here: [`pir`] (motion),
 //!   [`bursts`] (vibration), [`energy`] (load profile and meter),
 //!   [`battery`] (discharge curves), [`physics`] (humidity, altitude),
-//!   [`thermostat`] (a target temperature reached with a first-order lag).
+//!   [`thermostat`] (a target temperature reached with a first-order lag);
+//! - [`codec`]: timestamps, JSON strings, topic templates and state numbers
+//!   for codec plugins (dialects).
+
+extern crate alloc;
 
 pub mod anomaly;
 pub mod battery;
 pub mod bursts;
+pub mod codec;
 pub mod energy;
 pub mod physics;
 pub mod pir;
