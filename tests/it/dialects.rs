@@ -363,3 +363,125 @@ async fn a_codec_swapped_mid_stream_changes_payloads_without_loss_or_repeat() {
     }
     server.stop().await;
 }
+
+/// A real device played by an MQTT client connected with the device's
+/// user name, subscribed to `filter`.
+async fn real_device(
+    server: &TestServer,
+    device: &str,
+    filter: &str,
+) -> (
+    rumqttc::AsyncClient,
+    tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+) {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let mut options = MqttOptions::new(device, "127.0.0.1", server.mqtt.port());
+    options.set_keep_alive(std::time::Duration::from_secs(30));
+    options.set_credentials(device, "unused-in-open-mode");
+    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let mut ready_tx = Some(ready_tx);
+    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if tx.send((p.topic.clone(), p.payload.to_vec())).is_err() {
+                        return;
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(tx) = ready_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    tokio::time::timeout(crate::support::WAIT, ready_rx)
+        .await
+        .expect("SUBACK in time")
+        .unwrap();
+    (client, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_device_in_a_dialect_reports_gets_commands_and_acks() {
+    let server = TestServer::with_scenario("", |_| {}).await;
+    let dialect = json!({"plugin": "template", "config": {
+        "telemetry_topic": "site/{id}/{sensor}",
+        "value_field": "reading",
+        "command_topic": "site/{id}/cmd/{command_id}",
+        "command_payload": "{{\"op\":\"{name}\",\"args\":{params}}}",
+        "ack_topic": "site/{id}/ack/{command_id}"
+    }});
+    let (status, body) = server
+        .post(
+            "/api/v1/devices",
+            json!({"id": "r-1", "simulated": false, "dialect": dialect}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (client, mut inbox) = real_device(&server, "r-1", "site/r-1/cmd/+").await;
+
+    // Readings in the dialect land in the export.
+    client
+        .publish(
+            "site/r-1/temperature",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            br#"{"reading": 21.5}"#.to_vec(),
+        )
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + crate::support::WAIT;
+    loop {
+        let export = server.get_text("/api/v1/telemetry?device=r-1").await;
+        if let Some(line) = export.lines().next() {
+            let row: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(row["sensor"], "temperature");
+            assert_eq!(row["value"], 21.5);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no reading exported");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // A command goes out in the dialect; the ack in the dialect completes it.
+    let (status, command) = server
+        .post(
+            "/api/v1/devices/r-1/commands",
+            json!({"name": "reboot", "params": {"delay": 2}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{command}");
+    let id = command["id"].as_str().unwrap().to_string();
+    let (topic, payload) = tokio::time::timeout(crate::support::WAIT, inbox.recv())
+        .await
+        .expect("a command in time")
+        .unwrap();
+    assert_eq!(topic, format!("site/r-1/cmd/{id}"));
+    let payload: Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(payload, json!({"op": "reboot", "args": {"delay": 2}}));
+    client
+        .publish(
+            format!("site/r-1/ack/{id}"),
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            br#"{"status": "completed", "result": {"uptime": 0}}"#.to_vec(),
+        )
+        .await
+        .unwrap();
+    let (status, done) = server
+        .get(&format!("/api/v1/commands/{id}?wait_ms=5000"))
+        .await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["result"], json!({"uptime": 0}));
+    // Nothing went out on iotmock's own command topic.
+    assert!(journal(&server, "devices/r-1/#").await.is_empty());
+    server.stop().await;
+}
