@@ -11,9 +11,9 @@
 //! what does not fit is dropped and counted in `dropped`, and every other
 //! outcome is counted too (see [`InboundCounters`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -86,6 +86,9 @@ struct Inner {
     commands: OnceLock<Commands>,
     // A std mutex: held to check and insert a key, never across an await.
     listening: Mutex<HashSet<Key>>,
+    /// The filters each codec declared (what its devices may publish on).
+    /// A std lock: held for a lookup or an insert, never across an await.
+    filters: RwLock<HashMap<Key, Vec<String>>>,
     stats: Stats,
 }
 
@@ -98,6 +101,7 @@ impl Inbound {
             telemetry,
             commands: OnceLock::new(),
             listening: Mutex::default(),
+            filters: RwLock::default(),
             stats: Stats::default(),
         }))
     }
@@ -129,6 +133,11 @@ impl Inbound {
                 }
             };
             tracing::debug!(plugin = %key.0, filters = ?info.filters, "reading client publishes in a dialect");
+            inner
+                .filters
+                .write()
+                .unwrap()
+                .insert(key.clone(), info.filters.clone());
             for filter in info.filters {
                 if crate::mqtt::topics::valid_filter(&filter).is_err() {
                     tracing::warn!(plugin = %key.0, %filter, "codec declared a filter that is not valid; skipped");
@@ -140,6 +149,22 @@ impl Inbound {
                 tokio::spawn(follow(Arc::downgrade(&inner), key.clone(), rx));
             }
         });
+    }
+
+    /// Whether a device of `dialect` may publish on `topic`: a topic one
+    /// of its codec's filters matches.
+    pub fn may_publish(&self, dialect: &DeviceDialect, topic: &str) -> bool {
+        let key: Key = (dialect.plugin.clone(), dialect.config.clone());
+        self.0
+            .filters
+            .read()
+            .unwrap()
+            .get(&key)
+            .is_some_and(|filters| {
+                filters
+                    .iter()
+                    .any(|f| crate::mqtt::topics::matches(f, topic))
+            })
     }
 
     pub fn counters(&self) -> InboundCounters {
@@ -232,11 +257,19 @@ impl Inner {
             }
         };
         let sender_id = sender.as_ref().map(|(d, _)| d.info.id.clone());
+        // A device speaks for itself only; other clients (a back end, an
+        // admin, a SCADA host) may name any device.
+        let publisher_is_device = self.fleet.dialect_of(who).is_some();
         for (device, event) in events {
             let Some(device) = device.or_else(|| sender_id.clone()) else {
                 self.stats.unknown_device.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
+            if publisher_is_device && device != who {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                crate::ratelimit::warn_limited!(publisher = %who, %device, topic = %message.topic, "a device published for another device; ignored");
+                continue;
+            }
             if self.fleet.dialect_of(&device).is_none() {
                 self.stats.unknown_device.fetch_add(1, Ordering::Relaxed);
                 continue;

@@ -987,6 +987,28 @@ impl Fleet {
         Some((entry.dialect.clone(), entry.shared.clone()))
     }
 
+    /// Whether device `id` may publish on `topic` because its dialect
+    /// reads messages there (iotmock's own topics are checked elsewhere).
+    pub fn dialect_may_publish(&self, id: &str, topic: &str) -> bool {
+        let (Ok(entry), Some(inbound)) = (self.entry(id), self.0.inbound.get()) else {
+            return false;
+        };
+        !entry.dialect.is_default() && inbound.may_publish(&entry.dialect, topic)
+    }
+
+    /// Whether device `id` may subscribe to `filter` because its commands
+    /// go out there in its dialect.
+    pub fn dialect_may_subscribe(&self, id: &str, filter: &str) -> bool {
+        let Ok(entry) = self.entry(id) else {
+            return false;
+        };
+        !entry.dialect.is_default()
+            && entry
+                .dialect
+                .command_probe()
+                .is_some_and(|probe| topics::matches(filter, probe))
+    }
+
     /// Simulated time now.
     pub fn now_ms(&self) -> i64 {
         self.0.clock.now_ms()
