@@ -1009,6 +1009,11 @@ impl Fleet {
                 .is_some_and(|probe| topics::matches(filter, probe))
     }
 
+    /// What the decoders of dialects did.
+    pub fn dialect_counters(&self) -> Option<crate::dialect::InboundCounters> {
+        self.0.inbound.get().map(Inbound::counters)
+    }
+
     /// Simulated time now.
     pub fn now_ms(&self) -> i64 {
         self.0.clock.now_ms()

@@ -483,5 +483,76 @@ async fn a_real_device_in_a_dialect_reports_gets_commands_and_acks() {
     assert_eq!(done["result"], json!({"uptime": 0}));
     // Nothing went out on iotmock's own command topic.
     assert!(journal(&server, "devices/r-1/#").await.is_empty());
+    let (_, health) = server.get("/api/v1/health").await;
+    let dialects = &health["dialects"];
+    assert_eq!(dialects["readings"], 1, "{dialects}");
+    assert_eq!(dialects["acks"], 1, "{dialects}");
+    assert_eq!(dialects["failed"], 0, "{dialects}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulated_device_speaks_thingsboard() {
+    let server = TestServer::with_scenario("", |c| {
+        c.clock = ClockMode::Manual;
+        c.seed = Some(4);
+    })
+    .await;
+    let (status, body) = server
+        .post(
+            "/api/v1/devices",
+            json!({"id": "tb-sim", "dialect": "thingsboard", "command_handler": "thermostat",
+                   "sensors": [{"plugin": "temperature", "interval_ms": 1000},
+                               {"name": "t2", "plugin": "temperature", "interval_ms": 1000}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    advance(&server, 3_000).await;
+    let telemetry = journal(&server, "v1/devices/me/telemetry").await;
+    assert!(!telemetry.is_empty());
+    let mut count = 0;
+    for (_, payload) in &telemetry {
+        let p: Value = serde_json::from_str(payload).unwrap();
+        let entries = match p {
+            Value::Array(items) => items,
+            one => vec![one],
+        };
+        for e in entries {
+            assert!(e["ts"].as_i64().unwrap() >= iotmock::clock::MANUAL_EPOCH_MS);
+            count += e["values"].as_object().unwrap().len();
+        }
+    }
+    assert_eq!(count, 6, "2 sensors x 3 s at 1 Hz: {telemetry:?}");
+
+    // A command is an RPC request numbered 1, and the handler's answer
+    // goes out as the RPC response with the same number.
+    let (status, command) = server
+        .post(
+            "/api/v1/devices/tb-sim/commands",
+            json!({"name": "set_target", "params": {"target": 23.5}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{command}");
+    let id = command["id"].as_str().unwrap();
+    advance(&server, 1_000).await;
+    let (_, done) = server
+        .get(&format!("/api/v1/commands/{id}?wait_ms=5000"))
+        .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let rpc = journal(&server, "v1/devices/me/rpc/#").await;
+    assert_eq!(
+        rpc.first(),
+        Some(&(
+            "v1/devices/me/rpc/request/1".to_string(),
+            r#"{"method":"set_target","params":{"target":23.5}}"#.to_string()
+        )),
+        "{rpc:?}"
+    );
+    let response = rpc
+        .iter()
+        .find(|(t, _)| t == "v1/devices/me/rpc/response/1")
+        .unwrap_or_else(|| panic!("no RPC response: {rpc:?}"));
+    let result: Value = serde_json::from_str(&response.1).unwrap();
+    assert_eq!(result, done["result"]);
     server.stop().await;
 }
