@@ -556,3 +556,77 @@ async fn a_simulated_device_speaks_thingsboard() {
     assert_eq!(result, done["result"]);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_dialect_numbers_its_messages_and_reads_them_back() {
+    let server = TestServer::with_scenario("", |c| {
+        c.clock = ClockMode::Manual;
+        c.seed = Some(8);
+    })
+    .await;
+    let mut sub = server.subscribe("packed/#").await;
+    let (status, body) = server
+        .post(
+            "/api/v1/devices",
+            json!({"id": "p-1", "dialect": "packed",
+                   "sensors": [{"plugin": "temperature", "interval_ms": 1000}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    advance(&server, 3_000).await;
+    let export = server.get_text("/api/v1/telemetry?device=p-1").await;
+    let rows: Vec<Value> = export
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 3, "{export}");
+    for (seq, row) in rows.iter().enumerate() {
+        let m = sub.next().await;
+        assert_eq!(m.topic, "packed/p-1");
+        let p = &m.payload;
+        assert_eq!(p.len(), 21 + "temperature".len());
+        assert_eq!(u32::from_be_bytes(p[0..4].try_into().unwrap()), seq as u32);
+        let ts = i64::from_be_bytes(p[4..12].try_into().unwrap());
+        let value = f64::from_be_bytes(p[12..20].try_into().unwrap());
+        assert_eq!(
+            ts,
+            iotmock::clock::parse_rfc3339_ms(row["ts"].as_str().unwrap()).unwrap()
+        );
+        assert_eq!(value, row["value"].as_f64().unwrap());
+        assert_eq!(&p[21..], b"temperature");
+    }
+
+    // A real device publishing the same layout lands in the export.
+    let (status, body) = server
+        .post(
+            "/api/v1/devices",
+            json!({"id": "p-2", "dialect": "packed", "simulated": false}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (client, _inbox) = real_device(&server, "p-2", "packed/p-2/none").await;
+    let mut payload = Vec::new();
+    payload.extend_from_slice(&7u32.to_be_bytes());
+    payload.extend_from_slice(&1_767_225_600_500i64.to_be_bytes());
+    payload.extend_from_slice(&3.25f64.to_be_bytes());
+    payload.push(3);
+    payload.extend_from_slice(b"rpm");
+    client
+        .publish("packed/p-2", rumqttc::QoS::AtLeastOnce, false, payload)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + crate::support::WAIT;
+    loop {
+        let export = server.get_text("/api/v1/telemetry?device=p-2").await;
+        if let Some(line) = export.lines().next() {
+            let row: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(row["sensor"], "rpm");
+            assert_eq!(row["value"], 3.25);
+            assert_eq!(row["ts"], "2026-01-01T00:00:00.500Z");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no reading exported");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    server.stop().await;
+}
