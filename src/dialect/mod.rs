@@ -36,6 +36,9 @@ pub use inbound::{Inbound, InboundCounters, TAP_CAPACITY};
 /// The dialect of a device that names none.
 pub const DEFAULT_DIALECT: &str = "iotmock";
 
+/// A codec and its configuration (JSON text).
+type CodecKey = (Arc<str>, Arc<str>);
+
 /// Most devices in one encode call.
 pub const MAX_ENCODE_BATCH: usize = 1024;
 
@@ -270,9 +273,12 @@ pub async fn encode_and_publish(
 /// per codec and configuration, with an empty state that is then thrown
 /// away: nothing is published and no device's codec state moves).
 pub async fn prepare_probes(plugins: &PluginHost, now: i64, dialects: &[Arc<DeviceDialect>]) {
-    let mut groups: std::collections::BTreeMap<(Arc<str>, Arc<str>), Vec<&Arc<DeviceDialect>>> =
+    let mut groups: std::collections::BTreeMap<CodecKey, Vec<&Arc<DeviceDialect>>> =
         Default::default();
-    for d in dialects.iter().filter(|d| !d.default && d.probe.get().is_none()) {
+    for d in dialects
+        .iter()
+        .filter(|d| !d.default && d.probe.get().is_none())
+    {
         groups
             .entry((d.plugin.clone(), d.config.clone()))
             .or_default()
@@ -306,7 +312,11 @@ pub async fn prepare_probes(plugins: &PluginHost, now: i64, dialects: &[Arc<Devi
                     state: Vec::new(),
                 })
                 .collect();
-            match plugins.encode(&plugin, config.clone(), ctx, requests).await.0 {
+            match plugins
+                .encode(&plugin, config.clone(), ctx, requests)
+                .await
+                .0
+            {
                 Ok(answers) => {
                     for (d, answer) in chunk.iter().zip(answers) {
                         if let Some(m) = answer.messages.first() {

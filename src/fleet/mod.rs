@@ -24,8 +24,8 @@ pub use store::StoreError;
 use tokio::sync::broadcast;
 
 use crate::clock::{Clock, rfc3339_ms};
-use crate::mqtt::{MqttHandle, Qos, topics};
 use crate::dialect::{DeviceDialect, Inbound, Outgoing, encode_and_publish};
+use crate::mqtt::{MqttHandle, Qos, topics};
 use crate::plugin::{CallError, CodecDevice, CodecEvent, PluginHost, SharedState, World};
 use crate::random::DeviceRng;
 use crate::scenario::{SensorSpec, check_sensor, expand_pattern, validate_device_id};
@@ -616,8 +616,7 @@ impl Fleet {
     async fn prepare_probes(&self, mut dialects: Vec<Arc<DeviceDialect>>) {
         dialects.retain(|d| !d.is_default() && d.command_probe().is_none());
         if !dialects.is_empty() {
-            crate::dialect::prepare_probes(&self.0.plugins, self.0.clock.now_ms(), &dialects)
-                .await;
+            crate::dialect::prepare_probes(&self.0.plugins, self.0.clock.now_ms(), &dialects).await;
         }
     }
 

@@ -19,13 +19,13 @@ pub mod watcher;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use edge_rule::{
-    CallBudget, EdgeAction, EdgeAggregate, EdgeAlert, EdgeCommand, EdgeOutcome, EdgeReading,
-    EdgeWindow,
-};
 pub use codec::{
     CodecDevice, CodecEvent, CodecInfo, CodecMessage, CodecReading, DecodeRequest, Decoded,
     EncodeRequest, Encoded,
+};
+pub use edge_rule::{
+    CallBudget, EdgeAction, EdgeAggregate, EdgeAlert, EdgeCommand, EdgeOutcome, EdgeReading,
+    EdgeWindow,
 };
 pub use host::{CallContext, DeviceSlot, SharedState};
 pub use registry::{PluginInfo, PluginSource, PluginStatus, World};

@@ -212,7 +212,10 @@ plugin = "temperature"
     let (_, b1) = server.get("/api/v1/devices/b-1").await;
     assert_eq!(b1["dialect"], "template");
     let (_, plain) = server
-        .post("/api/v1/devices", json!({"id": "plain", "simulated": false}))
+        .post(
+            "/api/v1/devices",
+            json!({"id": "plain", "simulated": false}),
+        )
         .await;
     assert_eq!(plain["dialect"], "iotmock");
     advance(&server, 1_000).await;
@@ -267,7 +270,10 @@ async fn the_iotmock_plugin_writes_the_built_in_bytes() {
     let native = iotmock_run(false).await;
     let plugin = iotmock_run(true).await;
     assert_eq!(native.len(), 60, "3 devices x 20 s at 1 Hz");
-    assert_eq!(native, plugin, "the same topics and payloads, byte for byte");
+    assert_eq!(
+        native, plugin,
+        "the same topics and payloads, byte for byte"
+    );
 }
 
 /// A seeded manual-clock run of [`FLEET`] in the template dialect.
@@ -350,7 +356,11 @@ async fn a_codec_swapped_mid_stream_changes_payloads_without_loss_or_repeat() {
     assert_eq!(per_device.len(), 4);
     let start = iotmock::clock::MANUAL_EPOCH_MS;
     for (device, seen) in per_device {
-        assert_eq!(seen.len(), 40, "{device}: 10 s at 4 Hz, none lost: {seen:?}");
+        assert_eq!(
+            seen.len(),
+            40,
+            "{device}: 10 s at 4 Hz, none lost: {seen:?}"
+        );
         let ts: Vec<i64> = seen.iter().map(|s| s.0).collect();
         let mut sorted = ts.clone();
         sorted.sort();

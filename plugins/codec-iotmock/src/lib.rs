@@ -156,10 +156,7 @@ impl Guest for Plugin {
         Ok(CodecInfo {
             description: "iotmock's own topics: devices/{id}/telemetry/{sensor} with JSON readings"
                 .into(),
-            filters: vec![
-                "devices/+/telemetry/+".into(),
-                "devices/+/acks/+".into(),
-            ],
+            filters: vec!["devices/+/telemetry/+".into(), "devices/+/acks/+".into()],
         })
     }
 

@@ -94,8 +94,8 @@ impl Default for Config {
             status_topic: None,
             status_payload: "{status}".into(),
             command_topic: None,
-            command_payload:
-                "{{\"id\":\"{command_id}\",\"name\":\"{name}\",\"params\":{params}}}".into(),
+            command_payload: "{{\"id\":\"{command_id}\",\"name\":\"{name}\",\"params\":{params}}}"
+                .into(),
             ack_topic: None,
             ack_payload: "{{\"id\":\"{command_id}\",\"status\":\"{status}\"}}".into(),
             qos: 0,
@@ -131,7 +131,10 @@ impl Dialect {
 
     fn build(c: Config) -> Result<Self, String> {
         if c.qos > 2 {
-            return Err(format!("field `qos`: {} is not a QoS; use 0, 1 or 2", c.qos));
+            return Err(format!(
+                "field `qos`: {} is not a QoS; use 0, 1 or 2",
+                c.qos
+            ));
         }
         let topic = |name: &str, t: &str| {
             if t.is_empty() || t.contains(['+', '#']) {

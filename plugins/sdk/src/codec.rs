@@ -17,10 +17,7 @@ pub fn write_rfc3339_ms(out: &mut String, ts: i64) {
     let (h, rest) = (ms_of_day / 3_600_000, ms_of_day % 3_600_000);
     let (min, rest) = (rest / 60_000, rest % 60_000);
     let (s, ms) = (rest / 1000, rest % 1000);
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{d:02}T{h:02}:{min:02}:{s:02}.{ms:03}Z"
-    );
+    let _ = write!(out, "{y:04}-{m:02}-{d:02}T{h:02}:{min:02}:{s:02}.{ms:03}Z");
 }
 
 /// [`write_rfc3339_ms`] into a new string.

@@ -343,38 +343,39 @@ pub fn encode_costs(time: Duration) -> anyhow::Result<Vec<EncodeCost>> {
         let mut states: Vec<Vec<u8>> = vec![Vec::new(); ENCODE_BATCH];
         let mut ts = START_TS;
         let mut bytes = 0u64;
-        let mut call = |ctx: CallContext, ts: i64, bytes: &mut u64| -> anyhow::Result<CallContext> {
-            let requests = infos
-                .iter()
-                .zip(states.iter_mut())
-                .enumerate()
-                .map(|(i, (info, state))| EncodeRequest {
-                    device: i as u32,
-                    info: info.clone(),
-                    ts,
-                    event: CodecEvent::Readings(vec![CodecReading {
-                        sensor: SENSOR.into(),
+        let mut call =
+            |ctx: CallContext, ts: i64, bytes: &mut u64| -> anyhow::Result<CallContext> {
+                let requests = infos
+                    .iter()
+                    .zip(states.iter_mut())
+                    .enumerate()
+                    .map(|(i, (info, state))| EncodeRequest {
+                        device: i as u32,
+                        info: info.clone(),
                         ts,
-                        value: value(i, ts),
-                        unit: "celsius".into(),
-                        anomaly: None,
-                    }]),
-                    state: std::mem::take(state),
-                })
-                .collect();
-            let (result, ctx) = host.encode_blocking(name, config.clone(), ctx, requests);
-            let answers = result.map_err(|e| anyhow!("{name} encode call: {e}"))?;
-            for (state, answer) in states.iter_mut().zip(answers) {
-                if answer.messages.is_empty() {
-                    bail!("{name} encoded a reading into no message");
+                        event: CodecEvent::Readings(vec![CodecReading {
+                            sensor: SENSOR.into(),
+                            ts,
+                            value: value(i, ts),
+                            unit: "celsius".into(),
+                            anomaly: None,
+                        }]),
+                        state: std::mem::take(state),
+                    })
+                    .collect();
+                let (result, ctx) = host.encode_blocking(name, config.clone(), ctx, requests);
+                let answers = result.map_err(|e| anyhow!("{name} encode call: {e}"))?;
+                for (state, answer) in states.iter_mut().zip(answers) {
+                    if answer.messages.is_empty() {
+                        bail!("{name} encoded a reading into no message");
+                    }
+                    for m in &answer.messages {
+                        *bytes += (m.topic.len() + m.payload.len()) as u64;
+                    }
+                    *state = answer.state;
                 }
-                for m in &answer.messages {
-                    *bytes += (m.topic.len() + m.payload.len()) as u64;
-                }
-                *state = answer.state;
-            }
-            Ok(ctx)
-        };
+                Ok(ctx)
+            };
         let warm = Instant::now();
         let mut ignored = 0;
         while warm.elapsed() < time / 8 + Duration::from_millis(10) {
@@ -389,13 +390,7 @@ pub fn encode_costs(time: Duration) -> anyhow::Result<Vec<EncodeCost>> {
             calls += 1;
         }
         let (wall, cpu) = span.end();
-        out.push(cost(
-            name,
-            calls * ENCODE_BATCH as u64,
-            wall,
-            cpu,
-            bytes,
-        ));
+        out.push(cost(name, calls * ENCODE_BATCH as u64, wall, cpu, bytes));
     }
     Ok(out)
 }
