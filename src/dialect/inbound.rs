@@ -212,12 +212,16 @@ impl Inner {
             now,
             slots: Vec::new(),
         };
+        // The sender's codec state is held for the call, as in encode.
+        let mut memory = match &sender {
+            Some((dialect, _)) => Some(dialect.memory().await),
+            None => None,
+        };
         let mut state = Vec::new();
-        if let Some((dialect, shared)) = &sender {
-            let (s, rng) = dialect.take();
-            state = s;
+        if let (Some((dialect, shared)), Some(memory)) = (&sender, memory.as_mut()) {
+            state = memory.state.clone();
             ctx.slots.push(DeviceSlot {
-                rng,
+                rng: dialect.rng(memory),
                 state: Some(shared.clone()),
             });
         }
@@ -225,37 +229,36 @@ impl Inner {
             topic: message.topic.to_string(),
             payload: message.payload.to_vec(),
             sender: sender.as_ref().map(|(d, _)| d.info.clone()),
-            state: state.clone(),
+            state,
         };
         let (result, ctx) = self
             .plugins
             .decode(&key.0, key.1.clone(), ctx, request)
             .await;
-        let rng = ctx.slots.into_iter().next().map(|s| s.rng);
+        if let (Some(memory), Some(slot)) = (memory.as_mut(), ctx.slots.into_iter().next()) {
+            memory.rng = Some(slot.rng);
+        }
         let events = match result {
             Ok(Decoded::NotMine) => {
-                if let Some((d, _)) = &sender {
-                    d.put(Some(state), rng);
-                }
                 self.stats.not_mine.fetch_add(1, Ordering::Relaxed);
                 return;
             }
             Ok(Decoded::Events(events, new_state)) => {
-                if let Some((d, _)) = &sender {
-                    d.put(Some(new_state), rng);
+                if let Some(memory) = memory.as_mut() {
+                    memory.state = new_state;
                 }
                 self.stats.decoded.fetch_add(1, Ordering::Relaxed);
                 events
             }
             Err(error) => {
-                if let Some((d, _)) = &sender {
-                    d.put(Some(state), rng);
-                }
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
                 crate::ratelimit::warn_limited!(plugin = %key.0, topic = %message.topic, %error, "codec could not read a message; dropped");
                 return;
             }
         };
+        // Filing the events may call the codec of this very device (an ack
+        // that completes a command, which is then answered): let go first.
+        drop(memory);
         let sender_id = sender.as_ref().map(|(d, _)| d.info.id.clone());
         // A device speaks for itself only; other clients (a back end, an
         // admin, a SCADA host) may name any device.

@@ -19,7 +19,7 @@
 
 mod inbound;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -110,10 +110,12 @@ pub struct DeviceDialect {
     /// The default dialect: the built-in path may stand for it.
     default: bool,
     seed: u64,
-    /// The codec's state for this device and its random stream. A std
-    /// mutex: taken out before a call and put back after it, never held
-    /// across an await.
-    memory: Mutex<(Vec<u8>, Option<DeviceRng>)>,
+    /// The codec's state for this device and its random stream. An async
+    /// mutex, held for the whole codec call: telemetry, the command engine
+    /// and the decoders may each call the codec for this device, and every
+    /// call must see the state the previous one left (a sequence number
+    /// must not be handed out twice).
+    memory: tokio::sync::Mutex<Memory>,
     /// The topic a command to this device goes out on (for a command id
     /// `x`), so the command engine can tell whether a real device listens
     /// for commands; set once the codec answered.
@@ -129,7 +131,7 @@ impl DeviceDialect {
             default: spec.is_default(),
             info,
             seed,
-            memory: Mutex::new((Vec::new(), None)),
+            memory: tokio::sync::Mutex::new(Memory::default()),
             probe: std::sync::OnceLock::new(),
         })
     }
@@ -151,25 +153,25 @@ impl DeviceDialect {
         self.default
     }
 
-    fn take(&self) -> (Vec<u8>, DeviceRng) {
-        let mut memory = self.memory.lock().unwrap();
-        let state = std::mem::take(&mut memory.0);
-        let rng = memory
-            .1
-            .take()
-            .unwrap_or_else(|| DeviceRng::derive(self.seed, &self.info.id, "dialect"));
-        (state, rng)
+    /// Waits for this device's codec state (see `memory`).
+    pub(crate) async fn memory(&self) -> tokio::sync::MutexGuard<'_, Memory> {
+        self.memory.lock().await
     }
 
-    fn put(&self, state: Option<Vec<u8>>, rng: Option<DeviceRng>) {
-        let mut memory = self.memory.lock().unwrap();
-        if let Some(state) = state {
-            memory.0 = state;
-        }
-        if rng.is_some() {
-            memory.1 = rng;
-        }
+    /// The random stream of codec calls for this device.
+    fn rng(&self, memory: &mut Memory) -> DeviceRng {
+        memory
+            .rng
+            .take()
+            .unwrap_or_else(|| DeviceRng::derive(self.seed, &self.info.id, "dialect"))
     }
+}
+
+/// A device's codec state and the random stream its codec calls draw from.
+#[derive(Debug, Default)]
+pub(crate) struct Memory {
+    pub state: Vec<u8>,
+    pub rng: Option<DeviceRng>,
 }
 
 /// One event to encode: the device, its shared state (for `host` calls),
@@ -211,15 +213,20 @@ pub async fn encode_and_publish(
         let chunk: Vec<Outgoing> = items.by_ref().take(MAX_ENCODE_BATCH).collect();
         let plugin = chunk[0].dialect.plugin.clone();
         let config = chunk[0].dialect.config.clone();
+        // Each device's state is held for the call (callers name a device
+        // at most once per batch; only the scheduler batches several).
+        let mut memories = Vec::with_capacity(chunk.len());
+        for item in &chunk {
+            memories.push(item.dialect.memory().await);
+        }
         let mut ctx = CallContext {
             now,
             slots: Vec::with_capacity(chunk.len()),
         };
         let mut requests = Vec::with_capacity(chunk.len());
-        for (slot, item) in chunk.iter().enumerate() {
-            let (state, rng) = item.dialect.take();
+        for (slot, (item, memory)) in chunk.iter().zip(memories.iter_mut()).enumerate() {
             ctx.slots.push(DeviceSlot {
-                rng,
+                rng: item.dialect.rng(memory),
                 state: item.shared.clone(),
             });
             requests.push(EncodeRequest {
@@ -227,20 +234,19 @@ pub async fn encode_and_publish(
                 info: item.dialect.info.clone(),
                 ts: item.ts,
                 event: item.event.clone(),
-                state,
+                state: memory.state.clone(),
             });
         }
-        let states: Vec<Vec<u8>> = requests.iter().map(|r| r.state.clone()).collect();
         let (result, ctx) = plugins.encode(&plugin, config, ctx, requests).await;
-        let mut rngs: Vec<Option<DeviceRng>> = if ctx.slots.len() == chunk.len() {
-            ctx.slots.into_iter().map(|s| Some(s.rng)).collect()
-        } else {
-            (0..chunk.len()).map(|_| None).collect()
-        };
+        if ctx.slots.len() == chunk.len() {
+            for (memory, slot) in memories.iter_mut().zip(ctx.slots) {
+                memory.rng = Some(slot.rng);
+            }
+        }
         match result {
             Ok(answers) => {
-                for ((item, answer), rng) in chunk.iter().zip(answers).zip(rngs.iter_mut()) {
-                    item.dialect.put(Some(answer.state), rng.take());
+                for (memory, answer) in memories.iter_mut().zip(answers) {
+                    memory.state = answer.state;
                     for m in answer.messages {
                         let (Ok(qos), Ok(())) =
                             (Qos::try_from(m.qos), topics::valid_topic_name(&m.topic))
@@ -258,11 +264,8 @@ pub async fn encode_and_publish(
             }
             Err(error) => {
                 tracing::debug!(plugin = %plugin, %error, events = chunk.len(), "codec call failed");
-                for ((item, state), rng) in chunk.iter().zip(states).zip(rngs.iter_mut()) {
-                    item.dialect.put(Some(state), rng.take());
-                    outcome.failed += 1;
-                    done.push(false);
-                }
+                outcome.failed += chunk.len();
+                done.extend(std::iter::repeat_n(false, chunk.len()));
             }
         }
     }
