@@ -396,6 +396,15 @@ impl Server {
             config.plugin_limits.workers,
         )
         .await?;
+        // What clients publish in a device's dialect is read into the fleet.
+        let inbound = crate::dialect::Inbound::new(
+            plugins.clone(),
+            broker.handle(),
+            fleet.clone(),
+            telemetry.clone(),
+        );
+        inbound.set_commands(commands.clone());
+        fleet.set_inbound(inbound);
         let edge = EdgeNodes::open(
             config.data_dir.as_deref(),
             clock.clone(),

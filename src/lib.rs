@@ -14,6 +14,8 @@
 //!   store.
 //! - [`mqtt`]: the embedded broker behind a facade: topics, journal,
 //!   clients, auth hook, outages.
+//! - [`dialect`]: dialects (codec plugins): a device's topics and
+//!   payloads, its codec state, batched encode and publish.
 //! - [`edge`]: edge nodes: rule pipelines over member devices' readings,
 //!   store-and-forward uplink, budgets.
 //! - [`http`]: the REST API.
@@ -35,6 +37,7 @@ pub mod app;
 pub mod builtin;
 pub mod clock;
 pub mod commands;
+pub mod dialect;
 pub mod edge;
 pub mod fleet;
 pub mod http;

@@ -34,10 +34,12 @@ pub use model::*;
 pub use store::CommandStoreError;
 
 use crate::clock::{Clock, ClockMode};
+use crate::dialect::{Outgoing, encode_and_publish};
 use crate::fleet::{Fleet, HandlerSpec};
 use crate::mqtt::{MqttHandle, Qos, Tapped, topics};
 use crate::plugin::{
-    CallContext, DeviceSlot, HandlerCommand, HandlerReply, Handling, PluginHost, ReplyStatus,
+    CallContext, CodecEvent, DeviceSlot, HandlerCommand, HandlerReply, Handling, PluginHost,
+    ReplyStatus,
 };
 use crate::random::DeviceRng;
 use store::CommandStore;
@@ -125,6 +127,8 @@ struct Inner {
     clock: Clock,
     fleet: Fleet,
     mqtt: MqttHandle,
+    /// Encodes commands and acks of devices in another dialect.
+    plugins: PluginHost,
     store: Option<Arc<CommandStore>>,
     stats: Stats,
     tap_dropped: Arc<AtomicU64>,
@@ -295,6 +299,7 @@ impl Commands {
             clock: clock.clone(),
             fleet: fleet.clone(),
             mqtt,
+            plugins: plugins.clone(),
             store,
             stats: Stats::default(),
             tap_dropped,
@@ -733,6 +738,19 @@ impl Commands {
         command_id: &str,
         ack: DeviceAck,
     ) -> Result<CommandView, CommandError> {
+        self.ack_from(device, command_id, ack, AckSource::Http)
+            .await
+    }
+
+    /// An ack from a device, read from `source` (HTTP, or a dialect's
+    /// topics over MQTT).
+    pub async fn ack_from(
+        &self,
+        device: &str,
+        command_id: &str,
+        ack: DeviceAck,
+        source: AckSource,
+    ) -> Result<CommandView, CommandError> {
         let mut effects = Vec::new();
         let view = {
             let mut core = self.0.core.lock().unwrap();
@@ -749,7 +767,7 @@ impl Commands {
                 device,
                 command_id,
                 ack,
-                AckSource::Http,
+                source,
                 now,
                 &mut effects,
             );
@@ -1084,7 +1102,7 @@ impl Inner {
 
     fn deliverable_to(&self, device: &str, target: &crate::fleet::CommandTarget) -> bool {
         target.online
-            && (target.simulated || self.mqtt.listens(device, &topics::command(device, "x")))
+            && (target.simulated || self.mqtt.listens(device, &command_probe(device, target)))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1687,6 +1705,27 @@ impl Inner {
         Err(error.into())
     }
 
+    /// Publishes `event` in the target's dialect when it has one other than
+    /// the built-in path; false when the built-in path is to write it.
+    async fn in_dialect(
+        &self,
+        target: Option<&crate::fleet::CommandTarget>,
+        event: CodecEvent,
+    ) -> bool {
+        let Some(target) = target.filter(|t| !t.dialect.native(&self.plugins)) else {
+            return false;
+        };
+        let now = self.clock.now_ms();
+        let item = Outgoing {
+            dialect: target.dialect.clone(),
+            shared: Some(target.shared.clone()),
+            ts: now,
+            event,
+        };
+        encode_and_publish(&self.plugins, &self.mqtt, now, vec![item]).await;
+        true
+    }
+
     async fn run_effects(&self, effects: Vec<Effect>) {
         for effect in effects {
             match effect {
@@ -1695,18 +1734,25 @@ impl Inner {
                     message,
                     at,
                 } => {
-                    let payload = serde_json::to_vec(&message).expect("a command serializes");
-                    self.mqtt
-                        .publish(
-                            &topics::command(&device, &message.id),
-                            payload,
-                            Qos::AtLeastOnce,
-                            false,
-                        )
-                        .await;
-                    if let Ok(target) = self.fleet.command_target(&device)
-                        && target.simulated
-                    {
+                    let target = self.fleet.command_target(&device).ok();
+                    let event = CodecEvent::Command {
+                        id: message.id.clone(),
+                        name: message.name.clone(),
+                        params: message.params.to_string(),
+                        attempt: message.attempt,
+                    };
+                    if !self.in_dialect(target.as_ref(), event).await {
+                        let payload = serde_json::to_vec(&message).expect("a command serializes");
+                        self.mqtt
+                            .publish(
+                                &topics::command(&device, &message.id),
+                                payload,
+                                Qos::AtLeastOnce,
+                                false,
+                            )
+                            .await;
+                    }
+                    if target.is_some_and(|t| t.simulated) {
                         self.dispatch(device, message, at).await;
                     }
                 }
@@ -1715,9 +1761,29 @@ impl Inner {
                     id,
                     payload,
                 } => {
-                    self.mqtt
-                        .publish(&topics::ack(&device, &id), payload, Qos::AtLeastOnce, false)
-                        .await;
+                    let target = self.fleet.command_target(&device).ok();
+                    let ack: Option<DeviceAck> = serde_json::from_str(&payload).ok();
+                    let coded = match ack {
+                        Some(ack) => {
+                            let event = CodecEvent::Ack {
+                                command_id: id.to_string(),
+                                status: match ack.status {
+                                    AckStatus::Received => ReplyStatus::Received,
+                                    AckStatus::Completed => ReplyStatus::Completed,
+                                    AckStatus::Rejected => ReplyStatus::Rejected,
+                                    AckStatus::Failed => ReplyStatus::Failed,
+                                },
+                                result: ack.result.map(|r| r.to_string()),
+                            };
+                            self.in_dialect(target.as_ref(), event).await
+                        }
+                        None => false,
+                    };
+                    if !coded {
+                        self.mqtt
+                            .publish(&topics::ack(&device, &id), payload, Qos::AtLeastOnce, false)
+                            .await;
+                    }
                 }
                 Effect::Persist {
                     seq,
@@ -1956,6 +2022,15 @@ async fn call_handler(
     (result.map_err(|e| e.to_string()), ctx)
 }
 
+/// The topic a command to `device` goes out on (for a command id `x`): in
+/// its dialect when it has one other than iotmock's and its codec said.
+fn command_probe(device: &str, target: &crate::fleet::CommandTarget) -> String {
+    match target.dialect.command_probe() {
+        Some(topic) if !target.dialect.is_default() => topic.to_string(),
+        _ => topics::command(device, "x"),
+    }
+}
+
 /// Reads acks real devices publish.
 async fn follow_acks(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<Tapped>) {
     while let Some(msg) = rx.recv().await {
@@ -2128,7 +2203,10 @@ async fn follow_subscriptions(
         };
         let Some(i) = inner.upgrade() else { return };
         let device = event.user.as_deref().unwrap_or(&event.client_id);
-        let topic = topics::command(device, "x");
+        let topic = match i.fleet.command_target(device) {
+            Ok(target) => command_probe(device, &target),
+            Err(_) => topics::command(device, "x"),
+        };
         if !event.filters.iter().any(|f| topics::matches(f, &topic)) {
             continue;
         }

@@ -5,6 +5,10 @@
 //! - A device (username = its id) may publish under `devices/{id}/...`
 //!   except its own command topics, and subscribe only to
 //!   `devices/{id}/commands/...`.
+//! - A device in another dialect may also publish on the topics its codec
+//!   reads (the filters the codec declared) and subscribe to a filter that
+//!   matches where its commands go in that dialect; the decoders take from
+//!   a device only events about itself.
 //! - The admin may publish and subscribe anywhere.
 //! - Suspended and decommissioned devices are refused at CONNECT (not
 //!   authorized); an unknown device or a wrong secret is a bad user name or
@@ -135,7 +139,10 @@ impl Authorizer for DeviceAccess {
             Some(ADMIN_USER) => true,
             Some(device) => match device_subtopic(device, topic) {
                 Some(rest) => !(rest == "commands" || rest.starts_with("commands/")),
-                None => false,
+                None => self
+                    .fleet
+                    .get()
+                    .is_some_and(|f| f.dialect_may_publish(device, topic)),
             },
             None => false,
         }
@@ -144,9 +151,15 @@ impl Authorizer for DeviceAccess {
     fn may_subscribe(&self, _client_id: &str, user: Option<&str>, filter: &str) -> bool {
         match user {
             Some(ADMIN_USER) => true,
-            Some(device) => device_subtopic(device, filter).is_some_and(|rest| {
-                rest == "commands/#" || rest == "commands/+" || rest.starts_with("commands/")
-            }),
+            Some(device) => match device_subtopic(device, filter) {
+                Some(rest) => {
+                    rest == "commands/#" || rest == "commands/+" || rest.starts_with("commands/")
+                }
+                None => self
+                    .fleet
+                    .get()
+                    .is_some_and(|f| f.dialect_may_subscribe(device, filter)),
+            },
             None => false,
         }
     }

@@ -24,8 +24,9 @@ pub use store::StoreError;
 use tokio::sync::broadcast;
 
 use crate::clock::{Clock, rfc3339_ms};
+use crate::dialect::{DeviceDialect, Inbound, Outgoing, encode_and_publish};
 use crate::mqtt::{MqttHandle, Qos, topics};
-use crate::plugin::{CallError, PluginHost, SharedState, World};
+use crate::plugin::{CallError, CodecDevice, CodecEvent, PluginHost, SharedState, World};
 use crate::random::DeviceRng;
 use crate::scenario::{SensorSpec, check_sensor, expand_pattern, validate_device_id};
 use crate::telemetry::{BufferCounters, Presence, StreamSpec, Telemetry};
@@ -77,6 +78,8 @@ struct Entry {
     secret: Mutex<SecretHash>,
     presence: Arc<Presence>,
     shared: Arc<SharedState>,
+    /// Its dialect and the codec state kept for it.
+    dialect: Arc<DeviceDialect>,
     buffer_counters: Arc<BufferCounters>,
     connect_count: AtomicU64,
     /// Simulated ms; i64::MIN when never seen.
@@ -122,6 +125,8 @@ struct Inner {
     /// The CA that issues device certificates and the TLS listeners'
     /// revocation list.
     tls: Arc<crate::transport::Tls>,
+    /// Reads what clients publish in the dialects devices use.
+    inbound: std::sync::OnceLock<Inbound>,
 }
 
 /// Told, synchronously, of every device that is created, deleted, or
@@ -143,6 +148,8 @@ pub struct PresenceChange {
 #[derive(Debug, Clone)]
 pub struct CommandTarget {
     pub simulated: bool,
+    /// How commands to it are written.
+    pub dialect: Arc<DeviceDialect>,
     pub handler: Option<HandlerSpec>,
     pub shared: Arc<SharedState>,
     pub online: bool,
@@ -181,6 +188,7 @@ impl Fleet {
             presence: broadcast::channel(PRESENCE_EVENTS).0,
             membership: std::sync::OnceLock::new(),
             tls,
+            inbound: std::sync::OnceLock::new(),
         }));
         let count = stored.len();
         let mut streams = Vec::new();
@@ -190,6 +198,15 @@ impl Fleet {
             fleet.announce(&entry).await;
         }
         fleet.0.telemetry.add(streams).await;
+        let dialects = fleet
+            .0
+            .devices
+            .read()
+            .unwrap()
+            .values()
+            .map(|e| e.dialect.clone())
+            .collect();
+        fleet.prepare_probes(dialects).await;
         fleet.restore_reported()?;
         if count > 0 {
             tracing::info!(devices = count, "fleet restored from the store");
@@ -199,9 +216,21 @@ impl Fleet {
 
     fn install(&self, device: Device, secret: SecretHash) -> Arc<Entry> {
         let online = device.simulated && device.state == Lifecycle::Active;
+        let dialect = DeviceDialect::new(
+            device.dialect.as_ref(),
+            CodecDevice {
+                id: device.id.clone(),
+                group: device.group.clone(),
+                kind: device.kind.clone(),
+                username: device.id.clone(),
+                simulated: device.simulated,
+            },
+            self.0.seed,
+        );
         let entry = Arc::new(Entry {
             presence: Arc::new(Presence::new(online)),
             shared: Arc::new(SharedState::default()),
+            dialect,
             buffer_counters: Arc::default(),
             device: Mutex::new(Arc::new(device)),
             secret: Mutex::new(secret),
@@ -209,6 +238,9 @@ impl Fleet {
             last_seen: AtomicI64::new(i64::MIN),
             http: Default::default(),
         });
+        if let Some(inbound) = self.0.inbound.get() {
+            inbound.listen(&entry.dialect);
+        }
         let device = entry.device();
         self.0
             .devices
@@ -248,6 +280,7 @@ impl Fleet {
                 presence: entry.presence.clone(),
                 buffer: device.buffer,
                 counters: entry.buffer_counters.clone(),
+                dialect: entry.dialect.clone(),
             })
             .collect()
     }
@@ -266,6 +299,20 @@ impl Fleet {
             device: id.to_string(),
             online,
         });
+        // A device in another dialect says it in its own words.
+        if let Ok(entry) = self.entry(id)
+            && !entry.dialect.native(&self.0.plugins)
+        {
+            let now = self.0.clock.now_ms();
+            let event = Outgoing {
+                dialect: entry.dialect.clone(),
+                shared: Some(entry.shared.clone()),
+                ts: now,
+                event: CodecEvent::Status(online),
+            };
+            encode_and_publish(&self.0.plugins, &self.0.mqtt, now, vec![event]).await;
+            return;
+        }
         let payload: &'static [u8] = if online { b"online" } else { b"offline" };
         self.0
             .mqtt
@@ -344,6 +391,22 @@ impl Fleet {
         }
     }
 
+    /// Checks a dialect: a loaded codec plugin that takes its
+    /// configuration. `field` names it in the error.
+    async fn check_dialect(
+        &self,
+        dialect: Option<&DialectSpec>,
+        field: &str,
+    ) -> Result<(), FleetError> {
+        match dialect {
+            None => Ok(()),
+            Some(spec) => crate::dialect::check(&self.0.plugins, spec, field)
+                .await
+                .map(drop)
+                .map_err(FleetError::Invalid),
+        }
+    }
+
     /// Asks each sensor's plugin to check its configuration (`describe`),
     /// so a typo is refused now, by name, instead of failing every reading
     /// later. `device` names the device (or the bulk template) in the error;
@@ -392,6 +455,7 @@ impl Fleet {
             metadata: shared.metadata.clone(),
             sensors: shared.sensors.clone(),
             command_handler: t.command_handler.clone(),
+            dialect: t.dialect.clone(),
             simulated: t.simulated,
             buffer: t.buffer.unwrap_or_default(),
             state: if t.simulated {
@@ -418,6 +482,8 @@ impl Fleet {
             &mut Default::default(),
         )
         .await?;
+        self.check_dialect(template.dialect.as_ref(), "dialect")
+            .await?;
         let shared = SharedParts::of(&template);
         let device = self.build(id, &template, &shared);
         let (mut created, _) = self.insert(vec![device], false).await?;
@@ -442,6 +508,8 @@ impl Fleet {
             &mut Default::default(),
         )
         .await?;
+        self.check_dialect(request.template.dialect.as_ref(), "template.dialect")
+            .await?;
         let ids = expand_pattern(
             &request.id_pattern,
             request.first.unwrap_or(1),
@@ -524,9 +592,11 @@ impl Fleet {
         .await?;
         let mut views = Vec::with_capacity(rows.len());
         let mut streams = Vec::new();
+        let mut dialects = Vec::new();
         for (device, hash, secret) in rows {
             let id = device.id.clone();
             let entry = self.install(device, hash);
+            dialects.push(entry.dialect.clone());
             streams.extend(self.streams_of(&entry));
             self.announce(&entry).await;
             let mut view = self.view(&entry);
@@ -537,7 +607,17 @@ impl Fleet {
             views.push(view);
         }
         self.0.telemetry.add(streams).await;
+        self.prepare_probes(dialects).await;
         Ok((views, issued))
+    }
+
+    /// Asks the codecs of real devices where their commands go (see
+    /// [`crate::dialect::prepare_probes`]).
+    async fn prepare_probes(&self, mut dialects: Vec<Arc<DeviceDialect>>) {
+        dialects.retain(|d| !d.is_default() && d.command_probe().is_none());
+        if !dialects.is_empty() {
+            crate::dialect::prepare_probes(&self.0.plugins, self.0.clock.now_ms(), &dialects).await;
+        }
     }
 
     /// Provisions the scenario's devices that are not in the store yet.
@@ -557,6 +637,7 @@ impl Fleet {
                 group: spec.group.clone(),
                 sensors: spec.sensors.clone(),
                 command_handler: spec.command_handler.clone(),
+                dialect: spec.dialect.clone(),
                 buffer: spec.buffer,
                 ..DeviceTemplate {
                     simulated: true,
@@ -570,6 +651,8 @@ impl Fleet {
             })?;
             self.check_sensor_configs(&device, &spec.sensors, &mut checked)
                 .await?;
+            self.check_dialect(spec.dialect.as_ref(), &format!("{device}: dialect"))
+                .await?;
         }
         for spec in devices {
             if self.0.devices.read().unwrap().contains_key(&spec.id) {
@@ -581,6 +664,7 @@ impl Fleet {
                 group: spec.group.clone(),
                 sensors: spec.sensors.clone(),
                 command_handler: spec.command_handler.clone(),
+                dialect: spec.dialect.clone(),
                 buffer: spec.buffer,
                 ..DeviceTemplate {
                     simulated: true,
@@ -744,6 +828,7 @@ impl Fleet {
             metadata: Default::default(),
             sensors: (*d.sensors).clone(),
             command_handler: d.command_handler.clone(),
+            dialect: d.dialect.clone(),
             simulated: d.simulated,
             buffer: Some(d.buffer),
         };
@@ -895,12 +980,63 @@ impl Fleet {
         Some(entry.presence.online_at(self.0.clock.now_ms()))
     }
 
+    /// A device's dialect and shared state, when the device exists.
+    pub fn dialect_of(&self, id: &str) -> Option<(Arc<DeviceDialect>, Arc<SharedState>)> {
+        let entry = self.entry(id).ok()?;
+        Some((entry.dialect.clone(), entry.shared.clone()))
+    }
+
+    /// Whether device `id` may publish on `topic` because its dialect
+    /// reads messages there (iotmock's own topics are checked elsewhere).
+    pub fn dialect_may_publish(&self, id: &str, topic: &str) -> bool {
+        let (Ok(entry), Some(inbound)) = (self.entry(id), self.0.inbound.get()) else {
+            return false;
+        };
+        !entry.dialect.is_default() && inbound.may_publish(&entry.dialect, topic)
+    }
+
+    /// Whether device `id` may subscribe to `filter` because its commands
+    /// go out there in its dialect.
+    pub fn dialect_may_subscribe(&self, id: &str, filter: &str) -> bool {
+        let Ok(entry) = self.entry(id) else {
+            return false;
+        };
+        !entry.dialect.is_default()
+            && entry
+                .dialect
+                .command_probe()
+                .is_some_and(|probe| topics::matches(filter, probe))
+    }
+
+    /// What the decoders of dialects did.
+    pub fn dialect_counters(&self) -> Option<crate::dialect::InboundCounters> {
+        self.0.inbound.get().map(Inbound::counters)
+    }
+
+    /// Simulated time now.
+    pub fn now_ms(&self) -> i64 {
+        self.0.clock.now_ms()
+    }
+
+    /// Hands the decoders of dialects every dialect in use, now and from
+    /// now on (set once).
+    pub fn set_inbound(&self, inbound: Inbound) {
+        let entries: Vec<Arc<Entry>> = self.0.devices.read().unwrap().values().cloned().collect();
+        for entry in entries {
+            inbound.listen(&entry.dialect);
+        }
+        if self.0.inbound.set(inbound).is_err() {
+            tracing::error!("a second set of dialect decoders was refused");
+        }
+    }
+
     /// A device as the command engine sees it.
     pub fn command_target(&self, id: &str) -> Result<CommandTarget, FleetError> {
         let entry = self.entry(id)?;
         let device = entry.device();
         Ok(CommandTarget {
             simulated: device.simulated,
+            dialect: entry.dialect.clone(),
             handler: device.command_handler.clone(),
             shared: entry.shared.clone(),
             online: device.state == Lifecycle::Active
@@ -1046,6 +1182,7 @@ impl Fleet {
             metadata: d.metadata.clone(),
             sensors: d.sensors.clone(),
             command_handler: d.command_handler.clone(),
+            dialect: d.dialect.clone().unwrap_or_default(),
             simulated: d.simulated,
             state: d.state,
             connectivity: ConnectivityView {

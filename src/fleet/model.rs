@@ -5,6 +5,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub use crate::dialect::DialectSpec;
 use crate::scenario::SensorSpec;
 use crate::telemetry::OfflineBuffer;
 
@@ -106,6 +107,8 @@ pub struct Device {
     pub metadata: Arc<Map<String, Value>>,
     pub sensors: Arc<Vec<SensorSpec>>,
     pub command_handler: Option<HandlerSpec>,
+    /// None: the default dialect (`iotmock`).
+    pub dialect: Option<DialectSpec>,
     pub simulated: bool,
     /// Offline buffer of each of its sensors.
     pub buffer: OfflineBuffer,
@@ -134,6 +137,10 @@ pub struct DeviceTemplate {
     /// A command-handler plugin that answers for a simulated device.
     #[serde(default)]
     pub command_handler: Option<HandlerSpec>,
+    /// The topics and payloads the device speaks: a codec plugin's name,
+    /// or `{"plugin", "config"}` (default `iotmock`).
+    #[serde(default)]
+    pub dialect: Option<DialectSpec>,
     /// false: a real device that connects itself.
     #[serde(default = "yes")]
     pub simulated: bool,
@@ -168,6 +175,9 @@ pub struct CreateDevice {
     pub sensors: Vec<SensorSpec>,
     #[serde(default)]
     pub command_handler: Option<HandlerSpec>,
+    /// The topics and payloads the device speaks (default `iotmock`).
+    #[serde(default)]
+    pub dialect: Option<DialectSpec>,
     #[serde(default = "yes")]
     pub simulated: bool,
     #[serde(default)]
@@ -185,6 +195,7 @@ impl CreateDevice {
                 metadata: self.metadata,
                 sensors: self.sensors,
                 command_handler: self.command_handler,
+                dialect: self.dialect,
                 simulated: self.simulated,
                 buffer: self.buffer,
             },
@@ -278,6 +289,8 @@ pub struct DeviceView {
     #[schema(value_type = Vec<SensorSpec>)]
     pub sensors: Arc<Vec<SensorSpec>>,
     pub command_handler: Option<HandlerSpec>,
+    /// The topics and payloads the device speaks.
+    pub dialect: DialectSpec,
     pub simulated: bool,
     pub state: Lifecycle,
     pub connectivity: ConnectivityView,

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::credentials::SecretHash;
-use super::model::{Device, HandlerSpec, Lifecycle};
+use super::model::{Device, DialectSpec, HandlerSpec, Lifecycle};
 
 /// Migrations, in order; entry N takes the schema from version N to N+1.
 const MIGRATIONS: &[&str] = &[
@@ -51,6 +51,8 @@ const MIGRATIONS: &[&str] = &[
         revoked_at INTEGER
     );
     CREATE INDEX certificates_device ON certificates (device);",
+    // 5: each device's dialect (a codec name or JSON; NULL: the default).
+    "ALTER TABLE devices ADD COLUMN dialect TEXT;",
 ];
 
 /// A stored device certificate.
@@ -107,8 +109,9 @@ impl Store {
             let mut exists = tx.prepare_cached("SELECT 1 FROM devices WHERE id = ?1")?;
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO devices (id, kind, tags, grp, metadata, sensors, command_handler,
-                    simulated, lifecycle, secret_salt, secret_hash, created_at, updated_at, buffer)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                    simulated, lifecycle, secret_salt, secret_hash, created_at, updated_at, buffer,
+                    dialect)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             )?;
             for (d, secret) in devices {
                 if exists
@@ -133,6 +136,7 @@ impl Store {
                     d.created_at,
                     d.updated_at,
                     json(&d.buffer),
+                    d.dialect.as_ref().map(DialectSpec::to_stored),
                 ])?;
             }
             insert_cert_rows(&tx, certs)?;
@@ -148,7 +152,7 @@ impl Store {
             .prepare_cached(
                 "UPDATE devices SET kind = ?2, tags = ?3, grp = ?4, metadata = ?5, sensors = ?6,
                 command_handler = ?7, simulated = ?8, lifecycle = ?9, updated_at = ?10,
-                buffer = ?11
+                buffer = ?11, dialect = ?12
              WHERE id = ?1",
             )?
             .execute(params![
@@ -163,6 +167,7 @@ impl Store {
                 d.state.as_str(),
                 d.updated_at,
                 json(&d.buffer),
+                d.dialect.as_ref().map(DialectSpec::to_stored),
             ])?;
         Ok(n == 1)
     }
@@ -288,7 +293,8 @@ impl Store {
         let conn = self.conn.lock().unwrap();
         let mut stmt = conn.prepare(
             "SELECT id, kind, tags, grp, metadata, sensors, command_handler, simulated, lifecycle,
-                secret_salt, secret_hash, created_at, updated_at, buffer FROM devices ORDER BY id",
+                secret_salt, secret_hash, created_at, updated_at, buffer, dialect FROM devices
+             ORDER BY id",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok((
@@ -306,6 +312,7 @@ impl Store {
                 r.get::<_, i64>(11)?,
                 r.get::<_, i64>(12)?,
                 r.get::<_, Option<String>>(13)?,
+                r.get::<_, Option<String>>(14)?,
             ))
         })?;
         let mut out = Vec::new();
@@ -325,6 +332,7 @@ impl Store {
                 created,
                 updated,
                 buffer,
+                dialect,
             ) = row?;
             let corrupt = |what: &str| StoreError::Corrupt(format!("device {id:?}: {what}"));
             let device = Device {
@@ -338,6 +346,12 @@ impl Store {
                         HandlerSpec::from_stored(&text)
                             .ok_or_else(|| corrupt("command_handler"))?,
                     ),
+                    None => None,
+                },
+                dialect: match dialect {
+                    Some(text) => {
+                        Some(DialectSpec::from_stored(&text).ok_or_else(|| corrupt("dialect"))?)
+                    }
                     None => None,
                 },
                 simulated,

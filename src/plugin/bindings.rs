@@ -1,4 +1,4 @@
-//! Host-side bindings for the three plugin worlds, generated from `wit/`.
+//! Host-side bindings for the four plugin worlds, generated from `wit/`.
 //! The `host` and `types` interfaces are generated once (with `sensor`) and
 //! shared by the other worlds, so one `Host` implementation serves all.
 
@@ -23,6 +23,17 @@ pub(crate) mod command_handler {
 pub(crate) mod edge_rule {
     wasmtime::component::bindgen!({
         world: "edge-rule",
+        path: "wit",
+        with: {
+            "iotmock:plugin/types": super::sensor::iotmock::plugin::types,
+            "iotmock:plugin/host": super::sensor::iotmock::plugin::host,
+        },
+    });
+}
+
+pub(crate) mod codec {
+    wasmtime::component::bindgen!({
+        world: "codec",
         path: "wit",
         with: {
             "iotmock:plugin/types": super::sensor::iotmock::plugin::types,

@@ -1,4 +1,4 @@
-//! The plugin host: compiles WebAssembly components of the three worlds in
+//! The plugin host: compiles WebAssembly components of the four worlds in
 //! `wit/`, keeps the current version of each named plugin, and runs calls on
 //! a small pool of OS threads with a deadline and a memory cap per call.
 //!
@@ -9,6 +9,7 @@
 //! the registry which file changed.
 
 mod bindings;
+mod codec;
 mod edge_rule;
 mod host;
 mod pool;
@@ -19,6 +20,10 @@ pub mod watcher;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use codec::{
+    CodecDevice, CodecEvent, CodecInfo, CodecMessage, CodecReading, DecodeRequest, Decoded,
+    EncodeRequest, Encoded,
+};
 pub use edge_rule::{
     CallBudget, EdgeAction, EdgeAggregate, EdgeAlert, EdgeCommand, EdgeOutcome, EdgeReading,
     EdgeWindow,
@@ -74,7 +79,7 @@ pub enum LoadError {
         version: &'static str,
     },
     #[error(
-        "plugin {name:?} exports none of the iotmock worlds; implement one of sensor, command-handler or edge-rule from iotmock:plugin@{version}"
+        "plugin {name:?} exports none of the iotmock worlds; implement one of sensor, command-handler, edge-rule or codec from iotmock:plugin@{version}"
     )]
     NoWorld { name: String, version: &'static str },
     #[error(
@@ -310,6 +315,14 @@ impl PluginHost {
     /// The serving version of plugin `name` (changes on every reload).
     pub fn version(&self, name: &str) -> Option<u64> {
         self.registry.entry(name)?.current().map(|v| v.id)
+    }
+
+    /// Whether the serving version of `name` is the one built in.
+    pub fn is_builtin(&self, name: &str) -> bool {
+        self.registry
+            .entry(name)
+            .and_then(|e| e.current())
+            .is_some_and(|v| v.source == PluginSource::BuiltIn)
     }
 
     pub fn info(&self, name: &str) -> Option<PluginInfo> {

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use wasmtime::{Store, Trap};
 
-use super::bindings::{command_handler, edge_rule, sensor, types};
+use super::bindings::{codec, command_handler, edge_rule, sensor, types};
 use super::host::{CallContext, HostState, MemoryLimiter};
 use super::registry::{EPOCH_TICK, Entry, Prepared, Registry, Version, World};
 use super::{
@@ -23,6 +23,7 @@ use super::{
     SampleRequest, SensorInfo,
 };
 
+mod codec_api;
 mod edge;
 
 type Job = Box<dyn FnOnce(&mut Worker) + Send>;
@@ -41,6 +42,7 @@ enum Exports {
     Sensor(sensor::Sensor),
     CommandHandler(command_handler::CommandHandler),
     EdgeRule(edge_rule::EdgeRule),
+    Codec(codec::Codec),
 }
 
 struct Live {
@@ -454,6 +456,7 @@ impl Worker {
             Prepared::Sensor(p) => p.instance_pre().engine().clone(),
             Prepared::CommandHandler(p) => p.instance_pre().engine().clone(),
             Prepared::EdgeRule(p) => p.instance_pre().engine().clone(),
+            Prepared::Codec(p) => p.instance_pre().engine().clone(),
         };
         let state = HostState {
             plugin: version.name.clone(),
@@ -478,6 +481,7 @@ impl Worker {
                 Exports::CommandHandler(p.instantiate(&mut store).map_err(trap)?)
             }
             Prepared::EdgeRule(p) => Exports::EdgeRule(p.instantiate(&mut store).map_err(trap)?),
+            Prepared::Codec(p) => Exports::Codec(p.instantiate(&mut store).map_err(trap)?),
         };
         Ok(Live {
             version: version.id,

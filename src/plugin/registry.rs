@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Engine, EngineWeak};
 
-use super::bindings::{command_handler, edge_rule, sensor};
+use super::bindings::{codec, command_handler, edge_rule, sensor};
 use super::host::HostState;
 use super::{CallError, LoadError, valid_name};
 
@@ -39,16 +39,23 @@ pub enum World {
     Sensor,
     CommandHandler,
     EdgeRule,
+    Codec,
 }
 
 impl World {
-    const ALL: [World; 3] = [World::Sensor, World::CommandHandler, World::EdgeRule];
+    const ALL: [World; 4] = [
+        World::Sensor,
+        World::CommandHandler,
+        World::EdgeRule,
+        World::Codec,
+    ];
 
     fn export_name(self) -> String {
         let iface = match self {
             World::Sensor => "sensor-api",
             World::CommandHandler => "command-handler-api",
             World::EdgeRule => "edge-rule-api",
+            World::Codec => "codec-api",
         };
         format!("iotmock:plugin/{iface}@{WIT_VERSION}")
     }
@@ -60,6 +67,7 @@ impl fmt::Display for World {
             World::Sensor => "sensor",
             World::CommandHandler => "command-handler",
             World::EdgeRule => "edge-rule",
+            World::Codec => "codec",
         })
     }
 }
@@ -131,6 +139,7 @@ pub(crate) enum Prepared {
     Sensor(sensor::SensorPre<HostState>),
     CommandHandler(command_handler::CommandHandlerPre<HostState>),
     EdgeRule(edge_rule::EdgeRulePre<HostState>),
+    Codec(codec::CodecPre<HostState>),
 }
 
 impl Prepared {
@@ -139,6 +148,7 @@ impl Prepared {
             Prepared::Sensor(_) => World::Sensor,
             Prepared::CommandHandler(_) => World::CommandHandler,
             Prepared::EdgeRule(_) => World::EdgeRule,
+            Prepared::Codec(_) => World::Codec,
         }
     }
 }
@@ -556,6 +566,7 @@ impl Registry {
             World::EdgeRule => {
                 Prepared::EdgeRule(edge_rule::EdgeRulePre::new(pre).map_err(mismatch)?)
             }
+            World::Codec => Prepared::Codec(codec::CodecPre::new(pre).map_err(mismatch)?),
         })
     }
 

@@ -63,6 +63,10 @@ struct RawFleet {
     /// A command-handler plugin: a name, or `{ plugin, config }`.
     #[serde(default)]
     command_handler: Option<crate::fleet::HandlerSpec>,
+    /// The topics and payloads the devices speak: a codec plugin's name,
+    /// or `{ plugin, config }` (default `iotmock`).
+    #[serde(default)]
+    dialect: Option<crate::dialect::DialectSpec>,
     #[serde(default)]
     buffer: Option<OfflineBuffer>,
 }
@@ -121,6 +125,7 @@ pub struct DeviceSpec {
     pub group: Option<String>,
     pub sensors: Vec<SensorSpec>,
     pub command_handler: Option<crate::fleet::HandlerSpec>,
+    pub dialect: Option<crate::dialect::DialectSpec>,
     /// The offline buffer of each sensor; None: the default.
     pub buffer: Option<OfflineBuffer>,
 }
@@ -193,6 +198,14 @@ impl Scenario {
                     handler.plugin()
                 )));
             }
+            if let Some(dialect) = &fleet.dialect
+                && !crate::plugin::valid_name(dialect.plugin())
+            {
+                return Err(invalid(format!(
+                    "{at}: dialect {:?} is not a valid plugin name (a-z, 0-9, '-', '_')",
+                    dialect.plugin()
+                )));
+            }
             if let Some(buffer) = &fleet.buffer {
                 buffer
                     .validate()
@@ -219,6 +232,7 @@ impl Scenario {
                     group: fleet.group.clone(),
                     sensors: fleet.sensors.clone(),
                     command_handler: fleet.command_handler.clone(),
+                    dialect: fleet.dialect.clone(),
                     buffer: fleet.buffer,
                 });
             }

@@ -31,4 +31,14 @@ impl Telemetry {
         }
         outcomes
     }
+
+    /// Readings a device published itself in its dialect (decoded by its
+    /// codec): counted, shown to edge nodes and live subscribers, and
+    /// journaled for export, like simulated ones. They are already on the
+    /// broker in the device's own words, so nothing is published.
+    pub fn observed(&self, readings: Vec<Reading>) {
+        for reading in readings {
+            self.stats.published(reading);
+        }
+    }
 }

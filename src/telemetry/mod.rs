@@ -69,6 +69,8 @@ pub struct TelemetryStats {
     pub sample_failed: AtomicU64,
     /// Readings whose value was not a finite number.
     pub invalid_values: AtomicU64,
+    /// Readings lost because the device's codec (dialect) call failed.
+    pub encode_failed: AtomicU64,
     pub plugin_calls: AtomicU64,
     /// Readings waiting in offline buffers now.
     pub buffered: AtomicU64,
@@ -118,6 +120,9 @@ pub struct TelemetryCounters {
     pub dropouts: u64,
     pub sample_failed: u64,
     pub invalid_values: u64,
+    /// Readings lost because the device's codec (dialect) call failed
+    /// (trap, timeout, missing plugin, rejected config).
+    pub encode_failed: u64,
     pub plugin_calls: u64,
     pub buffered: u64,
     pub buffer_dropped: u64,
@@ -296,6 +301,7 @@ impl Telemetry {
             dropouts: s.dropouts.load(Ordering::Relaxed),
             sample_failed: s.sample_failed.load(Ordering::Relaxed),
             invalid_values: s.invalid_values.load(Ordering::Relaxed),
+            encode_failed: s.encode_failed.load(Ordering::Relaxed),
             plugin_calls: s.plugin_calls.load(Ordering::Relaxed),
             buffered: s.buffered.load(Ordering::Relaxed),
             buffer_dropped: s.buffer_dropped.load(Ordering::Relaxed),

@@ -20,8 +20,11 @@ use tokio::sync::{mpsc, watch};
 use super::presence::Presence;
 use super::{Control, Reading, TelemetryStats};
 use crate::clock::{Clock, ClockMode};
+use crate::dialect::{DEFAULT_DIALECT, DeviceDialect, Outgoing, encode_and_publish};
 use crate::mqtt::{MqttHandle, Qos, topics};
-use crate::plugin::{CallContext, DeviceSlot, PluginHost, SampleRequest, SharedState};
+use crate::plugin::{
+    CallContext, CodecEvent, CodecReading, DeviceSlot, PluginHost, SampleRequest, SharedState,
+};
 use crate::random::DeviceRng;
 use crate::scenario::SensorSpec;
 
@@ -38,6 +41,8 @@ pub struct StreamSpec {
     pub buffer: OfflineBuffer,
     /// The device's offline-buffer counters, shared by its sensors.
     pub counters: Arc<BufferCounters>,
+    /// The device's dialect: how its readings go out.
+    pub dialect: Arc<DeviceDialect>,
 }
 
 /// A device's offline-buffer counters, over all its sensors.
@@ -132,6 +137,7 @@ struct Stream {
     buffer_policy: OfflineBuffer,
     buffered: VecDeque<Reading>,
     counters: Arc<BufferCounters>,
+    dialect: Arc<DeviceDialect>,
     generation: u64,
 }
 
@@ -328,6 +334,7 @@ impl Scheduler {
             jitter_ms,
             jitter_rng,
             counters: spec.counters,
+            dialect: spec.dialect,
             topic: topics::telemetry(&spec.device, &sensor_name),
             device: device.clone(),
             sensor: Arc::from(sensor_name),
@@ -427,6 +434,7 @@ impl Scheduler {
             self.finish_chunk(&key, unit, &chunk, result, ctx, &mut readings);
         }
         readings.sort_by_key(|r| (r.0, r.1));
+        let mut online = Vec::with_capacity(readings.len());
         for (ts, idx, reading) in readings {
             if reading.is_dropout() {
                 // Ground truth for the export and the live stream; never
@@ -436,9 +444,69 @@ impl Scheduler {
             }
             let stream = self.streams[idx].as_mut().expect("live stream");
             if stream.presence.online_at(ts) {
-                self.publish(idx, reading).await;
+                online.push((idx, reading));
             } else {
                 self.buffer(idx, reading);
+            }
+        }
+        self.publish_batch(online).await;
+    }
+
+    /// Publishes readings in order: those of devices on the built-in path
+    /// one by one, then those of each other dialect (codec and config, in
+    /// name order) through one batched encode, one request per device with
+    /// its readings in time order.
+    async fn publish_batch(&mut self, batch: Vec<(usize, Reading)>) {
+        type Key = (Arc<str>, Arc<str>);
+        // Per codec: the devices in order of their first reading, each
+        // with its readings.
+        let mut coded: BTreeMap<Key, (Vec<usize>, Vec<Vec<Reading>>)> = BTreeMap::new();
+        let mut slot_of: HashMap<(Key, Arc<str>), usize> = HashMap::new();
+        // Asked once per batch, not per reading: the default path's cost.
+        let builtin = self.plugins.is_builtin(DEFAULT_DIALECT);
+        for (idx, reading) in batch {
+            let dialect = &self.streams[idx].as_ref().expect("live stream").dialect;
+            if builtin && dialect.is_default() {
+                self.publish(idx, reading).await;
+                continue;
+            }
+            let key: Key = (dialect.plugin.clone(), dialect.config.clone());
+            let group = coded.entry(key.clone()).or_default();
+            let n = *slot_of
+                .entry((key, reading.device.clone()))
+                .or_insert_with(|| {
+                    group.0.push(idx);
+                    group.1.push(Vec::new());
+                    group.1.len() - 1
+                });
+            group.1[n].push(reading);
+        }
+        let now = self.clock.now_ms();
+        for (_, (devices, readings)) in coded {
+            let items = devices
+                .iter()
+                .zip(&readings)
+                .map(|(&idx, readings)| {
+                    let s = self.streams[idx].as_ref().expect("live stream");
+                    Outgoing {
+                        dialect: s.dialect.clone(),
+                        shared: Some(s.shared.clone()),
+                        ts: readings.last().map_or(now, |r| r.ts),
+                        event: CodecEvent::Readings(readings.iter().map(codec_reading).collect()),
+                    }
+                })
+                .collect();
+            let (_, done) = encode_and_publish(&self.plugins, &self.mqtt, now, items).await;
+            for (ok, readings) in done.into_iter().zip(readings) {
+                if ok {
+                    for reading in readings {
+                        self.stats.published(reading);
+                    }
+                } else {
+                    self.stats
+                        .encode_failed
+                        .fetch_add(readings.len() as u64, Ordering::Relaxed);
+                }
             }
         }
     }
@@ -503,9 +571,8 @@ impl Scheduler {
             .buffered
             .fetch_sub(pending.len() as u64, Ordering::Relaxed);
         pending.sort_by_key(|r| (r.0, r.1));
-        for (_, idx, reading) in pending {
-            self.publish(idx, reading).await;
-        }
+        let pending = pending.into_iter().map(|(_, idx, r)| (idx, r)).collect();
+        self.publish_batch(pending).await;
     }
 
     /// Takes the random streams and plugin states of a chunk's streams into
@@ -615,6 +682,17 @@ impl Scheduler {
                 None
             }
         }
+    }
+}
+
+/// A reading as a codec gets it: the unit as plain text.
+fn codec_reading(r: &Reading) -> CodecReading {
+    CodecReading {
+        sensor: r.sensor.to_string(),
+        ts: r.ts,
+        value: r.value,
+        unit: serde_json::from_str::<String>(&r.unit_json).unwrap_or_default(),
+        anomaly: r.anomaly.clone(),
     }
 }
 

@@ -9,6 +9,7 @@ mod broker;
 mod budgets;
 mod commands;
 mod config_checks;
+mod dialects;
 mod durability;
 mod edge;
 mod engine;

@@ -32,7 +32,11 @@
 //! - models used by one plugin each but tested here: [`pir`] (motion),
 //!   [`bursts`] (vibration), [`energy`] (load profile and meter),
 //!   [`battery`] (discharge curves), [`physics`] (humidity, altitude),
-//!   [`thermostat`] (a target temperature reached with a first-order lag).
+//!   [`thermostat`] (a target temperature reached with a first-order lag);
+//! - [`dialect`]: timestamps, JSON strings, topic templates and state numbers
+//!   for codec plugins (dialects).
+
+extern crate alloc;
 
 pub mod anomaly;
 pub mod battery;
@@ -40,6 +44,7 @@ pub mod bursts;
 pub mod codec;
 #[cfg(feature = "command-handler")]
 pub mod command;
+pub mod dialect;
 #[cfg(feature = "edge-rule")]
 pub mod edge;
 pub mod energy;

@@ -181,6 +181,9 @@ const OUR_EDGE_MS: f64 = 1.0;
 const SEED_CPU_PCT: f64 = 1.0;
 const OUR_CPU_PCT: f64 = 0.001;
 const OUR_SAMPLES: f64 = 1_000_000.0;
+/// What a dialect may add to the built-in path's CPU per reading (issue
+/// target: 2 µs).
+const OUR_DIALECT_OVERHEAD_NS: f64 = 2_000.0;
 const OUR_RELOAD_MS: f64 = 200.0;
 
 fn main() -> std::process::ExitCode {
@@ -983,6 +986,46 @@ fn plugins_part(
         ),
         "n/a".into(),
     ]);
+    progress("plugins: dialect encode costs...");
+    let costs = std::thread::spawn(move || sampling::encode_costs(time))
+        .join()
+        .map_err(|_| anyhow::anyhow!("the encode thread panicked"))??;
+    let native_ns = costs.first().map_or(f64::NAN, |c| c.cpu_ns_per_reading);
+    for c in &costs {
+        let over = c.cpu_ns_per_reading - native_ns;
+        let builtin = c.dialect == "iotmock (built-in)";
+        table.row(vec![
+            format!(
+                "dialect encode, CPU per reading: {} ({} devices per call, 1 worker; no publishing)",
+                if builtin {
+                    c.dialect.clone()
+                } else {
+                    format!("codec plugin `{}`", c.dialect)
+                },
+                sampling::ENCODE_BATCH
+            ),
+            if builtin {
+                "-".into()
+            } else {
+                format!("<= {} ns over built-in", OUR_DIALECT_OVERHEAD_NS)
+            },
+            format!(
+                "{:.0} ns/reading ({}), {:.0} bytes/reading",
+                c.cpu_ns_per_reading,
+                if builtin {
+                    "the reference".to_string()
+                } else {
+                    format!("{over:+.0} ns")
+                },
+                c.bytes_per_reading
+            ),
+            if builtin {
+                "n/a".into()
+            } else {
+                status(over <= OUR_DIALECT_OVERHEAD_NS)
+            },
+        ]);
+    }
     progress("plugins: hot reload...");
     let reload = runtime.block_on(platform::hot_reload(bin, plan.reloads));
     let reload_json = match &reload {
@@ -1012,7 +1055,7 @@ fn plugins_part(
     };
     raw.insert(
         "plugins".into(),
-        json!({"sampling": sampling, "edge_rule_calls": edge, "hot_reload": reload_json}),
+        json!({"sampling": sampling, "edge_rule_calls": edge, "dialect_encode": costs, "hot_reload": reload_json}),
     );
     Ok(table)
 }

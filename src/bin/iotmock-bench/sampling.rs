@@ -242,3 +242,166 @@ pub fn edge_calls(time: Duration) -> anyhow::Result<EdgeCalls> {
         })
     })
 }
+
+/// What one dialect's encode path costs per reading.
+#[derive(Debug, Clone, Serialize)]
+pub struct EncodeCost {
+    /// `iotmock (built-in)` or the codec plugin's name.
+    pub dialect: String,
+    pub readings: u64,
+    pub wall_s: f64,
+    pub cpu_s: f64,
+    /// CPU time (caller and worker) per reading, ns.
+    pub cpu_ns_per_reading: f64,
+    /// Bytes of topic and payload per reading, on average.
+    pub bytes_per_reading: f64,
+}
+
+/// Devices per encode call (one reading each: a scheduler round of a fleet
+/// with one sensor per device).
+pub const ENCODE_BATCH: usize = 1024;
+
+/// The CPU cost per reading of turning readings into MQTT messages: the
+/// built-in iotmock path (`Reading::write_json` and the topic), and each
+/// codec plugin through the plugin host (one worker, batched calls of
+/// [`ENCODE_BATCH`] devices, codec state carried from call to call).
+/// Nothing is published: this is the part a dialect changes.
+pub fn encode_costs(time: Duration) -> anyhow::Result<Vec<EncodeCost>> {
+    use iotmock::plugin::{CodecDevice, CodecEvent, CodecReading, EncodeRequest};
+    use iotmock::telemetry::Reading;
+
+    let ids: Vec<String> = (0..ENCODE_BATCH).map(|i| format!("bench-{i:05}")).collect();
+    let value = |i: usize, ts: i64| 20.0 + ((ts / 1000 + i as i64) % 97) as f64 / 10.0;
+    let mut out = Vec::new();
+
+    // The built-in path, as the scheduler takes it.
+    let unit: Arc<str> = Arc::from("\"celsius\"");
+    let devices: Vec<Arc<str>> = ids.iter().map(|id| Arc::from(id.as_str())).collect();
+    let sensor: Arc<str> = Arc::from(SENSOR);
+    let mut payload = String::with_capacity(256);
+    let mut bytes = 0u64;
+    let mut readings = 0u64;
+    let mut ts = START_TS;
+    let span = Span::start();
+    while span.elapsed() < time {
+        for (i, device) in devices.iter().enumerate() {
+            let reading = Reading {
+                device: device.clone(),
+                sensor: sensor.clone(),
+                ts,
+                value: value(i, ts),
+                unit_json: unit.clone(),
+                anomaly: None,
+            };
+            payload.clear();
+            reading.write_json(&mut payload);
+            let topic = iotmock::mqtt::topics::telemetry(&reading.device, &reading.sensor);
+            let body = bytes::Bytes::copy_from_slice(payload.as_bytes());
+            bytes += (topic.len() + body.len()) as u64;
+            std::hint::black_box((topic, body));
+        }
+        readings += ENCODE_BATCH as u64;
+        ts += 1_000;
+    }
+    let (wall, cpu) = span.end();
+    out.push(cost("iotmock (built-in)", readings, wall, cpu, bytes));
+
+    let host = PluginHost::start(PluginLimits {
+        workers: 1,
+        ..Default::default()
+    })
+    .map_err(|e| anyhow!("starting the plugin host: {e}"))?;
+    let infos: Vec<CodecDevice> = ids
+        .iter()
+        .map(|id| CodecDevice {
+            id: id.clone(),
+            group: Some("bench".into()),
+            kind: None,
+            username: id.clone(),
+            simulated: true,
+        })
+        .collect();
+    for (name, config) in [
+        ("iotmock", "{}"),
+        (
+            "template",
+            r#"{"telemetry_topic":"site/{group}/{id}/{sensor}","telemetry_payload":"{{\"v\":{value},\"t\":{ts_ms}}}"}"#,
+        ),
+        ("thingsboard", "{}"),
+    ] {
+        let config: Arc<str> = Arc::from(config);
+        let mut ctx = CallContext {
+            now: START_TS,
+            slots: ids
+                .iter()
+                .map(|id| DeviceSlot {
+                    rng: DeviceRng::derive(42, id, "dialect"),
+                    state: None,
+                })
+                .collect(),
+        };
+        let mut states: Vec<Vec<u8>> = vec![Vec::new(); ENCODE_BATCH];
+        let mut ts = START_TS;
+        let mut bytes = 0u64;
+        let mut call =
+            |ctx: CallContext, ts: i64, bytes: &mut u64| -> anyhow::Result<CallContext> {
+                let requests = infos
+                    .iter()
+                    .zip(states.iter_mut())
+                    .enumerate()
+                    .map(|(i, (info, state))| EncodeRequest {
+                        device: i as u32,
+                        info: info.clone(),
+                        ts,
+                        event: CodecEvent::Readings(vec![CodecReading {
+                            sensor: SENSOR.into(),
+                            ts,
+                            value: value(i, ts),
+                            unit: "celsius".into(),
+                            anomaly: None,
+                        }]),
+                        state: std::mem::take(state),
+                    })
+                    .collect();
+                let (result, ctx) = host.encode_blocking(name, config.clone(), ctx, requests);
+                let answers = result.map_err(|e| anyhow!("{name} encode call: {e}"))?;
+                for (state, answer) in states.iter_mut().zip(answers) {
+                    if answer.messages.is_empty() {
+                        bail!("{name} encoded a reading into no message");
+                    }
+                    for m in &answer.messages {
+                        *bytes += (m.topic.len() + m.payload.len()) as u64;
+                    }
+                    *state = answer.state;
+                }
+                Ok(ctx)
+            };
+        let warm = Instant::now();
+        let mut ignored = 0;
+        while warm.elapsed() < time / 8 + Duration::from_millis(10) {
+            ctx = call(ctx, ts, &mut ignored)?;
+            ts += 1_000;
+        }
+        let span = Span::start();
+        let mut calls = 0u64;
+        while span.elapsed() < time {
+            ctx = call(ctx, ts, &mut bytes)?;
+            ts += 1_000;
+            calls += 1;
+        }
+        let (wall, cpu) = span.end();
+        out.push(cost(name, calls * ENCODE_BATCH as u64, wall, cpu, bytes));
+    }
+    Ok(out)
+}
+
+fn cost(dialect: &str, readings: u64, wall_s: f64, cpu_s: f64, bytes: u64) -> EncodeCost {
+    EncodeCost {
+        dialect: dialect.to_string(),
+        readings,
+        wall_s,
+        cpu_s,
+        cpu_ns_per_reading: cpu_s * 1e9 / readings.max(1) as f64,
+        bytes_per_reading: bytes as f64 / readings.max(1) as f64,
+    }
+}

@@ -1,0 +1,318 @@
+//! The codec call path of the pool: `describe`, batched `encode` and
+//! `decode`, with the plain types of [`super::super::codec`] converted to
+//! and from the generated ones here.
+
+use std::sync::Arc;
+
+use super::super::bindings::codec::exports::iotmock::plugin::codec_api as wit;
+use super::super::codec::{
+    CodecDevice, CodecEvent, CodecInfo, CodecMessage, CodecReading, DecodeRequest, Decoded,
+    EncodeRequest, Encoded,
+};
+use super::{
+    CallContext, CallError, Exports, Pool, ReplyStatus, Version, Worker, World, guest_error,
+};
+
+type EncodeAnswer = (Result<Vec<Encoded>, CallError>, CallContext);
+type DecodeAnswer = (Result<Decoded, CallError>, CallContext);
+
+impl Pool {
+    pub async fn describe_codec(
+        &self,
+        name: &str,
+        config: &str,
+        config_check: bool,
+    ) -> Result<CodecInfo, CallError> {
+        let (entry, version) = self.lookup(name, World::Codec)?;
+        let config = config.to_string();
+        self.run(
+            entry,
+            move |worker| {
+                let (result, _) =
+                    worker.call(&version, CallContext::default(), |store, exports| {
+                        let Exports::Codec(c) = exports else {
+                            unreachable!("world checked")
+                        };
+                        c.iotmock_plugin_codec_api().call_describe(store, &config)
+                    });
+                let name = &*version.name;
+                result
+                    .and_then(|r| r.map_err(|e| guest_error(name, e)))
+                    .map(|info| CodecInfo {
+                        description: info.description,
+                        filters: info.filters,
+                    })
+            },
+            move |r| {
+                r.as_ref()
+                    .err()
+                    .filter(|e| !(config_check && matches!(e, CallError::InvalidConfig { .. })))
+            },
+        )
+        .await?
+    }
+
+    pub async fn encode(
+        &self,
+        name: &str,
+        config: Arc<str>,
+        ctx: CallContext,
+        requests: Vec<EncodeRequest>,
+    ) -> EncodeAnswer {
+        let (entry, version) = match self.lookup(name, World::Codec) {
+            Ok(found) => found,
+            Err(e) => return (Err(e), ctx),
+        };
+        match self
+            .run(
+                entry,
+                move |w| encode_on(w, &version, &config, ctx, requests),
+                |r: &EncodeAnswer| r.0.as_ref().err(),
+            )
+            .await
+        {
+            Ok(answer) => answer,
+            Err(e) => (Err(e), CallContext::default()),
+        }
+    }
+
+    pub fn encode_blocking(
+        &self,
+        name: &str,
+        config: Arc<str>,
+        ctx: CallContext,
+        requests: Vec<EncodeRequest>,
+    ) -> EncodeAnswer {
+        let (entry, version) = match self.lookup(name, World::Codec) {
+            Ok(found) => found,
+            Err(e) => return (Err(e), ctx),
+        };
+        match self.run_blocking(
+            entry,
+            move |w| encode_on(w, &version, &config, ctx, requests),
+            |r: &EncodeAnswer| r.0.as_ref().err(),
+        ) {
+            Ok(answer) => answer,
+            Err(e) => (Err(e), CallContext::default()),
+        }
+    }
+
+    pub async fn decode(
+        &self,
+        name: &str,
+        config: Arc<str>,
+        ctx: CallContext,
+        request: DecodeRequest,
+    ) -> DecodeAnswer {
+        let (entry, version) = match self.lookup(name, World::Codec) {
+            Ok(found) => found,
+            Err(e) => return (Err(e), ctx),
+        };
+        match self
+            .run(
+                entry,
+                move |w| decode_on(w, &version, &config, ctx, request),
+                |r: &DecodeAnswer| r.0.as_ref().err(),
+            )
+            .await
+        {
+            Ok(answer) => answer,
+            Err(e) => (Err(e), CallContext::default()),
+        }
+    }
+}
+
+fn encode_on(
+    worker: &mut Worker,
+    version: &Arc<Version>,
+    config: &str,
+    ctx: CallContext,
+    requests: Vec<EncodeRequest>,
+) -> EncodeAnswer {
+    let expected = requests.len();
+    let requests: Vec<wit::EncodeRequest> = requests
+        .into_iter()
+        .map(|r| wit::EncodeRequest {
+            device: r.device,
+            info: device_to_wit(r.info),
+            ts: r.ts,
+            event: event_to_wit(r.event),
+            state: r.state,
+        })
+        .collect();
+    let (result, ctx) = worker.call(version, ctx, |store, exports| {
+        let Exports::Codec(c) = exports else {
+            unreachable!("world checked")
+        };
+        c.iotmock_plugin_codec_api()
+            .call_encode(store, config, &requests)
+    });
+    let name = &*version.name;
+    let result = result
+        .and_then(|r| r.map_err(|e| guest_error(name, e)))
+        .and_then(|answers| {
+            if answers.len() != expected {
+                return Err(CallError::BadAnswer {
+                    name: name.to_string(),
+                    got: answers.len(),
+                    expected,
+                });
+            }
+            Ok(answers
+                .into_iter()
+                .map(|e| Encoded {
+                    messages: e
+                        .messages
+                        .into_iter()
+                        .map(|m| CodecMessage {
+                            topic: m.topic,
+                            payload: m.payload,
+                            qos: m.qos,
+                            retain: m.retain,
+                            content_type: m.content_type,
+                            user_properties: m
+                                .user_properties
+                                .into_iter()
+                                .map(|p| (p.key, p.value))
+                                .collect(),
+                        })
+                        .collect(),
+                    state: e.state,
+                })
+                .collect())
+        });
+    (result, ctx)
+}
+
+fn decode_on(
+    worker: &mut Worker,
+    version: &Arc<Version>,
+    config: &str,
+    ctx: CallContext,
+    request: DecodeRequest,
+) -> DecodeAnswer {
+    let request = wit::DecodeRequest {
+        topic: request.topic,
+        payload: request.payload,
+        sender: request.sender.map(device_to_wit),
+        state: request.state,
+    };
+    let (result, ctx) = worker.call(version, ctx, |store, exports| {
+        let Exports::Codec(c) = exports else {
+            unreachable!("world checked")
+        };
+        c.iotmock_plugin_codec_api()
+            .call_decode(store, config, &request)
+    });
+    let name = &*version.name;
+    let result = result
+        .and_then(|r| r.map_err(|e| guest_error(name, e)))
+        .map(|d| match d {
+            wit::Decoded::NotMine => Decoded::NotMine,
+            wit::Decoded::Events((events, state)) => Decoded::Events(
+                events
+                    .into_iter()
+                    .map(|e| (e.device, event_from_wit(e.event)))
+                    .collect(),
+                state,
+            ),
+        });
+    (result, ctx)
+}
+
+fn device_to_wit(d: CodecDevice) -> wit::DeviceInfo {
+    wit::DeviceInfo {
+        id: d.id,
+        group: d.group,
+        kind: d.kind,
+        username: d.username,
+        simulated: d.simulated,
+    }
+}
+
+fn status_to_wit(s: ReplyStatus) -> wit::AckStatus {
+    match s {
+        ReplyStatus::Received => wit::AckStatus::Received,
+        ReplyStatus::Completed => wit::AckStatus::Completed,
+        ReplyStatus::Rejected => wit::AckStatus::Rejected,
+        ReplyStatus::Failed => wit::AckStatus::Failed,
+    }
+}
+
+fn status_from_wit(s: wit::AckStatus) -> ReplyStatus {
+    match s {
+        wit::AckStatus::Received => ReplyStatus::Received,
+        wit::AckStatus::Completed => ReplyStatus::Completed,
+        wit::AckStatus::Rejected => ReplyStatus::Rejected,
+        wit::AckStatus::Failed => ReplyStatus::Failed,
+    }
+}
+
+fn event_to_wit(e: CodecEvent) -> wit::Event {
+    match e {
+        CodecEvent::Readings(readings) => wit::Event::Readings(
+            readings
+                .into_iter()
+                .map(|r| wit::Reading {
+                    sensor: r.sensor,
+                    ts: r.ts,
+                    value: r.value,
+                    unit: r.unit,
+                    anomaly: r.anomaly,
+                })
+                .collect(),
+        ),
+        CodecEvent::Status(online) => wit::Event::Status(online),
+        CodecEvent::Ack {
+            command_id,
+            status,
+            result,
+        } => wit::Event::Ack(wit::Ack {
+            command_id,
+            status: status_to_wit(status),
+            result,
+        }),
+        CodecEvent::Reported(state) => wit::Event::Reported(state),
+        CodecEvent::Command {
+            id,
+            name,
+            params,
+            attempt,
+        } => wit::Event::Command(wit::Command {
+            id,
+            name,
+            params,
+            attempt,
+        }),
+    }
+}
+
+fn event_from_wit(e: wit::Event) -> CodecEvent {
+    match e {
+        wit::Event::Readings(readings) => CodecEvent::Readings(
+            readings
+                .into_iter()
+                .map(|r| CodecReading {
+                    sensor: r.sensor,
+                    ts: r.ts,
+                    value: r.value,
+                    unit: r.unit,
+                    anomaly: r.anomaly,
+                })
+                .collect(),
+        ),
+        wit::Event::Status(online) => CodecEvent::Status(online),
+        wit::Event::Ack(a) => CodecEvent::Ack {
+            command_id: a.command_id,
+            status: status_from_wit(a.status),
+            result: a.result,
+        },
+        wit::Event::Reported(state) => CodecEvent::Reported(state),
+        wit::Event::Command(c) => CodecEvent::Command {
+            id: c.id,
+            name: c.name,
+            params: c.params,
+            attempt: c.attempt,
+        },
+    }
+}
