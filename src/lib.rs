@@ -42,6 +42,7 @@ pub mod edge;
 pub mod fleet;
 pub mod http;
 mod journal;
+mod linger;
 pub mod mqtt;
 pub mod plugin;
 pub mod random;

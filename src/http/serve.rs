@@ -364,25 +364,12 @@ const LINGER_BYTES: usize = 16 << 20;
 
 /// Ends a connection the way clients can read: the answer is sent, the
 /// write side is closed, and what the client is still sending (the rest
-/// of a body refused with 413 before it was read) is read and dropped for
-/// a moment. Closing with unread data would make the kernel reset the
-/// connection, and a client still writing its body would see the reset
-/// instead of the answer.
+/// of a body refused with 413 before it was read) is drained (see
+/// [`crate::linger`]).
 async fn linger<I: AsyncRead + AsyncWrite + Unpin>(mut io: I) {
-    if io.shutdown().await.is_err() {
-        return;
+    if io.shutdown().await.is_ok() {
+        crate::linger::drain(&mut io, LINGER, LINGER_BYTES).await;
     }
-    let mut sink = vec![0u8; 64 * 1024];
-    let mut left = LINGER_BYTES;
-    let _ = tokio::time::timeout(LINGER, async {
-        while left > 0 {
-            match io.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => left = left.saturating_sub(n),
-            }
-        }
-    })
-    .await;
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

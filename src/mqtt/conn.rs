@@ -52,7 +52,6 @@ pub(crate) async fn listen(engine: &Arc<Engine>, addr: SocketAddr) -> std::io::R
     let addr = listener.local_addr()?;
     let engine = engine.clone();
     let task = tokio::spawn(async move {
-        let mut last_error_log = None::<tokio::time::Instant>;
         loop {
             match listener.accept().await {
                 Ok((stream, peer)) => {
@@ -61,12 +60,8 @@ pub(crate) async fn listen(engine: &Arc<Engine>, addr: SocketAddr) -> std::io::R
                 }
                 Err(error) => {
                     // Out of file descriptors and the like: back off rather
-                    // than spin, and say so once a second at most.
-                    let now = tokio::time::Instant::now();
-                    if last_error_log.is_none_or(|t| now - t > Duration::from_secs(1)) {
-                        tracing::warn!(%error, "MQTT listener cannot accept; backing off");
-                        last_error_log = Some(now);
-                    }
+                    // than spin, and say so at most once per interval.
+                    crate::ratelimit::warn_limited!(%error, "MQTT listener cannot accept; backing off");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
@@ -166,18 +161,9 @@ pub(crate) async fn serve<S>(
     let _ = stream.shutdown().await;
     engine.disconnected(&ctl, &conn.client_id, ending, expiry);
     if !matches!(ending, Ending::Normal | Ending::WithWill) {
-        // The broker closed: what the client still sends is read and
-        // discarded for a moment, so its last writes do not meet a reset
-        // before it has read the DISCONNECT or the last acknowledgements.
-        let mut sink = [0u8; 1024];
-        let _ = tokio::time::timeout(LINGER, async {
-            while let Ok(n) = stream.read(&mut sink).await {
-                if n == 0 {
-                    break;
-                }
-            }
-        })
-        .await;
+        // The broker closed: its last writes (the DISCONNECT, the last
+        // acknowledgements) must not meet a reset (see `crate::linger`).
+        crate::linger::drain(&mut stream, LINGER, usize::MAX).await;
     }
     engine.observed.disconnected(
         &conn.client_id,
