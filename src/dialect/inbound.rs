@@ -203,11 +203,12 @@ impl Inner {
         // The sender: the device whose credentials the client used, when
         // it speaks this dialect.
         let who = message.user.as_deref().unwrap_or(&message.client_id);
-        let sender = self
-            .fleet
-            .dialect_of(who)
-            .filter(|(d, _)| d.plugin == key.0 && d.config == key.1);
-        let now = self.telemetry_now();
+        let publisher = self.fleet.dialect_of(who);
+        // A device speaks for itself only; other clients (a back end, an
+        // admin, a SCADA host) may name any device.
+        let publisher_is_device = publisher.is_some();
+        let sender = publisher.filter(|(d, _)| d.plugin == key.0 && d.config == key.1);
+        let now = self.fleet.now_ms();
         let mut ctx = CallContext {
             now,
             slots: Vec::new(),
@@ -260,9 +261,6 @@ impl Inner {
         // that completes a command, which is then answered): let go first.
         drop(memory);
         let sender_id = sender.as_ref().map(|(d, _)| d.info.id.clone());
-        // A device speaks for itself only; other clients (a back end, an
-        // admin, a SCADA host) may name any device.
-        let publisher_is_device = self.fleet.dialect_of(who).is_some();
         for (device, event) in events {
             let Some(device) = device.or_else(|| sender_id.clone()) else {
                 self.stats.unknown_device.fetch_add(1, Ordering::Relaxed);
@@ -279,10 +277,6 @@ impl Inner {
             }
             self.file(&device, event).await;
         }
-    }
-
-    fn telemetry_now(&self) -> i64 {
-        self.fleet.now_ms()
     }
 
     /// Files one event of `device` where the same event of an iotmock

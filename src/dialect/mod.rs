@@ -21,9 +21,6 @@ mod inbound;
 
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-
 use crate::mqtt::{MqttHandle, Qos, topics};
 use crate::plugin::{
     CallContext, CallError, CodecDevice, CodecEvent, DeviceSlot, EncodeRequest, PluginHost,
@@ -42,61 +39,15 @@ type CodecKey = (Arc<str>, Arc<str>);
 /// Most devices in one encode call.
 pub const MAX_ENCODE_BATCH: usize = 1024;
 
-/// A device's dialect: a codec plugin name, or a plugin with its
-/// configuration (`{"plugin":"template","config":{...}}`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(untagged)]
-pub enum DialectSpec {
-    Name(String),
-    Full {
-        plugin: String,
-        #[serde(default)]
-        #[schema(value_type = Object)]
-        config: Value,
-    },
+crate::fleet::model::plugin_spec! {
+    /// A device's dialect: a codec plugin name, or a plugin with its
+    /// configuration (`{"plugin":"template","config":{...}}`).
+    DialectSpec
 }
 
 impl Default for DialectSpec {
     fn default() -> Self {
         DialectSpec::Name(DEFAULT_DIALECT.to_string())
-    }
-}
-
-impl DialectSpec {
-    pub fn plugin(&self) -> &str {
-        match self {
-            DialectSpec::Name(name) => name,
-            DialectSpec::Full { plugin, .. } => plugin,
-        }
-    }
-
-    /// The configuration as the codec gets it (JSON text; `{}` when none).
-    pub fn config_text(&self) -> String {
-        match self {
-            DialectSpec::Full { config, .. } if !config.is_null() => config.to_string(),
-            _ => "{}".to_string(),
-        }
-    }
-
-    /// Whether this is the default dialect with its default configuration.
-    pub fn is_default(&self) -> bool {
-        self.plugin() == DEFAULT_DIALECT && self.config_text() == "{}"
-    }
-
-    /// How the store keeps it: the bare name, or the JSON object.
-    pub fn to_stored(&self) -> String {
-        match self {
-            DialectSpec::Name(name) => name.clone(),
-            full => serde_json::to_string(full).expect("a dialect spec serializes"),
-        }
-    }
-
-    pub fn from_stored(text: &str) -> Option<Self> {
-        if text.starts_with('{') {
-            serde_json::from_str(text).ok()
-        } else {
-            Some(DialectSpec::Name(text.to_string()))
-        }
     }
 }
 
@@ -124,11 +75,19 @@ pub struct DeviceDialect {
 
 impl DeviceDialect {
     pub fn new(spec: Option<&DialectSpec>, info: CodecDevice, seed: u64) -> Arc<Self> {
-        let spec = spec.cloned().unwrap_or_default();
+        let fallback;
+        let spec = match spec {
+            Some(spec) => spec,
+            None => {
+                fallback = DialectSpec::default();
+                &fallback
+            }
+        };
+        let config = spec.config_text();
         Arc::new(Self {
+            default: spec.plugin() == DEFAULT_DIALECT && config == "{}",
             plugin: Arc::from(spec.plugin()),
-            config: Arc::from(spec.config_text()),
-            default: spec.is_default(),
+            config: Arc::from(config),
             info,
             seed,
             memory: tokio::sync::Mutex::new(Memory::default()),

@@ -628,24 +628,12 @@ impl Fleet {
         &self,
         devices: &[crate::scenario::DeviceSpec],
     ) -> Result<usize, FleetError> {
+        let templates: Vec<DeviceTemplate> = devices.iter().map(scenario_template).collect();
         let mut new = Vec::new();
         let mut checked = std::collections::HashSet::new();
-        for spec in devices {
-            let template = DeviceTemplate {
-                kind: spec.kind.clone(),
-                tags: spec.tags.clone(),
-                group: spec.group.clone(),
-                sensors: spec.sensors.clone(),
-                command_handler: spec.command_handler.clone(),
-                dialect: spec.dialect.clone(),
-                buffer: spec.buffer,
-                ..DeviceTemplate {
-                    simulated: true,
-                    ..Default::default()
-                }
-            };
+        for (spec, template) in devices.iter().zip(&templates) {
             let device = format!("device {:?}", spec.id);
-            self.check_template(&template).map_err(|e| match e {
+            self.check_template(template).map_err(|e| match e {
                 FleetError::Invalid(detail) => FleetError::Invalid(format!("{device}: {detail}")),
                 other => other,
             })?;
@@ -654,25 +642,12 @@ impl Fleet {
             self.check_dialect(spec.dialect.as_ref(), &format!("{device}: dialect"))
                 .await?;
         }
-        for spec in devices {
+        for (spec, template) in devices.iter().zip(&templates) {
             if self.0.devices.read().unwrap().contains_key(&spec.id) {
                 continue;
             }
-            let template = DeviceTemplate {
-                kind: spec.kind.clone(),
-                tags: spec.tags.clone(),
-                group: spec.group.clone(),
-                sensors: spec.sensors.clone(),
-                command_handler: spec.command_handler.clone(),
-                dialect: spec.dialect.clone(),
-                buffer: spec.buffer,
-                ..DeviceTemplate {
-                    simulated: true,
-                    ..Default::default()
-                }
-            };
-            let shared = SharedParts::of(&template);
-            new.push(self.build(spec.id.clone(), &template, &shared));
+            let shared = SharedParts::of(template);
+            new.push(self.build(spec.id.clone(), template, &shared));
         }
         let n = new.len();
         if n > 0 {
@@ -1233,6 +1208,23 @@ impl SharedParts {
             tags: Arc::new(t.tags.clone()),
             metadata: Arc::new(t.metadata.clone()),
             sensors: Arc::new(t.sensors.clone()),
+        }
+    }
+}
+
+/// The template a scenario's device is checked and built from.
+fn scenario_template(spec: &crate::scenario::DeviceSpec) -> DeviceTemplate {
+    DeviceTemplate {
+        kind: spec.kind.clone(),
+        tags: spec.tags.clone(),
+        group: spec.group.clone(),
+        sensors: spec.sensors.clone(),
+        command_handler: spec.command_handler.clone(),
+        dialect: spec.dialect.clone(),
+        buffer: spec.buffer,
+        ..DeviceTemplate {
+            simulated: true,
+            ..Default::default()
         }
     }
 }

@@ -171,34 +171,65 @@ impl Pool {
         Ok(result)
     }
 
-    /// `describe`. With `config_check`, a refused configuration is the
-    /// plugin doing its job (checking what a user gave it), not a failed
-    /// call; otherwise (the scheduler asking for a unit) it is one.
+    /// `describe` of a sensor plugin (see [`Pool::describe`]).
     pub async fn describe_sensor(
         &self,
         name: &str,
         config: &str,
         config_check: bool,
     ) -> Result<SensorInfo, CallError> {
-        let (entry, version) = self.lookup(name, World::Sensor)?;
+        self.describe(
+            name,
+            World::Sensor,
+            config,
+            config_check,
+            |store, exports, config| {
+                let Exports::Sensor(s) = exports else {
+                    unreachable!("world checked")
+                };
+                s.iotmock_plugin_sensor_api().call_describe(store, config)
+            },
+            |info| SensorInfo {
+                unit: info.unit,
+                description: info.description,
+            },
+        )
+        .await
+    }
+
+    /// `describe`, for any world: `call` makes the call on the exports,
+    /// `convert` turns the generated answer into the plain one. With
+    /// `config_check`, a refused configuration is the plugin doing its job
+    /// (checking what a user gave it), not a failed call; otherwise (the
+    /// scheduler asking for a unit) it is one.
+    async fn describe<G, T: Send + 'static>(
+        &self,
+        name: &str,
+        world: World,
+        config: &str,
+        config_check: bool,
+        call: impl FnOnce(
+            &mut Store<HostState>,
+            &Exports,
+            &str,
+        ) -> wasmtime::Result<Result<G, types::PluginError>>
+        + Send
+        + 'static,
+        convert: impl FnOnce(G) -> T + Send + 'static,
+    ) -> Result<T, CallError> {
+        let (entry, version) = self.lookup(name, world)?;
         let config = config.to_string();
         self.run(
             entry,
             move |worker| {
                 let (result, _) =
                     worker.call(&version, CallContext::default(), |store, exports| {
-                        let Exports::Sensor(s) = exports else {
-                            unreachable!("world checked")
-                        };
-                        s.iotmock_plugin_sensor_api().call_describe(store, &config)
+                        call(store, exports, &config)
                     });
                 let name = &*version.name;
                 result
                     .and_then(|r| r.map_err(|e| guest_error(name, e)))
-                    .map(|info| SensorInfo {
-                        unit: info.unit,
-                        description: info.description,
-                    })
+                    .map(convert)
             },
             move |r| {
                 r.as_ref()
@@ -209,6 +240,60 @@ impl Pool {
         .await?
     }
 
+    /// A call for devices, on a worker: `f` gets the worker, the plugin's
+    /// current version and the devices' context, and hands the context
+    /// back. A refused lookup hands `ctx` back untouched; a call that never
+    /// ran (shutting down) answers an empty one.
+    async fn call_for<T: Send + 'static>(
+        &self,
+        name: &str,
+        world: World,
+        ctx: CallContext,
+        f: impl FnOnce(&mut Worker, &Arc<Version>, CallContext) -> (Result<T, CallError>, CallContext)
+        + Send
+        + 'static,
+    ) -> (Result<T, CallError>, CallContext) {
+        let (entry, version) = match self.lookup(name, world) {
+            Ok(found) => found,
+            Err(e) => return (Err(e), ctx),
+        };
+        match self
+            .run(
+                entry,
+                move |w| f(w, &version, ctx),
+                |r: &(Result<T, CallError>, CallContext)| r.0.as_ref().err(),
+            )
+            .await
+        {
+            Ok(answer) => answer,
+            Err(e) => (Err(e), CallContext::default()),
+        }
+    }
+
+    /// [`Pool::call_for`] from a thread that may block (not a runtime's).
+    fn call_for_blocking<T: Send + 'static>(
+        &self,
+        name: &str,
+        world: World,
+        ctx: CallContext,
+        f: impl FnOnce(&mut Worker, &Arc<Version>, CallContext) -> (Result<T, CallError>, CallContext)
+        + Send
+        + 'static,
+    ) -> (Result<T, CallError>, CallContext) {
+        let (entry, version) = match self.lookup(name, world) {
+            Ok(found) => found,
+            Err(e) => return (Err(e), ctx),
+        };
+        match self.run_blocking(
+            entry,
+            move |w| f(w, &version, ctx),
+            |r: &(Result<T, CallError>, CallContext)| r.0.as_ref().err(),
+        ) {
+            Ok(answer) => answer,
+            Err(e) => (Err(e), CallContext::default()),
+        }
+    }
+
     pub async fn sample(
         &self,
         name: &str,
@@ -216,21 +301,10 @@ impl Pool {
         ctx: CallContext,
         requests: Vec<SampleRequest>,
     ) -> (Result<Vec<Sample>, CallError>, CallContext) {
-        let (entry, version) = match self.lookup(name, World::Sensor) {
-            Ok(found) => found,
-            Err(e) => return (Err(e), ctx),
-        };
-        match self
-            .run(
-                entry,
-                move |w| sample_on(w, &version, &config, ctx, requests),
-                |r| r.0.as_ref().err(),
-            )
-            .await
-        {
-            Ok(answer) => answer,
-            Err(e) => (Err(e), CallContext::default()),
-        }
+        self.call_for(name, World::Sensor, ctx, move |w, version, ctx| {
+            sample_on(w, version, &config, ctx, requests)
+        })
+        .await
     }
 
     pub async fn handle_command(
@@ -240,21 +314,10 @@ impl Pool {
         ctx: CallContext,
         command: HandlerCommand,
     ) -> (Result<Handling, CallError>, CallContext) {
-        let (entry, version) = match self.lookup(name, World::CommandHandler) {
-            Ok(found) => found,
-            Err(e) => return (Err(e), ctx),
-        };
-        match self
-            .run(
-                entry,
-                move |w| handle_on(w, &version, &config, ctx, command),
-                |r| r.0.as_ref().err(),
-            )
-            .await
-        {
-            Ok(answer) => answer,
-            Err(e) => (Err(e), CallContext::default()),
-        }
+        self.call_for(name, World::CommandHandler, ctx, move |w, version, ctx| {
+            handle_on(w, version, &config, ctx, command)
+        })
+        .await
     }
 
     pub fn sample_blocking(
@@ -264,18 +327,9 @@ impl Pool {
         ctx: CallContext,
         requests: Vec<SampleRequest>,
     ) -> (Result<Vec<Sample>, CallError>, CallContext) {
-        let (entry, version) = match self.lookup(name, World::Sensor) {
-            Ok(found) => found,
-            Err(e) => return (Err(e), ctx),
-        };
-        match self.run_blocking(
-            entry,
-            move |w| sample_on(w, &version, &config, ctx, requests),
-            |r| r.0.as_ref().err(),
-        ) {
-            Ok(answer) => answer,
-            Err(e) => (Err(e), CallContext::default()),
-        }
+        self.call_for_blocking(name, World::Sensor, ctx, move |w, version, ctx| {
+            sample_on(w, version, &config, ctx, requests)
+        })
     }
 }
 

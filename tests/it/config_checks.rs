@@ -3,12 +3,11 @@
 //! in a scenario as over the API; and a plugin whose calls fail says so in
 //! `/plugins` while the others keep serving.
 
-use std::process::Command;
-
 use iotmock::ScenarioChoice;
 use serde_json::json;
 
 use crate::support::TestServer;
+use crate::support::process::serve_ephemeral;
 
 fn detail(problem: &serde_json::Value) -> &str {
     problem["detail"].as_str().expect("a problem detail")
@@ -96,15 +95,8 @@ fn serve_scenario(scenario: &str) -> (bool, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("typo.toml");
     std::fs::write(&path, scenario).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_iotmock"))
-        .args([
-            "serve",
-            "--http",
-            "127.0.0.1:0",
-            "--mqtt",
-            "127.0.0.1:0",
-            "--scenario",
-        ])
+    let output = serve_ephemeral()
+        .arg("--scenario")
         .arg(&path)
         .output()
         .unwrap();

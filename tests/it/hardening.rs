@@ -11,51 +11,51 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::support::process::{EPHEMERAL, read_ready_line};
+use crate::support::raw_http::{read_until_closed, still_open};
 use crate::support::{TestServer, WAIT, test_plugin_bytes};
 
-fn limits(header_ms: u64, body_ms: u64, idle_ms: u64, max: usize) -> HttpLimits {
-    HttpLimits {
-        header_timeout: Duration::from_millis(header_ms),
-        body_timeout: Duration::from_millis(body_ms),
-        idle_timeout: Duration::from_millis(idle_ms),
-        max_connections: max,
-    }
+/// A server on `base` whose HTTP listeners have these limits (times in ms).
+async fn start_limited(
+    header_ms: u64,
+    body_ms: u64,
+    idle_ms: u64,
+    max: usize,
+    base: Config,
+) -> TestServer {
+    TestServer::start(Config {
+        http_limits: HttpLimits {
+            header_timeout: Duration::from_millis(header_ms),
+            body_timeout: Duration::from_millis(body_ms),
+            idle_timeout: Duration::from_millis(idle_ms),
+            max_connections: max,
+        },
+        ..base
+    })
+    .await
 }
 
-/// Reads until the server closes the connection (or resets it); what it
-/// sent, and how long that took.
-async fn read_until_closed(stream: &mut TcpStream) -> (String, Duration) {
-    let start = Instant::now();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
+/// Asks for health on a new connection every 20 ms until the answer has
+/// `status`; fails with `never` after `WAIT`.
+async fn health_until(server: &TestServer, status: u16, never: &str) -> reqwest::Response {
+    let deadline = Instant::now() + WAIT;
     loop {
-        match tokio::time::timeout(WAIT, stream.read(&mut buf)).await {
-            Err(_) => panic!(
-                "the server kept the connection open for {WAIT:?}; got {:?}",
-                String::from_utf8_lossy(&out)
-            ),
-            Ok(Ok(0)) | Ok(Err(_)) => break,
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        let response = reqwest::Client::new()
+            .get(server.url("/api/v1/health"))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == status {
+            return response;
         }
+        assert!(Instant::now() < deadline, "{never}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    (String::from_utf8_lossy(&out).into_owned(), start.elapsed())
-}
-
-/// True when the server has not closed `stream` (nothing to read, no EOF).
-async fn still_open(stream: &mut TcpStream) -> bool {
-    let mut buf = [0u8; 1];
-    tokio::time::timeout(Duration::from_millis(50), stream.read(&mut buf))
-        .await
-        .is_err()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_connections_are_closed_at_the_header_timeout() {
-    let server = TestServer::start(Config {
-        http_limits: limits(500, 10_000, 60_000, 1024),
-        ..Config::ephemeral()
-    })
-    .await;
+    let server = start_limited(500, 10_000, 60_000, 1024, Config::ephemeral()).await;
     let addr = server.server().http_addr();
     let mut partial = Vec::new();
     for i in 0..20 {
@@ -89,11 +89,7 @@ async fn slowloris_connections_are_closed_at_the_header_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_connections_close_at_the_idle_timeout() {
-    let server = TestServer::start(Config {
-        http_limits: limits(300, 10_000, 1_500, 1024),
-        ..Config::ephemeral()
-    })
-    .await;
+    let server = start_limited(300, 10_000, 1_500, 1024, Config::ephemeral()).await;
     let mut stream = TcpStream::connect(server.server().http_addr())
         .await
         .unwrap();
@@ -120,11 +116,16 @@ async fn idle_keep_alive_connections_close_at_the_idle_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_stalls_gets_408_problem_json() {
-    let server = TestServer::start(Config {
-        clock: ClockMode::Manual,
-        http_limits: limits(10_000, 500, 60_000, 1024),
-        ..Config::ephemeral()
-    })
+    let server = start_limited(
+        10_000,
+        500,
+        60_000,
+        1024,
+        Config {
+            clock: ClockMode::Manual,
+            ..Config::ephemeral()
+        },
+    )
     .await;
     let mut stream = TcpStream::connect(server.server().http_addr())
         .await
@@ -142,30 +143,14 @@ async fn a_body_that_stalls_gets_408_problem_json() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_cap_get_503_until_one_closes() {
-    let server = TestServer::start(Config {
-        http_limits: limits(30_000, 30_000, 60_000, 4),
-        ..Config::ephemeral()
-    })
-    .await;
+    let server = start_limited(30_000, 30_000, 60_000, 4, Config::ephemeral()).await;
     let addr = server.server().http_addr();
     let mut held = Vec::new();
     for _ in 0..4 {
         held.push(TcpStream::connect(addr).await.unwrap());
     }
     // The four are accepted before the next one is refused.
-    let deadline = Instant::now() + WAIT;
-    let refused = loop {
-        let response = reqwest::Client::new()
-            .get(server.url("/api/v1/health"))
-            .send()
-            .await
-            .unwrap();
-        if response.status() == 503 {
-            break response;
-        }
-        assert!(Instant::now() < deadline, "never refused over the cap");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let refused = health_until(&server, 503, "never refused over the cap").await;
     assert_eq!(
         refused.headers()["content-type"],
         "application/problem+json"
@@ -179,32 +164,25 @@ async fn connections_over_the_cap_get_503_until_one_closes() {
         "{problem}"
     );
     drop(held.pop());
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let response = reqwest::Client::new()
-            .get(server.url("/api/v1/health"))
-            .send()
-            .await
-            .unwrap();
-        if response.status() == 200 {
-            let health: Value = response.json().await.unwrap();
-            assert!(health["http_connections"]["refused"].as_u64().unwrap() >= 1);
-            assert_eq!(health["http_connections"]["max"], 4);
-            break;
-        }
-        assert!(Instant::now() < deadline, "a slot never came free");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let freed = health_until(&server, 200, "a slot never came free").await;
+    let health: Value = freed.json().await.unwrap();
+    assert!(health["http_connections"]["refused"].as_u64().unwrap() >= 1);
+    assert_eq!(health["http_connections"]["max"], 4);
     server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mock_http_listener_reaps_slow_clients_too() {
-    let server = TestServer::start(Config {
-        mock_http: Some(([127, 0, 0, 1], 0).into()),
-        http_limits: limits(400, 10_000, 60_000, 1024),
-        ..Config::ephemeral()
-    })
+    let server = start_limited(
+        400,
+        10_000,
+        60_000,
+        1024,
+        Config {
+            mock_http: Some(([127, 0, 0, 1], 0).into()),
+            ..Config::ephemeral()
+        },
+    )
     .await;
     let addr = server.server().mock_http_addr().unwrap();
     let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -618,9 +596,9 @@ fn spawn_binary(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> (std::process::Child, String, std::thread::JoinHandle<String>) {
-    use std::io::{BufRead, BufReader, Read};
+    use std::io::Read;
     use std::process::{Command, Stdio};
-    let bin = env!("CARGO_BIN_EXE_iotmock");
+    let bin = crate::support::process::BIN;
     let mut command = match prefix.split_first() {
         Some((program, rest)) => {
             let mut c = Command::new(program);
@@ -630,15 +608,9 @@ fn spawn_binary(
         None => Command::new(bin),
     };
     let mut child = command
-        .args([
-            "serve",
-            "--http",
-            "127.0.0.1:0",
-            "--mqtt",
-            "127.0.0.1:0",
-            "--scenario",
-            "none",
-        ])
+        .arg("serve")
+        .args(EPHEMERAL)
+        .args(["--scenario", "none"])
         .args(args)
         .envs(env.iter().copied())
         .env("RUST_LOG", "info")
@@ -652,21 +624,16 @@ fn spawn_binary(
         let _ = stderr.read_to_string(&mut text);
         text
     });
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let line = read_ready_line(&mut child);
     let ready: Value =
         serde_json::from_str(&line).unwrap_or_else(|_| panic!("no ready line: {line:?}"));
     let http = ready["http"].as_str().unwrap().to_string();
     (child, http, log)
 }
 
-fn stop_binary(mut child: std::process::Child, log: std::thread::JoinHandle<String>) -> String {
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+/// Stops it as a user would and returns what it logged.
+fn stop_binary(child: std::process::Child, log: std::thread::JoinHandle<String>) -> String {
+    crate::support::process::stop(child);
     log.join().unwrap()
 }
 

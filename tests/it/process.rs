@@ -1,30 +1,20 @@
 //! The `iotmock` binary as a user runs it: the ready line, clean shutdown
 //! on SIGTERM, clear errors.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::process::{BIN, read_ready_line, serve_ephemeral, stop};
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_prints_ready_line_and_stops_on_sigterm() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_iotmock"))
-        .args([
-            "serve",
-            "--http",
-            "127.0.0.1:0",
-            "--mqtt",
-            "127.0.0.1:0",
-            "--scenario",
-            "none",
-        ])
+    let mut child = serve_ephemeral()
+        .args(["--scenario", "none"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("start iotmock");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let line = read_ready_line(&mut child);
     let ready: serde_json::Value = serde_json::from_str(&line).expect("ready line is JSON");
     assert_eq!(ready["event"], "ready");
     let http = ready["http"].as_str().unwrap();
@@ -59,15 +49,8 @@ fn bad_scenario_fails_with_the_key_named() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "[[fleet]]\nid = \"x\"\nsensorz = []\n").unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_iotmock"))
-        .args([
-            "serve",
-            "--http",
-            "127.0.0.1:0",
-            "--mqtt",
-            "127.0.0.1:0",
-            "--scenario",
-        ])
+    let output = serve_ephemeral()
+        .arg("--scenario")
         .arg(&path)
         .output()
         .unwrap();
@@ -79,10 +62,7 @@ fn bad_scenario_fails_with_the_key_named() {
 
 #[test]
 fn scenario_command_prints_the_demo() {
-    let output = Command::new(env!("CARGO_BIN_EXE_iotmock"))
-        .arg("scenario")
-        .output()
-        .unwrap();
+    let output = Command::new(BIN).arg("scenario").output().unwrap();
     assert!(output.status.success());
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(text.contains("[[fleet]]") && text.contains("temperature"));
@@ -91,17 +71,14 @@ fn scenario_command_prints_the_demo() {
 /// Starts `iotmock serve ARGS` and returns its ready line, or its exit and
 /// stderr when it stops instead.
 fn start(args: &[&str]) -> Result<(std::process::Child, serde_json::Value), (bool, String)> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_iotmock"))
+    let mut child = Command::new(BIN)
         .arg("serve")
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start iotmock");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let line = read_ready_line(&mut child);
     if line.is_empty() {
         let output = child.wait_with_output().unwrap();
         return Err((
@@ -113,13 +90,6 @@ fn start(args: &[&str]) -> Result<(std::process::Child, serde_json::Value), (boo
         child,
         serde_json::from_str(&line).expect("ready line is JSON"),
     ))
-}
-
-fn stop(mut child: std::process::Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
 }
 
 /// A port nothing listens on (right now).
@@ -183,7 +153,7 @@ fn a_bare_port_and_a_host_name_are_accepted_as_addresses() {
     );
     stop(child);
 
-    let output = Command::new(env!("CARGO_BIN_EXE_iotmock"))
+    let output = Command::new(BIN)
         .args(["serve", "--http", "http://localhost:8080"])
         .output()
         .unwrap();
@@ -197,7 +167,7 @@ fn a_bare_port_and_a_host_name_are_accepted_as_addresses() {
 
 #[test]
 fn serve_help_names_the_ready_line_environment_and_exit_codes() {
-    let output = Command::new(env!("CARGO_BIN_EXE_iotmock"))
+    let output = Command::new(BIN)
         .args(["serve", "--help"])
         .output()
         .unwrap();
@@ -278,7 +248,7 @@ async fn start_time_moves_the_first_reading() {
     // The same offset into the first interval: only the start moved.
     assert_eq!(moved - start, default - epoch);
 
-    let output = Command::new(env!("CARGO_BIN_EXE_iotmock"))
+    let output = Command::new(BIN)
         .args(["serve", "--start-time", "tomorrow"])
         .output()
         .unwrap();

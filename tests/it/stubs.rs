@@ -622,15 +622,10 @@ async fn the_request_journal_is_bounded_and_counts_evictions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_serves_stubs_on_mock_http_from_its_flags() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_iotmock"))
+    use crate::support::process::{read_ready_line, serve_ephemeral};
+    use std::process::Stdio;
+    let mut child = serve_ephemeral()
         .args([
-            "serve",
-            "--http",
-            "127.0.0.1:0",
-            "--mqtt",
-            "127.0.0.1:0",
             "--scenario",
             "none",
             "--mock-http",
@@ -644,10 +639,7 @@ async fn the_binary_serves_stubs_on_mock_http_from_its_flags() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start iotmock");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let line = read_ready_line(&mut child);
     let ready: Value = serde_json::from_str(&line).expect("ready line is JSON");
     let http = ready["http"].as_str().unwrap().to_string();
     let mock = ready["mock_http"]

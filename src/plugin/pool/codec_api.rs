@@ -17,39 +17,30 @@ type EncodeAnswer = (Result<Vec<Encoded>, CallError>, CallContext);
 type DecodeAnswer = (Result<Decoded, CallError>, CallContext);
 
 impl Pool {
+    /// `describe` of a codec plugin (see [`Pool::describe`]).
     pub async fn describe_codec(
         &self,
         name: &str,
         config: &str,
         config_check: bool,
     ) -> Result<CodecInfo, CallError> {
-        let (entry, version) = self.lookup(name, World::Codec)?;
-        let config = config.to_string();
-        self.run(
-            entry,
-            move |worker| {
-                let (result, _) =
-                    worker.call(&version, CallContext::default(), |store, exports| {
-                        let Exports::Codec(c) = exports else {
-                            unreachable!("world checked")
-                        };
-                        c.iotmock_plugin_codec_api().call_describe(store, &config)
-                    });
-                let name = &*version.name;
-                result
-                    .and_then(|r| r.map_err(|e| guest_error(name, e)))
-                    .map(|info| CodecInfo {
-                        description: info.description,
-                        filters: info.filters,
-                    })
+        self.describe(
+            name,
+            World::Codec,
+            config,
+            config_check,
+            |store, exports, config| {
+                let Exports::Codec(c) = exports else {
+                    unreachable!("world checked")
+                };
+                c.iotmock_plugin_codec_api().call_describe(store, config)
             },
-            move |r| {
-                r.as_ref()
-                    .err()
-                    .filter(|e| !(config_check && matches!(e, CallError::InvalidConfig { .. })))
+            |info| CodecInfo {
+                description: info.description,
+                filters: info.filters,
             },
         )
-        .await?
+        .await
     }
 
     pub async fn encode(
@@ -59,21 +50,10 @@ impl Pool {
         ctx: CallContext,
         requests: Vec<EncodeRequest>,
     ) -> EncodeAnswer {
-        let (entry, version) = match self.lookup(name, World::Codec) {
-            Ok(found) => found,
-            Err(e) => return (Err(e), ctx),
-        };
-        match self
-            .run(
-                entry,
-                move |w| encode_on(w, &version, &config, ctx, requests),
-                |r: &EncodeAnswer| r.0.as_ref().err(),
-            )
-            .await
-        {
-            Ok(answer) => answer,
-            Err(e) => (Err(e), CallContext::default()),
-        }
+        self.call_for(name, World::Codec, ctx, move |w, version, ctx| {
+            encode_on(w, version, &config, ctx, requests)
+        })
+        .await
     }
 
     pub fn encode_blocking(
@@ -83,18 +63,9 @@ impl Pool {
         ctx: CallContext,
         requests: Vec<EncodeRequest>,
     ) -> EncodeAnswer {
-        let (entry, version) = match self.lookup(name, World::Codec) {
-            Ok(found) => found,
-            Err(e) => return (Err(e), ctx),
-        };
-        match self.run_blocking(
-            entry,
-            move |w| encode_on(w, &version, &config, ctx, requests),
-            |r: &EncodeAnswer| r.0.as_ref().err(),
-        ) {
-            Ok(answer) => answer,
-            Err(e) => (Err(e), CallContext::default()),
-        }
+        self.call_for_blocking(name, World::Codec, ctx, move |w, version, ctx| {
+            encode_on(w, version, &config, ctx, requests)
+        })
     }
 
     pub async fn decode(
@@ -104,21 +75,10 @@ impl Pool {
         ctx: CallContext,
         request: DecodeRequest,
     ) -> DecodeAnswer {
-        let (entry, version) = match self.lookup(name, World::Codec) {
-            Ok(found) => found,
-            Err(e) => return (Err(e), ctx),
-        };
-        match self
-            .run(
-                entry,
-                move |w| decode_on(w, &version, &config, ctx, request),
-                |r: &DecodeAnswer| r.0.as_ref().err(),
-            )
-            .await
-        {
-            Ok(answer) => answer,
-            Err(e) => (Err(e), CallContext::default()),
-        }
+        self.call_for(name, World::Codec, ctx, move |w, version, ctx| {
+            decode_on(w, version, &config, ctx, request)
+        })
+        .await
     }
 }
 
