@@ -13,16 +13,49 @@ use crate::random::DeviceRng;
 /// A device's state shared by its sensors, command handler and edge rules:
 /// keys to JSON text. A std mutex: it is held only for one map operation,
 /// never across an await.
+///
+/// The scheduler runs the sensor calls of one round concurrently (one
+/// worker per plugin), so a sensor reading a key another sensor of the same
+/// device writes would see the old or the new value depending on thread
+/// timing. Within a round each call therefore gets an
+/// [`overlay`](Self::overlay): it reads its own writes, then the state as
+/// the round found it, and its writes reach the device's state only when
+/// the round is over ([`commit`](Self::commit)), in the round's fixed call
+/// order. Same seed, same values, whatever the threads did.
 #[derive(Debug, Default)]
-pub struct SharedState(Mutex<BTreeMap<String, String>>);
+pub struct SharedState {
+    map: Mutex<BTreeMap<String, String>>,
+    base: Option<Arc<SharedState>>,
+}
 
 impl SharedState {
     pub fn get(&self, key: &str) -> Option<String> {
-        self.0.lock().unwrap().get(key).cloned()
+        if let Some(value) = self.map.lock().unwrap().get(key) {
+            return Some(value.clone());
+        }
+        self.base.as_ref()?.get(key)
     }
 
     pub fn set(&self, key: &str, value: String) {
-        self.0.lock().unwrap().insert(key.to_string(), value);
+        self.map.lock().unwrap().insert(key.to_string(), value);
+    }
+
+    /// A layer over `base` that keeps its writes until [`commit`](Self::commit).
+    pub fn overlay(base: &Arc<SharedState>) -> Arc<SharedState> {
+        Arc::new(SharedState {
+            map: Mutex::default(),
+            base: Some(base.clone()),
+        })
+    }
+
+    /// Moves an overlay's writes into its base (nothing for a base itself).
+    pub fn commit(&self) {
+        if let Some(base) = &self.base {
+            let writes = std::mem::take(&mut *self.map.lock().unwrap());
+            if !writes.is_empty() {
+                base.map.lock().unwrap().extend(writes);
+            }
+        }
     }
 }
 

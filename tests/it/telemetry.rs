@@ -164,6 +164,57 @@ async fn export_is_byte_identical_under_the_same_seed() {
     }
 }
 
+/// Humidity reads the temperature its device's temperature sensor writes
+/// to the shared state. Both are due at the same instants, and the two
+/// plugins' calls of a round run on different workers at once.
+const TEMPERATURE_AND_HUMIDITY: &str = r#"
+[[fleet]]
+id_pattern = "th-{n}"
+count = 40
+[[fleet.sensors]]
+plugin = "temperature"
+interval_ms = 1000
+[[fleet.sensors]]
+plugin = "humidity"
+interval_ms = 1000
+"#;
+
+async fn humidity_export(seed: u64) -> String {
+    let server = TestServer::with_scenario(TEMPERATURE_AND_HUMIDITY, |c| {
+        c.clock = ClockMode::Manual;
+        c.seed = Some(seed);
+    })
+    .await;
+    let (status, body) = server
+        .post("/api/v1/clock/advance", json!({ "ms": 30_000 }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let export = server
+        .http
+        .get(server.url("/api/v1/telemetry?sensor=humidity&limit=10000"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    server.stop().await;
+    export
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sensors_reading_each_others_state_are_deterministic() {
+    let first = humidity_export(11).await;
+    assert_eq!(first.lines().count(), 40 * 30, "{first}");
+    for _ in 0..2 {
+        assert_eq!(
+            humidity_export(11).await,
+            first,
+            "same seed: the same humidity, whichever sensor call ran first"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_filters_and_pages() {
     let server = TestServer::with_scenario(THREE_DEVICES, |c| c.clock = ClockMode::Manual).await;

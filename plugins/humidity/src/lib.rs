@@ -39,8 +39,9 @@
 //! | `anomalies` | none | see `iotmock_sdk::anomaly` (spike 15 %RH, drift 8 %RH, range 0…100 %RH) |
 //!
 //! Device state: reads key `"temperature"` (a JSON number, °C) once per
-//! reading. Within one scheduler tick it sees what the temperature sensor
-//! wrote last, which may be the previous reading.
+//! reading. Sensors of one scheduler round see the device state as the
+//! round found it, so a humidity reading due at the same instant as a
+//! temperature reading uses the temperature before it, on every run.
 //!
 //! State (after the anomaly injector, see `iotmock_sdk::state`): noise, dew
 //! point walk (3 slots).
