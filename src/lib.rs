@@ -16,6 +16,8 @@
 //!   clients, auth hook, outages.
 //! - [`dialect`]: dialects (codec plugins): a device's topics and
 //!   payloads, its codec state, batched encode and publish.
+//! - [`ids`]: device ids, stub ids, plugin names and the other names
+//!   users type, checked once where they come in.
 //! - [`edge`]: edge nodes: rule pipelines over member devices' readings,
 //!   store-and-forward uplink, budgets.
 //! - [`http`]: the REST API.
@@ -41,6 +43,7 @@ pub mod dialect;
 pub mod edge;
 pub mod fleet;
 pub mod http;
+pub mod ids;
 mod journal;
 mod linger;
 pub mod mqtt;

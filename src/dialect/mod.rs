@@ -39,7 +39,7 @@ type CodecKey = (Arc<str>, Arc<str>);
 /// Most devices in one encode call.
 pub const MAX_ENCODE_BATCH: usize = 1024;
 
-crate::fleet::model::plugin_spec! {
+crate::plugin::spec::plugin_spec! {
     /// A device's dialect: a codec plugin name, or a plugin with its
     /// configuration (`{"plugin":"template","config":{...}}`).
     DialectSpec

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::{DeviceId, EdgeNodeId};
 use crate::plugin::CallBudget;
 
 /// Default batching window, simulated ms.
@@ -198,8 +199,7 @@ pub(crate) struct Rule {
 impl EdgeNodeSpec {
     /// Checks everything that does not need the plugin host or the fleet.
     pub(crate) fn check(&self) -> Result<(), String> {
-        crate::scenario::validate_device_id(&self.id)
-            .map_err(|e| format!("id: {}", e.replacen("device id", "edge node id", 1)))?;
+        EdgeNodeId::parse(self.id.as_str()).map_err(|e| format!("id: {e}"))?;
         let chosen = [
             self.devices.ids.is_some(),
             self.devices.tag.is_some(),
@@ -218,7 +218,7 @@ impl EdgeNodeSpec {
                 return Err("devices.ids: list at least one device id".into());
             }
             for id in ids {
-                crate::scenario::validate_device_id(id).map_err(|e| format!("devices.ids: {e}"))?;
+                DeviceId::parse(id.as_str()).map_err(|e| format!("devices.ids: {e}"))?;
             }
         }
         if self.rules.is_empty() || self.rules.len() > MAX_RULES {

@@ -25,11 +25,11 @@ use tokio::sync::broadcast;
 
 use crate::clock::{Clock, rfc3339_ms};
 use crate::dialect::{DeviceDialect, Inbound, Outgoing, encode_and_publish};
+use crate::ids::{DeviceId, expand_pattern};
 use crate::mqtt::{MqttHandle, Qos, topics};
 use crate::plugin::{CallError, CodecDevice, CodecEvent, PluginHost, SharedState, World};
 use crate::random::DeviceRng;
-use crate::scenario::{SensorSpec, check_sensor, expand_pattern, validate_device_id};
-use crate::telemetry::{BufferCounters, Presence, StreamSpec, Telemetry};
+use crate::telemetry::{BufferCounters, Presence, SensorSpec, StreamSpec, Telemetry, check_sensor};
 use credentials::{SecretHash, new_secret};
 use store::Store;
 
@@ -445,10 +445,10 @@ impl Fleet {
         Ok(())
     }
 
-    fn build(&self, id: String, t: &DeviceTemplate, shared: &SharedParts) -> Device {
+    fn build(&self, id: DeviceId, t: &DeviceTemplate, shared: &SharedParts) -> Device {
         let now = self.0.clock.now_ms();
         Device {
-            id,
+            id: id.into_string(),
             kind: t.kind.clone(),
             tags: shared.tags.clone(),
             group: t.group.clone(),
@@ -471,10 +471,9 @@ impl Fleet {
     /// Creates one device; the answer carries its credentials, shown once.
     pub async fn create(
         &self,
-        id: String,
+        id: DeviceId,
         template: DeviceTemplate,
     ) -> Result<DeviceView, FleetError> {
-        validate_device_id(&id).map_err(FleetError::Invalid)?;
         self.check_template(&template)?;
         self.check_sensor_configs(
             &format!("device {id:?}"),
@@ -516,9 +515,13 @@ impl Fleet {
             request.count,
         )
         .map_err(FleetError::Invalid)?;
+        let ids = ids
+            .into_iter()
+            .map(DeviceId::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| FleetError::Invalid(e.to_string()))?;
         let mut seen = std::collections::HashSet::with_capacity(ids.len());
         for id in &ids {
-            validate_device_id(id).map_err(FleetError::Invalid)?;
             if !seen.insert(id.as_str()) {
                 return Err(FleetError::Invalid(format!(
                     "id_pattern {:?} makes the id {id:?} twice; widen the {{n:0W}} width",
@@ -624,10 +627,7 @@ impl Fleet {
     /// Every device of the scenario is checked first, as `POST /devices`
     /// checks one (plugin names and worlds, sensor configs): a scenario
     /// with a misspelled plugin or config key does not start.
-    pub async fn provision_scenario(
-        &self,
-        devices: &[crate::scenario::DeviceSpec],
-    ) -> Result<usize, FleetError> {
+    pub async fn provision_scenario(&self, devices: &[DeviceSpec]) -> Result<usize, FleetError> {
         let templates: Vec<DeviceTemplate> = devices.iter().map(scenario_template).collect();
         let mut new = Vec::new();
         let mut checked = std::collections::HashSet::new();
@@ -643,7 +643,13 @@ impl Fleet {
                 .await?;
         }
         for (spec, template) in devices.iter().zip(&templates) {
-            if self.0.devices.read().unwrap().contains_key(&spec.id) {
+            if self
+                .0
+                .devices
+                .read()
+                .unwrap()
+                .contains_key(spec.id.as_str())
+            {
                 continue;
             }
             let shared = SharedParts::of(template);
@@ -1213,7 +1219,7 @@ impl SharedParts {
 }
 
 /// The template a scenario's device is checked and built from.
-fn scenario_template(spec: &crate::scenario::DeviceSpec) -> DeviceTemplate {
+fn scenario_template(spec: &DeviceSpec) -> DeviceTemplate {
     DeviceTemplate {
         kind: spec.kind.clone(),
         tags: spec.tags.clone(),

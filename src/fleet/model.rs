@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub use crate::dialect::DialectSpec;
-use crate::scenario::SensorSpec;
-use crate::telemetry::OfflineBuffer;
+use crate::ids::DeviceId;
+use crate::telemetry::{OfflineBuffer, SensorSpec};
 
 /// Where a device is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -49,63 +49,7 @@ impl Lifecycle {
     }
 }
 
-/// Defines a plugin reference a device names: the bare plugin name, or the
-/// plugin with its configuration (`{"plugin":...,"config":{...}}`). Command
-/// handlers and dialects are both spelled so; each stays its own type (and
-/// its own schema in the API document), with the same reading and storing.
-macro_rules! plugin_spec {
-    ($(#[$attr:meta])* $name:ident) => {
-        $(#[$attr])*
-        #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-        #[serde(untagged)]
-        pub enum $name {
-            Name(String),
-            Full {
-                plugin: String,
-                #[serde(default)]
-                #[schema(value_type = Object)]
-                config: serde_json::Value,
-            },
-        }
-
-        impl $name {
-            pub fn plugin(&self) -> &str {
-                match self {
-                    $name::Name(name) => name,
-                    $name::Full { plugin, .. } => plugin,
-                }
-            }
-
-            /// The configuration as the plugin gets it (JSON text; `{}`
-            /// when none).
-            pub fn config_text(&self) -> String {
-                match self {
-                    $name::Full { config, .. } if !config.is_null() => config.to_string(),
-                    _ => "{}".to_string(),
-                }
-            }
-
-            /// How the store keeps it: the bare name, or the JSON object.
-            pub fn to_stored(&self) -> String {
-                match self {
-                    $name::Name(name) => name.clone(),
-                    full => serde_json::to_string(full).expect("a plugin spec serializes"),
-                }
-            }
-
-            pub fn from_stored(text: &str) -> Option<Self> {
-                if text.starts_with('{') {
-                    serde_json::from_str(text).ok()
-                } else {
-                    Some($name::Name(text.to_string()))
-                }
-            }
-        }
-    };
-}
-pub(crate) use plugin_spec;
-
-plugin_spec! {
+crate::plugin::spec::plugin_spec! {
     /// The command handler of a simulated device: a plugin name, or a plugin
     /// with its configuration (`{"plugin":"firmware","config":{...}}`).
     HandlerSpec
@@ -167,6 +111,20 @@ pub struct DeviceTemplate {
 
 fn yes() -> bool {
     true
+}
+
+/// A device as a scenario file declares it, its id already checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceSpec {
+    pub id: DeviceId,
+    pub kind: Option<String>,
+    pub tags: Vec<String>,
+    pub group: Option<String>,
+    pub sensors: Vec<SensorSpec>,
+    pub command_handler: Option<HandlerSpec>,
+    pub dialect: Option<DialectSpec>,
+    /// The offline buffer of each sensor; None: the default.
+    pub buffer: Option<OfflineBuffer>,
 }
 
 /// Body of `POST /devices`. It repeats the template's fields instead of

@@ -10,6 +10,7 @@ use crate::fleet::{
     BulkCreate, BulkCreated, ConnectivityRequest, CreateDevice, Credentials, DeviceFilter,
     DevicePage, DeviceView, FleetError, PatchDevice,
 };
+use crate::ids::DeviceId;
 
 impl From<FleetError> for ApiError {
     fn from(e: FleetError) -> Self {
@@ -36,6 +37,7 @@ pub async fn devices_create(
     ApiJson(request): ApiJson<CreateDevice>,
 ) -> Result<(StatusCode, Json<DeviceView>), ApiError> {
     let (id, template) = request.split();
+    let id = DeviceId::parse(id).map_err(|e| FleetError::Invalid(e.to_string()))?;
     let view = state.fleet.create(id, template).await?;
     Ok((StatusCode::CREATED, Json(view)))
 }

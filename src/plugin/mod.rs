@@ -15,11 +15,13 @@ mod host;
 mod pool;
 mod registry;
 pub mod scaffold;
+pub mod spec;
 pub mod watcher;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::ids::valid_plugin_name as valid_name;
 pub use codec::{
     CodecDevice, CodecEvent, CodecInfo, CodecMessage, CodecReading, DecodeRequest, Decoded,
     EncodeRequest, Encoded,
@@ -380,13 +382,4 @@ impl PluginHost {
     ) -> (Result<Vec<Sample>, CallError>, CallContext) {
         self.pool.sample_blocking(name, config, ctx, requests)
     }
-}
-
-/// Checks a plugin name: what users type in URLs and file names.
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }

@@ -1,13 +1,21 @@
 //! The scenario file: what is simulated. It is read in two steps, the raw
 //! serde form (unknown keys refused by name) and then the validated form,
 //! where fleets are expanded into devices with checked ids.
+//!
+//! It only reads files: each part owns the shape of what it runs (the
+//! fleet its `DeviceSpec`, telemetry its `SensorSpec`, edge and stubs
+//! their definitions) and the checks of it, and the server hands the
+//! validated scenario's specs to the parts. Nothing below the server
+//! depends on this module.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::telemetry::OfflineBuffer;
+use crate::fleet::{DeviceSpec, HandlerSpec};
+use crate::ids::{DeviceId, PluginName, StubId, expand_pattern};
+use crate::telemetry::{OfflineBuffer, SensorSpec, check_sensor};
 
 /// The scenario `iotmock serve` runs when none is given.
 pub const DEMO: &str = include_str!("demo.toml");
@@ -62,7 +70,7 @@ struct RawFleet {
     sensors: Vec<SensorSpec>,
     /// A command-handler plugin: a name, or `{ plugin, config }`.
     #[serde(default)]
-    command_handler: Option<crate::fleet::HandlerSpec>,
+    command_handler: Option<HandlerSpec>,
     /// The topics and payloads the devices speak: a codec plugin's name,
     /// or `{ plugin, config }` (default `iotmock`).
     #[serde(default)]
@@ -73,61 +81,6 @@ struct RawFleet {
 
 fn default_first() -> u32 {
     1
-}
-
-/// A sensor a device carries.
-#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SensorSpec {
-    /// Name in topics and exports; defaults to the plugin's name.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// A loaded sensor plugin.
-    pub plugin: String,
-    /// Time between readings, simulated ms.
-    #[serde(default = "default_interval")]
-    pub interval_ms: u64,
-    /// Each gap between readings is `interval_ms` moved by a whole number
-    /// of ms drawn uniformly from [-jitter_ms, +jitter_ms] (the device's
-    /// seeded jitter stream; below `interval_ms`). Default 0: a steady beat.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub jitter_ms: u64,
-    /// Given to the plugin as JSON.
-    #[serde(default = "empty_object")]
-    #[schema(value_type = Object)]
-    pub config: serde_json::Value,
-}
-
-fn is_zero(v: &u64) -> bool {
-    *v == 0
-}
-
-fn default_interval() -> u64 {
-    1000
-}
-
-fn empty_object() -> serde_json::Value {
-    serde_json::Value::Object(Default::default())
-}
-
-impl SensorSpec {
-    pub fn sensor_name(&self) -> &str {
-        self.name.as_deref().unwrap_or(&self.plugin)
-    }
-}
-
-/// A device as the scenario declares it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeviceSpec {
-    pub id: String,
-    pub kind: Option<String>,
-    pub tags: Vec<String>,
-    pub group: Option<String>,
-    pub sensors: Vec<SensorSpec>,
-    pub command_handler: Option<crate::fleet::HandlerSpec>,
-    pub dialect: Option<crate::dialect::DialectSpec>,
-    /// The offline buffer of each sensor; None: the default.
-    pub buffer: Option<OfflineBuffer>,
 }
 
 /// A validated scenario.
@@ -190,21 +143,13 @@ impl Scenario {
             for sensor in &fleet.sensors {
                 check_sensor(sensor).map_err(|e| invalid(format!("{at}: {e}")))?;
             }
-            if let Some(handler) = &fleet.command_handler
-                && !crate::plugin::valid_name(handler.plugin())
-            {
-                return Err(invalid(format!(
-                    "{at}: command_handler {:?} is not a valid plugin name (a-z, 0-9, '-', '_')",
-                    handler.plugin()
-                )));
+            if let Some(handler) = &fleet.command_handler {
+                PluginName::parse(handler.plugin())
+                    .map_err(|e| invalid(format!("{at}: command_handler {e}")))?;
             }
-            if let Some(dialect) = &fleet.dialect
-                && !crate::plugin::valid_name(dialect.plugin())
-            {
-                return Err(invalid(format!(
-                    "{at}: dialect {:?} is not a valid plugin name (a-z, 0-9, '-', '_')",
-                    dialect.plugin()
-                )));
+            if let Some(dialect) = &fleet.dialect {
+                PluginName::parse(dialect.plugin())
+                    .map_err(|e| invalid(format!("{at}: dialect {e}")))?;
             }
             if let Some(buffer) = &fleet.buffer {
                 buffer
@@ -221,7 +166,7 @@ impl Scenario {
                 }
             }
             for id in ids {
-                validate_device_id(&id).map_err(|e| invalid(format!("{at}: {e}")))?;
+                let id = DeviceId::parse(id).map_err(|e| invalid(format!("{at}: {e}")))?;
                 if !seen.insert(id.clone()) {
                     return Err(invalid(format!("{at}: device id {id:?} is declared twice")));
                 }
@@ -249,6 +194,7 @@ impl Scenario {
                     i + 1
                 )));
             }
+            let id = StubId::parse(id).map_err(|e| invalid(format!("stubs #{}: {e}", i + 1)))?;
             crate::stubs::Stub::compile(def.clone(), id, "scenario", 0, 0)
                 .map_err(|e| invalid(format!("stubs #{}: {e}", i + 1)))?;
         }
@@ -260,90 +206,6 @@ impl Scenario {
             stubs: raw.stubs,
         })
     }
-}
-
-/// Checks a sensor declaration (the plugin itself is checked when the
-/// device starts, since plugins can arrive later).
-pub fn check_sensor(sensor: &SensorSpec) -> Result<(), String> {
-    if !crate::plugin::valid_name(&sensor.plugin) {
-        return Err(format!(
-            "sensor plugin {:?} is not a valid plugin name (a-z, 0-9, '-', '_')",
-            sensor.plugin
-        ));
-    }
-    if let Some(name) = &sensor.name {
-        validate_segment(name).map_err(|e| format!("sensor name {name:?}: {e}"))?;
-    }
-    if sensor.interval_ms == 0 {
-        return Err(format!(
-            "sensor {:?}: interval_ms must be at least 1",
-            sensor.sensor_name()
-        ));
-    }
-    if sensor.jitter_ms >= sensor.interval_ms {
-        return Err(format!(
-            "sensor {:?}: jitter_ms ({}) must be less than interval_ms ({})",
-            sensor.sensor_name(),
-            sensor.jitter_ms,
-            sensor.interval_ms
-        ));
-    }
-    if !sensor.config.is_object() {
-        return Err(format!(
-            "sensor {:?}: config must be a table/object",
-            sensor.sensor_name()
-        ));
-    }
-    Ok(())
-}
-
-/// Device ids appear in MQTT topics and URLs: 1 to 128 characters from
-/// A-Z, a-z, 0-9, '.', '_' and '-'.
-pub fn validate_device_id(id: &str) -> Result<(), String> {
-    validate_segment(id).map_err(|e| format!("device id {id:?}: {e}"))
-}
-
-fn validate_segment(s: &str) -> Result<(), String> {
-    if s.is_empty() || s.len() > 128 {
-        return Err("must be 1 to 128 characters long".into());
-    }
-    if let Some(c) = s
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(format!(
-            "contains {c:?}; use only A-Z, a-z, 0-9, '.', '_' and '-'"
-        ));
-    }
-    Ok(())
-}
-
-/// Expands `dev-{n:05}` (or `{n}`) for n = first, first+1, ...
-pub fn expand_pattern(pattern: &str, first: u32, count: u32) -> Result<Vec<String>, String> {
-    let start = pattern
-        .find("{n")
-        .ok_or_else(|| format!("id_pattern {pattern:?} has no {{n}} or {{n:0W}} placeholder"))?;
-    let end = start
-        + pattern[start..]
-            .find('}')
-            .ok_or_else(|| format!("id_pattern {pattern:?}: unclosed placeholder"))?;
-    let spec = &pattern[start + 2..end];
-    let width = match spec {
-        "" => 0,
-        _ => spec
-            .strip_prefix(":0")
-            .or_else(|| spec.strip_prefix(':'))
-            .and_then(|w| w.parse::<usize>().ok())
-            .ok_or_else(|| {
-                format!(
-                    "id_pattern {pattern:?}: placeholder must be {{n}} or {{n:0W}}, e.g. {{n:05}}"
-                )
-            })?,
-    };
-    let (head, tail) = (&pattern[..start], &pattern[end + 1..]);
-    Ok((0..count)
-        .map(|i| format!("{head}{:0width$}{tail}", u64::from(first) + u64::from(i)))
-        .collect())
 }
 
 #[cfg(test)]
@@ -384,15 +246,5 @@ mod tests {
         );
         let err = Scenario::parse("start_time = \"9am\"\n", "t").unwrap_err();
         assert!(err.to_string().contains("start_time \"9am\""), "{err}");
-    }
-
-    #[test]
-    fn patterns_expand() {
-        assert_eq!(
-            expand_pattern("s-{n:03}", 1, 2).unwrap(),
-            ["s-001", "s-002"]
-        );
-        assert_eq!(expand_pattern("{n}x", 9, 2).unwrap(), ["9x", "10x"]);
-        assert!(expand_pattern("none", 1, 1).is_err());
     }
 }

@@ -32,6 +32,7 @@ pub use matcher::{Matcher, Mismatch, PathPattern};
 pub use store::StubStoreError;
 pub use stub::{Stub, StubDef};
 
+use crate::ids::StubId;
 use crate::verify::{Expect, Verdict, json_contains};
 
 #[derive(Debug, thiserror::Error)]
@@ -343,9 +344,9 @@ impl Stubs {
                 format!("stub-{n}")
             }
         };
+        let checked = StubId::parse(id.as_str()).map_err(|e| StubError::Invalid(e.to_string()))?;
         let stub = Arc::new(
-            Stub::compile(def, id.clone(), source, order, self.0.seed)
-                .map_err(StubError::Invalid)?,
+            Stub::compile(def, checked, source, order, self.0.seed).map_err(StubError::Invalid)?,
         );
         let mut stubs = self.0.stubs.write().unwrap();
         if stubs.iter().any(|s| *s.id == *id) {

@@ -14,6 +14,7 @@ use serde_json::Value;
 use super::RequestFacts;
 use super::matcher::{Matcher, Mismatch, PathPattern, compile_map};
 use super::template;
+use crate::ids::StubId;
 use crate::random::DeviceRng;
 use crate::verify::json_contains;
 
@@ -274,12 +275,11 @@ impl Stub {
     /// Validates a definition. `id` is the final id (given or generated).
     pub fn compile(
         def: StubDef,
-        id: String,
+        id: StubId,
         source: &'static str,
         order: u64,
         seed: u64,
     ) -> Result<Self, String> {
-        validate_id(&id)?;
         let r = &def.request;
         let method = match r.method.as_deref() {
             None => None,
@@ -325,7 +325,7 @@ impl Stub {
         let delay = parse_delay(def.delay_ms.as_ref())?;
         Ok(Self {
             rng: Mutex::new(DeviceRng::derive(seed, &id, "stub-delay")),
-            id: id.into(),
+            id: id.as_str().into(),
             source,
             order,
             method,
@@ -484,21 +484,6 @@ fn check_response(at: &str, r: &ResponseDef) -> Result<(), String> {
     Ok(())
 }
 
-/// Stub ids appear in URLs: 1 to 128 of `A-Z a-z 0-9 . _ -`.
-pub fn validate_id(id: &str) -> Result<(), String> {
-    if id.is_empty()
-        || id.len() > 128
-        || !id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    {
-        return Err(format!(
-            "id {id:?}: use 1 to 128 characters from A-Z, a-z, 0-9, '.', '_' and '-'"
-        ));
-    }
-    Ok(())
-}
-
 fn shorten(s: &str) -> String {
     const MAX: usize = 200;
     if s.len() <= MAX {
@@ -518,7 +503,7 @@ mod tests {
 
     fn stub(def: Value) -> Result<Stub, String> {
         let def: StubDef = serde_json::from_value(def).map_err(|e| e.to_string())?;
-        Stub::compile(def, "s".into(), "api", 0, 7)
+        Stub::compile(def, StubId::parse("s").unwrap(), "api", 0, 7)
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod live;
 mod presence;
 mod reading;
 mod scheduler;
+pub mod spec;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +29,7 @@ pub use reading::Reading;
 pub use scheduler::{
     BufferCounters, MAX_BUFFER_CAPACITY, OfflineBuffer, OverflowPolicy, StreamSpec,
 };
+pub use spec::{SensorSpec, check_sensor};
 
 use crate::clock::Clock;
 use crate::mqtt::MqttHandle;

@@ -18,6 +18,7 @@ use rand::Rng;
 use tokio::sync::{mpsc, watch};
 
 use super::presence::Presence;
+use super::spec::SensorSpec;
 use super::{Control, Reading, TelemetryStats};
 use crate::clock::{Clock, ClockMode};
 use crate::dialect::{DEFAULT_DIALECT, DeviceDialect, Outgoing, encode_and_publish};
@@ -26,7 +27,6 @@ use crate::plugin::{
     CallContext, CodecEvent, CodecReading, DeviceSlot, PluginHost, SampleRequest, SharedState,
 };
 use crate::random::DeviceRng;
-use crate::scenario::SensorSpec;
 
 /// Most (device, time) pairs in one plugin call.
 const MAX_BATCH: usize = 1024;
