@@ -42,6 +42,7 @@ pub mod commands;
 pub mod dialect;
 pub mod edge;
 pub mod fleet;
+mod hex;
 pub mod http;
 pub mod ids;
 mod journal;

@@ -9,6 +9,8 @@
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
+use crate::hex::hex;
+
 /// What is stored for a device's secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretHash {
@@ -45,16 +47,6 @@ fn digest(salt: &[u8; 16], password: &[u8]) -> [u8; 32] {
     h.update(salt);
     h.update(password);
     h.finalize().into()
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[(b >> 4) as usize] as char);
-        out.push(DIGITS[(b & 15) as usize] as char);
-    }
-    out
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use wasmtime::{Engine, EngineWeak};
 use super::bindings::{codec, command_handler, edge_rule, sensor};
 use super::host::HostState;
 use super::{CallError, LoadError, valid_name};
+use crate::hex::hex;
 
 /// The WIT package version plugins are built against.
 pub(crate) const WIT_VERSION: &str = "0.2.0";
@@ -664,8 +665,4 @@ fn compile_cache() -> Option<wasmtime::Cache> {
             None
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

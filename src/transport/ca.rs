@@ -202,10 +202,7 @@ fn new_serial() -> (String, SerialNumber) {
     // A first byte of 0x01..=0x7f: positive, and encoded as given, so the
     // hex of the bytes read back from a certificate matches.
     bytes[0] = (bytes[0] & 0x7f).max(1);
-    (
-        crate::fleet::credentials::hex(&bytes),
-        SerialNumber::from_slice(&bytes),
-    )
+    (crate::hex::hex(&bytes), SerialNumber::from_slice(&bytes))
 }
 
 fn datetime(ms: i64) -> Result<OffsetDateTime, TlsError> {

@@ -333,7 +333,7 @@ pub(crate) fn peer_cert(der: &CertificateDer<'_>) -> Option<PeerCert> {
         .to_string();
     Some(PeerCert {
         common_name,
-        serial: crate::fleet::credentials::hex(cert.tbs_certificate.raw_serial()),
+        serial: crate::hex::hex(cert.tbs_certificate.raw_serial()),
     })
 }
 
