@@ -4,14 +4,14 @@
 use axum::Json;
 use axum::extract::{Path, Request, State};
 use axum::http::{Method, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::AppState;
 use super::error::{ApiError, ApiJson, ApiQuery, Problem};
 use crate::stubs::matcher::compile_map;
-use crate::stubs::serve::{Mount, answer};
+use crate::stubs::serve::{MAX_STUB_BODY, Mount, answer};
 use crate::stubs::{
     HttpEntry, HttpVerifySpec, NearMiss, PathPattern, RequestFilter, StubDef, StubError, StubView,
 };
@@ -102,26 +102,28 @@ pub async fn stubs_clear(State(state): State<AppState>) -> Result<Json<StubsClea
     responses((status = 200, description = "whatever the matching stub declares"),
         (status = 404, description = "no stub matched", body = NoStubMatched)))]
 pub async fn mock_prefixed(State(state): State<AppState>, request: Request) -> Response {
-    answer(
-        &state.stubs,
-        &state.fleet,
-        &state.clock,
-        Mount::Prefixed,
-        request,
-    )
-    .await
+    mock_answer(&state, Mount::Prefixed, request).await
 }
 
 /// Answers a request on `--mock-http` (real paths, no prefix).
 pub async fn mock_root(State(state): State<AppState>, request: Request) -> Response {
-    answer(
-        &state.stubs,
-        &state.fleet,
-        &state.clock,
-        Mount::Root,
-        request,
-    )
-    .await
+    mock_answer(&state, Mount::Root, request).await
+}
+
+/// Reads a mock request's body, then lets the stubs answer it.
+async fn mock_answer(state: &AppState, mount: Mount, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_STUB_BODY).await {
+        Ok(b) => b,
+        Err(error) => {
+            return ApiError::body_failed(
+                &error,
+                &format!("stub requests carry at most {MAX_STUB_BODY} bytes of body"),
+            )
+            .into_response();
+        }
+    };
+    answer(&state.stubs, &state.fleet, &state.clock, mount, parts, body).await
 }
 
 /// The 404 body of a request no stub matched.

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Query, Request};
+use axum::extract::{ConnectInfo, Query};
+use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -166,29 +167,21 @@ fn problem(status: StatusCode, kind: &str, detail: String, extra: Option<Value>)
     response
 }
 
-/// Answers one request with the stubs.
+/// Answers one request with the stubs. The HTTP server reads the body
+/// (at most [`MAX_STUB_BODY`] bytes) and answers a body that could not be
+/// read itself, in the API's own words.
 pub async fn answer(
     stubs: &Stubs,
     fleet: &Fleet,
     clock: &Clock,
     mount: Mount,
-    request: Request,
+    parts: Parts,
+    body: Bytes,
 ) -> Response {
-    let conn = request
-        .extensions()
+    let conn = parts
+        .extensions
         .get::<ConnectInfo<ConnHandle>>()
         .map(|c| c.0.clone());
-    let (parts, body) = request.into_parts();
-    let body = match axum::body::to_bytes(body, MAX_STUB_BODY).await {
-        Ok(b) => b,
-        Err(error) => {
-            return crate::http::ApiError::body_failed(
-                &error,
-                &format!("stub requests carry at most {MAX_STUB_BODY} bytes of body"),
-            )
-            .into_response();
-        }
-    };
     let raw_path = parts.uri.path();
     let path = match mount {
         Mount::Prefixed => match raw_path.strip_prefix("/mock") {
