@@ -9,12 +9,15 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::clock::{Clock, ClockMode};
-use crate::commands::Commands;
-use crate::edge::EdgeNodes;
+use crate::commands::{CommandRequest, Commands, Origin};
+use crate::dialect::DeviceDialect;
+use crate::edge::{CommandSink, EdgeNodes, SinkFuture};
 use crate::fleet::access::DeviceAccess;
-use crate::fleet::{Fleet, FleetError};
+use crate::fleet::{DialectReader, Fleet, FleetError};
 use crate::http::{self, Addrs, AdminToken, AppState, HttpLimits, ListenerStats};
+use crate::inbound::Inbound;
 use crate::mqtt::{Broker, MqttConfig};
+use crate::plugin::EdgeCommand;
 use crate::plugin::watcher::{PluginWatcher, WatchError};
 use crate::plugin::{LoadError, PluginHost, PluginLimits};
 use crate::scenario::{Scenario, ScenarioError};
@@ -397,14 +400,14 @@ impl Server {
         )
         .await?;
         // What clients publish in a device's dialect is read into the fleet.
-        let inbound = crate::dialect::Inbound::new(
+        let inbound = Inbound::new(
             plugins.clone(),
             broker.handle(),
             fleet.clone(),
             telemetry.clone(),
         );
         inbound.set_commands(commands.clone());
-        fleet.set_inbound(inbound);
+        fleet.set_inbound(Arc::new(inbound.clone()));
         let edge = EdgeNodes::open(
             config.data_dir.as_deref(),
             clock.clone(),
@@ -460,6 +463,7 @@ impl Server {
             edge,
             stubs: stubs.clone(),
             commands,
+            inbound,
             admin_token: config.admin_token.clone(),
             tls: tls.clone(),
             limits: http::ApiLimits {
@@ -724,5 +728,36 @@ fn listen_error(flag: &'static str, addr: SocketAddr, error: &std::io::Error) ->
             addr,
             reason: error.to_string(),
         }
+    }
+}
+
+/// Edge commands go to the command engine like any other, marked as
+/// coming from an edge node, with its defaults for timeout and retries.
+impl CommandSink for Commands {
+    fn submit<'a>(&'a self, _node: &'a str, command: &'a EdgeCommand) -> SinkFuture<'a> {
+        Box::pin(async move {
+            let params: serde_json::Value = serde_json::from_str(&command.params)
+                .map_err(|e| format!("the rule's params are not JSON: {e}"))?;
+            let request = CommandRequest {
+                name: command.name.clone(),
+                params: Some(params),
+                ..Default::default()
+            };
+            self.submit_as(&command.device, request, Origin::Edge, None)
+                .await
+                .map(|view| view.id)
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// The fleet's dialect reader is the decoders of client publishes.
+impl DialectReader for Inbound {
+    fn listen(&self, dialect: &DeviceDialect) {
+        Inbound::listen(self, dialect);
+    }
+
+    fn may_publish(&self, dialect: &DeviceDialect, topic: &str) -> bool {
+        Inbound::may_publish(self, dialect, topic)
     }
 }

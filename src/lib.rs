@@ -16,6 +16,8 @@
 //!   clients, auth hook, outages.
 //! - [`dialect`]: dialects (codec plugins): a device's topics and
 //!   payloads, its codec state, batched encode and publish.
+//! - [`inbound`]: what clients publish in a dialect, decoded and filed
+//!   with the fleet, telemetry and the command engine.
 //! - [`ids`]: device ids, stub ids, plugin names and the other names
 //!   users type, checked once where they come in.
 //! - [`edge`]: edge nodes: rule pipelines over member devices' readings,
@@ -45,6 +47,7 @@ pub mod fleet;
 mod hex;
 pub mod http;
 pub mod ids;
+pub mod inbound;
 mod journal;
 mod linger;
 pub mod mqtt;

@@ -15,9 +15,8 @@
 //! `iotmock` plugin (a file, `PUT /plugins/iotmock`) sends every default
 //! device through the replacement from the next message on.
 //!
-//! [`Inbound`] reads what clients publish in a dialect back into the fleet.
-
-mod inbound;
+//! `crate::inbound` reads what clients publish in a dialect back into the
+//! fleet.
 
 use std::sync::Arc;
 
@@ -27,8 +26,6 @@ use crate::plugin::{
     SharedState,
 };
 use crate::random::DeviceRng;
-
-pub use inbound::{Inbound, InboundCounters, TAP_CAPACITY};
 
 /// The dialect of a device that names none.
 pub const DEFAULT_DIALECT: &str = "iotmock";
@@ -118,7 +115,7 @@ impl DeviceDialect {
     }
 
     /// The random stream of codec calls for this device.
-    fn rng(&self, memory: &mut Memory) -> DeviceRng {
+    pub(crate) fn rng(&self, memory: &mut Memory) -> DeviceRng {
         memory
             .rng
             .take()

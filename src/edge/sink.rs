@@ -1,5 +1,6 @@
 //! Where an edge rule's `command` actions go: the command engine, behind a
-//! small trait so the edge module does not depend on its internals.
+//! small trait so the edge module does not depend on it. The server wires
+//! the command engine in (`app.rs`), the one place that knows both.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,29 +15,4 @@ pub type SinkFuture<'a> = Pin<Box<dyn Future<Output = Result<String, String>> + 
 /// not wait for the device's answer.
 pub trait CommandSink: Send + Sync + 'static {
     fn submit<'a>(&'a self, node: &'a str, command: &'a EdgeCommand) -> SinkFuture<'a>;
-}
-
-/// Edge commands go to the command engine like any other, marked as
-/// coming from an edge node, with its defaults for timeout and retries.
-impl CommandSink for crate::commands::Commands {
-    fn submit<'a>(&'a self, _node: &'a str, command: &'a EdgeCommand) -> SinkFuture<'a> {
-        Box::pin(async move {
-            let params: serde_json::Value = serde_json::from_str(&command.params)
-                .map_err(|e| format!("the rule's params are not JSON: {e}"))?;
-            let request = crate::commands::CommandRequest {
-                name: command.name.clone(),
-                params: Some(params),
-                ..Default::default()
-            };
-            self.submit_as(
-                &command.device,
-                request,
-                crate::commands::Origin::Edge,
-                None,
-            )
-            .await
-            .map(|view| view.id)
-            .map_err(|e| e.to_string())
-        })
-    }
 }

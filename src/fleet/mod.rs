@@ -24,7 +24,7 @@ pub use store::StoreError;
 use tokio::sync::broadcast;
 
 use crate::clock::{Clock, rfc3339_ms};
-use crate::dialect::{DeviceDialect, Inbound, Outgoing, encode_and_publish};
+use crate::dialect::{DeviceDialect, Outgoing, encode_and_publish};
 use crate::ids::{DeviceId, expand_pattern};
 use crate::mqtt::{MqttHandle, Qos, topics};
 use crate::plugin::{CallError, CodecDevice, CodecEvent, PluginHost, SharedState, World};
@@ -32,6 +32,17 @@ use crate::random::DeviceRng;
 use crate::telemetry::{BufferCounters, Presence, SensorSpec, StreamSpec, Telemetry, check_sensor};
 use credentials::{SecretHash, new_secret};
 use store::Store;
+
+/// What reads the messages clients publish in the devices' dialects. The
+/// fleet tells it of every dialect in use and asks it which topics a
+/// device may publish on; it does not know how the messages are read
+/// (the server wires the reader in, which itself depends on the fleet).
+pub trait DialectReader: Send + Sync + 'static {
+    /// Starts reading a dialect's traffic (once per codec and config).
+    fn listen(&self, dialect: &DeviceDialect);
+    /// Whether a device of `dialect` may publish on `topic`.
+    fn may_publish(&self, dialect: &DeviceDialect, topic: &str) -> bool;
+}
 
 /// Most devices one bulk call creates.
 pub const MAX_BULK: u32 = 1_000_000;
@@ -126,7 +137,7 @@ struct Inner {
     /// revocation list.
     tls: Arc<crate::transport::Tls>,
     /// Reads what clients publish in the dialects devices use.
-    inbound: std::sync::OnceLock<Inbound>,
+    inbound: std::sync::OnceLock<Arc<dyn DialectReader>>,
 }
 
 /// Told, synchronously, of every device that is created, deleted, or
@@ -989,11 +1000,6 @@ impl Fleet {
                 .is_some_and(|probe| topics::matches(filter, probe))
     }
 
-    /// What the decoders of dialects did.
-    pub fn dialect_counters(&self) -> Option<crate::dialect::InboundCounters> {
-        self.0.inbound.get().map(Inbound::counters)
-    }
-
     /// Simulated time now.
     pub fn now_ms(&self) -> i64 {
         self.0.clock.now_ms()
@@ -1001,7 +1007,7 @@ impl Fleet {
 
     /// Hands the decoders of dialects every dialect in use, now and from
     /// now on (set once).
-    pub fn set_inbound(&self, inbound: Inbound) {
+    pub fn set_inbound(&self, inbound: Arc<dyn DialectReader>) {
         let entries: Vec<Arc<Entry>> = self.0.devices.read().unwrap().values().cloned().collect();
         for entry in entries {
             inbound.listen(&entry.dialect);

@@ -68,6 +68,8 @@ pub struct AppState {
     pub edge: EdgeNodes,
     pub stubs: Stubs,
     pub commands: Commands,
+    /// The decoders of what clients publish in a dialect (their counters).
+    pub inbound: crate::inbound::Inbound,
     /// Required on the admin routes when set.
     pub admin_token: Option<AdminToken>,
     /// The CA, device certificates' issuer, TLS counters.

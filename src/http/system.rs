@@ -24,7 +24,7 @@ pub struct Health {
     pub commands: CommandCounters,
     /// What clients published in the dialects devices use, as the codecs
     /// read it (null before the decoders start).
-    pub dialects: Option<crate::dialect::InboundCounters>,
+    pub dialects: Option<crate::inbound::InboundCounters>,
     /// The MQTT message journal (`GET /mqtt/messages`, verify).
     pub mqtt_journal: crate::mqtt::JournalStats,
     /// The broker engine's counters (drops by reason, wills, refusals).
@@ -75,7 +75,7 @@ pub async fn health_show(State(state): State<AppState>) -> Json<Health> {
         clock: clock_view(&state),
         telemetry: state.telemetry.counters(),
         commands: state.commands.counters(),
-        dialects: state.fleet.dialect_counters(),
+        dialects: Some(state.inbound.counters()),
         mqtt_journal: mqtt.journal,
         mqtt_broker: mqtt.broker,
         http_journal: state.stubs.journal().stats(),

@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::DeviceDialect;
 use crate::commands::{AckSource, AckStatus, CommandRequest, Commands, DeviceAck, Origin};
+use crate::dialect::DeviceDialect;
 use crate::fleet::{Fleet, ReportMode};
 use crate::mqtt::{MqttHandle, Tapped};
 use crate::plugin::{
