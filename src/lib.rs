@@ -49,6 +49,8 @@ pub mod http;
 pub mod ids;
 pub mod inbound;
 mod journal;
+#[cfg(test)]
+mod layers;
 mod linger;
 pub mod mqtt;
 pub mod plugin;
