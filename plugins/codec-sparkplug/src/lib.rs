@@ -51,6 +51,8 @@ wit_bindgen::generate!({
 
 mod proto;
 
+use std::borrow::Cow;
+
 use exports::iotmock::plugin::codec_api::{
     Ack, AckStatus, AddressedEvent, CodecInfo, Command, DecodeRequest, Decoded, DeviceInfo,
     EncodeRequest, Encoded, Event, Guest, Message, Reading,
@@ -101,6 +103,9 @@ struct Settings {
     group: Option<String>,
     node: Template,
     device: Template,
+    /// The template is `{id}`.
+    node_is_id: bool,
+    device_is_id: bool,
 }
 
 /// A Sparkplug id element (group, node or device) must be a topic level.
@@ -134,6 +139,8 @@ impl Settings {
             group: config.group,
             node,
             device,
+            node_is_id: config.node == "{id}",
+            device_is_id: config.device == "{id}",
         })
     }
 
@@ -147,35 +154,59 @@ impl Settings {
             .unwrap_or(DEFAULT_GROUP)
     }
 
-    /// The topics of one device.
-    fn topics(&self, info: &DeviceInfo) -> Topics {
+    /// The topics of one device. The default templates (`{id}`) take the
+    /// id as it is, without rendering: this runs once per encoded event.
+    fn topics<'a>(&'a self, info: &'a DeviceInfo) -> Topics<'a> {
         let group = self.group(info);
         let var = |name: &str| match name {
             "id" => info.id.as_str(),
             "group" => group,
             _ => info.kind.as_deref().unwrap_or(""),
         };
-        let node = self.node.render(var);
-        let device = self.device.render(var);
+        let level = |t: &Template, is_id: bool| -> Cow<'a, str> {
+            if is_id {
+                Cow::Borrowed(info.id.as_str())
+            } else {
+                Cow::Owned(t.render(var))
+            }
+        };
         Topics {
-            node: format!("{NAMESPACE}/{group}/{{}}/{node}"),
-            device: format!("{NAMESPACE}/{group}/{{}}/{node}/{device}"),
+            group,
+            node: level(&self.node, self.node_is_id),
+            device: level(&self.device, self.device_is_id),
         }
     }
 }
 
-/// Topic shapes of one device, `{}` standing for the message type.
-struct Topics {
-    node: String,
-    device: String,
+/// The topic levels of one device.
+struct Topics<'a> {
+    group: &'a str,
+    node: Cow<'a, str>,
+    device: Cow<'a, str>,
 }
 
-impl Topics {
+impl Topics<'_> {
     fn node(&self, kind: &str) -> String {
-        self.node.replacen("{}", kind, 1)
+        let mut t = String::with_capacity(
+            NAMESPACE.len() + self.group.len() + kind.len() + self.node.len() + 3,
+        );
+        for (i, part) in [NAMESPACE, self.group, kind, &self.node]
+            .into_iter()
+            .enumerate()
+        {
+            if i > 0 {
+                t.push('/');
+            }
+            t.push_str(part);
+        }
+        t
     }
     fn device(&self, kind: &str) -> String {
-        self.device.replacen("{}", kind, 1)
+        let mut t = self.node(kind);
+        t.reserve(self.device.len() + 1);
+        t.push('/');
+        t.push_str(&self.device);
+        t
     }
 }
 
@@ -460,9 +491,80 @@ fn status_of(name: &str) -> Option<AckStatus> {
     })
 }
 
-fn encode_one(settings: &Settings, request: EncodeRequest) -> Encoded {
-    let mut state: State = state_codec::load(STATE_VERSION, &request.state).unwrap_or_default();
+/// DDATA for readings of sensors a born node already has, written without
+/// decoding the state: the seq and each sensor's last value and time are
+/// updated in the state bytes where they lie (the layout [`State`] saves
+/// under [`STATE_VERSION`]). `None` when that is not the case (another
+/// phase, a new sensor, another layout): the caller takes the full path.
+/// This is the path nearly every message takes.
+fn data_in_place(
+    state: &mut [u8],
+    topics: &Topics,
+    ts: i64,
+    readings: &[Reading],
+) -> Option<Message> {
+    const SEQ: usize = 6;
+    const SENSORS: usize = 7;
+    let u32_at = |at: usize| -> Option<usize> {
+        Some(u32::from_le_bytes(state.get(at..at + 4)?.try_into().ok()?) as usize)
+    };
+    if u32_at(0)? != STATE_VERSION as usize || *state.get(4)? != BORN || readings.is_empty() {
+        return None;
+    }
+    // Where each sensor's name and value lie.
+    let count = u32_at(SENSORS)?;
+    let mut at = SENSORS + 4;
+    let mut sensors = Vec::with_capacity(count);
+    for _ in 0..count {
+        let name = at + 4..at + 4 + u32_at(at)?;
+        at = name.end;
+        at += 4 + u32_at(at)?;
+        sensors.push((name, at));
+        at += 16;
+    }
+    if at > state.len() {
+        return None;
+    }
+    let mut found = Vec::with_capacity(readings.len());
+    for r in readings {
+        let index = sensors
+            .iter()
+            .position(|(name, _)| &state[name.clone()] == r.sensor.as_bytes())?;
+        found.push(index);
+    }
+    let mut metrics = Vec::with_capacity(readings.len());
+    for (r, index) in readings.iter().zip(found) {
+        let value_at = sensors[index].1;
+        state[value_at..value_at + 8].copy_from_slice(&r.value.to_le_bytes());
+        state[value_at + 8..value_at + 16].copy_from_slice(&r.ts.to_le_bytes());
+        metrics.push(Metric {
+            alias: Some(FIRST_SENSOR_ALIAS + index as u64),
+            timestamp: Some(ms(r.ts)),
+            value: Some(Value::Double(r.value)),
+            ..Default::default()
+        });
+    }
+    let seq = state[SEQ];
+    state[SEQ] = seq.wrapping_add(1);
+    let payload = Payload {
+        timestamp: Some(ms(ts)),
+        seq: Some(u64::from(seq)),
+        metrics,
+    };
+    Some(message(topics.device("DDATA"), &payload, 0))
+}
+
+fn encode_one(settings: &Settings, mut request: EncodeRequest) -> Encoded {
     let topics = settings.topics(&request.info);
+    if let Event::Readings(readings) = &request.event
+        && let Some(data) = data_in_place(&mut request.state, &topics, request.ts, readings)
+    {
+        return Encoded {
+            messages: vec![data],
+            state: request.state,
+        };
+    }
+    let mut state: State = state_codec::load(STATE_VERSION, &request.state).unwrap_or_default();
     let ts = request.ts;
     let mut messages = Vec::new();
     match &request.event {
