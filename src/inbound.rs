@@ -371,8 +371,11 @@ impl Inner {
                     }
                 };
             }
-            // A real device's connectivity is its connection's.
-            CodecEvent::Status(_) => {}
+            // Asked to say again that it is online (a rebirth): only a
+            // simulated device is the host's to announce; a real device's
+            // connectivity is its connection's.
+            CodecEvent::Status(true) => self.fleet.announce_again(device).await,
+            CodecEvent::Status(false) => {}
         }
     }
 }

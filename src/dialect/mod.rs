@@ -20,7 +20,7 @@
 
 use std::sync::Arc;
 
-use crate::mqtt::{MqttHandle, Qos, topics};
+use crate::mqtt::{MqttHandle, PublishProps, Qos, topics};
 use crate::plugin::{
     CallContext, CallError, CodecDevice, CodecEvent, DeviceSlot, EncodeRequest, PluginHost,
     SharedState,
@@ -211,7 +211,16 @@ pub async fn encode_and_publish(
                             crate::ratelimit::warn_limited!(plugin = %plugin, topic = %m.topic, qos = m.qos, "codec answered a message that cannot be published");
                             continue;
                         };
-                        mqtt.publish(&m.topic, m.payload, qos, m.retain).await;
+                        if m.content_type.is_none() && m.user_properties.is_empty() {
+                            mqtt.publish(&m.topic, m.payload, qos, m.retain).await;
+                        } else {
+                            let props = PublishProps {
+                                content_type: m.content_type,
+                                user_properties: m.user_properties,
+                            };
+                            mqtt.publish_with(&m.topic, m.payload, qos, m.retain, &props)
+                                .await;
+                        }
                         outcome.messages += 1;
                     }
                     outcome.encoded += 1;

@@ -89,8 +89,10 @@ struct Entry {
     secret: Mutex<SecretHash>,
     presence: Arc<Presence>,
     shared: Arc<SharedState>,
-    /// Its dialect and the codec state kept for it.
-    dialect: Arc<DeviceDialect>,
+    /// Its dialect and the codec state kept for it; replaced when a PATCH
+    /// changes what the dialect depends on. A std lock: held to clone or
+    /// swap the Arc, never across an await.
+    dialect: Mutex<Arc<DeviceDialect>>,
     buffer_counters: Arc<BufferCounters>,
     connect_count: AtomicU64,
     /// Simulated ms; i64::MIN when never seen.
@@ -103,6 +105,21 @@ struct Entry {
 impl Entry {
     fn device(&self) -> Arc<Device> {
         self.device.lock().unwrap().clone()
+    }
+
+    fn dialect(&self) -> Arc<DeviceDialect> {
+        self.dialect.lock().unwrap().clone()
+    }
+}
+
+/// The device as its dialect sees it.
+fn codec_device(device: &Device) -> CodecDevice {
+    CodecDevice {
+        id: device.id.clone(),
+        group: device.group.clone(),
+        kind: device.kind.clone(),
+        username: device.id.clone(),
+        simulated: device.simulated,
     }
 }
 
@@ -215,7 +232,7 @@ impl Fleet {
             .read()
             .unwrap()
             .values()
-            .map(|e| e.dialect.clone())
+            .map(|e| e.dialect())
             .collect();
         fleet.prepare_probes(dialects).await;
         fleet.restore_reported()?;
@@ -227,21 +244,12 @@ impl Fleet {
 
     fn install(&self, device: Device, secret: SecretHash) -> Arc<Entry> {
         let online = device.simulated && device.state == Lifecycle::Active;
-        let dialect = DeviceDialect::new(
-            device.dialect.as_ref(),
-            CodecDevice {
-                id: device.id.clone(),
-                group: device.group.clone(),
-                kind: device.kind.clone(),
-                username: device.id.clone(),
-                simulated: device.simulated,
-            },
-            self.0.seed,
-        );
+        let dialect =
+            DeviceDialect::new(device.dialect.as_ref(), codec_device(&device), self.0.seed);
         let entry = Arc::new(Entry {
             presence: Arc::new(Presence::new(online)),
             shared: Arc::new(SharedState::default()),
-            dialect,
+            dialect: Mutex::new(dialect),
             buffer_counters: Arc::default(),
             device: Mutex::new(Arc::new(device)),
             secret: Mutex::new(secret),
@@ -250,7 +258,7 @@ impl Fleet {
             http: Default::default(),
         });
         if let Some(inbound) = self.0.inbound.get() {
-            inbound.listen(&entry.dialect);
+            inbound.listen(&entry.dialect());
         }
         let device = entry.device();
         self.0
@@ -291,7 +299,7 @@ impl Fleet {
                 presence: entry.presence.clone(),
                 buffer: device.buffer,
                 counters: entry.buffer_counters.clone(),
-                dialect: entry.dialect.clone(),
+                dialect: entry.dialect(),
             })
             .collect()
     }
@@ -312,11 +320,11 @@ impl Fleet {
         });
         // A device in another dialect says it in its own words.
         if let Ok(entry) = self.entry(id)
-            && !entry.dialect.native(&self.0.plugins)
+            && !entry.dialect().native(&self.0.plugins)
         {
             let now = self.0.clock.now_ms();
             let event = Outgoing {
-                dialect: entry.dialect.clone(),
+                dialect: entry.dialect(),
                 shared: Some(entry.shared.clone()),
                 ts: now,
                 event: CodecEvent::Status(online),
@@ -329,6 +337,108 @@ impl Fleet {
             .mqtt
             .publish(&topics::status(id), payload, Qos::AtLeastOnce, true)
             .await;
+    }
+
+    /// Encodes a status event for each device through its codec, one
+    /// batched call per codec and configuration (the devices' own
+    /// presence is left alone).
+    async fn encode_status(&self, entries: &[Arc<Entry>], online: bool) {
+        let now = self.0.clock.now_ms();
+        let mut groups: BTreeMap<(Arc<str>, Arc<str>), Vec<Outgoing>> = BTreeMap::new();
+        for entry in entries {
+            let dialect = entry.dialect();
+            groups
+                .entry((dialect.plugin.clone(), dialect.config.clone()))
+                .or_default()
+                .push(Outgoing {
+                    dialect,
+                    shared: Some(entry.shared.clone()),
+                    ts: now,
+                    event: CodecEvent::Status(online),
+                });
+        }
+        for items in groups.into_values() {
+            encode_and_publish(&self.0.plugins, &self.0.mqtt, now, items).await;
+        }
+    }
+
+    /// Whether a device is simulated, online at `now` and speaks a
+    /// codec's dialect.
+    fn codec_speaker_online(&self, entry: &Entry, now: i64) -> bool {
+        let d = entry.device();
+        d.simulated
+            && d.state == Lifecycle::Active
+            && entry.presence.online_at(now)
+            && !entry.dialect().native(&self.0.plugins)
+    }
+
+    /// Simulated devices online now whose dialect is a codec's.
+    fn codec_speakers_online(&self) -> Vec<Arc<Entry>> {
+        let now = self.0.clock.now_ms();
+        let mut entries: Vec<Arc<Entry>> = self
+            .0
+            .devices
+            .read()
+            .unwrap()
+            .values()
+            .filter(|e| self.codec_speaker_online(e, now))
+            .cloned()
+            .collect();
+        // Id order: the same calls publish the same messages in the same
+        // order.
+        entries.sort_by_key(|e| e.device().id.clone());
+        entries
+    }
+
+    /// The broker goes down on purpose for `duration`. A simulated device
+    /// has no connection of its own, so the host does what the broker of
+    /// a real one would: each simulated device in a codec dialect loses
+    /// its link (its codec says so in its words: a Sparkplug node's
+    /// `NDEATH` will, at QoS 1 so the outage holds it for persistent
+    /// sessions), and once the broker listens again the devices still
+    /// online come back (a fresh birth). Devices in the built-in dialect
+    /// keep their retained status.
+    pub async fn broker_outage(&self, duration: std::time::Duration) {
+        let lost = self.codec_speakers_online();
+        if lost.is_empty() {
+            return;
+        }
+        self.encode_status(&lost, false).await;
+        let fleet = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            // The listener may need a moment more than the outage to be
+            // back; births published before that would be dropped.
+            loop {
+                match fleet.0.mqtt.status().state {
+                    "up" => break,
+                    "stopped" => return,
+                    _ => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+                }
+            }
+            let now = fleet.0.clock.now_ms();
+            let back: Vec<Arc<Entry>> = lost
+                .into_iter()
+                .filter(|e| {
+                    fleet
+                        .entry(&e.device().id)
+                        .is_ok_and(|now_e| Arc::ptr_eq(&now_e, e))
+                        && e.device().state == Lifecycle::Active
+                        && e.presence.online_at(now)
+                })
+                .collect();
+            fleet.encode_status(&back, true).await;
+        });
+    }
+
+    /// A simulated device asked (in its dialect) to say again that it is
+    /// online, such as a Sparkplug host's `Node Control/Rebirth`: its codec
+    /// encodes its status anew. Real devices speak for themselves.
+    pub async fn announce_again(&self, id: &str) {
+        let Ok(entry) = self.entry(id) else { return };
+        if self.codec_speaker_online(&entry, self.0.clock.now_ms()) {
+            self.encode_status(&[entry], true).await;
+        }
     }
 
     fn entry(&self, id: &str) -> Result<Arc<Entry>, FleetError> {
@@ -610,7 +720,7 @@ impl Fleet {
         for (device, hash, secret) in rows {
             let id = device.id.clone();
             let entry = self.install(device, hash);
-            dialects.push(entry.dialect.clone());
+            dialects.push(entry.dialect());
             streams.extend(self.streams_of(&entry));
             self.announce(&entry).await;
             let mut view = self.view(&entry);
@@ -800,6 +910,10 @@ impl Fleet {
         if let Some(buffer) = patch.buffer {
             d.buffer = buffer;
         }
+        if let Some(dialect) = patch.dialect {
+            self.check_dialect(Some(&dialect), "dialect").await?;
+            d.dialect = Some(dialect);
+        }
         if let Some(state) = patch.state {
             if state == Lifecycle::Provisioned {
                 return Err(FleetError::Invalid(
@@ -837,9 +951,27 @@ impl Fleet {
         let stored = d.clone();
         let fleet = self.clone();
         crate::sqlite::blocking(move || fleet.0.store.update(&stored)).await?;
-        let restream = old.state != d.state || old.sensors != d.sensors;
-        let online_before = entry.presence.online_at(self.0.clock.now_ms());
+        let now = self.0.clock.now_ms();
+        // The dialect sees the device's group and type (topics may carry
+        // them): a change of either, or of the dialect, gives the device a
+        // new one. Its streams carry the dialect, so they restart with it.
+        let redialect = old.dialect != d.dialect
+            || ((old.group != d.group || old.kind != d.kind) && !entry.dialect().is_default());
+        if redialect && self.codec_speaker_online(&entry, now) {
+            self.encode_status(std::slice::from_ref(&entry), false)
+                .await;
+        }
+        let restream = old.state != d.state || old.sensors != d.sensors || redialect;
+        let online_before = entry.presence.online_at(now);
         *entry.device.lock().unwrap() = Arc::new(d.clone());
+        if redialect {
+            let dialect = DeviceDialect::new(d.dialect.as_ref(), codec_device(&d), self.0.seed);
+            *entry.dialect.lock().unwrap() = dialect.clone();
+            if let Some(inbound) = self.0.inbound.get() {
+                inbound.listen(&dialect);
+            }
+            self.prepare_probes(vec![dialect]).await;
+        }
         if old.tags != d.tags || old.group != d.group {
             self.membership_changed(id, Some((&d.tags, d.group.as_deref())));
         }
@@ -854,6 +986,8 @@ impl Fleet {
             self.0.telemetry.add(self.streams_of(&entry)).await;
             if d.simulated && online_before != (d.state == Lifecycle::Active) {
                 self.publish_status(id, d.state == Lifecycle::Active).await;
+            } else if redialect && d.simulated && entry.presence.online_at(now) {
+                self.publish_status(id, true).await;
             }
         }
         Ok(self.view(&entry))
@@ -868,6 +1002,12 @@ impl Fleet {
             crate::sqlite::blocking(move || fleet.0.store.delete(&key, crate::clock::wall_ms()))
                 .await?;
         self.0.tls.revoke(revoked);
+        // A device in a codec dialect says goodbye in its own words (a
+        // Sparkplug node's death certificate) while it is still known.
+        if self.codec_speaker_online(&entry, self.0.clock.now_ms()) {
+            self.encode_status(std::slice::from_ref(&entry), false)
+                .await;
+        }
         self.0.devices.write().unwrap().remove(id);
         self.membership_changed(id, None);
         self.0.telemetry.remove_device(id).await;
@@ -975,7 +1115,7 @@ impl Fleet {
     /// A device's dialect and shared state, when the device exists.
     pub fn dialect_of(&self, id: &str) -> Option<(Arc<DeviceDialect>, Arc<SharedState>)> {
         let entry = self.entry(id).ok()?;
-        Some((entry.dialect.clone(), entry.shared.clone()))
+        Some((entry.dialect(), entry.shared.clone()))
     }
 
     /// Whether device `id` may publish on `topic` because its dialect
@@ -984,7 +1124,7 @@ impl Fleet {
         let (Ok(entry), Some(inbound)) = (self.entry(id), self.0.inbound.get()) else {
             return false;
         };
-        !entry.dialect.is_default() && inbound.may_publish(&entry.dialect, topic)
+        !entry.dialect().is_default() && inbound.may_publish(&entry.dialect(), topic)
     }
 
     /// Whether device `id` may subscribe to `filter` because its commands
@@ -993,9 +1133,9 @@ impl Fleet {
         let Ok(entry) = self.entry(id) else {
             return false;
         };
-        !entry.dialect.is_default()
+        !entry.dialect().is_default()
             && entry
-                .dialect
+                .dialect()
                 .command_probe()
                 .is_some_and(|probe| topics::matches(filter, probe))
     }
@@ -1010,7 +1150,7 @@ impl Fleet {
     pub fn set_inbound(&self, inbound: Arc<dyn DialectReader>) {
         let entries: Vec<Arc<Entry>> = self.0.devices.read().unwrap().values().cloned().collect();
         for entry in entries {
-            inbound.listen(&entry.dialect);
+            inbound.listen(&entry.dialect());
         }
         if self.0.inbound.set(inbound).is_err() {
             tracing::error!("a second set of dialect decoders was refused");
@@ -1023,7 +1163,7 @@ impl Fleet {
         let device = entry.device();
         Ok(CommandTarget {
             simulated: device.simulated,
-            dialect: entry.dialect.clone(),
+            dialect: entry.dialect(),
             handler: device.command_handler.clone(),
             shared: entry.shared.clone(),
             online: device.state == Lifecycle::Active

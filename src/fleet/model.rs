@@ -219,6 +219,11 @@ pub struct PatchDevice {
     /// capacity give way by the new policy and are counted as dropped).
     #[serde(default)]
     pub buffer: Option<OfflineBuffer>,
+    /// Another dialect, from the next message on. A simulated device that
+    /// is online says goodbye in the old dialect and hello in the new one;
+    /// its codec state starts afresh.
+    #[serde(default)]
+    pub dialect: Option<DialectSpec>,
 }
 
 /// A device's MQTT credentials: username is the device id.

@@ -215,7 +215,13 @@ pub async fn mqtt_outage(
         .mqtt
         .outage(Duration::from_millis(request.duration_ms))
     {
-        Ok(status) => Ok((StatusCode::ACCEPTED, Json(status))),
+        Ok(status) => {
+            state
+                .fleet
+                .broker_outage(Duration::from_millis(request.duration_ms))
+                .await;
+            Ok((StatusCode::ACCEPTED, Json(status)))
+        }
         Err(e @ (MqttError::AlreadyDown { .. } | MqttError::Stopped)) => {
             Err(ApiError::conflict(e.to_string()))
         }

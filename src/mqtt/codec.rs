@@ -697,6 +697,29 @@ pub(crate) fn encode_packet(out: &mut BytesMut, packet: &impl MqttPacket) {
     }
 }
 
+/// The MQTT 5 properties of a server publish, in the wire form a
+/// message's `props` holds: a content type (0x03) and user properties
+/// (0x26), in order. A string too long for the protocol's u16 length is
+/// left out with its property.
+pub(crate) fn publish_props(content_type: Option<&str>, user: &[(String, String)]) -> Bytes {
+    let fits = |s: &str| s.len() <= usize::from(u16::MAX);
+    let put = |out: &mut BytesMut, s: &str| {
+        out.put_u16(s.len() as u16);
+        out.put_slice(s.as_bytes());
+    };
+    let mut out = BytesMut::new();
+    if let Some(ct) = content_type.filter(|ct| fits(ct)) {
+        out.put_u8(0x03);
+        put(&mut out, ct);
+    }
+    for (key, value) in user.iter().filter(|(k, v)| fits(k) && fits(v)) {
+        out.put_u8(0x26);
+        put(&mut out, key);
+        put(&mut out, value);
+    }
+    out.freeze()
+}
+
 /// DISCONNECT with a reason code (MQTT 5 only; 3.1.1 servers never send one).
 pub(crate) fn encode_disconnect(out: &mut BytesMut, code: u8, reason: Option<&str>) {
     let mut d = DisconnectPacket::new(

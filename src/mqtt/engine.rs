@@ -1049,7 +1049,7 @@ impl Engine {
     /// A PUBLISH to `client_id` that a fault rule dropped.
     pub fn fault_dropped(&self, client_id: &str, topic: &str, qos: u8) {
         self.counters.dropped_fault.fetch_add(1, Ordering::Relaxed);
-        let msg = server_msg(topic, Bytes::new(), qos, false);
+        let msg = server_msg(topic, Bytes::new(), Bytes::new(), qos, false);
         self.log_drop(client_id, &msg, qos, DropReason::Fault);
         let mut core = self.core.lock().unwrap();
         if let Some(s) = core.sessions.get_mut(client_id) {
@@ -1174,11 +1174,17 @@ fn queue_retained(
 }
 
 /// A message the server itself publishes.
-pub(crate) fn server_msg(topic: &str, payload: Bytes, qos: u8, retain: bool) -> Arc<Msg> {
+pub(crate) fn server_msg(
+    topic: &str,
+    payload: Bytes,
+    props: Bytes,
+    qos: u8,
+    retain: bool,
+) -> Arc<Msg> {
     Arc::new(Msg {
         topic: topic.into(),
         payload,
-        props: Bytes::new(),
+        props,
         qos,
         retain,
         expires_at: None,

@@ -368,8 +368,20 @@ struct Shared {
 struct Held {
     topic: String,
     payload: Bytes,
+    /// MQTT 5 properties in wire form (see [`PublishProps`]).
+    props: Bytes,
     qos: Qos,
     retain: bool,
+}
+
+/// MQTT 5 properties a server publish carries to MQTT 5 subscribers (a
+/// 3.1.1 subscriber gets the message without them). A string longer than
+/// the protocol's 65,535 bytes is left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishProps {
+    pub content_type: Option<String>,
+    /// In order; a key may repeat.
+    pub user_properties: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -541,7 +553,7 @@ async fn supervise(
         tracing::info!(addr = %shared.addr, held = held.len(), "MQTT outage over: listening again");
         let n = held.len() as u64;
         for h in held {
-            shared.route(&h.topic, h.payload, h.qos, h.retain);
+            shared.route(&h.topic, h.payload, h.props, h.qos, h.retain);
         }
         shared.replayed.fetch_add(n, Ordering::Relaxed);
     }
@@ -558,8 +570,8 @@ async fn supervise(
 
 impl Shared {
     /// Journals and routes a server publish.
-    fn route(&self, topic: &str, payload: Bytes, qos: Qos, retain: bool) {
-        let msg = engine::server_msg(topic, payload, u8::from(qos), retain);
+    fn route(&self, topic: &str, payload: Bytes, props: Bytes, qos: Qos, retain: bool) {
+        let msg = engine::server_msg(topic, payload, props, u8::from(qos), retain);
         self.engine.observed.published(
             &msg.topic,
             &msg.payload,
@@ -587,11 +599,35 @@ impl MqttHandle {
         self.publish_now(topic, payload.into(), qos, retain)
     }
 
+    /// [`publish`](Self::publish) with MQTT 5 properties.
+    pub async fn publish_with(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        qos: Qos,
+        retain: bool,
+        props: &PublishProps,
+    ) -> PublishOutcome {
+        let props = codec::publish_props(props.content_type.as_deref(), &props.user_properties);
+        self.publish_raw(topic, payload.into(), props, qos, retain)
+    }
+
     /// [`publish`](Self::publish) without the future: routing never waits.
     pub fn publish_now(
         &self,
         topic: &str,
         payload: Bytes,
+        qos: Qos,
+        retain: bool,
+    ) -> PublishOutcome {
+        self.publish_raw(topic, payload, Bytes::new(), qos, retain)
+    }
+
+    fn publish_raw(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        props: Bytes,
         qos: Qos,
         retain: bool,
     ) -> PublishOutcome {
@@ -612,6 +648,7 @@ impl MqttHandle {
                         held.push_back(Held {
                             topic: topic.to_string(),
                             payload: payload.clone(),
+                            props: props.clone(),
                             qos,
                             retain,
                         });
@@ -631,7 +668,7 @@ impl MqttHandle {
                 outcome
             }
             None => {
-                shared.route(topic, payload, qos, retain);
+                shared.route(topic, payload, props, qos, retain);
                 PublishOutcome::Routed
             }
         }

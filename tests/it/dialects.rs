@@ -640,3 +640,548 @@ async fn a_binary_dialect_numbers_its_messages_and_reads_them_back() {
     }
     server.stop().await;
 }
+
+/// A Sparkplug B payload as this test reads it, with a protobuf reader of
+/// its own (field numbers from the Sparkplug 3.0 payload definition), so
+/// the codec is judged by something other than itself.
+#[derive(Debug, Default)]
+struct Spb {
+    timestamp: Option<u64>,
+    seq: Option<u64>,
+    /// name (empty when sent by alias), alias, value.
+    metrics: Vec<(String, Option<u64>, SpbValue)>,
+}
+
+#[derive(Debug, Default, PartialEq)]
+enum SpbValue {
+    #[default]
+    None,
+    Long(u64),
+    Double(f64),
+    Bool(bool),
+    Text(String),
+}
+
+fn varint(bytes: &[u8], at: &mut usize) -> u64 {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = bytes[*at];
+        *at += 1;
+        value |= u64::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            return value;
+        }
+    }
+    panic!("varint too long")
+}
+
+/// Each field of a protobuf message: (field number, varint, bytes).
+fn fields(bytes: &[u8]) -> Vec<(u64, u64, &[u8])> {
+    let mut at = 0;
+    let mut out = Vec::new();
+    while at < bytes.len() {
+        let key = varint(bytes, &mut at);
+        match key & 7 {
+            0 => out.push((key >> 3, varint(bytes, &mut at), &bytes[..0])),
+            1 => {
+                out.push((key >> 3, 0, &bytes[at..at + 8]));
+                at += 8;
+            }
+            2 => {
+                let len = varint(bytes, &mut at) as usize;
+                out.push((key >> 3, 0, &bytes[at..at + len]));
+                at += len;
+            }
+            5 => {
+                out.push((key >> 3, 0, &bytes[at..at + 4]));
+                at += 4;
+            }
+            other => panic!("wire type {other}"),
+        }
+    }
+    out
+}
+
+fn spb(bytes: &[u8]) -> Spb {
+    let mut p = Spb::default();
+    for (field, n, data) in fields(bytes) {
+        match field {
+            1 => p.timestamp = Some(n),
+            3 => p.seq = Some(n),
+            2 => {
+                let (mut name, mut alias, mut value) = (String::new(), None, SpbValue::None);
+                for (f, n, d) in fields(data) {
+                    match f {
+                        1 => name = String::from_utf8(d.to_vec()).unwrap(),
+                        2 => alias = Some(n),
+                        11 => value = SpbValue::Long(n),
+                        13 => value = SpbValue::Double(f64::from_le_bytes(d.try_into().unwrap())),
+                        14 => value = SpbValue::Bool(n != 0),
+                        15 => value = SpbValue::Text(String::from_utf8(d.to_vec()).unwrap()),
+                        _ => {}
+                    }
+                }
+                p.metrics.push((name, alias, value));
+            }
+            _ => {}
+        }
+    }
+    p
+}
+
+/// The journal's messages on `filter` with their raw payloads and QoS.
+async fn journal_bytes(server: &TestServer, filter: &str) -> Vec<(String, Vec<u8>, u64)> {
+    use base64::Engine as _;
+    let filter = filter.replace('+', "%2B").replace('#', "%23");
+    let mut out = Vec::new();
+    let mut since = 0u64;
+    loop {
+        let (status, page) = server
+            .get(&format!(
+                "/api/v1/mqtt/messages?topic={filter}&since={since}&limit=10000"
+            ))
+            .await;
+        assert_eq!(status, 200, "{page}");
+        let items = page["items"].as_array().unwrap();
+        if items.is_empty() {
+            return out;
+        }
+        for item in items {
+            let text = item["payload"].as_str().unwrap();
+            let payload = match item["payload_encoding"].as_str() {
+                Some("base64") => base64::engine::general_purpose::STANDARD
+                    .decode(text)
+                    .unwrap(),
+                _ => text.as_bytes().to_vec(),
+            };
+            out.push((
+                item["topic"].as_str().unwrap().to_string(),
+                payload,
+                item["qos"].as_u64().unwrap(),
+            ));
+            since = item["cursor"].as_u64().unwrap();
+        }
+    }
+}
+
+fn metric<'a>(p: &'a Spb, name: &str) -> &'a SpbValue {
+    &p.metrics
+        .iter()
+        .find(|(n, ..)| n == name)
+        .unwrap_or_else(|| panic!("no metric {name} in {p:?}"))
+        .2
+}
+
+/// A seeded manual-clock run of one Sparkplug device: 300 s of two
+/// independent sensors, offline, online again. Its journal on `spBv1.0/#`.
+async fn sparkplug_run(seed: u64) -> Vec<(String, Vec<u8>, u64)> {
+    let server = TestServer::with_scenario("", |c| {
+        c.clock = ClockMode::Manual;
+        c.seed = Some(seed);
+    })
+    .await;
+    let (status, body) = server
+        .post(
+            "/api/v1/devices",
+            json!({"id": "sp-1", "group": "plant", "dialect": "sparkplug-b",
+                   "sensors": [{"plugin": "temperature", "interval_ms": 1000},
+                               {"plugin": "pressure", "interval_ms": 1000}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["dialect"], "sparkplug-b");
+    advance(&server, 300_000).await;
+    for state in ["offline", "online"] {
+        let (status, body) = server
+            .post(
+                "/api/v1/devices/sp-1/connectivity",
+                json!({ "state": state }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    advance(&server, 2_000).await;
+    let messages = journal_bytes(&server, "spBv1.0/#").await;
+    server.stop().await;
+    messages
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sparkplug_births_data_and_deaths_keep_seq_and_bdseq_and_are_deterministic() {
+    let a = sparkplug_run(5).await;
+    let b = sparkplug_run(5).await;
+    let c = sparkplug_run(6).await;
+    // Not assert_eq!: a failure would print two whole journals.
+    assert!(
+        a == b,
+        "same seed, same calls: byte-identical Sparkplug payloads"
+    );
+    assert!(a != c, "another seed, other values");
+
+    let kinds: Vec<&str> = a
+        .iter()
+        .map(|(t, ..)| t.split('/').nth(2).unwrap())
+        .collect();
+    assert_eq!(&kinds[..2], ["NBIRTH", "DBIRTH"], "{kinds:?}");
+    assert_eq!(a[0].0, "spBv1.0/plant/NBIRTH/sp-1", "group from the device");
+    assert_eq!(a[1].0, "spBv1.0/plant/DBIRTH/sp-1/sp-1");
+    let nbirth = spb(&a[0].1);
+    assert_eq!(metric(&nbirth, "bdSeq"), &SpbValue::Long(0));
+    assert_eq!(
+        metric(&nbirth, "Node Control/Rebirth"),
+        &SpbValue::Bool(false)
+    );
+    assert_eq!(
+        nbirth.timestamp,
+        Some(iotmock::clock::MANUAL_EPOCH_MS as u64)
+    );
+
+    // The device's metrics are born with names and aliases (the sensors in
+    // a new DBIRTH once they first report); data uses the aliases only.
+    let first_data = kinds.iter().position(|k| *k == "DDATA").unwrap();
+    assert_eq!(kinds[first_data - 1], "DBIRTH", "{kinds:?}");
+    let dbirth = spb(&a[first_data - 1].1);
+    let aliases: BTreeMap<String, u64> = dbirth
+        .metrics
+        .iter()
+        .map(|(n, a, _)| (n.clone(), a.expect("every device metric has an alias")))
+        .collect();
+    assert!(aliases.contains_key("temperature"), "{dbirth:?}");
+    assert!(aliases.contains_key("pressure"), "{dbirth:?}");
+    let data: Vec<Spb> = a
+        .iter()
+        .filter(|(t, ..)| t.contains("/DDATA/"))
+        .map(|(_, p, _)| spb(p))
+        .collect();
+    assert!(data.len() >= 290, "a DDATA per round: {}", data.len());
+    for d in &data {
+        for (name, alias, value) in &d.metrics {
+            assert!(name.is_empty(), "DDATA by alias: {d:?}");
+            assert!(aliases.values().any(|a| Some(*a) == *alias), "{d:?}");
+            assert!(matches!(value, SpbValue::Double(_)), "{d:?}");
+        }
+    }
+
+    // seq counts every node message but NDEATH, from 0, wrapping at 256.
+    let seqs: Vec<u64> = a
+        .iter()
+        .filter(|(t, ..)| !t.contains("/NDEATH/"))
+        .map(|(t, p, _)| {
+            if t.contains("/NBIRTH/") {
+                assert_eq!(spb(p).seq, Some(0), "NBIRTH starts seq at 0");
+            }
+            spb(p).seq.expect("seq")
+        })
+        .collect();
+    assert!(seqs.len() > 300, "{}", seqs.len());
+    let rebirth = kinds.iter().rposition(|k| *k == "NBIRTH").unwrap();
+    for (i, pair) in seqs.windows(2).enumerate() {
+        // The second NBIRTH starts again at 0.
+        if seqs[i + 1] == 0 && pair[0] != 255 {
+            continue;
+        }
+        assert_eq!(
+            pair[1],
+            (pair[0] + 1) % 256,
+            "seq {} after {}",
+            pair[1],
+            pair[0]
+        );
+    }
+    assert!(seqs.windows(2).any(|w| w == [255, 0]), "seq wrapped");
+
+    // Offline: DDEATH, then NDEATH with the birth's bdSeq at QoS 1; online:
+    // a fresh birth with bdSeq + 1.
+    let death = kinds.iter().position(|k| *k == "NDEATH").expect("NDEATH");
+    assert_eq!(kinds[death - 1], "DDEATH");
+    assert_eq!(a[death].0, "spBv1.0/plant/NDEATH/sp-1");
+    assert_eq!(a[death].2, 1, "NDEATH at QoS 1");
+    let ndeath = spb(&a[death].1);
+    assert_eq!(ndeath.seq, None, "NDEATH carries no seq");
+    assert_eq!(metric(&ndeath, "bdSeq"), &SpbValue::Long(0));
+    assert_eq!(rebirth, death + 1, "{kinds:?}");
+    assert_eq!(kinds[rebirth + 1], "DBIRTH");
+    assert_eq!(metric(&spb(&a[rebirth].1), "bdSeq"), &SpbValue::Long(1));
+    assert_eq!(spb(&a[rebirth].1).seq, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sparkplug_host_commands_a_simulated_device_and_asks_for_a_rebirth() {
+    use rumqttc::QoS;
+    let server = TestServer::with_scenario("", |c| {
+        c.clock = ClockMode::Manual;
+        c.seed = Some(4);
+    })
+    .await;
+    let (status, body) = server
+        .post(
+            "/api/v1/devices",
+            json!({"id": "th-1", "command_handler": "thermostat",
+                   "dialect": {"plugin": "sparkplug-b", "config": {"group": "site"}},
+                   "sensors": [{"plugin": "temperature", "interval_ms": 1000}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    advance(&server, 2_000).await;
+    // The host is no device: any client id.
+    let (host, _inbox) = real_device(&server, "scada", "spBv1.0/site/+/th-1/#").await;
+
+    // DCMD: one metric, the command; a JSON object string is its params.
+    let dcmd = [
+        &[0x08, 0x01][..], // timestamp 1
+        &[0x12, 0x1f, 0x0a, 0x0a][..],
+        b"set_target",
+        &[0x20, 0x0c, 0x7a, 0x0f][..], // datatype String, string_value
+        b"{\"target\":23.5}",
+    ]
+    .concat();
+    host.publish("spBv1.0/site/DCMD/th-1/th-1", QoS::AtLeastOnce, false, dcmd)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + crate::support::WAIT;
+    let command = loop {
+        let (_, page) = server.get("/api/v1/commands?device=th-1").await;
+        if let Some(c) = page["items"].as_array().and_then(|i| i.first()) {
+            break c.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "no command from DCMD");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(command["name"], "set_target");
+    assert_eq!(command["params"], json!({"target": 23.5}));
+    advance(&server, 1_000).await;
+    let (_, done) = server
+        .get(&format!(
+            "/api/v1/commands/{}?wait_ms=5000",
+            command["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(done["status"], "completed", "{done}");
+
+    // The device's answer, in its DDATA as the command metrics.
+    let journal = journal_bytes(&server, "spBv1.0/site/#").await;
+    let answers: Vec<Spb> = journal
+        .iter()
+        .filter(|(t, ..)| t == "spBv1.0/site/DDATA/th-1/th-1")
+        .map(|(_, p, _)| spb(p))
+        .filter(|p| {
+            p.metrics
+                .iter()
+                .any(|(_, _, v)| *v == SpbValue::Text("completed".into()))
+        })
+        .collect();
+    assert_eq!(answers.len(), 1, "{journal:?}");
+    assert!(
+        answers[0]
+            .metrics
+            .iter()
+            .any(|(_, _, v)| *v == SpbValue::Text(command["id"].as_str().unwrap().into())),
+        "{:?}",
+        answers[0]
+    );
+
+    // NCMD Node Control/Rebirth: a new NBIRTH with the same bdSeq, seq 0.
+    let births_before = journal
+        .iter()
+        .filter(|(t, ..)| t.contains("/NBIRTH/"))
+        .count();
+    let ncmd = [
+        &[0x08, 0x01][..],
+        &[0x12, 0x1a, 0x0a, 0x14][..],
+        b"Node Control/Rebirth",
+        &[0x20, 0x0b, 0x70, 0x01][..], // datatype Boolean, true
+    ]
+    .concat();
+    host.publish("spBv1.0/site/NCMD/th-1", QoS::AtLeastOnce, false, ncmd)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + crate::support::WAIT;
+    let births = loop {
+        let births: Vec<Spb> = journal_bytes(&server, "spBv1.0/site/NBIRTH/th-1")
+            .await
+            .into_iter()
+            .map(|(_, p, _)| spb(&p))
+            .collect();
+        if births.len() > births_before {
+            break births;
+        }
+        assert!(std::time::Instant::now() < deadline, "no rebirth");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let last = births.last().unwrap();
+    assert_eq!(last.seq, Some(0));
+    assert_eq!(
+        metric(last, "bdSeq"),
+        &SpbValue::Long(0),
+        "a rebirth keeps bdSeq"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_codecs_mqtt5_content_type_and_user_properties_reach_mqtt5_subscribers() {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let server = TestServer::with_scenario("", |c| {
+        c.clock = ClockMode::Manual;
+        c.seed = Some(9);
+    })
+    .await;
+    let (client, mut eventloop) = AsyncClient::new(
+        MqttOptions::new("v5-watcher", "127.0.0.1", server.mqtt.port()),
+        16,
+    );
+    client.subscribe("site/#", QoS::AtLeastOnce).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let mut ready_tx = Some(ready_tx);
+    tokio::spawn(async move {
+        while let Ok(event) = eventloop.poll().await {
+            match event {
+                Event::Incoming(Packet::Publish(p)) => {
+                    let _ = tx.send(p);
+                }
+                Event::Incoming(Packet::SubAck(_)) => {
+                    if let Some(t) = ready_tx.take() {
+                        let _ = t.send(());
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    tokio::time::timeout(crate::support::WAIT, ready_rx)
+        .await
+        .expect("SUBACK")
+        .unwrap();
+    // A 3.1.1 subscriber gets the same message without the properties.
+    let mut v3 = server.subscribe("site/#").await;
+
+    let mut config: Value = serde_json::from_str(SITE).unwrap();
+    config["content_type"] = json!("application/json");
+    config["user_properties"] = json!({"source": "iotmock", "site": "north"});
+    let (status, body) = server
+        .post(
+            "/api/v1/devices",
+            json!({"id": "d-5", "group": "north",
+                   "dialect": {"plugin": "template", "config": config},
+                   "sensors": [{"plugin": "temperature", "interval_ms": 1000}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    advance(&server, 1_000).await;
+    let publish = tokio::time::timeout(crate::support::WAIT, async {
+        loop {
+            let p = rx.recv().await.expect("watcher running");
+            if p.topic.as_ref() == b"site/north/d-5/temperature" {
+                return p;
+            }
+        }
+    })
+    .await
+    .expect("a reading in the dialect");
+    let props = publish.properties.expect("MQTT 5 properties");
+    assert_eq!(props.content_type.as_deref(), Some("application/json"));
+    assert_eq!(
+        props.user_properties,
+        vec![
+            ("site".to_string(), "north".to_string()),
+            ("source".to_string(), "iotmock".to_string())
+        ],
+        "in key order"
+    );
+    let plain = v3
+        .next_where(|m| m.topic == "site/north/d-5/temperature")
+        .await;
+    assert_eq!(plain.payload, publish.payload.to_vec());
+    server.stop().await;
+}
+
+async fn patch(server: &TestServer, id: &str, body: Value) -> (u16, Value) {
+    let response = server
+        .http
+        .patch(server.url(&format!("/api/v1/devices/{id}")))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patch_changes_a_devices_dialect_and_a_group_change_reaches_it() {
+    let server = TestServer::with_scenario("", |c| {
+        c.clock = ClockMode::Manual;
+        c.seed = Some(12);
+    })
+    .await;
+    let (status, body) = server
+        .post(
+            "/api/v1/devices",
+            json!({"id": "m-1", "group": "east",
+                   "sensors": [{"plugin": "temperature", "interval_ms": 1000}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    advance(&server, 2_000).await;
+    assert_eq!(journal(&server, "devices/m-1/telemetry/#").await.len(), 2);
+
+    // A bad dialect is refused by name and changes nothing.
+    let (status, problem) = patch(&server, "m-1", json!({"dialect": "klingon"})).await;
+    assert_eq!(status, 422, "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("klingon"),
+        "{problem}"
+    );
+
+    let (status, device) = patch(&server, "m-1", json!({"dialect": "sparkplug-b"})).await;
+    assert_eq!(status, 200, "{device}");
+    assert_eq!(device["dialect"], "sparkplug-b");
+    advance(&server, 2_000).await;
+    assert_eq!(
+        journal(&server, "devices/m-1/telemetry/#").await.len(),
+        2,
+        "no more readings in the old dialect"
+    );
+    let kinds = |messages: &[(String, Vec<u8>, u64)]| -> Vec<String> {
+        messages.iter().map(|(t, ..)| t.clone()).collect()
+    };
+    let sp = journal_bytes(&server, "spBv1.0/#").await;
+    let topics = kinds(&sp);
+    assert_eq!(topics[0], "spBv1.0/east/NBIRTH/m-1", "{topics:?}");
+    assert_eq!(topics[1], "spBv1.0/east/DBIRTH/m-1/m-1");
+    assert!(
+        topics
+            .iter()
+            .filter(|t| *t == "spBv1.0/east/DDATA/m-1/m-1")
+            .count()
+            >= 1,
+        "{topics:?}"
+    );
+
+    // A new group: the node dies in the old group and is born in the new.
+    let seen = sp.len();
+    let (status, device) = patch(&server, "m-1", json!({"group": "west"})).await;
+    assert_eq!(status, 200, "{device}");
+    advance(&server, 1_000).await;
+    let after = kinds(&journal_bytes(&server, "spBv1.0/#").await[seen..]);
+    assert_eq!(
+        &after[..4],
+        [
+            "spBv1.0/east/DDEATH/m-1/m-1",
+            "spBv1.0/east/NDEATH/m-1",
+            "spBv1.0/west/NBIRTH/m-1",
+            "spBv1.0/west/DBIRTH/m-1/m-1",
+        ],
+        "{after:?}"
+    );
+    assert!(
+        after
+            .iter()
+            .all(|t| !t.contains("/east/") || t.contains("DEATH")),
+        "{after:?}"
+    );
+    server.stop().await;
+}

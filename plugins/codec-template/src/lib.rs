@@ -17,6 +17,7 @@
 //! | `qos` | 0 | QoS of readings (status, commands and acks go at 1) |
 //! | `retain` | false | retain flag of readings |
 //! | `content_type` | none | MQTT 5 content type of every message |
+//! | `user_properties` | none | MQTT 5 user properties of every message: an object of strings, sent in key order |
 //! | `value_field` | `"value"` | where a decoded payload keeps the number (a bare number is read too) |
 //!
 //! Placeholders in topics: `{id}`, `{group}` (empty when the device has
@@ -83,6 +84,7 @@ struct Config {
     qos: u8,
     retain: bool,
     content_type: Option<String>,
+    user_properties: std::collections::BTreeMap<String, String>,
     value_field: String,
 }
 
@@ -101,6 +103,7 @@ impl Default for Config {
             qos: 0,
             retain: false,
             content_type: None,
+            user_properties: Default::default(),
             value_field: "value".into(),
         }
     }
@@ -115,6 +118,7 @@ struct Dialect {
     qos: u8,
     retain: bool,
     content_type: Option<String>,
+    user_properties: Vec<UserProperty>,
     value_field: String,
 }
 
@@ -169,6 +173,11 @@ impl Dialect {
             qos: c.qos,
             retain: c.retain,
             content_type: c.content_type,
+            user_properties: c
+                .user_properties
+                .into_iter()
+                .map(|(key, value)| UserProperty { key, value })
+                .collect(),
             value_field: c.value_field,
         })
     }
@@ -180,7 +189,7 @@ impl Dialect {
             qos,
             retain,
             content_type: self.content_type.clone(),
-            user_properties: Vec::<UserProperty>::new(),
+            user_properties: self.user_properties.clone(),
         }
     }
 }

@@ -303,7 +303,7 @@ class Devices(_Group):
         return self._client._obj("GET", f"/devices/{_seg(id)}")
 
     def patch(self, id: str, **fields: Any) -> JSON:
-        """`PATCH /devices/{id}`: `state`, `tags`, `group`, `metadata`, `buffer`, ..."""
+        """`PATCH /devices/{id}`: `state`, `tags`, `group`, `metadata`, `buffer`, `dialect`, ..."""
         return self._client._obj("PATCH", f"/devices/{_seg(id)}", json=fields)
 
     def delete(self, id: str) -> None:

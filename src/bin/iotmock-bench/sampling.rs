@@ -328,6 +328,7 @@ pub fn encode_costs(time: Duration) -> anyhow::Result<Vec<EncodeCost>> {
             r#"{"telemetry_topic":"site/{group}/{id}/{sensor}","telemetry_payload":"{{\"v\":{value},\"t\":{ts_ms}}}"}"#,
         ),
         ("thingsboard", "{}"),
+        ("sparkplug-b", "{}"),
     ] {
         let config: Arc<str> = Arc::from(config);
         let mut ctx = CallContext {
