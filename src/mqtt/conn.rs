@@ -448,6 +448,9 @@ where
     // The newest delivery in `out`; the socket has it once `out` is
     // written (what a delivery barrier waits for).
     let mut writing_upto = 0;
+    // Packets the client sent behind its CONNECT, in the same read: handled
+    // first, not when the client next sends something.
+    let mut buffered = !rbuf.is_empty();
     let stop = loop {
         if want_pull {
             want_pull = false;
@@ -494,7 +497,8 @@ where
                 }
                 want_pull = true;
             }
-            r = stream.read_buf(&mut rbuf) => {
+            r = read_more(stream, &mut rbuf, buffered) => {
+                buffered = false;
                 match r {
                     Ok(0) | Err(_) => break Stop::Done(Ending::Abrupt, None),
                     Ok(_) => {}
@@ -569,6 +573,19 @@ where
             (ending, None)
         }
     }
+}
+
+/// Reads more bytes into `rbuf`, or none when bytes read with the CONNECT
+/// are waiting there.
+async fn read_more<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    buffered: bool,
+) -> std::io::Result<usize> {
+    if buffered {
+        return Ok(rbuf.len());
+    }
+    stream.read_buf(rbuf).await
 }
 
 fn encode_out(o: &Out, version: u8, now: i64, out: &mut BytesMut) {

@@ -844,3 +844,43 @@ async fn an_advance_with_wait_delivered_returns_after_subscribers_have_the_span(
     assert_eq!(status, 422, "{problem}");
     server.stop().await;
 }
+
+/// Firmware often writes CONNECT and its first packets in one go, without
+/// waiting for CONNACK: the packets behind the CONNECT are handled at once,
+/// not when the client next sends something.
+#[tokio::test]
+async fn packets_sent_with_the_connect_in_one_write_are_handled() {
+    let server = TestServer::with_scenario("", |_| {}).await;
+    for level in [4u8, 5] {
+        let topic = format!("pipelined/{level}");
+        let mut burst = connect(level, &format!("eager-{level}"), true, 0, &[], None);
+        burst.extend(subscribe(level, 1, &topic, 1));
+        burst.extend(publish(level, &topic, 1, 2, &[], b"hello"));
+        let s = TcpStream::connect(server.mqtt).await.unwrap();
+        let mut raw = Raw { s, buf: Vec::new() };
+        raw.send(&burst).await;
+        let mut seen = Vec::new();
+        // CONNACK, SUBACK, PUBACK and the message itself (its own
+        // subscription), in whichever order the last two come.
+        while seen.len() < 4 {
+            let (first, _) = raw
+                .packet()
+                .await
+                .unwrap_or_else(|| panic!("level {level}: the connection closed after {seen:x?}"));
+            seen.push(first >> 4);
+        }
+        assert_eq!(
+            seen[..2],
+            [2, 9],
+            "level {level}: CONNACK then SUBACK, got {seen:?}"
+        );
+        let mut rest = seen[2..].to_vec();
+        rest.sort();
+        assert_eq!(
+            rest,
+            [3, 4],
+            "level {level}: PUBLISH and PUBACK, got {seen:?}"
+        );
+    }
+    server.stop().await;
+}
