@@ -49,6 +49,16 @@ fn main() {
     ] {
         cmd.env_remove(var);
     }
+    // Coverage (`.ci/coverage`) instruments the server through a rustc
+    // wrapper; the plugins are wasm and cannot carry the profiler runtime.
+    if env::var_os("__CARGO_LLVM_COV_RUSTC_WRAPPER").is_some() {
+        cmd.env_remove("RUSTC_WRAPPER");
+        for (var, _) in env::vars_os() {
+            if var.to_string_lossy().starts_with("__CARGO_LLVM_COV") {
+                cmd.env_remove(var);
+            }
+        }
+    }
     let started = Instant::now();
     let mut child = cmd
         .stderr(Stdio::piped())
