@@ -757,6 +757,10 @@ impl DialectReader for Inbound {
         Inbound::listen(self, dialect);
     }
 
+    fn listen_known(&self, plugin: &str, config: &str, filters: &[String]) {
+        Inbound::listen_known(self, plugin, config, filters);
+    }
+
     fn may_publish(&self, dialect: &DeviceDialect, topic: &str) -> bool {
         Inbound::may_publish(self, dialect, topic)
     }

@@ -132,23 +132,23 @@ impl Inbound {
                     return;
                 }
             };
-            tracing::debug!(plugin = %key.0, filters = ?info.filters, "reading client publishes in a dialect");
-            inner
-                .filters
-                .write()
-                .unwrap()
-                .insert(key.clone(), info.filters.clone());
-            for filter in info.filters {
-                if crate::mqtt::topics::valid_filter(&filter).is_err() {
-                    tracing::warn!(plugin = %key.0, %filter, "codec declared a filter that is not valid; skipped");
-                    continue;
-                }
-                let rx = inner
-                    .mqtt
-                    .tap(&filter, TAP_CAPACITY, inner.stats.dropped.clone());
-                tokio::spawn(follow(Arc::downgrade(&inner), key.clone(), rx));
-            }
+            register(&inner, key, info.filters);
         });
+    }
+
+    /// [`listen`](Self::listen) for a dialect whose codec has just said
+    /// what it listens on (the check before a device is given it): its
+    /// filters are tapped before the device is answered for, so the
+    /// device's first message is read.
+    pub fn listen_known(&self, plugin: &str, config: &str, filters: &[String]) {
+        if plugin == crate::dialect::DEFAULT_DIALECT && config == "{}" {
+            return;
+        }
+        let key: Key = (Arc::from(plugin), Arc::from(config));
+        if !self.0.listening.lock().unwrap().insert(key.clone()) {
+            return;
+        }
+        register(&self.0, key, filters.to_vec());
     }
 
     /// Whether a device of `dialect` may publish on `topic`: a topic one
@@ -184,6 +184,26 @@ impl Inbound {
             refused: n(&s.refused),
             dropped: n(&s.dropped),
         }
+    }
+}
+
+/// Taps the filters a codec declared and starts decoding what comes in.
+fn register(inner: &Arc<Inner>, key: Key, filters: Vec<String>) {
+    tracing::debug!(plugin = %key.0, ?filters, "reading client publishes in a dialect");
+    inner
+        .filters
+        .write()
+        .unwrap()
+        .insert(key.clone(), filters.clone());
+    for filter in filters {
+        if crate::mqtt::topics::valid_filter(&filter).is_err() {
+            tracing::warn!(plugin = %key.0, %filter, "codec declared a filter that is not valid; skipped");
+            continue;
+        }
+        let rx = inner
+            .mqtt
+            .tap(&filter, TAP_CAPACITY, inner.stats.dropped.clone());
+        tokio::spawn(follow(Arc::downgrade(inner), key.clone(), rx));
     }
 }
 

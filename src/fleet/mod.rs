@@ -40,6 +40,9 @@ use store::Store;
 pub trait DialectReader: Send + Sync + 'static {
     /// Starts reading a dialect's traffic (once per codec and config).
     fn listen(&self, dialect: &DeviceDialect);
+    /// The same, for a dialect whose codec has just declared its topic
+    /// filters: reading starts before this returns.
+    fn listen_known(&self, plugin: &str, config: &str, filters: &[String]);
     /// Whether a device of `dialect` may publish on `topic`.
     fn may_publish(&self, dialect: &DeviceDialect, topic: &str) -> bool;
 }
@@ -521,10 +524,17 @@ impl Fleet {
     ) -> Result<(), FleetError> {
         match dialect {
             None => Ok(()),
-            Some(spec) => crate::dialect::check(&self.0.plugins, spec, field)
-                .await
-                .map(drop)
-                .map_err(FleetError::Invalid),
+            Some(spec) => {
+                let info = crate::dialect::check(&self.0.plugins, spec, field)
+                    .await
+                    .map_err(FleetError::Invalid)?;
+                // Listening before the device exists: a real device may
+                // publish as soon as it is answered for.
+                if let (Some(info), Some(inbound)) = (info, self.0.inbound.get()) {
+                    inbound.listen_known(spec.plugin(), &spec.config_text(), &info.filters);
+                }
+                Ok(())
+            }
         }
     }
 
