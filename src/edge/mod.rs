@@ -129,10 +129,7 @@ impl crate::fleet::MembershipObserver for Membership {
         }
         let active = !routes.is_empty();
         drop(routes);
-        inner
-            .tap
-            .active
-            .send_if_modified(|a| std::mem::replace(a, active) != active);
+        inner.tap.set_active(active, &inner.rt.mqtt);
     }
 }
 
@@ -142,8 +139,28 @@ impl crate::fleet::MembershipObserver for Membership {
 pub struct Tap {
     // A std lock: read for one map lookup per reading.
     members: RwLock<HashMap<Arc<str>, Vec<Arc<Node>>>>,
-    /// Whether any node has members: the MQTT follower sleeps otherwise.
-    active: tokio::sync::watch::Sender<bool>,
+    /// Since which MQTT journal cursor some node has members (none: no
+    /// node has). The MQTT follower sleeps while there is none, and reads
+    /// from there when woken, so what a member publishes right after its
+    /// node got it is not skipped however late the follower wakes.
+    active: tokio::sync::watch::Sender<Option<u64>>,
+}
+
+impl Tap {
+    fn set_active(&self, active: bool, mqtt: &MqttHandle) {
+        self.active
+            .send_if_modified(|since| match (active, *since) {
+                (true, None) => {
+                    *since = Some(*mqtt.journal_watch().borrow());
+                    true
+                }
+                (false, Some(_)) => {
+                    *since = None;
+                    true
+                }
+                _ => false,
+            });
+    }
 }
 
 impl std::fmt::Debug for Node {
@@ -189,7 +206,7 @@ impl EdgeNodes {
         };
         let tap = Arc::new(Tap {
             members: RwLock::default(),
-            active: tokio::sync::watch::Sender::new(false),
+            active: tokio::sync::watch::Sender::new(None),
         });
         let (stop, stopped) = oneshot::channel();
         tokio::spawn(mqtt_in::follow(mqtt.clone(), tap.clone(), stopped));
@@ -378,7 +395,7 @@ impl EdgeNodes {
         }
         let active = !members.is_empty();
         *self.0.tap.members.write().unwrap() = members;
-        self.0.tap.active.send_replace(active);
+        self.0.tap.set_active(active, &self.0.rt.mqtt);
     }
 
     pub fn list(&self) -> Vec<EdgeNodeView> {

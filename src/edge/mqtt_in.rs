@@ -31,13 +31,18 @@ pub(crate) async fn follow(mqtt: MqttHandle, tap: Arc<Tap>, mut stop: oneshot::R
     let mut cursor = *newest.borrow_and_update();
     let mut evicted = mqtt.messages(Some(FILTER), cursor, 1).evicted;
     loop {
-        if !*active.borrow_and_update() {
-            // No node has members: nothing to follow until one does.
+        if active.borrow_and_update().is_none() {
+            // No node has members: nothing to follow until one does, then
+            // from where the journal was when it did.
             tokio::select! {
                 changed = active.changed() => if changed.is_err() { return },
                 _ = &mut stop => return,
             }
-            cursor = *newest.borrow_and_update();
+            let Some(since) = *active.borrow_and_update() else {
+                continue;
+            };
+            newest.borrow_and_update();
+            cursor = since;
             evicted = mqtt.messages(Some(FILTER), cursor, 1).evicted;
             continue;
         }
