@@ -241,15 +241,18 @@ def test_a_pysparkplug_edge_node_reports_into_the_fleet_and_answers_a_command(se
         spb.Metric(timestamp=now, name="Command/Id", datatype=spb.DataType.STRING, value=""),
         spb.Metric(timestamp=now, name="Command/Status", datatype=spb.DataType.STRING, value=""),
     ]))
+    def exported() -> list[dict[str, Any]]:
+        text = server.http.get("/telemetry", params={"device": "edge-1", "format": "jsonl"}).text
+        return [json.loads(line) for line in text.splitlines() if line]
+
     node.connect("127.0.0.1", port=server.mqtt_port)
     try:
         _until(lambda: node._client._client.is_connected(), "edge node connected")
+        # The library sends its births from its connect callback, which may
+        # still be running: a metric changed now could go out in the DBIRTH.
+        _until(lambda: any(r["sensor"] == "temperature" for r in exported()), "the births read")
         node.update_device("edge-1", [
             spb.Metric(timestamp=now + 1000, name="temperature", datatype=spb.DataType.DOUBLE, value=21.25)])
-
-        def exported() -> list[dict[str, Any]]:
-            text = server.http.get("/telemetry", params={"device": "edge-1", "format": "jsonl"}).text
-            return [json.loads(line) for line in text.splitlines() if line]
 
         rows = _until(lambda: len(exported()) >= 3 and exported(), "exported readings")
         values = {(r["sensor"], r["value"]) for r in rows}
