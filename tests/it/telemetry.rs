@@ -114,17 +114,23 @@ async fn same_seed_gives_the_same_values_and_another_seed_does_not() {
     assert_ne!(a, c);
 }
 
-/// Exports everything after advancing a manual clock.
-async fn export_run(seed: u64) -> (String, String) {
-    let server = TestServer::with_scenario(THREE_DEVICES, |c| {
+/// A server on a manual clock under `seed`, advanced by `ms`.
+async fn advanced(scenario: &str, seed: u64, ms: i64) -> TestServer {
+    let server = TestServer::with_scenario(scenario, |c| {
         c.clock = ClockMode::Manual;
         c.seed = Some(seed);
     })
     .await;
-    let (status, _) = server
-        .post("/api/v1/clock/advance", json!({ "ms": 10_000 }))
+    let (status, body) = server
+        .post("/api/v1/clock/advance", json!({ "ms": ms }))
         .await;
-    assert_eq!(status, 200);
+    assert_eq!(status, 200, "{body}");
+    server
+}
+
+/// Exports everything after advancing a manual clock.
+async fn export_run(seed: u64) -> (String, String) {
+    let server = advanced(THREE_DEVICES, seed, 10_000).await;
     let jsonl = server
         .http
         .get(server.url("/api/v1/telemetry"))
@@ -180,15 +186,7 @@ interval_ms = 1000
 "#;
 
 async fn humidity_export(seed: u64) -> String {
-    let server = TestServer::with_scenario(TEMPERATURE_AND_HUMIDITY, |c| {
-        c.clock = ClockMode::Manual;
-        c.seed = Some(seed);
-    })
-    .await;
-    let (status, body) = server
-        .post("/api/v1/clock/advance", json!({ "ms": 30_000 }))
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let server = advanced(TEMPERATURE_AND_HUMIDITY, seed, 30_000).await;
     let export = server
         .http
         .get(server.url("/api/v1/telemetry?sensor=humidity&limit=10000"))
