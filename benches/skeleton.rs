@@ -234,6 +234,7 @@ fn run_sampling(
             .map(|i| DeviceSlot {
                 rng: DeviceRng::derive(42, &format!("bench-{i:05}"), SENSOR),
                 state: None,
+                deferred: None,
             })
             .collect(),
     };

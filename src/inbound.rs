@@ -244,6 +244,7 @@ impl Inner {
             ctx.slots.push(DeviceSlot {
                 rng: dialect.rng(memory),
                 state: Some(shared.clone()),
+                deferred: None,
             });
         }
         let request = DecodeRequest {

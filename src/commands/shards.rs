@@ -107,6 +107,7 @@ async fn handle(
         slots: vec![DeviceSlot {
             rng,
             state: Some(target.shared.clone()),
+            deferred: None,
         }],
     };
     let command = HandlerCommand {

@@ -184,6 +184,7 @@ pub async fn encode_and_publish(
             ctx.slots.push(DeviceSlot {
                 rng: item.dialect.rng(memory),
                 state: item.shared.clone(),
+                deferred: None,
             });
             requests.push(EncodeRequest {
                 device: slot as u32,
@@ -261,6 +262,7 @@ pub async fn prepare_probes(plugins: &PluginHost, now: i64, dialects: &[Arc<Devi
                     .map(|d| DeviceSlot {
                         rng: DeviceRng::derive(d.seed, &d.info.id, "dialect/probe"),
                         state: None,
+                        deferred: None,
                     })
                     .collect(),
             };

@@ -381,6 +381,7 @@ impl Node {
                 slots: vec![DeviceSlot {
                     rng: std::mem::replace(&mut task.rng, DeviceRng::placeholder()),
                     state: Some(task.shared.clone()),
+                    deferred: None,
                 }],
             };
             let (result, mut ctx) = task

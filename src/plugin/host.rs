@@ -13,49 +13,16 @@ use crate::random::DeviceRng;
 /// A device's state shared by its sensors, command handler and edge rules:
 /// keys to JSON text. A std mutex: it is held only for one map operation,
 /// never across an await.
-///
-/// The scheduler runs the sensor calls of one round concurrently (one
-/// worker per plugin), so a sensor reading a key another sensor of the same
-/// device writes would see the old or the new value depending on thread
-/// timing. Within a round each call therefore gets an
-/// [`overlay`](Self::overlay): it reads its own writes, then the state as
-/// the round found it, and its writes reach the device's state only when
-/// the round is over ([`commit`](Self::commit)), in the round's fixed call
-/// order. Same seed, same values, whatever the threads did.
 #[derive(Debug, Default)]
-pub struct SharedState {
-    map: Mutex<BTreeMap<String, String>>,
-    base: Option<Arc<SharedState>>,
-}
+pub struct SharedState(Mutex<BTreeMap<String, String>>);
 
 impl SharedState {
     pub fn get(&self, key: &str) -> Option<String> {
-        if let Some(value) = self.map.lock().unwrap().get(key) {
-            return Some(value.clone());
-        }
-        self.base.as_ref()?.get(key)
+        self.0.lock().unwrap().get(key).cloned()
     }
 
-    pub fn set(&self, key: &str, value: String) {
-        self.map.lock().unwrap().insert(key.to_string(), value);
-    }
-
-    /// A layer over `base` that keeps its writes until [`commit`](Self::commit).
-    pub fn overlay(base: &Arc<SharedState>) -> Arc<SharedState> {
-        Arc::new(SharedState {
-            map: Mutex::default(),
-            base: Some(base.clone()),
-        })
-    }
-
-    /// Moves an overlay's writes into its base (nothing for a base itself).
-    pub fn commit(&self) {
-        if let Some(base) = &self.base {
-            let writes = std::mem::take(&mut *self.map.lock().unwrap());
-            if !writes.is_empty() {
-                base.map.lock().unwrap().extend(writes);
-            }
-        }
+    pub fn set(&self, key: String, value: String) {
+        self.0.lock().unwrap().insert(key, value);
     }
 }
 
@@ -64,6 +31,27 @@ impl SharedState {
 pub struct DeviceSlot {
     pub rng: DeviceRng,
     pub state: Option<Arc<SharedState>>,
+    /// `None`: writes go to `state` at once. `Some`: the call reads its own
+    /// writes here first and the caller applies them after the call. The
+    /// scheduler runs the sensor calls of one round concurrently (one
+    /// worker per plugin), so a sensor reading a key another sensor of the
+    /// same device writes would otherwise see the old or the new value
+    /// depending on thread timing; deferred, every sensor of a round sees
+    /// the state as the round found it, and the writes land in the round's
+    /// fixed call order.
+    pub deferred: Option<Vec<(String, String)>>,
+}
+
+impl DeviceSlot {
+    /// Applies deferred writes to the device's state, in the order made.
+    pub fn commit(self) -> DeviceRng {
+        if let (Some(state), Some(writes)) = (&self.state, self.deferred) {
+            for (key, value) in writes {
+                state.set(key, value);
+            }
+        }
+        self.rng
+    }
 }
 
 /// What a single call may reach; moved into the store for the call and
@@ -104,17 +92,26 @@ impl host::Host for HostState {
 
     fn get_state(&mut self, device: u32, key: String) -> Option<String> {
         let slot = self.ctx.slots.get(device as usize)?;
-        slot.state.as_ref()?.get(&key)
+        let own = slot
+            .deferred
+            .iter()
+            .flatten()
+            .rev()
+            .find(|(k, _)| *k == key);
+        match own {
+            Some((_, value)) => Some(value.clone()),
+            None => slot.state.as_ref()?.get(&key),
+        }
     }
 
     fn set_state(&mut self, device: u32, key: String, value: String) {
-        if let Some(state) = self
-            .ctx
-            .slots
-            .get(device as usize)
-            .and_then(|s| s.state.as_ref())
-        {
-            state.set(&key, value);
+        let Some(slot) = self.ctx.slots.get_mut(device as usize) else {
+            return;
+        };
+        match (&mut slot.deferred, &slot.state) {
+            (Some(writes), Some(_)) => writes.push((key, value)),
+            (None, Some(state)) => state.set(key, value),
+            (_, None) => {}
         }
     }
 

@@ -588,8 +588,9 @@ impl Scheduler {
             let s = self.streams[idx].as_mut().expect("live stream");
             ctx.slots.push(DeviceSlot {
                 rng: std::mem::replace(&mut s.rng, DeviceRng::placeholder()),
+                state: Some(s.shared.clone()),
                 // Committed in finish_chunk, after every call of the round.
-                state: Some(SharedState::overlay(&s.shared)),
+                deferred: Some(Vec::new()),
             });
             requests.push(SampleRequest {
                 device: slot as u32,
@@ -613,10 +614,7 @@ impl Scheduler {
     ) {
         if ctx.slots.len() == chunk.len() {
             for (slot, &(_, idx)) in ctx.slots.into_iter().zip(chunk) {
-                if let Some(state) = &slot.state {
-                    state.commit();
-                }
-                self.streams[idx].as_mut().expect("live stream").rng = slot.rng;
+                self.streams[idx].as_mut().expect("live stream").rng = slot.commit();
             }
         }
         let (samples, unit) = match (result, unit) {

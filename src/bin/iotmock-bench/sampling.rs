@@ -76,6 +76,7 @@ pub fn sampling(per_call: usize, time: Duration) -> anyhow::Result<Sampling> {
             .map(|i| DeviceSlot {
                 rng: DeviceRng::derive(42, &format!("bench-{i:05}"), SENSOR),
                 state: None,
+                deferred: None,
             })
             .collect(),
     };
@@ -170,6 +171,7 @@ pub fn edge_calls(time: Duration) -> anyhow::Result<EdgeCalls> {
             slots: vec![DeviceSlot {
                 rng: DeviceRng::derive(42, "bench-node", "edge"),
                 state: None,
+                deferred: None,
             }],
         };
         let mut state = Vec::new();
@@ -338,6 +340,7 @@ pub fn encode_costs(time: Duration) -> anyhow::Result<Vec<EncodeCost>> {
                 .map(|id| DeviceSlot {
                     rng: DeviceRng::derive(42, id, "dialect"),
                     state: None,
+                    deferred: None,
                 })
                 .collect(),
         };
