@@ -14,7 +14,10 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 /// Reads and drops what `io` still delivers, until end of stream, an
 /// error, `within` or `max_bytes`, whichever comes first.
 pub(crate) async fn drain<R: AsyncRead + Unpin>(io: &mut R, within: Duration, max_bytes: usize) {
-    let mut sink = [0u8; 8 * 1024];
+    // On the heap: a buffer on the future's stack would make every task
+    // that may end in a drain (each MQTT connection) 8 KiB larger for its
+    // whole life, not only while it drains.
+    let mut sink = vec![0u8; 8 * 1024];
     let mut left = max_bytes;
     let _ = tokio::time::timeout(within, async {
         while left > 0 {

@@ -163,9 +163,7 @@ pub(crate) async fn serve<S>(
     if !matches!(ending, Ending::Normal | Ending::WithWill) {
         // The broker closed: its last writes (the DISCONNECT, the last
         // acknowledgements) must not meet a reset (see `crate::linger`).
-        // Boxed: the drain's 8 KiB read buffer is allocated only while a
-        // connection drains, not held in every connection's task.
-        Box::pin(crate::linger::drain(&mut stream, LINGER, usize::MAX)).await;
+        crate::linger::drain(&mut stream, LINGER, usize::MAX).await;
     }
     engine.observed.disconnected(
         &conn.client_id,
