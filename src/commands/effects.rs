@@ -13,7 +13,7 @@ use super::Inner;
 use super::model::*;
 use crate::dialect::{Outgoing, encode_and_publish};
 use crate::mqtt::{Qos, topics};
-use crate::plugin::{CodecEvent, ReplyStatus};
+use crate::plugin::CodecEvent;
 
 /// What an operation on the state machine asks to be done.
 pub(crate) enum Effect {
@@ -64,13 +64,17 @@ impl Inner {
                     at,
                 } => {
                     let target = self.fleet.command_target(&device).ok();
-                    let event = CodecEvent::Command {
-                        id: message.id.clone(),
-                        name: message.name.clone(),
-                        params: message.params.to_string(),
-                        attempt: message.attempt,
-                    };
-                    if !self.in_dialect(target.as_ref(), event).await {
+                    let coded = self
+                        .in_dialect(target.as_ref(), || {
+                            Some(CodecEvent::Command {
+                                id: message.id.clone(),
+                                name: message.name.clone(),
+                                params: message.params.to_string(),
+                                attempt: message.attempt,
+                            })
+                        })
+                        .await;
+                    if !coded {
                         let payload = serde_json::to_vec(&message).expect("a command serializes");
                         self.mqtt
                             .publish(
@@ -131,23 +135,16 @@ impl Inner {
     /// Publishes a simulated device's ack, in its dialect when it has one.
     async fn publish_ack(&self, device: String, id: Arc<str>, payload: String) {
         let target = self.fleet.command_target(&device).ok();
-        let ack: Option<DeviceAck> = serde_json::from_str(&payload).ok();
-        let coded = match ack {
-            Some(ack) => {
-                let event = CodecEvent::Ack {
+        let coded = self
+            .in_dialect(target.as_ref(), || {
+                let ack: DeviceAck = serde_json::from_str(&payload).ok()?;
+                Some(CodecEvent::Ack {
                     command_id: id.to_string(),
-                    status: match ack.status {
-                        AckStatus::Received => ReplyStatus::Received,
-                        AckStatus::Completed => ReplyStatus::Completed,
-                        AckStatus::Rejected => ReplyStatus::Rejected,
-                        AckStatus::Failed => ReplyStatus::Failed,
-                    },
+                    status: ack.status.into(),
                     result: ack.result.map(|r| r.to_string()),
-                };
-                self.in_dialect(target.as_ref(), event).await
-            }
-            None => false,
-        };
+                })
+            })
+            .await;
         if !coded {
             self.mqtt
                 .publish(&topics::ack(&device, &id), payload, Qos::AtLeastOnce, false)
@@ -155,14 +152,18 @@ impl Inner {
         }
     }
 
-    /// Publishes `event` in the target's dialect when it has one other than
-    /// the built-in path; false when the built-in path is to write it.
+    /// Publishes the event `event` makes in the target's dialect when it
+    /// has one other than the built-in path (the event is made only then);
+    /// false when the built-in path is to write it.
     async fn in_dialect(
         &self,
         target: Option<&crate::fleet::CommandTarget>,
-        event: CodecEvent,
+        event: impl FnOnce() -> Option<CodecEvent>,
     ) -> bool {
         let Some(target) = target.filter(|t| !t.dialect.native(&self.plugins)) else {
+            return false;
+        };
+        let Some(event) = event() else {
             return false;
         };
         let now = self.clock.now_ms();

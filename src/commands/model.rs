@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::clock::rfc3339_ms;
+use crate::plugin::ReplyStatus;
 
 /// Per-attempt timeout when a request names none, simulated ms.
 pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
@@ -85,6 +86,28 @@ pub enum AckStatus {
     Completed,
     Rejected,
     Failed,
+}
+
+impl From<ReplyStatus> for AckStatus {
+    fn from(s: ReplyStatus) -> Self {
+        match s {
+            ReplyStatus::Received => AckStatus::Received,
+            ReplyStatus::Completed => AckStatus::Completed,
+            ReplyStatus::Rejected => AckStatus::Rejected,
+            ReplyStatus::Failed => AckStatus::Failed,
+        }
+    }
+}
+
+impl From<AckStatus> for ReplyStatus {
+    fn from(s: AckStatus) -> Self {
+        match s {
+            AckStatus::Received => ReplyStatus::Received,
+            AckStatus::Completed => ReplyStatus::Completed,
+            AckStatus::Rejected => ReplyStatus::Rejected,
+            AckStatus::Failed => ReplyStatus::Failed,
+        }
+    }
 }
 
 /// Which ack completes a command.

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::{Effect, Machine};
 use crate::commands::model::*;
-use crate::plugin::{Handling, ReplyStatus};
+use crate::plugin::Handling;
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum Timer {
@@ -299,7 +299,7 @@ impl Machine {
                 Timer::Reply {
                     id: id.clone(),
                     device: device.to_string(),
-                    status: ack_status(reply.status),
+                    status: reply.status.into(),
                     result: reply.result,
                 },
             );
@@ -318,14 +318,5 @@ impl Machine {
                 },
             );
         }
-    }
-}
-
-fn ack_status(s: ReplyStatus) -> AckStatus {
-    match s {
-        ReplyStatus::Received => AckStatus::Received,
-        ReplyStatus::Completed => AckStatus::Completed,
-        ReplyStatus::Rejected => AckStatus::Rejected,
-        ReplyStatus::Failed => AckStatus::Failed,
     }
 }
