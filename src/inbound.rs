@@ -18,13 +18,11 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::commands::{AckSource, AckStatus, CommandRequest, Commands, DeviceAck, Origin};
+use crate::commands::{AckSource, CommandRequest, Commands, DeviceAck, Origin};
 use crate::dialect::DeviceDialect;
 use crate::fleet::{Fleet, ReportMode};
 use crate::mqtt::{MqttHandle, Tapped};
-use crate::plugin::{
-    CallContext, CodecEvent, DecodeRequest, Decoded, DeviceSlot, PluginHost, ReplyStatus,
-};
+use crate::plugin::{CallContext, CodecEvent, DecodeRequest, Decoded, DeviceSlot, PluginHost};
 use crate::telemetry::{Reading, Telemetry};
 
 /// Client publishes waiting to be decoded, per filter.
@@ -119,7 +117,7 @@ impl Inbound {
             return;
         }
         let key: Key = (dialect.plugin.clone(), dialect.config.clone());
-        if !self.0.listening.lock().unwrap().insert(key.clone()) {
+        if !self.claim(&key) {
             return;
         }
         let inner = self.0.clone();
@@ -141,14 +139,19 @@ impl Inbound {
     /// filters are tapped before the device is answered for, so the
     /// device's first message is read.
     pub fn listen_known(&self, plugin: &str, config: &str, filters: &[String]) {
-        if plugin == crate::dialect::DEFAULT_DIALECT && config == "{}" {
+        if crate::dialect::is_default(plugin, config) {
             return;
         }
         let key: Key = (Arc::from(plugin), Arc::from(config));
-        if !self.0.listening.lock().unwrap().insert(key.clone()) {
-            return;
+        if self.claim(&key) {
+            register(&self.0, key, filters.to_vec());
         }
-        register(&self.0, key, filters.to_vec());
+    }
+
+    /// Whether this codec and configuration are not read yet (and now
+    /// will be, by the caller).
+    fn claim(&self, key: &Key) -> bool {
+        self.0.listening.lock().unwrap().insert(key.clone())
     }
 
     /// Whether a device of `dialect` may publish on `topic`: a topic one
@@ -292,7 +295,8 @@ impl Inner {
                 crate::ratelimit::warn_limited!(publisher = %who, %device, topic = %message.topic, "a device published for another device; ignored");
                 continue;
             }
-            if self.fleet.dialect_of(&device).is_none() {
+            // A device publishing for itself was found above.
+            if !publisher_is_device && self.fleet.dialect_of(&device).is_none() {
                 self.stats.unknown_device.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
@@ -335,12 +339,7 @@ impl Inner {
                 };
                 let ack = DeviceAck {
                     id: Some(command_id.clone()),
-                    status: match status {
-                        ReplyStatus::Received => AckStatus::Received,
-                        ReplyStatus::Completed => AckStatus::Completed,
-                        ReplyStatus::Rejected => AckStatus::Rejected,
-                        ReplyStatus::Failed => AckStatus::Failed,
-                    },
+                    status: status.into(),
                     result: result.map(|r| serde_json::from_str(&r).unwrap_or(Value::String(r))),
                 };
                 match commands

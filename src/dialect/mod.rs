@@ -70,6 +70,11 @@ pub struct DeviceDialect {
     probe: std::sync::OnceLock<String>,
 }
 
+/// Whether a codec and configuration are the built-in topics and payloads.
+pub fn is_default(plugin: &str, config: &str) -> bool {
+    plugin == DEFAULT_DIALECT && config == "{}"
+}
+
 impl DeviceDialect {
     pub fn new(spec: Option<&DialectSpec>, info: CodecDevice, seed: u64) -> Arc<Self> {
         let fallback;
@@ -82,7 +87,7 @@ impl DeviceDialect {
         };
         let config = spec.config_text();
         Arc::new(Self {
-            default: spec.plugin() == DEFAULT_DIALECT && config == "{}",
+            default: is_default(spec.plugin(), &config),
             plugin: Arc::from(spec.plugin()),
             config: Arc::from(config),
             info,
@@ -166,31 +171,42 @@ pub async fn encode_and_publish(
     let mut done = Vec::with_capacity(items.len());
     let mut items = items.into_iter().peekable();
     while items.peek().is_some() {
-        let chunk: Vec<Outgoing> = items.by_ref().take(MAX_ENCODE_BATCH).collect();
-        let plugin = chunk[0].dialect.plugin.clone();
-        let config = chunk[0].dialect.config.clone();
+        // The dialects apart, so their held states do not keep the events
+        // borrowed: each event moves into its request.
+        let (chunk, events): (Vec<Arc<DeviceDialect>>, Vec<_>) = items
+            .by_ref()
+            .take(MAX_ENCODE_BATCH)
+            .map(|o| (o.dialect, (o.shared, o.ts, o.event)))
+            .unzip();
+        let plugin = chunk[0].plugin.clone();
+        let config = chunk[0].config.clone();
         // Each device's state is held for the call (callers name a device
         // at most once per batch; only the scheduler batches several).
         let mut memories = Vec::with_capacity(chunk.len());
-        for item in &chunk {
-            memories.push(item.dialect.memory().await);
+        for dialect in &chunk {
+            memories.push(dialect.memory().await);
         }
         let mut ctx = CallContext {
             now,
             slots: Vec::with_capacity(chunk.len()),
         };
         let mut requests = Vec::with_capacity(chunk.len());
-        for (slot, (item, memory)) in chunk.iter().zip(memories.iter_mut()).enumerate() {
+        for (slot, ((dialect, memory), (shared, ts, event))) in chunk
+            .iter()
+            .zip(memories.iter_mut())
+            .zip(events)
+            .enumerate()
+        {
             ctx.slots.push(DeviceSlot {
-                rng: item.dialect.rng(memory),
-                state: item.shared.clone(),
+                rng: dialect.rng(memory),
+                state: shared,
                 deferred: None,
             });
             requests.push(EncodeRequest {
                 device: slot as u32,
-                info: item.dialect.info.clone(),
-                ts: item.ts,
-                event: item.event.clone(),
+                info: dialect.info.clone(),
+                ts,
+                event,
                 state: memory.state.clone(),
             });
         }

@@ -378,19 +378,16 @@ impl Fleet {
     /// Simulated devices online now whose dialect is a codec's.
     fn codec_speakers_online(&self) -> Vec<Arc<Entry>> {
         let now = self.0.clock.now_ms();
-        let mut entries: Vec<Arc<Entry>> = self
-            .0
+        // The map's order is id order: the same calls publish the same
+        // messages in the same order.
+        self.0
             .devices
             .read()
             .unwrap()
             .values()
             .filter(|e| self.codec_speaker_online(e, now))
             .cloned()
-            .collect();
-        // Id order: the same calls publish the same messages in the same
-        // order.
-        entries.sort_by_key(|e| e.device().id.clone());
-        entries
+            .collect()
     }
 
     /// The broker goes down on purpose for `duration`. A simulated device
@@ -747,11 +744,8 @@ impl Fleet {
 
     /// Asks the codecs of real devices where their commands go (see
     /// [`crate::dialect::prepare_probes`]).
-    async fn prepare_probes(&self, mut dialects: Vec<Arc<DeviceDialect>>) {
-        dialects.retain(|d| !d.is_default() && d.command_probe().is_none());
-        if !dialects.is_empty() {
-            crate::dialect::prepare_probes(&self.0.plugins, self.0.clock.now_ms(), &dialects).await;
-        }
+    async fn prepare_probes(&self, dialects: Vec<Arc<DeviceDialect>>) {
+        crate::dialect::prepare_probes(&self.0.plugins, self.0.clock.now_ms(), &dialects).await;
     }
 
     /// Provisions the scenario's devices that are not in the store yet.
@@ -762,6 +756,7 @@ impl Fleet {
         let templates: Vec<DeviceTemplate> = devices.iter().map(scenario_template).collect();
         let mut new = Vec::new();
         let mut checked = std::collections::HashSet::new();
+        let mut dialects_checked = std::collections::HashSet::new();
         for (spec, template) in devices.iter().zip(&templates) {
             let device = format!("device {:?}", spec.id);
             self.check_template(template).map_err(|e| match e {
@@ -770,8 +765,13 @@ impl Fleet {
             })?;
             self.check_sensor_configs(&device, &spec.sensors, &mut checked)
                 .await?;
-            self.check_dialect(spec.dialect.as_ref(), &format!("{device}: dialect"))
-                .await?;
+            // Once per codec and configuration, like the sensors'.
+            if let Some(dialect) = &spec.dialect
+                && dialects_checked.insert((dialect.plugin().to_string(), dialect.config_text()))
+            {
+                self.check_dialect(Some(dialect), &format!("{device}: dialect"))
+                    .await?;
+            }
         }
         for (spec, template) in devices.iter().zip(&templates) {
             if self
@@ -1134,7 +1134,8 @@ impl Fleet {
         let (Ok(entry), Some(inbound)) = (self.entry(id), self.0.inbound.get()) else {
             return false;
         };
-        !entry.dialect().is_default() && inbound.may_publish(&entry.dialect(), topic)
+        // No filters are known for the default dialect: false for it.
+        inbound.may_publish(&entry.dialect(), topic)
     }
 
     /// Whether device `id` may subscribe to `filter` because its commands
@@ -1143,11 +1144,11 @@ impl Fleet {
         let Ok(entry) = self.entry(id) else {
             return false;
         };
-        !entry.dialect().is_default()
-            && entry
-                .dialect()
-                .command_probe()
-                .is_some_and(|probe| topics::matches(filter, probe))
+        // The default dialect has no probe.
+        entry
+            .dialect()
+            .command_probe()
+            .is_some_and(|probe| topics::matches(filter, probe))
     }
 
     /// Simulated time now.
