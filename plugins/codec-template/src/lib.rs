@@ -209,14 +209,13 @@ struct Vars<'a> {
     name: String,
     params: &'a str,
     attempt: String,
-    escaped_id: String,
 }
 
 impl<'a> Vars<'a> {
     fn get(&self, name: &str) -> &str {
         let info = self.info;
         match name {
-            "id" => &self.escaped_id,
+            "id" => info.map(|i| i.id.as_str()).unwrap_or(""),
             "group" => info.and_then(|i| i.group.as_deref()).unwrap_or(""),
             "type" => info.and_then(|i| i.kind.as_deref()).unwrap_or(""),
             "username" => info.map(|i| i.username.as_str()).unwrap_or(""),
@@ -249,14 +248,15 @@ fn encode_one(d: &Dialect, request: EncodeRequest) -> Encoded {
     let info = &request.info;
     let base = || Vars {
         info: Some(info),
-        escaped_id: info.id.clone(),
         ..Vars::default()
     };
     let mut messages = Vec::new();
     match &request.event {
         Event::Readings(readings) => {
+            // One set of variables for the batch: each reading sets all of
+            // its own.
+            let mut v = base();
             for r in readings {
-                let mut v = base();
                 v.sensor = &r.sensor;
                 v.value.clear();
                 let _ = write!(v.value, "{}", r.value);

@@ -244,7 +244,12 @@ impl Injector {
     }
 
     pub fn write_slots(&self, out: &mut Vec<f64>) {
-        out.extend_from_slice(&[
+        out.extend_from_slice(&self.slots());
+    }
+
+    /// The numbers [`Injector::from_slots`] reads back.
+    pub fn slots(&self) -> [f64; Self::SLOTS] {
+        [
             self.rng.seed as f64,
             // Wraps long before 2^53 draws would lose precision.
             (self.rng.drawn % (1 << 53)) as f64,
@@ -254,7 +259,7 @@ impl Injector {
             self.drift_len,
             self.drift_end,
             self.dropout_left,
-        ]);
+        ]
     }
 
     /// Applies anomalies to one clean reading: the value to report (none

@@ -89,14 +89,13 @@ impl<'a> Decoder<'a> {
 /// The state bytes for `value` under layout `version`. A value that
 /// encodes to nothing (a stateless plugin's `()`) is stored as nothing.
 pub fn save<S: Codec>(version: u32, value: &S) -> Vec<u8> {
-    let mut payload = Encoder::default();
-    value.encode(&mut payload);
-    if payload.bytes.is_empty() {
-        return Vec::new();
-    }
     let mut out = Encoder::default();
     version.encode(&mut out);
-    out.raw(&payload.bytes);
+    let header = out.bytes.len();
+    value.encode(&mut out);
+    if out.bytes.len() == header {
+        return Vec::new();
+    }
     out.into_bytes()
 }
 

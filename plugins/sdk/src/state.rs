@@ -24,10 +24,7 @@ pub struct Slots<const N: usize> {
 
 impl<const N: usize> Codec for Slots<N> {
     fn encode(&self, out: &mut Encoder) {
-        let mut words = Vec::with_capacity(Injector::SLOTS + N);
-        self.injector.write_slots(&mut words);
-        words.extend_from_slice(&self.own);
-        for w in words {
+        for &w in self.injector.slots().iter().chain(&self.own) {
             (if w.is_finite() { w } else { 0.0 }).encode(out);
         }
     }
