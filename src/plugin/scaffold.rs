@@ -38,21 +38,6 @@ impl fmt::Display for ScaffoldWorld {
     }
 }
 
-impl std::str::FromStr for ScaffoldWorld {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "sensor" => Ok(Self::Sensor),
-            "command-handler" => Ok(Self::CommandHandler),
-            "edge-rule" => Ok(Self::EdgeRule),
-            other => Err(format!(
-                "unknown world {other:?}: use sensor, command-handler or edge-rule"
-            )),
-        }
-    }
-}
-
 /// Why a scaffold was not written.
 #[derive(Debug, thiserror::Error)]
 pub enum ScaffoldError {
