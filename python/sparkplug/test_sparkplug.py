@@ -254,7 +254,7 @@ def test_a_pysparkplug_edge_node_reports_into_the_fleet_and_answers_a_command(se
         node.update_device("edge-1", [
             spb.Metric(timestamp=now + 1000, name="temperature", datatype=spb.DataType.DOUBLE, value=21.25)])
 
-        rows = _until(lambda: len(exported()) >= 3 and exported(), "exported readings")
+        rows = _until(lambda: got if len(got := exported()) >= 3 else None, "exported readings")
         values = {(r["sensor"], r["value"]) for r in rows}
         assert ("line/speed", 1.5) in values, rows
         assert ("temperature", 20.5) in values, rows

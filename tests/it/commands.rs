@@ -36,13 +36,6 @@ async fn send(server: &TestServer, device: &str, body: Value) -> Value {
     cmd
 }
 
-async fn advance(server: &TestServer, ms: u64) {
-    let (status, body) = server
-        .post("/api/v1/clock/advance", json!({ "ms": ms }))
-        .await;
-    assert_eq!(status, 200, "{body}");
-}
-
 async fn show(server: &TestServer, id: &str) -> Value {
     let (status, cmd) = server.get(&format!("/api/v1/commands/{id}")).await;
     assert_eq!(status, 200, "{cmd}");
@@ -95,9 +88,9 @@ async fn thermostat_completes_and_its_target_is_device_state() {
     assert_eq!(show(&server, &id).await["status"], "received");
 
     // The handler answers `completed` 50 simulated ms later.
-    advance(&server, 49).await;
+    server.advance(49).await;
     assert_eq!(show(&server, &id).await["status"], "received");
-    advance(&server, 1).await;
+    server.advance(1).await;
     let done = show(&server, &id).await;
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["result"], json!({"target": 27.5}));
@@ -110,7 +103,7 @@ async fn thermostat_completes_and_its_target_is_device_state() {
 
     // The target is the device's shared state: the handler reads it back
     // (with the temperature sensor's first reading, a minute in).
-    advance(&server, 60_000).await;
+    server.advance(60_000).await;
     let cmd = send(&server, "th-1", json!({"name": "get_state"})).await;
     let state = wait_final(&server, cmd["id"].as_str().unwrap()).await;
     assert_eq!(state["status"], "completed");
@@ -156,7 +149,7 @@ async fn rejected_and_failed_answers_are_final_with_their_result() {
     )
     .await;
     let id = cmd["id"].as_str().unwrap();
-    advance(&server, 400).await;
+    server.advance(400).await;
     let failed = show(&server, id).await;
     assert_eq!(failed["status"], "failed", "{failed}");
     assert_eq!(failed["result"]["error"], "image verification failed");
@@ -192,9 +185,9 @@ async fn silent_device_times_out_after_its_retries_with_the_same_id() {
     let id = cmd["id"].as_str().unwrap();
     // Attempts at 0, 1500 (timeout 1000 + backoff 500) and 3500 (+1000
     // + 1000); the last times out at 4500.
-    advance(&server, 4499).await;
+    server.advance(4499).await;
     assert_eq!(show(&server, id).await["status"], "sent");
-    advance(&server, 1).await;
+    server.advance(1).await;
     let timed_out = show(&server, id).await;
     assert_eq!(timed_out["status"], "timed_out", "{timed_out}");
     assert_eq!(timed_out["attempts"], 3);
@@ -250,7 +243,7 @@ async fn offline_device_lets_a_command_expire_and_gets_the_next_on_return() {
         json!({"name": "set_target", "params": {"target": 19}, "ttl_ms": 60000}),
     )
     .await;
-    advance(&server, 2000).await;
+    server.advance(2000).await;
     let expired = show(&server, stale["id"].as_str().unwrap()).await;
     assert_eq!(expired["status"], "expired", "{expired}");
     assert_eq!(expired["attempts"], 0, "an expired command was never sent");
@@ -268,7 +261,7 @@ async fn offline_device_lets_a_command_expire_and_gets_the_next_on_return() {
         m.topic,
         format!("devices/th-1/commands/{}", fresh["id"].as_str().unwrap())
     );
-    advance(&server, 100).await;
+    server.advance(100).await;
     let done = wait_final(&server, fresh["id"].as_str().unwrap()).await;
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(history(&done), ["queued", "sent", "received", "completed"]);
@@ -517,7 +510,7 @@ async fn fleet_command_reports_each_device_and_a_summary() {
         .await;
     assert_eq!(status, 202, "{batch}");
     assert_eq!(batch["total"], 3);
-    advance(&server, 100).await;
+    server.advance(100).await;
     let (status, done) = server
         .get(&format!(
             "/api/v1/commands/batches/{}?wait_ms=5000",
@@ -598,7 +591,7 @@ async fn reboot_takes_the_device_offline_and_back() {
     let mut status = server.subscribe("devices/rb-1/status").await;
     assert_eq!(status.next().await.payload, b"online");
     let cmd = send(&server, "rb-1", json!({"name": "reboot"})).await;
-    advance(&server, 100).await;
+    server.advance(100).await;
     let done = show(&server, cmd["id"].as_str().unwrap()).await;
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(status.next().await.payload, b"offline");
@@ -613,9 +606,9 @@ async fn reboot_takes_the_device_offline_and_back() {
     )
     .await;
     assert_eq!(later["status"], "queued");
-    advance(&server, 3000).await;
+    server.advance(3000).await;
     assert_eq!(status.next().await.payload, b"online");
-    advance(&server, 100).await;
+    server.advance(100).await;
     let later = show(&server, later["id"].as_str().unwrap()).await;
     assert_eq!(later["status"], "completed", "{later}");
     server.stop().await;
@@ -684,7 +677,7 @@ async fn bad_requests_say_what_to_fix_and_only_queued_commands_cancel() {
             json!({"state": "online"}),
         )
         .await;
-    advance(&server, 1000).await;
+    server.advance(1000).await;
     assert_eq!(show(&server, "mine-1").await["status"], "cancelled");
     server.stop().await;
 }
@@ -760,7 +753,7 @@ config = { mean = 20.0, amplitude = 0.0, noise = 0.02, weather_sd = 0.0, amplitu
         c.seed = Some(11);
     })
     .await;
-    advance(&server, 3_600_000).await;
+    server.advance(3_600_000).await;
     let before = temperatures(&server, "room").await;
     let last = *before.last().unwrap();
     assert!((last - 20.0).abs() < 0.5, "free-running room: {last}");
@@ -771,7 +764,7 @@ config = { mean = 20.0, amplitude = 0.0, noise = 0.02, weather_sd = 0.0, amplitu
         json!({"name": "set_target", "params": {"target": 26.0}}),
     )
     .await;
-    advance(&server, 7_200_000).await;
+    server.advance(7_200_000).await;
     let done = show(&server, cmd["id"].as_str().unwrap()).await;
     assert_eq!(done["status"], "completed", "{done}");
     let after = temperatures(&server, "room").await;

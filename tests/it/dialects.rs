@@ -10,12 +10,12 @@ use serde_json::{Value, json};
 
 use crate::support::TestServer;
 
-/// The broker journal's messages on `filter`, in order: (topic, payload).
-async fn journal(server: &TestServer, filter: &str) -> Vec<(String, String)> {
+/// The broker journal's entries on `filter`, in order, every page.
+async fn journal_items(server: &TestServer, filter: &str) -> Vec<Value> {
+    let filter = filter.replace('+', "%2B").replace('#', "%23");
     let mut out = Vec::new();
     let mut since = 0u64;
     loop {
-        let filter = filter.replace('+', "%2B").replace('#', "%23");
         let (status, page) = server
             .get(&format!(
                 "/api/v1/mqtt/messages?topic={filter}&since={since}&limit=10000"
@@ -23,25 +23,27 @@ async fn journal(server: &TestServer, filter: &str) -> Vec<(String, String)> {
             .await;
         assert_eq!(status, 200, "{page}");
         let items = page["items"].as_array().unwrap();
-        if items.is_empty() {
+        let Some(last) = items.last() else {
             return out;
-        }
-        for item in items {
-            assert_eq!(item["payload_encoding"], "utf8", "{item}");
-            out.push((
-                item["topic"].as_str().unwrap().to_string(),
-                item["payload"].as_str().unwrap().to_string(),
-            ));
-            since = item["cursor"].as_u64().unwrap();
-        }
+        };
+        since = last["cursor"].as_u64().unwrap();
+        out.extend(items.iter().cloned());
     }
 }
 
-async fn advance(server: &TestServer, ms: i64) {
-    let (status, body) = server
-        .post("/api/v1/clock/advance", json!({ "ms": ms }))
-        .await;
-    assert_eq!(status, 200, "{body}");
+/// The broker journal's messages on `filter`, in order: (topic, payload).
+async fn journal(server: &TestServer, filter: &str) -> Vec<(String, String)> {
+    journal_items(server, filter)
+        .await
+        .into_iter()
+        .map(|item| {
+            assert_eq!(item["payload_encoding"], "utf8", "{item}");
+            (
+                item["topic"].as_str().unwrap().to_string(),
+                item["payload"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
 }
 
 fn builtin(name: &str) -> Vec<u8> {
@@ -81,7 +83,7 @@ async fn template_dialect_publishes_on_the_configured_topics() {
         .await;
     assert_eq!(status, 201, "{device}");
     assert_eq!(device["dialect"]["plugin"], "template");
-    advance(&server, 5_000).await;
+    server.advance(5_000).await;
 
     let messages = journal(&server, "site/#").await;
     assert_eq!(
@@ -189,7 +191,7 @@ plugin = "temperature"
         )
         .await;
     assert_eq!(status, 201, "{created}");
-    advance(&server, 1_000).await;
+    server.advance(1_000).await;
     let mut topics: Vec<String> = journal(&server, "plant/#")
         .await
         .into_iter()
@@ -218,7 +220,7 @@ plugin = "temperature"
         )
         .await;
     assert_eq!(plain["dialect"], "iotmock");
-    advance(&server, 1_000).await;
+    server.advance(1_000).await;
     assert_eq!(
         journal(&server, "plant/#").await.len(),
         2,
@@ -252,7 +254,7 @@ async fn iotmock_run(through_plugin: bool) -> Vec<(String, String)> {
         assert_eq!(info["source"]["kind"], "api");
         assert_eq!(info["world"], "codec");
     }
-    advance(&server, 20_000).await;
+    server.advance(20_000).await;
     let messages = journal(&server, "devices/+/telemetry/#").await;
     let (_, health) = server.get("/api/v1/health").await;
     let stats = &health["telemetry"];
@@ -294,7 +296,7 @@ async fn template_run(seed: u64) -> Vec<(String, String)> {
         )
         .await;
     assert_eq!(status, 201, "{body}");
-    advance(&server, 15_000).await;
+    server.advance(15_000).await;
     let messages = journal(&server, "#").await;
     server.stop().await;
     messages
@@ -334,12 +336,12 @@ async fn a_codec_swapped_mid_stream_changes_payloads_without_loss_or_repeat() {
         )
         .await;
     assert_eq!(status, 201, "{body}");
-    advance(&server, 5_000).await;
+    server.advance(5_000).await;
     let (status, info) = server
         .put_bytes("/api/v1/plugins/mine", builtin("iotmock"))
         .await;
     assert_eq!(status, 200, "{info}");
-    advance(&server, 5_000).await;
+    server.advance(5_000).await;
 
     let messages = journal(&server, "devices/+/telemetry/#").await;
     let mut per_device: BTreeMap<String, Vec<(i64, bool)>> = BTreeMap::new();
@@ -517,7 +519,7 @@ async fn a_simulated_device_speaks_thingsboard() {
         )
         .await;
     assert_eq!(status, 201, "{body}");
-    advance(&server, 3_000).await;
+    server.advance(3_000).await;
     let telemetry = journal(&server, "v1/devices/me/telemetry").await;
     assert!(!telemetry.is_empty());
     let mut count = 0;
@@ -544,7 +546,7 @@ async fn a_simulated_device_speaks_thingsboard() {
         .await;
     assert_eq!(status, 202, "{command}");
     let id = command["id"].as_str().unwrap();
-    advance(&server, 1_000).await;
+    server.advance(1_000).await;
     let (_, done) = server
         .get(&format!("/api/v1/commands/{id}?wait_ms=5000"))
         .await;
@@ -583,7 +585,7 @@ async fn a_binary_dialect_numbers_its_messages_and_reads_them_back() {
         )
         .await;
     assert_eq!(status, 201, "{body}");
-    advance(&server, 3_000).await;
+    server.advance(3_000).await;
     let export = server.get_text("/api/v1/telemetry?device=p-1").await;
     let rows: Vec<Value> = export
         .lines()
@@ -732,21 +734,10 @@ fn spb(bytes: &[u8]) -> Spb {
 /// The journal's messages on `filter` with their raw payloads and QoS.
 async fn journal_bytes(server: &TestServer, filter: &str) -> Vec<(String, Vec<u8>, u64)> {
     use base64::Engine as _;
-    let filter = filter.replace('+', "%2B").replace('#', "%23");
-    let mut out = Vec::new();
-    let mut since = 0u64;
-    loop {
-        let (status, page) = server
-            .get(&format!(
-                "/api/v1/mqtt/messages?topic={filter}&since={since}&limit=10000"
-            ))
-            .await;
-        assert_eq!(status, 200, "{page}");
-        let items = page["items"].as_array().unwrap();
-        if items.is_empty() {
-            return out;
-        }
-        for item in items {
+    journal_items(server, filter)
+        .await
+        .into_iter()
+        .map(|item| {
             let text = item["payload"].as_str().unwrap();
             let payload = match item["payload_encoding"].as_str() {
                 Some("base64") => base64::engine::general_purpose::STANDARD
@@ -754,14 +745,13 @@ async fn journal_bytes(server: &TestServer, filter: &str) -> Vec<(String, Vec<u8
                     .unwrap(),
                 _ => text.as_bytes().to_vec(),
             };
-            out.push((
+            (
                 item["topic"].as_str().unwrap().to_string(),
                 payload,
                 item["qos"].as_u64().unwrap(),
-            ));
-            since = item["cursor"].as_u64().unwrap();
-        }
-    }
+            )
+        })
+        .collect()
 }
 
 fn metric<'a>(p: &'a Spb, name: &str) -> &'a SpbValue {
@@ -790,7 +780,7 @@ async fn sparkplug_run(seed: u64) -> Vec<(String, Vec<u8>, u64)> {
         .await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["dialect"], "sparkplug-b");
-    advance(&server, 300_000).await;
+    server.advance(300_000).await;
     for state in ["offline", "online"] {
         let (status, body) = server
             .post(
@@ -800,7 +790,7 @@ async fn sparkplug_run(seed: u64) -> Vec<(String, Vec<u8>, u64)> {
             .await;
         assert_eq!(status, 200, "{body}");
     }
-    advance(&server, 2_000).await;
+    server.advance(2_000).await;
     let messages = journal_bytes(&server, "spBv1.0/#").await;
     server.stop().await;
     messages
@@ -922,7 +912,7 @@ async fn a_sparkplug_host_commands_a_simulated_device_and_asks_for_a_rebirth() {
         )
         .await;
     assert_eq!(status, 201, "{body}");
-    advance(&server, 2_000).await;
+    server.advance(2_000).await;
     // The host is no device: any client id.
     let (host, _inbox) = real_device(&server, "scada", "spBv1.0/site/+/th-1/#").await;
 
@@ -949,7 +939,7 @@ async fn a_sparkplug_host_commands_a_simulated_device_and_asks_for_a_rebirth() {
     };
     assert_eq!(command["name"], "set_target");
     assert_eq!(command["params"], json!({"target": 23.5}));
-    advance(&server, 1_000).await;
+    server.advance(1_000).await;
     let (_, done) = server
         .get(&format!(
             "/api/v1/commands/{}?wait_ms=5000",
@@ -1070,7 +1060,7 @@ async fn a_codecs_mqtt5_content_type_and_user_properties_reach_mqtt5_subscribers
         )
         .await;
     assert_eq!(status, 201, "{body}");
-    advance(&server, 1_000).await;
+    server.advance(1_000).await;
     let publish = tokio::time::timeout(crate::support::WAIT, async {
         loop {
             let p = rx.recv().await.expect("watcher running");
@@ -1125,7 +1115,7 @@ async fn patch_changes_a_devices_dialect_and_a_group_change_reaches_it() {
         )
         .await;
     assert_eq!(status, 201, "{body}");
-    advance(&server, 2_000).await;
+    server.advance(2_000).await;
     assert_eq!(journal(&server, "devices/m-1/telemetry/#").await.len(), 2);
 
     // A bad dialect is refused by name and changes nothing.
@@ -1139,7 +1129,7 @@ async fn patch_changes_a_devices_dialect_and_a_group_change_reaches_it() {
     let (status, device) = patch(&server, "m-1", json!({"dialect": "sparkplug-b"})).await;
     assert_eq!(status, 200, "{device}");
     assert_eq!(device["dialect"], "sparkplug-b");
-    advance(&server, 2_000).await;
+    server.advance(2_000).await;
     assert_eq!(
         journal(&server, "devices/m-1/telemetry/#").await.len(),
         2,
@@ -1165,7 +1155,7 @@ async fn patch_changes_a_devices_dialect_and_a_group_change_reaches_it() {
     let seen = sp.len();
     let (status, device) = patch(&server, "m-1", json!({"group": "west"})).await;
     assert_eq!(status, 200, "{device}");
-    advance(&server, 1_000).await;
+    server.advance(1_000).await;
     let after = kinds(&journal_bytes(&server, "spBv1.0/#").await[seen..]);
     assert_eq!(
         &after[..4],

@@ -38,13 +38,6 @@ async fn start(scenario: &str) -> TestServer {
     .await
 }
 
-async fn advance(server: &TestServer, ms: i64) {
-    let (status, body) = server
-        .post("/api/v1/clock/advance", json!({ "ms": ms }))
-        .await;
-    assert_eq!(status, 200, "{body}");
-}
-
 async fn node(server: &TestServer, id: &str) -> Value {
     let (status, body) = server.get(&format!("/api/v1/edge-nodes/{id}")).await;
     assert_eq!(status, 200, "{body}");
@@ -149,7 +142,7 @@ config = {{ forward = true }}
     let mut readings = server.subscribe("edge/gw-1/uplink/readings/#").await;
     let mut aggregates = server.subscribe("edge/gw-1/uplink/aggregates").await;
 
-    advance(&server, 20_000).await;
+    server.advance(20_000).await;
     let stats = node(&server, "gw-1").await;
     assert_eq!(stats["state"], "ok", "{stats}");
     assert_eq!(stats["members"], 3);
@@ -299,7 +292,7 @@ async fn uplink_outage_delivers_everything_in_order_within_capacity_and_counts_o
         assert_eq!(view["uplink"]["state"], "down");
     }
 
-    advance(&server, 10_000).await;
+    server.advance(10_000).await;
     let n = u(&node(&server, "roomy").await["readings"]["in"]);
     assert!(n >= 19, "two devices for 10 s: {n}");
     // Nothing went out while the uplink was down.
@@ -345,7 +338,7 @@ async fn uplink_outage_delivers_everything_in_order_within_capacity_and_counts_o
     }
 
     // Back up: new readings flow straight through, numbering continues.
-    advance(&server, 2000).await;
+    server.advance(2000).await;
     let m = u(&node(&server, "roomy").await["readings"]["in"]);
     let more = collect(&mut subs[0], (m - n) as usize).await;
     assert_eq!(seqs(&more), (n + 1..=m).collect::<Vec<_>>());
@@ -379,7 +372,7 @@ async fn runaway_rules_are_stopped_and_the_node_degrades_while_the_server_serves
     let mut looping = server.subscribe("edge/looping/uplink/readings/#").await;
     let mut hungry = server.subscribe("edge/hungry/uplink/readings/#").await;
 
-    advance(&server, 3000).await;
+    server.advance(3000).await;
     let (status, health) = server.get("/api/v1/health").await;
     assert_eq!(status, 200, "{health}");
 
@@ -438,7 +431,7 @@ async fn runaway_rules_are_stopped_and_the_node_degrades_while_the_server_serves
 
     // Replacing the hog releases the held readings, once each, in order.
     load_test_rule(&server, "hog", "test_edge_pass.wasm").await;
-    advance(&server, 1000).await;
+    server.advance(1000).await;
     let stats = node(&server, "hungry").await;
     assert_eq!(stats["state"], "ok", "{stats}");
     assert!(stats["last_error"].as_str().unwrap().contains("memory"));
@@ -489,7 +482,7 @@ interval_ms = 250
         if step == 20 {
             assert_eq!(swap.take().unwrap().await.unwrap(), 200);
         }
-        advance(&server, 300).await;
+        server.advance(300).await;
     }
     let stats = node(&server, "swap").await;
     let n = u(&stats["readings"]["in"]);
@@ -529,7 +522,7 @@ async fn local_control_commands_follow_the_hysteresis() {
     .await;
     let mut raw = server.subscribe("devices/+/telemetry/temperature").await;
     let mut commands = server.subscribe("edge/ctl/uplink/commands").await;
-    advance(&server, 30_000).await;
+    server.advance(30_000).await;
     let stats = node(&server, "ctl").await;
     let n = u(&stats["readings"]["in"]) as usize;
     let raw = collect_members(&mut raw, n).await;
@@ -685,7 +678,7 @@ config = { anomalies = { spike = 0.1 } }
     let mut raw = server.subscribe("devices/+/telemetry/temperature").await;
     let mut readings = server.subscribe("edge/z/uplink/readings/#").await;
     let mut alerts = server.subscribe("edge/z/uplink/alerts").await;
-    advance(&server, 60_000).await;
+    server.advance(60_000).await;
     let n = u(&node(&server, "z").await["readings"]["in"]) as usize;
     let end = iotmock::clock::MANUAL_EPOCH_MS + 60_000;
     let raw: Vec<Value> = collect_members(&mut raw, n)
@@ -808,7 +801,7 @@ async fn edge_nodes_and_their_uplink_state_survive_a_restart_with_data_dir() {
     let (status, _) = server.get("/api/v1/edge-nodes/gone").await;
     assert_eq!(status, 404, "a deleted node stays deleted");
     // The restored node works: it buffers while its uplink is down.
-    advance(&server, 4000).await;
+    server.advance(4000).await;
     let kept = node(&server, "kept").await;
     assert!(u(&kept["uplink"]["buffered"]) > 0, "{kept}");
     server.stop().await;
@@ -855,7 +848,7 @@ async fn readings_real_devices_publish_over_mqtt_reach_their_node() {
         assert!(std::time::Instant::now() < deadline, "{stats}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    advance(&server, 1000).await;
+    server.advance(1000).await;
     let got = collect(&mut out, 2).await;
     let first = got[0].json();
     assert_eq!(got[0].topic, "edge/gw/uplink/readings/real-1/temp");
@@ -891,7 +884,7 @@ config = { above = 25.0, below = 20.0, on = { name = "set_target", params = { ta
 "#;
     let server = start(scenario).await;
     let mut uplink = server.subscribe("edge/ctl/uplink/commands").await;
-    advance(&server, 3000).await;
+    server.advance(3000).await;
 
     let issued = uplink.next().await.json();
     assert_eq!(issued["device"], "room-1");
@@ -900,7 +893,7 @@ config = { above = 25.0, below = 20.0, on = { name = "set_target", params = { ta
     assert_eq!(issued["status"], "submitted", "{issued}");
     let id = issued["command_id"].as_str().unwrap().to_string();
     // Hysteresis: one command while the room stays hot.
-    advance(&server, 5000).await;
+    server.advance(5000).await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert!(
         uplink.drain().is_empty(),
@@ -1020,7 +1013,7 @@ async fn a_tag_node_follows_devices_created_retagged_and_deleted() {
         .await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(node(&server, "tagged").await["members"], 4);
-    advance(&server, 5_000).await;
+    server.advance(5_000).await;
     // Five readings each from the three members and the newcomer.
     let seen = uplink_devices(&mut sub, 20).await;
     assert_eq!(
@@ -1048,7 +1041,7 @@ async fn a_tag_node_follows_devices_created_retagged_and_deleted() {
     let (status, _) = server.delete("/api/v1/devices/t-2").await;
     assert_eq!(status, 204);
     assert_eq!(node(&server, "tagged").await["members"], 3);
-    advance(&server, 5_000).await;
+    server.advance(5_000).await;
     let seen = uplink_devices(&mut sub, 15).await;
     assert_eq!(
         seen.into_iter().collect::<Vec<_>>(),

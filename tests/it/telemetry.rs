@@ -121,10 +121,7 @@ async fn advanced(scenario: &str, seed: u64, ms: i64) -> TestServer {
         c.seed = Some(seed);
     })
     .await;
-    let (status, body) = server
-        .post("/api/v1/clock/advance", json!({ "ms": ms }))
-        .await;
-    assert_eq!(status, 200, "{body}");
+    server.advance(ms).await;
     server
 }
 

@@ -72,6 +72,14 @@ impl TestServer {
         response.text().await.expect("a text body")
     }
 
+    /// Advances the manual clock by `ms` (`POST /clock/advance`).
+    pub async fn advance(&self, ms: i64) {
+        let (status, body) = self
+            .post("/api/v1/clock/advance", serde_json::json!({ "ms": ms }))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         let response = self
             .http
