@@ -672,6 +672,57 @@ impl OutPublish<'_> {
     }
 }
 
+/// A PUBLISH laid out once for every subscriber of one protocol version
+/// and QoS class (0, or 1 and 2): the first byte says QoS 1 or 0 with
+/// retain and DUP clear, and the packet id is 0. A delivery copies it and
+/// sets only what is its own: QoS, retain and DUP in the first byte and
+/// the packet id. Only for deliveries whose properties are the message's
+/// own (no subscription identifiers, no expiry counting down).
+#[derive(Debug)]
+pub(crate) struct Encoded {
+    bytes: Bytes,
+    /// Where the packet id sits; 0 when there is none (QoS 0).
+    pid_at: usize,
+}
+
+impl Encoded {
+    pub fn new(topic: &str, props: &[u8], payload: &[u8], with_pid: bool, version: u8) -> Self {
+        let p = OutPublish {
+            topic,
+            payload,
+            props,
+            qos: u8::from(with_pid),
+            retain: false,
+            dup: false,
+            pid: 0,
+            expiry_secs: None,
+            sub_ids: &[],
+        };
+        let mut out = BytesMut::with_capacity(p.size(version));
+        p.encode(version, &mut out);
+        let pid_at = if with_pid {
+            1 + varint_len(p.remaining(version == V5)) + 2 + topic.len()
+        } else {
+            0
+        };
+        Self {
+            bytes: out.freeze(),
+            pid_at,
+        }
+    }
+
+    /// Appends the packet for one delivery: `qos` must be of this
+    /// encoding's class.
+    pub fn put(&self, qos: u8, retain: bool, dup: bool, pid: u16, out: &mut BytesMut) {
+        let start = out.len();
+        out.extend_from_slice(&self.bytes);
+        out[start] = 0x30 | (u8::from(dup) << 3) | (qos << 1) | u8::from(retain);
+        if self.pid_at > 0 {
+            out[start + self.pid_at..start + self.pid_at + 2].copy_from_slice(&pid.to_be_bytes());
+        }
+    }
+}
+
 /// PUBACK (4), PUBREC (5), PUBREL (6) or PUBCOMP (7).
 pub(crate) fn encode_ack(out: &mut BytesMut, kind: u8, pid: u16, code: u8, version: u8) {
     let flags = if kind == 6 { 2 } else { 0 };

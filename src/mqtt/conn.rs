@@ -344,6 +344,7 @@ fn handshake(
                 retain: w.retain,
                 expires_at: p.message_expiry_interval.map(|s| now + i64::from(s) * 1000),
                 from: Some(client_id.clone()),
+                encoded: Default::default(),
             }),
             delay_secs: p.will_delay_interval.unwrap_or(0),
         }
@@ -590,18 +591,26 @@ async fn read_more<S: AsyncRead + Unpin>(
 
 fn encode_out(o: &Out, version: u8, now: i64, out: &mut BytesMut) {
     match o {
-        Out::Publish { d, pid, dup } => OutPublish {
-            topic: &d.msg.topic,
-            payload: &d.msg.payload,
-            props: &d.msg.props,
-            qos: d.qos,
-            retain: d.retain,
-            dup: *dup,
-            pid: *pid,
-            expiry_secs: d.msg.expiry_left(now),
-            sub_ids: d.sub_ids.as_deref().unwrap_or(&[]),
-        }
-        .encode(version, out),
+        Out::Publish { d, pid, dup } => match d
+            .sub_ids
+            .is_none()
+            .then(|| d.msg.shared_packet(version, d.qos))
+            .flatten()
+        {
+            Some(p) => p.put(d.qos, d.retain, *dup, *pid, out),
+            None => OutPublish {
+                topic: &d.msg.topic,
+                payload: &d.msg.payload,
+                props: &d.msg.props,
+                qos: d.qos,
+                retain: d.retain,
+                dup: *dup,
+                pid: *pid,
+                expiry_secs: d.msg.expiry_left(now),
+                sub_ids: d.sub_ids.as_deref().unwrap_or(&[]),
+            }
+            .encode(version, out),
+        },
         Out::PubRel(pid) => codec::encode_ack(out, 6, *pid, 0, version),
     }
 }
@@ -814,6 +823,7 @@ fn publish(
                 .expiry_secs
                 .map(|s| engine.clock.now_ms() + i64::from(s) * 1000),
             from: Some(conn.client_id.clone()),
+            encoded: Default::default(),
         });
         let journal = |msg: &Msg| {
             engine.observed.published(

@@ -534,6 +534,7 @@ impl Engine {
                     self.persist(|| Op::RetainClear(msg.topic.clone()));
                 }
             } else {
+                msg.share_encodings();
                 core.retained.insert(msg.topic.clone(), msg.clone());
                 self.persist(|| Op::RetainSet(msg.clone()));
             }
@@ -548,6 +549,8 @@ impl Engine {
         }
         if hits.len() > 1 {
             hits.sort_unstable_by(|a, b| a.client.cmp(&b.client));
+            // Likely more than one delivery: laid out once, shared.
+            msg.share_encodings();
         }
         let mut routed = 0;
         let mut i = 0;
@@ -1189,6 +1192,7 @@ pub(crate) fn server_msg(
         retain,
         expires_at: None,
         from: None,
+        encoded: Default::default(),
     })
 }
 

@@ -8,12 +8,13 @@
 //! the connection task of a session's client pulls from it.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+use super::codec::{Encoded, V5};
 use super::tree::SubOpts;
 
 /// A message the broker accepted, shared by every delivery of it.
@@ -30,7 +31,16 @@ pub(crate) struct Msg {
     pub expires_at: Option<i64>,
     /// The publishing client (for no-local); `None` for the server.
     pub from: Option<Arc<str>>,
+    pub encoded: Encodings,
 }
+
+/// A message's PUBLISH packets, laid out once per (protocol version, QoS
+/// class) and shared by every subscriber that gets one. Made only for a
+/// message with more than one delivery (routed to several clients, or
+/// retained): a message for a single subscriber is written straight into
+/// that connection's buffer and costs nothing here.
+#[derive(Debug, Default)]
+pub(crate) struct Encodings(OnceLock<Box<[OnceLock<Encoded>; 4]>>);
 
 impl Msg {
     /// Bytes the message holds, for byte budgets.
@@ -46,6 +56,26 @@ impl Msg {
     pub fn expiry_left(&self, now: i64) -> Option<u32> {
         self.expires_at
             .map(|t| ((t - now).max(0) as u64).div_ceil(1000) as u32)
+    }
+
+    /// From now on its packets are laid out once and shared.
+    pub fn share_encodings(&self) {
+        self.encoded.0.get_or_init(Box::default);
+    }
+
+    /// The shared packet for `version` and `qos`, when the message shares
+    /// its encodings and its properties are the same for every subscriber
+    /// (no expiry counting down; subscription identifiers are the
+    /// caller's to rule out).
+    pub fn shared_packet(&self, version: u8, qos: u8) -> Option<&Encoded> {
+        if self.expires_at.is_some() {
+            return None;
+        }
+        let slots = self.encoded.0.get()?;
+        let slot = usize::from(version == V5) * 2 + usize::from(qos > 0);
+        Some(slots[slot].get_or_init(|| {
+            Encoded::new(&self.topic, &self.props, &self.payload, qos > 0, version)
+        }))
     }
 }
 

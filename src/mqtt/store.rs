@@ -296,6 +296,7 @@ fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
             retain: true,
             expires_at: r.get(4)?,
             from: None,
+            encoded: Default::default(),
         }));
     }
     let mut sessions = Vec::new();
@@ -334,6 +335,7 @@ fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
                 retain: r.get(7)?,
                 expires_at: r.get(8)?,
                 from: None,
+                encoded: Default::default(),
             });
             s.messages.push((
                 r.get::<_, i64>(0)? as u64,

@@ -884,3 +884,206 @@ async fn packets_sent_with_the_connect_in_one_write_are_handled() {
     }
     server.stop().await;
 }
+
+/// SUBSCRIBE (MQTT 5) with properties, such as a subscription identifier.
+fn subscribe_v5_with(pid: u16, filter: &str, options: u8, p: &[u8]) -> Vec<u8> {
+    let mut b = pid.to_be_bytes().to_vec();
+    props(p, &mut b);
+    string(filter.as_bytes(), &mut b);
+    b.push(options);
+    packet(0x82, &b)
+}
+
+/// A PUBLISH taken apart: (first byte, topic, packet id, properties,
+/// payload).
+struct Parts {
+    first: u8,
+    topic: String,
+    pid: Option<u16>,
+    props: Vec<u8>,
+    payload: Vec<u8>,
+}
+
+impl Raw {
+    async fn publish_parts(&mut self, level: u8) -> Parts {
+        loop {
+            let (first, body) = self.packet().await.expect("a PUBLISH before EOF");
+            if first >> 4 != 3 {
+                continue;
+            }
+            let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
+            let topic = String::from_utf8(body[2..2 + tl].to_vec()).unwrap();
+            let mut i = 2 + tl;
+            let pid = ((first >> 1) & 3 > 0).then(|| {
+                i += 2;
+                u16::from_be_bytes([body[i - 2], body[i - 1]])
+            });
+            let mut props = Vec::new();
+            if level == 5 {
+                let mut len = 0usize;
+                let mut shift = 0;
+                loop {
+                    let b = body[i];
+                    i += 1;
+                    len |= ((b & 0x7f) as usize) << shift;
+                    shift += 7;
+                    if b & 0x80 == 0 {
+                        break;
+                    }
+                }
+                props = body[i..i + len].to_vec();
+                i += len;
+            }
+            return Parts {
+                first,
+                topic,
+                pid,
+                props,
+                payload: body[i..].to_vec(),
+            };
+        }
+    }
+}
+
+#[tokio::test]
+async fn one_publish_reaches_every_subscriber_with_its_own_version_qos_flags_and_identifiers() {
+    let server = TestServer::with_scenario("", |_| {}).await;
+    let addr = server.mqtt;
+    // Subscription identifier 7 (property 0x0B), QoS 1.
+    let (mut ids, _) = Raw::open(addr, &connect(5, "with-id", true, 0, &[], None)).await;
+    ids.send(&subscribe_v5_with(1, "fan/#", 1, &[0x0B, 7]))
+        .await;
+    suback(&mut ids).await;
+    let (mut plain, _) = Raw::open(addr, &connect(5, "plain", true, 0, &[], None)).await;
+    plain.send(&subscribe(5, 1, "fan/#", 0)).await;
+    suback(&mut plain).await;
+    // Retain as published (option 0x08), QoS 1.
+    let (mut rap, _) = Raw::open(addr, &connect(5, "rap", true, 0, &[], None)).await;
+    rap.send(&subscribe(5, 1, "fan/#", 0x09)).await;
+    suback(&mut rap).await;
+    let (mut old, _) = Raw::open(addr, &connect(4, "v311", true, 0, &[], None)).await;
+    old.send(&subscribe(4, 1, "fan/#", 1)).await;
+    suback(&mut old).await;
+
+    let (mut publ, _) = Raw::open(addr, &connect(5, "pub", true, 0, &[], None)).await;
+    let mut p = Vec::new();
+    user_property("k", "v", &mut p);
+    // QoS 1, retained.
+    let mut first = publish(5, "fan/a", 1, 11, &p, b"one");
+    first[0] |= 0x01;
+    publ.send(&first).await;
+    publ.send(&publish(5, "fan/a", 1, 12, &p, b"two")).await;
+
+    let mut with_id = p.clone();
+    with_id.extend_from_slice(&[0x0B, 7]);
+    for (raw, level, first_byte, props, name) in [
+        (&mut ids, 5, 0x32, &with_id, "with-id"),
+        (&mut plain, 5, 0x30, &p, "plain"),
+        (&mut rap, 5, 0x33, &p, "rap"),
+        (&mut old, 4, 0x32, &Vec::new(), "v311"),
+    ] {
+        let one = raw.publish_parts(level).await;
+        assert_eq!(one.first, first_byte, "{name}: QoS and retain of its own");
+        assert_eq!(one.topic, "fan/a", "{name}");
+        assert_eq!(&one.props, props, "{name}: its own properties");
+        assert_eq!(one.payload, b"one", "{name}");
+        let two = raw.publish_parts(level).await;
+        assert_eq!(two.first, first_byte & !0x01, "{name}: not retained");
+        assert_eq!(&two.props, props, "{name}");
+        assert_eq!(two.payload, b"two", "{name}");
+        if first_byte & 0x06 != 0 {
+            let (a, b) = (one.pid.unwrap(), two.pid.unwrap());
+            assert!(a != 0 && b != 0 && a != b, "{name}: packet ids {a} {b}");
+        } else {
+            assert_eq!((one.pid, two.pid), (None, None), "{name}");
+        }
+    }
+
+    // The retained message, to a subscriber that comes later: retain set,
+    // the publisher's properties, QoS 1 granted.
+    let (mut late, _) = Raw::open(addr, &connect(5, "late", true, 0, &[], None)).await;
+    late.send(&subscribe_v5_with(1, "fan/#", 1, &[0x0B, 9]))
+        .await;
+    let retained = late.publish_parts(5).await;
+    assert_eq!(retained.first, 0x33);
+    let mut late_props = p.clone();
+    late_props.extend_from_slice(&[0x0B, 9]);
+    assert_eq!(retained.props, late_props);
+    assert_eq!(retained.payload, b"one");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_subscriber_gets_a_publishers_messages_in_order_while_it_reads_slowly_or_fast() {
+    let server = TestServer::with_scenario("", |_| {}).await;
+    let addr = server.mqtt;
+    const N: u32 = 1500;
+    // Reads nothing until every message is sent: its socket fills, so
+    // writes to it are cut short and the rest waits in its session.
+    let (mut slow, _) = Raw::open(addr, &connect(4, "slow", true, 0, &[], None)).await;
+    slow.send(&subscribe(4, 1, "seq/#", 1)).await;
+    suback(&mut slow).await;
+    // Reads as fast as it can.
+    let (mut fast, _) = Raw::open(addr, &connect(5, "fast", true, 0, &[], None)).await;
+    fast.send(&subscribe(5, 1, "seq/#", 0)).await;
+    suback(&mut fast).await;
+    let fast_reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while got.len() < N as usize {
+            let (_, _, payload) = fast.publish(5).await;
+            got.push(u32::from_be_bytes(payload[..4].try_into().unwrap()));
+        }
+        got
+    });
+
+    // Every third message QoS 1, the rest QoS 0; 4 KiB each, written in
+    // bursts of 50 packets.
+    let (mut publ, _) = Raw::open(addr, &connect(4, "seq-pub", true, 0, &[], None)).await;
+    let mut burst = Vec::new();
+    for i in 0..N {
+        let mut payload = i.to_be_bytes().to_vec();
+        payload.resize(4096, b'.');
+        let qos = u8::from(i % 3 == 0);
+        burst.extend_from_slice(&publish(
+            4,
+            "seq/n",
+            qos,
+            (i % 60_000 + 1) as u16,
+            &[],
+            &payload,
+        ));
+        if i % 50 == 49 {
+            publ.send(&burst).await;
+            burst.clear();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    publ.send(&burst).await;
+
+    let fast_got = tokio::time::timeout(WAIT, fast_reader)
+        .await
+        .expect("the fast subscriber got everything in time")
+        .unwrap();
+    assert_eq!(
+        fast_got,
+        (0..N).collect::<Vec<_>>(),
+        "the fast subscriber, in order"
+    );
+
+    let mut slow_got = Vec::new();
+    while slow_got.len() < N as usize {
+        let m = slow.publish_parts(4).await;
+        if let Some(pid) = m.pid {
+            let mut ack = vec![0x40, 2];
+            ack.extend_from_slice(&pid.to_be_bytes());
+            slow.send(&ack).await;
+        }
+        slow_got.push(u32::from_be_bytes(m.payload[..4].try_into().unwrap()));
+    }
+    assert_eq!(
+        slow_got,
+        (0..N).collect::<Vec<_>>(),
+        "the slow subscriber, in order"
+    );
+    server.stop().await;
+}
