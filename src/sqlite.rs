@@ -1,18 +1,39 @@
-//! Opening the SQLite files kept under `--data-dir` (devices, commands,
-//! edge nodes, stubs): WAL with `synchronous = NORMAL`, and a schema moved
-//! forward by numbered migrations recorded in `PRAGMA user_version`, all in
-//! one transaction. A file written by a newer iotmock is refused, not
-//! guessed at; so are a zero-length file (a cache restored empty would
-//! otherwise start an empty fleet without a word) and a file that is not
-//! iotmock's (not SQLite, or another program's database).
+//! The SQLite files kept under `--data-dir` (devices, commands, edge
+//! nodes, stubs, broker state): how one is opened, and the one thread that
+//! owns each.
 //!
-//! Every store reaches its connection the same way: synchronous calls made
-//! through [`blocking`], on tokio's blocking threads, so no runtime thread
-//! waits on the disk, and an answer is sent only after the write returned.
+//! Opening: WAL with `synchronous = NORMAL`, and a schema moved forward by
+//! numbered migrations recorded in `PRAGMA user_version`, all in one
+//! transaction. A file written by a newer iotmock is refused, not guessed
+//! at; so are a zero-length file (a cache restored empty would otherwise
+//! start an empty fleet without a word) and a file that is not iotmock's
+//! (not SQLite, or another program's database).
+//!
+//! Owning: a database has exactly one connection, held by one named
+//! thread of its own (never a runtime thread: every SQLite call may wait
+//! on the disk). The thread opens the file itself, then takes work from a
+//! bounded inbox and runs whatever has arrived together in one
+//! transaction ([`spawn_writer`]). Two shapes share that thread:
+//!
+//! - [`Db`], for the fleet, commands, edge nodes and stubs: an async
+//!   [`Db::call`] sends a closure over a channel of [`JOB_CAPACITY`] jobs
+//!   (a caller that finds it full waits for room; nothing is dropped) and
+//!   returns the closure's answer once its transaction has committed. Each
+//!   job runs in a savepoint of its own: a job that fails leaves nothing
+//!   behind and does not undo the jobs batched with it. Reads go the same
+//!   way, so they see every write answered before them.
+//! - The broker's store (`mqtt::store`), whose operations are queued
+//!   synchronously under the engine's core lock (their order is the order
+//!   of changes) and waited for through a durable watermark: it brings its
+//!   own std channel and batch function and shares the thread and the
+//!   batching.
 
-use std::path::Path;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, ffi};
+use tokio::sync::{mpsc, oneshot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -34,6 +55,11 @@ pub enum OpenError {
         "{path} is not an iotmock database ({why}); point --data-dir at iotmock's own folder, or move the file away"
     )]
     Foreign { path: String, why: String },
+    #[error("{path}: could not start the thread that owns it: {source}")]
+    Thread {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// Marks a database as iotmock's (`PRAGMA application_id`, "iotm").
@@ -46,6 +72,300 @@ pub(crate) async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + '
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// Jobs waiting for one database's thread, at most. A caller that finds
+/// them all taken waits for room (back-pressure): nothing is dropped, and
+/// the wait is async, so no runtime thread blocks.
+pub(crate) const JOB_CAPACITY: usize = 1024;
+
+/// Most jobs one transaction takes: a burst is committed in a few
+/// transactions instead of one each, and no caller waits on an unbounded
+/// one.
+const MAX_BATCH: usize = 256;
+
+/// Where a writer thread takes its work from: a channel whose receiving
+/// end can block (the thread is not a runtime thread).
+pub(crate) trait Inbox: Send + 'static {
+    type Item: Send;
+    /// Waits for the next item; `None` once every sender is gone.
+    fn wait(&mut self) -> Option<Self::Item>;
+    /// The next item if one has arrived.
+    fn ready(&mut self) -> Option<Self::Item>;
+}
+
+impl<T: Send + 'static> Inbox for std::sync::mpsc::Receiver<T> {
+    type Item = T;
+    fn wait(&mut self) -> Option<T> {
+        self.recv().ok()
+    }
+    fn ready(&mut self) -> Option<T> {
+        self.try_recv().ok()
+    }
+}
+
+impl<T: Send + 'static> Inbox for mpsc::Receiver<T> {
+    type Item = T;
+    fn wait(&mut self) -> Option<T> {
+        self.blocking_recv()
+    }
+    fn ready(&mut self) -> Option<T> {
+        self.try_recv().ok()
+    }
+}
+
+/// Starts the thread named `thread` that owns the database at `path` (in
+/// memory when `None`): it opens the file with `migrations`, runs `start`
+/// on it (a start-up read, whose answer this returns), then hands
+/// `batch` whatever `inbox` holds, up to `max_batch` items at a time,
+/// until every sender is gone. `batch` leaves the items it is given
+/// consumed or not; they are cleared after it returns.
+///
+/// The caller waits without holding a runtime thread. A panic while
+/// opening or in `start` is raised again here.
+pub(crate) async fn spawn_writer<I, S>(
+    thread: String,
+    path: Option<PathBuf>,
+    migrations: &'static [&'static str],
+    mut inbox: I,
+    max_batch: usize,
+    start: impl FnOnce(&mut Connection) -> S + Send + 'static,
+    mut batch: impl FnMut(&mut Connection, &mut Vec<I::Item>) + Send + 'static,
+) -> Result<S, OpenError>
+where
+    I: Inbox,
+    S: Send + 'static,
+{
+    let shown = shown(path.as_deref());
+    let (opened_tx, opened) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(thread)
+        .spawn(move || {
+            let first = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                let mut conn = open(path.as_deref(), migrations)?;
+                let started = start(&mut conn);
+                Ok((conn, started))
+            }));
+            let mut conn = match first {
+                Ok(Ok((conn, started))) => {
+                    let _ = opened_tx.send(Ok(Ok(started)));
+                    conn
+                }
+                Ok(Err(error)) => {
+                    let _ = opened_tx.send(Ok(Err(error)));
+                    return;
+                }
+                Err(panic) => {
+                    let _ = opened_tx.send(Err(panic));
+                    return;
+                }
+            };
+            let mut items = Vec::with_capacity(max_batch.min(1024));
+            while let Some(first) = inbox.wait() {
+                items.push(first);
+                while items.len() < max_batch {
+                    match inbox.ready() {
+                        Some(item) => items.push(item),
+                        None => break,
+                    }
+                }
+                batch(&mut conn, &mut items);
+                items.clear();
+            }
+        })
+        .map_err(|source| OpenError::Thread {
+            path: shown.clone(),
+            source,
+        })?;
+    match opened.await {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        // The thread answers before it can end (panics are caught).
+        Err(_) => Err(OpenError::Thread {
+            path: shown,
+            source: std::io::Error::other("it ended before opening the file"),
+        }),
+    }
+}
+
+fn shown(path: Option<&Path>) -> String {
+    path.map_or_else(|| ":memory:".to_string(), |p| p.display().to_string())
+}
+
+/// One database, owned by its own thread: the handle the fleet, command,
+/// edge and stub stores hold. Cheap to clone; the thread ends (after the
+/// jobs already queued) when the last handle is dropped.
+#[derive(Clone)]
+pub(crate) struct Db {
+    jobs: mpsc::Sender<Box<dyn Job>>,
+    /// The file, for errors.
+    name: Arc<str>,
+}
+
+impl Db {
+    /// Opens `path` (an in-memory database when `None`) with `migrations`
+    /// on a new thread named after the file.
+    pub(crate) async fn open(
+        path: Option<&Path>,
+        migrations: &'static [&'static str],
+    ) -> Result<Self, OpenError> {
+        Self::open_with(path, migrations, JOB_CAPACITY).await
+    }
+
+    async fn open_with(
+        path: Option<&Path>,
+        migrations: &'static [&'static str],
+        capacity: usize,
+    ) -> Result<Self, OpenError> {
+        let file = path
+            .and_then(Path::file_name)
+            .map_or_else(|| "memory".into(), |f| f.to_string_lossy());
+        let (jobs, inbox) = mpsc::channel(capacity);
+        spawn_writer(
+            format!("sqlite {file}"),
+            path.map(Path::to_path_buf),
+            migrations,
+            inbox,
+            MAX_BATCH,
+            |_| (),
+            run_batch,
+        )
+        .await?;
+        Ok(Self {
+            jobs,
+            name: shown(path).into(),
+        })
+    }
+
+    /// Runs `work` on the database's thread and returns its answer once
+    /// the transaction it ran in has committed (so a change answered here
+    /// is stored). `work` runs in a savepoint: when it returns an error
+    /// its changes are rolled back; when its batch cannot commit, the
+    /// answer is that error.
+    ///
+    /// A job that panics is a bug, not a storage failure: its changes are
+    /// rolled back, the thread carries on with the next job, and the panic
+    /// is raised again here, in the caller. A job whose caller stopped
+    /// waiting still runs (like a request already sent).
+    pub(crate) async fn call<T, E>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<rusqlite::Error> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job: Box<dyn Job> = Box::new(Call {
+            work: Some(work),
+            done: None,
+            reply,
+        });
+        if self.jobs.send(job).await.is_err() {
+            return Err(self.stopped().into());
+        }
+        match answer.await {
+            Ok(Ok(done)) => done,
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            Err(_) => Err(self.stopped().into()),
+        }
+    }
+
+    /// The thread is gone: only if it panicked outside a job, which the
+    /// batch loop does not do; said rather than assumed.
+    fn stopped(&self) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(
+            ffi::Error::new(ffi::SQLITE_ABORT),
+            Some(format!("the thread that owns {} has stopped", self.name)),
+        )
+    }
+}
+
+/// A job as the database's thread sees it.
+trait Job: Send {
+    /// Runs the work; false when it failed or panicked (its savepoint is
+    /// then rolled back).
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Sends the answer once the batch is over: the work's own, or
+    /// `failed` when the work did not run or its changes did not commit.
+    fn answer(self: Box<Self>, failed: Option<&rusqlite::Error>);
+}
+
+type Done<T, E> = std::thread::Result<Result<T, E>>;
+
+struct Call<F, T, E> {
+    work: Option<F>,
+    done: Option<Done<T, E>>,
+    reply: oneshot::Sender<Done<T, E>>,
+}
+
+impl<F, T, E> Job for Call<F, T, E>
+where
+    F: FnOnce(&Connection) -> Result<T, E> + Send,
+    T: Send,
+    E: From<rusqlite::Error> + Send,
+{
+    fn run(&mut self, conn: &Connection) -> bool {
+        let Some(work) = self.work.take() else {
+            return false;
+        };
+        let done = std::panic::catch_unwind(AssertUnwindSafe(|| work(conn)));
+        let kept = matches!(done, Ok(Ok(_)));
+        self.done = Some(done);
+        kept
+    }
+
+    fn answer(self: Box<Self>, failed: Option<&rusqlite::Error>) {
+        let done = match (self.done, failed) {
+            // Its own failure (or panic) says more than the batch's.
+            (Some(done @ (Ok(Err(_)) | Err(_))), _) => done,
+            (Some(done), None) => done,
+            (_, Some(error)) => Ok(Err(copy_error(error).into())),
+            (None, None) => Ok(Err(rusqlite::Error::SqliteFailure(
+                ffi::Error::new(ffi::SQLITE_ABORT),
+                Some("the job was not run".into()),
+            )
+            .into())),
+        };
+        let _ = self.reply.send(done);
+    }
+}
+
+/// Runs a batch of jobs in one transaction, each in a savepoint, and
+/// answers them after the commit. When the transaction itself fails
+/// (begin, savepoint or commit) nothing of the batch is kept and every job
+/// that had not failed on its own is answered with that error.
+fn run_batch(conn: &mut Connection, jobs: &mut Vec<Box<dyn Job>>) {
+    let outcome = (|| -> rusqlite::Result<()> {
+        let mut tx = conn.transaction()?;
+        for job in jobs.iter_mut() {
+            let sp = tx.savepoint()?;
+            if job.run(&sp) {
+                sp.commit()?;
+            } else {
+                // Rolls back to the savepoint and releases it.
+                sp.finish()?;
+            }
+        }
+        tx.commit()
+    })();
+    let failed = outcome.err();
+    for job in jobs.drain(..) {
+        job.answer(failed.as_ref());
+    }
+}
+
+/// An error for each job of a failed batch (rusqlite's is not `Clone`).
+fn copy_error(error: &rusqlite::Error) -> rusqlite::Error {
+    match error {
+        rusqlite::Error::SqliteFailure(code, message) => {
+            rusqlite::Error::SqliteFailure(*code, message.clone())
+        }
+        other => rusqlite::Error::SqliteFailure(
+            ffi::Error::new(ffi::SQLITE_ERROR),
+            Some(other.to_string()),
+        ),
     }
 }
 
@@ -112,6 +432,200 @@ pub fn open(path: Option<&Path>, migrations: &[&str]) -> Result<Connection, Open
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const LOG: &[&str] = &["CREATE TABLE log (n INTEGER NOT NULL);"];
+
+    fn count(conn: &Connection) -> rusqlite::Result<i64> {
+        conn.query_row("SELECT count(*) FROM log", [], |r| r.get(0))
+    }
+
+    /// Jobs sent and not yet taken by the thread.
+    fn queued(db: &Db) -> usize {
+        db.jobs.max_capacity() - db.jobs.capacity()
+    }
+
+    async fn wait_until(what: &str, check: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !check() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Holds the database's thread in a job until the returned sender
+    /// says go (or is dropped).
+    async fn hold(
+        db: &Db,
+    ) -> (
+        std::sync::mpsc::Sender<()>,
+        tokio::task::JoinHandle<rusqlite::Result<()>>,
+    ) {
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let (running_tx, running) = oneshot::channel();
+        let holder = db.clone();
+        let held = tokio::spawn(async move {
+            holder
+                .call(move |_| {
+                    let _ = running_tx.send(());
+                    let _ = wait.recv();
+                    Ok(())
+                })
+                .await
+        });
+        running.await.unwrap();
+        (go, held)
+    }
+
+    fn insert(db: &Db, n: i64) -> tokio::task::JoinHandle<rusqlite::Result<usize>> {
+        let db = db.clone();
+        tokio::spawn(async move {
+            db.call(move |conn| conn.execute("INSERT INTO log (n) VALUES (?1)", [n]))
+                .await
+        })
+    }
+
+    #[tokio::test]
+    async fn jobs_run_in_the_order_they_were_sent() {
+        let db = Db::open(None, LOG).await.unwrap();
+        let (go, held) = hold(&db).await;
+        // Sent one after another while the thread is busy, more than one
+        // transaction takes: they run in that order, across batches.
+        let total = MAX_BATCH + 44;
+        let mut callers = Vec::new();
+        for n in 0..total {
+            callers.push(insert(&db, n as i64));
+            wait_until("a job was not queued", || queued(&db) == n + 1).await;
+        }
+        go.send(()).unwrap();
+        held.await.unwrap().unwrap();
+        for caller in callers {
+            assert_eq!(caller.await.unwrap().unwrap(), 1);
+        }
+        let seen: Vec<i64> = db
+            .call(|conn| {
+                let mut stmt = conn.prepare("SELECT n FROM log ORDER BY rowid")?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                rows.collect::<rusqlite::Result<Vec<i64>>>()
+            })
+            .await
+            .unwrap();
+        assert_eq!(seen, (0..total as i64).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_answer_comes_after_its_transaction_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let db = Db::open(Some(&path), LOG).await.unwrap();
+        // Many callers at once, so answers come out of shared batches:
+        // each looks through a connection of its own the moment it is
+        // answered, and must find its row there already.
+        let tasks: Vec<_> = (0..200i64)
+            .map(|n| {
+                let (db, path) = (db.clone(), path.clone());
+                tokio::spawn(async move {
+                    db.call(move |conn| conn.execute("INSERT INTO log (n) VALUES (?1)", [n]))
+                        .await
+                        .unwrap();
+                    let other = Connection::open(&path).unwrap();
+                    let found: i64 = other
+                        .query_row("SELECT count(*) FROM log WHERE n = ?1", [n], |r| r.get(0))
+                        .unwrap();
+                    assert_eq!(found, 1, "row {n} not committed when answered");
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_job_leaves_nothing_and_spares_its_neighbours() {
+        let db = Db::open(None, LOG).await.unwrap();
+        let (first, failed, last) = tokio::join!(
+            db.call(|conn| conn.execute("INSERT INTO log (n) VALUES (1)", [])),
+            db.call(|conn| {
+                conn.execute("INSERT INTO log (n) VALUES (2)", [])?;
+                conn.execute("INSERT INTO nowhere (n) VALUES (2)", [])
+            }),
+            db.call(|conn| conn.execute("INSERT INTO log (n) VALUES (3)", [])),
+        );
+        assert_eq!((first.unwrap(), last.unwrap()), (1, 1));
+        assert!(
+            failed
+                .unwrap_err()
+                .to_string()
+                .contains("no such table: nowhere")
+        );
+        let seen: i64 = db
+            .call(|conn| conn.query_row("SELECT sum(n) FROM log", [], |r| r.get(0)))
+            .await
+            .unwrap();
+        assert_eq!(seen, 4, "rows 1 and 3 kept, 2 rolled back");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_panics_its_caller_and_the_thread_carries_on() {
+        let db = Db::open(None, LOG).await.unwrap();
+        let panicking = db.clone();
+        let caller = tokio::spawn(async move {
+            panicking
+                .call(|conn| -> rusqlite::Result<()> {
+                    conn.execute("INSERT INTO log (n) VALUES (1)", [])?;
+                    panic!("a bug in a job");
+                })
+                .await
+        });
+        let neighbour = db.call(|conn| conn.execute("INSERT INTO log (n) VALUES (2)", []));
+        let (caller, neighbour) = tokio::join!(caller, neighbour);
+        let panic = caller.unwrap_err().into_panic();
+        assert_eq!(panic.downcast_ref::<&str>(), Some(&"a bug in a job"));
+        assert_eq!(neighbour.unwrap(), 1);
+        // The thread still answers, and the panicking job's row is gone.
+        let seen: Vec<i64> = db
+            .call(|conn| {
+                let mut stmt = conn.prepare("SELECT n FROM log")?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                rows.collect::<rusqlite::Result<Vec<i64>>>()
+            })
+            .await
+            .unwrap();
+        assert_eq!(seen, [2]);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_makes_callers_wait_and_drops_nothing() {
+        const CAPACITY: usize = 4;
+        let db = Db::open_with(None, LOG, CAPACITY).await.unwrap();
+        let (go, held) = hold(&db).await;
+        let extra = 3;
+        let callers: Vec<_> = (0..(CAPACITY + extra) as i64)
+            .map(|n| insert(&db, n))
+            .collect();
+        // The queue fills and stays full: the callers beyond it wait to
+        // send instead of growing it.
+        wait_until("the queue never filled", || queued(&db) == CAPACITY).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(queued(&db), CAPACITY);
+        assert!(callers.iter().all(|c| !c.is_finished()));
+        go.send(()).unwrap();
+        held.await.unwrap().unwrap();
+        for caller in callers {
+            assert_eq!(caller.await.unwrap().unwrap(), 1);
+        }
+        let stored = db.call(count).await.unwrap();
+        assert_eq!(stored, (CAPACITY + extra) as i64, "every waiting job ran");
+    }
+
+    #[tokio::test]
+    async fn an_open_error_comes_back_from_the_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.db");
+        std::fs::write(&empty, b"").unwrap();
+        let err = Db::open(Some(&empty), LOG).await.err().unwrap();
+        assert!(err.to_string().contains("is empty (zero bytes)"), "{err}");
+    }
 
     #[test]
     fn migrates_forward_once_and_refuses_a_newer_file() {
