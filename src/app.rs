@@ -418,6 +418,7 @@ impl Server {
             seed,
             std::sync::Arc::new(commands.clone()),
         )
+        .await
         .map_err(|e| StartError::EdgeNode {
             node: String::new(),
             problem: e.to_string(),
@@ -443,7 +444,8 @@ impl Server {
                 journal_max_bytes: config.http_journal_max_bytes,
                 max_response_bytes: config.max_stub_response_bytes,
             },
-        )?;
+        )
+        .await?;
         stubs.restore(&scenario.stubs).await?;
         let simulation = crate::simulation::Simulation::new(
             clock.clone(),

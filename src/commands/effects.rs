@@ -100,22 +100,17 @@ impl Inner {
                     deadline,
                     view,
                 } => {
-                    if let Some(store) = self.store.clone() {
-                        let id = view.id.clone();
-                        let written = crate::sqlite::blocking(move || {
-                            store.put(seq, version, deadline, &view)
-                        })
-                        .await;
+                    if let Some(store) = &self.store {
+                        let written = store.put(seq, version, deadline, &view).await;
                         if let Err(error) = written {
                             self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
-                            crate::ratelimit::error_limited!(command = %id, %error, "could not store a command");
+                            crate::ratelimit::error_limited!(command = %view.id, %error, "could not store a command");
                         }
                     }
                 }
                 Effect::Forget(id) => {
-                    if let Some(store) = self.store.clone() {
-                        let key = id.clone();
-                        let removed = crate::sqlite::blocking(move || store.delete(&key)).await;
+                    if let Some(store) = &self.store {
+                        let removed = store.delete(&id).await;
                         if let Err(error) = removed {
                             self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
                             crate::ratelimit::error_limited!(command = %id, %error, "could not forget a command");

@@ -97,7 +97,7 @@ struct Inner {
     mqtt: MqttHandle,
     /// Encodes commands and acks of devices in another dialect.
     plugins: PluginHost,
-    store: Option<Arc<CommandStore>>,
+    store: Option<CommandStore>,
     stats: Stats,
     tap_dropped: Arc<AtomicU64>,
     /// New timers or jobs: the driver looks again.
@@ -168,7 +168,7 @@ impl Commands {
         shards: usize,
     ) -> Result<Self, CommandError> {
         let store = match data_dir {
-            Some(dir) => Some(Arc::new(CommandStore::open(dir)?)),
+            Some(dir) => Some(CommandStore::open(dir).await?),
             None => None,
         };
         let tap_dropped = Arc::new(AtomicU64::new(0));
@@ -205,7 +205,7 @@ impl Commands {
             shards: shard_txs,
         });
         let commands = Commands(inner);
-        commands.restore()?;
+        commands.restore().await?;
         for rx in shard_rxs {
             tokio::spawn(shards::run_shard(
                 Arc::downgrade(&commands.0),
@@ -221,11 +221,11 @@ impl Commands {
 
     /// Brings stored commands back: queued ones wait again (or go out if
     /// their device is online), in-flight ones get their timeout re-armed.
-    fn restore(&self) -> Result<(), CommandError> {
+    async fn restore(&self) -> Result<(), CommandError> {
         let Some(store) = &self.0.store else {
             return Ok(());
         };
-        let stored = store.load_all()?;
+        let stored = store.load_all().await?;
         let count = stored.len();
         let now = self.0.clock.now_ms();
         let queued = {

@@ -30,7 +30,7 @@ impl Inner {
         batch: Option<&str>,
         effects: &mut Vec<Effect>,
     ) -> Result<(), CommandError> {
-        let Some(store) = self.store.clone() else {
+        let Some(store) = &self.store else {
             return Ok(());
         };
         let wanted: HashSet<&str> = ids.iter().map(|id| &**id).collect();
@@ -53,7 +53,7 @@ impl Inner {
         }
         *effects = rest;
         let rows: Vec<_> = records.into_values().collect();
-        let written = crate::sqlite::blocking(move || store.put_all(&rows)).await;
+        let written = store.put_all(&rows).await;
         let Err(error) = written else {
             // Stored: a device that came online (or started polling)
             // during the write takes its queued commands now.
@@ -95,7 +95,7 @@ impl Inner {
         undo: Undo,
         effects: &mut Vec<Effect>,
     ) -> Result<(), CommandError> {
-        let Some(store) = self.store.clone() else {
+        let Some(store) = &self.store else {
             return Ok(());
         };
         let newest = effects
@@ -111,7 +111,7 @@ impl Inner {
                 effects.retain(
                     |e| !matches!(e, Effect::Persist { view, .. } if view.id.as_str() == &**id),
                 );
-                crate::sqlite::blocking(move || store.put(seq, version, deadline, &view)).await
+                store.put(seq, version, deadline, &view).await
             }
             _ => Ok(()),
         };

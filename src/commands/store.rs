@@ -5,11 +5,17 @@
 //! Every change is written before the engine acts on it outside (publishes
 //! or answers), so after a restart a command is where it was: queued ones
 //! wait again, in-flight ones have their timeout re-armed.
+//!
+//! The file belongs to one thread ([`Db`]); every call here waits for it
+//! without holding a runtime thread, and a write is answered once it is
+//! committed. Records are turned into JSON by the caller, so the thread
+//! only writes.
 
 use std::path::Path;
-use std::sync::Mutex;
 
 use rusqlite::{Connection, params};
+
+use crate::sqlite::Db;
 
 use super::model::CommandView;
 
@@ -31,9 +37,7 @@ pub enum CommandStoreError {
 }
 
 pub(crate) struct CommandStore {
-    // A std mutex: each use is one short SQLite statement; never held
-    // across an await.
-    conn: Mutex<Connection>,
+    db: Db,
 }
 
 /// A stored command: its record and the engine's bookkeeping.
@@ -44,93 +48,118 @@ pub(crate) struct Stored {
     pub deadline: Option<i64>,
 }
 
+/// One command's row, ready to write.
+struct Row {
+    id: String,
+    seq: u64,
+    version: u64,
+    deadline: Option<i64>,
+    body: String,
+}
+
+impl Row {
+    fn of(seq: u64, version: u64, deadline: Option<i64>, view: &CommandView) -> Self {
+        Self {
+            id: view.id.clone(),
+            seq,
+            version,
+            deadline,
+            body: serde_json::to_string(view).expect("a command serializes"),
+        }
+    }
+}
+
 impl CommandStore {
-    pub fn open(dir: &Path) -> Result<Self, CommandStoreError> {
-        let conn = crate::sqlite::open(Some(&dir.join("commands.db")), MIGRATIONS)?;
-        Ok(Self {
-            conn: Mutex::new(conn),
-        })
+    pub async fn open(dir: &Path) -> Result<Self, CommandStoreError> {
+        let db = Db::open(Some(&dir.join("commands.db")), MIGRATIONS).await?;
+        Ok(Self { db })
     }
 
     /// Writes a command unless a newer version of it is already there
-    /// (writes from two threads may arrive out of order).
-    pub fn put(
+    /// (writes from two tasks may arrive out of order).
+    pub async fn put(
         &self,
         seq: u64,
         version: u64,
         deadline: Option<i64>,
         view: &CommandView,
     ) -> Result<(), CommandStoreError> {
-        put_on(&self.conn.lock().unwrap(), seq, version, deadline, view)
+        let row = Row::of(seq, version, deadline, view);
+        self.db.call(move |conn| put_on(conn, &row)).await
     }
 
     /// Writes new commands in one transaction: all or none.
-    pub fn put_all(
+    pub async fn put_all(
         &self,
-        rows: &[(u64, u64, Option<i64>, Box<CommandView>)],
+        records: &[(u64, u64, Option<i64>, Box<CommandView>)],
     ) -> Result<(), CommandStoreError> {
-        let mut conn = self.conn.lock().unwrap();
-        let tx = conn.transaction()?;
-        for (seq, version, deadline, view) in rows {
-            put_on(&tx, *seq, *version, *deadline, view)?;
-        }
-        tx.commit()?;
-        Ok(())
+        let rows: Vec<Row> = records
+            .iter()
+            .map(|(seq, version, deadline, view)| Row::of(*seq, *version, *deadline, view))
+            .collect();
+        self.db
+            .call(move |conn| rows.iter().try_for_each(|row| put_on(conn, row)))
+            .await
     }
 
-    pub fn delete(&self, id: &str) -> Result<(), CommandStoreError> {
-        self.conn
-            .lock()
-            .unwrap()
-            .execute("DELETE FROM commands WHERE id = ?1", params![id])?;
-        Ok(())
+    pub async fn delete(&self, id: &str) -> Result<(), CommandStoreError> {
+        let id = id.to_string();
+        self.db
+            .call(move |conn| {
+                conn.execute("DELETE FROM commands WHERE id = ?1", params![id])?;
+                Ok(())
+            })
+            .await
     }
 
     /// Every stored command, in creation order. Rows that do not parse are
     /// skipped with a warning (they cannot be acted on).
-    pub fn load_all(&self) -> Result<Vec<Stored>, CommandStoreError> {
-        let conn = self.conn.lock().unwrap();
-        let mut stmt = conn.prepare("SELECT seq, deadline, body FROM commands ORDER BY seq")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, Option<i64>>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (seq, deadline, body) = row?;
-            match serde_json::from_str::<CommandView>(&body) {
-                Ok(view) => out.push(Stored {
-                    seq: seq as u64,
-                    view,
-                    deadline,
-                }),
-                Err(error) => {
-                    tracing::warn!(seq, %error, "skipping a stored command that does not parse")
+    pub async fn load_all(&self) -> Result<Vec<Stored>, CommandStoreError> {
+        self.db
+            .call(|conn| {
+                let mut stmt =
+                    conn.prepare("SELECT seq, deadline, body FROM commands ORDER BY seq")?;
+                let rows = stmt.query_map([], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, Option<i64>>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                })?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (seq, deadline, body) = row?;
+                    match serde_json::from_str::<CommandView>(&body) {
+                        Ok(view) => out.push(Stored {
+                            seq: seq as u64,
+                            view,
+                            deadline,
+                        }),
+                        Err(error) => {
+                            tracing::warn!(seq, %error, "skipping a stored command that does not parse")
+                        }
+                    }
                 }
-            }
-        }
-        Ok(out)
+                Ok(out)
+            })
+            .await
     }
 }
 
 /// Writes one command unless a newer version of it is already there.
-fn put_on(
-    conn: &Connection,
-    seq: u64,
-    version: u64,
-    deadline: Option<i64>,
-    view: &CommandView,
-) -> Result<(), CommandStoreError> {
-    let body = serde_json::to_string(view).expect("a command serializes");
+fn put_on(conn: &Connection, row: &Row) -> Result<(), CommandStoreError> {
     conn.prepare_cached(
         "INSERT INTO commands (id, seq, version, deadline, body) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT(id) DO UPDATE SET version = excluded.version,
              deadline = excluded.deadline, body = excluded.body
          WHERE excluded.version > commands.version",
     )?
-    .execute(params![view.id, seq as i64, version as i64, deadline, body])?;
+    .execute(params![
+        row.id,
+        row.seq as i64,
+        row.version as i64,
+        row.deadline,
+        row.body
+    ])?;
     Ok(())
 }

@@ -78,7 +78,7 @@ struct Inner {
     // std locks: held for map operations only, never across an await.
     nodes: RwLock<BTreeMap<String, Handle>>,
     tap: Arc<Tap>,
-    store: Option<Arc<store::EdgeStore>>,
+    store: Option<store::EdgeStore>,
     /// Dropped with the last handle: stops the MQTT follower.
     _stop_follower: oneshot::Sender<()>,
 }
@@ -190,7 +190,7 @@ impl EdgeNodes {
     /// Opens the node store in `data_dir` (if given); nodes start with
     /// [`restore`](Self::restore).
     #[allow(clippy::too_many_arguments)]
-    pub fn open(
+    pub async fn open(
         data_dir: Option<&std::path::Path>,
         clock: Clock,
         telemetry: Telemetry,
@@ -201,7 +201,7 @@ impl EdgeNodes {
         sink: Arc<dyn CommandSink>,
     ) -> Result<Self, EdgeError> {
         let store = match data_dir {
-            Some(dir) => Some(Arc::new(store::EdgeStore::open(dir)?)),
+            Some(dir) => Some(store::EdgeStore::open(dir).await?),
             None => None,
         };
         let tap = Arc::new(Tap {
@@ -236,7 +236,7 @@ impl EdgeNodes {
     /// longer starts (its plugin is gone) is logged, skipped and kept.
     pub async fn restore(&self, scenario: &[EdgeNodeSpec]) -> Result<(), (String, EdgeError)> {
         let stored = match &self.0.store {
-            Some(store) => store.load().map_err(|e| (String::new(), e.into()))?,
+            Some(store) => store.load().await.map_err(|e| (String::new(), e.into()))?,
             None => Vec::new(),
         };
         for (spec, up) in stored {
@@ -282,8 +282,7 @@ impl EdgeNodes {
             self.check_rule(&spec, i, rule).await?;
         }
         if store && let Some(db) = &self.0.store {
-            let (db, spec) = (db.clone(), spec.clone());
-            crate::sqlite::blocking(move || db.put(&spec, true)).await?;
+            db.put(&spec, true).await?;
         }
         let (control, rx) = mpsc::channel(CONTROL_CAPACITY);
         let node = {
@@ -435,8 +434,7 @@ impl EdgeNodes {
             (handle.node.clone(), handle.control.clone())
         };
         if let Some(db) = &self.0.store {
-            let (db, id) = (db.clone(), id.to_string());
-            crate::sqlite::blocking(move || db.set_uplink(&id, up)).await?;
+            db.set_uplink(id, up).await?;
         }
         let (tx, rx) = oneshot::channel();
         if control.send(Control::Uplink(up, tx)).await.is_ok() {
@@ -452,8 +450,7 @@ impl EdgeNodes {
             return Err(EdgeError::NotFound(id.to_string()));
         }
         if let Some(db) = &self.0.store {
-            let (db, id) = (db.clone(), id.to_string());
-            crate::sqlite::blocking(move || db.remove(&id)).await?;
+            db.remove(id).await?;
         }
         self.0
             .nodes

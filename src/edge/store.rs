@@ -3,11 +3,16 @@
 //! schema moves independently of the fleet's), with each node's uplink
 //! state. Input queues, uplink buffers, rule state and counters are not
 //! kept: a restarted node starts with empty ones and `seq` from 1.
+//!
+//! The file belongs to one thread ([`Db`]); every call here waits for it
+//! without holding a runtime thread, and a change is answered once it is
+//! committed.
 
 use std::path::Path;
-use std::sync::Mutex;
 
-use rusqlite::{Connection, params};
+use rusqlite::params;
+
+use crate::sqlite::Db;
 
 use super::spec::EdgeNodeSpec;
 
@@ -26,67 +31,80 @@ pub enum EdgeStoreError {
     Open(#[from] crate::sqlite::OpenError),
 }
 
+#[derive(Clone)]
 pub(crate) struct EdgeStore {
-    // A std mutex: every use is one short synchronous SQLite call made on
-    // a blocking thread, never held across an await.
-    conn: Mutex<Connection>,
+    db: Db,
 }
 
 impl EdgeStore {
-    pub fn open(dir: &Path) -> Result<Self, EdgeStoreError> {
-        let conn = crate::sqlite::open(Some(&dir.join("edge.db")), MIGRATIONS)?;
-        Ok(Self {
-            conn: Mutex::new(conn),
-        })
+    pub async fn open(dir: &Path) -> Result<Self, EdgeStoreError> {
+        let db = Db::open(Some(&dir.join("edge.db")), MIGRATIONS).await?;
+        Ok(Self { db })
     }
 
     /// Every stored node, by id; a row that no longer parses is skipped
     /// with a warning (and kept).
-    pub fn load(&self) -> Result<Vec<(EdgeNodeSpec, bool)>, EdgeStoreError> {
-        let conn = self.conn.lock().unwrap();
-        let mut stmt = conn.prepare("SELECT id, spec, uplink_up FROM edge_nodes ORDER BY id")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, bool>(2)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, spec, up) = row?;
-            match serde_json::from_str(&spec) {
-                Ok(spec) => out.push((spec, up)),
-                Err(error) => {
-                    tracing::warn!(node = %id, %error, "stored edge node does not parse; skipped")
+    pub async fn load(&self) -> Result<Vec<(EdgeNodeSpec, bool)>, EdgeStoreError> {
+        self.db
+            .call(|conn| {
+                let mut stmt =
+                    conn.prepare("SELECT id, spec, uplink_up FROM edge_nodes ORDER BY id")?;
+                let rows = stmt.query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, bool>(2)?,
+                    ))
+                })?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (id, spec, up) = row?;
+                    match serde_json::from_str(&spec) {
+                        Ok(spec) => out.push((spec, up)),
+                        Err(error) => {
+                            tracing::warn!(node = %id, %error, "stored edge node does not parse; skipped")
+                        }
+                    }
                 }
-            }
-        }
-        Ok(out)
+                Ok(out)
+            })
+            .await
     }
 
-    pub fn put(&self, spec: &EdgeNodeSpec, up: bool) -> Result<(), EdgeStoreError> {
+    pub async fn put(&self, spec: &EdgeNodeSpec, up: bool) -> Result<(), EdgeStoreError> {
         let text = serde_json::to_string(spec).expect("a spec serializes");
-        self.conn.lock().unwrap().execute(
-            "INSERT OR REPLACE INTO edge_nodes (id, spec, uplink_up) VALUES (?1, ?2, ?3)",
-            params![spec.id, text, up],
-        )?;
-        Ok(())
+        let id = spec.id.clone();
+        self.db
+            .call(move |conn| {
+                conn.execute(
+                    "INSERT OR REPLACE INTO edge_nodes (id, spec, uplink_up) VALUES (?1, ?2, ?3)",
+                    params![id, text, up],
+                )?;
+                Ok(())
+            })
+            .await
     }
 
-    pub fn set_uplink(&self, id: &str, up: bool) -> Result<(), EdgeStoreError> {
-        self.conn.lock().unwrap().execute(
-            "UPDATE edge_nodes SET uplink_up = ?2 WHERE id = ?1",
-            params![id, up],
-        )?;
-        Ok(())
+    pub async fn set_uplink(&self, id: &str, up: bool) -> Result<(), EdgeStoreError> {
+        let id = id.to_string();
+        self.db
+            .call(move |conn| {
+                conn.execute(
+                    "UPDATE edge_nodes SET uplink_up = ?2 WHERE id = ?1",
+                    params![id, up],
+                )?;
+                Ok(())
+            })
+            .await
     }
 
-    pub fn remove(&self, id: &str) -> Result<(), EdgeStoreError> {
-        self.conn
-            .lock()
-            .unwrap()
-            .execute("DELETE FROM edge_nodes WHERE id = ?1", params![id])?;
-        Ok(())
+    pub async fn remove(&self, id: &str) -> Result<(), EdgeStoreError> {
+        let id = id.to_string();
+        self.db
+            .call(move |conn| {
+                conn.execute("DELETE FROM edge_nodes WHERE id = ?1", params![id])?;
+                Ok(())
+            })
+            .await
     }
 }

@@ -117,7 +117,7 @@ struct Shared {
     /// Set at shutdown: hanging stubs let go.
     closing: watch::Sender<bool>,
     /// API stubs, with `--data-dir`.
-    store: Option<Arc<store::StubStore>>,
+    store: Option<store::StubStore>,
 }
 
 /// Which journal entries a listing or a verify wants.
@@ -213,13 +213,13 @@ impl Default for StubLimits {
 impl Stubs {
     /// An empty registry; with `data_dir`, stubs made over the API are
     /// stored there (see [`restore`](Self::restore)).
-    pub fn open(
+    pub async fn open(
         data_dir: Option<&std::path::Path>,
         seed: u64,
         limits: StubLimits,
     ) -> Result<Self, StubError> {
         let store = match data_dir {
-            Some(dir) => Some(Arc::new(store::StubStore::open(dir)?)),
+            Some(dir) => Some(store::StubStore::open(dir).await?),
             None => None,
         };
         Ok(Self(Arc::new(Shared {
@@ -240,10 +240,7 @@ impl Stubs {
     /// compiles is logged and skipped.
     pub async fn restore(&self, scenario: &[StubDef]) -> Result<(), StubError> {
         let stored = match &self.0.store {
-            Some(store) => {
-                let store = store.clone();
-                crate::sqlite::blocking(move || store.load()).await?
-            }
+            Some(store) => store.load().await?,
             None => Vec::new(),
         };
         for (i, def) in scenario.iter().enumerate() {
@@ -276,10 +273,9 @@ impl Stubs {
         let stored = self.0.store.is_some().then(|| def.clone());
         let order = self.0.next.fetch_add(1, Ordering::Relaxed);
         let view = self.insert(def, "api", order)?;
-        if let (Some(store), Some(mut stored)) = (self.0.store.clone(), stored) {
+        if let (Some(store), Some(mut stored)) = (&self.0.store, stored) {
             stored.id = Some(view.id.clone());
-            let id = view.id.clone();
-            let saved = crate::sqlite::blocking(move || store.put(&id, order, &stored)).await;
+            let saved = store.put(&view.id, order, &stored).await;
             if let Err(error) = saved {
                 let _ = self.remove(&view.id);
                 return Err(error.into());
@@ -294,9 +290,8 @@ impl Stubs {
         if self.stub(id).is_none() {
             return Err(StubError::NotFound(id.to_string()));
         }
-        if let Some(store) = self.0.store.clone() {
-            let id = id.to_string();
-            crate::sqlite::blocking(move || store.delete(&id)).await?;
+        if let Some(store) = &self.0.store {
+            store.delete(id).await?;
         }
         self.remove(id)
     }
@@ -304,8 +299,8 @@ impl Stubs {
     /// Removes every stored row, then every stub; returns how many stubs
     /// there were.
     pub async fn delete_all(&self) -> Result<usize, StubError> {
-        if let Some(store) = self.0.store.clone() {
-            crate::sqlite::blocking(move || store.clear()).await?;
+        if let Some(store) = &self.0.store {
+            store.clear().await?;
         }
         Ok(self.clear())
     }
@@ -539,8 +534,8 @@ mod tests {
         serde_json::from_value(v).unwrap()
     }
 
-    #[test]
-    fn generated_ids_skip_taken_ones_and_order_follows_priority() {
+    #[tokio::test]
+    async fn generated_ids_skip_taken_ones_and_order_follows_priority() {
         let stubs = Stubs::open(
             None,
             0,
@@ -549,6 +544,7 @@ mod tests {
                 ..StubLimits::default()
             },
         )
+        .await
         .unwrap();
         stubs
             .add(

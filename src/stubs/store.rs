@@ -4,11 +4,16 @@
 //! stubs of equal priority). Scenario stubs come from the scenario at every
 //! start and are not stored; call counts and response-sequence positions
 //! start from zero after a restart.
+//!
+//! The file belongs to one thread ([`Db`]); every call here waits for it
+//! without holding a runtime thread, and a change is answered once it is
+//! committed.
 
 use std::path::Path;
-use std::sync::Mutex;
 
-use rusqlite::{Connection, params};
+use rusqlite::params;
+
+use crate::sqlite::Db;
 
 use super::stub::StubDef;
 
@@ -27,65 +32,76 @@ pub enum StubStoreError {
     Open(#[from] crate::sqlite::OpenError),
 }
 
+#[derive(Clone)]
 pub(crate) struct StubStore {
-    // A std mutex: every use is one short synchronous SQLite call made on
-    // a blocking thread, never held across an await.
-    conn: Mutex<Connection>,
+    db: Db,
 }
 
 impl StubStore {
-    pub fn open(dir: &Path) -> Result<Self, StubStoreError> {
-        let conn = crate::sqlite::open(Some(&dir.join("stubs.db")), MIGRATIONS)?;
-        Ok(Self {
-            conn: Mutex::new(conn),
-        })
+    pub async fn open(dir: &Path) -> Result<Self, StubStoreError> {
+        let db = Db::open(Some(&dir.join("stubs.db")), MIGRATIONS).await?;
+        Ok(Self { db })
     }
 
     /// Every stored stub with its creation order, oldest first; a row that
     /// no longer parses is skipped with a warning (and kept).
-    pub fn load(&self) -> Result<Vec<(u64, StubDef)>, StubStoreError> {
-        let conn = self.conn.lock().unwrap();
-        let mut stmt = conn.prepare("SELECT id, ord, def FROM stubs ORDER BY ord")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, ord, def) = row?;
-            match serde_json::from_str::<StubDef>(&def) {
-                Ok(def) => out.push((ord as u64, def)),
-                Err(error) => {
-                    tracing::warn!(stub = %id, %error, "stored stub no longer parses; skipped");
+    pub async fn load(&self) -> Result<Vec<(u64, StubDef)>, StubStoreError> {
+        self.db
+            .call(|conn| {
+                let mut stmt = conn.prepare("SELECT id, ord, def FROM stubs ORDER BY ord")?;
+                let rows = stmt.query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                })?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (id, ord, def) = row?;
+                    match serde_json::from_str::<StubDef>(&def) {
+                        Ok(def) => out.push((ord as u64, def)),
+                        Err(error) => {
+                            tracing::warn!(stub = %id, %error, "stored stub no longer parses; skipped");
+                        }
+                    }
                 }
-            }
-        }
-        Ok(out)
+                Ok(out)
+            })
+            .await
     }
 
-    pub fn put(&self, id: &str, order: u64, def: &StubDef) -> Result<(), StubStoreError> {
+    pub async fn put(&self, id: &str, order: u64, def: &StubDef) -> Result<(), StubStoreError> {
         let json = serde_json::to_string(def).expect("a stub definition serializes");
-        self.conn.lock().unwrap().execute(
-            "INSERT INTO stubs (id, ord, def) VALUES (?1, ?2, ?3)
-             ON CONFLICT (id) DO UPDATE SET ord = excluded.ord, def = excluded.def",
-            params![id, order as i64, json],
-        )?;
-        Ok(())
+        let id = id.to_string();
+        self.db
+            .call(move |conn| {
+                conn.execute(
+                    "INSERT INTO stubs (id, ord, def) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (id) DO UPDATE SET ord = excluded.ord, def = excluded.def",
+                    params![id, order as i64, json],
+                )?;
+                Ok(())
+            })
+            .await
     }
 
-    pub fn delete(&self, id: &str) -> Result<(), StubStoreError> {
-        self.conn
-            .lock()
-            .unwrap()
-            .execute("DELETE FROM stubs WHERE id = ?1", params![id])?;
-        Ok(())
+    pub async fn delete(&self, id: &str) -> Result<(), StubStoreError> {
+        let id = id.to_string();
+        self.db
+            .call(move |conn| {
+                conn.execute("DELETE FROM stubs WHERE id = ?1", params![id])?;
+                Ok(())
+            })
+            .await
     }
 
-    pub fn clear(&self) -> Result<(), StubStoreError> {
-        self.conn.lock().unwrap().execute("DELETE FROM stubs", [])?;
-        Ok(())
+    pub async fn clear(&self) -> Result<(), StubStoreError> {
+        self.db
+            .call(|conn| {
+                conn.execute("DELETE FROM stubs", [])?;
+                Ok(())
+            })
+            .await
     }
 }
