@@ -160,27 +160,39 @@ impl Fleet {
             let window = request.window()?;
             specs.push((id, request.csr, window));
         }
-        let fleet = self.clone();
-        crate::sqlite::blocking(move || {
-            let (rows, issued) = fleet.sign(specs)?;
-            fleet.0.store.insert_certs(&rows)?;
-            Ok(issued)
-        })
-        .await
+        let (rows, issued) = self.sign_blocking(specs).await?;
+        self.0.store.insert_certs(rows).await?;
+        Ok(issued)
     }
 
-    /// Default certificates for devices being created (on a blocking
-    /// thread: signing takes a moment per device).
-    pub(super) fn make_certificates(
+    /// Default certificates for devices being created.
+    pub(super) async fn make_certificates(
         &self,
-        ids: &[&str],
+        ids: Vec<String>,
     ) -> Result<(Vec<CertRow>, Vec<IssuedCertificate>), FleetError> {
         let window = IssueCertificate::default().window()?;
-        self.sign(
-            ids.iter()
-                .map(|id| (id.to_string(), None, window))
-                .collect(),
-        )
+        self.sign_blocking(ids.into_iter().map(|id| (id, None, window)).collect())
+            .await
+    }
+
+    /// Signs on a blocking thread: signing takes a moment per device, too
+    /// long for a runtime thread. A panic while signing is raised again
+    /// here (a bug, not a refusal).
+    async fn sign_blocking(
+        &self,
+        specs: Vec<Spec>,
+    ) -> Result<(Vec<CertRow>, Vec<IssuedCertificate>), FleetError> {
+        let fleet = self.clone();
+        match tokio::task::spawn_blocking(move || fleet.sign(specs)).await {
+            Ok(signed) => signed,
+            Err(error) => match error.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                // Only when the runtime stops before the task starts.
+                Err(_) => Err(FleetError::Invalid(
+                    "the server is shutting down; no certificate was issued".into(),
+                )),
+            },
+        }
     }
 
     fn sign(&self, specs: Vec<Spec>) -> Result<(Vec<CertRow>, Vec<IssuedCertificate>), FleetError> {
@@ -224,9 +236,7 @@ impl Fleet {
     /// A device's certificates, oldest first.
     pub async fn certificates(&self, id: &str) -> Result<CertificateList, FleetError> {
         self.entry(id)?;
-        let fleet = self.clone();
-        let key = id.to_string();
-        let rows = crate::sqlite::blocking(move || fleet.0.store.certs(&key)).await?;
+        let rows = self.0.store.certs(id).await?;
         Ok(CertificateList {
             items: rows.into_iter().map(CertificateView::from).collect(),
         })
@@ -237,10 +247,7 @@ impl Fleet {
     pub async fn revoke_certificate(&self, id: &str, serial: &str) -> Result<(), FleetError> {
         self.entry(id)?;
         let serial = serial.to_ascii_lowercase();
-        let fleet = self.clone();
-        let (key, s) = (id.to_string(), serial.clone());
-        let found =
-            crate::sqlite::blocking(move || fleet.0.store.revoke_cert(&key, &s, wall_ms())).await?;
+        let found = self.0.store.revoke_cert(id, &serial, wall_ms()).await?;
         if found.is_none() {
             return Err(FleetError::NoCertificate {
                 device: id.to_string(),

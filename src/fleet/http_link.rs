@@ -215,9 +215,7 @@ impl Fleet {
             )));
         }
         let at = self.0.clock.now_ms();
-        let key = id.to_string();
-        let fleet = self.clone();
-        crate::sqlite::blocking(move || fleet.0.store.set_reported(&key, &text, at)).await?;
+        self.0.store.set_reported(id, text, at).await?;
         let state = Arc::new(state);
         entry.http.inner.lock().unwrap().reported = Some((state.clone(), at));
         Ok(ReportedState {
@@ -227,8 +225,8 @@ impl Fleet {
     }
 
     /// Loads stored reported states into the devices (at open).
-    pub(super) fn restore_reported(&self) -> Result<(), FleetError> {
-        for (id, text, at) in self.0.store.load_reported()? {
+    pub(super) async fn restore_reported(&self) -> Result<(), FleetError> {
+        for (id, text, at) in self.0.store.load_reported().await? {
             let Ok(entry) = self.entry(&id) else { continue };
             let state: Map<String, Value> = serde_json::from_str(&text).map_err(|_| {
                 super::StoreError::Corrupt(format!("device {id:?}: reported state"))

@@ -31,7 +31,7 @@ use crate::plugin::{CallError, CodecDevice, CodecEvent, PluginHost, SharedState,
 use crate::random::DeviceRng;
 use crate::telemetry::{BufferCounters, Presence, SensorSpec, StreamSpec, Telemetry, check_sensor};
 use credentials::{SecretHash, new_secret};
-use store::Store;
+use store::{Inserted, Store};
 
 /// What reads the messages clients publish in the devices' dialects. The
 /// fleet tells it of every dialect in use and asks it which topics a
@@ -202,9 +202,9 @@ impl Fleet {
         plugins: PluginHost,
         tls: Arc<crate::transport::Tls>,
     ) -> Result<Self, FleetError> {
-        let store = Store::open(data_dir)?;
-        let stored = store.load_all()?;
-        tls.revoke(store.revoked_serials()?);
+        let store = Store::open(data_dir).await?;
+        let stored = store.load_all().await?;
+        tls.revoke(store.revoked_serials().await?);
         let fleet = Fleet(Arc::new(Inner {
             devices: RwLock::default(),
             store,
@@ -238,7 +238,7 @@ impl Fleet {
             .map(|e| e.dialect())
             .collect();
         fleet.prepare_probes(dialects).await;
-        fleet.restore_reported()?;
+        fleet.restore_reported().await?;
         if count > 0 {
             tracing::info!(devices = count, "fleet restored from the store");
         }
@@ -696,35 +696,29 @@ impl Fleet {
                 return Err(FleetError::Duplicate(d.id.clone()));
             }
         }
-        let rows: Vec<(Device, SecretHash, String)> = devices
+        let mut secrets = Vec::with_capacity(devices.len());
+        let pairs: Vec<(Device, SecretHash)> = devices
             .into_iter()
             .map(|d| {
                 let (secret, hash) = new_secret();
-                (d, hash, secret)
+                secrets.push(secret);
+                (d, hash)
             })
             .collect();
-        let fleet = self.clone();
-        let (rows, issued) = crate::sqlite::blocking(move || {
-            let pairs: Vec<(Device, SecretHash)> = rows
-                .iter()
-                .map(|(d, h, _)| (d.clone(), h.clone()))
-                .collect();
-            let (cert_rows, issued) = if certs {
-                let ids: Vec<&str> = rows.iter().map(|(d, _, _)| d.id.as_str()).collect();
-                fleet.make_certificates(&ids)?
-            } else {
-                Default::default()
-            };
-            match fleet.0.store.insert(&pairs, &cert_rows)? {
-                Some(existing) => Err(FleetError::Duplicate(existing)),
-                None => Ok((rows, issued)),
-            }
-        })
-        .await?;
+        let (cert_rows, issued) = if certs {
+            self.make_certificates(pairs.iter().map(|(d, _)| d.id.clone()).collect())
+                .await?
+        } else {
+            Default::default()
+        };
+        let rows = match self.0.store.insert(pairs, cert_rows).await? {
+            Inserted::Stored(rows) => rows,
+            Inserted::Exists(id) => return Err(FleetError::Duplicate(id)),
+        };
         let mut views = Vec::with_capacity(rows.len());
         let mut streams = Vec::new();
         let mut dialects = Vec::new();
-        for (device, hash, secret) in rows {
+        for ((device, hash), secret) in rows.into_iter().zip(secrets) {
             let id = device.id.clone();
             let entry = self.install(device, hash);
             dialects.push(entry.dialect());
@@ -958,9 +952,7 @@ impl Fleet {
             .await?;
         }
         d.updated_at = self.0.clock.now_ms();
-        let stored = d.clone();
-        let fleet = self.clone();
-        crate::sqlite::blocking(move || fleet.0.store.update(&stored)).await?;
+        self.0.store.update(&d).await?;
         let now = self.0.clock.now_ms();
         // The dialect sees the device's group and type (topics may carry
         // them): a change of either, or of the dialect, gives the device a
@@ -1006,11 +998,7 @@ impl Fleet {
     /// Removes a device and everything about it.
     pub async fn delete(&self, id: &str) -> Result<(), FleetError> {
         let entry = self.entry(id)?;
-        let key = id.to_string();
-        let fleet = self.clone();
-        let (_, revoked) =
-            crate::sqlite::blocking(move || fleet.0.store.delete(&key, crate::clock::wall_ms()))
-                .await?;
+        let (_, revoked) = self.0.store.delete(id, crate::clock::wall_ms()).await?;
         self.0.tls.revoke(revoked);
         // A device in a codec dialect says goodbye in its own words (a
         // Sparkplug node's death certificate) while it is still known.
@@ -1036,10 +1024,7 @@ impl Fleet {
         let entry = self.entry(id)?;
         let (secret, hash) = new_secret();
         let at = self.0.clock.now_ms();
-        let key = id.to_string();
-        let stored = hash.clone();
-        let fleet = self.clone();
-        crate::sqlite::blocking(move || fleet.0.store.set_secret(&key, &stored, at)).await?;
+        self.0.store.set_secret(id, &hash, at).await?;
         *entry.secret.lock().unwrap() = hash;
         Ok(Credentials {
             username: id.to_string(),
