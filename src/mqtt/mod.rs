@@ -401,10 +401,14 @@ impl Broker {
             })?;
         }
         let store = match &config.storage_dir {
-            Some(dir) => Some(store::Store::open(dir).map_err(|e| MqttError::Start {
-                addr: config.addr,
-                detail: e.to_string(),
-            })?),
+            Some(dir) => Some(
+                store::Store::open(dir)
+                    .await
+                    .map_err(|e| MqttError::Start {
+                        addr: config.addr,
+                        detail: e.to_string(),
+                    })?,
+            ),
             None => None,
         };
         let observed = Arc::new(Observed::new(

@@ -6,10 +6,19 @@
 //! and hands them to one writer thread through a bounded channel (its
 //! capacity, [`CHANNEL_CAPACITY`] operations, is the backpressure: a core
 //! that outruns the disk waits). The writer applies whatever has arrived
-//! in one transaction and then announces the last operation it made
-//! durable; a connection waits for that before it acknowledges a PUBLISH
-//! or SUBSCRIBE that changed stored state, so nothing is acknowledged
-//! before it is stored. Without `--data-dir` there is no store and no cost.
+//! (up to [`MAX_BATCH`] operations) in one transaction and then announces
+//! the last operation it made durable; a connection waits for that before
+//! it acknowledges a PUBLISH or SUBSCRIBE that changed stored state, so
+//! nothing is acknowledged before it is stored. Without `--data-dir` there
+//! is no store and no cost.
+//!
+//! The thread, its opening of the file and its batching are the ones every
+//! database has ([`crate::sqlite::spawn_writer`]); what differs from the
+//! other stores' [`Db`](crate::sqlite::Db) is the queue. Operations are
+//! pushed synchronously, under the core lock, so a std `sync_channel`
+//! carries them (an async send could not be awaited there), and nobody
+//! waits for an answer per operation: a whole batch is one transaction,
+//! and the watermark answers everyone at once.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -24,6 +33,9 @@ use super::tree::SubOpts;
 
 /// Operations waiting for the writer, at most.
 pub(crate) const CHANNEL_CAPACITY: usize = 65_536;
+
+/// Most operations one transaction takes.
+const MAX_BATCH: usize = 4096;
 
 const MIGRATIONS: &[&str] = &["
 CREATE TABLE retained (
@@ -125,25 +137,32 @@ pub(crate) struct LoadedSession {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir` and reads it back.
-    pub fn open(dir: &Path) -> Result<(Self, Loaded), StoreError> {
+    /// Opens (or creates) the store in `dir` on its writer thread and
+    /// reads it back there.
+    pub async fn open(dir: &Path) -> Result<(Self, Loaded), StoreError> {
         let path = dir.join("broker.db");
         let shown = path.display().to_string();
-        let conn =
-            crate::sqlite::open(Some(&path), MIGRATIONS).map_err(|source| StoreError::Open {
-                path: shown.clone(),
-                source,
-            })?;
-        let loaded = load(&conn).map_err(|source| StoreError::Sql {
+        let (tx, rx) = mpsc::sync_channel(CHANNEL_CAPACITY);
+        let (durable_tx, durable) = watch::channel(0);
+        let writer_path = shown.clone();
+        let loaded = crate::sqlite::spawn_writer(
+            "mqtt-store".into(),
+            Some(path),
+            MIGRATIONS,
+            rx,
+            MAX_BATCH,
+            |conn| load(conn),
+            move |conn, batch| write(conn, batch, &durable_tx, &writer_path),
+        )
+        .await
+        .map_err(|source| StoreError::Open {
+            path: shown.clone(),
+            source,
+        })?
+        .map_err(|source| StoreError::Sql {
             path: shown.clone(),
             source,
         })?;
-        let (tx, rx) = mpsc::sync_channel(CHANNEL_CAPACITY);
-        let (durable_tx, durable) = watch::channel(0);
-        std::thread::Builder::new()
-            .name("mqtt-store".into())
-            .spawn(move || writer(conn, rx, durable_tx, shown))
-            .expect("spawning the MQTT store thread");
         Ok((
             Self {
                 tx,
@@ -178,35 +197,26 @@ impl Store {
     }
 }
 
-fn writer(
-    mut conn: Connection,
-    rx: mpsc::Receiver<(u64, Op)>,
-    durable: watch::Sender<u64>,
-    path: String,
+/// Applies a batch in one transaction, then announces its last operation
+/// as durable (also when the write failed, which is logged).
+fn write(
+    conn: &mut Connection,
+    batch: &mut Vec<(u64, Op)>,
+    durable: &watch::Sender<u64>,
+    path: &str,
 ) {
-    let mut batch = Vec::with_capacity(1024);
-    while let Ok(first) = rx.recv() {
-        batch.push(first);
-        while batch.len() < 4096 {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
+    let last = batch.last().map_or(0, |(s, _)| *s);
+    let result = (|| -> rusqlite::Result<()> {
+        let tx = conn.transaction()?;
+        for (_, op) in batch.drain(..) {
+            apply(&tx, op)?;
         }
-        let last = batch.last().map_or(0, |(s, _)| *s);
-        let result = (|| -> rusqlite::Result<()> {
-            let tx = conn.transaction()?;
-            for (_, op) in batch.drain(..) {
-                apply(&tx, op)?;
-            }
-            tx.commit()
-        })();
-        if let Err(error) = result {
-            batch.clear();
-            tracing::error!(%path, %error, "MQTT store write failed");
-        }
-        durable.send_replace(last);
+        tx.commit()
+    })();
+    if let Err(error) = result {
+        tracing::error!(%path, %error, "MQTT store write failed");
     }
+    durable.send_replace(last);
 }
 
 fn ids_text(ids: &Option<Box<[u32]>>) -> Option<String> {
