@@ -65,16 +65,6 @@ pub enum OpenError {
 /// Marks a database as iotmock's (`PRAGMA application_id`, "iotm").
 const APPLICATION_ID: i32 = 0x696f_746d;
 
-/// Runs a synchronous store call on a blocking thread and waits for it
-/// without holding a runtime thread. A call that panicked panics here too
-/// (a bug, not a storage failure).
-pub(crate) async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    }
-}
-
 /// Jobs waiting for one database's thread, at most. A caller that finds
 /// them all taken waits for room (back-pressure): nothing is dropped, and
 /// the wait is async, so no runtime thread blocks.
