@@ -3,6 +3,8 @@
 //! that says so and leaves nothing behind. A database file that is empty
 //! or not iotmock's stops the start instead of an empty start.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::process::Command;
 use std::time::Duration;
 
@@ -143,6 +145,182 @@ async fn changes_that_cannot_be_stored_are_refused_with_503_and_not_made() {
     assert_eq!(status, 404);
     let (status, _) = server.get("/api/v1/stubs/kept").await;
     assert_eq!(status, 200);
+    server.stop().await;
+}
+
+type Answer<'a> = Pin<Box<dyn Future<Output = (String, u16, Value)> + Send + 'a>>;
+
+/// One API call, labelled for the assertion that checks its status.
+fn call<'a>(
+    server: &'a TestServer,
+    label: String,
+    method: reqwest::Method,
+    path: String,
+    body: Option<Value>,
+) -> Answer<'a> {
+    Box::pin(async move {
+        let mut request = server.http.request(method, server.url(&path));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("the server answers");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        (
+            label,
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::Null),
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_made_at_the_same_time_all_survive_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_path_buf();
+    let server = TestServer::with_scenario("", |c| c.data_dir = Some(dir.clone())).await;
+    // Things the concurrent round changes or removes.
+    let (status, _) = server
+        .post("/api/v1/devices", json!({"id": "away", "simulated": false}))
+        .await;
+    assert_eq!(status, 201);
+    for i in 0..10 {
+        let (status, _) = server
+            .post(
+                "/api/v1/devices",
+                json!({"id": format!("pre-{i}"), "simulated": false}),
+            )
+            .await;
+        assert_eq!(status, 201);
+    }
+    for i in 0..5 {
+        let (status, _) = server
+            .post(
+                "/api/v1/stubs",
+                json!({"id": format!("old-{i}"), "request": {"method": "GET", "path": format!("/old/{i}")},
+                       "response": {"status": 200}}),
+            )
+            .await;
+        assert_eq!(status, 201);
+    }
+    let (status, _) = server
+        .post(
+            "/api/v1/edge-nodes",
+            json!({"id": "edge-pre", "devices": {"ids": ["away"]},
+                   "rules": [{"plugin": "edge-aggregate"}]}),
+        )
+        .await;
+    assert_eq!(status, 201);
+
+    // One round of every kind of change, all in flight together, so the
+    // stores take them in whatever order they arrive.
+    let post = reqwest::Method::POST;
+    let mut calls: Vec<Answer<'_>> = Vec::new();
+    for i in 0..30 {
+        calls.push(call(
+            &server,
+            format!("device dev-{i}"),
+            post.clone(),
+            "/api/v1/devices".into(),
+            Some(json!({"id": format!("dev-{i}"), "simulated": false, "tags": [format!("t{i}")]})),
+        ));
+        calls.push(call(
+            &server,
+            format!("command cmd-{i}"),
+            post.clone(),
+            "/api/v1/devices/away/commands".into(),
+            Some(json!({"id": format!("cmd-{i}"), "name": "reboot", "ttl_ms": 3_600_000})),
+        ));
+    }
+    for i in 0..20 {
+        calls.push(call(
+            &server,
+            format!("stub stub-{i}"),
+            post.clone(),
+            "/api/v1/stubs".into(),
+            Some(json!({"id": format!("stub-{i}"),
+                        "request": {"method": "GET", "path": format!("/s/{i}")},
+                        "response": {"status": 200, "body": format!("stub {i}")}})),
+        ));
+    }
+    for i in 0..10 {
+        calls.push(call(
+            &server,
+            format!("edge node edge-{i}"),
+            post.clone(),
+            "/api/v1/edge-nodes".into(),
+            Some(
+                json!({"id": format!("edge-{i}"), "devices": {"ids": [format!("dev-{i}")]},
+                        "rules": [{"plugin": "edge-aggregate"}]}),
+            ),
+        ));
+        calls.push(call(
+            &server,
+            format!("patch pre-{i}"),
+            reqwest::Method::PATCH,
+            format!("/api/v1/devices/pre-{i}"),
+            Some(json!({"tags": ["patched"], "state": "suspended"})),
+        ));
+    }
+    for i in 0..5 {
+        calls.push(call(
+            &server,
+            format!("stub delete old-{i}"),
+            reqwest::Method::DELETE,
+            format!("/api/v1/stubs/old-{i}"),
+            None,
+        ));
+    }
+    calls.push(call(
+        &server,
+        "uplink down".into(),
+        post.clone(),
+        "/api/v1/edge-nodes/edge-pre/uplink".into(),
+        Some(json!({"state": "down"})),
+    ));
+    let answers = futures_util::future::join_all(calls).await;
+    assert_eq!(answers.len(), 106);
+    for (label, status, body) in &answers {
+        assert!(
+            matches!(status, 200 | 201 | 202 | 204),
+            "{label}: {status} {body}"
+        );
+    }
+    server.stop().await;
+
+    let server = TestServer::with_scenario("", |c| c.data_dir = Some(dir.clone())).await;
+    for i in 0..30 {
+        let (status, device) = server.get(&format!("/api/v1/devices/dev-{i}")).await;
+        assert_eq!(status, 200, "dev-{i}: {device}");
+        assert_eq!(device["tags"], json!([format!("t{i}")]), "{device}");
+        let (status, command) = server.get(&format!("/api/v1/commands/cmd-{i}")).await;
+        assert_eq!(status, 200, "cmd-{i}: {command}");
+        assert_eq!(command["status"], "queued", "{command}");
+        assert_eq!(command["device"], "away", "{command}");
+    }
+    for i in 0..20 {
+        let response = server
+            .http
+            .get(server.url(&format!("/mock/s/{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200, "stub-{i}");
+        assert_eq!(response.text().await.unwrap(), format!("stub {i}"));
+    }
+    for i in 0..10 {
+        let (status, node) = server.get(&format!("/api/v1/edge-nodes/edge-{i}")).await;
+        assert_eq!(status, 200, "edge-{i}: {node}");
+        let (_, device) = server.get(&format!("/api/v1/devices/pre-{i}")).await;
+        assert_eq!(device["tags"], json!(["patched"]), "{device}");
+        assert_eq!(device["state"], "suspended", "{device}");
+    }
+    for i in 0..5 {
+        let (status, _) = server.get(&format!("/api/v1/stubs/old-{i}")).await;
+        assert_eq!(status, 404, "old-{i} stays deleted");
+    }
+    let (_, node) = server.get("/api/v1/edge-nodes/edge-pre").await;
+    assert_eq!(node["uplink"]["state"], "down", "{node}");
     server.stop().await;
 }
 
