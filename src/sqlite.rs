@@ -328,7 +328,10 @@ where
 /// that had not failed on its own is answered with that error.
 fn run_batch(conn: &mut Connection, jobs: &mut Vec<Box<dyn Job>>) {
     let outcome = (|| -> rusqlite::Result<()> {
-        let mut tx = conn.transaction()?;
+        // Immediate: the write lock is taken at BEGIN, where SQLite's busy
+        // timeout applies, rather than by the first write after a read in
+        // the batch, which another writer to the file would fail at once.
+        let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         for job in jobs.iter_mut() {
             let sp = tx.savepoint()?;
             if job.run(&sp) {
