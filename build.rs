@@ -121,7 +121,7 @@ fn main() {
 
     let mut code = String::new();
     code.push_str("/// The plugins that ship with iotmock: (name, component bytes).\n");
-    code.push_str("pub const BUILTIN: &[(&str, &[u8])] = &[\n");
+    code.push_str("pub(crate) const BUILTIN: &[(&str, &[u8])] = &[\n");
     for (name, path) in &shipped {
         writeln!(
             code,
@@ -139,6 +139,9 @@ fn main() {
     )
     .unwrap();
     fs::write(out_dir.join("plugins.rs"), code).unwrap();
+    // The same folder for the integration tests, which see only the
+    // library's public API: `env!("IOTMOCK_PLUGINS_DIR")`.
+    println!("cargo:rustc-env=IOTMOCK_PLUGINS_DIR={}", release.display());
 }
 
 /// Makes sure the standard library for wasm32-wasip2 is installed, adding it

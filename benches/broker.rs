@@ -10,8 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use iotmock::ClockMode;
-use iotmock::clock::Clock;
-use iotmock::mqtt::{Broker, MqttConfig};
+use iotmock::bench::{Broker, Clock, MqttConfig};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 const PUBLISHERS: usize = 4;

@@ -25,9 +25,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, mpsc as std_mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
-use iotmock::plugin::{CallContext, DeviceSlot, PluginHost, PluginLimits, SampleRequest};
-use iotmock::random::DeviceRng;
-use iotmock::{ClockMode, Config, ScenarioChoice, Server};
+use iotmock::bench::{CallContext, DeviceRng, DeviceSlot, PluginHost, SampleRequest};
+use iotmock::{ClockMode, Config, PluginLimits, ScenarioChoice, Server};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -416,7 +415,7 @@ fn bench_reload(plan: &Plan) -> Result<Vec<Reloads>, String> {
 }
 
 async fn reload_async(plan: &Plan) -> Result<Vec<Reloads>, String> {
-    let fixtures = Path::new(iotmock::builtin::TEST_PLUGINS_DIR);
+    let fixtures = Path::new(iotmock::bench::TEST_PLUGINS_DIR);
     let read_fixture = |file: &str| {
         let path = fixtures.join(file);
         std::fs::read(&path).map_err(|e| {
@@ -635,7 +634,7 @@ async fn wait_for_value(
 }
 
 fn plugin_status(server: &Server) -> String {
-    match server.plugins().info(RELOAD_PLUGIN) {
+    match iotmock::bench::plugins(server).info(RELOAD_PLUGIN) {
         Some(info) => format!("plugin {RELOAD_PLUGIN}: {info:?}"),
         None => format!("plugin {RELOAD_PLUGIN} is not loaded"),
     }

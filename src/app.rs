@@ -40,17 +40,24 @@ pub enum ScenarioChoice {
 /// How to run the server: the command line's flags.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The REST API's address (`--http`); port 0 picks a free port.
     pub http: SocketAddr,
+    /// The MQTT broker's address (`--mqtt`); port 0 picks a free port.
     pub mqtt: SocketAddr,
+    /// A folder watched for `*.wasm` plugins, hot-reloaded (`--plugins`).
     pub plugins_dir: Option<PathBuf>,
+    /// Where durable state lives (`--data-dir`); without it, in memory.
     pub data_dir: Option<PathBuf>,
+    /// The fleet, edge nodes and stubs to start with.
     pub scenario: ScenarioChoice,
     /// Overrides the scenario's seed.
     pub seed: Option<u64>,
+    /// How simulated time runs.
     pub clock: ClockMode,
     /// Where simulated time starts (ms since the epoch); overrides the
     /// scenario's `start_time`. Neither: see [`Clock::starting_at`].
     pub start_time_ms: Option<i64>,
+    /// Time, memory and threads of plugin calls.
     pub plugin_limits: PluginLimits,
     /// Messages kept in the MQTT journal.
     pub journal_capacity: usize,
@@ -58,8 +65,9 @@ pub struct Config {
     pub journal_max_bytes: usize,
     /// The largest MQTT packet a client may send, advertised in CONNACK.
     pub mqtt_max_packet_size: usize,
-    /// Messages and bytes queued per MQTT session.
+    /// Messages queued per MQTT session.
     pub mqtt_max_queued: usize,
+    /// Bytes queued per MQTT session.
     pub mqtt_max_queued_bytes: usize,
     /// Who may connect to the broker; `None` allows everyone.
     pub mqtt_authorizer: Option<std::sync::Arc<dyn crate::mqtt::Authorizer>>,
@@ -91,8 +99,9 @@ pub struct Config {
     pub max_advance_ms: i64,
     /// MQTT over TLS.
     pub mqtts: Option<SocketAddr>,
-    /// MQTT over WebSocket, plain and over TLS.
+    /// MQTT over WebSocket.
     pub ws: Option<SocketAddr>,
+    /// MQTT over WebSocket over TLS.
     pub wss: Option<SocketAddr>,
     /// The API (and the device API) over TLS.
     pub https: Option<SocketAddr>,
@@ -109,13 +118,25 @@ pub enum MqttAuth {
     Open,
     /// Devices with their own credentials (a password, or a client
     /// certificate over TLS), back ends as `admin`.
-    Devices { admin_password: String },
+    Devices {
+        /// The password of the user `admin`.
+        admin_password: String,
+    },
     /// Devices only with a client certificate over TLS; back ends as
     /// `admin` with its password.
-    Certificates { admin_password: String },
+    Certificates {
+        /// The password of the user `admin`.
+        admin_password: String,
+    },
 }
 
 impl MqttAuth {
+    /// A fresh random password for `admin`, made as devices' passwords
+    /// are (what `iotmock serve` uses when none is given).
+    pub fn random_password() -> String {
+        crate::fleet::credentials::new_secret().0
+    }
+
     fn admin_password(&self) -> Option<&str> {
         match self {
             MqttAuth::Open => None,
@@ -133,7 +154,13 @@ impl std::fmt::Debug for dyn crate::mqtt::Authorizer {
 }
 
 impl Config {
-    /// Loopback, ephemeral ports, no scenario: what tests start from.
+    /// The values [`Config::mqtt_max_packet_size`] may take: 1 KiB up to
+    /// the MQTT maximum.
+    pub const MQTT_MAX_PACKET_SIZE_RANGE: std::ops::RangeInclusive<usize> =
+        crate::mqtt::MIN_MAX_PACKET_SIZE..=crate::mqtt::MAX_PACKET_SIZE;
+
+    /// Loopback, ephemeral ports, no scenario, a realtime clock, and the
+    /// command line's defaults for every limit: what tests start from.
     pub fn ephemeral() -> Self {
         Self {
             http: ([127, 0, 0, 1], 0).into(),
@@ -173,53 +200,113 @@ impl Config {
     }
 }
 
+/// Why the server did not start. Each message names the input at fault
+/// and says what to change.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StartError {
+    /// The scenario does not parse or is not valid.
     #[error(transparent)]
-    Scenario(#[from] ScenarioError),
+    Scenario(Cause),
+    /// A plugin (built-in or in the plugins folder) does not load.
     #[error(transparent)]
-    Plugin(#[from] LoadError),
+    Plugin(Cause),
+    /// The plugins folder cannot be watched.
     #[error(transparent)]
-    Watch(#[from] WatchError),
+    Watch(Cause),
+    /// The MQTT broker does not start.
     #[error(transparent)]
-    Mqtt(#[from] crate::mqtt::MqttError),
+    Mqtt(Cause),
+    /// The fleet (its store, or a device of the scenario) is refused.
     #[error(transparent)]
-    Fleet(#[from] FleetError),
+    Fleet(Cause),
+    /// The command engine (its store) does not start.
     #[error(transparent)]
-    Commands(#[from] crate::commands::CommandError),
+    Commands(Cause),
+    /// The API would be open to the network with no authentication.
     #[error(
         "the API would listen on {addr}, reachable from the network, with no authentication: \
          give an admin token (--admin-token TOKEN, IOTMOCK_ADMIN_TOKEN or --admin-token-file PATH), \
          listen on a loopback address (--http 127.0.0.1:{port}), or pass --insecure-admin to serve it open"
     )]
-    InsecureAdmin { addr: SocketAddr, port: u16 },
+    InsecureAdmin {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Its port.
+        port: u16,
+    },
+    /// A listener's address is taken.
     #[error(
         "{flag} {addr} is in use (another iotmock, or another program, holds it); pass {flag} {free} for a free port, or stop what holds it",
         free = SocketAddr::new(addr.ip(), 0)
     )]
     InUse {
+        /// The command-line flag of the listener.
         flag: &'static str,
+        /// The address asked for.
         addr: SocketAddr,
     },
+    /// A listener cannot listen on its address.
     #[error(
         "{flag} {addr}: cannot listen there ({reason}); pass an address of this machine, e.g. {flag} 127.0.0.1:0"
     )]
     Listen {
+        /// The command-line flag of the listener.
         flag: &'static str,
+        /// The address asked for.
         addr: SocketAddr,
+        /// What the system said.
         reason: String,
     },
+    /// The data directory cannot be made or used.
     #[error("data directory {path}: {source}")]
     DataDir {
+        /// The directory.
         path: String,
+        /// What the system said.
         source: std::io::Error,
     },
+    /// An edge node of the scenario is not valid.
     #[error("edge node {node:?}: {problem}")]
-    EdgeNode { node: String, problem: String },
+    EdgeNode {
+        /// The node's id.
+        node: String,
+        /// What is wrong and what to change.
+        problem: String,
+    },
+    /// A stub of the scenario is not valid.
     #[error("scenario: {0}")]
-    Stub(#[from] crate::stubs::StubError),
+    Stub(Cause),
+    /// TLS cannot be set up (a certificate or key brought along, or the
+    /// built-in authority).
     #[error("TLS: {0}")]
-    Tls(#[from] crate::transport::TlsError),
+    Tls(Cause),
+}
+
+/// The error of the part that failed, behind a [`StartError`]: its message
+/// says what failed and what to change.
+pub(crate) type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The parts' errors become [`StartError`]s with `?` in [`Server::start`].
+macro_rules! start_error_from {
+    ($($error:ty => $variant:ident),* $(,)?) => {$(
+        impl From<$error> for StartError {
+            fn from(error: $error) -> Self {
+                StartError::$variant(Box::new(error))
+            }
+        }
+    )*};
+}
+
+start_error_from! {
+    ScenarioError => Scenario,
+    LoadError => Plugin,
+    WatchError => Watch,
+    crate::mqtt::MqttError => Mqtt,
+    FleetError => Fleet,
+    crate::commands::CommandError => Commands,
+    crate::stubs::StubError => Stub,
+    crate::transport::TlsError => Tls,
 }
 
 /// How scenario text given inline is named in errors.
@@ -257,6 +344,8 @@ pub struct Server {
 }
 
 impl Server {
+    /// Starts every part: binds the listeners, loads the plugins and the
+    /// scenario, and returns once the server answers on every address.
     pub async fn start(config: Config) -> Result<Self, StartError> {
         for addr in std::iter::once(config.http).chain(config.https) {
             if !addr.ip().is_loopback() && config.admin_token.is_none() && !config.insecure_admin {
@@ -381,12 +470,15 @@ impl Server {
             fleet
                 .provision_scenario(&scenario.devices)
                 .await
-                .map_err(|e| match e {
-                    FleetError::Invalid(detail) => StartError::Scenario(ScenarioError::Invalid {
-                        origin: scenario_origin(&config.scenario),
-                        detail,
-                    }),
-                    other => StartError::Fleet(other),
+                .map_err(|e| -> StartError {
+                    match e {
+                        FleetError::Invalid(detail) => ScenarioError::Invalid {
+                            origin: scenario_origin(&config.scenario),
+                            detail,
+                        }
+                        .into(),
+                        other => other.into(),
+                    }
                 })?;
         tracing::info!(devices = fleet.len(), provisioned, seed, "fleet ready");
         let commands = Commands::start(
@@ -589,10 +681,12 @@ impl Server {
         self.mock.as_ref().map(|m| m.addr)
     }
 
+    /// Where the REST API listens (`/api/v1`, `/metrics`).
     pub fn http_addr(&self) -> SocketAddr {
         self.addrs.http
     }
 
+    /// Where the MQTT broker listens (plain TCP).
     pub fn mqtt_addr(&self) -> SocketAddr {
         self.addrs.mqtt
     }
@@ -602,11 +696,13 @@ impl Server {
         self.broker.handle()
     }
 
+    /// The seed every random stream derives from: the config's, else the
+    /// scenario's, else 0.
     pub fn seed(&self) -> u64 {
         self.seed
     }
 
-    pub fn plugins(&self) -> &PluginHost {
+    pub(crate) fn plugins(&self) -> &PluginHost {
         &self.plugins
     }
 

@@ -58,7 +58,7 @@ fn check_segment(noun: &'static str, id: &str) -> Result<(), IdError> {
 
 /// Whether `name` is a plugin name: 1 to 64 of a-z, 0-9, '-' and '_'
 /// (what users type in URLs and file names).
-pub fn valid_plugin_name(name: &str) -> bool {
+pub(crate) fn valid_plugin_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_PLUGIN_NAME
         && name
@@ -176,7 +176,7 @@ checked_name! {
 /// Expands an id pattern, `dev-{n:05}` (or `{n}`), for n = first,
 /// first+1, ... The ids it makes are not checked yet: the pattern's fixed
 /// parts may break the id rule, which the caller reports per id.
-pub fn expand_pattern(pattern: &str, first: u32, count: u32) -> Result<Vec<String>, String> {
+pub(crate) fn expand_pattern(pattern: &str, first: u32, count: u32) -> Result<Vec<String>, String> {
     let start = pattern
         .find("{n")
         .ok_or_else(|| format!("id_pattern {pattern:?} has no {{n}} or {{n:0W}} placeholder"))?;

@@ -26,7 +26,7 @@ use crate::plugin::{CallContext, CodecEvent, DecodeRequest, Decoded, DeviceSlot,
 use crate::telemetry::{Reading, Telemetry};
 
 /// Client publishes waiting to be decoded, per filter.
-pub const TAP_CAPACITY: usize = 4096;
+pub(crate) const TAP_CAPACITY: usize = 4096;
 
 /// Counters of decoded traffic, over all dialects.
 #[derive(Debug, Default)]
@@ -50,7 +50,7 @@ struct Stats {
 
 /// What the decoders did, as `/health` shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct InboundCounters {
+pub(crate) struct InboundCounters {
     /// Codec configurations listened for.
     pub dialects: u64,
     /// Messages a codec read events from.
@@ -74,7 +74,7 @@ type Key = (Arc<str>, Arc<str>);
 
 /// The decoders; cheap to clone.
 #[derive(Clone)]
-pub struct Inbound(Arc<Inner>);
+pub(crate) struct Inbound(Arc<Inner>);
 
 struct Inner {
     plugins: PluginHost,
@@ -91,7 +91,12 @@ struct Inner {
 }
 
 impl Inbound {
-    pub fn new(plugins: PluginHost, mqtt: MqttHandle, fleet: Fleet, telemetry: Telemetry) -> Self {
+    pub(crate) fn new(
+        plugins: PluginHost,
+        mqtt: MqttHandle,
+        fleet: Fleet,
+        telemetry: Telemetry,
+    ) -> Self {
         Self(Arc::new(Inner {
             plugins,
             mqtt,
@@ -106,13 +111,13 @@ impl Inbound {
 
     /// The command engine, for acks and commands (set once, after it
     /// starts: it needs the fleet, which needs this).
-    pub fn set_commands(&self, commands: Commands) {
+    pub(crate) fn set_commands(&self, commands: Commands) {
         let _ = self.0.commands.set(commands);
     }
 
     /// Starts decoding the traffic of a dialect, once per codec and
     /// configuration; the codec says which filters to listen on.
-    pub fn listen(&self, dialect: &DeviceDialect) {
+    pub(crate) fn listen(&self, dialect: &DeviceDialect) {
         if dialect.is_default() {
             return;
         }
@@ -138,7 +143,7 @@ impl Inbound {
     /// what it listens on (the check before a device is given it): its
     /// filters are tapped before the device is answered for, so the
     /// device's first message is read.
-    pub fn listen_known(&self, plugin: &str, config: &str, filters: &[String]) {
+    pub(crate) fn listen_known(&self, plugin: &str, config: &str, filters: &[String]) {
         if crate::dialect::is_default(plugin, config) {
             return;
         }
@@ -156,7 +161,7 @@ impl Inbound {
 
     /// Whether a device of `dialect` may publish on `topic`: a topic one
     /// of its codec's filters matches.
-    pub fn may_publish(&self, dialect: &DeviceDialect, topic: &str) -> bool {
+    pub(crate) fn may_publish(&self, dialect: &DeviceDialect, topic: &str) -> bool {
         let key: Key = (dialect.plugin.clone(), dialect.config.clone());
         self.0
             .filters
@@ -170,7 +175,7 @@ impl Inbound {
             })
     }
 
-    pub fn counters(&self) -> InboundCounters {
+    pub(crate) fn counters(&self) -> InboundCounters {
         let s = &self.0.stats;
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
         InboundCounters {
@@ -338,7 +343,6 @@ impl Inner {
                     return;
                 };
                 let ack = DeviceAck {
-                    id: Some(command_id.clone()),
                     status: status.into(),
                     result: result.map(|r| serde_json::from_str(&r).unwrap_or(Value::String(r))),
                 };

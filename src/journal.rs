@@ -27,7 +27,7 @@ pub(crate) trait Weigh {
 
 /// A journal's bounds and counters, as `/health` shows them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct JournalStats {
+pub(crate) struct JournalStats {
     /// Most entries kept.
     pub capacity: usize,
     /// Most bytes kept (estimated: payloads, strings, bookkeeping).
@@ -59,7 +59,7 @@ pub(crate) struct Ring<T> {
 }
 
 impl<T: Weigh> Ring<T> {
-    pub fn new(capacity: usize, max_bytes: usize) -> Self {
+    pub(crate) fn new(capacity: usize, max_bytes: usize) -> Self {
         Self {
             // Grows on demand: a large capacity costs nothing until used.
             entries: VecDeque::with_capacity(capacity.min(1024)),
@@ -75,7 +75,7 @@ impl<T: Weigh> Ring<T> {
     /// Appends the entry `make` builds with its cursor; evicts (and counts)
     /// the oldest entries as the bounds require. Returns the cursor and the
     /// entry as kept (`None` when it could not be kept at all).
-    pub fn push_with(&mut self, make: impl FnOnce(u64) -> T) -> (u64, Option<&T>) {
+    pub(crate) fn push_with(&mut self, make: impl FnOnce(u64) -> T) -> (u64, Option<&T>) {
         self.last_cursor += 1;
         let cursor = self.last_cursor;
         let entry = make(cursor);
@@ -108,7 +108,7 @@ impl<T: Weigh> Ring<T> {
         }
     }
 
-    pub fn stats(&self) -> JournalStats {
+    pub(crate) fn stats(&self) -> JournalStats {
         JournalStats {
             capacity: self.capacity,
             max_bytes: self.max_bytes,
@@ -121,19 +121,19 @@ impl<T: Weigh> Ring<T> {
     }
 
     /// The newest cursor handed out (0: none yet).
-    pub fn last_cursor(&self) -> u64 {
+    pub(crate) fn last_cursor(&self) -> u64 {
         self.last_cursor
     }
 
     /// Entries with a cursor above `since`, oldest first.
-    pub fn after(&self, since: u64) -> impl Iterator<Item = (u64, &T)> {
+    pub(crate) fn after(&self, since: u64) -> impl Iterator<Item = (u64, &T)> {
         let start = self.entries.partition_point(|(c, _, _)| *c <= since);
         self.entries.range(start..).map(|(c, _, e)| (*c, e))
     }
 
     /// Whether some entry after `since` was handed a cursor but is no
     /// longer (or never was) kept.
-    pub fn missed_after(&self, since: u64) -> bool {
+    pub(crate) fn missed_after(&self, since: u64) -> bool {
         let start = self.entries.partition_point(|(c, _, _)| *c <= since);
         match self.entries.get(start) {
             Some((first, _, _)) => *first > since + 1,
@@ -151,7 +151,7 @@ pub(crate) struct Journal<T> {
 }
 
 impl<T: Weigh> Journal<T> {
-    pub fn new(capacity: usize, max_bytes: usize) -> Self {
+    pub(crate) fn new(capacity: usize, max_bytes: usize) -> Self {
         Self {
             ring: Mutex::new(Ring::new(capacity, max_bytes)),
             newest: watch::Sender::new(0),
@@ -159,25 +159,25 @@ impl<T: Weigh> Journal<T> {
     }
 
     /// Appends the entry `make` builds with its cursor; returns the cursor.
-    pub fn push_with(&self, make: impl FnOnce(u64) -> T) -> u64 {
+    pub(crate) fn push_with(&self, make: impl FnOnce(u64) -> T) -> u64 {
         let cursor = self.ring.lock().unwrap().push_with(make).0;
         self.newest.send_replace(cursor);
         cursor
     }
 
-    pub fn stats(&self) -> JournalStats {
+    pub(crate) fn stats(&self) -> JournalStats {
         self.ring.lock().unwrap().stats()
     }
 
     /// Runs `f` on the ring under the lock (one scan; no await inside).
-    pub fn read<R>(&self, f: impl FnOnce(&Ring<T>) -> R) -> R {
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&Ring<T>) -> R) -> R {
         f(&self.ring.lock().unwrap())
     }
 
     /// Calls `visit` on every entry after `since`; returns the newest
     /// cursor examined and whether entries after `since` had already been
     /// evicted.
-    pub fn scan(&self, since: u64, mut visit: impl FnMut(&T)) -> (u64, bool) {
+    pub(crate) fn scan(&self, since: u64, mut visit: impl FnMut(&T)) -> (u64, bool) {
         self.read(|ring| {
             let missed = ring.missed_after(since);
             for (_, entry) in ring.after(since) {
@@ -188,7 +188,7 @@ impl<T: Weigh> Journal<T> {
     }
 
     /// A receiver that changes whenever an entry is added.
-    pub fn watch(&self) -> watch::Receiver<u64> {
+    pub(crate) fn watch(&self) -> watch::Receiver<u64> {
         self.newest.subscribe()
     }
 }

@@ -6,7 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use iotmock::{ClockMode, Config, MqttAuth, ScenarioChoice, Server};
+use iotmock::{
+    AdminToken, ClockMode, Config, HttpLimits, MqttAuth, ScenarioChoice, Server, TelemetryLimits,
+    TlsSettings,
+};
 
 #[derive(Parser)]
 #[command(
@@ -52,7 +55,7 @@ struct NewPluginArgs {
     dir: PathBuf,
     /// The SDK crate to depend on (the plugins/sdk folder of an iotmock
     /// checkout); default: the checkout this binary was built from.
-    #[arg(long, default_value = iotmock::plugin::scaffold::SDK_DIR)]
+    #[arg(long, default_value = iotmock::PLUGIN_SDK_DIR)]
     sdk: PathBuf,
 }
 
@@ -123,7 +126,7 @@ struct ServeArgs {
     start_time: Option<i64>,
     /// Recent MQTT messages kept for GET /api/v1/mqtt/messages and verify;
     /// older ones are evicted and counted.
-    #[arg(long, default_value_t = iotmock::mqtt::DEFAULT_JOURNAL_CAPACITY)]
+    #[arg(long, default_value_t = Config::ephemeral().journal_capacity)]
     journal_capacity: usize,
     /// Bytes of recent MQTT messages kept (payloads, topics, bookkeeping):
     /// `128MiB`, `512KiB`, `1GiB` or plain bytes; older ones are evicted and
@@ -138,7 +141,7 @@ struct ServeArgs {
     mqtt_max_packet_size: usize,
     /// QoS 1/2 messages queued per MQTT session while its client is away
     /// or behind; past it the oldest is dropped and counted.
-    #[arg(long, default_value_t = iotmock::mqtt::DEFAULT_MAX_QUEUED)]
+    #[arg(long, default_value_t = Config::ephemeral().mqtt_max_queued)]
     mqtt_max_queued: usize,
     /// Bytes queued per MQTT session, with the same policy.
     #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
@@ -216,7 +219,7 @@ struct ServeArgs {
     http_idle_timeout: i64,
     /// Connections each HTTP listener (the API, --mock-http) keeps open at
     /// once; one more is answered 503 and closed.
-    #[arg(long, default_value_t = iotmock::http::DEFAULT_MAX_CONNECTIONS)]
+    #[arg(long, default_value_t = Config::ephemeral().http_limits.max_connections)]
     http_max_connections: usize,
     /// A second HTTP listener where stubs answer on their real paths (no
     /// /mock prefix), for firmware with fixed URLs.
@@ -224,7 +227,7 @@ struct ServeArgs {
     mock_http: Option<SocketAddr>,
     /// Recent HTTP requests (stubs and device API) kept for
     /// GET /api/v1/http/requests and verify; older ones are evicted and counted.
-    #[arg(long, default_value_t = iotmock::stubs::DEFAULT_HTTP_JOURNAL_CAPACITY)]
+    #[arg(long, default_value_t = Config::ephemeral().http_journal_capacity)]
     http_journal_capacity: usize,
     /// Bytes of recent HTTP requests kept; older ones are evicted and
     /// counted.
@@ -236,7 +239,7 @@ struct ServeArgs {
     max_stub_response_bytes: usize,
     /// Readings (and dropout records) kept for GET /api/v1/telemetry and
     /// stream resumption; older ones are evicted and counted.
-    #[arg(long, default_value_t = iotmock::telemetry::JOURNAL_CAPACITY)]
+    #[arg(long, default_value_t = Config::ephemeral().telemetry_limits.journal_capacity)]
     telemetry_journal_capacity: usize,
     /// Bytes of readings kept for export, with the same policy.
     #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
@@ -247,7 +250,7 @@ struct ServeArgs {
     #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
     stream_max_bytes: usize,
     /// Most devices the fleet holds; creations beyond it are refused (422).
-    #[arg(long, default_value_t = iotmock::fleet::DEFAULT_MAX_DEVICES)]
+    #[arg(long, default_value_t = Config::ephemeral().max_devices)]
     max_devices: usize,
     /// Silence after which a device using the HTTP device API is offline,
     /// in simulated time: `30s`, `500ms`, `2m` or plain milliseconds.
@@ -275,11 +278,9 @@ fn parse_bytes(s: &str) -> Result<usize, String> {
 
 fn parse_max_packet_size(s: &str) -> Result<usize, String> {
     let n = parse_bytes(s)?;
-    let (min, max) = (
-        iotmock::mqtt::MIN_MAX_PACKET_SIZE,
-        iotmock::mqtt::MAX_PACKET_SIZE,
-    );
-    if (min..=max).contains(&n) {
+    let range = Config::MQTT_MAX_PACKET_SIZE_RANGE;
+    let (min, max) = (*range.start(), *range.end());
+    if range.contains(&n) {
         Ok(n)
     } else {
         Err(format!(
@@ -340,7 +341,7 @@ fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
 
 /// `--start-time`: RFC 3339, as ms since the epoch.
 fn parse_start_time(s: &str) -> Result<i64, String> {
-    iotmock::clock::parse_rfc3339_ms(s).ok_or_else(|| {
+    iotmock::parse_rfc3339_ms(s).ok_or_else(|| {
         format!(
             "{s:?} is not an RFC 3339 time: write e.g. 2026-06-01T09:00:00Z or 2026-06-01T09:00:00+02:00"
         )
@@ -351,7 +352,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Scenario => {
-            print!("{}", iotmock::scenario::DEMO);
+            print!("{}", iotmock::DEMO_SCENARIO);
             ExitCode::SUCCESS
         }
         Command::Plugin(PluginCommand::New(args)) => match new_plugin(&args) {
@@ -378,13 +379,13 @@ fn main() -> ExitCode {
 
 /// `iotmock plugin new`: writes the crate and says how to build it.
 fn new_plugin(args: &NewPluginArgs) -> anyhow::Result<()> {
-    use iotmock::plugin::scaffold::{ScaffoldWorld, create};
+    use iotmock::ScaffoldWorld;
     let world = match args.world {
         WorldArg::Sensor => ScaffoldWorld::Sensor,
         WorldArg::CommandHandler => ScaffoldWorld::CommandHandler,
         WorldArg::EdgeRule => ScaffoldWorld::EdgeRule,
     };
-    let made = create(&args.name, world, &args.dir, &args.sdk)?;
+    let made = iotmock::scaffold_plugin(&args.name, world, &args.dir, &args.sdk)?;
     let dir = made.dir.display();
     println!("created the {world} plugin {} in {dir}", args.name);
     println!("build it:  cd {dir} && cargo build --release --target wasm32-wasip2");
@@ -431,7 +432,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let admin_password = secret(args.admin_password, args.admin_password_file.as_deref())?;
     let admin_token = secret(args.admin_token, args.admin_token_file.as_deref())?
-        .map(|t| iotmock::http::AdminToken::new(&t))
+        .map(|t| AdminToken::new(&t))
         .transpose()?;
     let ms = |ms: i64| std::time::Duration::from_millis(ms as u64);
     let config = Config {
@@ -450,7 +451,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         mqtt_max_queued_bytes: args.mqtt_max_queued_bytes,
         http_journal_max_bytes: args.http_journal_max_bytes,
         max_stub_response_bytes: args.max_stub_response_bytes,
-        telemetry_limits: iotmock::telemetry::TelemetryLimits {
+        telemetry_limits: TelemetryLimits {
             journal_capacity: args.telemetry_journal_capacity,
             journal_max_bytes: args.telemetry_journal_max_bytes,
             stream_max_bytes: args.stream_max_bytes,
@@ -458,12 +459,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_devices: args.max_devices,
         mqtt_auth: match args.mqtt_auth.as_str() {
             "devices" => MqttAuth::Devices {
-                admin_password: admin_password
-                    .unwrap_or_else(|| iotmock::fleet::credentials::new_secret().0),
+                admin_password: admin_password.unwrap_or_else(MqttAuth::random_password),
             },
             "certificates" => MqttAuth::Certificates {
-                admin_password: admin_password
-                    .unwrap_or_else(|| iotmock::fleet::credentials::new_secret().0),
+                admin_password: admin_password.unwrap_or_else(MqttAuth::random_password),
             },
             _ => MqttAuth::Open,
         },
@@ -472,7 +471,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         wss: args.wss,
         https: args.https,
         mock_https: args.mock_https,
-        tls: iotmock::transport::TlsSettings {
+        tls: TlsSettings {
             names: args.tls_name,
             cert: args.tls_cert,
             key: args.tls_key,
@@ -481,7 +480,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         mock_http: args.mock_http,
         http_journal_capacity: args.http_journal_capacity,
         http_device_timeout_ms: args.http_device_timeout,
-        http_limits: iotmock::http::HttpLimits {
+        http_limits: HttpLimits {
             header_timeout: ms(args.http_header_timeout),
             body_timeout: ms(args.http_body_timeout),
             idle_timeout: ms(args.http_idle_timeout),

@@ -25,6 +25,7 @@ impl DeviceRng {
         Self(Pcg64Mcg::new(1))
     }
 
+    /// The next number of the stream.
     pub fn next_u64(&mut self) -> u64 {
         self.0.next_u64()
     }

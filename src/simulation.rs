@@ -52,6 +52,7 @@ impl Simulation {
         self.clock.now_ms()
     }
 
+    /// How the clock runs.
     pub fn mode(&self) -> crate::clock::ClockMode {
         self.clock.mode()
     }

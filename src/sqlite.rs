@@ -365,7 +365,7 @@ fn copy_error(error: &rusqlite::Error) -> rusqlite::Error {
 /// Opens `path` (an in-memory database when `None`) and applies the
 /// migrations it has not seen; entry N takes the schema from version N to
 /// N+1.
-pub fn open(path: Option<&Path>, migrations: &[&str]) -> Result<Connection, OpenError> {
+pub(crate) fn open(path: Option<&Path>, migrations: &[&str]) -> Result<Connection, OpenError> {
     let (mut conn, shown) = match path {
         Some(path) => {
             let shown = path.display().to_string();

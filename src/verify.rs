@@ -11,12 +11,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Longest wait of a verify call.
-pub const MAX_WITHIN_MS: u64 = 60_000;
+pub(crate) const MAX_WITHIN_MS: u64 = 60_000;
 
 /// The fields every verify request carries besides its selection: one
 /// count expectation and how long to wait, checked in one place for the
 /// MQTT and the HTTP journals.
-pub fn expectation(
+pub(crate) fn expectation(
     at_least: Option<u64>,
     at_most: Option<u64>,
     exactly: Option<u64>,
@@ -33,7 +33,7 @@ pub fn expectation(
 
 /// How many matching items a verify call expects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expect {
+pub(crate) enum Expect {
     AtLeast(u64),
     AtMost(u64),
     Exactly(u64),
@@ -42,7 +42,7 @@ pub enum Expect {
 impl Expect {
     /// Builds the expectation from the three optional request fields; exactly
     /// one of them must be given.
-    pub fn from_fields(
+    pub(crate) fn from_fields(
         at_least: Option<u64>,
         at_most: Option<u64>,
         exactly: Option<u64>,
@@ -59,7 +59,7 @@ impl Expect {
     /// The verdict if it can no longer change as more items arrive:
     /// reaching `at_least` passes at once, going over `at_most` or
     /// `exactly` fails at once; anything else needs the deadline.
-    pub fn settled(self, matched: u64) -> Option<bool> {
+    pub(crate) fn settled(self, matched: u64) -> Option<bool> {
         match self {
             Expect::AtLeast(n) if matched >= n => Some(true),
             Expect::AtMost(n) | Expect::Exactly(n) if matched > n => Some(false),
@@ -68,7 +68,7 @@ impl Expect {
     }
 
     /// The verdict at the deadline.
-    pub fn holds(self, matched: u64) -> bool {
+    pub(crate) fn holds(self, matched: u64) -> bool {
         match self {
             Expect::AtLeast(n) => matched >= n,
             Expect::AtMost(n) => matched <= n,
@@ -91,7 +91,7 @@ impl std::fmt::Display for Expect {
 /// (recursively), arrays need every element of the subset to be contained in
 /// some element, other values must be equal (numbers by value: 1 and 1.0
 /// match).
-pub fn json_contains(actual: &Value, subset: &Value) -> bool {
+pub(crate) fn json_contains(actual: &Value, subset: &Value) -> bool {
     match (actual, subset) {
         (Value::Object(a), Value::Object(s)) => s
             .iter()
@@ -109,7 +109,7 @@ pub fn json_contains(actual: &Value, subset: &Value) -> bool {
 
 /// The answer of a verify call.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Verdict {
+pub(crate) struct Verdict {
     pub passed: bool,
     /// Items that matched.
     pub matched: u64,
@@ -130,7 +130,7 @@ pub struct Verdict {
 
 /// What a journal scan found so far in one verify call.
 #[derive(Debug, Default)]
-pub struct Tally {
+pub(crate) struct Tally {
     /// Items that matched completely.
     pub matched: u64,
     /// Items the selector picked (topic, method and path, ...), matched
@@ -145,7 +145,7 @@ pub struct Tally {
 impl Tally {
     /// Counts one selected item; keeps it as a near miss when it did not
     /// match and fewer than five are kept.
-    pub fn count(&mut self, matched: bool, near_miss: impl FnOnce() -> Value) {
+    pub(crate) fn count(&mut self, matched: bool, near_miss: impl FnOnce() -> Value) {
         self.selected += 1;
         if matched {
             self.matched += 1;
@@ -159,7 +159,7 @@ impl Tally {
 /// a cursor (answering the new cursor and whether items were evicted), and
 /// is called again whenever `newest` moves, until `expect` is settled or
 /// `within` has passed. `describe` words the verdict's detail.
-pub async fn wait_for_verdict(
+pub(crate) async fn wait_for_verdict(
     expect: Expect,
     since: u64,
     within: std::time::Duration,

@@ -19,7 +19,7 @@ pub(super) struct Stats {
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct CommandCounters {
+pub(crate) struct CommandCounters {
     pub submitted: u64,
     /// Sends to devices, retries included.
     pub deliveries: u64,
@@ -43,7 +43,7 @@ pub struct CommandCounters {
 }
 
 impl Commands {
-    pub fn counters(&self) -> CommandCounters {
+    pub(crate) fn counters(&self) -> CommandCounters {
         let (counts, by_status) = {
             let core = self.0.core.lock().unwrap();
             (core.machine.counts(), core.machine.by_status())

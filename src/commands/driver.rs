@@ -15,7 +15,7 @@ impl Commands {
     /// On a manual clock: waits until every timer due at or before `t`
     /// has fired and every handler call has answered, so a clock advance
     /// returns with the span's acks, retries and timeouts done.
-    pub async fn settle(&self, t: i64) {
+    pub(crate) async fn settle(&self, t: i64) {
         if self.0.clock.mode() != ClockMode::Manual {
             return;
         }
@@ -39,7 +39,7 @@ impl Commands {
 
     /// When the next command timer is due (a reply, a retry, a timeout,
     /// an expiry), if any.
-    pub fn next_due(&self) -> Option<i64> {
+    pub(crate) fn next_due(&self) -> Option<i64> {
         self.0.core.lock().unwrap().machine.next_due()
     }
 }

@@ -39,9 +39,9 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, watch};
 
-pub use counters::CommandCounters;
-pub use model::*;
-pub use store::CommandStoreError;
+pub(crate) use counters::CommandCounters;
+pub(crate) use model::*;
+pub(crate) use store::CommandStoreError;
 
 use crate::clock::Clock;
 use crate::fleet::Fleet;
@@ -55,14 +55,14 @@ use store::CommandStore;
 
 /// Commands one device may have waiting (queued for it while offline);
 /// more are refused with an error, never dropped.
-pub const DEVICE_QUEUE_CAPACITY: usize = 1_000;
+pub(crate) const DEVICE_QUEUE_CAPACITY: usize = 1_000;
 /// Commands kept in final states; beyond it the oldest final ones are
 /// forgotten (and counted in `evicted`). Commands not yet final are never
 /// evicted.
-pub const FINAL_CAPACITY: usize = 100_000;
+pub(crate) const FINAL_CAPACITY: usize = 100_000;
 /// Acks and device-published commands read from the broker that may wait
 /// for the engine; beyond it they are counted in `tap_dropped`.
-pub const TAP_CAPACITY: usize = 65_536;
+pub(crate) const TAP_CAPACITY: usize = 65_536;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
@@ -86,7 +86,7 @@ pub enum CommandError {
 
 /// A handle on the command engine; cheap to clone.
 #[derive(Clone)]
-pub struct Commands(Arc<Inner>);
+pub(crate) struct Commands(Arc<Inner>);
 
 struct Inner {
     // A std mutex: held for synchronous bookkeeping only, never across an
@@ -158,7 +158,7 @@ impl Core {
 impl Commands {
     /// Starts the engine: loads stored commands when `data_dir` is given,
     /// taps the broker for acks, follows the fleet's connectivity.
-    pub async fn start(
+    pub(crate) async fn start(
         data_dir: Option<&Path>,
         clock: Clock,
         fleet: Fleet,
@@ -258,7 +258,7 @@ impl Commands {
     }
 
     /// Sends a command to one device.
-    pub async fn submit(
+    pub(crate) async fn submit(
         &self,
         device: &str,
         request: CommandRequest,
@@ -267,7 +267,7 @@ impl Commands {
     }
 
     /// Sends a command to one device on behalf of `origin`.
-    pub async fn submit_as(
+    pub(crate) async fn submit_as(
         &self,
         device: &str,
         request: CommandRequest,
@@ -309,7 +309,7 @@ impl Commands {
 
     /// Sends a command to every device of a selection. Devices are
     /// resolved now; the answer lists one command per device.
-    pub async fn submit_fleet(
+    pub(crate) async fn submit_fleet(
         &self,
         request: FleetCommandRequest,
     ) -> Result<BatchView, CommandError> {
@@ -391,7 +391,7 @@ impl Commands {
         Ok(self.0.fleet.select(&filter))
     }
 
-    pub fn get(&self, id: &str) -> Result<CommandView, CommandError> {
+    pub(crate) fn get(&self, id: &str) -> Result<CommandView, CommandError> {
         let core = self.0.core.lock().unwrap();
         core.machine
             .view(id)
@@ -401,7 +401,7 @@ impl Commands {
 
     /// Waits up to `max` for the command to reach a final state and
     /// returns it as it is then.
-    pub async fn wait(&self, id: &str, max: Duration) -> Result<CommandView, CommandError> {
+    pub(crate) async fn wait(&self, id: &str, max: Duration) -> Result<CommandView, CommandError> {
         let rx = {
             let mut core = self.0.core.lock().unwrap();
             let (key, status) = core
@@ -417,7 +417,7 @@ impl Commands {
     }
 
     /// A fleet command's per-device outcomes and summary.
-    pub fn batch(&self, id: &str) -> Result<BatchView, CommandError> {
+    pub(crate) fn batch(&self, id: &str) -> Result<BatchView, CommandError> {
         let core = self.0.core.lock().unwrap();
         core.machine
             .batch(id)
@@ -425,7 +425,11 @@ impl Commands {
     }
 
     /// Waits up to `max` for every command of a fleet command to be final.
-    pub async fn wait_batch(&self, id: &str, max: Duration) -> Result<BatchView, CommandError> {
+    pub(crate) async fn wait_batch(
+        &self,
+        id: &str,
+        max: Duration,
+    ) -> Result<BatchView, CommandError> {
         let receivers: Vec<watch::Receiver<CommandStatus>> = {
             let mut core = self.0.core.lock().unwrap();
             let members = core
@@ -447,7 +451,7 @@ impl Commands {
         self.batch(id)
     }
 
-    pub fn list(&self, filter: &CommandFilter) -> Result<CommandPage, CommandError> {
+    pub(crate) fn list(&self, filter: &CommandFilter) -> Result<CommandPage, CommandError> {
         let limit = filter.limit.unwrap_or(100);
         if !(1..=1000).contains(&limit) {
             return Err(CommandError::Invalid(format!(
@@ -467,7 +471,7 @@ impl Commands {
     }
 
     /// Cancels a command that is still queued.
-    pub async fn cancel(&self, id: &str) -> Result<CommandView, CommandError> {
+    pub(crate) async fn cancel(&self, id: &str) -> Result<CommandView, CommandError> {
         let mut effects = Vec::new();
         let (view, id, undo) = {
             let mut core = self.0.core.lock().unwrap();
@@ -484,7 +488,7 @@ impl Commands {
     }
 
     /// An ack from a device over HTTP.
-    pub async fn ack(
+    pub(crate) async fn ack(
         &self,
         device: &str,
         command_id: &str,
@@ -496,7 +500,7 @@ impl Commands {
 
     /// An ack from a device, read from `source` (HTTP, or a dialect's
     /// topics over MQTT).
-    pub async fn ack_from(
+    pub(crate) async fn ack_from(
         &self,
         device: &str,
         command_id: &str,
@@ -524,7 +528,7 @@ impl Commands {
 
     /// For HTTP devices: waits up to `wait` for a command delivered to the
     /// device and not yet fetched in its current attempt.
-    pub async fn next_for(&self, device: &str, wait: Duration) -> Option<CommandMessage> {
+    pub(crate) async fn next_for(&self, device: &str, wait: Duration) -> Option<CommandMessage> {
         let deadline = tokio::time::Instant::now() + wait;
         let notify = {
             let mut core = self.0.core.lock().unwrap();

@@ -8,22 +8,22 @@ use crate::clock::rfc3339_ms;
 use crate::plugin::ReplyStatus;
 
 /// Per-attempt timeout when a request names none, simulated ms.
-pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
+pub(crate) const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 /// How long a command may wait for an offline device by default, simulated ms.
-pub const DEFAULT_TTL_MS: u64 = 60_000;
+pub(crate) const DEFAULT_TTL_MS: u64 = 60_000;
 /// First retry's wait after a timeout by default; doubled per retry.
-pub const DEFAULT_BACKOFF_MS: u64 = 1_000;
+pub(crate) const DEFAULT_BACKOFF_MS: u64 = 1_000;
 /// The longest wait between two attempts.
-pub const MAX_BACKOFF_MS: u64 = 60_000;
-pub const MAX_RETRIES: u32 = 20;
+pub(crate) const MAX_BACKOFF_MS: u64 = 60_000;
+pub(crate) const MAX_RETRIES: u32 = 20;
 /// Acks kept per command (the rest are counted, not kept).
-pub const MAX_ACKS_KEPT: usize = 64;
+pub(crate) const MAX_ACKS_KEPT: usize = 64;
 
 /// Where a command is in its life. The last six are final: once there, a
 /// command never moves again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum CommandStatus {
+pub(crate) enum CommandStatus {
     /// Waiting for its device to be online (or for a retry's turn).
     Queued,
     /// Delivered to the device; no ack yet.
@@ -41,14 +41,14 @@ pub enum CommandStatus {
 }
 
 impl CommandStatus {
-    pub fn is_final(self) -> bool {
+    pub(crate) fn is_final(self) -> bool {
         !matches!(
             self,
             CommandStatus::Queued | CommandStatus::Sent | CommandStatus::Received
         )
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             CommandStatus::Queued => "queued",
             CommandStatus::Sent => "sent",
@@ -62,7 +62,7 @@ impl CommandStatus {
         }
     }
 
-    pub const ALL: [CommandStatus; 9] = [
+    pub(crate) const ALL: [CommandStatus; 9] = [
         CommandStatus::Queued,
         CommandStatus::Sent,
         CommandStatus::Received,
@@ -113,7 +113,7 @@ impl From<AckStatus> for ReplyStatus {
 /// Which ack completes a command.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum CompleteOn {
+pub(crate) enum CompleteOn {
     /// A `completed` (or `rejected` / `failed`) ack: the device did it.
     #[default]
     Completed,
@@ -124,7 +124,7 @@ pub enum CompleteOn {
 /// Body of `POST /devices/{id}/commands`.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct CommandRequest {
+pub(crate) struct CommandRequest {
     /// Your own id for the command (letters, digits, `-`, `_`, `.`; at most
     /// 64); one is made up when absent.
     #[serde(default)]
@@ -156,7 +156,7 @@ pub struct CommandRequest {
 /// Which devices a fleet command goes to: exactly one of the fields.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Selection {
+pub(crate) struct Selection {
     #[serde(default)]
     pub ids: Option<Vec<String>>,
     #[serde(default)]
@@ -171,7 +171,7 @@ pub struct Selection {
 /// Body of `POST /commands`: a command for a selection of the fleet.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct FleetCommandRequest {
+pub(crate) struct FleetCommandRequest {
     pub devices: Selection,
     pub name: String,
     #[serde(default)]
@@ -190,7 +190,7 @@ pub struct FleetCommandRequest {
 }
 
 impl FleetCommandRequest {
-    pub fn per_device(&self) -> CommandRequest {
+    pub(crate) fn per_device(&self) -> CommandRequest {
         CommandRequest {
             id: None,
             name: self.name.clone(),
@@ -204,12 +204,10 @@ impl FleetCommandRequest {
     }
 }
 
-/// An ack as a device sends it (the `id` in an MQTT payload is optional:
-/// the topic names the command).
+/// An ack as a device sends it (an `id` in an MQTT payload is allowed
+/// and not read: the topic names the command).
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
-pub struct DeviceAck {
-    #[serde(default)]
-    pub id: Option<String>,
+pub(crate) struct DeviceAck {
     pub status: AckStatus,
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
@@ -219,7 +217,7 @@ pub struct DeviceAck {
 /// Who started a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum Origin {
+pub(crate) enum Origin {
     /// `POST /devices/{id}/commands` or `POST /commands`.
     Api,
     /// A client published on `devices/{id}/commands/{command_id}` itself.
@@ -231,7 +229,7 @@ pub enum Origin {
 /// Where an ack came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum AckSource {
+pub(crate) enum AckSource {
     /// The simulated device's command handler.
     Simulated,
     Mqtt,
@@ -240,7 +238,7 @@ pub enum AckSource {
 
 /// One state change.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Transition {
+pub(crate) struct Transition {
     pub status: CommandStatus,
     /// Simulated time, RFC 3339.
     #[serde(with = "ts")]
@@ -253,7 +251,7 @@ pub struct Transition {
 
 /// One ack the device sent, kept whether it moved the command or not.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct AckRecord {
+pub(crate) struct AckRecord {
     pub status: AckStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
@@ -273,7 +271,7 @@ pub struct AckRecord {
 
 /// A command: what the API shows and the store keeps.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct CommandView {
+pub(crate) struct CommandView {
     pub id: String,
     pub device: String,
     pub name: String,
@@ -316,15 +314,9 @@ pub struct CommandView {
     pub acks_total: u64,
 }
 
-impl CommandView {
-    pub fn is_final(&self) -> bool {
-        self.status.is_final()
-    }
-}
-
 /// Body of `POST /commands` answered: one command per selected device.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct BatchView {
+pub(crate) struct BatchView {
     pub id: String,
     pub name: String,
     /// Commands per status.
@@ -337,7 +329,7 @@ pub struct BatchView {
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct BatchItem {
+pub(crate) struct BatchItem {
     pub device: String,
     pub id: String,
     pub status: CommandStatus,
@@ -352,7 +344,7 @@ pub struct BatchItem {
 /// Filters of `GET /commands`.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-pub struct CommandFilter {
+pub(crate) struct CommandFilter {
     pub device: Option<String>,
     pub status: Option<CommandStatus>,
     pub name: Option<String>,
@@ -364,7 +356,7 @@ pub struct CommandFilter {
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct CommandPage {
+pub(crate) struct CommandPage {
     pub items: Vec<CommandView>,
     pub next_cursor: Option<String>,
 }
@@ -372,7 +364,7 @@ pub struct CommandPage {
 /// What a device gets: on MQTT `devices/{id}/commands/{command_id}`, or
 /// from `GET /devices/{id}/commands/next`.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct CommandMessage {
+pub(crate) struct CommandMessage {
     pub id: String,
     pub name: String,
     #[schema(value_type = Object)]
@@ -386,11 +378,11 @@ pub struct CommandMessage {
 mod ts {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(t: &i64, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(t: &i64, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&super::rfc3339_ms(*t))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
         let text = String::deserialize(d)?;
         crate::clock::parse_rfc3339_ms(&text)
             .ok_or_else(|| serde::de::Error::custom(format!("not an RFC 3339 time: {text:?}")))

@@ -28,13 +28,13 @@ use crate::plugin::{
 use crate::random::DeviceRng;
 
 /// The dialect of a device that names none.
-pub const DEFAULT_DIALECT: &str = "iotmock";
+pub(crate) const DEFAULT_DIALECT: &str = "iotmock";
 
 /// A codec and its configuration (JSON text).
 type CodecKey = (Arc<str>, Arc<str>);
 
 /// Most devices in one encode call.
-pub const MAX_ENCODE_BATCH: usize = 1024;
+pub(crate) const MAX_ENCODE_BATCH: usize = 1024;
 
 crate::plugin::spec::plugin_spec! {
     /// A device's dialect: a codec plugin name, or a plugin with its
@@ -51,7 +51,7 @@ impl Default for DialectSpec {
 /// A device's dialect at run time, shared by its sensor streams and the
 /// fleet (status changes).
 #[derive(Debug)]
-pub struct DeviceDialect {
+pub(crate) struct DeviceDialect {
     pub plugin: Arc<str>,
     pub config: Arc<str>,
     pub info: CodecDevice,
@@ -71,12 +71,12 @@ pub struct DeviceDialect {
 }
 
 /// Whether a codec and configuration are the built-in topics and payloads.
-pub fn is_default(plugin: &str, config: &str) -> bool {
+pub(crate) fn is_default(plugin: &str, config: &str) -> bool {
     plugin == DEFAULT_DIALECT && config == "{}"
 }
 
 impl DeviceDialect {
-    pub fn new(spec: Option<&DialectSpec>, info: CodecDevice, seed: u64) -> Arc<Self> {
+    pub(crate) fn new(spec: Option<&DialectSpec>, info: CodecDevice, seed: u64) -> Arc<Self> {
         let fallback;
         let spec = match spec {
             Some(spec) => spec,
@@ -99,18 +99,18 @@ impl DeviceDialect {
 
     /// The topic a command `x` to this device goes out on, once known
     /// (see [`prepare_probes`]).
-    pub fn command_probe(&self) -> Option<&str> {
+    pub(crate) fn command_probe(&self) -> Option<&str> {
         self.probe.get().map(String::as_str)
     }
 
     /// Whether messages of this device go out on the built-in path now.
-    pub fn native(&self, plugins: &PluginHost) -> bool {
+    pub(crate) fn native(&self, plugins: &PluginHost) -> bool {
         self.default && plugins.is_builtin(DEFAULT_DIALECT)
     }
 
     /// Whether this is the default dialect with its default configuration
     /// (the built-in path stands for it while the built-in plugin serves).
-    pub fn is_default(&self) -> bool {
+    pub(crate) fn is_default(&self) -> bool {
         self.default
     }
 
@@ -137,7 +137,7 @@ pub(crate) struct Memory {
 
 /// One event to encode: the device, its shared state (for `host` calls),
 /// the event's simulated time, and the event.
-pub struct Outgoing {
+pub(crate) struct Outgoing {
     pub dialect: Arc<DeviceDialect>,
     pub shared: Option<Arc<SharedState>>,
     pub ts: i64,
@@ -146,7 +146,7 @@ pub struct Outgoing {
 
 /// What an encode-and-publish did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Published {
+pub(crate) struct Published {
     /// Events the codec encoded (their messages were published).
     pub encoded: usize,
     /// Events lost because the codec call failed.
@@ -161,7 +161,7 @@ pub struct Published {
 /// Encodes events that share one codec and configuration (in batches of
 /// [`MAX_ENCODE_BATCH`]) and publishes the messages in request order. The
 /// answer says, per event, whether it was encoded.
-pub async fn encode_and_publish(
+pub(crate) async fn encode_and_publish(
     plugins: &PluginHost,
     mqtt: &MqttHandle,
     now: i64,
@@ -257,7 +257,11 @@ pub async fn encode_and_publish(
 /// Asks each device's codec where a command to it goes (one batched call
 /// per codec and configuration, with an empty state that is then thrown
 /// away: nothing is published and no device's codec state moves).
-pub async fn prepare_probes(plugins: &PluginHost, now: i64, dialects: &[Arc<DeviceDialect>]) {
+pub(crate) async fn prepare_probes(
+    plugins: &PluginHost,
+    now: i64,
+    dialects: &[Arc<DeviceDialect>],
+) {
     let mut groups: std::collections::BTreeMap<CodecKey, Vec<&Arc<DeviceDialect>>> =
         Default::default();
     for d in dialects
@@ -321,7 +325,7 @@ pub async fn prepare_probes(plugins: &PluginHost, now: i64, dialects: &[Arc<Devi
 /// Checks a dialect against the loaded plugins and asks the codec whether
 /// it takes the configuration (and what it listens on, when it could
 /// answer). `field` names the field in errors.
-pub async fn check(
+pub(crate) async fn check(
     plugins: &PluginHost,
     spec: &DialectSpec,
     field: &str,

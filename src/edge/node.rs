@@ -69,7 +69,7 @@ struct Input {
 }
 
 #[derive(Debug, Default, Clone, Serialize, utoipa::ToSchema)]
-pub struct RuleStats {
+pub(crate) struct RuleStats {
     pub plugin: String,
     pub calls: u64,
     pub errors: u64,
@@ -155,7 +155,7 @@ pub(crate) struct Node {
 }
 
 impl Node {
-    pub fn new(spec: EdgeNodeSpec, members: Vec<String>, now: i64) -> Arc<Self> {
+    pub(super) fn new(spec: EdgeNodeSpec, members: Vec<String>, now: i64) -> Arc<Self> {
         let w = spec.window_ms as i64;
         let counters = Counters {
             rules: spec
@@ -192,7 +192,7 @@ impl Node {
     /// for every published reading). The reading gets the node's next
     /// sequence number even when the queue is full, so a drop shows as a
     /// gap as well as in the counters.
-    pub fn accept(&self, reading: &Reading) {
+    pub(super) fn accept(&self, reading: &Reading) {
         let capacity = self.spec.budget.queue;
         let mut input = self.input.lock().unwrap();
         let seq = input.next_seq;
@@ -217,12 +217,12 @@ impl Node {
     }
 
     /// Counts a message from a member device that is not a reading.
-    pub fn reject(&self) {
+    pub(super) fn reject(&self) {
         self.counters.lock().unwrap().invalid_in += 1;
     }
 
     /// Resolves once every window ending at or before `t` is processed.
-    pub async fn wait_processed(&self, t: i64) {
+    pub(super) async fn wait_processed(&self, t: i64) {
         let w = self.spec.window_ms as i64;
         let target = t.div_euclid(w) * w;
         let mut rx = self.processed.subscribe();
@@ -266,7 +266,7 @@ impl Node {
         self.counters.lock().unwrap().dropped_input += dropped;
     }
 
-    pub fn view(&self) -> EdgeNodeView {
+    pub(super) fn view(&self) -> EdgeNodeView {
         let queued = self.input.lock().unwrap().queue.len() as u64;
         let (up, buffered, dropped, flushed, failed) = {
             let u = self.uplink.lock().unwrap();
@@ -320,7 +320,7 @@ impl Node {
 
     /// The node's task: one window after another until the node is
     /// removed (its control sender dropped).
-    pub async fn run(self: Arc<Self>, rt: Runtime, mut control: mpsc::Receiver<Control>) {
+    pub(super) async fn run(self: Arc<Self>, rt: Runtime, mut control: mpsc::Receiver<Control>) {
         let w = self.spec.window_ms as i64;
         let mut task = Task {
             rules: self.spec.rules(),
@@ -698,7 +698,7 @@ fn command_out(node: &str, c: &EdgeCommand, result: &Result<String, String>, ts:
 
 /// An edge node as the API shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct EdgeNodeView {
+pub(crate) struct EdgeNodeView {
     pub id: String,
     /// `ok`, or `degraded` after a batch failed (until one succeeds).
     pub state: &'static str,
@@ -730,7 +730,7 @@ pub struct EdgeNodeView {
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct ReadingCounters {
+pub(crate) struct ReadingCounters {
     /// Readings that reached the node (each got a `seq`).
     #[serde(rename = "in")]
     pub r#in: u64,
@@ -755,7 +755,7 @@ pub struct ReadingCounters {
 /// document, where one name is one schema.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[schema(as = EdgeCommandCounters)]
-pub struct CommandCounters {
+pub(crate) struct CommandCounters {
     /// Commands the command engine accepted.
     pub issued: u64,
     /// Commands it refused (or there was none).
@@ -763,7 +763,7 @@ pub struct CommandCounters {
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct UplinkView {
+pub(crate) struct UplinkView {
     /// `up` or `down`.
     pub state: &'static str,
     /// Messages waiting for the uplink now.

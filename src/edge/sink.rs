@@ -8,11 +8,11 @@ use std::pin::Pin;
 use crate::plugin::EdgeCommand;
 
 /// A boxed future, so the trait stays object-safe.
-pub type SinkFuture<'a> = Pin<Box<dyn Future<Output = Result<String, String>> + Send + 'a>>;
+pub(crate) type SinkFuture<'a> = Pin<Box<dyn Future<Output = Result<String, String>> + Send + 'a>>;
 
 /// Takes commands issued by edge rules. `submit` answers with the
 /// command's id once it is accepted, or says why it was refused; it does
 /// not wait for the device's answer.
-pub trait CommandSink: Send + Sync + 'static {
+pub(crate) trait CommandSink: Send + Sync + 'static {
     fn submit<'a>(&'a self, node: &'a str, command: &'a EdgeCommand) -> SinkFuture<'a>;
 }

@@ -11,22 +11,22 @@ use crate::ids::{DeviceId, EdgeNodeId};
 use crate::plugin::CallBudget;
 
 /// Default batching window, simulated ms.
-pub const DEFAULT_WINDOW_MS: u64 = 1000;
+pub(super) const DEFAULT_WINDOW_MS: u64 = 1000;
 /// Default uplink buffer: messages kept while the uplink is down.
-pub const DEFAULT_UPLINK_CAPACITY: usize = 10_000;
+pub(super) const DEFAULT_UPLINK_CAPACITY: usize = 10_000;
 /// Default input queue: readings waiting for the next window.
-pub const DEFAULT_QUEUE: usize = 10_000;
+pub(super) const DEFAULT_QUEUE: usize = 10_000;
 /// Default time budget of one batch through the whole pipeline.
-pub const DEFAULT_TIME_MS: u64 = 250;
+pub(super) const DEFAULT_TIME_MS: u64 = 250;
 /// Default memory budget of one rule instance.
-pub const DEFAULT_MEMORY_MIB: u64 = 16;
+pub(super) const DEFAULT_MEMORY_MIB: u64 = 16;
 /// Most rules in one pipeline.
-pub const MAX_RULES: usize = 16;
+pub(super) const MAX_RULES: usize = 16;
 
 /// An edge node as declared.
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct EdgeNodeSpec {
+pub(crate) struct EdgeNodeSpec {
     /// 1 to 128 characters from A-Z a-z 0-9 . _ - (a topic level).
     pub id: String,
     /// Which devices feed the node.
@@ -55,7 +55,7 @@ fn default_window() -> u64 {
 /// Exactly one of `ids`, `tag` or `group`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct DeviceSelector {
+pub(crate) struct DeviceSelector {
     /// These devices, whether or not they exist yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ids: Option<Vec<String>>,
@@ -72,7 +72,7 @@ pub struct DeviceSelector {
 impl DeviceSelector {
     /// Whether a device with `tags` and `group` belongs, for a tag or group
     /// selector (a list of ids is fixed: always `false` here).
-    pub fn follows(&self, tags: &[String], group: Option<&str>) -> bool {
+    pub(crate) fn follows(&self, tags: &[String], group: Option<&str>) -> bool {
         if let Some(tag) = &self.tag {
             return tags.iter().any(|t| t == tag);
         }
@@ -86,7 +86,7 @@ impl DeviceSelector {
 /// One pipeline stage.
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RuleSpec {
+pub(crate) struct RuleSpec {
     /// A loaded edge-rule plugin.
     pub plugin: String,
     /// Given to the plugin as JSON (default `{}`).
@@ -102,7 +102,7 @@ fn empty_object() -> serde_json::Value {
 /// The store-and-forward buffer of the uplink.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct UplinkBufferSpec {
+pub(crate) struct UplinkBufferSpec {
     /// Messages kept while the uplink is down (default 10,000; 0 keeps none).
     #[serde(default = "default_uplink_capacity")]
     pub capacity: usize,
@@ -126,7 +126,7 @@ impl Default for UplinkBufferSpec {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum BufferPolicy {
+pub(crate) enum BufferPolicy {
     /// Keep the newest messages (default).
     #[default]
     #[serde(alias = "drop-oldest")]
@@ -139,7 +139,7 @@ pub enum BufferPolicy {
 /// A node's resource budget.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct BudgetSpec {
+pub(crate) struct BudgetSpec {
     /// Wall time one batch may take through the whole pipeline, ms
     /// (default 250); a rule still running at the end is stopped.
     #[serde(default = "default_time")]
@@ -179,7 +179,7 @@ impl Default for BudgetSpec {
 /// memory, or fails.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum OnError {
+pub(crate) enum OnError {
     /// Publish the batch's readings on the uplink as they came in, marked
     /// `"unprocessed": true` (default).
     #[default]

@@ -21,7 +21,7 @@ pub(crate) struct Latency {
 
 /// Batch latencies, ms (µs precision).
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct LatencyView {
+pub(crate) struct LatencyView {
     /// Batches measured, all time.
     pub batches: u64,
     /// Over the last 1,024 batches.
@@ -35,7 +35,7 @@ pub struct LatencyView {
 }
 
 impl Latency {
-    pub fn record(&mut self, elapsed: Duration, readings: usize) {
+    pub(super) fn record(&mut self, elapsed: Duration, readings: usize) {
         let us = elapsed.as_micros().min(u64::MAX as u128) as u64;
         if self.recent.len() == SAMPLES {
             self.recent.pop_front();
@@ -47,7 +47,7 @@ impl Latency {
         self.last_readings = readings as u64;
     }
 
-    pub fn view(&self) -> LatencyView {
+    pub(super) fn view(&self) -> LatencyView {
         let mut sorted: Vec<u64> = self.recent.iter().copied().collect();
         sorted.sort_unstable();
         let ms = |us: u64| us as f64 / 1000.0;
@@ -63,7 +63,7 @@ impl Latency {
 }
 
 /// Nearest-rank percentile of sorted values.
-pub fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
+pub(super) fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
     if sorted.is_empty() {
         return None;
     }

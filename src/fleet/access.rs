@@ -27,9 +27,9 @@ use crate::ratelimit::warn_limited;
 use crate::transport::{Refusal, TlsStats};
 
 /// The admin user name.
-pub const ADMIN_USER: &str = "admin";
+pub(crate) const ADMIN_USER: &str = "admin";
 
-pub struct DeviceAccess {
+pub(crate) struct DeviceAccess {
     // Set once the fleet is open; the broker starts first and refuses
     // everyone in the few milliseconds before.
     fleet: OnceLock<Fleet>,
@@ -40,7 +40,11 @@ pub struct DeviceAccess {
 }
 
 impl DeviceAccess {
-    pub fn new(admin_password: String, require_cert: bool, stats: Arc<TlsStats>) -> Arc<Self> {
+    pub(crate) fn new(
+        admin_password: String,
+        require_cert: bool,
+        stats: Arc<TlsStats>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             fleet: OnceLock::new(),
             admin_password,
@@ -59,7 +63,7 @@ impl DeviceAccess {
         AuthDecision::NotAuthorized
     }
 
-    pub fn attach(&self, fleet: Fleet) {
+    pub(crate) fn attach(&self, fleet: Fleet) {
         let _ = self.fleet.set(fleet);
     }
 }

@@ -16,14 +16,14 @@ use crate::transport::IssueSpec;
 type Spec = (String, Option<String>, (Option<i64>, i64));
 
 /// Default validity of a device certificate.
-pub const DEFAULT_VALID_DAYS: u32 = 365;
+pub(crate) const DEFAULT_VALID_DAYS: u32 = 365;
 /// Longest validity of a device certificate (about 100 years).
-pub const MAX_VALID_DAYS: u32 = 36_500;
+pub(crate) const MAX_VALID_DAYS: u32 = 36_500;
 
 /// Body of `POST /devices/{id}/certificates`; every field is optional.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct IssueCertificate {
+pub(crate) struct IssueCertificate {
     /// Days from now the certificate is valid (default 365).
     #[serde(default)]
     pub valid_days: Option<u32>,
@@ -44,7 +44,7 @@ pub struct IssueCertificate {
 
 /// A certificate just issued.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct IssuedCertificate {
+pub(crate) struct IssuedCertificate {
     /// Hex serial number; the id to revoke it by.
     pub serial: String,
     pub device: String,
@@ -62,7 +62,7 @@ pub struct IssuedCertificate {
 
 /// A stored certificate, as listed.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct CertificateView {
+pub(crate) struct CertificateView {
     pub serial: String,
     pub device: String,
     pub certificate: String,
@@ -76,7 +76,7 @@ pub struct CertificateView {
 
 /// `GET /devices/{id}/certificates`.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct CertificateList {
+pub(crate) struct CertificateList {
     pub items: Vec<CertificateView>,
 }
 
@@ -150,7 +150,7 @@ impl IssueCertificate {
 impl Fleet {
     /// Issues certificates for existing devices and stores them (all or
     /// none) before returning them.
-    pub async fn issue_certificates(
+    pub(crate) async fn issue_certificates(
         &self,
         requests: Vec<(String, IssueCertificate)>,
     ) -> Result<Vec<IssuedCertificate>, FleetError> {
@@ -234,7 +234,7 @@ impl Fleet {
     }
 
     /// A device's certificates, oldest first.
-    pub async fn certificates(&self, id: &str) -> Result<CertificateList, FleetError> {
+    pub(crate) async fn certificates(&self, id: &str) -> Result<CertificateList, FleetError> {
         self.entry(id)?;
         let rows = self.0.store.certs(id).await?;
         Ok(CertificateList {
@@ -244,7 +244,11 @@ impl Fleet {
 
     /// Revokes a device's certificate: refused by every TLS listener from
     /// now on. Revoking twice is not an error.
-    pub async fn revoke_certificate(&self, id: &str, serial: &str) -> Result<(), FleetError> {
+    pub(crate) async fn revoke_certificate(
+        &self,
+        id: &str,
+        serial: &str,
+    ) -> Result<(), FleetError> {
         self.entry(id)?;
         let serial = serial.to_ascii_lowercase();
         let found = self.0.store.revoke_cert(id, &serial, wall_ms()).await?;

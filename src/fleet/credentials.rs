@@ -13,13 +13,13 @@ use crate::hex::hex;
 
 /// What is stored for a device's secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SecretHash {
+pub(crate) struct SecretHash {
     pub salt: [u8; 16],
     pub hash: [u8; 32],
 }
 
 /// A new secret (32 hex characters) and its stored form.
-pub fn new_secret() -> (String, SecretHash) {
+pub(crate) fn new_secret() -> (String, SecretHash) {
     let mut rng = rand::rng();
     let mut raw = [0u8; 16];
     rng.fill_bytes(&mut raw);
@@ -32,7 +32,7 @@ pub fn new_secret() -> (String, SecretHash) {
 
 impl SecretHash {
     /// Checks a presented password in time independent of where it differs.
-    pub fn verify(&self, password: &[u8]) -> bool {
+    pub(crate) fn verify(&self, password: &[u8]) -> bool {
         let presented = digest(&self.salt, password);
         presented
             .iter()

@@ -18,10 +18,10 @@ use super::{Entry, Fleet, FleetError};
 use crate::clock::rfc3339_ms;
 
 /// Silence after which an HTTP device is offline: 30 s of simulated time.
-pub const DEFAULT_HTTP_DEVICE_TIMEOUT_MS: i64 = 30_000;
+pub(crate) const DEFAULT_HTTP_DEVICE_TIMEOUT_MS: i64 = 30_000;
 
 /// Largest reported state, as JSON text.
-pub const MAX_REPORTED_BYTES: usize = 64 << 10;
+pub(super) const MAX_REPORTED_BYTES: usize = 64 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Protocol {
@@ -31,7 +31,7 @@ pub(super) enum Protocol {
 
 /// The state a device reported, with when (simulated time).
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct ReportedState {
+pub(crate) struct ReportedState {
     #[schema(value_type = Object)]
     pub state: Arc<Map<String, Value>>,
     pub updated_at: String,
@@ -84,7 +84,7 @@ impl HttpLink {
 
 /// How a reported-state write changes the stored object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReportMode {
+pub(crate) enum ReportMode {
     /// PUT: the object replaces the state.
     Replace,
     /// PATCH: JSON merge patch (RFC 7396): keys are set, `null` removes.
@@ -94,18 +94,18 @@ pub enum ReportMode {
 impl Fleet {
     /// Sets how long (simulated ms) an HTTP device may stay silent before
     /// it is marked offline.
-    pub fn set_http_device_timeout(&self, ms: i64) {
+    pub(crate) fn set_http_device_timeout(&self, ms: i64) {
         self.0.http_timeout_ms.store(ms.max(1), Ordering::Relaxed);
     }
 
-    pub fn http_device_timeout_ms(&self) -> i64 {
+    pub(crate) fn http_device_timeout_ms(&self) -> i64 {
         self.0.http_timeout_ms.load(Ordering::Relaxed)
     }
 
     /// Records an authenticated HTTP request from device `id`: after a
     /// silence it is marked connected (status `online`), and a watcher
     /// marks it disconnected once it stays silent for the timeout.
-    pub async fn http_contact(&self, id: &str) {
+    pub(crate) async fn http_contact(&self, id: &str) {
         let Ok(entry) = self.entry(id) else { return };
         let now = self.0.clock.now_ms();
         let was_online = {
@@ -171,7 +171,7 @@ impl Fleet {
     /// Marks a long poll by device `id` as open until the guard is dropped:
     /// a device waiting for a command is not silent, however long it
     /// waits. Its end counts as contact.
-    pub fn http_long_poll(&self, id: &str) -> Option<LongPoll> {
+    pub(crate) fn http_long_poll(&self, id: &str) -> Option<LongPoll> {
         let entry = self.entry(id).ok()?;
         entry.http.inner.lock().unwrap().polling += 1;
         Some(LongPoll {
@@ -181,12 +181,12 @@ impl Fleet {
     }
 
     /// The state device `id` reported, if any.
-    pub fn reported(&self, id: &str) -> Result<Option<ReportedState>, FleetError> {
+    pub(crate) fn reported(&self, id: &str) -> Result<Option<ReportedState>, FleetError> {
         Ok(self.entry(id)?.http.reported())
     }
 
     /// Writes a device's reported state (stored before it answers).
-    pub async fn report(
+    pub(crate) async fn report(
         &self,
         id: &str,
         body: Map<String, Value>,
@@ -238,7 +238,7 @@ impl Fleet {
 }
 
 /// An open long poll; see [`Fleet::http_long_poll`].
-pub struct LongPoll {
+pub(crate) struct LongPoll {
     entry: Arc<Entry>,
     clock: crate::clock::Clock,
 }

@@ -6,20 +6,20 @@
 //! (it hands their sensors to telemetry). It does not produce readings and
 //! does not run the broker; the broker asks it about credentials.
 
-pub mod access;
-pub mod certificates;
-pub mod credentials;
+pub(crate) mod access;
+pub(crate) mod certificates;
+pub(crate) mod credentials;
 mod http_link;
-pub mod model;
+pub(crate) mod model;
 mod store;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-pub use http_link::{DEFAULT_HTTP_DEVICE_TIMEOUT_MS, LongPoll, ReportMode, ReportedState};
-pub use model::*;
-pub use store::StoreError;
+pub(crate) use http_link::{DEFAULT_HTTP_DEVICE_TIMEOUT_MS, ReportMode, ReportedState};
+pub(crate) use model::*;
+pub(crate) use store::StoreError;
 
 use tokio::sync::broadcast;
 
@@ -37,7 +37,7 @@ use store::{Inserted, Store};
 /// fleet tells it of every dialect in use and asks it which topics a
 /// device may publish on; it does not know how the messages are read
 /// (the server wires the reader in, which itself depends on the fleet).
-pub trait DialectReader: Send + Sync + 'static {
+pub(crate) trait DialectReader: Send + Sync + 'static {
     /// Starts reading a dialect's traffic (once per codec and config).
     fn listen(&self, dialect: &DeviceDialect);
     /// The same, for a dialect whose codec has just declared its topic
@@ -48,10 +48,10 @@ pub trait DialectReader: Send + Sync + 'static {
 }
 
 /// Most devices one bulk call creates.
-pub const MAX_BULK: u32 = 1_000_000;
+pub(crate) const MAX_BULK: u32 = 1_000_000;
 /// Most devices the fleet holds by default (`--max-devices`): about 1 KiB
 /// each in memory, so some 100 MiB at the cap.
-pub const DEFAULT_MAX_DEVICES: usize = 100_000;
+pub(crate) const DEFAULT_MAX_DEVICES: usize = 100_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
@@ -128,7 +128,7 @@ fn codec_device(device: &Device) -> CodecDevice {
 
 /// A handle on the fleet; cheap to clone.
 #[derive(Clone)]
-pub struct Fleet(Arc<Inner>);
+pub(crate) struct Fleet(Arc<Inner>);
 
 struct Inner {
     // A std lock: held for map operations only, never across an await.
@@ -163,21 +163,21 @@ struct Inner {
 /// Told, synchronously, of every device that is created, deleted, or
 /// changes its tags or group, so that selections by tag or group stay
 /// current before the call that changed them returns.
-pub trait MembershipObserver: Send + Sync {
+pub(crate) trait MembershipObserver: Send + Sync {
     /// `device` now has `tags` and `group`; `None` when it was deleted.
     fn device_changed(&self, device: &str, membership: Option<(&[String], Option<&str>)>);
 }
 
 /// A device went online or offline.
 #[derive(Debug, Clone)]
-pub struct PresenceChange {
+pub(crate) struct PresenceChange {
     pub device: String,
     pub online: bool,
 }
 
 /// What the command engine needs to know to deliver to a device.
 #[derive(Debug, Clone)]
-pub struct CommandTarget {
+pub(crate) struct CommandTarget {
     pub simulated: bool,
     /// How commands to it are written.
     pub dialect: Arc<DeviceDialect>,
@@ -193,7 +193,7 @@ const PRESENCE_EVENTS: usize = 4096;
 impl Fleet {
     /// Opens the store and brings every stored device back: simulated
     /// devices in service resume streaming.
-    pub async fn open(
+    pub(crate) async fn open(
         data_dir: Option<&std::path::Path>,
         clock: Clock,
         seed: u64,
@@ -274,7 +274,7 @@ impl Fleet {
     }
 
     /// Registers the one membership observer (the edge nodes).
-    pub fn observe_membership(&self, observer: Arc<dyn MembershipObserver>) {
+    pub(crate) fn observe_membership(&self, observer: Arc<dyn MembershipObserver>) {
         if self.0.membership.set(observer).is_err() {
             tracing::error!("a second membership observer was refused");
         }
@@ -398,7 +398,7 @@ impl Fleet {
     /// sessions), and once the broker listens again the devices still
     /// online come back (a fresh birth). Devices in the built-in dialect
     /// keep their retained status.
-    pub async fn broker_outage(&self, duration: std::time::Duration) {
+    pub(crate) async fn broker_outage(&self, duration: std::time::Duration) {
         let lost = self.codec_speakers_online();
         if lost.is_empty() {
             return;
@@ -434,7 +434,7 @@ impl Fleet {
     /// A simulated device asked (in its dialect) to say again that it is
     /// online, such as a Sparkplug host's `Node Control/Rebirth`: its codec
     /// encodes its status anew. Real devices speak for themselves.
-    pub async fn announce_again(&self, id: &str) {
+    pub(crate) async fn announce_again(&self, id: &str) {
         let Ok(entry) = self.entry(id) else { return };
         if self.codec_speaker_online(&entry, self.0.clock.now_ms()) {
             self.encode_status(&[entry], true).await;
@@ -597,7 +597,7 @@ impl Fleet {
     }
 
     /// Creates one device; the answer carries its credentials, shown once.
-    pub async fn create(
+    pub(crate) async fn create(
         &self,
         id: DeviceId,
         template: DeviceTemplate,
@@ -619,7 +619,7 @@ impl Fleet {
 
     /// Creates `count` devices from a pattern and a template, in one
     /// transaction: all or none.
-    pub async fn create_bulk(&self, request: BulkCreate) -> Result<BulkCreated, FleetError> {
+    pub(crate) async fn create_bulk(&self, request: BulkCreate) -> Result<BulkCreated, FleetError> {
         if request.count == 0 || request.count > MAX_BULK {
             return Err(FleetError::Invalid(format!(
                 "count must be 1 to {MAX_BULK}, got {}",
@@ -746,7 +746,10 @@ impl Fleet {
     /// Every device of the scenario is checked first, as `POST /devices`
     /// checks one (plugin names and worlds, sensor configs): a scenario
     /// with a misspelled plugin or config key does not start.
-    pub async fn provision_scenario(&self, devices: &[DeviceSpec]) -> Result<usize, FleetError> {
+    pub(crate) async fn provision_scenario(
+        &self,
+        devices: &[DeviceSpec],
+    ) -> Result<usize, FleetError> {
         let templates: Vec<DeviceTemplate> = devices.iter().map(scenario_template).collect();
         let mut new = Vec::new();
         let mut checked = std::collections::HashSet::new();
@@ -787,22 +790,22 @@ impl Fleet {
         Ok(n)
     }
 
-    pub fn get(&self, id: &str) -> Result<DeviceView, FleetError> {
+    pub(crate) fn get(&self, id: &str) -> Result<DeviceView, FleetError> {
         Ok(self.view(&self.entry(id)?))
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.0.devices.read().unwrap().len()
     }
 
     /// Sets the most devices the fleet holds (`--max-devices`); devices
     /// already there stay.
-    pub fn set_max_devices(&self, max: usize) {
+    pub(crate) fn set_max_devices(&self, max: usize) {
         self.0.max_devices.store(max, Ordering::Relaxed);
     }
 
     /// The cap on the fleet's size.
-    pub fn max_devices(&self) -> usize {
+    pub(crate) fn max_devices(&self) -> usize {
         self.0.max_devices.load(Ordering::Relaxed)
     }
 
@@ -823,12 +826,8 @@ impl Fleet {
         Ok(Reservation(self.0.clone(), n))
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// A page of devices matching `filter`, ordered by id.
-    pub fn list(&self, filter: &DeviceFilter) -> Result<DevicePage, FleetError> {
+    pub(crate) fn list(&self, filter: &DeviceFilter) -> Result<DevicePage, FleetError> {
         let limit = filter.limit.unwrap_or(100);
         if !(1..=1000).contains(&limit) {
             return Err(FleetError::Invalid(format!(
@@ -888,7 +887,11 @@ impl Fleet {
 
     /// Changes the fields given; a lifecycle change starts or stops the
     /// device's telemetry.
-    pub async fn update(&self, id: &str, patch: PatchDevice) -> Result<DeviceView, FleetError> {
+    pub(crate) async fn update(
+        &self,
+        id: &str,
+        patch: PatchDevice,
+    ) -> Result<DeviceView, FleetError> {
         let entry = self.entry(id)?;
         let old = entry.device();
         let mut d = (*old).clone();
@@ -996,7 +999,7 @@ impl Fleet {
     }
 
     /// Removes a device and everything about it.
-    pub async fn delete(&self, id: &str) -> Result<(), FleetError> {
+    pub(crate) async fn delete(&self, id: &str) -> Result<(), FleetError> {
         let entry = self.entry(id)?;
         let (_, revoked) = self.0.store.delete(id, crate::clock::wall_ms()).await?;
         self.0.tls.revoke(revoked);
@@ -1020,7 +1023,7 @@ impl Fleet {
     }
 
     /// Issues a new secret; the old one stops working at once.
-    pub async fn rotate(&self, id: &str) -> Result<Credentials, FleetError> {
+    pub(crate) async fn rotate(&self, id: &str) -> Result<Credentials, FleetError> {
         let entry = self.entry(id)?;
         let (secret, hash) = new_secret();
         let at = self.0.clock.now_ms();
@@ -1033,7 +1036,7 @@ impl Fleet {
     }
 
     /// Takes a simulated device online, offline, or makes it flaky.
-    pub async fn set_connectivity(
+    pub(crate) async fn set_connectivity(
         &self,
         id: &str,
         request: ConnectivityRequest,
@@ -1097,25 +1100,25 @@ impl Fleet {
     }
 
     /// Connectivity changes from now on.
-    pub fn presence_events(&self) -> broadcast::Receiver<PresenceChange> {
+    pub(crate) fn presence_events(&self) -> broadcast::Receiver<PresenceChange> {
         self.0.presence.subscribe()
     }
 
     /// Whether a device is online now (`None`: no such device).
-    pub fn is_online(&self, id: &str) -> Option<bool> {
+    pub(crate) fn is_online(&self, id: &str) -> Option<bool> {
         let entry = self.entry(id).ok()?;
         Some(entry.presence.online_at(self.0.clock.now_ms()))
     }
 
     /// A device's dialect and shared state, when the device exists.
-    pub fn dialect_of(&self, id: &str) -> Option<(Arc<DeviceDialect>, Arc<SharedState>)> {
+    pub(crate) fn dialect_of(&self, id: &str) -> Option<(Arc<DeviceDialect>, Arc<SharedState>)> {
         let entry = self.entry(id).ok()?;
         Some((entry.dialect(), entry.shared.clone()))
     }
 
     /// Whether device `id` may publish on `topic` because its dialect
     /// reads messages there (iotmock's own topics are checked elsewhere).
-    pub fn dialect_may_publish(&self, id: &str, topic: &str) -> bool {
+    pub(crate) fn dialect_may_publish(&self, id: &str, topic: &str) -> bool {
         let (Ok(entry), Some(inbound)) = (self.entry(id), self.0.inbound.get()) else {
             return false;
         };
@@ -1125,7 +1128,7 @@ impl Fleet {
 
     /// Whether device `id` may subscribe to `filter` because its commands
     /// go out there in its dialect.
-    pub fn dialect_may_subscribe(&self, id: &str, filter: &str) -> bool {
+    pub(crate) fn dialect_may_subscribe(&self, id: &str, filter: &str) -> bool {
         let Ok(entry) = self.entry(id) else {
             return false;
         };
@@ -1137,13 +1140,13 @@ impl Fleet {
     }
 
     /// Simulated time now.
-    pub fn now_ms(&self) -> i64 {
+    pub(crate) fn now_ms(&self) -> i64 {
         self.0.clock.now_ms()
     }
 
     /// Hands the decoders of dialects every dialect in use, now and from
     /// now on (set once).
-    pub fn set_inbound(&self, inbound: Arc<dyn DialectReader>) {
+    pub(crate) fn set_inbound(&self, inbound: Arc<dyn DialectReader>) {
         let entries: Vec<Arc<Entry>> = self.0.devices.read().unwrap().values().cloned().collect();
         for entry in entries {
             inbound.listen(&entry.dialect());
@@ -1154,7 +1157,7 @@ impl Fleet {
     }
 
     /// A device as the command engine sees it.
-    pub fn command_target(&self, id: &str) -> Result<CommandTarget, FleetError> {
+    pub(crate) fn command_target(&self, id: &str) -> Result<CommandTarget, FleetError> {
         let entry = self.entry(id)?;
         let device = entry.device();
         Ok(CommandTarget {
@@ -1169,7 +1172,7 @@ impl Fleet {
 
     /// The ids of devices matching `filter` (every device when it is
     /// empty), in id order.
-    pub fn select(&self, filter: &DeviceFilter) -> Vec<String> {
+    pub(crate) fn select(&self, filter: &DeviceFilter) -> Vec<String> {
         let devices = self.0.devices.read().unwrap();
         devices
             .iter()
@@ -1188,7 +1191,7 @@ impl Fleet {
 
     /// Takes a simulated device offline or back online (a reboot); no-op
     /// for real devices, whose connection decides.
-    pub async fn set_simulated_online(&self, id: &str, online: bool) {
+    pub(crate) async fn set_simulated_online(&self, id: &str, online: bool) {
         let Ok(entry) = self.entry(id) else { return };
         if !entry.device().simulated {
             return;
@@ -1201,7 +1204,7 @@ impl Fleet {
     }
 
     /// Checks MQTT credentials: the username is the device id.
-    pub fn authenticate(&self, username: &str, password: &[u8]) -> AuthOutcome {
+    pub(crate) fn authenticate(&self, username: &str, password: &[u8]) -> AuthOutcome {
         let Ok(entry) = self.entry(username) else {
             return AuthOutcome::Unknown;
         };
@@ -1216,7 +1219,7 @@ impl Fleet {
 
     /// Checks a device's verified certificate (its subject common name is
     /// the device id; chain, validity and revocation were checked by TLS).
-    pub fn authenticate_cert(&self, device: &str) -> AuthOutcome {
+    pub(crate) fn authenticate_cert(&self, device: &str) -> AuthOutcome {
         match self.entry(device) {
             Err(_) => AuthOutcome::Unknown,
             Ok(entry) if !entry.device().state.may_connect() => AuthOutcome::NotAllowed,
@@ -1227,7 +1230,10 @@ impl Fleet {
     /// Follows the broker's connection events: a real device is online
     /// while its MQTT connection is open (user name, else client id, is the
     /// device id).
-    pub fn follow(&self, mut events: tokio::sync::broadcast::Receiver<crate::mqtt::ClientEvent>) {
+    pub(crate) fn follow(
+        &self,
+        mut events: tokio::sync::broadcast::Receiver<crate::mqtt::ClientEvent>,
+    ) {
         let fleet = self.clone();
         tokio::spawn(async move {
             use crate::mqtt::ClientEvent;
@@ -1257,7 +1263,7 @@ impl Fleet {
     }
 
     /// A real device's MQTT connection opened.
-    pub async fn connected(&self, id: &str) {
+    pub(crate) async fn connected(&self, id: &str) {
         let Ok(entry) = self.entry(id) else { return };
         let device = entry.device();
         entry.http.set_protocol(http_link::Protocol::Mqtt);
@@ -1282,7 +1288,7 @@ impl Fleet {
     }
 
     /// A real device's MQTT connection closed.
-    pub async fn disconnected(&self, id: &str) {
+    pub(crate) async fn disconnected(&self, id: &str) {
         let Ok(entry) = self.entry(id) else { return };
         entry
             .last_seen
@@ -1335,7 +1341,7 @@ impl Fleet {
 
 /// The answer to a credential check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthOutcome {
+pub(crate) enum AuthOutcome {
     Ok,
     Unknown,
     WrongSecret,

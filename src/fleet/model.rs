@@ -5,14 +5,14 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-pub use crate::dialect::DialectSpec;
+pub(crate) use crate::dialect::DialectSpec;
 use crate::ids::DeviceId;
 use crate::telemetry::{OfflineBuffer, SensorSpec};
 
 /// Where a device is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum Lifecycle {
+pub(crate) enum Lifecycle {
     /// Created; a real device that has not connected yet.
     Provisioned,
     /// In service: simulated devices stream, real devices have connected.
@@ -24,7 +24,7 @@ pub enum Lifecycle {
 }
 
 impl Lifecycle {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Lifecycle::Provisioned => "provisioned",
             Lifecycle::Active => "active",
@@ -33,7 +33,7 @@ impl Lifecycle {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "provisioned" => Lifecycle::Provisioned,
             "active" => Lifecycle::Active,
@@ -44,7 +44,7 @@ impl Lifecycle {
     }
 
     /// Whether the device's credentials are accepted.
-    pub fn may_connect(self) -> bool {
+    pub(crate) fn may_connect(self) -> bool {
         matches!(self, Lifecycle::Provisioned | Lifecycle::Active)
     }
 }
@@ -58,7 +58,7 @@ crate::plugin::spec::plugin_spec! {
 /// A device's stored fields. Bulk-created devices share their template's
 /// tags, metadata and sensors (the `Arc`s), which keeps a large fleet small.
 #[derive(Debug, Clone)]
-pub struct Device {
+pub(crate) struct Device {
     pub id: String,
     pub kind: Option<String>,
     pub tags: Arc<Vec<String>>,
@@ -81,7 +81,7 @@ pub struct Device {
 /// and the `template` of `POST /devices/bulk`.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct DeviceTemplate {
+pub(crate) struct DeviceTemplate {
     #[serde(rename = "type", default)]
     pub kind: Option<String>,
     #[serde(default)]
@@ -115,7 +115,7 @@ fn yes() -> bool {
 
 /// A device as a scenario file declares it, its id already checked.
 #[derive(Debug, Clone, PartialEq)]
-pub struct DeviceSpec {
+pub(crate) struct DeviceSpec {
     pub id: DeviceId,
     pub kind: Option<String>,
     pub tags: Vec<String>,
@@ -133,7 +133,7 @@ pub struct DeviceSpec {
 /// worth the repetition.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct CreateDevice {
+pub(crate) struct CreateDevice {
     pub id: String,
     #[serde(rename = "type", default)]
     pub kind: Option<String>,
@@ -158,7 +158,7 @@ pub struct CreateDevice {
 }
 
 impl CreateDevice {
-    pub fn split(self) -> (String, DeviceTemplate) {
+    pub(crate) fn split(self) -> (String, DeviceTemplate) {
         (
             self.id,
             DeviceTemplate {
@@ -179,7 +179,7 @@ impl CreateDevice {
 /// Body of `POST /devices/bulk`.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct BulkCreate {
+pub(crate) struct BulkCreate {
     /// How many devices, 1 to 1,000,000.
     pub count: u32,
     /// Ids from a pattern with `{n}` or `{n:0W}`, e.g. `sensor-{n:05}`.
@@ -198,7 +198,7 @@ pub struct BulkCreate {
 /// Body of `PATCH /devices/{id}`: fields given are replaced.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct PatchDevice {
+pub(crate) struct PatchDevice {
     #[serde(rename = "type", default)]
     pub kind: Option<String>,
     #[serde(default)]
@@ -228,7 +228,7 @@ pub struct PatchDevice {
 
 /// A device's MQTT credentials: username is the device id.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct Credentials {
+pub(crate) struct Credentials {
     pub username: String,
     /// Shown only when created or rotated; only a salted hash is kept.
     pub password: String,
@@ -236,7 +236,7 @@ pub struct Credentials {
 
 /// Connectivity as the API shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct ConnectivityView {
+pub(crate) struct ConnectivityView {
     /// `online` or `offline`.
     pub state: &'static str,
     /// What a simulated device was told: `online`, `offline` or `flaky`;
@@ -255,7 +255,7 @@ pub struct ConnectivityView {
 
 /// A device as the API shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct DeviceView {
+pub(crate) struct DeviceView {
     pub id: String,
     #[serde(rename = "type")]
     pub kind: Option<String>,
@@ -286,7 +286,7 @@ pub struct DeviceView {
 
 /// A device's telemetry counters (since the server started).
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct DeviceTelemetry {
+pub(crate) struct DeviceTelemetry {
     /// Readings waiting in its offline buffers now.
     pub buffered: u64,
     /// Readings its offline buffers had no room for.
@@ -296,7 +296,7 @@ pub struct DeviceTelemetry {
 /// Body of `POST /devices/{id}/connectivity`.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ConnectivityRequest {
+pub(crate) struct ConnectivityRequest {
     pub state: ConnectivityMode,
     /// flaky: mean length of an online spell, simulated ms (default 30,000).
     #[serde(default)]
@@ -308,7 +308,7 @@ pub struct ConnectivityRequest {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum ConnectivityMode {
+pub(crate) enum ConnectivityMode {
     Online,
     Offline,
     Flaky,
@@ -317,7 +317,7 @@ pub enum ConnectivityMode {
 /// Filters of `GET /devices`.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-pub struct DeviceFilter {
+pub(crate) struct DeviceFilter {
     /// Devices carrying this tag.
     pub tag: Option<String>,
     pub group: Option<String>,
@@ -336,7 +336,7 @@ pub struct DeviceFilter {
 
 /// A page of `GET /devices`.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct DevicePage {
+pub(crate) struct DevicePage {
     pub items: Vec<DeviceView>,
     /// Pass as `cursor` for the next page; null on the last.
     pub next_cursor: Option<String>,
@@ -346,7 +346,7 @@ pub struct DevicePage {
 
 /// One entry of the bulk answer.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct CreatedDevice {
+pub(crate) struct CreatedDevice {
     pub id: String,
     pub credentials: Credentials,
     /// With `"certificates": true`.
@@ -355,7 +355,7 @@ pub struct CreatedDevice {
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct BulkCreated {
+pub(crate) struct BulkCreated {
     pub created: usize,
     pub devices: Vec<CreatedDevice>,
 }

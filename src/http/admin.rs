@@ -46,7 +46,7 @@ impl AdminToken {
 }
 
 /// Answers 401 unless the request carries the admin token.
-pub async fn require_admin(
+pub(super) async fn require_admin(
     State(token): State<Option<AdminToken>>,
     request: Request,
     next: Next,

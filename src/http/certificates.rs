@@ -17,7 +17,7 @@ use crate::fleet::certificates::{CertificateList, IssueCertificate, IssuedCertif
     request_body = IssueCertificate,
     responses((status = 201, body = IssuedCertificate),
         (status = 404, body = Problem), (status = 422, body = Problem)))]
-pub async fn devices_certificates_create(
+pub(super) async fn devices_certificates_create(
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiJson(request): ApiJson<IssueCertificate>,
@@ -30,7 +30,7 @@ pub async fn devices_certificates_create(
 #[utoipa::path(get, path = "/api/v1/devices/{id}/certificates", tag = "devices",
     params(("id" = String, Path, description = "device id")),
     responses((status = 200, body = CertificateList), (status = 404, body = Problem)))]
-pub async fn devices_certificates_index(
+pub(super) async fn devices_certificates_index(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<CertificateList>, ApiError> {
@@ -42,7 +42,7 @@ pub async fn devices_certificates_index(
     params(("id" = String, Path, description = "device id"),
         ("serial" = String, Path, description = "the certificate's hex serial")),
     responses((status = 204), (status = 404, body = Problem)))]
-pub async fn devices_certificates_destroy(
+pub(super) async fn devices_certificates_destroy(
     State(state): State<AppState>,
     Path((id, serial)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
@@ -55,7 +55,7 @@ pub async fn devices_certificates_destroy(
 /// signs device certificates.
 #[utoipa::path(get, path = "/api/v1/ca.pem", tag = "system",
     responses((status = 200, content_type = "application/x-pem-file", body = String)))]
-pub async fn ca_show(State(state): State<AppState>) -> impl IntoResponse {
+pub(super) async fn ca_show(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/x-pem-file")],
         state.tls.ca_pem().to_string(),

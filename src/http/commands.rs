@@ -36,7 +36,7 @@ impl From<CommandError> for ApiError {
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-pub struct WaitQuery {
+pub(super) struct WaitQuery {
     /// Wait up to this long (wall ms, at most 60,000) for a final state.
     pub wait_ms: Option<u64>,
 }
@@ -61,7 +61,7 @@ fn wait_of(q: &WaitQuery) -> Result<Option<Duration>, ApiError> {
         (status = 409, description = "the command id is taken", body = Problem),
         (status = 422, body = Problem),
         (status = 429, description = "the device's queue is full", body = Problem)))]
-pub async fn commands_create(
+pub(super) async fn commands_create(
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiJson(request): ApiJson<CommandRequest>,
@@ -78,7 +78,7 @@ pub async fn commands_create(
         (status = 404, description = "a listed device does not exist", body = Problem),
         (status = 422, body = Problem),
         (status = 429, description = "a device's queue is full; nothing was sent", body = Problem)))]
-pub async fn commands_fleet_create(
+pub(super) async fn commands_fleet_create(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<FleetCommandRequest>,
 ) -> Result<(StatusCode, Json<BatchView>), ApiError> {
@@ -90,7 +90,7 @@ pub async fn commands_fleet_create(
 #[utoipa::path(get, path = "/api/v1/commands", tag = "commands",
     params(CommandFilter),
     responses((status = 200, body = CommandPage), (status = 422, body = Problem)))]
-pub async fn commands_index(
+pub(super) async fn commands_index(
     State(state): State<AppState>,
     ApiQuery(filter): ApiQuery<CommandFilter>,
 ) -> Result<Json<CommandPage>, ApiError> {
@@ -102,7 +102,7 @@ pub async fn commands_index(
 #[utoipa::path(get, path = "/api/v1/commands/{id}", tag = "commands",
     params(("id" = String, Path, description = "command id"), WaitQuery),
     responses((status = 200, body = CommandView), (status = 404, body = Problem)))]
-pub async fn commands_show(
+pub(super) async fn commands_show(
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiQuery(query): ApiQuery<WaitQuery>,
@@ -120,7 +120,7 @@ pub async fn commands_show(
     responses((status = 200, body = CommandView),
         (status = 404, body = Problem),
         (status = 409, description = "the command is no longer queued", body = Problem)))]
-pub async fn commands_cancel(
+pub(super) async fn commands_cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<CommandView>, ApiError> {
@@ -132,7 +132,7 @@ pub async fn commands_cancel(
 #[utoipa::path(get, path = "/api/v1/commands/batches/{id}", tag = "commands",
     params(("id" = String, Path, description = "fleet command id"), WaitQuery),
     responses((status = 200, body = BatchView), (status = 404, body = Problem)))]
-pub async fn commands_batch_show(
+pub(super) async fn commands_batch_show(
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiQuery(query): ApiQuery<WaitQuery>,

@@ -29,9 +29,9 @@ use crate::stubs::serve::{basic_credentials, header_pairs, query_pairs};
 use crate::telemetry::Reading;
 
 /// Most readings in one request.
-pub const MAX_READINGS: usize = 10_000;
+pub(super) const MAX_READINGS: usize = 10_000;
 /// Largest device API request body.
-pub const MAX_DEVICE_BODY: usize = 4 << 20;
+pub(super) const MAX_DEVICE_BODY: usize = 4 << 20;
 
 /// Where the journal middleware learns which device a request
 /// authenticated as.
@@ -44,7 +44,7 @@ struct DeviceSlot(Arc<Mutex<Option<String>>>);
 /// suspended or decommissioned device, or credentials of another device:
 /// 403. On success the request counts as the device's contact (it is
 /// marked online; silence takes it offline again).
-pub struct DeviceAuth {
+pub(super) struct DeviceAuth {
     pub id: String,
 }
 
@@ -117,7 +117,7 @@ impl FromRequestParts<AppState> for DeviceAuth {
 }
 
 /// Journals every device API request with its answer.
-pub async fn journal_device_api(
+pub(super) async fn journal_device_api(
     State(state): State<AppState>,
     request: Request,
     next: Next,
@@ -169,7 +169,7 @@ pub async fn journal_device_api(
 /// One reading as a device posts it.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ReadingIn {
+pub(super) struct ReadingIn {
     /// The sensor's name: 1 to 128 of `A-Z a-z 0-9 . _ -` (a topic level).
     pub sensor: String,
     /// A finite number.
@@ -183,7 +183,7 @@ pub struct ReadingIn {
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct TelemetryAccepted {
+pub(super) struct TelemetryAccepted {
     /// Readings published (and journaled for export).
     pub accepted: usize,
     /// Of those, held by an MQTT outage: they are routed when it ends.
@@ -266,7 +266,7 @@ fn reading(device: &Arc<str>, at: &str, item: Value, now: i64) -> Result<Reading
     security(("device_basic" = [])),
     responses((status = 200, body = TelemetryAccepted),
         (status = 401, body = Problem), (status = 403, body = Problem), (status = 422, body = Problem)))]
-pub async fn device_telemetry_create(
+pub(super) async fn device_telemetry_create(
     State(state): State<AppState>,
     auth: DeviceAuth,
     ApiJson(body): ApiJson<Value>,
@@ -311,7 +311,7 @@ pub async fn device_telemetry_create(
 
 /// The state a device reported.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ReportedView {
+pub(super) struct ReportedView {
     #[schema(value_type = Object)]
     pub state: Value,
     /// Simulated time of the last write; null before the first.
@@ -339,7 +339,7 @@ impl From<Option<ReportedState>> for ReportedView {
     params(("id" = String, Path, description = "device id (the basic-auth user)")),
     security(("device_basic" = [])),
     responses((status = 200, body = ReportedView), (status = 401, body = Problem), (status = 403, body = Problem)))]
-pub async fn device_state_show(
+pub(super) async fn device_state_show(
     State(state): State<AppState>,
     auth: DeviceAuth,
 ) -> Result<Json<ReportedView>, ApiError> {
@@ -362,7 +362,7 @@ fn object(body: Value) -> Result<Map<String, Value>, ApiError> {
     request_body(content = Object),
     security(("device_basic" = [])),
     responses((status = 200, body = ReportedView), (status = 401, body = Problem), (status = 403, body = Problem), (status = 422, body = Problem)))]
-pub async fn device_state_replace(
+pub(super) async fn device_state_replace(
     State(state): State<AppState>,
     auth: DeviceAuth,
     ApiJson(body): ApiJson<Value>,
@@ -381,7 +381,7 @@ pub async fn device_state_replace(
     request_body(content = Object),
     security(("device_basic" = [])),
     responses((status = 200, body = ReportedView), (status = 401, body = Problem), (status = 403, body = Problem), (status = 422, body = Problem)))]
-pub async fn device_state_update(
+pub(super) async fn device_state_update(
     State(state): State<AppState>,
     auth: DeviceAuth,
     ApiJson(body): ApiJson<Value>,
@@ -394,11 +394,11 @@ pub async fn device_state_update(
 }
 
 /// Longest long poll for a command.
-pub const MAX_POLL_MS: u64 = 60_000;
+pub(super) const MAX_POLL_MS: u64 = 60_000;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-pub struct NextQuery {
+pub(super) struct NextQuery {
     /// Wait up to this long (wall ms, 0 to 60,000; default 0) for a
     /// command.
     pub wait_ms: Option<u64>,
@@ -417,7 +417,7 @@ pub struct NextQuery {
     responses((status = 200, body = crate::commands::CommandMessage),
         (status = 204, description = "no command within wait_ms"),
         (status = 401, body = Problem), (status = 403, body = Problem), (status = 422, body = Problem)))]
-pub async fn device_commands_next(
+pub(super) async fn device_commands_next(
     State(state): State<AppState>,
     auth: DeviceAuth,
     ApiQuery(q): ApiQuery<NextQuery>,
@@ -439,7 +439,7 @@ pub async fn device_commands_next(
 /// A device's answer to a command, as it posts it.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct AckIn {
+pub(super) struct AckIn {
     /// `received`, `completed`, `rejected` or `failed`.
     pub status: crate::commands::AckStatus,
     #[serde(default)]
@@ -458,7 +458,7 @@ pub struct AckIn {
         (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 404, description = "no such command for this device", body = Problem),
         (status = 422, body = Problem)))]
-pub async fn device_acks_create(
+pub(super) async fn device_acks_create(
     State(state): State<AppState>,
     auth: DeviceAuth,
     Path(path): Path<(String, String)>,
@@ -466,7 +466,6 @@ pub async fn device_acks_create(
 ) -> Result<Json<crate::commands::CommandView>, ApiError> {
     let command_id = path.1;
     let ack = crate::commands::DeviceAck {
-        id: Some(command_id.clone()),
         status: ack.status,
         result: ack.result,
     };

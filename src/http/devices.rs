@@ -32,7 +32,7 @@ impl From<FleetError> for ApiError {
     responses((status = 201, body = DeviceView),
         (status = 409, description = "the id is taken", body = Problem),
         (status = 422, body = Problem)))]
-pub async fn devices_create(
+pub(super) async fn devices_create(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<CreateDevice>,
 ) -> Result<(StatusCode, Json<DeviceView>), ApiError> {
@@ -49,7 +49,7 @@ pub async fn devices_create(
     responses((status = 201, body = BulkCreated),
         (status = 409, description = "an id is taken; nothing was created", body = Problem),
         (status = 422, body = Problem)))]
-pub async fn devices_bulk_create(
+pub(super) async fn devices_bulk_create(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<BulkCreate>,
 ) -> Result<(StatusCode, Json<BulkCreated>), ApiError> {
@@ -61,7 +61,7 @@ pub async fn devices_bulk_create(
 #[utoipa::path(get, path = "/api/v1/devices", tag = "devices",
     params(DeviceFilter),
     responses((status = 200, body = DevicePage), (status = 422, body = Problem)))]
-pub async fn devices_index(
+pub(super) async fn devices_index(
     State(state): State<AppState>,
     ApiQuery(filter): ApiQuery<DeviceFilter>,
 ) -> Result<Json<DevicePage>, ApiError> {
@@ -71,7 +71,7 @@ pub async fn devices_index(
 #[utoipa::path(get, path = "/api/v1/devices/{id}", tag = "devices",
     params(("id" = String, Path, description = "device id")),
     responses((status = 200, body = DeviceView), (status = 404, body = Problem)))]
-pub async fn devices_show(
+pub(super) async fn devices_show(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<DeviceView>, ApiError> {
@@ -85,7 +85,7 @@ pub async fn devices_show(
     params(("id" = String, Path, description = "device id")),
     request_body = PatchDevice,
     responses((status = 200, body = DeviceView), (status = 404, body = Problem), (status = 422, body = Problem)))]
-pub async fn devices_update(
+pub(super) async fn devices_update(
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiJson(patch): ApiJson<PatchDevice>,
@@ -97,7 +97,7 @@ pub async fn devices_update(
 #[utoipa::path(delete, path = "/api/v1/devices/{id}", tag = "devices",
     params(("id" = String, Path, description = "device id")),
     responses((status = 204), (status = 404, body = Problem)))]
-pub async fn devices_destroy(
+pub(super) async fn devices_destroy(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
@@ -109,7 +109,7 @@ pub async fn devices_destroy(
 #[utoipa::path(post, path = "/api/v1/devices/{id}/credentials", tag = "devices",
     params(("id" = String, Path, description = "device id")),
     responses((status = 200, body = Credentials), (status = 404, body = Problem)))]
-pub async fn devices_rotate_credentials(
+pub(super) async fn devices_rotate_credentials(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Credentials>, ApiError> {
@@ -123,7 +123,7 @@ pub async fn devices_rotate_credentials(
     params(("id" = String, Path, description = "device id")),
     request_body = ConnectivityRequest,
     responses((status = 200, body = DeviceView), (status = 404, body = Problem), (status = 422, body = Problem)))]
-pub async fn devices_connectivity(
+pub(super) async fn devices_connectivity(
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiJson(request): ApiJson<ConnectivityRequest>,

@@ -21,7 +21,7 @@ impl From<EdgeError> for ApiError {
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct EdgeNodeList {
+pub(super) struct EdgeNodeList {
     pub items: Vec<EdgeNodeView>,
 }
 
@@ -34,7 +34,7 @@ pub struct EdgeNodeList {
     responses((status = 201, body = EdgeNodeView),
         (status = 409, description = "the id is taken", body = Problem),
         (status = 422, description = "a field, plugin or rule config is not valid", body = Problem)))]
-pub async fn edge_nodes_create(
+pub(super) async fn edge_nodes_create(
     State(state): State<AppState>,
     ApiJson(spec): ApiJson<EdgeNodeSpec>,
 ) -> Result<(StatusCode, Json<EdgeNodeView>), ApiError> {
@@ -45,7 +45,7 @@ pub async fn edge_nodes_create(
 /// Every edge node with its counters.
 #[utoipa::path(get, path = "/api/v1/edge-nodes", tag = "edge",
     responses((status = 200, body = EdgeNodeList)))]
-pub async fn edge_nodes_index(State(state): State<AppState>) -> Json<EdgeNodeList> {
+pub(super) async fn edge_nodes_index(State(state): State<AppState>) -> Json<EdgeNodeList> {
     Json(EdgeNodeList {
         items: state.edge.list(),
     })
@@ -57,7 +57,7 @@ pub async fn edge_nodes_index(State(state): State<AppState>) -> Json<EdgeNodeLis
 #[utoipa::path(get, path = "/api/v1/edge-nodes/{id}", tag = "edge",
     params(("id" = String, Path, description = "edge node id")),
     responses((status = 200, body = EdgeNodeView), (status = 404, body = Problem)))]
-pub async fn edge_nodes_show(
+pub(super) async fn edge_nodes_show(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<EdgeNodeView>, ApiError> {
@@ -66,14 +66,14 @@ pub async fn edge_nodes_show(
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum UplinkState {
+pub(super) enum UplinkState {
     Up,
     Down,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct UplinkRequest {
+pub(super) struct UplinkRequest {
     /// `down`: output is kept in the node's buffer; `up`: the buffer is
     /// published in order (before this call answers) and output flows again.
     pub state: UplinkState,
@@ -85,7 +85,7 @@ pub struct UplinkRequest {
     request_body = UplinkRequest,
     responses((status = 200, body = EdgeNodeView), (status = 404, body = Problem),
         (status = 422, body = Problem)))]
-pub async fn edge_nodes_uplink(
+pub(super) async fn edge_nodes_uplink(
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiJson(request): ApiJson<UplinkRequest>,
@@ -98,7 +98,7 @@ pub async fn edge_nodes_uplink(
 #[utoipa::path(delete, path = "/api/v1/edge-nodes/{id}", tag = "edge",
     params(("id" = String, Path, description = "edge node id")),
     responses((status = 204), (status = 404, body = Problem)))]
-pub async fn edge_nodes_destroy(
+pub(super) async fn edge_nodes_destroy(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 
 /// The body of every error answer.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Problem {
+pub(crate) struct Problem {
     /// A URI naming the kind of problem.
     #[serde(rename = "type")]
     pub kind: String,
@@ -24,14 +24,14 @@ pub struct Problem {
 }
 
 #[derive(Debug)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     pub status: StatusCode,
     pub kind: &'static str,
     pub detail: String,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, kind: &'static str, detail: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, kind: &'static str, detail: impl Into<String>) -> Self {
         Self {
             status,
             kind,
@@ -39,30 +39,30 @@ impl ApiError {
         }
     }
 
-    pub fn bad_request(detail: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad-request", detail)
     }
 
-    pub fn invalid(detail: impl Into<String>) -> Self {
+    pub(crate) fn invalid(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-input", detail)
     }
 
-    pub fn not_found(detail: impl Into<String>) -> Self {
+    pub(crate) fn not_found(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not-found", detail)
     }
 
-    pub fn conflict(detail: impl Into<String>) -> Self {
+    pub(crate) fn conflict(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", detail)
     }
 
     /// A body larger than the route takes.
-    pub fn too_large(detail: impl Into<String>) -> Self {
+    pub(crate) fn too_large(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", detail)
     }
 
     /// A request body that failed to arrive: too large, too slow, or cut
     /// off. `error` is the body's error, `limits` says what the route takes.
-    pub fn body_failed(error: &(dyn std::error::Error + 'static), limits: &str) -> Self {
+    pub(crate) fn body_failed(error: &(dyn std::error::Error + 'static), limits: &str) -> Self {
         let mut cause = Some(error);
         while let Some(e) = cause {
             // axum boxes the limit's error once more on its way up.
@@ -88,7 +88,7 @@ impl ApiError {
 
     /// A change that could not be stored under `--data-dir`, and so was not
     /// made: 503, the store's own error logged, not sent.
-    pub fn storage(detail: impl std::fmt::Display) -> Self {
+    pub(crate) fn storage(detail: impl std::fmt::Display) -> Self {
         tracing::error!(%detail, "a change could not be stored; it was not made");
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -98,7 +98,7 @@ impl ApiError {
     }
 
     /// A server-side failure: the detail is logged, not sent.
-    pub fn internal(detail: impl std::fmt::Display) -> Self {
+    pub(crate) fn internal(detail: impl std::fmt::Display) -> Self {
         crate::ratelimit::error_limited!(%detail, "request failed");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -132,7 +132,7 @@ impl IntoResponse for ApiError {
 
 /// `axum::Json`, with rejections answered as problem+json: a body that is
 /// not JSON is a 400; JSON of the wrong shape is a 422 naming the field.
-pub struct ApiJson<T>(pub T);
+pub(super) struct ApiJson<T>(pub T);
 
 impl<S, T> FromRequest<S> for ApiJson<T>
 where
@@ -171,7 +171,7 @@ const JSON_LIMITS: &str = "JSON bodies carry at most 2 MiB (16 MiB for POST /dev
 
 /// A raw body, with rejections answered as problem+json (413 when larger
 /// than the route takes, 408 when it does not arrive in time).
-pub struct ApiBytes(pub axum::body::Bytes);
+pub(super) struct ApiBytes(pub axum::body::Bytes);
 
 impl<S: Send + Sync> FromRequest<S> for ApiBytes {
     type Rejection = ApiError;
@@ -189,7 +189,7 @@ impl<S: Send + Sync> FromRequest<S> for ApiBytes {
 /// `axum::extract::Query`, with rejections answered as problem+json: a
 /// query string that does not fit the route's parameters is a 422 naming
 /// the parameter.
-pub struct ApiQuery<T>(pub T);
+pub(super) struct ApiQuery<T>(pub T);
 
 impl<S, T> FromRequestParts<S> for ApiQuery<T>
 where

@@ -25,9 +25,10 @@ use axum::routing::{any, get, post};
 use utoipa::OpenApi;
 
 pub use admin::{AdminToken, EmptyToken};
-pub use error::{ApiError, Problem};
+pub(crate) use error::{ApiError, Problem};
 use openapi_errors::ErrorResponses;
-pub use serve::{DEFAULT_MAX_CONNECTIONS, HttpLimits, ListenerCounters, ListenerStats};
+pub use serve::HttpLimits;
+pub(crate) use serve::{ListenerCounters, ListenerStats};
 
 use crate::clock::Clock;
 use crate::commands::Commands;
@@ -47,17 +48,17 @@ const MAX_JSON_BYTES: usize = 2 << 20;
 /// Default of `--max-advance`: the longest span one `POST /clock/advance`
 /// moves the clock (a day), so that one request cannot keep the server busy
 /// for hours; advance again for more.
-pub const DEFAULT_MAX_ADVANCE_MS: i64 = 86_400_000;
+pub(crate) const DEFAULT_MAX_ADVANCE_MS: i64 = 86_400_000;
 
 #[derive(Clone, Copy)]
-pub struct Addrs {
+pub(crate) struct Addrs {
     pub http: SocketAddr,
     pub mqtt: SocketAddr,
 }
 
 /// What handlers reach: handles of the modules, each cheap to clone.
 #[derive(Clone)]
-pub struct AppState {
+pub(crate) struct AppState {
     pub addrs: Addrs,
     pub simulation: crate::simulation::Simulation,
     pub clock: Clock,
@@ -79,7 +80,7 @@ pub struct AppState {
 
 /// Bounds on the work and connections clients can cause.
 #[derive(Clone)]
-pub struct ApiLimits {
+pub(crate) struct ApiLimits {
     pub http: HttpLimits,
     pub max_advance_ms: i64,
     pub api_connections: std::sync::Arc<ListenerStats>,
@@ -174,11 +175,11 @@ impl utoipa::Modify for DeviceBasicAuth {
 }
 
 /// The OpenAPI document of every route.
-pub fn openapi() -> utoipa::openapi::OpenApi {
+pub(crate) fn openapi() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     let admin = Router::new()
         .route("/openapi.json", get(|| async { axum::Json(openapi()) }))
         .route("/clock", get(system::clock_show))
@@ -320,7 +321,7 @@ fn device_api_routes(state: AppState) -> Router<AppState> {
 }
 
 /// The `--mock-http` server: every path goes to the stubs as it is.
-pub fn mock_router(state: AppState) -> Router {
+pub(crate) fn mock_router(state: AppState) -> Router {
     Router::new().fallback(stubs::mock_root).with_state(state)
 }
 

@@ -22,7 +22,7 @@ const MAX_OUTAGE_MS: u64 = 3_600_000;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct PublishRequest {
+pub(super) struct PublishRequest {
     pub topic: String,
     /// A string is sent as its UTF-8 bytes; any other JSON value is sent as
     /// its JSON text.
@@ -37,7 +37,7 @@ pub struct PublishRequest {
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct PublishResponse {
+pub(super) struct PublishResponse {
     /// `routed`; during an outage `held` (QoS 1/2 or retained: routed when
     /// the broker is back) or `dropped` (QoS 0: counted in the status).
     pub outcome: PublishOutcome,
@@ -48,7 +48,7 @@ pub struct PublishResponse {
     request_body = PublishRequest,
     responses((status = 202, description = "accepted; `outcome` says whether it was routed, held or dropped", body = PublishResponse),
         (status = 422, body = Problem)))]
-pub async fn mqtt_publish(
+pub(super) async fn mqtt_publish(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<PublishRequest>,
 ) -> Result<(StatusCode, Json<PublishResponse>), ApiError> {
@@ -67,7 +67,7 @@ pub async fn mqtt_publish(
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-pub struct MessagesQuery {
+pub(super) struct MessagesQuery {
     /// A topic filter (`+` and `#` wildcards); all topics when absent.
     pub topic: Option<String>,
     /// Only messages with a cursor above this (default 0: all kept).
@@ -77,7 +77,7 @@ pub struct MessagesQuery {
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct MessagesPage {
+pub(super) struct MessagesPage {
     /// `{"cursor","received_at","sim_time","topic","payload","payload_encoding":"utf8"|"base64","qos","retain","client_id"}`;
     /// `client_id` is null for the server's own publishes.
     #[schema(value_type = Vec<Object>)]
@@ -96,7 +96,7 @@ pub struct MessagesPage {
 #[utoipa::path(get, path = "/api/v1/mqtt/messages", tag = "mqtt",
     params(MessagesQuery),
     responses((status = 200, body = MessagesPage), (status = 422, body = Problem)))]
-pub async fn mqtt_messages(
+pub(super) async fn mqtt_messages(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<MessagesQuery>,
 ) -> Result<Json<MessagesPage>, ApiError> {
@@ -123,7 +123,7 @@ pub async fn mqtt_messages(
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct VerifyRequest {
+pub(super) struct VerifyRequest {
     /// A topic filter (`+` and `#` wildcards).
     pub topic: String,
     /// Count only messages whose JSON payload contains this subset.
@@ -149,7 +149,7 @@ pub struct VerifyRequest {
 #[utoipa::path(post, path = "/api/v1/mqtt/verify", tag = "mqtt",
     request_body = VerifyRequest,
     responses((status = 200, body = Verdict), (status = 422, body = Problem)))]
-pub async fn mqtt_verify(
+pub(super) async fn mqtt_verify(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<VerifyRequest>,
 ) -> Result<Json<Verdict>, ApiError> {
@@ -175,7 +175,7 @@ pub async fn mqtt_verify(
 /// Connected MQTT clients and their subscriptions.
 #[utoipa::path(get, path = "/api/v1/mqtt/clients", tag = "mqtt",
     responses((status = 200, body = Vec<ClientInfo>)))]
-pub async fn mqtt_clients(State(state): State<AppState>) -> Json<Vec<ClientInfo>> {
+pub(super) async fn mqtt_clients(State(state): State<AppState>) -> Json<Vec<ClientInfo>> {
     Json(state.mqtt.clients())
 }
 
@@ -183,13 +183,13 @@ pub async fn mqtt_clients(State(state): State<AppState>) -> Json<Vec<ClientInfo>
 /// outage policy's counters.
 #[utoipa::path(get, path = "/api/v1/mqtt/status", tag = "mqtt",
     responses((status = 200, body = Status)))]
-pub async fn mqtt_status(State(state): State<AppState>) -> Json<Status> {
+pub(super) async fn mqtt_status(State(state): State<AppState>) -> Json<Status> {
     Json(state.mqtt.status())
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct OutageRequest {
+pub(super) struct OutageRequest {
     /// 1 to 3,600,000.
     pub duration_ms: u64,
 }
@@ -201,7 +201,7 @@ pub struct OutageRequest {
     request_body = OutageRequest,
     responses((status = 202, body = Status), (status = 409, body = Problem),
         (status = 422, body = Problem)))]
-pub async fn mqtt_outage(
+pub(super) async fn mqtt_outage(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<OutageRequest>,
 ) -> Result<(StatusCode, Json<Status>), ApiError> {
@@ -231,7 +231,7 @@ pub async fn mqtt_outage(
 
 /// Fault rules and the log of their firings.
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct FaultList {
+pub(super) struct FaultList {
     pub rules: Vec<FaultRule>,
     /// Firings after `since`, oldest first (a bounded log).
     pub log: Vec<FaultEvent>,
@@ -241,7 +241,7 @@ pub struct FaultList {
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-pub struct FaultLogQuery {
+pub(super) struct FaultLogQuery {
     /// Only firings with a sequence number above this.
     #[serde(default)]
     pub since: u64,
@@ -253,7 +253,7 @@ pub struct FaultLogQuery {
 #[utoipa::path(post, path = "/api/v1/mqtt/faults", tag = "mqtt",
     request_body = FaultSpec,
     responses((status = 201, body = FaultRule), (status = 422, body = Problem)))]
-pub async fn mqtt_faults_create(
+pub(super) async fn mqtt_faults_create(
     State(state): State<AppState>,
     ApiJson(spec): ApiJson<FaultSpec>,
 ) -> Result<(StatusCode, Json<FaultRule>), ApiError> {
@@ -268,7 +268,7 @@ pub async fn mqtt_faults_create(
 /// firings.
 #[utoipa::path(get, path = "/api/v1/mqtt/faults", tag = "mqtt", params(FaultLogQuery),
     responses((status = 200, body = FaultList)))]
-pub async fn mqtt_faults_index(
+pub(super) async fn mqtt_faults_index(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<FaultLogQuery>,
 ) -> Json<FaultList> {
@@ -284,7 +284,7 @@ pub async fn mqtt_faults_index(
 #[utoipa::path(delete, path = "/api/v1/mqtt/faults/{id}", tag = "mqtt",
     params(("id" = String, Path, description = "rule id, e.g. f-1")),
     responses((status = 204), (status = 404, body = Problem)))]
-pub async fn mqtt_faults_destroy(
+pub(super) async fn mqtt_faults_destroy(
     State(state): State<AppState>,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<StatusCode, ApiError> {
@@ -298,14 +298,14 @@ pub async fn mqtt_faults_destroy(
 /// Removes every fault rule.
 #[utoipa::path(delete, path = "/api/v1/mqtt/faults", tag = "mqtt",
     responses((status = 204)))]
-pub async fn mqtt_faults_clear(State(state): State<AppState>) -> StatusCode {
+pub(super) async fn mqtt_faults_clear(State(state): State<AppState>) -> StatusCode {
     state.mqtt.faults_clear();
     StatusCode::NO_CONTENT
 }
 
 /// Messages that did not reach a client, with the reason.
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct DropList {
+pub(super) struct DropList {
     /// After `since`, oldest first (a bounded log).
     pub items: Vec<DropEvent>,
     /// Entries the log no longer holds.
@@ -317,7 +317,7 @@ pub struct DropList {
 /// topic.
 #[utoipa::path(get, path = "/api/v1/mqtt/drops", tag = "mqtt", params(FaultLogQuery),
     responses((status = 200, body = DropList)))]
-pub async fn mqtt_drops_index(
+pub(super) async fn mqtt_drops_index(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<FaultLogQuery>,
 ) -> Json<DropList> {

@@ -10,7 +10,7 @@ use super::error::{ApiBytes, ApiError, Problem};
 use crate::plugin::{LoadError, PluginInfo, PluginSource};
 
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct PluginList {
+pub(super) struct PluginList {
     pub items: Vec<PluginInfo>,
 }
 
@@ -18,7 +18,7 @@ pub struct PluginList {
 /// call counts.
 #[utoipa::path(get, path = "/api/v1/plugins", tag = "plugins",
     responses((status = 200, body = PluginList)))]
-pub async fn plugins_index(State(state): State<AppState>) -> Json<PluginList> {
+pub(super) async fn plugins_index(State(state): State<AppState>) -> Json<PluginList> {
     Json(PluginList {
         items: state.plugins.list(),
     })
@@ -28,7 +28,7 @@ pub async fn plugins_index(State(state): State<AppState>) -> Json<PluginList> {
 #[utoipa::path(get, path = "/api/v1/plugins/{name}", tag = "plugins",
     params(("name" = String, Path, description = "plugin name")),
     responses((status = 200, body = PluginInfo), (status = 404, body = Problem)))]
-pub async fn plugins_show(
+pub(super) async fn plugins_show(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<PluginInfo>, ApiError> {
@@ -48,7 +48,7 @@ pub async fn plugins_show(
     request_body(content = Vec<u8>, content_type = "application/wasm", description = "a WebAssembly component"),
     responses((status = 200, body = PluginInfo),
         (status = 422, description = "refused; the old version keeps serving", body = Problem)))]
-pub async fn plugins_update(
+pub(super) async fn plugins_update(
     State(state): State<AppState>,
     Path(name): Path<String>,
     ApiBytes(body): ApiBytes,
@@ -71,7 +71,7 @@ pub async fn plugins_update(
 #[utoipa::path(delete, path = "/api/v1/plugins/{name}", tag = "plugins",
     params(("name" = String, Path, description = "plugin name")),
     responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
-pub async fn plugins_destroy(
+pub(super) async fn plugins_destroy(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {

@@ -38,22 +38,25 @@ use crate::stubs::listener::{ConnHandle, ResettableIo};
 use crate::transport::Tls;
 
 /// Default of `--http-header-timeout`.
-pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default of `--http-body-timeout`.
-pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default of `--http-idle-timeout`.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default of `--http-max-connections`.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// How long the accept loop waits after a failed accept (out of file
 /// descriptors, most often) before trying again.
-pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Connection limits of one HTTP listener.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpLimits {
+    /// Longest wait for a request's headers.
     pub header_timeout: Duration,
+    /// Longest wait for a request's body.
     pub body_timeout: Duration,
+    /// How long an idle keep-alive connection stays open.
     pub idle_timeout: Duration,
     /// Connections open at once; one more is answered 503 and closed.
     pub max_connections: usize,
@@ -72,7 +75,7 @@ impl Default for HttpLimits {
 
 /// Counters of one listener, for `/health` and `/metrics`.
 #[derive(Debug, Default)]
-pub struct ListenerStats {
+pub(crate) struct ListenerStats {
     open: AtomicU64,
     refused: AtomicU64,
     timed_out: AtomicU64,
@@ -80,7 +83,7 @@ pub struct ListenerStats {
 }
 
 #[derive(Debug, Clone, Copy, serde::Serialize, utoipa::ToSchema)]
-pub struct ListenerCounters {
+pub(crate) struct ListenerCounters {
     /// Connections open now.
     pub open: u64,
     /// The most that may be open at once (`--http-max-connections`).
@@ -95,7 +98,7 @@ pub struct ListenerCounters {
 }
 
 impl ListenerStats {
-    pub fn counters(&self, limits: &HttpLimits) -> ListenerCounters {
+    pub(crate) fn counters(&self, limits: &HttpLimits) -> ListenerCounters {
         ListenerCounters {
             open: self.open.load(Ordering::Relaxed),
             max: limits.max_connections as u64,
@@ -242,7 +245,7 @@ async fn connection(
     let _open = OpenGuard(ctx.stats.clone());
     // Dripped bodies go out chunk by chunk, not coalesced.
     let _ = stream.set_nodelay(true);
-    let (io, handle) = ResettableIo::new(stream, ctx.remote);
+    let (io, handle) = ResettableIo::new(stream);
     match tls {
         None => drive(io, handle, None, ctx).await,
         Some(tls) => {
@@ -518,7 +521,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ActivityIo<I> {
 /// timeout.
 #[derive(Debug, thiserror::Error)]
 #[error("the request body did not arrive within {0:?}")]
-pub struct BodyTimeout(pub Duration);
+pub(crate) struct BodyTimeout(pub Duration);
 
 /// A request body that fails with [`BodyTimeout`] when it is not complete
 /// within `timeout` of the end of the headers.

@@ -37,7 +37,7 @@ impl From<StubError> for ApiError {
     responses((status = 201, body = StubView),
         (status = 409, description = "the id is taken", body = Problem),
         (status = 422, body = Problem)))]
-pub async fn stubs_create(
+pub(super) async fn stubs_create(
     State(state): State<AppState>,
     ApiJson(def): ApiJson<StubDef>,
 ) -> Result<(StatusCode, Json<StubView>), ApiError> {
@@ -45,7 +45,7 @@ pub async fn stubs_create(
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct StubList {
+pub(super) struct StubList {
     /// In the order they are tried: highest priority first, then newest.
     pub items: Vec<StubView>,
 }
@@ -53,7 +53,7 @@ pub struct StubList {
 /// Every stub, with how often it was called.
 #[utoipa::path(get, path = "/api/v1/stubs", tag = "stubs",
     responses((status = 200, body = StubList)))]
-pub async fn stubs_index(State(state): State<AppState>) -> Json<StubList> {
+pub(super) async fn stubs_index(State(state): State<AppState>) -> Json<StubList> {
     Json(StubList {
         items: state.stubs.list(),
     })
@@ -62,7 +62,7 @@ pub async fn stubs_index(State(state): State<AppState>) -> Json<StubList> {
 #[utoipa::path(get, path = "/api/v1/stubs/{id}", tag = "stubs",
     params(("id" = String, Path, description = "stub id")),
     responses((status = 200, body = StubView), (status = 404, body = Problem)))]
-pub async fn stubs_show(
+pub(super) async fn stubs_show(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<StubView>, ApiError> {
@@ -72,7 +72,7 @@ pub async fn stubs_show(
 #[utoipa::path(delete, path = "/api/v1/stubs/{id}", tag = "stubs",
     params(("id" = String, Path, description = "stub id")),
     responses((status = 204), (status = 404, body = Problem)))]
-pub async fn stubs_destroy(
+pub(super) async fn stubs_destroy(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
@@ -81,14 +81,16 @@ pub async fn stubs_destroy(
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct StubsCleared {
+pub(super) struct StubsCleared {
     pub deleted: usize,
 }
 
 /// Removes every stub (scenario ones too, until the next start).
 #[utoipa::path(delete, path = "/api/v1/stubs", tag = "stubs",
     responses((status = 200, body = StubsCleared)))]
-pub async fn stubs_clear(State(state): State<AppState>) -> Result<Json<StubsCleared>, ApiError> {
+pub(super) async fn stubs_clear(
+    State(state): State<AppState>,
+) -> Result<Json<StubsCleared>, ApiError> {
     Ok(Json(StubsCleared {
         deleted: state.stubs.delete_all().await?,
     }))
@@ -101,12 +103,12 @@ pub async fn stubs_clear(State(state): State<AppState>) -> Result<Json<StubsClea
     params(("path" = String, Path, description = "the path the stubs match, e.g. ota/d-1/manifest")),
     responses((status = 200, description = "whatever the matching stub declares"),
         (status = 404, description = "no stub matched", body = NoStubMatched)))]
-pub async fn mock_prefixed(State(state): State<AppState>, request: Request) -> Response {
+pub(super) async fn mock_prefixed(State(state): State<AppState>, request: Request) -> Response {
     mock_answer(&state, Mount::Prefixed, request).await
 }
 
 /// Answers a request on `--mock-http` (real paths, no prefix).
-pub async fn mock_root(State(state): State<AppState>, request: Request) -> Response {
+pub(super) async fn mock_root(State(state): State<AppState>, request: Request) -> Response {
     mock_answer(&state, Mount::Root, request).await
 }
 
@@ -128,7 +130,7 @@ async fn mock_answer(state: &AppState, mount: Mount, request: Request) -> Respon
 
 /// The 404 body of a request no stub matched.
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct NoStubMatched {
+pub(super) struct NoStubMatched {
     #[serde(rename = "type")]
     pub kind: String,
     pub title: String,
@@ -140,7 +142,7 @@ pub struct NoStubMatched {
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-pub struct RequestsQuery {
+pub(super) struct RequestsQuery {
     /// `GET`, `POST`, ...
     pub method: Option<String>,
     /// A path prefix (`/ota`), or a pattern with `{name}`, `*` or `**`.
@@ -159,7 +161,7 @@ pub struct RequestsQuery {
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct RequestsPage {
+pub(super) struct RequestsPage {
     /// `{"cursor","received_at","sim_time","listener":"api"|"mock"|"mock_http","method","path","query","headers","body","body_encoding","body_truncated","stub","device","status","fault"}`.
     #[schema(value_type = Vec<Object>)]
     pub items: Vec<HttpEntry>,
@@ -200,7 +202,7 @@ fn filter_of(
 #[utoipa::path(get, path = "/api/v1/http/requests", tag = "stubs",
     params(RequestsQuery),
     responses((status = 200, body = RequestsPage), (status = 422, body = Problem)))]
-pub async fn http_requests(
+pub(super) async fn http_requests(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<RequestsQuery>,
 ) -> Result<Json<RequestsPage>, ApiError> {
@@ -244,7 +246,7 @@ pub async fn http_requests(
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct HttpVerifyRequest {
+pub(super) struct HttpVerifyRequest {
     pub method: Option<String>,
     /// A path prefix, or a pattern with `{name}`, `*` or `**`.
     pub path: Option<String>,
@@ -284,7 +286,7 @@ pub struct HttpVerifyRequest {
 #[utoipa::path(post, path = "/api/v1/http/verify", tag = "stubs",
     request_body = HttpVerifyRequest,
     responses((status = 200, body = Verdict), (status = 422, body = Problem)))]
-pub async fn http_verify(
+pub(super) async fn http_verify(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<HttpVerifyRequest>,
 ) -> Result<Json<Verdict>, ApiError> {

@@ -13,7 +13,7 @@ use crate::commands::CommandCounters;
 use crate::telemetry::TelemetryCounters;
 
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct Health {
+pub(super) struct Health {
     /// Always "ok" while the server answers.
     pub status: &'static str,
     pub version: &'static str,
@@ -46,7 +46,7 @@ pub struct Health {
 
 /// The budgets not shown with their journals.
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct LimitsView {
+pub(super) struct LimitsView {
     /// Devices in the fleet now.
     pub devices: usize,
     /// Most devices the fleet holds (`--max-devices`).
@@ -65,7 +65,7 @@ pub struct LimitsView {
 /// Whether the server is up, where it listens, and its counters.
 #[utoipa::path(get, path = "/api/v1/health", tag = "system",
     responses((status = 200, body = Health)))]
-pub async fn health_show(State(state): State<AppState>) -> Json<Health> {
+pub(super) async fn health_show(State(state): State<AppState>) -> Json<Health> {
     let mqtt = state.mqtt.status();
     Json(Health {
         status: "ok",
@@ -107,7 +107,7 @@ pub async fn health_show(State(state): State<AppState>) -> Json<Health> {
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct ClockView {
+pub(super) struct ClockView {
     /// realtime, manual or xN.
     pub mode: String,
     /// Simulated time, RFC 3339.
@@ -131,13 +131,13 @@ fn clock_view(state: &AppState) -> ClockView {
 /// Where simulated time is.
 #[utoipa::path(get, path = "/api/v1/clock", tag = "clock",
     responses((status = 200, body = ClockView)))]
-pub async fn clock_show(State(state): State<AppState>) -> Json<ClockView> {
+pub(super) async fn clock_show(State(state): State<AppState>) -> Json<ClockView> {
     Json(clock_view(&state))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct AdvanceRequest {
+pub(super) struct AdvanceRequest {
     /// How far to move a manual clock, ms.
     pub ms: i64,
     /// Answer only once every MQTT message the span produced has reached
@@ -168,7 +168,7 @@ const DEFAULT_DELIVERY_WAIT_MS: u64 = 10_000;
         (status = 409, description = "the clock is not manual", body = super::error::Problem),
         (status = 422, description = "a span of 0 or less, or over the maximum; a wait over the maximum", body = super::error::Problem),
         (status = 504, description = "wait_delivered: clients had not received every message of the span in time (the clock did advance)", body = super::error::Problem)))]
-pub async fn clock_advance(
+pub(super) async fn clock_advance(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<AdvanceRequest>,
 ) -> Result<Json<ClockView>, ApiError> {
@@ -236,7 +236,7 @@ pub async fn clock_advance(
 /// Counters in the Prometheus text format.
 #[utoipa::path(get, path = "/metrics", tag = "system",
     responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
-pub async fn metrics_show(State(state): State<AppState>) -> impl IntoResponse {
+pub(super) async fn metrics_show(State(state): State<AppState>) -> impl IntoResponse {
     use std::fmt::Write;
     let t = state.telemetry.counters();
     let mut out = String::new();

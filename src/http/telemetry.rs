@@ -16,7 +16,7 @@ use crate::telemetry::{DEFAULT_QUEUE, ExportFilter, LiveFilter, LiveItem, MAX_QU
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-pub struct ExportQuery {
+pub(super) struct ExportQuery {
     pub device: Option<String>,
     pub sensor: Option<String>,
     /// Simulated time, RFC 3339 or ms since the epoch; inclusive.
@@ -69,7 +69,7 @@ fn time(field: &str, value: &Option<String>) -> Result<Option<i64>, ApiError> {
     params(ExportQuery),
     responses((status = 200, description = "JSON lines or CSV", content_type = "application/x-ndjson"),
         (status = 422, body = Problem)))]
-pub async fn telemetry_export(
+pub(super) async fn telemetry_export(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<ExportQuery>,
 ) -> Result<Response, ApiError> {
@@ -158,7 +158,7 @@ fn csv_field(s: &str) -> String {
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-pub struct StreamQuery {
+pub(super) struct StreamQuery {
     /// Only this device's readings.
     pub device: Option<String>,
     /// Only this sensor's readings.
@@ -197,7 +197,7 @@ const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
         ("Last-Event-ID" = Option<u64>, Header, description = "resume after this event id")),
     responses((status = 200, description = "server-sent events: `reading`, `missed` and `gap`", content_type = "text/event-stream"),
         (status = 422, body = Problem)))]
-pub async fn telemetry_stream(
+pub(super) async fn telemetry_stream(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
     ApiQuery(q): ApiQuery<StreamQuery>,

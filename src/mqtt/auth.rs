@@ -38,7 +38,9 @@ pub trait Authorizer: Send + Sync + 'static {
 /// The answer to a CONNECT.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthDecision {
+    /// Admitted.
     Allow {
+        /// Who the client is, for the other checks and the events.
         user: Option<String>,
     },
     /// CONNACK 0x86 (v5) / 4 (3.1.1): bad user name or password.
@@ -54,6 +56,7 @@ pub enum AuthDecision {
 /// validity, revocation): its subject's common name and serial number.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerCert {
+    /// The subject's common name.
     pub common_name: String,
     /// Lowercase hex of the serial number's bytes.
     pub serial: String,

@@ -20,22 +20,22 @@ use mqtt5_protocol::{FixedHeader, Packet, PacketType};
 
 /// MQTT 5 reason codes the engine sends.
 pub(crate) mod rc {
-    pub const SUCCESS: u8 = 0x00;
-    pub const UNSPECIFIED: u8 = 0x80;
-    pub const MALFORMED: u8 = 0x81;
-    pub const PROTOCOL_ERROR: u8 = 0x82;
-    pub const UNSUPPORTED_VERSION: u8 = 0x84;
-    pub const NOT_AUTHORIZED: u8 = 0x87;
-    pub const SERVER_SHUTTING_DOWN: u8 = 0x8B;
-    pub const KEEP_ALIVE_TIMEOUT: u8 = 0x8D;
-    pub const SESSION_TAKEN_OVER: u8 = 0x8E;
-    pub const TOPIC_FILTER_INVALID: u8 = 0x8F;
-    pub const TOPIC_NAME_INVALID: u8 = 0x90;
-    pub const PACKET_ID_NOT_FOUND: u8 = 0x92;
-    pub const RECEIVE_MAXIMUM_EXCEEDED: u8 = 0x93;
-    pub const TOPIC_ALIAS_INVALID: u8 = 0x94;
-    pub const PACKET_TOO_LARGE: u8 = 0x95;
-    pub const PAYLOAD_FORMAT_INVALID: u8 = 0x99;
+    pub(crate) const SUCCESS: u8 = 0x00;
+    pub(crate) const UNSPECIFIED: u8 = 0x80;
+    pub(crate) const MALFORMED: u8 = 0x81;
+    pub(crate) const PROTOCOL_ERROR: u8 = 0x82;
+    pub(crate) const UNSUPPORTED_VERSION: u8 = 0x84;
+    pub(crate) const NOT_AUTHORIZED: u8 = 0x87;
+    pub(crate) const SERVER_SHUTTING_DOWN: u8 = 0x8B;
+    pub(crate) const KEEP_ALIVE_TIMEOUT: u8 = 0x8D;
+    pub(crate) const SESSION_TAKEN_OVER: u8 = 0x8E;
+    pub(crate) const TOPIC_FILTER_INVALID: u8 = 0x8F;
+    pub(crate) const TOPIC_NAME_INVALID: u8 = 0x90;
+    pub(crate) const PACKET_ID_NOT_FOUND: u8 = 0x92;
+    pub(crate) const RECEIVE_MAXIMUM_EXCEEDED: u8 = 0x93;
+    pub(crate) const TOPIC_ALIAS_INVALID: u8 = 0x94;
+    pub(crate) const PACKET_TOO_LARGE: u8 = 0x95;
+    pub(crate) const PAYLOAD_FORMAT_INVALID: u8 = 0x99;
 }
 
 /// Protocol levels.
@@ -52,7 +52,7 @@ pub(crate) struct ProtocolError {
 }
 
 impl ProtocolError {
-    pub fn new(code: u8, detail: impl Into<String>) -> Self {
+    pub(super) fn new(code: u8, detail: impl Into<String>) -> Self {
         Self {
             code,
             detail: detail.into(),
@@ -172,7 +172,7 @@ pub(crate) enum Inbound {
 }
 
 impl Inbound {
-    pub fn kind(&self) -> PacketKind {
+    pub(super) fn kind(&self) -> PacketKind {
         match self {
             Inbound::Publish(_) => PacketKind::Publish,
             Inbound::PubAck { .. } => PacketKind::PubAck,
@@ -194,7 +194,7 @@ impl Inbound {
     Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
 )]
 #[serde(rename_all = "lowercase")]
-pub enum PacketKind {
+pub(crate) enum PacketKind {
     Connect,
     Connack,
     Publish,
@@ -220,7 +220,7 @@ pub enum PacketKind {
 
 impl PacketKind {
     /// The kind of an encoded packet, from its first byte.
-    pub fn of_first_byte(b: u8) -> Option<PacketKind> {
+    pub(crate) fn of_first_byte(b: u8) -> Option<PacketKind> {
         Some(match b >> 4 {
             1 => PacketKind::Connect,
             2 => PacketKind::Connack,
@@ -640,12 +640,12 @@ impl OutPublish<'_> {
     }
 
     /// The encoded size of the whole packet.
-    pub fn size(&self, version: u8) -> usize {
+    pub(super) fn size(&self, version: u8) -> usize {
         let r = self.remaining(version == V5);
         1 + varint_len(r) + r
     }
 
-    pub fn encode(&self, version: u8, out: &mut BytesMut) {
+    pub(super) fn encode(&self, version: u8, out: &mut BytesMut) {
         let v5 = version == V5;
         let r = self.remaining(v5);
         out.reserve(1 + varint_len(r) + r);

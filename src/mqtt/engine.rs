@@ -40,6 +40,7 @@ pub(crate) struct Mark {
 /// A client that has not yet received everything up to its mark.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct PendingDelivery {
+    /// The client's MQTT client id.
     pub client_id: String,
     /// Messages still waiting in its queue.
     pub queued: usize,
@@ -80,7 +81,7 @@ pub(crate) struct Counters {
 impl Counters {
     /// A packet over the broker's maximum: a protocol error of its own
     /// kind, counted both ways so `/health` can tell it apart.
-    pub fn count_too_large(&self) {
+    pub(super) fn count_too_large(&self) {
         self.protocol_errors.fetch_add(1, Ordering::Relaxed);
         self.packets_too_large.fetch_add(1, Ordering::Relaxed);
     }
@@ -116,12 +117,12 @@ impl Core {
 }
 
 /// Dropped messages kept in the drop log.
-pub const DROP_LOG_CAPACITY: usize = 10_000;
+pub(crate) const DROP_LOG_CAPACITY: usize = 10_000;
 
 /// Why a message did not reach a client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum DropReason {
+pub(crate) enum DropReason {
     /// The session's queue was full.
     QueueFull,
     /// It expired before it could be sent.
@@ -134,7 +135,7 @@ pub enum DropReason {
 
 /// One dropped message, as the drop log keeps it.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
-pub struct DropEvent {
+pub(crate) struct DropEvent {
     pub seq: u64,
     /// Simulated time, RFC 3339.
     pub sim_time: String,
@@ -202,7 +203,7 @@ pub(crate) enum Ending {
 type Wills = Vec<(Arc<str>, Option<Arc<str>>, Arc<Msg>)>;
 
 impl Engine {
-    pub fn new(
+    pub(super) fn new(
         observed: Arc<Observed>,
         clock: Clock,
         limits: EngineLimits,
@@ -261,7 +262,7 @@ impl Engine {
     }
 
     /// Drops logged after `since`, and how many the log evicted.
-    pub fn drop_log(&self, since: u64) -> (Vec<DropEvent>, u64) {
+    pub(super) fn drop_log(&self, since: u64) -> (Vec<DropEvent>, u64) {
         let log = self.drops.lock().unwrap();
         (
             log.entries
@@ -290,7 +291,7 @@ impl Engine {
     /// Sets up the session of an accepted CONNECT: resumes or replaces the
     /// old one, takes over a live connection of the same id.
     #[allow(clippy::too_many_arguments)]
-    pub fn connect(
+    pub(super) fn connect(
         &self,
         ctl: &Arc<ConnCtl>,
         client_id: &Arc<str>,
@@ -366,7 +367,7 @@ impl Engine {
     }
 
     /// The connection `ctl` of `client_id` ended.
-    pub fn disconnected(
+    pub(super) fn disconnected(
         &self,
         ctl: &ConnCtl,
         client_id: &Arc<str>,
@@ -468,7 +469,7 @@ impl Engine {
 
     /// Routes a message to every matching session; answers how many
     /// sessions it was queued for.
-    pub fn route(&self, msg: Arc<Msg>) -> usize {
+    pub(super) fn route(&self, msg: Arc<Msg>) -> usize {
         let mut wakes: Vec<Arc<ConnCtl>> = Vec::new();
         let n = {
             let mut core = self.core.lock().unwrap();
@@ -484,7 +485,7 @@ impl Engine {
     /// waiting for PUBREL (a resend). Answers whether it was new.
     /// `Err(())`: the client already has `limit` QoS 2 messages waiting
     /// for PUBREL (its Receive Maximum is exceeded).
-    pub fn route_qos2(
+    pub(super) fn route_qos2(
         &self,
         ctl: &ConnCtl,
         client_id: &str,
@@ -514,7 +515,7 @@ impl Engine {
     }
 
     /// PUBREL received: answers whether the packet id was known.
-    pub fn release(&self, client_id: &str, pid: u16) -> bool {
+    pub(super) fn release(&self, client_id: &str, pid: u16) -> bool {
         let mut core = self.core.lock().unwrap();
         core.sessions
             .get_mut(client_id)
@@ -636,7 +637,13 @@ impl Engine {
     /// Takes what connection `ctl` may send now: in-flight messages again
     /// after a resume, then queued messages within its window, at most
     /// `max` of them. Answers whether more are waiting.
-    pub fn pull(&self, ctl: &ConnCtl, client_id: &str, max: usize, out: &mut Vec<Out>) -> bool {
+    pub(super) fn pull(
+        &self,
+        ctl: &ConnCtl,
+        client_id: &str,
+        max: usize,
+        out: &mut Vec<Out>,
+    ) -> bool {
         let now = self.clock.now_ms();
         let mut core = self.core.lock().unwrap();
         let Some(s) = core.sessions.get_mut(client_id) else {
@@ -713,7 +720,7 @@ impl Engine {
 
     /// Where each connected client's deliveries end now: what a delivery
     /// barrier waits for.
-    pub fn delivery_marks(&self) -> Vec<Mark> {
+    pub(super) fn delivery_marks(&self) -> Vec<Mark> {
         let core = self.core.lock().unwrap();
         core.sessions
             .values()
@@ -731,7 +738,7 @@ impl Engine {
     /// `None` once the client has every delivery up to its mark: written
     /// to its socket (QoS 0) or acknowledged (QoS 1/2), or the client has
     /// gone (nothing more can reach that connection). Else what is left.
-    pub fn mark_pending(&self, mark: &Mark) -> Option<PendingDelivery> {
+    pub(super) fn mark_pending(&self, mark: &Mark) -> Option<PendingDelivery> {
         let core = self.core.lock().unwrap();
         let s = core.sessions.get(&mark.client_id)?;
         if !s.is_link(&mark.ctl) {
@@ -786,7 +793,7 @@ impl Engine {
     }
 
     /// PUBACK (QoS 1) or PUBCOMP (QoS 2) for a message we sent.
-    pub fn finished(&self, client_id: &str, pid: u16) -> bool {
+    pub(super) fn finished(&self, client_id: &str, pid: u16) -> bool {
         let mut core = self.core.lock().unwrap();
         let Some(s) = core.sessions.get_mut(client_id) else {
             return false;
@@ -812,7 +819,7 @@ impl Engine {
 
     /// PUBREC for a QoS 2 message we sent: answers whether to send PUBREL
     /// (a PUBREC with an error code ends the exchange).
-    pub fn received(&self, client_id: &str, pid: u16, code: u8) -> Option<bool> {
+    pub(super) fn received(&self, client_id: &str, pid: u16, code: u8) -> Option<bool> {
         let mut core = self.core.lock().unwrap();
         let s = core.sessions.get_mut(client_id)?;
         let i = s.inflight_position(pid)?;
@@ -848,7 +855,7 @@ impl Engine {
 
     /// Adds subscriptions; answers a reason code per filter (granted QoS
     /// or an error) and queues the retained messages they ask for.
-    pub fn subscribe(
+    pub(super) fn subscribe(
         &self,
         client_id: &Arc<str>,
         user: Option<&str>,
@@ -919,7 +926,7 @@ impl Engine {
     }
 
     /// Removes subscriptions; answers whether each existed.
-    pub fn unsubscribe(&self, client_id: &str, filters: &[String]) -> Vec<bool> {
+    pub(super) fn unsubscribe(&self, client_id: &str, filters: &[String]) -> Vec<bool> {
         let out = {
             let mut core = self.core.lock().unwrap();
             let core = &mut *core;
@@ -947,7 +954,7 @@ impl Engine {
 
     /// Fires wills whose delay ran out and ends expired sessions, in time
     /// order, as the clock reaches them. Runs until [`Engine::stop_timers`].
-    pub async fn run_timers(self: Arc<Self>) {
+    pub(super) async fn run_timers(self: Arc<Self>) {
         loop {
             let next = self.core.lock().unwrap().timers.keys().next().map(|k| k.0);
             let changed = self.timers_changed.notified();
@@ -970,7 +977,7 @@ impl Engine {
         }
     }
 
-    pub fn stop_timers(&self) {
+    pub(super) fn stop_timers(&self) {
         self.stopped.notify_waiters();
         self.stopped.notify_one();
     }
@@ -1022,7 +1029,7 @@ impl Engine {
 
     /// Closes every live connection with `code` (wills fire) and waits up
     /// to `within` for them to finish.
-    pub async fn close_all(&self, code: u8, within: Duration) {
+    pub(super) async fn close_all(&self, code: u8, within: Duration) {
         let ctls: Vec<Arc<ConnCtl>> = {
             let core = self.core.lock().unwrap();
             core.sessions
@@ -1041,7 +1048,7 @@ impl Engine {
 
     // ---- views ----
 
-    pub fn session_counters(&self) -> HashMap<Arc<str>, (usize, usize, SessionCounters)> {
+    pub(super) fn session_counters(&self) -> HashMap<Arc<str>, (usize, usize, SessionCounters)> {
         let core = self.core.lock().unwrap();
         core.sessions
             .iter()
@@ -1050,7 +1057,7 @@ impl Engine {
     }
 
     /// A PUBLISH to `client_id` that a fault rule dropped.
-    pub fn fault_dropped(&self, client_id: &str, topic: &str, qos: u8) {
+    pub(super) fn fault_dropped(&self, client_id: &str, topic: &str, qos: u8) {
         self.counters.dropped_fault.fetch_add(1, Ordering::Relaxed);
         let msg = server_msg(topic, Bytes::new(), Bytes::new(), qos, false);
         self.log_drop(client_id, &msg, qos, DropReason::Fault);
@@ -1060,7 +1067,7 @@ impl Engine {
         }
     }
 
-    pub fn counters(&self) -> super::BrokerCounters {
+    pub(super) fn counters(&self) -> super::BrokerCounters {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         super::BrokerCounters {
@@ -1078,7 +1085,7 @@ impl Engine {
         }
     }
 
-    pub fn sizes(&self) -> (usize, usize, usize) {
+    pub(super) fn sizes(&self) -> (usize, usize, usize) {
         let core = self.core.lock().unwrap();
         (core.sessions.len(), core.tree.len(), core.retained.len())
     }

@@ -27,12 +27,12 @@ use crate::clock::{rfc3339_ms, wall_ms};
 use crate::random::DeviceRng;
 
 /// Firings kept in the log.
-pub const LOG_CAPACITY: usize = 10_000;
+pub(crate) const LOG_CAPACITY: usize = 10_000;
 
 /// Which way a packet travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum Direction {
+pub(crate) enum Direction {
     /// Client to broker.
     In,
     /// Broker to client.
@@ -42,7 +42,7 @@ pub enum Direction {
 /// What a rule applies to; every field given must match.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct FaultMatch {
+pub(crate) struct FaultMatch {
     /// Client id pattern (`*` matches any run of characters).
     pub client: Option<String>,
     /// User name pattern (`*` wildcards).
@@ -56,7 +56,7 @@ pub struct FaultMatch {
 /// What a rule does when it fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum FaultAction {
+pub(crate) enum FaultAction {
     /// The packet is lost (in: never handled; out: never written).
     Drop,
     /// The packet (and what follows it on that connection) waits
@@ -81,7 +81,7 @@ pub enum FaultAction {
 /// A rule as a client asks for it.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct FaultSpec {
+pub(crate) struct FaultSpec {
     #[serde(default, rename = "match")]
     pub matcher: FaultMatch,
     pub action: FaultAction,
@@ -100,7 +100,7 @@ pub struct FaultSpec {
 
 /// A rule as the API shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct FaultRule {
+pub(crate) struct FaultRule {
     pub id: String,
     #[serde(rename = "match")]
     pub matcher: FaultMatch,
@@ -124,7 +124,7 @@ pub struct FaultRule {
 
 /// One firing, as the log keeps it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct FaultEvent {
+pub(crate) struct FaultEvent {
     pub seq: u64,
     /// Wall time, RFC 3339.
     pub at: String,
@@ -137,7 +137,7 @@ pub struct FaultEvent {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum FaultError {
+pub(crate) enum FaultError {
     #[error("{0}")]
     Invalid(String),
     #[error("no fault rule {0}; list them with GET /api/v1/mqtt/faults")]
@@ -188,7 +188,7 @@ pub(crate) struct Packet<'a> {
 }
 
 impl Faults {
-    pub fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         Self {
             seed,
             active: AtomicBool::new(false),
@@ -196,11 +196,11 @@ impl Faults {
         }
     }
 
-    pub fn active(&self) -> bool {
+    pub(crate) fn active(&self) -> bool {
         self.active.load(Ordering::Relaxed)
     }
 
-    pub fn add(&self, spec: FaultSpec) -> Result<FaultRule, FaultError> {
+    pub(crate) fn add(&self, spec: FaultSpec) -> Result<FaultRule, FaultError> {
         let p = spec.probability.unwrap_or(1.0);
         if !(0.0..=1.0).contains(&p) {
             return Err(FaultError::Invalid(format!(
@@ -280,13 +280,13 @@ impl Faults {
         Ok(view)
     }
 
-    pub fn list(&self) -> Vec<FaultRule> {
+    pub(crate) fn list(&self) -> Vec<FaultRule> {
         let st = self.state.lock().unwrap();
         st.rules.iter().map(|r| r.view.clone()).collect()
     }
 
     /// The log after `since` (sequence numbers), and how many were evicted.
-    pub fn log(&self, since: u64) -> (Vec<FaultEvent>, u64) {
+    pub(crate) fn log(&self, since: u64) -> (Vec<FaultEvent>, u64) {
         let st = self.state.lock().unwrap();
         (
             st.log.iter().filter(|e| e.seq > since).cloned().collect(),
@@ -294,7 +294,7 @@ impl Faults {
         )
     }
 
-    pub fn remove(&self, id: &str) -> Result<(), FaultError> {
+    pub(crate) fn remove(&self, id: &str) -> Result<(), FaultError> {
         let mut st = self.state.lock().unwrap();
         let before = st.rules.len();
         st.rules.retain(|r| r.view.id != id);
@@ -305,14 +305,14 @@ impl Faults {
         Ok(())
     }
 
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         let mut st = self.state.lock().unwrap();
         st.rules.clear();
         self.active.store(false, Ordering::Relaxed);
     }
 
     /// Decides on one packet: the first rule that fires wins.
-    pub fn on(&self, p: &Packet<'_>) -> Verdict {
+    pub(crate) fn on(&self, p: &Packet<'_>) -> Verdict {
         let mut st = self.state.lock().unwrap();
         let st = &mut *st;
         for rule in &mut st.rules {

@@ -13,12 +13,12 @@ use tokio::sync::watch;
 
 use super::Qos;
 use super::topics;
-pub use crate::journal::JournalStats;
+pub(crate) use crate::journal::JournalStats;
 use crate::journal::Weigh;
 
 /// One message as the broker accepted it.
 #[derive(Debug, Clone)]
-pub struct Entry {
+pub(crate) struct Entry {
     pub cursor: u64,
     /// Wall time of receipt, ms since the Unix epoch.
     pub wall_ms: i64,
@@ -35,7 +35,7 @@ pub struct Entry {
 
 /// Who made a journaled message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
+pub(crate) enum Origin {
     /// A client's PUBLISH.
     Client,
     /// The server's own (in-process) publish.
@@ -45,7 +45,7 @@ pub enum Origin {
 }
 
 impl Origin {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Origin::Client => "client",
             Origin::Server => "server",
@@ -65,7 +65,7 @@ impl Weigh for Entry {
 
 /// A page of entries.
 #[derive(Debug, Clone)]
-pub struct Page {
+pub(crate) struct Page {
     pub items: Vec<Entry>,
     /// Pass as `since` to continue after this page.
     pub next_cursor: u64,
@@ -79,14 +79,14 @@ pub struct Page {
 pub(crate) struct Journal(crate::journal::Journal<Entry>);
 
 impl Journal {
-    pub fn new(capacity: usize, max_bytes: usize) -> Self {
+    pub(super) fn new(capacity: usize, max_bytes: usize) -> Self {
         Self(crate::journal::Journal::new(capacity, max_bytes))
     }
 
     /// Appends a message; evicts (and counts) the oldest as the bounds
     /// require.
     #[allow(clippy::too_many_arguments)]
-    pub fn push(
+    pub(super) fn push(
         &self,
         wall_ms: i64,
         sim_ms: i64,
@@ -114,13 +114,13 @@ impl Journal {
         });
     }
 
-    pub fn stats(&self) -> JournalStats {
+    pub(super) fn stats(&self) -> JournalStats {
         self.0.stats()
     }
 
     /// Entries after `since` whose topic matches `filter` (all when `None`),
     /// at most `limit` of them.
-    pub fn page(&self, filter: Option<&str>, since: u64, limit: usize) -> Page {
+    pub(super) fn page(&self, filter: Option<&str>, since: u64, limit: usize) -> Page {
         self.0.read(|ring| {
             let mut items = Vec::new();
             let mut next_cursor = since;
@@ -148,12 +148,12 @@ impl Journal {
 
     /// Calls `visit` on every entry after `since`; returns the newest cursor
     /// examined and whether entries after `since` had already been evicted.
-    pub fn scan(&self, since: u64, visit: impl FnMut(&Entry)) -> (u64, bool) {
+    pub(super) fn scan(&self, since: u64, visit: impl FnMut(&Entry)) -> (u64, bool) {
         self.0.scan(since, visit)
     }
 
     /// A receiver that changes whenever an entry is added.
-    pub fn watch(&self) -> watch::Receiver<u64> {
+    pub(super) fn watch(&self) -> watch::Receiver<u64> {
         self.0.watch()
     }
 }

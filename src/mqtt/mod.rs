@@ -18,12 +18,12 @@ mod auth;
 mod codec;
 mod conn;
 mod engine;
-pub mod faults;
+pub(crate) mod faults;
 mod journal;
 mod observed;
 mod session;
 mod store;
-pub mod topics;
+pub(crate) mod topics;
 mod tree;
 
 use std::collections::VecDeque;
@@ -39,10 +39,11 @@ use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 
 pub use auth::{AuthDecision, Authorizer, PeerCert};
-pub use engine::{DROP_LOG_CAPACITY, DropEvent, DropReason, PendingDelivery};
-pub use journal::{Entry, JournalStats, Origin, Page};
-pub use observed::{Subscribed, Tapped};
-pub use session::SessionCounters;
+pub(crate) use engine::DropEvent;
+pub use engine::PendingDelivery;
+pub(crate) use journal::{Entry, JournalStats, Origin, Page};
+pub(crate) use observed::{Subscribed, Tapped};
+pub(crate) use session::SessionCounters;
 
 use crate::clock::{Clock, rfc3339_ms, wall_ms};
 use crate::verify::{Expect, Verdict, json_contains};
@@ -51,37 +52,38 @@ use observed::Observed;
 
 /// The largest packet MQTT can express: the ceiling of
 /// `--mqtt-max-packet-size`.
-pub const MAX_PACKET_SIZE: usize = 268_435_455;
+pub(crate) const MAX_PACKET_SIZE: usize = 268_435_455;
 
 /// The largest packet the broker accepts (and advertises in CONNACK) by
 /// default: room for a firmware image, far from the protocol's 256 MiB.
-pub const DEFAULT_MAX_PACKET_SIZE: usize = 16 << 20;
+pub(crate) const DEFAULT_MAX_PACKET_SIZE: usize = 16 << 20;
 
 /// The smallest `--mqtt-max-packet-size` that still admits a CONNECT
 /// with a long client id, credentials and a will.
-pub const MIN_MAX_PACKET_SIZE: usize = 1024;
+pub(crate) const MIN_MAX_PACKET_SIZE: usize = 1024;
 
 /// Messages queued per session by default (QoS 1/2, client away or behind).
-pub const DEFAULT_MAX_QUEUED: usize = 10_000;
+pub(crate) const DEFAULT_MAX_QUEUED: usize = 10_000;
 /// Bytes queued per session by default.
-pub const DEFAULT_MAX_QUEUED_BYTES: usize = 64 << 20;
+pub(crate) const DEFAULT_MAX_QUEUED_BYTES: usize = 64 << 20;
 
 /// Topic aliases a client may set (client to server).
-pub const TOPIC_ALIAS_MAXIMUM: u16 = 64;
+pub(crate) const TOPIC_ALIAS_MAXIMUM: u16 = 64;
 
 /// Default capacity of the message journal.
-pub const DEFAULT_JOURNAL_CAPACITY: usize = 100_000;
+pub(crate) const DEFAULT_JOURNAL_CAPACITY: usize = 100_000;
 /// Default byte budget of the message journal (payloads, topics and
 /// bookkeeping).
-pub const DEFAULT_JOURNAL_MAX_BYTES: usize = 128 << 20;
+pub(crate) const DEFAULT_JOURNAL_MAX_BYTES: usize = 128 << 20;
 
 /// Default number of in-process QoS>0 or retained publishes held during an
 /// outage.
-pub const DEFAULT_OUTAGE_BUFFER: usize = 10_000;
+pub(crate) const DEFAULT_OUTAGE_BUFFER: usize = 10_000;
 
 /// Broker limits, stated so that nothing is dropped without a number.
 #[derive(Clone)]
 pub struct MqttConfig {
+    /// Where the broker listens; port 0 picks a free port.
     pub addr: SocketAddr,
     /// QoS 1/2 messages queued per session while its client is away or
     /// behind; beyond it the oldest is dropped.
@@ -90,6 +92,7 @@ pub struct MqttConfig {
     pub max_queued_bytes_per_session: usize,
     /// QoS 1/2 messages in flight to one client before the rest queue.
     pub max_inflight: u16,
+    /// Clients connected at once; one more is refused.
     pub max_clients: usize,
     /// The largest packet a client may send (advertised in CONNACK as
     /// Maximum Packet Size); a larger one closes the connection with
@@ -127,6 +130,7 @@ impl std::fmt::Debug for MqttConfig {
 }
 
 impl MqttConfig {
+    /// The defaults of every limit, listening on `addr`.
     pub fn new(addr: SocketAddr) -> Self {
         Self {
             addr,
@@ -164,9 +168,12 @@ pub enum MqttError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(try_from = "u8", into = "u8")]
 pub enum Qos {
+    /// QoS 0: at most once.
     #[default]
     AtMostOnce,
+    /// QoS 1: at least once.
     AtLeastOnce,
+    /// QoS 2: exactly once.
     ExactlyOnce,
 }
 
@@ -197,12 +204,18 @@ impl From<Qos> for u8 {
 /// opens and when its last one closes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientEvent {
+    /// The first connection of a client id opened.
     Connected {
+        /// The MQTT client id.
         client_id: String,
+        /// The user the authorizer admitted it as.
         user: Option<String>,
     },
+    /// The last connection of a client id closed.
     Disconnected {
+        /// The MQTT client id.
         client_id: String,
+        /// The user the authorizer admitted it as.
         user: Option<String>,
         /// The client sent DISCONNECT (no will was published).
         clean: bool,
@@ -211,7 +224,7 @@ pub enum ClientEvent {
 
 /// A connected client and its subscriptions.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct ClientInfo {
+pub(crate) struct ClientInfo {
     pub client_id: String,
     pub user: Option<String>,
     /// Wall time of the connection, ms since the Unix epoch.
@@ -244,7 +257,7 @@ pub enum PublishOutcome {
 
 /// `up`, `outage` or `stopped`, with the counters of the outage policy.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct Status {
+pub(crate) struct Status {
     /// `up`, `outage` or `stopped`.
     pub state: &'static str,
     /// End of the current outage (RFC 3339, wall time).
@@ -269,7 +282,7 @@ pub struct Status {
 
 /// The engine's counters since the start.
 #[derive(Debug, Clone, Copy, Default, Serialize, utoipa::ToSchema)]
-pub struct BrokerCounters {
+pub(crate) struct BrokerCounters {
     /// Messages accepted for routing (clients, the server, wills).
     pub received: u64,
     /// Deliveries queued for sessions.
@@ -295,7 +308,7 @@ pub struct BrokerCounters {
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct OutageCounters {
+pub(crate) struct OutageCounters {
     /// In-process QoS 0 publishes dropped while the broker was down.
     pub dropped: u64,
     /// In-process QoS>0 or retained publishes held while it was down.
@@ -310,7 +323,7 @@ pub struct OutageCounters {
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct Limits {
+pub(crate) struct Limits {
     pub max_packet_size: usize,
     pub max_queued_per_session: usize,
     pub max_queued_bytes_per_session: usize,
@@ -323,7 +336,7 @@ pub struct Limits {
 /// A verify request: count the journal's messages on `filter` (after
 /// `since`) whose JSON payload contains `contains`.
 #[derive(Debug, Clone)]
-pub struct VerifySpec {
+pub(crate) struct VerifySpec {
     pub filter: String,
     pub contains: Option<serde_json::Value>,
     pub expect: Expect,
@@ -379,6 +392,7 @@ struct Held {
 /// the protocol's 65,535 bytes is left out.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PublishProps {
+    /// The content type property.
     pub content_type: Option<String>,
     /// In order; a key may repeat.
     pub user_properties: Vec<(String, String)>,
@@ -475,10 +489,12 @@ impl Broker {
         })
     }
 
+    /// Where the broker listens.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
+    /// The in-process handle of the broker.
     pub fn handle(&self) -> MqttHandle {
         self.handle.clone()
     }
@@ -617,7 +633,7 @@ impl MqttHandle {
     }
 
     /// [`publish`](Self::publish) without the future: routing never waits.
-    pub fn publish_now(
+    pub(crate) fn publish_now(
         &self,
         topic: &str,
         payload: Bytes,
@@ -693,7 +709,7 @@ impl MqttHandle {
     }
 
     /// Adds a packet fault rule.
-    pub fn fault_add(
+    pub(crate) fn fault_add(
         &self,
         spec: faults::FaultSpec,
     ) -> Result<faults::FaultRule, faults::FaultError> {
@@ -701,35 +717,33 @@ impl MqttHandle {
     }
 
     /// Fault rules with how often each matched and fired.
-    pub fn fault_rules(&self) -> Vec<faults::FaultRule> {
+    pub(crate) fn fault_rules(&self) -> Vec<faults::FaultRule> {
         self.shared.engine.faults.list()
     }
 
     /// Fault firings after `since`, and how many the log evicted.
-    pub fn fault_log(&self, since: u64) -> (Vec<faults::FaultEvent>, u64) {
+    pub(crate) fn fault_log(&self, since: u64) -> (Vec<faults::FaultEvent>, u64) {
         self.shared.engine.faults.log(since)
     }
 
     /// Messages that did not reach a client (queue full, expired, too
     /// large, fault) after `since`, and how many the log evicted.
-    pub fn drops(&self, since: u64) -> (Vec<DropEvent>, u64) {
+    pub(crate) fn drops(&self, since: u64) -> (Vec<DropEvent>, u64) {
         self.shared.engine.drop_log(since)
     }
 
-    pub fn fault_remove(&self, id: &str) -> Result<(), faults::FaultError> {
+    pub(crate) fn fault_remove(&self, id: &str) -> Result<(), faults::FaultError> {
         self.shared.engine.faults.remove(id)
     }
 
-    pub fn faults_clear(&self) {
+    pub(crate) fn faults_clear(&self) {
         self.shared.engine.faults.clear()
     }
 
-    /// Connect and disconnect events, for other modules. A receiver that
-    /// falls more than 1,024 events behind gets `Lagged` (with the count).
     /// Listens to what clients publish on topics matching `filter`
     /// (server-side publishes are not included). At most `capacity`
     /// messages wait; the rest are counted in `dropped`.
-    pub fn tap(
+    pub(crate) fn tap(
         &self,
         filter: &str,
         capacity: usize,
@@ -751,7 +765,7 @@ impl MqttHandle {
     }
 
     /// Granted subscriptions from now on.
-    pub fn subscriptions(&self) -> broadcast::Receiver<Subscribed> {
+    pub(crate) fn subscriptions(&self) -> broadcast::Receiver<Subscribed> {
         self.shared.engine.observed.subscribed.subscribe()
     }
 
@@ -765,19 +779,21 @@ impl MqttHandle {
     /// WebSocket), with the client certificate it verified, until the
     /// connection ends. During an outage CONNECT is answered "server
     /// unavailable", and open connections are closed with the others.
-    pub async fn serve_stream<S>(&self, stream: S, peer: SocketAddr, cert: Option<PeerCert>)
+    pub(crate) async fn serve_stream<S>(&self, stream: S, peer: SocketAddr, cert: Option<PeerCert>)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
     {
         conn::serve(self.shared.engine.clone(), stream, peer, cert).await;
     }
 
+    /// Connect and disconnect events from now on. A receiver that falls
+    /// more than 1,024 events behind gets `Lagged` (with the count).
     pub fn events(&self) -> broadcast::Receiver<ClientEvent> {
         self.shared.engine.observed.events.subscribe()
     }
 
     /// Connected clients with their subscriptions, sorted by id.
-    pub fn clients(&self) -> Vec<ClientInfo> {
+    pub(crate) fn clients(&self) -> Vec<ClientInfo> {
         let engine = &self.shared.engine;
         let mut counters = engine.session_counters();
         engine
@@ -803,7 +819,7 @@ impl MqttHandle {
     }
 
     /// Journal entries after `since` on `filter`, at most `limit`.
-    pub fn messages(&self, filter: Option<&str>, since: u64, limit: usize) -> Page {
+    pub(crate) fn messages(&self, filter: Option<&str>, since: u64, limit: usize) -> Page {
         self.shared
             .engine
             .observed
@@ -813,7 +829,7 @@ impl MqttHandle {
 
     /// The newest journal cursor, changing with every entry added: follow
     /// the journal with [`messages`](Self::messages) without polling.
-    pub fn journal_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+    pub(crate) fn journal_watch(&self) -> tokio::sync::watch::Receiver<u64> {
         self.shared.engine.observed.journal.watch()
     }
 
@@ -822,7 +838,10 @@ impl MqttHandle {
     /// (QoS 0) or acknowledged (QoS 1/2). A client that disconnects
     /// meanwhile no longer counts. After `timeout`, the clients still
     /// waiting, and what for.
-    pub async fn wait_delivered(&self, timeout: Duration) -> Result<(), Vec<PendingDelivery>> {
+    pub(crate) async fn wait_delivered(
+        &self,
+        timeout: Duration,
+    ) -> Result<(), Vec<PendingDelivery>> {
         let engine = &self.shared.engine;
         let deadline = tokio::time::Instant::now() + timeout;
         let mut marks = engine.delivery_marks();
@@ -847,7 +866,7 @@ impl MqttHandle {
         }
     }
 
-    pub fn status(&self) -> Status {
+    pub(crate) fn status(&self) -> Status {
         let shared = &self.shared;
         let (sessions, subscriptions, retained) = shared.engine.sizes();
         let link = *shared.link.lock().unwrap();
@@ -892,7 +911,7 @@ impl MqttHandle {
     /// back on the same port by itself. Sessions, their queued messages and
     /// retained messages survive (in memory, or in the storage directory
     /// with `storage_dir`).
-    pub fn outage(&self, duration: Duration) -> Result<Status, MqttError> {
+    pub(crate) fn outage(&self, duration: Duration) -> Result<Status, MqttError> {
         {
             let mut link = self.shared.link.lock().unwrap();
             match *link {
@@ -920,7 +939,7 @@ impl MqttHandle {
 
     /// Waits (on journal changes, not by polling) until the expectation is
     /// settled or `within` has passed, then answers with the verdict.
-    pub async fn verify(&self, spec: &VerifySpec) -> Verdict {
+    pub(crate) async fn verify(&self, spec: &VerifySpec) -> Verdict {
         let journal = &self.shared.engine.observed.journal;
         crate::verify::wait_for_verdict(
             spec.expect,

@@ -29,7 +29,7 @@ pub(crate) struct Observed {
 /// A client's granted subscriptions (the command engine delivers a real
 /// device's queued commands once it listens for them).
 #[derive(Debug, Clone)]
-pub struct Subscribed {
+pub(crate) struct Subscribed {
     pub client_id: Arc<str>,
     pub user: Option<Arc<str>>,
     pub filters: Vec<String>,
@@ -45,7 +45,7 @@ pub(crate) struct Tap {
 
 /// A message a client published, as a tap sees it.
 #[derive(Debug, Clone)]
-pub struct Tapped {
+pub(crate) struct Tapped {
     pub topic: Arc<str>,
     pub payload: Bytes,
     pub client_id: Arc<str>,
@@ -71,7 +71,7 @@ pub(crate) struct ClientView {
 }
 
 impl Observed {
-    pub fn new(journal: Journal, clock: Clock) -> Self {
+    pub(super) fn new(journal: Journal, clock: Clock) -> Self {
         Self {
             journal,
             clock,
@@ -82,7 +82,7 @@ impl Observed {
         }
     }
 
-    pub fn clients(&self) -> Vec<ClientView> {
+    pub(super) fn clients(&self) -> Vec<ClientView> {
         let clients = self.clients.lock().unwrap();
         let mut out: Vec<ClientView> = clients
             .iter()
@@ -100,7 +100,7 @@ impl Observed {
 
     /// Whether the client with this id, or a client logged in as this
     /// user, has a subscription matching `topic`.
-    pub fn listens(&self, who: &str, topic: &str) -> bool {
+    pub(super) fn listens(&self, who: &str, topic: &str) -> bool {
         let clients = self.clients.lock().unwrap();
         let matches = |c: &Client| {
             c.subscriptions
@@ -117,13 +117,13 @@ impl Observed {
             .any(|c| c.user.as_deref() == Some(who) && matches(c))
     }
 
-    pub fn client_count(&self) -> usize {
+    pub(super) fn client_count(&self) -> usize {
         self.clients.lock().unwrap().len()
     }
 
     /// A connection was accepted (CONNACK success), with the
     /// subscriptions of a resumed session.
-    pub fn connected(
+    pub(super) fn connected(
         &self,
         client_id: &Arc<str>,
         user: Option<&Arc<str>>,
@@ -152,7 +152,7 @@ impl Observed {
         });
     }
 
-    pub fn subscribed(&self, client_id: &Arc<str>, granted: Vec<(String, Qos)>) {
+    pub(super) fn subscribed(&self, client_id: &Arc<str>, granted: Vec<(String, Qos)>) {
         if granted.is_empty() {
             return;
         }
@@ -173,7 +173,7 @@ impl Observed {
         });
     }
 
-    pub fn unsubscribed(&self, client_id: &str, filters: &[String]) {
+    pub(super) fn unsubscribed(&self, client_id: &str, filters: &[String]) {
         let mut clients = self.clients.lock().unwrap();
         if let Some(client) = clients.get_mut(client_id) {
             for f in filters {
@@ -184,7 +184,7 @@ impl Observed {
 
     /// A message accepted for routing: taps (client publishes only) and
     /// the journal.
-    pub fn published(
+    pub(super) fn published(
         &self,
         topic: &Arc<str>,
         payload: &Bytes,
@@ -225,7 +225,7 @@ impl Observed {
     }
 
     /// A connection closed. `clean`: the client sent DISCONNECT (no will).
-    pub fn disconnected(&self, client_id: &Arc<str>, user: Option<&Arc<str>>, clean: bool) {
+    pub(super) fn disconnected(&self, client_id: &Arc<str>, user: Option<&Arc<str>>, clean: bool) {
         let gone = {
             let mut clients = self.clients.lock().unwrap();
             match clients.get_mut(client_id) {

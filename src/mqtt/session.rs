@@ -44,16 +44,16 @@ pub(crate) struct Encodings(OnceLock<Box<[OnceLock<Encoded>; 4]>>);
 
 impl Msg {
     /// Bytes the message holds, for byte budgets.
-    pub fn weight(&self) -> usize {
+    pub(super) fn weight(&self) -> usize {
         self.topic.len() + self.payload.len() + self.props.len() + 64
     }
 
-    pub fn expired(&self, now: i64) -> bool {
+    pub(super) fn expired(&self, now: i64) -> bool {
         self.expires_at.is_some_and(|t| t <= now)
     }
 
     /// Seconds left, rounded up, for the Message Expiry Interval sent on.
-    pub fn expiry_left(&self, now: i64) -> Option<u32> {
+    pub(super) fn expiry_left(&self, now: i64) -> Option<u32> {
         self.expires_at
             .map(|t| ((t - now).max(0) as u64).div_ceil(1000) as u32)
     }
@@ -117,11 +117,11 @@ pub(crate) struct ConnCtl {
 }
 
 impl ConnCtl {
-    pub fn close_with(&self, code: u8) {
+    pub(super) fn close_with(&self, code: u8) {
         self.close.store(code, Ordering::Relaxed);
         self.wake.notify_one();
     }
-    pub fn closing(&self) -> Option<u8> {
+    pub(super) fn closing(&self) -> Option<u8> {
         match self.close.load(Ordering::Relaxed) {
             0 => None,
             c => Some(c),
@@ -148,7 +148,7 @@ pub(crate) struct Will {
 
 /// Counters of one session.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize, utoipa::ToSchema)]
-pub struct SessionCounters {
+pub(crate) struct SessionCounters {
     /// Messages sent to the client (PUBLISH packets, first sends).
     pub sent: u64,
     /// Messages dropped because the session's queue was full.
@@ -163,7 +163,7 @@ pub struct SessionCounters {
 }
 
 impl SessionCounters {
-    pub fn dropped(&self) -> u64 {
+    pub(crate) fn dropped(&self) -> u64 {
         self.dropped_queue_full + self.dropped_expired + self.dropped_too_large + self.dropped_fault
     }
 }
@@ -211,7 +211,7 @@ pub(crate) enum Enqueued {
 }
 
 impl Session {
-    pub fn new(client_id: Arc<str>, version: u8) -> Self {
+    pub(super) fn new(client_id: Arc<str>, version: u8) -> Self {
         Self {
             client_id,
             user: None,
@@ -235,14 +235,19 @@ impl Session {
     }
 
     /// Whether it survives its client going away.
-    pub fn persistent(&self) -> bool {
+    pub(super) fn persistent(&self) -> bool {
         self.expiry_secs > 0
     }
 
     /// Queues a delivery within `max_count` messages and `max_bytes`
     /// bytes: a QoS 0 message that does not fit is dropped, a QoS 1/2
     /// message makes room by dropping the oldest waiting one.
-    pub fn enqueue(&mut self, mut d: Delivery, max_count: usize, max_bytes: usize) -> Enqueued {
+    pub(super) fn enqueue(
+        &mut self,
+        mut d: Delivery,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Enqueued {
         self.next_seq += 1;
         d.seq = self.next_seq;
         let w = d.msg.weight();
@@ -265,14 +270,14 @@ impl Session {
         }
     }
 
-    pub fn pop(&mut self) -> Option<Delivery> {
+    pub(super) fn pop(&mut self) -> Option<Delivery> {
         let d = self.queue.pop_front()?;
         self.queued_bytes -= d.msg.weight();
         Some(d)
     }
 
     /// A packet id not in flight.
-    pub fn alloc_pid(&mut self) -> u16 {
+    pub(super) fn alloc_pid(&mut self) -> u16 {
         loop {
             self.next_pid = self.next_pid.wrapping_add(1);
             if self.next_pid == 0 {
@@ -285,11 +290,11 @@ impl Session {
         }
     }
 
-    pub fn inflight_position(&self, pid: u16) -> Option<usize> {
+    pub(super) fn inflight_position(&self, pid: u16) -> Option<usize> {
         self.inflight.iter().position(|(p, _)| *p == pid)
     }
 
-    pub fn is_link(&self, ctl: &ConnCtl) -> bool {
+    pub(super) fn is_link(&self, ctl: &ConnCtl) -> bool {
         self.link.as_ref().is_some_and(|l| l.ctl.id == ctl.id)
     }
 }

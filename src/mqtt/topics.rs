@@ -11,27 +11,27 @@ pub fn telemetry(device: &str, sensor: &str) -> String {
 }
 
 /// `devices/{id}/status`: retained `online` / `offline`.
-pub fn status(device: &str) -> String {
+pub(crate) fn status(device: &str) -> String {
     format!("devices/{device}/status")
 }
 
 /// `devices/{id}/commands/{command_id}`: a command to a device.
-pub fn command(device: &str, command_id: &str) -> String {
+pub(crate) fn command(device: &str, command_id: &str) -> String {
     format!("devices/{device}/commands/{command_id}")
 }
 
 /// `devices/{id}/acks/{command_id}`: a device's answer to a command.
-pub fn ack(device: &str, command_id: &str) -> String {
+pub(crate) fn ack(device: &str, command_id: &str) -> String {
     format!("devices/{device}/acks/{command_id}")
 }
 
 /// `edge/{node}/uplink/{kind}`: what an edge node syncs to the cloud.
-pub fn edge_uplink(node: &str, kind: &str) -> String {
+pub(crate) fn edge_uplink(node: &str, kind: &str) -> String {
     format!("edge/{node}/uplink/{kind}")
 }
 
 /// Checks a topic name for publishing: not empty, no wildcards, no NUL.
-pub fn valid_topic_name(topic: &str) -> Result<(), &'static str> {
+pub(crate) fn valid_topic_name(topic: &str) -> Result<(), &'static str> {
     if topic.is_empty() {
         return Err("the topic is empty");
     }
@@ -49,7 +49,7 @@ pub fn valid_topic_name(topic: &str) -> Result<(), &'static str> {
 
 /// Checks a subscription filter: not empty, `#` only as the last level,
 /// `+` and `#` only as whole levels.
-pub fn valid_filter(filter: &str) -> Result<(), &'static str> {
+pub(crate) fn valid_filter(filter: &str) -> Result<(), &'static str> {
     if filter.is_empty() {
         return Err("the filter is empty");
     }
@@ -70,7 +70,7 @@ pub fn valid_filter(filter: &str) -> Result<(), &'static str> {
 
 /// Whether `topic` matches the subscription filter `filter` (`+` one level,
 /// `#` the rest; `$` topics only match filters that name them).
-pub fn matches(filter: &str, topic: &str) -> bool {
+pub(crate) fn matches(filter: &str, topic: &str) -> bool {
     if topic.starts_with('$') && !filter.starts_with('$') {
         return false;
     }

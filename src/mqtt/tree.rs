@@ -80,7 +80,7 @@ pub(crate) struct Tree {
 impl Tree {
     /// Adds or replaces `client`'s subscription on `filter`. Answers
     /// whether it existed before.
-    pub fn insert(&mut self, f: &Filter<'_>, client: &Arc<str>, opts: SubOpts) -> bool {
+    pub(super) fn insert(&mut self, f: &Filter<'_>, client: &Arc<str>, opts: SubOpts) -> bool {
         let mut node = &mut self.root;
         for level in f.filter.split('/') {
             node = node.children.entry(level.into()).or_default();
@@ -117,7 +117,7 @@ impl Tree {
 
     /// Removes `client`'s subscription on `filter`; answers whether it
     /// existed.
-    pub fn remove(&mut self, f: &Filter<'_>, client: &str) -> bool {
+    pub(super) fn remove(&mut self, f: &Filter<'_>, client: &str) -> bool {
         let levels: Vec<&str> = f.filter.split('/').collect();
         let removed = remove_at(&mut self.root, &levels, f.group, client);
         if removed {
@@ -126,13 +126,13 @@ impl Tree {
         removed
     }
 
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.count
     }
 
     /// Every subscription matching `topic`, shared groups answering with
     /// one member each (in turn, skipping members `skip` says are away).
-    pub fn matches(&mut self, topic: &str, out: &mut Vec<Hit>, skip: &dyn Fn(&str) -> bool) {
+    pub(super) fn matches(&mut self, topic: &str, out: &mut Vec<Hit>, skip: &dyn Fn(&str) -> bool) {
         let dollar = topic.starts_with('$');
         let mut levels = topic.split('/');
         let first = levels.next().unwrap_or("");

@@ -10,42 +10,60 @@ use super::{CallContext, CallError, PluginHost, ReplyStatus};
 /// A device as a codec sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CodecDevice {
+    /// The device id.
     pub id: String,
+    /// Its group, when it has one.
     pub group: Option<String>,
+    /// Its device type, when it has one.
     pub kind: Option<String>,
     /// The user name of its MQTT credentials.
     pub username: String,
+    /// Whether the server simulates it.
     pub simulated: bool,
 }
 
 /// One reading handed to (or read back from) a codec.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CodecReading {
+    /// The sensor's name.
     pub sensor: String,
+    /// Simulated time, ms since the Unix epoch.
     pub ts: i64,
+    /// The value.
     pub value: f64,
+    /// Its unit.
     pub unit: String,
+    /// The anomaly the pattern injected, if any.
     pub anomaly: Option<String>,
 }
 
 /// Something a device says or is told.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CodecEvent {
+    /// Telemetry.
     Readings(Vec<CodecReading>),
+    /// Online (`true`) or offline.
     Status(bool),
+    /// An answer to a command.
     Ack {
+        /// The command answered.
         command_id: String,
+        /// How the device answered.
         status: ReplyStatus,
         /// JSON text.
         result: Option<String>,
     },
     /// A JSON object.
     Reported(String),
+    /// A command to the device.
     Command {
+        /// The command's id.
         id: String,
+        /// The command's name.
         name: String,
         /// JSON text.
         params: String,
+        /// Which delivery attempt this is, from 1.
         attempt: u32,
     },
 }
@@ -55,8 +73,11 @@ pub enum CodecEvent {
 pub struct EncodeRequest {
     /// Index into the call's slots.
     pub device: u32,
+    /// The device.
     pub info: CodecDevice,
+    /// Simulated time of the event, ms since the Unix epoch.
     pub ts: i64,
+    /// What happened.
     pub event: CodecEvent,
     /// What the codec returned last time for this device.
     pub state: Vec<u8>,

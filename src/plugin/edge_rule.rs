@@ -10,11 +10,15 @@ use super::{CallContext, CallError, PluginHost};
 /// One reading as an edge rule sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EdgeReading {
+    /// The device that sent it.
     pub device: String,
+    /// The sensor's name.
     pub sensor: String,
     /// Simulated time, ms since the Unix epoch.
     pub ts: i64,
+    /// The value.
     pub value: f64,
+    /// Its unit.
     pub unit: String,
     /// Per-node sequence number.
     pub seq: u64,
@@ -23,7 +27,9 @@ pub struct EdgeReading {
 /// A batching window, simulated ms: `[start, end)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EdgeWindow {
+    /// Where the window starts, simulated ms since the Unix epoch.
     pub start: i64,
+    /// Where it ends (exclusive).
     pub end: i64,
 }
 

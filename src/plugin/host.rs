@@ -29,7 +29,9 @@ impl SharedState {
 /// One device as a call sees it, named by its slot (index).
 #[derive(Debug)]
 pub struct DeviceSlot {
+    /// The device's seeded random stream.
     pub rng: DeviceRng,
+    /// The device's state the plugin keeps, when it keeps any.
     pub state: Option<Arc<SharedState>>,
     /// `None`: writes go to `state` at once. `Some`: the call reads its own
     /// writes here first and the caller applies them after the call. The
@@ -58,7 +60,9 @@ impl DeviceSlot {
 /// taken back after it, so random streams advance exactly once.
 #[derive(Debug, Default)]
 pub struct CallContext {
+    /// Simulated time of the call, ms since the Unix epoch.
     pub now: i64,
+    /// The devices of the call, indexed by the requests.
     pub slots: Vec<DeviceSlot>,
 }
 

@@ -14,24 +14,22 @@ mod edge_rule;
 mod host;
 mod pool;
 mod registry;
-pub mod scaffold;
-pub mod spec;
-pub mod watcher;
+pub(crate) mod scaffold;
+pub(crate) mod spec;
+pub(crate) mod watcher;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use crate::ids::valid_plugin_name as valid_name;
-pub use codec::{
-    CodecDevice, CodecEvent, CodecInfo, CodecMessage, CodecReading, DecodeRequest, Decoded,
-    EncodeRequest, Encoded,
-};
-pub use edge_rule::{
-    CallBudget, EdgeAction, EdgeAggregate, EdgeAlert, EdgeCommand, EdgeOutcome, EdgeReading,
-    EdgeWindow,
-};
-pub use host::{CallContext, DeviceSlot, SharedState};
-pub use registry::{PluginInfo, PluginSource, PluginStatus, World};
+pub(crate) use crate::ids::valid_plugin_name as valid_name;
+// The benchmarks' hooks (`crate::bench`) apart from the rest.
+pub use codec::{CodecDevice, CodecEvent, CodecReading, EncodeRequest};
+pub(crate) use codec::{CodecInfo, DecodeRequest, Decoded};
+pub use edge_rule::{CallBudget, EdgeReading, EdgeWindow};
+pub(crate) use edge_rule::{EdgeAction, EdgeAggregate, EdgeAlert, EdgeCommand};
+pub(crate) use host::SharedState;
+pub use host::{CallContext, DeviceSlot};
+pub(crate) use registry::{PluginInfo, PluginSource, World};
 
 use pool::Pool;
 use registry::Registry;
@@ -184,7 +182,9 @@ pub struct SensorInfo {
 pub struct SampleRequest {
     /// Index into the call's slots.
     pub device: u32,
+    /// Simulated time to sample at, ms since the Unix epoch.
     pub ts: i64,
+    /// The device's sensor state from the last call.
     pub state: Vec<u8>,
 }
 
@@ -233,6 +233,7 @@ pub struct Handling {
 }
 
 #[derive(Clone)]
+/// The plugin host: the registry of loaded plugins and the worker threads that call them; cheap to clone.
 pub struct PluginHost {
     registry: Arc<Registry>,
     pool: Arc<Pool>,
@@ -310,6 +311,7 @@ impl PluginHost {
         self.registry.remove_file(name, path);
     }
 
+    /// Every loaded plugin, built-in and loaded.
     pub fn list(&self) -> Vec<PluginInfo> {
         self.registry.list()
     }
@@ -327,6 +329,7 @@ impl PluginHost {
             .is_some_and(|v| v.source == PluginSource::BuiltIn)
     }
 
+    /// The plugin named `name`, when one is loaded.
     pub fn info(&self, name: &str) -> Option<PluginInfo> {
         self.registry.info(name)
     }

@@ -59,7 +59,7 @@ pub(crate) struct Worker {
 }
 
 impl Pool {
-    pub fn start(registry: Arc<Registry>, limits: &PluginLimits) -> Self {
+    pub(super) fn start(registry: Arc<Registry>, limits: &PluginLimits) -> Self {
         let (tx, rx) = mpsc::channel::<Job>(limits.queue_capacity);
         // A std mutex around the receiver: a worker holds it only while it
         // waits for the next job, on its own OS thread.
@@ -172,7 +172,7 @@ impl Pool {
     }
 
     /// `describe` of a sensor plugin (see [`Pool::describe`]).
-    pub async fn describe_sensor(
+    pub(super) async fn describe_sensor(
         &self,
         name: &str,
         config: &str,
@@ -294,7 +294,7 @@ impl Pool {
         }
     }
 
-    pub async fn sample(
+    pub(super) async fn sample(
         &self,
         name: &str,
         config: Arc<str>,
@@ -307,7 +307,7 @@ impl Pool {
         .await
     }
 
-    pub async fn handle_command(
+    pub(super) async fn handle_command(
         &self,
         name: &str,
         config: Arc<str>,
@@ -320,7 +320,7 @@ impl Pool {
         .await
     }
 
-    pub fn sample_blocking(
+    pub(super) fn sample_blocking(
         &self,
         name: &str,
         config: Arc<str>,

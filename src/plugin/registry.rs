@@ -26,12 +26,12 @@ pub(crate) const WIT_VERSION: &str = "0.2.0";
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(2);
 
 /// Deadline hits in a row that put a plugin in quarantine.
-pub const QUARANTINE_AFTER: u32 = 3;
+pub(super) const QUARANTINE_AFTER: u32 = 3;
 /// The first quarantine's length (wall time); each one that follows
 /// without a successful call in between lasts twice as long, up to
 /// [`QUARANTINE_MAX`].
-pub const QUARANTINE_FIRST: Duration = Duration::from_secs(1);
-pub const QUARANTINE_MAX: Duration = Duration::from_secs(60);
+pub(super) const QUARANTINE_FIRST: Duration = Duration::from_secs(1);
+pub(super) const QUARANTINE_MAX: Duration = Duration::from_secs(60);
 
 /// The world a plugin implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -167,7 +167,7 @@ pub(crate) struct Version {
 }
 
 impl Version {
-    pub fn world(&self) -> World {
+    pub(super) fn world(&self) -> World {
         self.prepared.world()
     }
 }
@@ -208,15 +208,15 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
-    pub fn name(&self) -> &str {
+    pub(super) fn name(&self) -> &str {
         &self.name
     }
 
-    pub fn current(&self) -> Option<Arc<Version>> {
+    pub(super) fn current(&self) -> Option<Arc<Version>> {
         self.current.read().unwrap().clone()
     }
 
-    pub fn record_success(&self) {
+    pub(super) fn record_success(&self) {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let mut health = self.health.lock().unwrap();
         health.status_unhealthy = false;
@@ -227,7 +227,7 @@ impl Entry {
 
     /// Records a failed call; the [`QUARANTINE_AFTER`]th deadline hit in a
     /// row puts the plugin in quarantine.
-    pub fn record_failure(&self, error: &CallError) {
+    pub(super) fn record_failure(&self, error: &CallError) {
         if matches!(error, CallError::Quarantined { .. }) {
             self.health.lock().unwrap().refused_calls += 1;
             return;
@@ -272,7 +272,7 @@ impl Entry {
     }
 
     /// The refusal for a call made while the plugin is quarantined.
-    pub fn refusal(&self) -> Option<CallError> {
+    pub(super) fn refusal(&self) -> Option<CallError> {
         let health = self.health.lock().unwrap();
         let q = health.quarantine.as_ref()?;
         (q.until > std::time::Instant::now()).then(|| CallError::Quarantined {
@@ -332,7 +332,7 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
@@ -359,16 +359,16 @@ impl Registry {
         }
     }
 
-    pub fn entry(&self, name: &str) -> Option<Arc<Entry>> {
+    pub(super) fn entry(&self, name: &str) -> Option<Arc<Entry>> {
         self.entries.read().unwrap().get(name).cloned()
     }
 
-    pub fn list(&self) -> Vec<PluginInfo> {
+    pub(super) fn list(&self) -> Vec<PluginInfo> {
         let entries: Vec<_> = self.entries.read().unwrap().values().cloned().collect();
         entries.iter().map(|e| e.info()).collect()
     }
 
-    pub fn info(&self, name: &str) -> Option<PluginInfo> {
+    pub(super) fn info(&self, name: &str) -> Option<PluginInfo> {
         self.entry(name).map(|e| e.info())
     }
 
@@ -409,7 +409,7 @@ impl Registry {
             .clone()
     }
 
-    pub fn load(
+    pub(super) fn load(
         &self,
         name: &str,
         bytes: Vec<u8>,
@@ -571,7 +571,7 @@ impl Registry {
         })
     }
 
-    pub fn remove(&self, name: &str) -> Result<(), LoadError> {
+    pub(super) fn remove(&self, name: &str) -> Result<(), LoadError> {
         let entry = self
             .entry(name)
             .ok_or_else(|| LoadError::NotFound(name.to_string()))?;
@@ -592,7 +592,7 @@ impl Registry {
         Ok(())
     }
 
-    pub fn remove_file(&self, name: &str, path: &Path) {
+    pub(super) fn remove_file(&self, name: &str, path: &Path) {
         let Some(entry) = self.entry(name) else {
             return;
         };

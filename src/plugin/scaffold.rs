@@ -16,8 +16,11 @@ pub const SDK_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/plugins/sdk");
 /// The WIT world a new plugin implements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ScaffoldWorld {
+    /// `sensor`: samples readings.
     Sensor,
+    /// `command-handler`: answers commands.
     CommandHandler,
+    /// `edge-rule`: acts on a window of readings.
     EdgeRule,
 }
 
@@ -41,19 +44,25 @@ impl fmt::Display for ScaffoldWorld {
 /// Why a scaffold was not written.
 #[derive(Debug, thiserror::Error)]
 pub enum ScaffoldError {
+    /// The name is not a plugin name.
     #[error(
         "plugin name {0:?} is not valid: start with a letter a-z, then use up to 63 more of a-z, 0-9, '-' and '_'"
     )]
     Name(String),
+    /// The crate's folder is taken.
     #[error("{0} already exists and is not empty; pick another name or --dir")]
     Exists(PathBuf),
+    /// The SDK folder is missing.
     #[error(
         "the plugin SDK is not at {0}: pass --sdk with the plugins/sdk folder of an iotmock checkout"
     )]
     NoSdk(PathBuf),
+    /// A file could not be written.
     #[error("could not write {path}: {source}")]
     Write {
+        /// The file.
         path: PathBuf,
+        /// What the system said.
         source: std::io::Error,
     },
 }

@@ -12,7 +12,7 @@ macro_rules! plugin_spec {
         $(#[$attr])*
         #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
         #[serde(untagged)]
-        pub enum $name {
+        pub(crate) enum $name {
             Name(String),
             Full {
                 plugin: String,
@@ -23,7 +23,7 @@ macro_rules! plugin_spec {
         }
 
         impl $name {
-            pub fn plugin(&self) -> &str {
+            pub(crate) fn plugin(&self) -> &str {
                 match self {
                     $name::Name(name) => name,
                     $name::Full { plugin, .. } => plugin,
@@ -32,7 +32,7 @@ macro_rules! plugin_spec {
 
             /// The configuration as the plugin gets it (JSON text; `{}`
             /// when none).
-            pub fn config_text(&self) -> String {
+            pub(crate) fn config_text(&self) -> String {
                 match self {
                     $name::Full { config, .. } if !config.is_null() => config.to_string(),
                     _ => "{}".to_string(),
@@ -40,14 +40,14 @@ macro_rules! plugin_spec {
             }
 
             /// How the store keeps it: the bare name, or the JSON object.
-            pub fn to_stored(&self) -> String {
+            pub(crate) fn to_stored(&self) -> String {
                 match self {
                     $name::Name(name) => name.clone(),
                     full => serde_json::to_string(full).expect("a plugin spec serializes"),
                 }
             }
 
-            pub fn from_stored(text: &str) -> Option<Self> {
+            pub(crate) fn from_stored(text: &str) -> Option<Self> {
                 if text.starts_with('{') {
                     serde_json::from_str(text).ok()
                 } else {

@@ -29,12 +29,12 @@ pub enum WatchError {
 }
 
 /// Keeps the folder watched while alive.
-pub struct PluginWatcher {
+pub(crate) struct PluginWatcher {
     _watcher: notify::RecommendedWatcher,
 }
 
 /// Loads every `*.wasm` in `dir`, then watches it for changes.
-pub async fn watch(host: PluginHost, dir: &Path) -> Result<PluginWatcher, WatchError> {
+pub(crate) async fn watch(host: PluginHost, dir: &Path) -> Result<PluginWatcher, WatchError> {
     let dir = std::fs::canonicalize(dir).map_err(|source| WatchError::Io {
         path: dir.display().to_string(),
         source,

@@ -20,7 +20,7 @@ use crate::telemetry::{OfflineBuffer, SensorSpec, check_sensor};
 /// The scenario `iotmock serve` runs when none is given.
 pub const DEMO: &str = include_str!("demo.toml");
 /// How the built-in demo is named in errors.
-pub const DEMO_ORIGIN: &str = "(built-in demo)";
+pub(crate) const DEMO_ORIGIN: &str = "(built-in demo)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
@@ -85,7 +85,7 @@ fn default_first() -> u32 {
 
 /// A validated scenario.
 #[derive(Debug, Clone, Default)]
-pub struct Scenario {
+pub(crate) struct Scenario {
     pub seed: Option<u64>,
     /// Where simulated time starts, ms since the epoch.
     pub start_time_ms: Option<i64>,
@@ -96,7 +96,7 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    pub fn from_file(path: &Path) -> Result<Self, ScenarioError> {
+    pub(crate) fn from_file(path: &Path) -> Result<Self, ScenarioError> {
         let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Io {
             path: path.display().to_string(),
             source,
@@ -104,12 +104,12 @@ impl Scenario {
         Self::parse(&text, &path.display().to_string())
     }
 
-    pub fn demo() -> Self {
+    pub(crate) fn demo() -> Self {
         Self::parse(DEMO, DEMO_ORIGIN).expect("the built-in demo scenario is valid")
     }
 
     /// Parses and validates scenario text; `origin` names it in errors.
-    pub fn parse(text: &str, origin: &str) -> Result<Self, ScenarioError> {
+    pub(crate) fn parse(text: &str, origin: &str) -> Result<Self, ScenarioError> {
         let raw: RawScenario = toml::from_str(text).map_err(|e| ScenarioError::Parse {
             origin: origin.to_string(),
             detail: e.to_string(),

@@ -18,16 +18,16 @@ use tokio::sync::watch;
 use crate::journal::JournalStats;
 
 /// Requests kept by default.
-pub const DEFAULT_HTTP_JOURNAL_CAPACITY: usize = 10_000;
+pub(crate) const DEFAULT_HTTP_JOURNAL_CAPACITY: usize = 10_000;
 /// Bytes of requests kept by default.
-pub const DEFAULT_HTTP_JOURNAL_MAX_BYTES: usize = 64 << 20;
+pub(crate) const DEFAULT_HTTP_JOURNAL_MAX_BYTES: usize = 64 << 20;
 /// Bytes of a request body kept in the journal; the rest is cut and
 /// `body_truncated` says so.
-pub const MAX_BODY_KEPT: usize = 64 << 10;
+pub(crate) const MAX_BODY_KEPT: usize = 64 << 10;
 
 /// One request as it arrived, and what it got.
 #[derive(Debug, Clone)]
-pub struct HttpEntry {
+pub(crate) struct HttpEntry {
     pub cursor: u64,
     pub wall_ms: i64,
     pub sim_ms: i64,
@@ -51,21 +51,21 @@ pub struct HttpEntry {
 }
 
 impl HttpEntry {
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     }
 
-    pub fn query_value(&self, name: &str) -> Option<&str> {
+    pub(crate) fn query_value(&self, name: &str) -> Option<&str> {
         self.query
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     }
 
-    pub fn json_body(&self) -> Option<Value> {
+    pub(crate) fn json_body(&self) -> Option<Value> {
         serde_json::from_slice(&self.body).ok()
     }
 }
@@ -130,16 +130,16 @@ impl crate::journal::Weigh for HttpEntry {
     }
 }
 
-pub struct HttpJournal(crate::journal::Journal<HttpEntry>);
+pub(crate) struct HttpJournal(crate::journal::Journal<HttpEntry>);
 
 impl HttpJournal {
-    pub fn new(capacity: usize, max_bytes: usize) -> Self {
+    pub(crate) fn new(capacity: usize, max_bytes: usize) -> Self {
         Self(crate::journal::Journal::new(capacity, max_bytes))
     }
 
     /// Appends an entry (its cursor is assigned here); evicts and counts
     /// the oldest as the bounds require. Returns the cursor.
-    pub fn push(&self, mut entry: HttpEntry) -> u64 {
+    pub(crate) fn push(&self, mut entry: HttpEntry) -> u64 {
         // A copy, not a slice: a slice would keep the whole request body
         // (and a receive buffer it shares) alive, and the journal would
         // hold far more than it counts.
@@ -155,17 +155,17 @@ impl HttpJournal {
         })
     }
 
-    pub fn stats(&self) -> JournalStats {
+    pub(crate) fn stats(&self) -> JournalStats {
         self.0.stats()
     }
 
     /// Calls `visit` on every entry after `since`; returns the newest
     /// cursor examined and whether entries after `since` were evicted.
-    pub fn scan(&self, since: u64, visit: impl FnMut(&HttpEntry)) -> (u64, bool) {
+    pub(crate) fn scan(&self, since: u64, visit: impl FnMut(&HttpEntry)) -> (u64, bool) {
         self.0.scan(since, visit)
     }
 
-    pub fn watch(&self) -> watch::Receiver<u64> {
+    pub(crate) fn watch(&self) -> watch::Receiver<u64> {
         self.0.watch()
     }
 }

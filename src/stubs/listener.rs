@@ -5,7 +5,6 @@
 //! kernel answers with a TCP RST instead of a response.
 
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,32 +13,30 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-pub struct ResettableIo {
+pub(crate) struct ResettableIo {
     stream: TcpStream,
     reset: Arc<AtomicBool>,
 }
 
 /// Per-connection handle, available to handlers as `ConnectInfo<ConnHandle>`.
 #[derive(Clone, Debug)]
-pub struct ConnHandle {
+pub(crate) struct ConnHandle {
     reset: Arc<AtomicBool>,
-    pub remote: SocketAddr,
 }
 
 impl ConnHandle {
     /// Makes the connection end with a TCP reset at its next read or write.
-    pub fn reset(&self) {
+    pub(crate) fn reset(&self) {
         self.reset.store(true, Ordering::Release);
     }
 }
 
 impl ResettableIo {
     /// Wraps an accepted stream; the handle goes to its requests.
-    pub fn new(stream: TcpStream, remote: SocketAddr) -> (Self, ConnHandle) {
+    pub(crate) fn new(stream: TcpStream) -> (Self, ConnHandle) {
         let reset = Arc::new(AtomicBool::new(false));
         let handle = ConnHandle {
             reset: reset.clone(),
-            remote,
         };
         (Self { stream, reset }, handle)
     }

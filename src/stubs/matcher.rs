@@ -14,7 +14,7 @@ use serde_json::Value;
 
 /// One matcher that did not hold, for near-miss explanations.
 #[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
-pub struct Mismatch {
+pub(crate) struct Mismatch {
     /// `method`, `path`, `query.NAME`, `headers.NAME`, `body` or `json`.
     pub field: String,
     pub expected: String,
@@ -23,7 +23,7 @@ pub struct Mismatch {
 }
 
 #[derive(Debug, Clone)]
-pub enum Matcher {
+pub(crate) enum Matcher {
     Equals(String),
     Contains(String),
     Matches(Regex),
@@ -32,7 +32,7 @@ pub enum Matcher {
 
 impl Matcher {
     /// Builds a matcher from its JSON form; `field` names it in errors.
-    pub fn compile(field: &str, def: &Value) -> Result<Self, String> {
+    pub(crate) fn compile(field: &str, def: &Value) -> Result<Self, String> {
         match def {
             Value::String(s) => Ok(Matcher::Equals(s.clone())),
             Value::Object(map) if map.len() == 1 => {
@@ -66,7 +66,7 @@ impl Matcher {
         }
     }
 
-    pub fn check(&self, value: Option<&str>) -> bool {
+    pub(crate) fn check(&self, value: Option<&str>) -> bool {
         match (self, value) {
             (Matcher::Present(want), v) => v.is_some() == *want,
             (_, None) => false,
@@ -76,7 +76,7 @@ impl Matcher {
         }
     }
 
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Matcher::Equals(s) => format!("equals {s:?}"),
             Matcher::Contains(s) => format!("contains {s:?}"),
@@ -88,7 +88,7 @@ impl Matcher {
 }
 
 /// Matchers keyed by name (query parameters, headers).
-pub fn compile_map(
+pub(crate) fn compile_map(
     field: &str,
     defs: &BTreeMap<String, Value>,
     lowercase: bool,
@@ -117,13 +117,13 @@ enum Segment {
 
 /// A path pattern: `/ota/{device}/manifest`, `/files/*/meta`, `/static/**`.
 #[derive(Debug, Clone)]
-pub struct PathPattern {
+pub(crate) struct PathPattern {
     segments: Vec<Segment>,
     source: String,
 }
 
 impl PathPattern {
-    pub fn parse(pattern: &str) -> Result<Self, String> {
+    pub(crate) fn parse(pattern: &str) -> Result<Self, String> {
         let Some(rest) = pattern.strip_prefix('/') else {
             return Err(format!("path {pattern:?} must start with /"));
         };
@@ -176,20 +176,20 @@ impl PathPattern {
         })
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.source
     }
 
     /// Whether the pattern has parameters or wildcards (else it is a plain
     /// path, which filters also use as a prefix).
-    pub fn is_literal(&self) -> bool {
+    pub(crate) fn is_literal(&self) -> bool {
         self.segments
             .iter()
             .all(|s| matches!(s, Segment::Literal(_)))
     }
 
     /// The parameters when `path` matches.
-    pub fn matches(&self, path: &str) -> Option<BTreeMap<String, String>> {
+    pub(crate) fn matches(&self, path: &str) -> Option<BTreeMap<String, String>> {
         let rest = path.strip_prefix('/')?;
         let parts: Vec<&str> = if rest.is_empty() {
             Vec::new()

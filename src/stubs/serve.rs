@@ -20,13 +20,13 @@ use crate::clock::{Clock, wall_ms};
 use crate::fleet::{AuthOutcome, Fleet};
 
 /// Largest request body a stub reads.
-pub const MAX_STUB_BODY: usize = 16 << 20;
+pub(crate) const MAX_STUB_BODY: usize = 16 << 20;
 /// Longest a `hang` fault holds a request (or until shutdown).
 const MAX_HANG: Duration = Duration::from_secs(600);
 
 /// Where a request came in.
 #[derive(Debug, Clone, Copy)]
-pub enum Mount {
+pub(crate) enum Mount {
     /// `/mock/...` on the API port: the prefix is not part of the path.
     Prefixed,
     /// `--mock-http`: the real paths.
@@ -43,7 +43,7 @@ impl Mount {
 }
 
 /// Splits `Authorization: Basic` into user and password.
-pub fn basic_credentials(headers: &axum::http::HeaderMap) -> Option<(String, Vec<u8>)> {
+pub(crate) fn basic_credentials(headers: &axum::http::HeaderMap) -> Option<(String, Vec<u8>)> {
     use base64::Engine;
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, encoded) = value.split_once(' ')?;
@@ -59,14 +59,14 @@ pub fn basic_credentials(headers: &axum::http::HeaderMap) -> Option<(String, Vec
 }
 
 /// The query string as name/value pairs.
-pub fn query_pairs(uri: &axum::http::Uri) -> Vec<(String, String)> {
+pub(crate) fn query_pairs(uri: &axum::http::Uri) -> Vec<(String, String)> {
     Query::<Vec<(String, String)>>::try_from_uri(uri)
         .map(|Query(q)| q)
         .unwrap_or_default()
 }
 
 /// Header names (lower case) and values, repeated ones joined with ", ".
-pub fn header_pairs(headers: &axum::http::HeaderMap) -> Vec<(String, String)> {
+pub(crate) fn header_pairs(headers: &axum::http::HeaderMap) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::with_capacity(headers.len());
     for (name, value) in headers {
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
@@ -85,7 +85,7 @@ pub fn header_pairs(headers: &axum::http::HeaderMap) -> Vec<(String, String)> {
 /// `Authorization` or `Proxy-Authorization`, whatever its user name and
 /// whether or not it is a device's) has its password removed; other
 /// schemes are kept, so a test can verify that a token was sent.
-pub fn journal_headers(headers: &axum::http::HeaderMap) -> Vec<(String, String)> {
+pub(crate) fn journal_headers(headers: &axum::http::HeaderMap) -> Vec<(String, String)> {
     let mut out = header_pairs(headers);
     for (name, value) in &mut out {
         if name == "authorization" || name == "proxy-authorization" {
@@ -170,7 +170,7 @@ fn problem(status: StatusCode, kind: &str, detail: String, extra: Option<Value>)
 /// Answers one request with the stubs. The HTTP server reads the body
 /// (at most [`MAX_STUB_BODY`] bytes) and answers a body that could not be
 /// read itself, in the API's own words.
-pub async fn answer(
+pub(crate) async fn answer(
     stubs: &Stubs,
     fleet: &Fleet,
     clock: &Clock,

@@ -19,14 +19,14 @@ use crate::random::DeviceRng;
 use crate::verify::json_contains;
 
 /// Longest delay a stub may declare.
-pub const MAX_DELAY_MS: u64 = 600_000;
+pub(crate) const MAX_DELAY_MS: u64 = 600_000;
 /// Most responses in a sequence.
-pub const MAX_RESPONSES: usize = 100;
+pub(crate) const MAX_RESPONSES: usize = 100;
 
 /// A stub as written by its author.
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct StubDef {
+pub(crate) struct StubDef {
     /// 1 to 128 of `A-Z a-z 0-9 . _ -`; generated (`stub-N`) when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
@@ -55,7 +55,7 @@ pub struct StubDef {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum AfterLast {
+pub(crate) enum AfterLast {
     #[default]
     RepeatLast,
     Cycle,
@@ -64,7 +64,7 @@ pub enum AfterLast {
 /// What a request must look like.
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RequestDef {
+pub(crate) struct RequestDef {
     /// `GET`, `POST`, ...; absent or `ANY` matches every method.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
@@ -92,7 +92,7 @@ pub struct RequestDef {
 /// One answer.
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ResponseDef {
+pub(crate) struct ResponseDef {
     #[serde(default = "ok")]
     pub status: u16,
     /// Header values are templates.
@@ -118,7 +118,7 @@ fn ok() -> u16 {
 /// A way to misbehave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum Fault {
+pub(crate) enum Fault {
     /// The connection is closed with a TCP reset; no response.
     Reset,
     /// No response at all: the request hangs until the client gives up.
@@ -131,7 +131,7 @@ pub enum Fault {
 }
 
 impl Fault {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Fault::Reset => "reset",
             Fault::Hang => "hang",
@@ -143,7 +143,7 @@ impl Fault {
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Drip {
+pub(crate) struct Drip {
     #[serde(default = "drip_chunk")]
     pub chunk_bytes: usize,
     #[serde(default = "drip_interval")]
@@ -244,7 +244,7 @@ fn parse_delay(value: Option<&Value>) -> Result<Delay, String> {
 }
 
 /// A validated stub, ready to match and answer.
-pub struct Stub {
+pub(crate) struct Stub {
     pub id: Arc<str>,
     pub def: StubDef,
     /// `api` or `scenario`.
@@ -265,7 +265,7 @@ pub struct Stub {
 }
 
 /// The answer a call gets.
-pub struct Chosen<'a> {
+pub(crate) struct Chosen<'a> {
     pub call: u64,
     pub response: &'a ResponseDef,
     pub delay: Duration,
@@ -273,7 +273,7 @@ pub struct Chosen<'a> {
 
 impl Stub {
     /// Validates a definition. `id` is the final id (given or generated).
-    pub fn compile(
+    pub(crate) fn compile(
         def: StubDef,
         id: StubId,
         source: &'static str,
@@ -341,17 +341,20 @@ impl Stub {
         })
     }
 
-    pub fn priority(&self) -> i32 {
+    pub(crate) fn priority(&self) -> i32 {
         self.def.priority
     }
 
-    pub fn calls(&self) -> u64 {
+    pub(crate) fn calls(&self) -> u64 {
         self.calls.load(Ordering::Relaxed)
     }
 
     /// The path parameters when the request matches; otherwise every
     /// matcher that failed.
-    pub fn check(&self, req: &RequestFacts) -> Result<BTreeMap<String, String>, Vec<Mismatch>> {
+    pub(crate) fn check(
+        &self,
+        req: &RequestFacts,
+    ) -> Result<BTreeMap<String, String>, Vec<Mismatch>> {
         let mut misses = Vec::new();
         if let Some(m) = &self.method
             && *m != req.method
@@ -421,7 +424,7 @@ impl Stub {
     }
 
     /// Counts the call and picks its response and delay.
-    pub fn choose(&self) -> Chosen<'_> {
+    pub(crate) fn choose(&self) -> Chosen<'_> {
         let call = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
         let n = self.responses.len() as u64;
         let index = match self.def.after_last {

@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use serde_json::{Map, Value};
 
 /// What a template can read.
-pub struct Context<'a> {
+pub(crate) struct Context<'a> {
     /// `{"method","path","params","query","headers","body","json"}`.
     pub request: &'a Value,
     /// The device's fields (`id`, `type`, ..., `state`), when the request
@@ -32,7 +32,7 @@ pub struct Context<'a> {
 const ROOTS: &str = "request.*, device.*, now, now_ms, stub.id, stub.calls";
 
 /// Checks every placeholder of `text` names something templates know.
-pub fn check(field: &str, text: &str) -> Result<(), String> {
+pub(crate) fn check(field: &str, text: &str) -> Result<(), String> {
     for piece in pieces(text) {
         match piece {
             Piece::Text(_) => {}
@@ -48,7 +48,7 @@ pub fn check(field: &str, text: &str) -> Result<(), String> {
 }
 
 /// Checks every string in a JSON template.
-pub fn check_json(field: &str, value: &Value) -> Result<(), String> {
+pub(crate) fn check_json(field: &str, value: &Value) -> Result<(), String> {
     match value {
         Value::String(s) => check(field, s),
         Value::Array(items) => items
@@ -178,7 +178,7 @@ fn push_text(out: &mut String, value: &Value) {
 }
 
 /// Fills the placeholders of a text template.
-pub fn render(text: &str, ctx: &Context<'_>) -> String {
+pub(crate) fn render(text: &str, ctx: &Context<'_>) -> String {
     if !text.contains("{{") {
         return text.to_string();
     }
@@ -198,7 +198,7 @@ pub fn render(text: &str, ctx: &Context<'_>) -> String {
 }
 
 /// Fills the placeholders of a JSON template.
-pub fn render_json(value: &Value, ctx: &Context<'_>) -> Value {
+pub(crate) fn render_json(value: &Value, ctx: &Context<'_>) -> Value {
     match value {
         Value::String(s) => {
             let p = pieces(s);
@@ -219,16 +219,16 @@ pub fn render_json(value: &Value, ctx: &Context<'_>) -> Value {
 
 /// A rendered response would pass its byte budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TooLarge;
+pub(crate) struct TooLarge;
 
 /// Bytes a rendering may still produce. Measuring takes from it and stops
 /// at the first piece that does not fit, so measuring costs at most the
 /// budget (plus the template), never what the rendering would have cost.
 #[derive(Debug)]
-pub struct Budget(usize);
+pub(crate) struct Budget(usize);
 
 impl Budget {
-    pub fn new(bytes: usize) -> Self {
+    pub(crate) fn new(bytes: usize) -> Self {
         Self(bytes)
     }
 
@@ -285,7 +285,7 @@ fn take_escaped(s: &str, budget: &mut Budget) -> Result<(), TooLarge> {
 
 /// Takes from `budget` the bytes [`render`] would produce, without
 /// rendering.
-pub fn measure(text: &str, ctx: &Context<'_>, budget: &mut Budget) -> Result<(), TooLarge> {
+pub(crate) fn measure(text: &str, ctx: &Context<'_>, budget: &mut Budget) -> Result<(), TooLarge> {
     if !text.contains("{{") {
         return budget.take(text.len());
     }
@@ -305,7 +305,11 @@ pub fn measure(text: &str, ctx: &Context<'_>, budget: &mut Budget) -> Result<(),
 
 /// Takes from `budget` the bytes the JSON text of [`render_json`] would
 /// have, without rendering.
-pub fn measure_json(value: &Value, ctx: &Context<'_>, budget: &mut Budget) -> Result<(), TooLarge> {
+pub(crate) fn measure_json(
+    value: &Value,
+    ctx: &Context<'_>,
+    budget: &mut Budget,
+) -> Result<(), TooLarge> {
     match value {
         Value::String(s) => {
             let p = pieces(s);

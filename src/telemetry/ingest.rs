@@ -9,7 +9,11 @@ impl Telemetry {
     /// Publishes readings in order and journals them before it returns.
     /// They go out at QoS 1 so that an MQTT outage holds them (and replays
     /// them) instead of dropping them.
-    pub async fn ingest(&self, mqtt: &MqttHandle, readings: Vec<Reading>) -> Vec<PublishOutcome> {
+    pub(crate) async fn ingest(
+        &self,
+        mqtt: &MqttHandle,
+        readings: Vec<Reading>,
+    ) -> Vec<PublishOutcome> {
         let mut outcomes = Vec::with_capacity(readings.len());
         let mut payload = String::with_capacity(128);
         for reading in readings {
@@ -36,7 +40,7 @@ impl Telemetry {
     /// codec): counted, shown to edge nodes and live subscribers, and
     /// journaled for export, like simulated ones. They are already on the
     /// broker in the device's own words, so nothing is published.
-    pub fn observed(&self, readings: Vec<Reading>) {
+    pub(crate) fn observed(&self, readings: Vec<Reading>) {
         for reading in readings {
             self.stats.published(reading);
         }

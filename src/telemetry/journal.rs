@@ -9,9 +9,9 @@ use super::Reading;
 use crate::journal::{JournalStats, Ring, Weigh};
 
 /// Readings kept for export by default.
-pub const JOURNAL_CAPACITY: usize = 100_000;
+pub(crate) const JOURNAL_CAPACITY: usize = 100_000;
 /// Bytes of readings kept by default.
-pub const JOURNAL_MAX_BYTES: usize = 64 << 20;
+pub(crate) const JOURNAL_MAX_BYTES: usize = 64 << 20;
 
 impl Weigh for Reading {
     fn weight(&self) -> usize {
@@ -21,7 +21,7 @@ impl Weigh for Reading {
 }
 
 #[derive(Debug)]
-pub struct Journal(Ring<Reading>);
+pub(crate) struct Journal(Ring<Reading>);
 
 impl Default for Journal {
     fn default() -> Self {
@@ -31,7 +31,7 @@ impl Default for Journal {
 
 /// Which readings an export wants.
 #[derive(Debug, Default, Clone)]
-pub struct ExportFilter {
+pub(crate) struct ExportFilter {
     pub device: Option<String>,
     pub sensor: Option<String>,
     /// Simulated time, ms, inclusive.
@@ -47,7 +47,7 @@ pub struct ExportFilter {
 
 /// What a resuming stream client missed since its last event id.
 #[derive(Debug, Default)]
-pub struct Replay {
+pub(crate) struct Replay {
     /// The readings after the cursor that are still kept, with their
     /// sequence numbers, oldest first.
     pub items: Vec<(u64, Reading)>,
@@ -61,23 +61,23 @@ pub struct Replay {
 }
 
 impl Journal {
-    pub fn new(capacity: usize, max_bytes: usize) -> Self {
+    pub(crate) fn new(capacity: usize, max_bytes: usize) -> Self {
         Self(Ring::new(capacity, max_bytes))
     }
 
     /// Keeps a reading (unless it is larger than the whole budget);
     /// answers its sequence number (1, 2, ...).
-    pub fn push(&mut self, reading: Reading) -> u64 {
+    pub(crate) fn push(&mut self, reading: Reading) -> u64 {
         self.0.push_with(|_| reading).0
     }
 
     /// The sequence number the next reading will get.
-    pub fn next_seq(&self) -> u64 {
+    pub(crate) fn next_seq(&self) -> u64 {
         self.0.last_cursor() + 1
     }
 
     /// The readings `wants` picks after sequence number `after`.
-    pub fn replay(&self, after: u64, wants: impl Fn(&Reading) -> bool) -> Replay {
+    pub(crate) fn replay(&self, after: u64, wants: impl Fn(&Reading) -> bool) -> Replay {
         // A cursor from an earlier run: everything kept is new to it.
         let newest = self.0.last_cursor();
         let earlier_run = after > newest;
@@ -94,13 +94,13 @@ impl Journal {
         }
     }
 
-    pub fn stats(&self) -> JournalStats {
+    pub(crate) fn stats(&self) -> JournalStats {
         self.0.stats()
     }
 
     /// Matching readings in publishing order, and the cursor of the last one
     /// returned when the limit cut the answer short.
-    pub fn export(&self, f: &ExportFilter) -> (Vec<Reading>, Option<u64>) {
+    pub(crate) fn export(&self, f: &ExportFilter) -> (Vec<Reading>, Option<u64>) {
         let mut out = Vec::new();
         let mut last = 0;
         for (seq, r) in self.0.after(f.cursor.unwrap_or(0)) {

@@ -20,11 +20,11 @@ use tokio::sync::Notify;
 use super::Reading;
 
 /// Readings queued per subscriber unless it asks for another size.
-pub const DEFAULT_QUEUE: usize = 10_000;
+pub(crate) const DEFAULT_QUEUE: usize = 10_000;
 /// The largest queue a subscriber may ask for.
-pub const MAX_QUEUE: usize = 100_000;
+pub(crate) const MAX_QUEUE: usize = 100_000;
 /// Bytes all subscribers' queues may hold together, by default.
-pub const DEFAULT_STREAM_MAX_BYTES: usize = 64 << 20;
+pub(crate) const DEFAULT_STREAM_MAX_BYTES: usize = 64 << 20;
 
 /// What a queued reading costs the budget.
 fn weight(reading: &Reading) -> usize {
@@ -33,7 +33,7 @@ fn weight(reading: &Reading) -> usize {
 
 /// What a subscriber wants.
 #[derive(Debug, Clone, Default)]
-pub struct LiveFilter {
+pub(crate) struct LiveFilter {
     pub device: Option<String>,
     pub sensor: Option<String>,
     /// Also dropout records (value null, anomaly "dropout"), which are never
@@ -42,7 +42,7 @@ pub struct LiveFilter {
 }
 
 impl LiveFilter {
-    pub fn wants(&self, r: &Reading) -> bool {
+    pub(crate) fn wants(&self, r: &Reading) -> bool {
         (self.dropouts || !r.is_dropout())
             && self.device.as_deref().is_none_or(|d| d == &*r.device)
             && self.sensor.as_deref().is_none_or(|s| s == &*r.sensor)
@@ -51,7 +51,7 @@ impl LiveFilter {
 
 /// One item a subscriber takes from its queue.
 #[derive(Debug, Clone, PartialEq)]
-pub enum LiveItem {
+pub(crate) enum LiveItem {
     /// A reading and its journal sequence number (the SSE event id).
     Reading(u64, Reading),
     /// This many readings were dropped here because the queue was full.
@@ -79,7 +79,7 @@ struct Subscriber {
 }
 
 /// Every live subscriber; shared by the scheduler and the HTTP handlers.
-pub struct Hub {
+pub(crate) struct Hub {
     // A std lock: held to push one reading or to add or remove a
     // subscriber, never across an await.
     subscribers: RwLock<Vec<Arc<Subscriber>>>,
@@ -110,7 +110,7 @@ impl std::fmt::Debug for Hub {
 }
 
 impl Hub {
-    pub fn new(max_bytes: usize) -> Self {
+    pub(crate) fn new(max_bytes: usize) -> Self {
         Self {
             subscribers: RwLock::default(),
             count: AtomicUsize::new(0),
@@ -122,7 +122,7 @@ impl Hub {
     }
 
     /// Bytes queued now over all subscribers, and the budget.
-    pub fn bytes(&self) -> (usize, usize) {
+    pub(crate) fn bytes(&self) -> (usize, usize) {
         (self.bytes.load(Ordering::Relaxed), self.max_bytes)
     }
 
@@ -137,7 +137,7 @@ impl Hub {
 
     /// Hands a reading (or a dropout record), with its journal sequence
     /// number, to every subscriber that wants it.
-    pub fn offer(&self, seq: u64, reading: &Reading) {
+    pub(crate) fn offer(&self, seq: u64, reading: &Reading) {
         if self.count.load(Ordering::Relaxed) == 0 {
             return;
         }
@@ -168,12 +168,16 @@ impl Hub {
         }
     }
 
-    pub fn subscribers(&self) -> usize {
+    pub(crate) fn subscribers(&self) -> usize {
         self.count.load(Ordering::Relaxed)
     }
 
     /// Registers a subscriber; it is removed when the handle is dropped.
-    pub fn subscribe(self: &Arc<Self>, filter: LiveFilter, capacity: usize) -> LiveSubscription {
+    pub(crate) fn subscribe(
+        self: &Arc<Self>,
+        filter: LiveFilter,
+        capacity: usize,
+    ) -> LiveSubscription {
         let sub = Arc::new(Subscriber {
             filter,
             capacity,
@@ -195,14 +199,14 @@ impl Hub {
 }
 
 /// A live subscription; dropping it unsubscribes.
-pub struct LiveSubscription {
+pub(crate) struct LiveSubscription {
     hub: Arc<Hub>,
     sub: Arc<Subscriber>,
 }
 
 impl LiveSubscription {
     /// Waits until something is queued, then takes up to `max` items.
-    pub async fn next_batch(&self, max: usize) -> Vec<LiveItem> {
+    pub(crate) async fn next_batch(&self, max: usize) -> Vec<LiveItem> {
         loop {
             let notified = self.sub.notify.notified();
             {
@@ -225,11 +229,6 @@ impl LiveSubscription {
             }
             notified.await;
         }
-    }
-
-    /// Readings this subscriber has missed so far.
-    pub fn missed(&self) -> u64 {
-        self.sub.missed.load(Ordering::Relaxed)
     }
 }
 
@@ -278,7 +277,7 @@ mod tests {
             sub.next_batch(10).await,
             vec![LiveItem::Reading(6, reading("a", 5))]
         );
-        assert_eq!(sub.missed(), 3);
+        assert_eq!(sub.sub.missed.load(Ordering::Relaxed), 3);
         assert_eq!(hub.missed.load(Ordering::Relaxed), 3);
         drop(sub);
         assert_eq!(hub.subscribers(), 0);

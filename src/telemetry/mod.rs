@@ -12,7 +12,7 @@ mod live;
 mod presence;
 mod reading;
 mod scheduler;
-pub mod spec;
+pub(crate) mod spec;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,16 +20,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
-pub use journal::{ExportFilter, JOURNAL_CAPACITY, JOURNAL_MAX_BYTES};
-pub use live::{
+pub(crate) use journal::{ExportFilter, JOURNAL_CAPACITY, JOURNAL_MAX_BYTES};
+pub(crate) use live::{
     DEFAULT_QUEUE, DEFAULT_STREAM_MAX_BYTES, LiveFilter, LiveItem, LiveSubscription, MAX_QUEUE,
 };
-pub use presence::Presence;
+pub(crate) use presence::Presence;
 pub use reading::Reading;
-pub use scheduler::{
-    BufferCounters, MAX_BUFFER_CAPACITY, OfflineBuffer, OverflowPolicy, StreamSpec,
-};
-pub use spec::{SensorSpec, check_sensor};
+pub(crate) use scheduler::{BufferCounters, OfflineBuffer, StreamSpec};
+pub(crate) use spec::{SensorSpec, check_sensor};
 
 use crate::clock::Clock;
 use crate::mqtt::MqttHandle;
@@ -62,7 +60,7 @@ impl Default for TelemetryLimits {
 /// Counters visible in the API. Every reading that was due and not
 /// published is counted under one of the `*_failed` / `dropouts` fields.
 #[derive(Debug, Default)]
-pub struct TelemetryStats {
+pub(crate) struct TelemetryStats {
     pub published: AtomicU64,
     /// Readings the sensor model left out (value none): simulated dropouts.
     pub dropouts: AtomicU64,
@@ -93,14 +91,14 @@ impl TelemetryStats {
     /// Keeps a published reading (or a dropout record) in the journal and
     /// hands it to the live subscribers with its sequence number, under the
     /// journal lock, so subscribers see sequence numbers in order.
-    pub fn keep(&self, reading: Reading) {
+    pub(crate) fn keep(&self, reading: Reading) {
         let mut journal = self.journal.lock().unwrap();
         self.live.offer(journal.next_seq(), &reading);
         journal.push(reading);
     }
 
     /// A reading went out on MQTT: counted, shown to the edge nodes, kept.
-    pub fn published(&self, reading: Reading) {
+    pub(crate) fn published(&self, reading: Reading) {
         self.published.fetch_add(1, Ordering::Relaxed);
         if let Some(tap) = self.tap.get() {
             tap.reading(&reading);
@@ -111,12 +109,12 @@ impl TelemetryStats {
 
 /// Something that sees every reading as it is published (edge nodes). It
 /// is called on the scheduler's task, so it must be quick and not block.
-pub trait ReadingTap: Send + Sync + std::fmt::Debug {
+pub(crate) trait ReadingTap: Send + Sync + std::fmt::Debug {
     fn reading(&self, reading: &Reading);
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct TelemetryCounters {
+pub(crate) struct TelemetryCounters {
     pub streams: u64,
     pub published: u64,
     pub dropouts: u64,
@@ -166,7 +164,7 @@ enum Control {
 
 /// A handle on the telemetry scheduler; cheap to clone.
 #[derive(Clone)]
-pub struct Telemetry {
+pub(crate) struct Telemetry {
     control: mpsc::Sender<Control>,
     stats: Arc<TelemetryStats>,
     streams: Arc<AtomicU64>,
@@ -175,7 +173,7 @@ pub struct Telemetry {
 
 impl Telemetry {
     /// Starts the scheduler task; it ends when every handle is dropped.
-    pub fn start(
+    pub(crate) fn start(
         clock: Clock,
         plugins: PluginHost,
         mqtt: MqttHandle,
@@ -212,12 +210,12 @@ impl Telemetry {
     }
 
     /// Starts producing readings for these streams from the current time.
-    pub async fn add(&self, streams: Vec<StreamSpec>) {
+    pub(crate) async fn add(&self, streams: Vec<StreamSpec>) {
         let _ = self.control.send(Control::Add(streams)).await;
     }
 
     /// Stops every stream of a device.
-    pub async fn remove_device(&self, device: &str) {
+    pub(crate) async fn remove_device(&self, device: &str) {
         let _ = self
             .control
             .send(Control::RemoveDevice(device.to_string()))
@@ -227,7 +225,7 @@ impl Telemetry {
     /// Changes a device's offline buffer in place; readings beyond a smaller
     /// capacity give way by the new policy and are counted as dropped.
     /// Returns once the change is applied.
-    pub async fn set_buffer(&self, device: &str, buffer: OfflineBuffer) {
+    pub(crate) async fn set_buffer(&self, device: &str, buffer: OfflineBuffer) {
         let (done, applied) = tokio::sync::oneshot::channel();
         let message = Control::SetBuffer(device.to_string(), buffer, done);
         if self.control.send(message).await.is_ok() {
@@ -238,7 +236,7 @@ impl Telemetry {
     /// Subscribes to readings as they are published, with a queue of
     /// `capacity` readings (see [`live`](self::live) for what happens when
     /// it is full).
-    pub fn subscribe(&self, filter: LiveFilter, capacity: usize) -> LiveSubscription {
+    pub(crate) fn subscribe(&self, filter: LiveFilter, capacity: usize) -> LiveSubscription {
         self.stats.live.subscribe(filter, capacity)
     }
 
@@ -247,7 +245,7 @@ impl Telemetry {
     /// filter. The subscription starts first, so a reading is in the
     /// replay, in the subscription, or in both (then with a sequence number
     /// the replay already passed): none falls between.
-    pub fn resume(
+    pub(crate) fn resume(
         &self,
         filter: LiveFilter,
         capacity: usize,
@@ -266,34 +264,34 @@ impl Telemetry {
 
     /// Recent readings matching `filter`, oldest first, and the cursor for
     /// the next page when `limit` cut the answer short.
-    pub fn export(&self, filter: &ExportFilter) -> (Vec<Reading>, Option<u64>) {
+    pub(crate) fn export(&self, filter: &ExportFilter) -> (Vec<Reading>, Option<u64>) {
         self.stats.journal.lock().unwrap().export(filter)
     }
 
     /// Tells the scheduler a device is back online, so its buffered
     /// readings go out now rather than at the next due reading.
-    pub async fn flush(&self) {
+    pub(crate) async fn flush(&self) {
         let _ = self.control.send(Control::Flush).await;
     }
 
     /// Hands every reading published from now on to `tap` as well. Only the
     /// first tap set is kept; false if one was set before.
-    pub fn set_tap(&self, tap: Arc<dyn ReadingTap>) -> bool {
+    pub(crate) fn set_tap(&self, tap: Arc<dyn ReadingTap>) -> bool {
         self.stats.tap.set(tap).is_ok()
     }
 
     /// Simulated time up to which every due reading has been published.
-    pub fn produced_until(&self) -> i64 {
+    pub(crate) fn produced_until(&self) -> i64 {
         *self.progress.borrow()
     }
 
     /// Waits until every reading due at or before `t` has been published.
-    pub async fn wait_produced(&self, t: i64) {
+    pub(crate) async fn wait_produced(&self, t: i64) {
         let mut progress = self.progress.clone();
         let _ = progress.wait_for(|p| *p >= t).await;
     }
 
-    pub fn counters(&self) -> TelemetryCounters {
+    pub(crate) fn counters(&self) -> TelemetryCounters {
         let journal = self.stats.journal.lock().unwrap().stats();
         let (stream_queued_bytes, stream_max_bytes) = self.stats.live.bytes();
         let s = &self.stats;

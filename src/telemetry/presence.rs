@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use crate::random::DeviceRng;
 
 #[derive(Debug)]
-pub struct Presence(Mutex<Mode>);
+pub(crate) struct Presence(Mutex<Mode>);
 
 #[derive(Debug)]
 enum Mode {
@@ -48,7 +48,7 @@ impl Flaky {
 }
 
 impl Presence {
-    pub fn new(online: bool) -> Self {
+    pub(crate) fn new(online: bool) -> Self {
         Self(Mutex::new(if online {
             Mode::Online
         } else {
@@ -56,12 +56,18 @@ impl Presence {
         }))
     }
 
-    pub fn set(&self, online: bool) {
+    pub(crate) fn set(&self, online: bool) {
         *self.0.lock().unwrap() = if online { Mode::Online } else { Mode::Offline };
     }
 
     /// Alternates online and offline spells from `now`, starting online.
-    pub fn set_flaky(&self, rng: DeviceRng, now: i64, mean_online_ms: u64, mean_offline_ms: u64) {
+    pub(crate) fn set_flaky(
+        &self,
+        rng: DeviceRng,
+        now: i64,
+        mean_online_ms: u64,
+        mean_offline_ms: u64,
+    ) {
         let mut flaky = Flaky {
             rng,
             mean_online_ms: mean_online_ms.max(1) as f64,
@@ -75,7 +81,7 @@ impl Presence {
 
     /// Whether the device is online at simulated time `t` (for a flaky
     /// device, `t` should not go backwards).
-    pub fn online_at(&self, t: i64) -> bool {
+    pub(crate) fn online_at(&self, t: i64) -> bool {
         match &mut *self.0.lock().unwrap() {
             Mode::Online => true,
             Mode::Offline => false,
@@ -87,14 +93,14 @@ impl Presence {
     }
 
     /// For a flaky device, when its current spell ends.
-    pub fn next_flip(&self) -> Option<i64> {
+    pub(crate) fn next_flip(&self) -> Option<i64> {
         match &*self.0.lock().unwrap() {
             Mode::Flaky(f) => Some(f.next_flip),
             _ => None,
         }
     }
 
-    pub fn mode(&self) -> &'static str {
+    pub(crate) fn mode(&self) -> &'static str {
         match &*self.0.lock().unwrap() {
             Mode::Online => "online",
             Mode::Offline => "offline",
@@ -102,7 +108,7 @@ impl Presence {
         }
     }
 
-    pub fn is_flaky(&self) -> bool {
+    pub(crate) fn is_flaky(&self) -> bool {
         matches!(&*self.0.lock().unwrap(), Mode::Flaky(_))
     }
 }

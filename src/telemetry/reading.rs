@@ -5,14 +5,18 @@ use std::fmt::Write;
 /// One sensor reading as published on `devices/{id}/telemetry/{sensor}`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reading {
+    /// The device id.
     pub device: std::sync::Arc<str>,
+    /// The sensor's name.
     pub sensor: std::sync::Arc<str>,
     /// Simulated time, ms since the Unix epoch.
     pub ts: i64,
+    /// The value (NaN for a reading the model left out).
     pub value: f64,
     /// Unit as a JSON string literal (quoted and escaped once, not per
     /// reading).
     pub unit_json: std::sync::Arc<str>,
+    /// The anomaly the pattern injected, if any.
     pub anomaly: Option<String>,
 }
 
@@ -66,6 +70,7 @@ impl Reading {
         out.push('}');
     }
 
+    /// The reading as its MQTT payload, JSON.
     pub fn to_json(&self) -> String {
         let mut out = String::with_capacity(128);
         self.write_json(&mut out);

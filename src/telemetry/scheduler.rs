@@ -33,7 +33,7 @@ const MAX_BATCH: usize = 1024;
 
 /// One sensor of one device, as the fleet hands it to telemetry.
 #[derive(Debug, Clone)]
-pub struct StreamSpec {
+pub(crate) struct StreamSpec {
     pub device: String,
     pub sensor: SensorSpec,
     pub shared: Arc<SharedState>,
@@ -47,7 +47,7 @@ pub struct StreamSpec {
 
 /// A device's offline-buffer counters, over all its sensors.
 #[derive(Debug, Default)]
-pub struct BufferCounters {
+pub(crate) struct BufferCounters {
     /// Readings waiting now.
     pub buffered: AtomicU64,
     /// Readings the buffer had no room for (by its policy).
@@ -55,7 +55,7 @@ pub struct BufferCounters {
 }
 
 /// The largest offline buffer a device may ask for, per sensor.
-pub const MAX_BUFFER_CAPACITY: usize = 100_000;
+pub(crate) const MAX_BUFFER_CAPACITY: usize = 100_000;
 
 /// What happens to readings while a device is offline: they wait in a
 /// bounded buffer and are published in order when it is back.
@@ -63,7 +63,7 @@ pub const MAX_BUFFER_CAPACITY: usize = 100_000;
     Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, utoipa::ToSchema,
 )]
 #[serde(deny_unknown_fields)]
-pub struct OfflineBuffer {
+pub(crate) struct OfflineBuffer {
     /// Readings kept per sensor, 0 to 100,000 (default 1,000; 0 keeps
     /// nothing).
     #[serde(default = "default_capacity")]
@@ -89,7 +89,7 @@ impl Default for OfflineBuffer {
 
 impl OfflineBuffer {
     /// Checks the bounds, naming the field at fault.
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         if self.capacity > MAX_BUFFER_CAPACITY {
             return Err(format!(
                 "buffer.capacity must be 0 to {MAX_BUFFER_CAPACITY} readings per sensor, got {}",
@@ -112,7 +112,7 @@ impl OfflineBuffer {
     utoipa::ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
-pub enum OverflowPolicy {
+pub(crate) enum OverflowPolicy {
     /// Keep the newest readings.
     #[default]
     DropOldest,
@@ -182,7 +182,7 @@ pub(crate) struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(
+    pub(super) fn new(
         clock: Clock,
         plugins: PluginHost,
         mqtt: MqttHandle,
@@ -211,7 +211,7 @@ impl Scheduler {
         }
     }
 
-    pub async fn run(mut self, mut control: mpsc::Receiver<Control>) {
+    pub(super) async fn run(mut self, mut control: mpsc::Receiver<Control>) {
         let mut manual = (self.clock.mode() == ClockMode::Manual).then(|| self.clock.subscribe());
         loop {
             let next_due = self.heap.peek().map(|Reverse((t, _, _))| *t);

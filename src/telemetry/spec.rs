@@ -10,7 +10,7 @@ use crate::ids::{PluginName, SensorName};
 /// A sensor a device carries.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SensorSpec {
+pub(crate) struct SensorSpec {
     /// Name in topics and exports; defaults to the plugin's name.
     #[serde(default)]
     pub name: Option<String>,
@@ -43,14 +43,14 @@ fn empty_object() -> serde_json::Value {
 }
 
 impl SensorSpec {
-    pub fn sensor_name(&self) -> &str {
+    pub(crate) fn sensor_name(&self) -> &str {
         self.name.as_deref().unwrap_or(&self.plugin)
     }
 }
 
 /// Checks a sensor declaration (the plugin itself is checked when the
 /// device starts, since plugins can arrive later).
-pub fn check_sensor(sensor: &SensorSpec) -> Result<(), String> {
+pub(crate) fn check_sensor(sensor: &SensorSpec) -> Result<(), String> {
     PluginName::parse(sensor.plugin.as_str()).map_err(|e| format!("sensor plugin {e}"))?;
     if let Some(name) = &sensor.name {
         SensorName::parse(name.as_str()).map_err(|e| e.to_string())?;

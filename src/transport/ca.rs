@@ -51,7 +51,7 @@ pub(crate) struct IssueSpec<'a> {
 impl Authority {
     /// Loads the CA from `dir/tls/` or makes one there; `None` makes one
     /// for this run only.
-    pub fn load_or_create(dir: Option<&Path>) -> Result<Self, TlsError> {
+    pub(crate) fn load_or_create(dir: Option<&Path>) -> Result<Self, TlsError> {
         let Some(dir) = dir else {
             return Self::create();
         };
@@ -122,17 +122,17 @@ impl Authority {
         })
     }
 
-    pub fn cert_pem(&self) -> &str {
+    pub(crate) fn cert_pem(&self) -> &str {
         &self.cert_pem
     }
 
-    pub fn cert_der(&self) -> &CertificateDer<'static> {
+    pub(crate) fn cert_der(&self) -> &CertificateDer<'static> {
         &self.cert_der
     }
 
     /// A server certificate for `names` (DNS names or IP addresses) with a
     /// fresh key, and the chain to present (leaf, then the CA).
-    pub fn server_cert(
+    pub(crate) fn server_cert(
         &self,
         names: &[String],
     ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
@@ -154,7 +154,7 @@ impl Authority {
     }
 
     /// A client certificate whose subject common name is `device`.
-    pub fn issue(&self, device: &str, spec: &IssueSpec<'_>) -> Result<Issued, TlsError> {
+    pub(crate) fn issue(&self, device: &str, spec: &IssueSpec<'_>) -> Result<Issued, TlsError> {
         let (serial, serial_number) = new_serial();
         let mut params = CertificateParams::default();
         let mut name = DistinguishedName::new();

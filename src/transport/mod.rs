@@ -40,11 +40,11 @@ pub(crate) use ca::{IssueSpec, Issued};
 
 /// A client that has not finished its TLS (or WebSocket) handshake within
 /// this is closed.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The WebSocket path of MQTT over WebSocket.
-pub const WS_PATH: &str = "/mqtt";
+pub(crate) const WS_PATH: &str = "/mqtt";
 /// The WebSocket subprotocol of MQTT.
-pub const WS_PROTOCOL: &str = "mqtt";
+pub(crate) const WS_PROTOCOL: &str = "mqtt";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -70,6 +70,7 @@ pub struct TlsSettings {
     /// A PEM certificate chain to serve instead of the built-in one
     /// (`--tls-cert`), with its key (`--tls-key`).
     pub cert: Option<PathBuf>,
+    /// The PEM private key of `cert`.
     pub key: Option<PathBuf>,
     /// PEM CA certificates whose client certificates are accepted too
     /// (`--tls-client-ca`).
@@ -78,7 +79,7 @@ pub struct TlsSettings {
 
 /// Why a TLS client was refused, for counters and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     Revoked,
     Expired,
     UnknownCa,
@@ -95,7 +96,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 8] = [
+    pub(crate) const ALL: [Refusal; 8] = [
         Refusal::Revoked,
         Refusal::Expired,
         Refusal::UnknownCa,
@@ -106,7 +107,7 @@ impl Refusal {
         Refusal::Handshake,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Refusal::Revoked => "revoked",
             Refusal::Expired => "expired",
@@ -134,7 +135,7 @@ impl Refusal {
 
 /// Counters of the TLS listeners, for `/health` and `/metrics`.
 #[derive(Debug, Default)]
-pub struct TlsStats {
+pub(crate) struct TlsStats {
     handshakes: AtomicU64,
     with_certificate: AtomicU64,
     refused: [AtomicU64; 8],
@@ -142,7 +143,7 @@ pub struct TlsStats {
 
 /// What the TLS listeners did since the start.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct TlsCounters {
+pub(crate) struct TlsCounters {
     /// Completed TLS handshakes (all listeners).
     pub handshakes: u64,
     /// Of those, with a verified client certificate.
@@ -155,12 +156,12 @@ pub struct TlsCounters {
 }
 
 impl TlsStats {
-    pub fn refused(&self, reason: Refusal) {
+    pub(crate) fn refused(&self, reason: Refusal) {
         let i = Refusal::ALL.iter().position(|r| *r == reason).unwrap_or(0);
         self.refused[i].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn counters(&self) -> TlsCounters {
+    pub(crate) fn counters(&self) -> TlsCounters {
         TlsCounters {
             handshakes: self.handshakes.load(Ordering::Relaxed),
             with_certificate: self.with_certificate.load(Ordering::Relaxed),
@@ -175,7 +176,7 @@ impl TlsStats {
 
 /// The server's TLS material: the CA, the server configuration, the
 /// revocation list. Cheap to share (`Arc`).
-pub struct Tls {
+pub(crate) struct Tls {
     authority: ca::Authority,
     acceptor: TlsAcceptor,
     revoked: Arc<RwLock<HashSet<String>>>,
@@ -190,7 +191,10 @@ impl std::fmt::Debug for Tls {
 
 impl Tls {
     /// Loads or makes the CA and builds the server configuration.
-    pub fn start(settings: &TlsSettings, data_dir: Option<&Path>) -> Result<Arc<Self>, TlsError> {
+    pub(crate) fn start(
+        settings: &TlsSettings,
+        data_dir: Option<&Path>,
+    ) -> Result<Arc<Self>, TlsError> {
         let authority = ca::Authority::load_or_create(data_dir)?;
         let (chain, key) = match (&settings.cert, &settings.key) {
             (Some(cert), Some(key)) => (read_certs(cert)?, read_key(key)?),
@@ -243,11 +247,11 @@ impl Tls {
 
     /// The CA certificate (PEM) that signs device certificates and, unless
     /// `--tls-cert` was given, the server certificate.
-    pub fn ca_pem(&self) -> &str {
+    pub(crate) fn ca_pem(&self) -> &str {
         self.authority.cert_pem()
     }
 
-    pub fn stats(&self) -> &Arc<TlsStats> {
+    pub(crate) fn stats(&self) -> &Arc<TlsStats> {
         &self.stats
     }
 
@@ -256,7 +260,7 @@ impl Tls {
     }
 
     /// Certificates with these serials are refused from now on.
-    pub fn revoke<I: IntoIterator<Item = String>>(&self, serials: I) {
+    pub(crate) fn revoke<I: IntoIterator<Item = String>>(&self, serials: I) {
         // A std lock: a set insert, never held across an await.
         self.revoked.write().unwrap().extend(serials);
     }
@@ -445,6 +449,7 @@ pub enum MqttTransport {
 }
 
 impl MqttTransport {
+    /// The command-line flag of the listener.
     pub fn flag(self) -> &'static str {
         match self {
             MqttTransport::Tls => "--mqtts",
@@ -455,7 +460,7 @@ impl MqttTransport {
 }
 
 /// A running MQTT transport listener; aborted on drop.
-pub struct MqttListener {
+pub(crate) struct MqttListener {
     pub addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
 }
@@ -468,7 +473,7 @@ impl Drop for MqttListener {
 
 impl MqttListener {
     /// Accepts on `listener` and serves each connection through `kind`.
-    pub fn start(
+    pub(crate) fn start(
         kind: MqttTransport,
         listener: TcpListener,
         tls: Arc<Tls>,

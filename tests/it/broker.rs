@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use iotmock::Config;
-use iotmock::mqtt::{AuthDecision, Authorizer, ClientEvent};
+use iotmock::{AuthDecision, Authorizer, ClientEvent};
 use rumqttc::{AsyncClient, ConnectionError, Event, LastWill, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

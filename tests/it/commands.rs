@@ -704,12 +704,8 @@ command_handler = { plugin = "firmware", config = { failure_rate = 0.0, steps = 
     assert_eq!(done["result"], json!({"version": "3.1"}));
     server.stop().await;
 
-    let bad = iotmock::scenario::Scenario::parse(
-        "[[fleet]]\nid = \"a\"\ncommand_handler = \"Not A Name\"\n",
-        "t.toml",
-    )
-    .unwrap_err()
-    .to_string();
+    let bad =
+        TestServer::refused("[[fleet]]\nid = \"a\"\ncommand_handler = \"Not A Name\"\n").await;
     assert!(bad.contains("command_handler"), "{bad}");
 }
 

@@ -203,12 +203,7 @@ interval_ms = 50
     assert_eq!(status, 201, "{body}");
     assert_eq!(server.plugin("probe").await["status"], "ok");
 
-    let temperature = iotmock::builtin::BUILTIN
-        .iter()
-        .find(|(name, _)| *name == "temperature")
-        .expect("temperature is built in")
-        .1
-        .to_vec();
+    let temperature = crate::support::shipped_plugin_bytes("temperature");
     let (status, body) = server.put_bytes("/api/v1/plugins/probe", temperature).await;
     assert_eq!(status, 200, "{body}");
     let probe = server

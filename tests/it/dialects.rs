@@ -47,11 +47,7 @@ async fn journal(server: &TestServer, filter: &str) -> Vec<(String, String)> {
 }
 
 fn builtin(name: &str) -> Vec<u8> {
-    iotmock::builtin::BUILTIN
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, bytes)| bytes.to_vec())
-        .unwrap_or_else(|| panic!("{name} is built in"))
+    crate::support::shipped_plugin_bytes(name)
 }
 
 const SITE: &str = r#"{
@@ -112,7 +108,7 @@ async fn template_dialect_publishes_on_the_configured_topics() {
         let p: Value = serde_json::from_str(payload).unwrap();
         assert_eq!(p["v"], row["value"], "{payload} vs {row}");
         assert_eq!(p["u"], "celsius");
-        let ts = iotmock::clock::parse_rfc3339_ms(row["ts"].as_str().unwrap()).unwrap();
+        let ts = iotmock::parse_rfc3339_ms(row["ts"].as_str().unwrap()).unwrap();
         assert_eq!(p["t"].as_i64().unwrap(), ts);
     }
     server.stop().await;
@@ -350,13 +346,13 @@ async fn a_codec_swapped_mid_stream_changes_payloads_without_loss_or_repeat() {
         let p: Value = serde_json::from_str(payload).unwrap();
         let (ts, new) = match &p["ts"] {
             Value::Number(n) => (n.as_i64().unwrap(), false),
-            Value::String(s) => (iotmock::clock::parse_rfc3339_ms(s).unwrap(), true),
+            Value::String(s) => (iotmock::parse_rfc3339_ms(s).unwrap(), true),
             other => panic!("no ts in {payload}: {other}"),
         };
         per_device.entry(device).or_default().push((ts, new));
     }
     assert_eq!(per_device.len(), 4);
-    let start = iotmock::clock::MANUAL_EPOCH_MS;
+    let start = iotmock::MANUAL_EPOCH_MS;
     for (device, seen) in per_device {
         assert_eq!(
             seen.len(),
@@ -530,7 +526,7 @@ async fn a_simulated_device_speaks_thingsboard() {
             one => vec![one],
         };
         for e in entries {
-            assert!(e["ts"].as_i64().unwrap() >= iotmock::clock::MANUAL_EPOCH_MS);
+            assert!(e["ts"].as_i64().unwrap() >= iotmock::MANUAL_EPOCH_MS);
             count += e["values"].as_object().unwrap().len();
         }
     }
@@ -602,7 +598,7 @@ async fn a_binary_dialect_numbers_its_messages_and_reads_them_back() {
         let value = f64::from_be_bytes(p[12..20].try_into().unwrap());
         assert_eq!(
             ts,
-            iotmock::clock::parse_rfc3339_ms(row["ts"].as_str().unwrap()).unwrap()
+            iotmock::parse_rfc3339_ms(row["ts"].as_str().unwrap()).unwrap()
         );
         assert_eq!(value, row["value"].as_f64().unwrap());
         assert_eq!(&p[21..], b"temperature");
@@ -821,10 +817,7 @@ async fn sparkplug_births_data_and_deaths_keep_seq_and_bdseq_and_are_determinist
         metric(&nbirth, "Node Control/Rebirth"),
         &SpbValue::Bool(false)
     );
-    assert_eq!(
-        nbirth.timestamp,
-        Some(iotmock::clock::MANUAL_EPOCH_MS as u64)
-    );
+    assert_eq!(nbirth.timestamp, Some(iotmock::MANUAL_EPOCH_MS as u64));
 
     // The device's metrics are born with names and aliases (the sensors in
     // a new DBIRTH once they first report); data uses the aliases only.

@@ -118,7 +118,7 @@ fn seqs(messages: &[Message]) -> Vec<u64> {
 }
 
 fn ts_ms(v: &Value) -> i64 {
-    iotmock::clock::parse_rfc3339_ms(v.as_str().unwrap()).unwrap()
+    iotmock::parse_rfc3339_ms(v.as_str().unwrap()).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,7 +152,7 @@ config = {{ forward = true }}
     // The tap saw every member reading; those of the window still open
     // (at the clock's time) wait in the queue.
     let member_raw = collect_members(&mut raw, members_in).await;
-    let end = iotmock::clock::MANUAL_EPOCH_MS + 20_000;
+    let end = iotmock::MANUAL_EPOCH_MS + 20_000;
     let queued = member_raw.iter().filter(|r| ts_ms(&r["ts"]) >= end).count();
     assert_eq!(u(&stats["readings"]["queued"]) as usize, queued);
     let member_raw: Vec<&Value> = member_raw
@@ -526,7 +526,7 @@ async fn local_control_commands_follow_the_hysteresis() {
     let stats = node(&server, "ctl").await;
     let n = u(&stats["readings"]["in"]) as usize;
     let raw = collect_members(&mut raw, n).await;
-    let end = iotmock::clock::MANUAL_EPOCH_MS + 30_000;
+    let end = iotmock::MANUAL_EPOCH_MS + 30_000;
 
     // What the hysteresis must do, reading by reading.
     let mut on: BTreeMap<String, bool> = BTreeMap::new();
@@ -680,7 +680,7 @@ config = { anomalies = { spike = 0.1 } }
     let mut alerts = server.subscribe("edge/z/uplink/alerts").await;
     server.advance(60_000).await;
     let n = u(&node(&server, "z").await["readings"]["in"]) as usize;
-    let end = iotmock::clock::MANUAL_EPOCH_MS + 60_000;
+    let end = iotmock::MANUAL_EPOCH_MS + 60_000;
     let raw: Vec<Value> = collect_members(&mut raw, n)
         .await
         .into_iter()

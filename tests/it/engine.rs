@@ -783,7 +783,7 @@ interval_ms = 1000
 #[tokio::test]
 async fn an_advance_with_wait_delivered_returns_after_subscribers_have_the_span() {
     let server = TestServer::with_scenario(TWENTY_DEVICES, |c| {
-        c.clock = iotmock::clock::ClockMode::Manual;
+        c.clock = iotmock::ClockMode::Manual;
     })
     .await;
     let (mut sub, _) = Raw::open(server.mqtt, &connect(5, "watcher", true, 0, &[], None)).await;

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use iotmock::http::{AdminToken, HttpLimits};
+use iotmock::{AdminToken, HttpLimits};
 use iotmock::{ClockMode, Config, Server, StartError};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

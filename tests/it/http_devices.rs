@@ -113,8 +113,8 @@ async fn readings_posted_over_http_arrive_on_mqtt_and_in_the_export() {
     assert_eq!(response.status(), 200);
     let third = sub.next().await.json();
     assert_eq!(third["value"], -3.0);
-    let ts = iotmock::clock::parse_rfc3339_ms(third["ts"].as_str().unwrap()).unwrap();
-    assert!((iotmock::clock::wall_ms() - ts).abs() < 10_000, "{third}");
+    let ts = iotmock::parse_rfc3339_ms(third["ts"].as_str().unwrap()).unwrap();
+    assert!((crate::support::wall_ms() - ts).abs() < 10_000, "{third}");
 
     // Every device API request is journaled, without its credentials.
     let (status, page) = server

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use iotmock::ClockMode;
-use iotmock::plugin::PluginLimits;
+use iotmock::PluginLimits;
 use serde_json::{Value, json};
 
 use crate::support::{TestServer, test_plugin_bytes};

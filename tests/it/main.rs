@@ -4,7 +4,6 @@
 mod support;
 
 mod api;
-mod bench;
 mod broker;
 mod budgets;
 mod commands;

@@ -145,7 +145,7 @@ async fn mosquitto_gets_ten_thousand_retained_topics() {
             .publish(
                 &format!("mfleet/d{i:05}/status"),
                 &b"online"[..],
-                iotmock::mqtt::Qos::AtMostOnce,
+                iotmock::Qos::AtMostOnce,
                 true,
             )
             .await;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use iotmock::plugin::PluginLimits;
+use iotmock::PluginLimits;
 use serde_json::json;
 
 use crate::support::{TestServer, test_plugin, test_plugin_bytes};

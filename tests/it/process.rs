@@ -236,14 +236,14 @@ async fn start_time_moves_the_first_reading() {
             stop(child);
             let first: serde_json::Value =
                 serde_json::from_str(export.lines().next().expect("one reading")).unwrap();
-            iotmock::clock::parse_rfc3339_ms(first["ts"].as_str().unwrap()).unwrap()
+            iotmock::parse_rfc3339_ms(first["ts"].as_str().unwrap()).unwrap()
         }
     };
     let default = first_ts(None).await;
-    let epoch = iotmock::clock::MANUAL_EPOCH_MS;
+    let epoch = iotmock::MANUAL_EPOCH_MS;
     assert!((epoch..epoch + 1000).contains(&default), "{default}");
     let moved = first_ts(Some("2026-06-01T09:00:00+02:00")).await;
-    let start = iotmock::clock::parse_rfc3339_ms("2026-06-01T07:00:00Z").unwrap();
+    let start = iotmock::parse_rfc3339_ms("2026-06-01T07:00:00Z").unwrap();
     assert!((start..start + 1000).contains(&moved), "{moved}");
     // The same offset into the first interval: only the start moved.
     assert_eq!(moved - start, default - epoch);

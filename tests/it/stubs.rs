@@ -82,8 +82,8 @@ async fn stub_with_matchers_template_delay_and_sequence() {
     assert_eq!(body["current"], "1.4.2");
     assert_eq!(body["channel"], "stable");
     assert_eq!(body["call"], 2, "a lone placeholder keeps its JSON type");
-    let at = iotmock::clock::parse_rfc3339_ms(body["at"].as_str().unwrap()).unwrap();
-    assert!((iotmock::clock::wall_ms() - at).abs() < 10_000);
+    let at = iotmock::parse_rfc3339_ms(body["at"].as_str().unwrap()).unwrap();
+    assert!((crate::support::wall_ms() - at).abs() < 10_000);
 
     // After the last response of the sequence: the last one repeats.
     let third = fetch().await.unwrap();
@@ -533,12 +533,9 @@ responses = [{ status = 503 }, { status = 200 }]
         .unwrap();
     assert_eq!(gone.status(), 404);
 
-    let bad = iotmock::scenario::Scenario::parse(
-        "[[stubs]]\nrequest = { path = \"nope\" }\nresponse = {}\n",
-        "bad.toml",
-    )
-    .unwrap_err();
-    assert!(bad.to_string().contains("stubs #1"), "{bad}");
+    let bad =
+        TestServer::refused("[[stubs]]\nrequest = { path = \"nope\" }\nresponse = {}\n").await;
+    assert!(bad.contains("stubs #1"), "{bad}");
     server.stop().await;
 }
 

@@ -29,7 +29,7 @@ async fn demo_readings_arrive_from_every_device() {
         );
         let ts = reading["ts"].as_str().unwrap();
         assert!(
-            iotmock::clock::parse_rfc3339_ms(ts).is_some(),
+            iotmock::parse_rfc3339_ms(ts).is_some(),
             "ts {ts} is RFC 3339 with ms"
         );
         assert!(ts.ends_with('Z') && ts.len() == 24, "{ts}");
@@ -63,7 +63,7 @@ async fn manual_run(seed: u64, advance_ms: i64, expected: usize) -> Vec<(String,
     assert_eq!(status, 200, "{clock}");
     assert_eq!(
         clock["now_ms"].as_i64().unwrap(),
-        iotmock::clock::MANUAL_EPOCH_MS + advance_ms
+        iotmock::MANUAL_EPOCH_MS + advance_ms
     );
     let mut out = Vec::new();
     for _ in 0..expected {
@@ -233,7 +233,7 @@ async fn export_filters_and_pages() {
     assert_eq!(one.lines().count(), 10);
     assert!(one.lines().all(|l| l.contains("\"device\":\"t-2\"")));
 
-    let start = iotmock::clock::rfc3339_ms(iotmock::clock::MANUAL_EPOCH_MS + 5_000);
+    let start = iotmock::rfc3339_ms(iotmock::MANUAL_EPOCH_MS + 5_000);
     let (_, _, late) = get(format!("/api/v1/telemetry?since={start}")).await;
     assert_eq!(late.lines().count(), 15, "readings at or after t+5 s");
 
@@ -333,7 +333,7 @@ async fn the_scenario_sets_the_start_time_and_the_flag_overrides_it() {
     assert!(ts.starts_with("2026-07-01T08:00:0"), "{ts}");
     server.stop().await;
 
-    let start = iotmock::clock::parse_rfc3339_ms("2030-01-01T12:00:00Z").unwrap();
+    let start = iotmock::parse_rfc3339_ms("2030-01-01T12:00:00Z").unwrap();
     let server = TestServer::with_scenario(&scenario, |c| {
         c.clock = ClockMode::Manual;
         c.start_time_ms = Some(start);

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use crate::support::TestServer;
 
 fn ts_ms(reading: &Value) -> i64 {
-    iotmock::clock::parse_rfc3339_ms(reading["ts"].as_str().unwrap()).unwrap()
+    iotmock::parse_rfc3339_ms(reading["ts"].as_str().unwrap()).unwrap()
 }
 
 /// A device with a 5-reading buffer under `policy`: online for 5 s, then

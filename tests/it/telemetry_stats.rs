@@ -46,7 +46,7 @@ fn of_device(readings: &[Value], device: &str) -> (Vec<f64>, Vec<f64>) {
         .iter()
         .filter(|r| r["device"] == device)
         .map(|r| {
-            let ts = iotmock::clock::parse_rfc3339_ms(r["ts"].as_str().unwrap()).unwrap();
+            let ts = iotmock::parse_rfc3339_ms(r["ts"].as_str().unwrap()).unwrap();
             (ts as f64, r["value"].as_f64().unwrap())
         })
         .unzip()
@@ -303,7 +303,7 @@ config = { mean = 20.0, amplitude = 0.0, noise = 0.02, weather_sd = 0.0, amplitu
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let ts = |r: &Value| iotmock::clock::parse_rfc3339_ms(r["ts"].as_str().unwrap()).unwrap();
+    let ts = |r: &Value| iotmock::parse_rfc3339_ms(r["ts"].as_str().unwrap()).unwrap();
     let set_at = readings
         .iter()
         .find(|r| r["sensor"] == "target")

@@ -284,7 +284,7 @@ fn stamps(export: &str, device: &str) -> Vec<i64> {
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
         .filter(|r| r["device"] == device)
-        .map(|r| iotmock::clock::parse_rfc3339_ms(r["ts"].as_str().unwrap()).unwrap())
+        .map(|r| iotmock::parse_rfc3339_ms(r["ts"].as_str().unwrap()).unwrap())
         .collect()
 }
 
@@ -469,7 +469,7 @@ async fn a_reconnecting_stream_client_resumes_after_its_last_event_id() {
     }
     assert!(got.iter().all(|e| e.kind == "reading"), "{got:?}");
     assert_eq!(got[0], first[2], "the third reading again, as it was");
-    let ms = |e: &Event| iotmock::clock::parse_rfc3339_ms(e.data["ts"].as_str().unwrap()).unwrap();
+    let ms = |e: &Event| iotmock::parse_rfc3339_ms(e.data["ts"].as_str().unwrap()).unwrap();
     let steps: Vec<i64> = got.windows(2).map(|w| ms(&w[1]) - ms(&w[0])).collect();
     assert_eq!(
         steps, [1000; 4],

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use iotmock::transport::MqttTransport;
+use iotmock::MqttTransport;
 use iotmock::{Config, MqttAuth, ScenarioChoice};
 use serde_json::{Value, json};
 

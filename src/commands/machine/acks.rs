@@ -10,7 +10,7 @@ use crate::commands::model::*;
 impl Machine {
     /// A device's ack. Acks that cannot move the command (late, early,
     /// duplicates, progress) are kept in its record, marked ignored.
-    pub fn ack(
+    pub(crate) fn ack(
         &mut self,
         device: &str,
         id: &str,

@@ -106,7 +106,7 @@ pub(crate) struct Undo {
 }
 
 impl Machine {
-    pub fn new(durable: bool) -> Self {
+    pub(super) fn new(durable: bool) -> Self {
         Machine {
             durable,
             final_capacity: FINAL_CAPACITY,
@@ -125,7 +125,7 @@ impl Machine {
     }
 
     /// Devices with commands waiting for them.
-    pub fn queued_devices(&self) -> Vec<String> {
+    pub(super) fn queued_devices(&self) -> Vec<String> {
         self.queues.keys().cloned().collect()
     }
 
@@ -138,7 +138,7 @@ impl Machine {
     /// caller knows whether the device can be reached), else queued until
     /// it comes online or its TTL runs out.
     #[allow(clippy::too_many_arguments)]
-    pub fn create(
+    pub(super) fn create(
         &mut self,
         device: &str,
         request: CommandRequest,
@@ -230,7 +230,7 @@ impl Machine {
     /// Creates one command per device of a fleet command, all or none:
     /// every device's queue is checked before any command is made.
     /// `devices` pairs each device with whether it can be reached now.
-    pub fn create_batch(
+    pub(super) fn create_batch(
         &mut self,
         name: &str,
         devices: &[(String, bool)],
@@ -329,7 +329,7 @@ impl Machine {
 
     /// Delivers every stored queued command of a device the caller found
     /// reachable (online, or polling over HTTP).
-    pub fn deliver_queued(&mut self, device: &str, now: i64, effects: &mut Vec<Effect>) {
+    pub(super) fn deliver_queued(&mut self, device: &str, now: i64, effects: &mut Vec<Effect>) {
         let Some(queue) = self.queues.remove(device) else {
             return;
         };
@@ -348,7 +348,7 @@ impl Machine {
 
     /// For an HTTP device: the oldest command delivered to it and not yet
     /// fetched in its current attempt, marked fetched.
-    pub fn fetch_for_http(&mut self, device: &str) -> Option<CommandMessage> {
+    pub(super) fn fetch_for_http(&mut self, device: &str) -> Option<CommandMessage> {
         let id = self
             .inflight
             .get(device)?

@@ -8,19 +8,19 @@ use super::{Counts, Machine};
 use crate::commands::model::*;
 
 impl Machine {
-    pub fn view(&self, id: &str) -> Option<&CommandView> {
+    pub(crate) fn view(&self, id: &str) -> Option<&CommandView> {
         self.commands.get(id).map(|r| &r.view)
     }
 
     /// The command's id as the machine holds it, and its state.
-    pub fn status(&self, id: &str) -> Option<(Arc<str>, CommandStatus)> {
+    pub(crate) fn status(&self, id: &str) -> Option<(Arc<str>, CommandStatus)> {
         self.commands
             .get_key_value(id)
             .map(|(k, r)| (k.clone(), r.view.status))
     }
 
     /// The members of a fleet command still known, with their states.
-    pub fn batch_members(&self, id: &str) -> Option<Vec<(Arc<str>, CommandStatus)>> {
+    pub(crate) fn batch_members(&self, id: &str) -> Option<Vec<(Arc<str>, CommandStatus)>> {
         let batch = self.batches.get(id)?;
         Some(
             batch
@@ -32,7 +32,7 @@ impl Machine {
     }
 
     /// A fleet command's per-device outcomes and summary.
-    pub fn batch(&self, id: &str) -> Option<BatchView> {
+    pub(crate) fn batch(&self, id: &str) -> Option<BatchView> {
         let batch = self.batches.get(id)?;
         let mut summary = BTreeMap::new();
         let mut commands = Vec::with_capacity(batch.ids.len());
@@ -66,7 +66,7 @@ impl Machine {
 
     /// Up to `limit` commands matching `filter` in creation order, from
     /// the cursor `start` (a creation sequence number) on.
-    pub fn list(&self, filter: &CommandFilter, start: u64, limit: usize) -> CommandPage {
+    pub(crate) fn list(&self, filter: &CommandFilter, start: u64, limit: usize) -> CommandPage {
         let mut items = Vec::new();
         let mut next_cursor = None;
         for (seq, id) in self.order.range(start..) {
@@ -91,7 +91,7 @@ impl Machine {
     }
 
     /// Commands in each state now (every state listed).
-    pub fn by_status(&self) -> BTreeMap<&'static str, u64> {
+    pub(crate) fn by_status(&self) -> BTreeMap<&'static str, u64> {
         let mut by_status: BTreeMap<&'static str, u64> =
             CommandStatus::ALL.iter().map(|s| (s.as_str(), 0)).collect();
         for rec in self.commands.values() {
@@ -100,7 +100,7 @@ impl Machine {
         by_status
     }
 
-    pub fn counts(&self) -> Counts {
+    pub(crate) fn counts(&self) -> Counts {
         self.counts
     }
 }

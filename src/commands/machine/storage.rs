@@ -17,7 +17,7 @@ impl Machine {
     /// the timeout of their attempt re-armed (at once when it is unknown).
     /// Queued commands go out when the caller then finds their device
     /// reachable (see [`Machine::queued_devices`]).
-    pub fn restore(&mut self, stored: Vec<Stored>, now: i64) {
+    pub(crate) fn restore(&mut self, stored: Vec<Stored>, now: i64) {
         for s in stored {
             let id: Arc<str> = s.view.id.as_str().into();
             self.next_seq = self.next_seq.max(s.seq + 1);
@@ -72,7 +72,7 @@ impl Machine {
     /// The new commands `ids` are stored: they may leave the engine now.
     /// Their queued ones go out with the caller's next
     /// [`Machine::deliver_queued`].
-    pub fn mark_stored(&mut self, ids: &[Arc<str>]) {
+    pub(crate) fn mark_stored(&mut self, ids: &[Arc<str>]) {
         for id in ids {
             self.unstored.remove(id);
         }
@@ -81,7 +81,7 @@ impl Machine {
     /// Forgets new commands that could not be stored, and their fleet
     /// command: they leave no trace (their timers find nothing and do
     /// nothing) and are not counted as submitted.
-    pub fn take_back(&mut self, ids: &[Arc<str>], batch: Option<&str>) {
+    pub(crate) fn take_back(&mut self, ids: &[Arc<str>], batch: Option<&str>) {
         for id in ids {
             self.unstored.remove(id);
             let Some(rec) = self.commands.remove(id) else {
@@ -99,7 +99,7 @@ impl Machine {
 
     /// Cancels a command that is still queued. Returns what to put back
     /// (with [`Machine::undo`]) if the cancel cannot be stored.
-    pub fn cancel(
+    pub(crate) fn cancel(
         &mut self,
         id: &str,
         now: i64,
@@ -137,7 +137,7 @@ impl Machine {
 
     /// Puts back what an API change replaced, unless something else
     /// changed the command since.
-    pub fn undo(&mut self, id: &Arc<str>, undo: Undo, effects: &mut Vec<Effect>) {
+    pub(crate) fn undo(&mut self, id: &Arc<str>, undo: Undo, effects: &mut Vec<Effect>) {
         let finished = undo.view.status.is_final();
         let Some(rec) = self.commands.get_mut(id) else {
             return;

@@ -49,7 +49,6 @@ fn create(
 fn ack(m: &mut Machine, id: &str, status: AckStatus, now: i64) -> Vec<Effect> {
     let mut effects = Vec::new();
     let ack = DeviceAck {
-        id: None,
         status,
         result: Some(json!({"ok": true})),
     };
@@ -60,7 +59,6 @@ fn ack(m: &mut Machine, id: &str, status: AckStatus, now: i64) -> Vec<Effect> {
 
 fn bare_ack(status: AckStatus) -> DeviceAck {
     DeviceAck {
-        id: None,
         status,
         result: None,
     }

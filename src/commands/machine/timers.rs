@@ -60,7 +60,7 @@ impl Machine {
     }
 
     /// When the next timer is due, if any.
-    pub fn next_due(&self) -> Option<i64> {
+    pub(crate) fn next_due(&self) -> Option<i64> {
         self.timers.peek().map(|Reverse((due, _, _))| *due)
     }
 
@@ -69,7 +69,7 @@ impl Machine {
     /// to go out needs that for its device, and when `reach` does not say
     /// it the timer stays where it is and [`Fire::NeedsReach`] names the
     /// device.
-    pub fn fire_due(
+    pub(crate) fn fire_due(
         &mut self,
         now: i64,
         reach: Option<(&str, bool)>,
@@ -126,7 +126,6 @@ impl Machine {
                     payload: payload.to_string(),
                 });
                 let ack = DeviceAck {
-                    id: Some(id.to_string()),
                     status,
                     result: result_value,
                 };
@@ -280,7 +279,7 @@ impl Machine {
     /// A simulated device's handler answered the command sent at `at`:
     /// its replies are due one after another from then, and an offline
     /// spell it asked for starts after the last one.
-    pub fn schedule_replies(
+    pub(crate) fn schedule_replies(
         &mut self,
         device: &str,
         message: &CommandMessage,

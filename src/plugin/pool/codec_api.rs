@@ -18,7 +18,7 @@ type DecodeAnswer = (Result<Decoded, CallError>, CallContext);
 
 impl Pool {
     /// `describe` of a codec plugin (see [`Pool::describe`]).
-    pub async fn describe_codec(
+    pub(crate) async fn describe_codec(
         &self,
         name: &str,
         config: &str,
@@ -43,7 +43,7 @@ impl Pool {
         .await
     }
 
-    pub async fn encode(
+    pub(crate) async fn encode(
         &self,
         name: &str,
         config: Arc<str>,
@@ -56,7 +56,7 @@ impl Pool {
         .await
     }
 
-    pub fn encode_blocking(
+    pub(crate) fn encode_blocking(
         &self,
         name: &str,
         config: Arc<str>,
@@ -68,7 +68,7 @@ impl Pool {
         })
     }
 
-    pub async fn decode(
+    pub(crate) async fn decode(
         &self,
         name: &str,
         config: Arc<str>,

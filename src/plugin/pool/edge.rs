@@ -16,7 +16,7 @@ type Answer = (Result<EdgeOutcome, CallError>, CallContext);
 
 impl Pool {
     #[allow(clippy::too_many_arguments)]
-    pub async fn process_edge(
+    pub(crate) async fn process_edge(
         &self,
         name: &str,
         config: Arc<str>,

@@ -52,6 +52,21 @@ impl TestServer {
         Self::start(config).await
     }
 
+    /// Why a server with the given scenario text does not start.
+    pub async fn refused(scenario: &str) -> String {
+        let config = Config {
+            scenario: ScenarioChoice::Inline(scenario.to_string()),
+            ..Config::ephemeral()
+        };
+        match Server::start(config).await {
+            Ok(server) => {
+                server.shutdown().await;
+                panic!("the scenario was accepted: {scenario}")
+            }
+            Err(error) => error.to_string(),
+        }
+    }
+
     pub fn server(&self) -> &Server {
         self.server.as_ref().expect("server running")
     }
@@ -158,9 +173,13 @@ async fn decode(response: reqwest::Response) -> (u16, Value) {
     (status, value)
 }
 
+/// The folder where the build put every component of `plugins/`: the
+/// shipped plugins and the test plugins (`test_*.wasm`).
+pub const PLUGINS_DIR: &str = env!("IOTMOCK_PLUGINS_DIR");
+
 /// A test plugin component built with the server (`plugins/testing/`).
 pub fn test_plugin(file: &str) -> PathBuf {
-    let path = PathBuf::from(iotmock::builtin::TEST_PLUGINS_DIR).join(file);
+    let path = PathBuf::from(PLUGINS_DIR).join(file);
     assert!(
         path.exists(),
         "test plugin {} was not built",
@@ -171,6 +190,20 @@ pub fn test_plugin(file: &str) -> PathBuf {
 
 pub fn test_plugin_bytes(file: &str) -> Vec<u8> {
     std::fs::read(test_plugin(file)).expect("read test plugin")
+}
+
+/// The component of the shipped plugin `name` (`temperature`,
+/// `codec-template`), as the server embeds it.
+pub fn shipped_plugin_bytes(name: &str) -> Vec<u8> {
+    test_plugin_bytes(&format!("{}.wasm", name.replace('-', "_")))
+}
+
+/// Wall-clock time, ms since the Unix epoch.
+pub fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_millis() as i64
 }
 
 /// One message as an MQTT client received it.

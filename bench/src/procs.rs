@@ -360,7 +360,7 @@ pub fn locate_iotmock(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
         return Ok(sibling);
     }
     bail!(
-        "no iotmock binary next to {} : run `cargo build --release` or pass --iotmock PATH",
+        "no iotmock binary next to {} : run `cargo build --release --workspace` or pass --iotmock PATH",
         exe.display()
     )
 }

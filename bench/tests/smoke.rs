@@ -1,6 +1,10 @@
 //! The benchmark harness, in a tiny run (`iotmock-bench --smoke`): every
 //! part still starts, measures and reports, so the full benchmark cannot
 //! rot between the times someone runs it.
+//!
+//! It drives the `iotmock` binary the harness finds by itself (`IOTMOCK_BIN`,
+//! else the one beside it in the target folder): build the server first,
+//! `cargo build --release --workspace && cargo test --release -p iotmock-bench`.
 
 use std::process::Command;
 
@@ -11,12 +15,7 @@ fn bench_harness_smoke_run_reports_every_part() {
     let dir = tempfile::tempdir().unwrap();
     let json_path = dir.path().join("bench.json");
     let out = Command::new(env!("CARGO_BIN_EXE_iotmock-bench"))
-        .args([
-            "--smoke",
-            "--iotmock",
-            env!("CARGO_BIN_EXE_iotmock"),
-            "--json",
-        ])
+        .args(["--smoke", "--json"])
         .arg(&json_path)
         .output()
         .expect("run iotmock-bench");

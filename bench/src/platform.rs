@@ -616,7 +616,7 @@ pub struct Reload {
 }
 
 pub async fn hot_reload(binary: &Path, reloads: usize) -> anyhow::Result<Reload> {
-    let fixtures = Path::new(iotmock::builtin::TEST_PLUGINS_DIR);
+    let fixtures = Path::new(iotmock::bench::TEST_PLUGINS_DIR);
     let one = std::fs::read(fixtures.join("test_fixed_one.wasm"))
         .context("test plugin fixed-one (built with the library)")?;
     let two = std::fs::read(fixtures.join("test_fixed_two.wasm"))

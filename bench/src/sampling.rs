@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
-use iotmock::plugin::{
-    CallBudget, CallContext, DeviceSlot, EdgeReading, EdgeWindow, PluginHost, PluginLimits,
+use iotmock::PluginLimits;
+use iotmock::bench::{
+    CallBudget, CallContext, DeviceRng, DeviceSlot, EdgeReading, EdgeWindow, PluginHost,
     SampleRequest,
 };
-use iotmock::random::DeviceRng;
 use serde::Serialize;
 
 const SENSOR: &str = "temperature";
@@ -269,8 +269,7 @@ pub const ENCODE_BATCH: usize = 1024;
 /// [`ENCODE_BATCH`] devices, codec state carried from call to call).
 /// Nothing is published: this is the part a dialect changes.
 pub fn encode_costs(time: Duration) -> anyhow::Result<Vec<EncodeCost>> {
-    use iotmock::plugin::{CodecDevice, CodecEvent, CodecReading, EncodeRequest};
-    use iotmock::telemetry::Reading;
+    use iotmock::bench::{CodecDevice, CodecEvent, CodecReading, EncodeRequest, Reading};
 
     let ids: Vec<String> = (0..ENCODE_BATCH).map(|i| format!("bench-{i:05}")).collect();
     let value = |i: usize, ts: i64| 20.0 + ((ts / 1000 + i as i64) % 97) as f64 / 10.0;
@@ -297,7 +296,7 @@ pub fn encode_costs(time: Duration) -> anyhow::Result<Vec<EncodeCost>> {
             };
             payload.clear();
             reading.write_json(&mut payload);
-            let topic = iotmock::mqtt::topics::telemetry(&reading.device, &reading.sensor);
+            let topic = iotmock::bench::telemetry_topic(&reading.device, &reading.sensor);
             let body = bytes::Bytes::copy_from_slice(payload.as_bytes());
             bytes += (topic.len() + body.len()) as u64;
             std::hint::black_box((topic, body));

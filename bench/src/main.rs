@@ -5,7 +5,7 @@
 //! `--json FILE`). Every run is bounded in count and time and stops by
 //! itself; progress goes to stderr.
 //!
-//! `cargo build --release && target/release/iotmock-bench --json bench.json`
+//! `cargo build --release --workspace && target/release/iotmock-bench --json bench.json`
 //! (`--smoke` for a run of seconds; see BENCHMARKS.md).
 
 mod broker;
@@ -865,7 +865,7 @@ async fn platform_part(
         let dir = tempfile::tempdir()?;
         let rule = dir.path().join("bench-edge-pass.wasm");
         let fixture =
-            std::path::Path::new(iotmock::builtin::TEST_PLUGINS_DIR).join("test_edge_pass.wasm");
+            std::path::Path::new(iotmock::bench::TEST_PLUGINS_DIR).join("test_edge_pass.wasm");
         std::fs::copy(&fixture, &rule).with_context(|| format!("copying {}", fixture.display()))?;
         let p = Proc::iotmock(
             bin,
