@@ -201,28 +201,29 @@ impl Config {
 }
 
 /// Why the server did not start. Each message names the input at fault
-/// and says what to change.
+/// and says what to change; where a part failed, the variant holds that
+/// part's error.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
     /// The scenario does not parse or is not valid.
     #[error(transparent)]
-    Scenario(Cause),
+    Scenario(Box<dyn std::error::Error + Send + Sync>),
     /// A plugin (built-in or in the plugins folder) does not load.
     #[error(transparent)]
-    Plugin(Cause),
+    Plugin(Box<dyn std::error::Error + Send + Sync>),
     /// The plugins folder cannot be watched.
     #[error(transparent)]
-    Watch(Cause),
+    Watch(Box<dyn std::error::Error + Send + Sync>),
     /// The MQTT broker does not start.
     #[error(transparent)]
-    Mqtt(Cause),
+    Mqtt(Box<dyn std::error::Error + Send + Sync>),
     /// The fleet (its store, or a device of the scenario) is refused.
     #[error(transparent)]
-    Fleet(Cause),
+    Fleet(Box<dyn std::error::Error + Send + Sync>),
     /// The command engine (its store) does not start.
     #[error(transparent)]
-    Commands(Cause),
+    Commands(Box<dyn std::error::Error + Send + Sync>),
     /// The API would be open to the network with no authentication.
     #[error(
         "the API would listen on {addr}, reachable from the network, with no authentication: \
@@ -276,16 +277,12 @@ pub enum StartError {
     },
     /// A stub of the scenario is not valid.
     #[error("scenario: {0}")]
-    Stub(Cause),
+    Stub(Box<dyn std::error::Error + Send + Sync>),
     /// TLS cannot be set up (a certificate or key brought along, or the
     /// built-in authority).
     #[error("TLS: {0}")]
-    Tls(Cause),
+    Tls(Box<dyn std::error::Error + Send + Sync>),
 }
-
-/// The error of the part that failed, behind a [`StartError`]: its message
-/// says what failed and what to change.
-pub(crate) type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// The parts' errors become [`StartError`]s with `?` in [`Server::start`].
 macro_rules! start_error_from {

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub(crate) use crate::ids::valid_plugin_name as valid_name;
-// The benchmarks' hooks (`crate::bench`) apart from the rest.
+// What `crate::bench` re-exports stays `pub`; the rest is the crate's.
 pub use codec::{CodecDevice, CodecEvent, CodecReading, EncodeRequest};
 pub(crate) use codec::{CodecInfo, DecodeRequest, Decoded};
 pub use edge_rule::{CallBudget, EdgeReading, EdgeWindow};
