@@ -686,7 +686,13 @@ pub(crate) struct Encoded {
 }
 
 impl Encoded {
-    pub fn new(topic: &str, props: &[u8], payload: &[u8], with_pid: bool, version: u8) -> Self {
+    pub(crate) fn new(
+        topic: &str,
+        props: &[u8],
+        payload: &[u8],
+        with_pid: bool,
+        version: u8,
+    ) -> Self {
         let p = OutPublish {
             topic,
             payload,
@@ -713,7 +719,7 @@ impl Encoded {
 
     /// Appends the packet for one delivery: `qos` must be of this
     /// encoding's class.
-    pub fn put(&self, qos: u8, retain: bool, dup: bool, pid: u16, out: &mut BytesMut) {
+    pub(crate) fn put(&self, qos: u8, retain: bool, dup: bool, pid: u16, out: &mut BytesMut) {
         let start = out.len();
         out.extend_from_slice(&self.bytes);
         out[start] = 0x30 | (u8::from(dup) << 3) | (qos << 1) | u8::from(retain);

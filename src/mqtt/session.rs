@@ -59,7 +59,7 @@ impl Msg {
     }
 
     /// From now on its packets are laid out once and shared.
-    pub fn share_encodings(&self) {
+    pub(crate) fn share_encodings(&self) {
         self.encoded.0.get_or_init(Box::default);
     }
 
@@ -67,7 +67,7 @@ impl Msg {
     /// its encodings and its properties are the same for every subscriber
     /// (no expiry counting down; subscription identifiers are the
     /// caller's to rule out).
-    pub fn shared_packet(&self, version: u8, qos: u8) -> Option<&Encoded> {
+    pub(crate) fn shared_packet(&self, version: u8, qos: u8) -> Option<&Encoded> {
         if self.expires_at.is_some() {
             return None;
         }
