@@ -42,10 +42,10 @@ pub(crate) struct CommandStore {
 
 /// A stored command: its record and the engine's bookkeeping.
 pub(crate) struct Stored {
-    pub seq: u64,
-    pub view: CommandView,
+    pub(crate) seq: u64,
+    pub(crate) view: CommandView,
     /// When the attempt in flight times out (simulated ms), if one is.
-    pub deadline: Option<i64>,
+    pub(crate) deadline: Option<i64>,
 }
 
 /// One command's row, ready to write.
@@ -70,14 +70,14 @@ impl Row {
 }
 
 impl CommandStore {
-    pub async fn open(dir: &Path) -> Result<Self, CommandStoreError> {
+    pub(crate) async fn open(dir: &Path) -> Result<Self, CommandStoreError> {
         let db = Db::open(Some(&dir.join("commands.db")), MIGRATIONS).await?;
         Ok(Self { db })
     }
 
     /// Writes a command unless a newer version of it is already there
     /// (writes from two tasks may arrive out of order).
-    pub async fn put(
+    pub(crate) async fn put(
         &self,
         seq: u64,
         version: u64,
@@ -89,7 +89,7 @@ impl CommandStore {
     }
 
     /// Writes new commands in one transaction: all or none.
-    pub async fn put_all(
+    pub(crate) async fn put_all(
         &self,
         records: &[(u64, u64, Option<i64>, Box<CommandView>)],
     ) -> Result<(), CommandStoreError> {
@@ -102,7 +102,7 @@ impl CommandStore {
             .await
     }
 
-    pub async fn delete(&self, id: &str) -> Result<(), CommandStoreError> {
+    pub(crate) async fn delete(&self, id: &str) -> Result<(), CommandStoreError> {
         let id = id.to_string();
         self.db
             .call(move |conn| {
@@ -114,7 +114,7 @@ impl CommandStore {
 
     /// Every stored command, in creation order. Rows that do not parse are
     /// skipped with a warning (they cannot be acted on).
-    pub async fn load_all(&self) -> Result<Vec<Stored>, CommandStoreError> {
+    pub(crate) async fn load_all(&self) -> Result<Vec<Stored>, CommandStoreError> {
         self.db
             .call(|conn| {
                 let mut stmt =

@@ -24,19 +24,16 @@ mod node;
 mod sink;
 mod spec;
 mod stats;
-pub mod store;
+pub(crate) mod store;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::{mpsc, oneshot};
 
-pub use node::{CommandCounters, EdgeNodeView, ReadingCounters, RuleStats, UplinkView};
-pub use sink::{CommandSink, SinkFuture};
-pub use spec::{
-    BudgetSpec, BufferPolicy, DeviceSelector, EdgeNodeSpec, OnError, RuleSpec, UplinkBufferSpec,
-};
-pub use stats::LatencyView;
+pub(crate) use node::EdgeNodeView;
+pub(crate) use sink::{CommandSink, SinkFuture};
+pub(crate) use spec::{DeviceSelector, EdgeNodeSpec, RuleSpec};
 
 use crate::clock::Clock;
 use crate::fleet::{DeviceFilter, Fleet};
@@ -57,7 +54,7 @@ type Family = (
 const CONTROL_CAPACITY: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
-pub enum EdgeError {
+pub(crate) enum EdgeError {
     #[error("no edge node {0:?}")]
     NotFound(String),
     #[error("edge node {0:?} already exists; pick another id or delete it first")]
@@ -70,7 +67,7 @@ pub enum EdgeError {
 
 /// A handle on the edge nodes; cheap to clone.
 #[derive(Clone)]
-pub struct EdgeNodes(Arc<Inner>);
+pub(crate) struct EdgeNodes(Arc<Inner>);
 
 struct Inner {
     rt: Runtime,
@@ -136,7 +133,7 @@ impl crate::fleet::MembershipObserver for Membership {
 /// Routes published readings to the nodes of their device. It holds no
 /// handle on telemetry, so the scheduler holding it makes no cycle.
 #[derive(Debug)]
-pub struct Tap {
+pub(crate) struct Tap {
     // A std lock: read for one map lookup per reading.
     members: RwLock<HashMap<Arc<str>, Vec<Arc<Node>>>>,
     /// Since which MQTT journal cursor some node has members (none: no
@@ -190,7 +187,7 @@ impl EdgeNodes {
     /// Opens the node store in `data_dir` (if given); nodes start with
     /// [`restore`](Self::restore).
     #[allow(clippy::too_many_arguments)]
-    pub async fn open(
+    pub(crate) async fn open(
         data_dir: Option<&std::path::Path>,
         clock: Clock,
         telemetry: Telemetry,
@@ -234,7 +231,10 @@ impl EdgeNodes {
     /// Starts the stored nodes (with their uplink state), then the
     /// scenario's nodes that are not stored yet. A stored node that no
     /// longer starts (its plugin is gone) is logged, skipped and kept.
-    pub async fn restore(&self, scenario: &[EdgeNodeSpec]) -> Result<(), (String, EdgeError)> {
+    pub(crate) async fn restore(
+        &self,
+        scenario: &[EdgeNodeSpec],
+    ) -> Result<(), (String, EdgeError)> {
         let stored = match &self.0.store {
             Some(store) => store.load().await.map_err(|e| (String::new(), e.into()))?,
             None => Vec::new(),
@@ -263,13 +263,13 @@ impl EdgeNodes {
     }
 
     /// What telemetry calls with every published reading.
-    pub fn tap(&self) -> Arc<dyn ReadingTap> {
+    pub(crate) fn tap(&self) -> Arc<dyn ReadingTap> {
         self.0.tap.clone()
     }
 
     /// Checks `spec` against the loaded plugins (and each rule's config
     /// against its plugin), resolves its members and starts it.
-    pub async fn create(&self, spec: EdgeNodeSpec) -> Result<EdgeNodeView, EdgeError> {
+    pub(crate) async fn create(&self, spec: EdgeNodeSpec) -> Result<EdgeNodeView, EdgeError> {
         self.start_node(spec, true).await
     }
 
@@ -397,7 +397,7 @@ impl EdgeNodes {
         self.0.tap.set_active(active, &self.0.rt.mqtt);
     }
 
-    pub fn list(&self) -> Vec<EdgeNodeView> {
+    pub(crate) fn list(&self) -> Vec<EdgeNodeView> {
         let nodes: Vec<Arc<Node>> = self
             .0
             .nodes
@@ -409,7 +409,7 @@ impl EdgeNodes {
         nodes.iter().map(|n| n.view()).collect()
     }
 
-    pub fn get(&self, id: &str) -> Result<EdgeNodeView, EdgeError> {
+    pub(crate) fn get(&self, id: &str) -> Result<EdgeNodeView, EdgeError> {
         Ok(self.node(id)?.view())
     }
 
@@ -425,7 +425,7 @@ impl EdgeNodes {
 
     /// Takes the uplink down (output is buffered) or up (the buffer is
     /// published in order before this returns).
-    pub async fn set_uplink(&self, id: &str, up: bool) -> Result<EdgeNodeView, EdgeError> {
+    pub(crate) async fn set_uplink(&self, id: &str, up: bool) -> Result<EdgeNodeView, EdgeError> {
         let (node, control) = {
             let nodes = self.0.nodes.read().unwrap();
             let handle = nodes
@@ -445,7 +445,7 @@ impl EdgeNodes {
 
     /// Stops a node and forgets it; what its uplink buffer held is
     /// discarded.
-    pub async fn delete(&self, id: &str) -> Result<(), EdgeError> {
+    pub(crate) async fn delete(&self, id: &str) -> Result<(), EdgeError> {
         if !self.0.nodes.read().unwrap().contains_key(id) {
             return Err(EdgeError::NotFound(id.to_string()));
         }
@@ -464,7 +464,7 @@ impl EdgeNodes {
     }
 
     /// Appends the nodes' counters in the Prometheus text format.
-    pub fn write_metrics(&self, out: &mut String) {
+    pub(crate) fn write_metrics(&self, out: &mut String) {
         use std::fmt::Write;
         let views = self.list();
         let families: [Family; 7] = [
@@ -524,7 +524,7 @@ impl EdgeNodes {
 
     /// Resolves once every node has processed the windows ending at or
     /// before simulated time `t`.
-    pub async fn wait_processed(&self, t: i64) {
+    pub(crate) async fn wait_processed(&self, t: i64) {
         let nodes: Vec<Arc<Node>> = self
             .0
             .nodes

@@ -24,7 +24,7 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE edge_nodes (
     ) WITHOUT ROWID;"];
 
 #[derive(Debug, thiserror::Error)]
-pub enum EdgeStoreError {
+pub(crate) enum EdgeStoreError {
     #[error("edge node store: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("edge node store {0}")]
@@ -37,14 +37,14 @@ pub(crate) struct EdgeStore {
 }
 
 impl EdgeStore {
-    pub async fn open(dir: &Path) -> Result<Self, EdgeStoreError> {
+    pub(crate) async fn open(dir: &Path) -> Result<Self, EdgeStoreError> {
         let db = Db::open(Some(&dir.join("edge.db")), MIGRATIONS).await?;
         Ok(Self { db })
     }
 
     /// Every stored node, by id; a row that no longer parses is skipped
     /// with a warning (and kept).
-    pub async fn load(&self) -> Result<Vec<(EdgeNodeSpec, bool)>, EdgeStoreError> {
+    pub(crate) async fn load(&self) -> Result<Vec<(EdgeNodeSpec, bool)>, EdgeStoreError> {
         self.db
             .call(|conn| {
                 let mut stmt =
@@ -71,7 +71,7 @@ impl EdgeStore {
             .await
     }
 
-    pub async fn put(&self, spec: &EdgeNodeSpec, up: bool) -> Result<(), EdgeStoreError> {
+    pub(crate) async fn put(&self, spec: &EdgeNodeSpec, up: bool) -> Result<(), EdgeStoreError> {
         let text = serde_json::to_string(spec).expect("a spec serializes");
         let id = spec.id.clone();
         self.db
@@ -85,7 +85,7 @@ impl EdgeStore {
             .await
     }
 
-    pub async fn set_uplink(&self, id: &str, up: bool) -> Result<(), EdgeStoreError> {
+    pub(crate) async fn set_uplink(&self, id: &str, up: bool) -> Result<(), EdgeStoreError> {
         let id = id.to_string();
         self.db
             .call(move |conn| {
@@ -98,7 +98,7 @@ impl EdgeStore {
             .await
     }
 
-    pub async fn remove(&self, id: &str) -> Result<(), EdgeStoreError> {
+    pub(crate) async fn remove(&self, id: &str) -> Result<(), EdgeStoreError> {
         let id = id.to_string();
         self.db
             .call(move |conn| {

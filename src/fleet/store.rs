@@ -63,14 +63,14 @@ const MIGRATIONS: &[&str] = &[
 /// A stored device certificate.
 #[derive(Debug, Clone)]
 pub(crate) struct CertRow {
-    pub serial: String,
-    pub device: String,
-    pub cert_pem: String,
+    pub(crate) serial: String,
+    pub(crate) device: String,
+    pub(crate) cert_pem: String,
     /// Wall time, ms since the Unix epoch.
-    pub not_before: i64,
-    pub not_after: i64,
-    pub created_at: i64,
-    pub revoked_at: Option<i64>,
+    pub(crate) not_before: i64,
+    pub(crate) not_after: i64,
+    pub(crate) created_at: i64,
+    pub(crate) revoked_at: Option<i64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +98,7 @@ pub(crate) enum Inserted {
 impl Store {
     /// Opens (creating and migrating) `dir/iotmock.db`, or an in-memory
     /// database when `dir` is None.
-    pub async fn open(dir: Option<&Path>) -> Result<Self, StoreError> {
+    pub(crate) async fn open(dir: Option<&Path>) -> Result<Self, StoreError> {
         let path = dir.map(|dir| dir.join("iotmock.db"));
         let db = Db::open(path.as_deref(), MIGRATIONS).await?;
         Ok(Self { db })
@@ -106,7 +106,7 @@ impl Store {
 
     /// Inserts devices in one transaction: all or none, with the
     /// certificates issued with them.
-    pub async fn insert(
+    pub(crate) async fn insert(
         &self,
         devices: Vec<(Device, SecretHash)>,
         certs: Vec<CertRow>,
@@ -153,7 +153,7 @@ impl Store {
     }
 
     /// Writes a device's fields (not its secret).
-    pub async fn update(&self, d: &Device) -> Result<bool, StoreError> {
+    pub(crate) async fn update(&self, d: &Device) -> Result<bool, StoreError> {
         let row = (
             d.id.clone(),
             d.kind.clone(),
@@ -186,7 +186,7 @@ impl Store {
             .await
     }
 
-    pub async fn set_secret(
+    pub(crate) async fn set_secret(
         &self,
         id: &str,
         secret: &SecretHash,
@@ -208,7 +208,11 @@ impl Store {
 
     /// Deletes a device; its certificates are revoked at `at` (wall ms),
     /// and their serials returned.
-    pub async fn delete(&self, id: &str, at: i64) -> Result<(bool, Vec<String>), StoreError> {
+    pub(crate) async fn delete(
+        &self,
+        id: &str,
+        at: i64,
+    ) -> Result<(bool, Vec<String>), StoreError> {
         let id = id.to_string();
         self.db
             .call(move |conn| {
@@ -230,14 +234,14 @@ impl Store {
     }
 
     /// Stores issued certificates, in one transaction.
-    pub async fn insert_certs(&self, rows: Vec<CertRow>) -> Result<(), StoreError> {
+    pub(crate) async fn insert_certs(&self, rows: Vec<CertRow>) -> Result<(), StoreError> {
         self.db
             .call(move |conn| insert_cert_rows(conn, &rows))
             .await
     }
 
     /// A device's certificates, oldest first.
-    pub async fn certs(&self, device: &str) -> Result<Vec<CertRow>, StoreError> {
+    pub(crate) async fn certs(&self, device: &str) -> Result<Vec<CertRow>, StoreError> {
         let device = device.to_string();
         self.db
             .call(move |conn| {
@@ -264,7 +268,7 @@ impl Store {
     /// Revokes one certificate of a device at `at` (wall ms). `None`: the
     /// device has no certificate with this serial; `Some(false)`: it was
     /// revoked before.
-    pub async fn revoke_cert(
+    pub(crate) async fn revoke_cert(
         &self,
         device: &str,
         serial: &str,
@@ -295,7 +299,7 @@ impl Store {
     }
 
     /// Every revoked serial, for start-up.
-    pub async fn revoked_serials(&self) -> Result<Vec<String>, StoreError> {
+    pub(crate) async fn revoked_serials(&self) -> Result<Vec<String>, StoreError> {
         self.db
             .call(|conn| {
                 let mut stmt =
@@ -307,7 +311,12 @@ impl Store {
     }
 
     /// Replaces a device's reported state (JSON object text).
-    pub async fn set_reported(&self, id: &str, state: String, at: i64) -> Result<(), StoreError> {
+    pub(crate) async fn set_reported(
+        &self,
+        id: &str,
+        state: String,
+        at: i64,
+    ) -> Result<(), StoreError> {
         let id = id.to_string();
         self.db
             .call(move |conn| {
@@ -323,7 +332,7 @@ impl Store {
     }
 
     /// Every stored reported state: (id, JSON object text, updated_at).
-    pub async fn load_reported(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+    pub(crate) async fn load_reported(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
         self.db
             .call(|conn| {
                 let mut stmt = conn.prepare("SELECT id, state, updated_at FROM device_reported")?;
@@ -334,7 +343,7 @@ impl Store {
     }
 
     /// Every stored device, for start-up.
-    pub async fn load_all(&self) -> Result<Vec<(Device, SecretHash)>, StoreError> {
+    pub(crate) async fn load_all(&self) -> Result<Vec<(Device, SecretHash)>, StoreError> {
         self.db.call(load_all).await
     }
 }

@@ -73,7 +73,7 @@ pub(crate) const SENT: i64 = 1;
 pub(crate) const RELEASED: i64 = 2;
 
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     #[error("MQTT store {path}: {source}")]
     Open {
         path: String,
@@ -122,24 +122,24 @@ pub(crate) struct Store {
 
 /// What was stored, read back at start.
 pub(crate) struct Loaded {
-    pub retained: Vec<Arc<Msg>>,
-    pub sessions: Vec<LoadedSession>,
+    pub(crate) retained: Vec<Arc<Msg>>,
+    pub(crate) sessions: Vec<LoadedSession>,
 }
 
 pub(crate) struct LoadedSession {
-    pub client_id: Arc<str>,
-    pub user: Option<Arc<str>>,
-    pub version: u8,
-    pub expiry_secs: u32,
-    pub subs: Vec<(String, SubOpts)>,
+    pub(crate) client_id: Arc<str>,
+    pub(crate) user: Option<Arc<str>>,
+    pub(crate) version: u8,
+    pub(crate) expiry_secs: u32,
+    pub(crate) subs: Vec<(String, SubOpts)>,
     /// (seq, state, pid, delivery), in seq order.
-    pub messages: Vec<(u64, i64, u16, Delivery)>,
+    pub(crate) messages: Vec<(u64, i64, u16, Delivery)>,
 }
 
 impl Store {
     /// Opens (or creates) the store in `dir` on its writer thread and
     /// reads it back there.
-    pub async fn open(dir: &Path) -> Result<(Self, Loaded), StoreError> {
+    pub(crate) async fn open(dir: &Path) -> Result<(Self, Loaded), StoreError> {
         let path = dir.join("broker.db");
         let shown = path.display().to_string();
         let (tx, rx) = mpsc::sync_channel(CHANNEL_CAPACITY);
@@ -175,7 +175,7 @@ impl Store {
 
     /// Queues an operation. Called under the engine's core lock, so the
     /// order of operations is the order of changes.
-    pub fn push(&self, op: Op) {
+    pub(crate) fn push(&self, op: Op) {
         let seq = self
             .issued
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
@@ -186,12 +186,12 @@ impl Store {
     }
 
     /// The newest operation queued so far.
-    pub fn issued(&self) -> u64 {
+    pub(crate) fn issued(&self) -> u64 {
         self.issued.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Waits until operation `seq` and all before it are stored.
-    pub async fn durable(&self, seq: u64) {
+    pub(crate) async fn durable(&self, seq: u64) {
         let mut rx = self.durable.clone();
         let _ = rx.wait_for(|d| *d >= seq).await;
     }

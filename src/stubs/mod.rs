@@ -6,13 +6,13 @@
 //! request that authenticates as a device gets the device's fields for its
 //! templates through the fleet handle.
 
-pub mod journal;
-pub mod listener;
-pub mod matcher;
+pub(crate) mod journal;
+pub(crate) mod listener;
+pub(crate) mod matcher;
 pub(crate) mod serve;
 mod store;
-pub mod stub;
-pub mod template;
+pub(crate) mod stub;
+pub(crate) mod template;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,12 +25,12 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::watch;
 
-pub use journal::{
+pub(crate) use journal::{
     DEFAULT_HTTP_JOURNAL_CAPACITY, DEFAULT_HTTP_JOURNAL_MAX_BYTES, HttpEntry, HttpJournal,
 };
-pub use matcher::{Matcher, Mismatch, PathPattern};
-pub use store::StubStoreError;
-pub use stub::{Stub, StubDef};
+pub(crate) use matcher::{Matcher, Mismatch, PathPattern};
+pub(crate) use store::StubStoreError;
+pub(crate) use stub::{Stub, StubDef};
 
 use crate::ids::StubId;
 use crate::verify::{Expect, Verdict, json_contains};
@@ -48,31 +48,31 @@ pub enum StubError {
 }
 
 /// Path parameters captured by a stub's pattern.
-pub type Params = BTreeMap<String, String>;
+pub(crate) type Params = BTreeMap<String, String>;
 
 /// A request as stubs see it.
 #[derive(Debug, Clone)]
-pub struct RequestFacts {
-    pub method: Method,
+pub(crate) struct RequestFacts {
+    pub(crate) method: Method,
     /// Without the `/mock` prefix.
-    pub path: String,
-    pub query: Vec<(String, String)>,
+    pub(crate) path: String,
+    pub(crate) query: Vec<(String, String)>,
     /// Lower-case names; repeated headers joined with ", ".
-    pub headers: Vec<(String, String)>,
-    pub body: Bytes,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Bytes,
     /// The body parsed as JSON, when it is JSON.
-    pub json: Option<Value>,
+    pub(crate) json: Option<Value>,
 }
 
 impl RequestFacts {
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     }
 
-    pub fn query_value(&self, name: &str) -> Option<&str> {
+    pub(crate) fn query_value(&self, name: &str) -> Option<&str> {
         self.query
             .iter()
             .find(|(n, _)| n == name)
@@ -82,26 +82,26 @@ impl RequestFacts {
 
 /// The closest stub to a request that none matched, and why it did not.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct NearMiss {
-    pub stub: String,
-    pub mismatches: Vec<Mismatch>,
+pub(crate) struct NearMiss {
+    pub(crate) stub: String,
+    pub(crate) mismatches: Vec<Mismatch>,
 }
 
 /// A stub as the API shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct StubView {
-    pub id: String,
+pub(crate) struct StubView {
+    pub(crate) id: String,
     #[serde(flatten)]
-    pub def: StubDef,
+    pub(crate) def: StubDef,
     /// `api` or `scenario`.
-    pub source: &'static str,
+    pub(crate) source: &'static str,
     /// Requests it has answered.
-    pub calls: u64,
+    pub(crate) calls: u64,
 }
 
 /// A handle on the stubs and the HTTP journal; cheap to clone.
 #[derive(Clone)]
-pub struct Stubs(Arc<Shared>);
+pub(crate) struct Stubs(Arc<Shared>);
 
 struct Shared {
     // A std lock: held to read or change the list, never across an await.
@@ -122,20 +122,20 @@ struct Shared {
 
 /// Which journal entries a listing or a verify wants.
 #[derive(Debug, Clone, Default)]
-pub struct RequestFilter {
-    pub method: Option<Method>,
+pub(crate) struct RequestFilter {
+    pub(crate) method: Option<Method>,
     /// A plain path is a prefix; a pattern (`{x}`, `*`, `**`) must match.
-    pub path: Option<PathPattern>,
-    pub stub: Option<String>,
-    pub device: Option<String>,
+    pub(crate) path: Option<PathPattern>,
+    pub(crate) stub: Option<String>,
+    pub(crate) device: Option<String>,
     /// Only stub requests that matched no stub.
-    pub unmatched: bool,
+    pub(crate) unmatched: bool,
     /// Received (wall clock, ms) at or after.
-    pub received_since: Option<i64>,
+    pub(crate) received_since: Option<i64>,
 }
 
 impl RequestFilter {
-    pub fn selects(&self, e: &HttpEntry) -> bool {
+    pub(crate) fn selects(&self, e: &HttpEntry) -> bool {
         self.method.as_ref().is_none_or(|m| m.as_str() == e.method)
             && self.path.as_ref().is_none_or(|p| {
                 if p.is_literal() {
@@ -159,14 +159,14 @@ impl RequestFilter {
 
 /// What an HTTP verify checks, beyond the filter.
 #[derive(Debug, Clone)]
-pub struct HttpVerifySpec {
-    pub filter: RequestFilter,
-    pub query: Vec<(String, Matcher)>,
-    pub headers: Vec<(String, Matcher)>,
-    pub body_contains: Option<Value>,
-    pub expect: Expect,
-    pub within: Duration,
-    pub since: u64,
+pub(crate) struct HttpVerifySpec {
+    pub(crate) filter: RequestFilter,
+    pub(crate) query: Vec<(String, Matcher)>,
+    pub(crate) headers: Vec<(String, Matcher)>,
+    pub(crate) body_contains: Option<Value>,
+    pub(crate) expect: Expect,
+    pub(crate) within: Duration,
+    pub(crate) since: u64,
 }
 
 impl HttpVerifySpec {
@@ -185,19 +185,19 @@ impl HttpVerifySpec {
 }
 
 /// Default bound of one rendered stub response (body and headers).
-pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 8 << 20;
+pub(crate) const DEFAULT_MAX_RESPONSE_BYTES: usize = 8 << 20;
 
 /// How much a client can make the stubs hold.
 #[derive(Debug, Clone, Copy)]
-pub struct StubLimits {
+pub(crate) struct StubLimits {
     /// Requests kept in the journal.
-    pub journal_capacity: usize,
+    pub(crate) journal_capacity: usize,
     /// Bytes kept in the journal.
-    pub journal_max_bytes: usize,
+    pub(crate) journal_max_bytes: usize,
     /// Largest rendered response (body and header values); a request whose
     /// response would render larger is answered 413, measured before
     /// anything is rendered.
-    pub max_response_bytes: usize,
+    pub(crate) max_response_bytes: usize,
 }
 
 impl Default for StubLimits {
@@ -213,7 +213,7 @@ impl Default for StubLimits {
 impl Stubs {
     /// An empty registry; with `data_dir`, stubs made over the API are
     /// stored there (see [`restore`](Self::restore)).
-    pub async fn open(
+    pub(crate) async fn open(
         data_dir: Option<&std::path::Path>,
         seed: u64,
         limits: StubLimits,
@@ -238,7 +238,7 @@ impl Stubs {
     /// creation order. A stored stub wins over a scenario stub with its id
     /// (it was made later, over the API). A stored stub that no longer
     /// compiles is logged and skipped.
-    pub async fn restore(&self, scenario: &[StubDef]) -> Result<(), StubError> {
+    pub(crate) async fn restore(&self, scenario: &[StubDef]) -> Result<(), StubError> {
         let stored = match &self.0.store {
             Some(store) => store.load().await?,
             None => Vec::new(),
@@ -269,7 +269,7 @@ impl Stubs {
 
     /// Validates and adds a stub made over the API, and stores it with
     /// `--data-dir`.
-    pub async fn create(&self, def: StubDef) -> Result<StubView, StubError> {
+    pub(crate) async fn create(&self, def: StubDef) -> Result<StubView, StubError> {
         let stored = self.0.store.is_some().then(|| def.clone());
         let order = self.0.next.fetch_add(1, Ordering::Relaxed);
         let view = self.insert(def, "api", order)?;
@@ -286,7 +286,7 @@ impl Stubs {
 
     /// Removes a stub's stored row, then the stub: when the row cannot be
     /// removed the stub stays, as it would after a restart.
-    pub async fn delete(&self, id: &str) -> Result<(), StubError> {
+    pub(crate) async fn delete(&self, id: &str) -> Result<(), StubError> {
         if self.stub(id).is_none() {
             return Err(StubError::NotFound(id.to_string()));
         }
@@ -298,7 +298,7 @@ impl Stubs {
 
     /// Removes every stored row, then every stub; returns how many stubs
     /// there were.
-    pub async fn delete_all(&self) -> Result<usize, StubError> {
+    pub(crate) async fn delete_all(&self) -> Result<usize, StubError> {
         if let Some(store) = &self.0.store {
             store.clear().await?;
         }
@@ -316,7 +316,7 @@ impl Stubs {
     }
 
     /// Validates and adds a stub (in memory only).
-    pub fn add(&self, def: StubDef, source: &'static str) -> Result<StubView, StubError> {
+    pub(crate) fn add(&self, def: StubDef, source: &'static str) -> Result<StubView, StubError> {
         let order = self.0.next.fetch_add(1, Ordering::Relaxed);
         self.insert(def, source, order)
     }
@@ -356,7 +356,7 @@ impl Stubs {
     }
 
     /// Every stub, in the order they are tried.
-    pub fn list(&self) -> Vec<StubView> {
+    pub(crate) fn list(&self) -> Vec<StubView> {
         self.0
             .stubs
             .read()
@@ -366,13 +366,13 @@ impl Stubs {
             .collect()
     }
 
-    pub fn get(&self, id: &str) -> Result<StubView, StubError> {
+    pub(crate) fn get(&self, id: &str) -> Result<StubView, StubError> {
         self.stub(id)
             .map(|s| view(&s))
             .ok_or_else(|| StubError::NotFound(id.to_string()))
     }
 
-    pub fn remove(&self, id: &str) -> Result<(), StubError> {
+    pub(crate) fn remove(&self, id: &str) -> Result<(), StubError> {
         let mut stubs = self.0.stubs.write().unwrap();
         let at = stubs
             .iter()
@@ -383,13 +383,13 @@ impl Stubs {
     }
 
     /// Removes every stub; returns how many there were.
-    pub fn clear(&self) -> usize {
+    pub(crate) fn clear(&self) -> usize {
         std::mem::take(&mut *self.0.stubs.write().unwrap()).len()
     }
 
     /// The stub that answers `req` with its path parameters, or the closest
     /// one (fewest failed matchers; a matching path counts most) and why.
-    pub fn find(&self, req: &RequestFacts) -> Result<(Arc<Stub>, Params), Option<NearMiss>> {
+    pub(crate) fn find(&self, req: &RequestFacts) -> Result<(Arc<Stub>, Params), Option<NearMiss>> {
         let stubs = self.0.stubs.read().unwrap();
         let mut best: Option<(usize, &Arc<Stub>, Vec<Mismatch>)> = None;
         for stub in stubs.iter() {
@@ -414,17 +414,17 @@ impl Stubs {
         }))
     }
 
-    pub fn journal(&self) -> &HttpJournal {
+    pub(crate) fn journal(&self) -> &HttpJournal {
         &self.0.journal
     }
 
-    pub fn limits(&self) -> StubLimits {
+    pub(crate) fn limits(&self) -> StubLimits {
         self.0.limits
     }
 
     /// Requests refused because their response would have rendered larger
     /// than the limit.
-    pub fn oversized(&self) -> u64 {
+    pub(crate) fn oversized(&self) -> u64 {
         self.0.oversized.load(Ordering::Relaxed)
     }
 
@@ -434,7 +434,7 @@ impl Stubs {
 
     /// Journal entries after `since` that `filter` selects, at most
     /// `limit`; and the cursor to continue from.
-    pub fn requests(
+    pub(crate) fn requests(
         &self,
         filter: &RequestFilter,
         since: u64,
@@ -461,7 +461,7 @@ impl Stubs {
 
     /// Waits (on journal changes, not by polling) until the expectation is
     /// settled or `within` has passed.
-    pub async fn verify(&self, spec: &HttpVerifySpec) -> Verdict {
+    pub(crate) async fn verify(&self, spec: &HttpVerifySpec) -> Verdict {
         let journal = &self.0.journal;
         crate::verify::wait_for_verdict(
             spec.expect,
@@ -504,7 +504,7 @@ impl Stubs {
     }
 
     /// Lets hanging requests go (at shutdown).
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.0.closing.send_replace(true);
     }
 

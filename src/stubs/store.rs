@@ -38,14 +38,14 @@ pub(crate) struct StubStore {
 }
 
 impl StubStore {
-    pub async fn open(dir: &Path) -> Result<Self, StubStoreError> {
+    pub(crate) async fn open(dir: &Path) -> Result<Self, StubStoreError> {
         let db = Db::open(Some(&dir.join("stubs.db")), MIGRATIONS).await?;
         Ok(Self { db })
     }
 
     /// Every stored stub with its creation order, oldest first; a row that
     /// no longer parses is skipped with a warning (and kept).
-    pub async fn load(&self) -> Result<Vec<(u64, StubDef)>, StubStoreError> {
+    pub(crate) async fn load(&self) -> Result<Vec<(u64, StubDef)>, StubStoreError> {
         self.db
             .call(|conn| {
                 let mut stmt = conn.prepare("SELECT id, ord, def FROM stubs ORDER BY ord")?;
@@ -71,7 +71,12 @@ impl StubStore {
             .await
     }
 
-    pub async fn put(&self, id: &str, order: u64, def: &StubDef) -> Result<(), StubStoreError> {
+    pub(crate) async fn put(
+        &self,
+        id: &str,
+        order: u64,
+        def: &StubDef,
+    ) -> Result<(), StubStoreError> {
         let json = serde_json::to_string(def).expect("a stub definition serializes");
         let id = id.to_string();
         self.db
@@ -86,7 +91,7 @@ impl StubStore {
             .await
     }
 
-    pub async fn delete(&self, id: &str) -> Result<(), StubStoreError> {
+    pub(crate) async fn delete(&self, id: &str) -> Result<(), StubStoreError> {
         let id = id.to_string();
         self.db
             .call(move |conn| {
@@ -96,7 +101,7 @@ impl StubStore {
             .await
     }
 
-    pub async fn clear(&self) -> Result<(), StubStoreError> {
+    pub(crate) async fn clear(&self) -> Result<(), StubStoreError> {
         self.db
             .call(|conn| {
                 conn.execute("DELETE FROM stubs", [])?;
