@@ -1,231 +1,18 @@
 //! The broker engine at the packet level, with a raw MQTT client built
-//! here byte by byte (so that what goes on the wire is exactly what the
-//! test says): MQTT 5 properties passed through untouched, Maximum Packet
-//! Size honoured, MQTT 3.1, reason codes on protocol errors, takeovers as
-//! each protocol version expects, wills and message expiry on the
-//! server's clock, and durable state across a restart.
+//! byte by byte (`support::wire`, so that what goes on the wire is
+//! exactly what the test says): MQTT 5 properties passed through
+//! untouched, Maximum Packet Size honoured, MQTT 3.1, reason codes on
+//! protocol errors, takeovers as each protocol version expects, wills and
+//! message expiry on the server's clock, and durable state across a
+//! restart.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{TestServer, WAIT};
-
-fn varint(mut n: usize, out: &mut Vec<u8>) {
-    loop {
-        let mut b = (n & 0x7f) as u8;
-        n >>= 7;
-        if n > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if n == 0 {
-            break;
-        }
-    }
-}
-
-fn string(s: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    out.extend_from_slice(s);
-}
-
-fn packet(first: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![first];
-    varint(body.len(), &mut out);
-    out.extend_from_slice(body);
-    out
-}
-
-/// Properties: a length and the bytes.
-fn props(p: &[u8], out: &mut Vec<u8>) {
-    varint(p.len(), out);
-    out.extend_from_slice(p);
-}
-
-struct Will<'a> {
-    topic: &'a str,
-    payload: &'a [u8],
-    qos: u8,
-    delay_secs: Option<u32>,
-}
-
-/// CONNECT for `level` (3, 4 or 5). `conn_props` only for 5.
-fn connect(
-    level: u8,
-    id: &str,
-    clean: bool,
-    keep_alive: u16,
-    conn_props: &[u8],
-    will: Option<&Will>,
-) -> Vec<u8> {
-    let mut b = Vec::new();
-    if level == 3 {
-        string(b"MQIsdp", &mut b);
-    } else {
-        string(b"MQTT", &mut b);
-    }
-    b.push(level);
-    let mut flags = if clean { 0x02 } else { 0 };
-    if let Some(w) = will {
-        flags |= 0x04 | (w.qos << 3);
-    }
-    b.push(flags);
-    b.extend_from_slice(&keep_alive.to_be_bytes());
-    if level == 5 {
-        props(conn_props, &mut b);
-    }
-    string(id.as_bytes(), &mut b);
-    if let Some(w) = will {
-        if level == 5 {
-            let mut wp = Vec::new();
-            if let Some(d) = w.delay_secs {
-                wp.push(0x18);
-                wp.extend_from_slice(&d.to_be_bytes());
-            }
-            props(&wp, &mut b);
-        }
-        string(w.topic.as_bytes(), &mut b);
-        string(w.payload, &mut b);
-    }
-    packet(0x10, &b)
-}
-
-fn subscribe(level: u8, pid: u16, filter: &str, options: u8) -> Vec<u8> {
-    let mut b = pid.to_be_bytes().to_vec();
-    if level == 5 {
-        props(&[], &mut b);
-    }
-    string(filter.as_bytes(), &mut b);
-    b.push(options);
-    packet(0x82, &b)
-}
-
-fn publish(level: u8, topic: &str, qos: u8, pid: u16, p: &[u8], payload: &[u8]) -> Vec<u8> {
-    let mut b = Vec::new();
-    string(topic.as_bytes(), &mut b);
-    if qos > 0 {
-        b.extend_from_slice(&pid.to_be_bytes());
-    }
-    if level == 5 {
-        props(p, &mut b);
-    }
-    b.extend_from_slice(payload);
-    packet(0x30 | (qos << 1), &b)
-}
-
-fn user_property(k: &str, v: &str, out: &mut Vec<u8>) {
-    out.push(0x26);
-    string(k.as_bytes(), out);
-    string(v.as_bytes(), out);
-}
-
-struct Raw {
-    s: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Raw {
-    async fn open(addr: SocketAddr, connect: &[u8]) -> (Self, Vec<u8>) {
-        let s = TcpStream::connect(addr).await.expect("connect");
-        let mut raw = Raw { s, buf: Vec::new() };
-        raw.send(connect).await;
-        let connack = raw.packet().await.expect("a CONNACK");
-        assert_eq!(connack.0, 0x20, "CONNACK expected, got {connack:?}");
-        (raw, connack.1)
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.s.write_all(bytes).await.expect("write");
-    }
-
-    /// The next packet (first byte, body) or `None` at EOF.
-    async fn packet(&mut self) -> Option<(u8, Vec<u8>)> {
-        self.packet_within(WAIT)
-            .await
-            .expect("a packet or EOF in time")
-    }
-
-    async fn packet_within(&mut self, within: Duration) -> Result<Option<(u8, Vec<u8>)>, ()> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            if self.buf.len() >= 2 {
-                let mut len = 0usize;
-                let mut i = 1;
-                let mut shift = 0;
-                let mut whole = false;
-                while i < self.buf.len() && i <= 4 {
-                    let b = self.buf[i];
-                    len |= ((b & 0x7f) as usize) << shift;
-                    shift += 7;
-                    i += 1;
-                    if b & 0x80 == 0 {
-                        whole = true;
-                        break;
-                    }
-                }
-                if whole && self.buf.len() >= i + len {
-                    let first = self.buf[0];
-                    let body = self.buf[i..i + len].to_vec();
-                    self.buf.drain(..i + len);
-                    return Ok(Some((first, body)));
-                }
-            }
-            let mut chunk = [0u8; 4096];
-            match tokio::time::timeout_at(deadline, self.s.read(&mut chunk)).await {
-                Err(_) => return Err(()),
-                Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
-                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    }
-
-    /// The next PUBLISH: (topic, properties, payload).
-    async fn publish(&mut self, level: u8) -> (String, Vec<u8>, Vec<u8>) {
-        loop {
-            let (first, body) = self.packet().await.expect("a PUBLISH before EOF");
-            if first >> 4 != 3 {
-                continue;
-            }
-            let qos = (first >> 1) & 3;
-            let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
-            let topic = String::from_utf8(body[2..2 + tl].to_vec()).unwrap();
-            let mut i = 2 + tl + if qos > 0 { 2 } else { 0 };
-            let mut p = Vec::new();
-            if level == 5 {
-                let mut len = 0usize;
-                let mut shift = 0;
-                loop {
-                    let b = body[i];
-                    i += 1;
-                    len |= ((b & 0x7f) as usize) << shift;
-                    shift += 7;
-                    if b & 0x80 == 0 {
-                        break;
-                    }
-                }
-                p = body[i..i + len].to_vec();
-                i += len;
-            }
-            return (topic, p, body[i..].to_vec());
-        }
-    }
-
-    /// Nothing arrives within `quiet`.
-    async fn silent(&mut self, quiet: Duration) {
-        if let Ok(p) = self.packet_within(quiet).await {
-            panic!("expected nothing, got {p:?}");
-        }
-    }
-}
-
-async fn suback(raw: &mut Raw) {
-    let (first, _) = raw.packet().await.expect("SUBACK");
-    assert_eq!(first, 0x90);
-}
+use crate::support::TestServer;
+use crate::support::wire::{Raw, Will, connect, packet, publish, suback, subscribe, user_property};
 
 #[tokio::test]
 async fn v5_properties_pass_through_untouched_and_small_clients_get_what_fits() {
@@ -342,6 +129,7 @@ async fn a_delayed_will_fires_when_the_manual_clock_reaches_it_and_is_journaled(
         payload: b"gone",
         qos: 1,
         delay_secs: Some(60),
+        props: &[],
     };
     // Session expiry 3600 s so the will waits for its own delay.
     let (c, _) = Raw::open(

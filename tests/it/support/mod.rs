@@ -5,6 +5,7 @@
 
 pub mod process;
 pub mod raw_http;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

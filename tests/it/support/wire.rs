@@ -1,0 +1,239 @@
+//! MQTT written byte by byte, for tests that must say exactly what goes on
+//! the wire (reserved flags, properties, malformed packets): packet
+//! builders and a raw client over TCP that reads whole packets back.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::WAIT;
+
+pub fn varint(mut n: usize, out: &mut Vec<u8>) {
+    loop {
+        let mut b = (n & 0x7f) as u8;
+        n >>= 7;
+        if n > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+pub fn string(s: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s);
+}
+
+pub fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    varint(body.len(), &mut out);
+    out.extend_from_slice(body);
+    out
+}
+
+/// Properties: a length and the bytes.
+pub fn props(p: &[u8], out: &mut Vec<u8>) {
+    varint(p.len(), out);
+    out.extend_from_slice(p);
+}
+
+pub struct Will<'a> {
+    pub topic: &'a str,
+    pub payload: &'a [u8],
+    pub qos: u8,
+    pub delay_secs: Option<u32>,
+    /// More will properties (MQTT 5), after the delay.
+    pub props: &'a [u8],
+}
+
+/// CONNECT for `level` (3, 4 or 5). `conn_props` only for 5.
+pub fn connect(
+    level: u8,
+    id: &str,
+    clean: bool,
+    keep_alive: u16,
+    conn_props: &[u8],
+    will: Option<&Will>,
+) -> Vec<u8> {
+    let mut b = Vec::new();
+    if level == 3 {
+        string(b"MQIsdp", &mut b);
+    } else {
+        string(b"MQTT", &mut b);
+    }
+    b.push(level);
+    let mut flags = if clean { 0x02 } else { 0 };
+    if let Some(w) = will {
+        flags |= 0x04 | (w.qos << 3);
+    }
+    b.push(flags);
+    b.extend_from_slice(&keep_alive.to_be_bytes());
+    if level == 5 {
+        props(conn_props, &mut b);
+    }
+    string(id.as_bytes(), &mut b);
+    if let Some(w) = will {
+        if level == 5 {
+            let mut wp = Vec::new();
+            if let Some(d) = w.delay_secs {
+                wp.push(0x18);
+                wp.extend_from_slice(&d.to_be_bytes());
+            }
+            wp.extend_from_slice(w.props);
+            props(&wp, &mut b);
+        }
+        string(w.topic.as_bytes(), &mut b);
+        string(w.payload, &mut b);
+    }
+    packet(0x10, &b)
+}
+
+pub fn subscribe(level: u8, pid: u16, filter: &str, options: u8) -> Vec<u8> {
+    let mut b = pid.to_be_bytes().to_vec();
+    if level == 5 {
+        props(&[], &mut b);
+    }
+    string(filter.as_bytes(), &mut b);
+    b.push(options);
+    packet(0x82, &b)
+}
+
+/// UNSUBSCRIBE of `filters`.
+pub fn unsubscribe(level: u8, pid: u16, filters: &[&str]) -> Vec<u8> {
+    let mut b = pid.to_be_bytes().to_vec();
+    if level == 5 {
+        props(&[], &mut b);
+    }
+    for f in filters {
+        string(f.as_bytes(), &mut b);
+    }
+    packet(0xa2, &b)
+}
+
+pub fn publish(level: u8, topic: &str, qos: u8, pid: u16, p: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut b = Vec::new();
+    string(topic.as_bytes(), &mut b);
+    if qos > 0 {
+        b.extend_from_slice(&pid.to_be_bytes());
+    }
+    if level == 5 {
+        props(p, &mut b);
+    }
+    b.extend_from_slice(payload);
+    packet(0x30 | (qos << 1), &b)
+}
+
+pub fn user_property(k: &str, v: &str, out: &mut Vec<u8>) {
+    out.push(0x26);
+    string(k.as_bytes(), out);
+    string(v.as_bytes(), out);
+}
+
+pub struct Raw {
+    pub s: TcpStream,
+    pub buf: Vec<u8>,
+}
+
+impl Raw {
+    pub async fn open(addr: SocketAddr, connect: &[u8]) -> (Self, Vec<u8>) {
+        let s = TcpStream::connect(addr).await.expect("connect");
+        let mut raw = Raw { s, buf: Vec::new() };
+        raw.send(connect).await;
+        let connack = raw.packet().await.expect("a CONNACK");
+        assert_eq!(connack.0, 0x20, "CONNACK expected, got {connack:?}");
+        (raw, connack.1)
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).await.expect("write");
+    }
+
+    /// The next packet (first byte, body) or `None` at EOF.
+    pub async fn packet(&mut self) -> Option<(u8, Vec<u8>)> {
+        self.packet_within(WAIT)
+            .await
+            .expect("a packet or EOF in time")
+    }
+
+    pub async fn packet_within(&mut self, within: Duration) -> Result<Option<(u8, Vec<u8>)>, ()> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if self.buf.len() >= 2 {
+                let mut len = 0usize;
+                let mut i = 1;
+                let mut shift = 0;
+                let mut whole = false;
+                while i < self.buf.len() && i <= 4 {
+                    let b = self.buf[i];
+                    len |= ((b & 0x7f) as usize) << shift;
+                    shift += 7;
+                    i += 1;
+                    if b & 0x80 == 0 {
+                        whole = true;
+                        break;
+                    }
+                }
+                if whole && self.buf.len() >= i + len {
+                    let first = self.buf[0];
+                    let body = self.buf[i..i + len].to_vec();
+                    self.buf.drain(..i + len);
+                    return Ok(Some((first, body)));
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.s.read(&mut chunk)).await {
+                Err(_) => return Err(()),
+                Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// The next PUBLISH: (topic, properties, payload).
+    pub async fn publish(&mut self, level: u8) -> (String, Vec<u8>, Vec<u8>) {
+        loop {
+            let (first, body) = self.packet().await.expect("a PUBLISH before EOF");
+            if first >> 4 != 3 {
+                continue;
+            }
+            let qos = (first >> 1) & 3;
+            let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
+            let topic = String::from_utf8(body[2..2 + tl].to_vec()).unwrap();
+            let mut i = 2 + tl + if qos > 0 { 2 } else { 0 };
+            let mut p = Vec::new();
+            if level == 5 {
+                let mut len = 0usize;
+                let mut shift = 0;
+                loop {
+                    let b = body[i];
+                    i += 1;
+                    len |= ((b & 0x7f) as usize) << shift;
+                    shift += 7;
+                    if b & 0x80 == 0 {
+                        break;
+                    }
+                }
+                p = body[i..i + len].to_vec();
+                i += len;
+            }
+            return (topic, p, body[i..].to_vec());
+        }
+    }
+
+    /// Nothing arrives within `quiet`.
+    pub async fn silent(&mut self, quiet: Duration) {
+        if let Ok(p) = self.packet_within(quiet).await {
+            panic!("expected nothing, got {p:?}");
+        }
+    }
+}
+
+pub async fn suback(raw: &mut Raw) {
+    let (first, _) = raw.packet().await.expect("SUBACK");
+    assert_eq!(first, 0x90);
+}
