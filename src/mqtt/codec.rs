@@ -341,6 +341,12 @@ pub(crate) fn decode(frame: Frame, version: u8) -> Result<Inbound, ProtocolError
             let header = fixed(first, body.len())?;
             let mut buf = body;
             let ptype = header.packet_type;
+            if ptype != PacketType::Disconnect && without_filters(&buf, v5) {
+                return Err(ProtocolError::new(
+                    rc::PROTOCOL_ERROR,
+                    "SUBSCRIBE or UNSUBSCRIBE without a topic filter",
+                ));
+            }
             let packet = if ptype == PacketType::Disconnect && !v5 {
                 if !buf.is_empty() || flags != 0 {
                     return Err(ProtocolError::malformed("DISCONNECT with a body"));
@@ -350,24 +356,8 @@ pub(crate) fn decode(frame: Frame, version: u8) -> Result<Inbound, ProtocolError
                 Packet::decode_from_body_with_version(ptype, &header, &mut buf, version.max(V311))?
             };
             match packet {
-                Packet::Subscribe(s) => {
-                    if s.filters.is_empty() {
-                        return Err(ProtocolError::new(
-                            rc::PROTOCOL_ERROR,
-                            "SUBSCRIBE without a topic filter",
-                        ));
-                    }
-                    Inbound::Subscribe(s)
-                }
-                Packet::Unsubscribe(u) => {
-                    if u.filters.is_empty() {
-                        return Err(ProtocolError::new(
-                            rc::PROTOCOL_ERROR,
-                            "UNSUBSCRIBE without a topic filter",
-                        ));
-                    }
-                    Inbound::Unsubscribe(u)
-                }
+                Packet::Subscribe(s) => Inbound::Subscribe(s),
+                Packet::Unsubscribe(u) => Inbound::Unsubscribe(u),
                 Packet::Disconnect(d) => Inbound::Disconnect(d),
                 _ => return Err(ProtocolError::malformed("unexpected packet")),
             }
@@ -563,6 +553,29 @@ fn scan_publish_props(raw: &Bytes, out: &mut InPublish) -> Result<Bytes, Protoco
         Some(b) => b.freeze(),
         None => raw.clone(),
     })
+}
+
+/// Whether a SUBSCRIBE or UNSUBSCRIBE body ends after its packet id (and
+/// properties): no topic filter. MQTT calls that a protocol error (3.8.3,
+/// 3.10.3); the decoder would call it malformed, so it is caught first.
+/// A body too short for the packet id or properties is left to the
+/// decoder, which says what is missing.
+fn without_filters(body: &Bytes, v5: bool) -> bool {
+    let mut b = body.clone();
+    if b.len() < 2 {
+        return false;
+    }
+    b.advance(2);
+    if v5 {
+        let Ok(n) = read_varint(&mut b) else {
+            return false;
+        };
+        if b.len() < n as usize {
+            return false;
+        }
+        b.advance(n as usize);
+    }
+    b.is_empty()
 }
 
 fn read_varint(buf: &mut Bytes) -> Result<u32, ProtocolError> {

@@ -18,6 +18,7 @@ mod http_commands;
 mod http_devices;
 mod isolation;
 mod mosquitto;
+mod mqtt_protocol;
 mod plugin_sdk;
 mod plugins;
 mod process;
