@@ -29,3 +29,4 @@ mod telemetry_buffer;
 mod telemetry_stats;
 mod telemetry_stream;
 mod tls;
+mod websocket;

@@ -933,3 +933,161 @@ async fn listeners_are_named_in_the_ready_line_and_clashes_say_which_flag() {
     }
     server.stop().await;
 }
+
+/// Why a server with these TLS settings (and data directory) does not
+/// start.
+async fn tls_refusal(tls: iotmock::transport::TlsSettings, data_dir: Option<PathBuf>) -> String {
+    let config = Config {
+        tls,
+        data_dir,
+        ..Config::ephemeral()
+    };
+    match iotmock::Server::start(config).await {
+        Ok(server) => {
+            server.shutdown().await;
+            panic!("the server started")
+        }
+        Err(error) => error.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn tls_files_that_do_not_load_are_refused_naming_the_file_and_the_fix() {
+    use iotmock::transport::TlsSettings;
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = dir.path().join("server.pem");
+    std::fs::write(&not_pem, "hello").unwrap();
+    let error = tls_refusal(
+        TlsSettings {
+            cert: Some(not_pem.clone()),
+            key: Some(not_pem.clone()),
+            ..TlsSettings::default()
+        },
+        None,
+    )
+    .await;
+    assert_eq!(
+        error,
+        format!(
+            "TLS: {}: no PEM certificate in it (-----BEGIN CERTIFICATE-----)",
+            not_pem.display()
+        )
+    );
+
+    // A certificate with a key that is not one.
+    let server = TestServer::start(Config::ephemeral()).await;
+    let cert = dir.path().join("cert.pem");
+    std::fs::write(&cert, server.get_text("/api/v1/ca.pem").await).unwrap();
+    server.stop().await;
+    let error = tls_refusal(
+        TlsSettings {
+            cert: Some(cert.clone()),
+            key: Some(not_pem.clone()),
+            ..TlsSettings::default()
+        },
+        None,
+    )
+    .await;
+    assert!(
+        error.starts_with(&format!("TLS: {}: ", not_pem.display()))
+            && error.ends_with("give a PEM private key (PKCS#8, PKCS#1 or SEC1)"),
+        "{error}"
+    );
+    let error = tls_refusal(
+        TlsSettings {
+            cert: Some(cert),
+            ..TlsSettings::default()
+        },
+        None,
+    )
+    .await;
+    assert!(
+        error.contains("--tls-cert and --tls-key go together"),
+        "{error}"
+    );
+
+    // A stored CA that no longer loads: the server says which folder and
+    // what removing it costs, rather than making a new CA behind the
+    // user's back.
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("tls")).unwrap();
+    std::fs::write(data.join("tls/ca.pem"), "garbage").unwrap();
+    std::fs::write(data.join("tls/ca.key"), "garbage").unwrap();
+    let error = tls_refusal(TlsSettings::default(), Some(data.clone())).await;
+    assert!(
+        error.starts_with(&format!(
+            "TLS: {}: the stored CA does not load (",
+            data.join("tls").display()
+        )) && error.contains("remove ca.pem and ca.key to make a new one"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn tls_name_adds_a_name_the_server_certificate_covers() {
+    let server = TestServer::start(Config {
+        tls: iotmock::transport::TlsSettings {
+            names: vec!["broker.test".into()],
+            ..Default::default()
+        },
+        ..tls_config(MqttAuth::Open)
+    })
+    .await;
+    let pem = server.get_text("/api/v1/ca.pem").await;
+    let mut roots = rustls::RootCertStore::empty();
+    {
+        use rustls_pki_types::pem::PemObject;
+        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+    }
+    let client = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    let connector = tokio_rustls::TlsConnector::from(client);
+    let handshake = |name: &'static str| {
+        let connector = connector.clone();
+        let addr = mqtts(&server);
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls_pki_types::ServerName::try_from(name).unwrap();
+            connector.connect(name, tcp).await
+        }
+    };
+    let mut stream = handshake("broker.test")
+        .await
+        .expect("the extra name is in the certificate");
+    // MQTT over it: CONNECT, CONNACK accepted.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(&crate::support::wire::connect(
+            4,
+            "named",
+            true,
+            0,
+            &[],
+            None,
+        ))
+        .await
+        .unwrap();
+    let mut connack = [0u8; 4];
+    tokio::time::timeout(WAIT, stream.read_exact(&mut connack))
+        .await
+        .expect("a CONNACK in time")
+        .unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    let error = handshake("other.test")
+        .await
+        .expect_err("a name the certificate does not cover");
+    assert!(
+        error.to_string().contains("certificate"),
+        "refused for the certificate: {error}"
+    );
+    server.stop().await;
+}
