@@ -382,10 +382,24 @@ async fn real_device(
     rumqttc::AsyncClient,
     tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
 ) {
+    mqtt_client(server, device, device, "unused-in-open-mode", filter).await
+}
+
+/// An MQTT client `id` logged in as `user`, subscribed to `filter`.
+async fn mqtt_client(
+    server: &TestServer,
+    id: &str,
+    user: &str,
+    password: &str,
+    filter: &str,
+) -> (
+    rumqttc::AsyncClient,
+    tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+) {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-    let mut options = MqttOptions::new(device, "127.0.0.1", server.mqtt.port());
+    let mut options = MqttOptions::new(id, "127.0.0.1", server.mqtt.port());
     options.set_keep_alive(std::time::Duration::from_secs(30));
-    options.set_credentials(device, "unused-in-open-mode");
+    options.set_credentials(user, password);
     let (client, mut eventloop) = AsyncClient::new(options, 64);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -1165,6 +1179,228 @@ async fn patch_changes_a_devices_dialect_and_a_group_change_reaches_it() {
             .iter()
             .all(|t| !t.contains("/east/") || t.contains("DEATH")),
         "{after:?}"
+    );
+    server.stop().await;
+}
+
+/// Polls `/health` until the dialect counters satisfy `check`.
+async fn dialect_counters(server: &TestServer, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + crate::support::WAIT;
+    loop {
+        let (_, health) = server.get("/api/v1/health").await;
+        if check(&health["dialects"]) {
+            return health["dialects"].clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dialect counters never matched: {}",
+            health["dialects"]
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+async fn publish_as(client: &rumqttc::AsyncClient, topic: &str, payload: &[u8]) {
+    client
+        .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload.to_vec())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_thingsboard_device_reports_attributes_and_answers_rpc_under_device_auth() {
+    let server = TestServer::with_scenario("", |c| {
+        c.mqtt_auth = iotmock::MqttAuth::Devices {
+            admin_password: "admin-pw".into(),
+        }
+    })
+    .await;
+    let (status, body) = server
+        .post(
+            "/api/v1/devices",
+            json!({"id": "tb-1", "simulated": false, "dialect": "thingsboard"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let password = body["credentials"]["password"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // ThingsBoard devices log in with their access token (here the id)
+    // and use the same client id.
+    let (device, mut rpc) = mqtt_client(
+        &server,
+        "tb-1",
+        "tb-1",
+        &password,
+        "v1/devices/me/rpc/request/+",
+    )
+    .await;
+
+    // Telemetry and client attributes, on ThingsBoard's topics, which a
+    // device in this dialect may publish on.
+    publish_as(
+        &device,
+        "v1/devices/me/telemetry",
+        br#"{"temperature": 20.5}"#,
+    )
+    .await;
+    publish_as(&device, "v1/devices/me/attributes", br#"{"fw": "1.2.0"}"#).await;
+    // Not ThingsBoard: an attributes list, a body that is not JSON, a
+    // reply to an RPC never sent. Read and set aside.
+    publish_as(&device, "v1/devices/me/attributes", b"[1, 2]").await;
+    publish_as(&device, "v1/devices/me/telemetry", b"twenty").await;
+    publish_as(&device, "v1/devices/me/rpc/response/99", b"{}").await;
+    let counters = dialect_counters(&server, |d| d["reported"] == 1 && d["not_mine"] == 3).await;
+    assert_eq!(counters["readings"], 1, "{counters}");
+    assert_eq!(counters["failed"], 0, "{counters}");
+    let (_, shown) = server.get("/api/v1/devices/tb-1").await;
+    assert_eq!(
+        shown["reported"]["state"],
+        json!({"fw": "1.2.0"}),
+        "{shown}"
+    );
+    let export = server.get_text("/api/v1/telemetry?device=tb-1").await;
+    let row: Value = serde_json::from_str(export.lines().next().expect("a reading")).unwrap();
+    assert_eq!(
+        (row["sensor"].clone(), row["value"].clone()),
+        (json!("temperature"), json!(20.5))
+    );
+
+    // A command is an RPC request; the device's reply completes it.
+    let (status, command) = server
+        .post(
+            "/api/v1/devices/tb-1/commands",
+            json!({"name": "reboot", "params": {"in": 5}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{command}");
+    let id = command["id"].as_str().unwrap().to_string();
+    let (topic, payload) = tokio::time::timeout(crate::support::WAIT, rpc.recv())
+        .await
+        .expect("an RPC request in time")
+        .unwrap();
+    assert_eq!(topic, "v1/devices/me/rpc/request/1");
+    let request: Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(request, json!({"method": "reboot", "params": {"in": 5}}));
+    publish_as(
+        &device,
+        "v1/devices/me/rpc/response/1",
+        br#"{"rebooting": true}"#,
+    )
+    .await;
+    let (_, done) = server
+        .get(&format!("/api/v1/commands/{id}?wait_ms=5000"))
+        .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["result"], json!({"rebooting": true}));
+
+    // A back end (the admin) publishing ThingsBoard telemetry names no
+    // device: counted, not filed.
+    let (admin, _) = mqtt_client(&server, "backend", "admin", "admin-pw", "nothing/here").await;
+    publish_as(&admin, "v1/devices/me/telemetry", br#"{"temperature": 99}"#).await;
+    let counters = dialect_counters(&server, |d| d["unknown_device"] == 1).await;
+    assert_eq!(counters["readings"], 1, "{counters}");
+    assert_eq!(counters["acks"], 1, "{counters}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_speaks_only_for_itself_and_its_acks_say_how_a_command_ended() {
+    let server = TestServer::with_scenario("", |_| {}).await;
+    let dialect = json!({"plugin": "template", "config": {
+        "telemetry_topic": "site/{id}/{sensor}",
+        "command_topic": "site/{id}/cmd/{command_id}",
+        "command_payload": "{{\"op\":\"{name}\"}}",
+        "ack_topic": "site/{id}/ack/{command_id}"
+    }});
+    for id in ["s-1", "s-2"] {
+        let (status, body) = server
+            .post(
+                "/api/v1/devices",
+                json!({"id": id, "simulated": false, "dialect": dialect}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    // Naming the default dialect is the same as naming none: its topics
+    // are iotmock's own, read without a decoder.
+    let (status, body) = server
+        .post(
+            "/api/v1/devices",
+            json!({"id": "s-3", "simulated": false, "dialect": "iotmock"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (device, mut inbox) = real_device(&server, "s-1", "site/s-1/cmd/+").await;
+    let (backend, _) = real_device(&server, "backend", "nothing/here").await;
+
+    // s-1 publishing as s-2: refused. A back end may name any device in
+    // the fleet, but not one that does not exist.
+    publish_as(&device, "site/s-2/temperature", b"5").await;
+    publish_as(&backend, "site/ghost/temperature", b"6").await;
+    publish_as(&backend, "site/s-2/temperature", b"7").await;
+    let counters = dialect_counters(&server, |d| {
+        d["readings"] == 1 && d["refused"] == 1 && d["unknown_device"] == 1
+    })
+    .await;
+    assert_eq!(counters["failed"], 0, "{counters}");
+    let export = server
+        .get_text("/api/v1/telemetry?sensor=temperature")
+        .await;
+    let rows: Vec<Value> = export
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1, "{export}");
+    assert_eq!(rows[0]["device"], "s-2", "{export}");
+    assert_eq!(rows[0]["value"].as_f64(), Some(7.0), "{export}");
+
+    // Acks in the dialect: "received" keeps a command going, "rejected"
+    // and "failed" end it so; an ack for a command s-1 never had is
+    // counted apart.
+    let mut ended = Vec::new();
+    for (name, answers) in [
+        ("open", vec!["received", "rejected"]),
+        ("close", vec!["failed"]),
+    ] {
+        let (status, command) = server
+            .post("/api/v1/devices/s-1/commands", json!({"name": name}))
+            .await;
+        assert_eq!(status, 202, "{command}");
+        let id = command["id"].as_str().unwrap().to_string();
+        let (topic, _) = tokio::time::timeout(crate::support::WAIT, inbox.recv())
+            .await
+            .expect("the command in time")
+            .unwrap();
+        assert_eq!(topic, format!("site/s-1/cmd/{id}"));
+        for answer in answers {
+            let ack = json!({"status": answer, "result": {"why": answer}}).to_string();
+            publish_as(&device, &format!("site/s-1/ack/{id}"), ack.as_bytes()).await;
+        }
+        let (_, done) = server
+            .get(&format!("/api/v1/commands/{id}?wait_ms=5000"))
+            .await;
+        ended.push((done["status"].clone(), done["result"].clone()));
+    }
+    assert_eq!(
+        ended,
+        [
+            (json!("rejected"), json!({"why": "rejected"})),
+            (json!("failed"), json!({"why": "failed"}))
+        ]
+    );
+    publish_as(
+        &device,
+        "site/s-1/ack/cmd-999999",
+        br#"{"status": "completed"}"#,
+    )
+    .await;
+    let counters = dialect_counters(&server, |d| d["acks_unknown"] == 1).await;
+    assert_eq!(counters["acks"], 3, "{counters}");
+    assert_eq!(
+        counters["dialects"], 1,
+        "only the template is decoded: {counters}"
     );
     server.stop().await;
 }
