@@ -11,6 +11,7 @@ mod config_checks;
 mod dialects;
 mod durability;
 mod edge;
+mod embedding;
 mod engine;
 mod fleet;
 mod hardening;
