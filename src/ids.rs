@@ -100,12 +100,6 @@ macro_rules! checked_name {
             }
         }
 
-        impl AsRef<str> for $name {
-            fn as_ref(&self) -> &str {
-                &self.0
-            }
-        }
-
         // Shown as the text it holds, as in `{:?}` of the `String` it
         // replaces: error messages quote ids so.
         impl fmt::Debug for $name {
@@ -117,18 +111,6 @@ macro_rules! checked_name {
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.0)
-            }
-        }
-
-        impl From<$name> for String {
-            fn from(id: $name) -> String {
-                id.0
-            }
-        }
-
-        impl PartialEq<str> for $name {
-            fn eq(&self, other: &str) -> bool {
-                self.0 == other
             }
         }
 
@@ -259,5 +241,21 @@ mod tests {
         );
         assert_eq!(expand_pattern("{n}x", 9, 2).unwrap(), ["9x", "10x"]);
         assert!(expand_pattern("none", 1, 1).is_err());
+    }
+
+    #[test]
+    fn a_bad_pattern_says_what_to_write() {
+        assert_eq!(
+            expand_pattern("dev-{n", 1, 1).unwrap_err(),
+            "id_pattern \"dev-{n\": unclosed placeholder"
+        );
+        for bad in ["dev-{n:5x}", "dev-{nope}"] {
+            assert_eq!(
+                expand_pattern(bad, 1, 1).unwrap_err(),
+                format!("id_pattern {bad:?}: placeholder must be {{n}} or {{n:0W}}, e.g. {{n:05}}")
+            );
+        }
+        // `{n:5}` pads with zeros like `{n:05}`.
+        assert_eq!(expand_pattern("d{n:3}", 7, 1).unwrap(), ["d007"]);
     }
 }
