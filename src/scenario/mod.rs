@@ -238,6 +238,34 @@ mod tests {
     }
 
     #[test]
+    fn refusals_say_what_to_fix() {
+        let refused = |text: &str| Scenario::parse(text, "t.toml").unwrap_err().to_string();
+        assert_eq!(
+            refused("[[fleet]]\nid_pattern = \"d-{n}\"\n"),
+            "scenario t.toml: fleet #1: give either `id` (one device) or `id_pattern` with `count`"
+        );
+        assert_eq!(
+            refused(
+                "[[fleet]]\nid = \"d\"\n[[fleet.sensors]]\nplugin = \"temperature\"\n\
+                 [[fleet.sensors]]\nplugin = \"temperature\"\n"
+            ),
+            "scenario t.toml: fleet #1: two sensors are named \"temperature\"; give one a `name`"
+        );
+        let stub =
+            "[[stubs]]\nid = \"s\"\nrequest = { path = \"/a\" }\nresponse = { status = 200 }\n";
+        assert_eq!(
+            refused(&format!("{stub}{stub}")),
+            "scenario t.toml: stubs #2: id \"s\" is used twice"
+        );
+        let missing = std::path::Path::new("/nonexistent/scenario.toml");
+        let error = Scenario::from_file(missing).unwrap_err().to_string();
+        assert!(
+            error.starts_with("reading scenario /nonexistent/scenario.toml: "),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn start_time_is_rfc3339() {
         let s = Scenario::parse("start_time = \"2026-06-01T09:00:00+02:00\"\n", "t").unwrap();
         assert_eq!(
