@@ -11,8 +11,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 
-use crate::support::TestServer;
-use crate::support::wire::{Raw, Will, connect, packet, publish, suback, subscribe, user_property};
+use crate::support::wire::{
+    Raw, Will, connect, packet, props, publish, string, suback, subscribe, user_property,
+};
+use crate::support::{TestServer, WAIT};
 
 #[tokio::test]
 async fn v5_properties_pass_through_untouched_and_small_clients_get_what_fits() {
