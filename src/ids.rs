@@ -100,6 +100,12 @@ macro_rules! checked_name {
             }
         }
 
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
         // Shown as the text it holds, as in `{:?}` of the `String` it
         // replaces: error messages quote ids so.
         impl fmt::Debug for $name {
@@ -111,6 +117,18 @@ macro_rules! checked_name {
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.0)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
             }
         }
 

@@ -936,7 +936,7 @@ async fn listeners_are_named_in_the_ready_line_and_clashes_say_which_flag() {
 
 /// Why a server with these TLS settings (and data directory) does not
 /// start.
-async fn tls_refusal(tls: iotmock::transport::TlsSettings, data_dir: Option<PathBuf>) -> String {
+async fn tls_refusal(tls: iotmock::TlsSettings, data_dir: Option<PathBuf>) -> String {
     let config = Config {
         tls,
         data_dir,
@@ -953,7 +953,7 @@ async fn tls_refusal(tls: iotmock::transport::TlsSettings, data_dir: Option<Path
 
 #[tokio::test]
 async fn tls_files_that_do_not_load_are_refused_naming_the_file_and_the_fix() {
-    use iotmock::transport::TlsSettings;
+    use iotmock::TlsSettings;
     let dir = tempfile::tempdir().unwrap();
     let not_pem = dir.path().join("server.pem");
     std::fs::write(&not_pem, "hello").unwrap();
@@ -1026,7 +1026,7 @@ async fn tls_files_that_do_not_load_are_refused_naming_the_file_and_the_fix() {
 #[tokio::test]
 async fn tls_name_adds_a_name_the_server_certificate_covers() {
     let server = TestServer::start(Config {
-        tls: iotmock::transport::TlsSettings {
+        tls: iotmock::TlsSettings {
             names: vec!["broker.test".into()],
             ..Default::default()
         },

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
 use iotmock::Config;
-use iotmock::transport::MqttTransport;
+use iotmock::MqttTransport;
 use rumqttc::QoS;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
