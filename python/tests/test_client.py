@@ -320,8 +320,20 @@ def test_health_metrics_and_openapi(iotmock):
 
 def test_advance_with_wait_delivered_leaves_nothing_in_flight(iotmock):
     sensor_fleet(iotmock)
-    # paho-mqtt acknowledges a QoS 1 message after its callback ran: when
-    # the advance answers, every reading of the span has been collected.
+    # The readings are QoS 0: the broker has written them to the socket
+    # when the advance answers, and the client then syncs its open
+    # subscriptions, so every reading of the span has been collected.
     with iotmock.mqtt.subscribe("devices/+/telemetry/#", qos=1) as sub:
         iotmock.clock.advance(10_000, wait_delivered=True)
         assert len(sub.messages) == 20
+
+
+def test_sync_returns_once_what_the_broker_wrote_before_it_is_collected(iotmock):
+    with iotmock.mqtt.subscribe("sync/#") as sub:
+        for i in range(200):
+            iotmock.mqtt.publish(f"sync/{i}", str(i))
+        # Each publish is answered once routed; the marker goes out behind them.
+        assert sub.sync()
+        assert [m.text for m in sub.messages] == [str(i) for i in range(200)]
+    # A closed subscription has nothing to sync.
+    assert not sub.sync()

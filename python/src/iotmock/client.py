@@ -16,6 +16,7 @@ import queue
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -119,6 +120,9 @@ class Client:
         self.stubs = Stubs(self)
         self.plugins = Plugins(self)
         self.mqtt = Mqtt(self)
+        # Subscriptions made through `mqtt.subscribe`, synced by
+        # `clock.advance(wait_delivered=True)`.
+        self._subscriptions: weakref.WeakSet[Subscription] = weakref.WeakSet()
         self.http = HttpJournal(self)
 
     @property
@@ -610,7 +614,8 @@ class Clock(_Group):
 
         With `wait_delivered`, also once every MQTT message of the span has
         reached every connected subscriber (written to its socket for QoS 0,
-        acknowledged for QoS 1/2), so a subscriber in the test has them all;
+        acknowledged for QoS 1/2), and this client's open `mqtt.subscribe()`
+        blocks have them in `messages` (`Subscription.sync`);
         past `wait_timeout` (default 10 s) it raises `IotMockError` (504)
         naming the clients still waiting."""
         body: dict[str, Any] = {"ms": _ms(step)}
@@ -618,9 +623,16 @@ class Clock(_Group):
             body["wait_delivered"] = True
         if wait_timeout is not None:
             body["wait_timeout_ms"] = _ms(wait_timeout)
-        return self._client._obj(
+        answer = self._client._obj(
             "POST", "/clock/advance", json=body, timeout=max(self._client._timeout, 300.0)
         )
+        if wait_delivered:
+            # What the broker wrote to the sockets of this client's open
+            # subscriptions is in their `messages` too (QoS 0 has no ack
+            # the broker could wait for).
+            for subscription in list(self._client._subscriptions):
+                subscription.sync()
+        return answer
 
 
 # --- telemetry -----------------------------------------------------------
@@ -1135,7 +1147,7 @@ class Mqtt(_Group):
         client = self._client
         if client.mqtt_host is None or client.mqtt_port is None:
             raise RuntimeError("subscribe() needs the broker's address: give Client mqtt_host and mqtt_port")
-        return Subscription(
+        subscription = Subscription(
             client.mqtt_host,
             client.mqtt_port,
             topic,
@@ -1143,6 +1155,8 @@ class Mqtt(_Group):
             timeout=timeout,
             credentials=client.mqtt_credentials,
         )
+        client._subscriptions.add(subscription)
+        return subscription
 
 
 def _message(item: JSON) -> Message:
