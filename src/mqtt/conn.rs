@@ -512,8 +512,11 @@ where
                 // Acknowledge only what is stored.
                 if let (Some(store), Some(before)) = (&engine.store, before) {
                     let issued = store.issued();
-                    if issued > before {
-                        store.durable(issued).await;
+                    if issued > before && !store.durable(issued).await {
+                        // Its acknowledgements are not sent: the client
+                        // sends again.
+                        out.clear();
+                        break Stop::Error(rc::UNSPECIFIED, "the broker could not store it".into());
                     }
                 }
                 match handled {

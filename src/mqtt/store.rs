@@ -12,6 +12,14 @@
 //! nothing is acknowledged before it is stored. Without `--data-dir` there
 //! is no store and no cost.
 //!
+//! A batch that cannot be written (a full disk, an I/O error) leaves the
+//! file behind the broker's memory, so the store counts as failed from
+//! then on: every connection waiting on it is closed without its
+//! acknowledgement (MQTT 5: DISCONNECT 0x80), and its client sends the
+//! message again on a broker that can store it. So does a writer thread
+//! that is gone. The error is logged; what does not touch the store (QoS 0,
+//! clean sessions) goes on.
+//!
 //! The thread, its opening of the file and its batching are the ones every
 //! database has ([`crate::sqlite::spawn_writer`]); what differs from the
 //! other stores' [`Db`](crate::sqlite::Db) is the queue. Operations are
@@ -117,7 +125,15 @@ pub(crate) enum Op {
 pub(crate) struct Store {
     tx: mpsc::SyncSender<(u64, Op)>,
     issued: std::sync::atomic::AtomicU64,
-    durable: watch::Receiver<u64>,
+    durable: watch::Receiver<Durable>,
+}
+
+/// How far the writer got: the last operation it made durable, and
+/// whether a write ever failed (from then on nothing more is durable).
+#[derive(Clone, Copy, Default)]
+struct Durable {
+    upto: u64,
+    failed: bool,
 }
 
 /// What was stored, read back at start.
@@ -143,7 +159,7 @@ impl Store {
         let path = dir.join("broker.db");
         let shown = path.display().to_string();
         let (tx, rx) = mpsc::sync_channel(CHANNEL_CAPACITY);
-        let (durable_tx, durable) = watch::channel(0);
+        let (durable_tx, durable) = watch::channel(Durable::default());
         let writer_path = shown.clone();
         let loaded = crate::sqlite::spawn_writer(
             "mqtt-store".into(),
@@ -190,21 +206,30 @@ impl Store {
         self.issued.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Waits until operation `seq` and all before it are stored.
-    pub(crate) async fn durable(&self, seq: u64) {
+    /// Waits until operation `seq` and all before it are stored: true;
+    /// false when the store failed or its writer is gone, so they never
+    /// will be.
+    pub(crate) async fn durable(&self, seq: u64) -> bool {
         let mut rx = self.durable.clone();
-        let _ = rx.wait_for(|d| *d >= seq).await;
+        match rx.wait_for(|d| d.failed || d.upto >= seq).await {
+            Ok(d) => !d.failed,
+            Err(_) => false,
+        }
     }
 }
 
 /// Applies a batch in one transaction, then announces its last operation
-/// as durable (also when the write failed, which is logged).
+/// as durable, or the store as failed.
 fn write(
     conn: &mut Connection,
     batch: &mut Vec<(u64, Op)>,
-    durable: &watch::Sender<u64>,
+    durable: &watch::Sender<Durable>,
     path: &str,
 ) {
+    if durable.borrow().failed {
+        batch.clear();
+        return;
+    }
     let last = batch.last().map_or(0, |(s, _)| *s);
     let result = (|| -> rusqlite::Result<()> {
         let tx = conn.transaction()?;
@@ -213,10 +238,13 @@ fn write(
         }
         tx.commit()
     })();
-    if let Err(error) = result {
-        tracing::error!(%path, %error, "MQTT store write failed");
+    match result {
+        Ok(()) => durable.send_modify(|d| d.upto = last),
+        Err(error) => {
+            tracing::error!(%path, %error, "MQTT store write failed; stored messages and subscriptions are no longer acknowledged");
+            durable.send_modify(|d| d.failed = true);
+        }
     }
-    durable.send_replace(last);
 }
 
 fn ids_text(ids: &Option<Box<[u32]>>) -> Option<String> {
@@ -367,4 +395,30 @@ fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
         }
     }
     Ok(Loaded { retained, sessions })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_write_that_fails_makes_nothing_durable_from_then_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).await.unwrap();
+        store.push(Op::RetainClear("a/b".into()));
+        assert!(store.durable(store.issued()).await, "a write that works");
+
+        // The file loses a table behind the writer's back: its next write
+        // fails.
+        rusqlite::Connection::open(dir.path().join("broker.db"))
+            .unwrap()
+            .execute_batch("DROP TABLE retained")
+            .unwrap();
+        store.push(Op::RetainClear("a/b".into()));
+        assert!(!store.durable(store.issued()).await, "the failed write");
+        // A later operation would write (sessions are intact), but the
+        // file is already behind memory.
+        store.push(Op::SessionDel("c".into()));
+        assert!(!store.durable(store.issued()).await, "after the failure");
+    }
 }

@@ -244,6 +244,44 @@ async fn retained_messages_of_long_topics_and_queued_messages_survive_a_restart(
     server.stop().await;
 }
 
+#[tokio::test]
+async fn a_publish_the_broker_cannot_store_is_not_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_path_buf();
+    let server = TestServer::with_scenario("", |c| c.data_dir = Some(data.clone())).await;
+    let (mut publ, _) = Raw::open(server.mqtt, &connect(5, "pub", true, 0, &[], None)).await;
+    let mut retained = publish(5, "site/1", 1, 1, &[], b"kept");
+    retained[0] |= 1;
+    publ.send(&retained).await;
+    assert_eq!(publ.packet().await.unwrap().0, 0x40, "PUBACK once stored");
+
+    // The broker's file loses its table of retained messages (as a full
+    // or failing disk would fail the write).
+    rusqlite::Connection::open(data.join("mqtt/broker.db"))
+        .unwrap()
+        .execute_batch("DROP TABLE retained")
+        .unwrap();
+    let mut again = publish(5, "site/2", 1, 2, &[], b"lost");
+    again[0] |= 1;
+    publ.send(&again).await;
+    let (first, body) = publ.packet().await.expect("a DISCONNECT, not a PUBACK");
+    assert_eq!(
+        (first, body[0]),
+        (0xe0, 0x80),
+        "DISCONNECT, unspecified error"
+    );
+    assert_eq!(publ.packet().await, None, "then the connection closes");
+
+    // QoS 0 and clean sessions do not touch the store: they go on.
+    let (mut sub, _) = Raw::open(server.mqtt, &connect(5, "sub", true, 0, &[], None)).await;
+    sub.send(&subscribe(5, 1, "live/#", 0)).await;
+    suback(&mut sub).await;
+    let (mut p0, _) = Raw::open(server.mqtt, &connect(5, "p0", true, 0, &[], None)).await;
+    p0.send(&publish(5, "live/1", 0, 0, &[], b"on")).await;
+    assert_eq!(sub.publish(5).await.2, b"on");
+    server.stop().await;
+}
+
 async fn fault(server: &TestServer, rule: Value) -> String {
     let (status, v) = server.post("/api/v1/mqtt/faults", rule).await;
     assert_eq!(status, 201, "{v}");
