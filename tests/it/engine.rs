@@ -722,57 +722,6 @@ fn subscribe_v5_with(pid: u16, filter: &str, options: u8, p: &[u8]) -> Vec<u8> {
     packet(0x82, &b)
 }
 
-/// A PUBLISH taken apart: (first byte, topic, packet id, properties,
-/// payload).
-struct Parts {
-    first: u8,
-    topic: String,
-    pid: Option<u16>,
-    props: Vec<u8>,
-    payload: Vec<u8>,
-}
-
-impl Raw {
-    async fn publish_parts(&mut self, level: u8) -> Parts {
-        loop {
-            let (first, body) = self.packet().await.expect("a PUBLISH before EOF");
-            if first >> 4 != 3 {
-                continue;
-            }
-            let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
-            let topic = String::from_utf8(body[2..2 + tl].to_vec()).unwrap();
-            let mut i = 2 + tl;
-            let pid = ((first >> 1) & 3 > 0).then(|| {
-                i += 2;
-                u16::from_be_bytes([body[i - 2], body[i - 1]])
-            });
-            let mut props = Vec::new();
-            if level == 5 {
-                let mut len = 0usize;
-                let mut shift = 0;
-                loop {
-                    let b = body[i];
-                    i += 1;
-                    len |= ((b & 0x7f) as usize) << shift;
-                    shift += 7;
-                    if b & 0x80 == 0 {
-                        break;
-                    }
-                }
-                props = body[i..i + len].to_vec();
-                i += len;
-            }
-            return Parts {
-                first,
-                topic,
-                pid,
-                props,
-                payload: body[i..].to_vec(),
-            };
-        }
-    }
-}
-
 #[tokio::test]
 async fn one_publish_reaches_every_subscriber_with_its_own_version_qos_flags_and_identifiers() {
     let server = TestServer::with_scenario("", |_| {}).await;

@@ -196,16 +196,25 @@ impl Raw {
 
     /// The next PUBLISH: (topic, properties, payload).
     pub async fn publish(&mut self, level: u8) -> (String, Vec<u8>, Vec<u8>) {
+        let p = self.publish_parts(level).await;
+        (p.topic, p.props, p.payload)
+    }
+
+    /// The next PUBLISH, taken apart.
+    pub async fn publish_parts(&mut self, level: u8) -> Parts {
         loop {
             let (first, body) = self.packet().await.expect("a PUBLISH before EOF");
             if first >> 4 != 3 {
                 continue;
             }
-            let qos = (first >> 1) & 3;
             let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
             let topic = String::from_utf8(body[2..2 + tl].to_vec()).unwrap();
-            let mut i = 2 + tl + if qos > 0 { 2 } else { 0 };
-            let mut p = Vec::new();
+            let mut i = 2 + tl;
+            let pid = ((first >> 1) & 3 > 0).then(|| {
+                i += 2;
+                u16::from_be_bytes([body[i - 2], body[i - 1]])
+            });
+            let mut props = Vec::new();
             if level == 5 {
                 let mut len = 0usize;
                 let mut shift = 0;
@@ -218,10 +227,16 @@ impl Raw {
                         break;
                     }
                 }
-                p = body[i..i + len].to_vec();
+                props = body[i..i + len].to_vec();
                 i += len;
             }
-            return (topic, p, body[i..].to_vec());
+            return Parts {
+                first,
+                topic,
+                pid,
+                props,
+                payload: body[i..].to_vec(),
+            };
         }
     }
 
@@ -231,6 +246,18 @@ impl Raw {
             panic!("expected nothing, got {p:?}");
         }
     }
+}
+
+/// A PUBLISH taken apart.
+pub struct Parts {
+    /// The first byte: type, DUP, QoS and retain.
+    pub first: u8,
+    pub topic: String,
+    /// The packet id (QoS 1 and 2).
+    pub pid: Option<u16>,
+    /// The properties, as bytes (MQTT 5).
+    pub props: Vec<u8>,
+    pub payload: Vec<u8>,
 }
 
 pub async fn suback(raw: &mut Raw) {
