@@ -17,7 +17,7 @@ use wasmtime::{Store, Trap};
 
 use super::bindings::{codec, command_handler, edge_rule, sensor, types};
 use super::host::{CallContext, HostState, MemoryLimiter};
-use super::registry::{EPOCH_TICK, Entry, Prepared, Registry, Version, World};
+use super::registry::{EPOCH_TICK, Entry, Prepared, Registry, Ticker, Version, World};
 use super::{
     CallError, HandlerCommand, HandlerReply, Handling, PluginLimits, ReplyStatus, Sample,
     SampleRequest, SensorInfo,
@@ -53,6 +53,7 @@ struct Live {
 
 pub(crate) struct Worker {
     live: HashMap<Arc<str>, Live>,
+    ticker: Arc<Ticker>,
     deadline_ticks: u64,
     timeout_ms: u64,
     max_memory: usize,
@@ -70,6 +71,7 @@ impl Pool {
             let rx = rx.clone();
             let mut worker = Worker {
                 live: HashMap::new(),
+                ticker: registry.ticker.clone(),
                 deadline_ticks,
                 timeout_ms: limits.call_timeout.as_millis() as u64,
                 max_memory: limits.max_memory_bytes,
@@ -457,6 +459,8 @@ impl Worker {
         f: impl FnOnce(&mut Store<HostState>, &Exports) -> wasmtime::Result<R>,
     ) -> (Result<R, CallError>, CallContext) {
         let deadline_ticks = self.deadline_ticks;
+        let ticker = self.ticker.clone();
+        let _busy = ticker.busy();
         let live = match self.live_for(version) {
             Ok(live) => live,
             Err(e) => return (Err(e), ctx),

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -326,6 +326,8 @@ impl Entry {
 
 pub(crate) struct Registry {
     pub engine: Engine,
+    /// Runs the epoch for plugin calls' deadlines.
+    pub ticker: Arc<Ticker>,
     linker: Linker<HostState>,
     entries: RwLock<BTreeMap<String, Arc<Entry>>>,
     next_version: AtomicU64,
@@ -338,7 +340,7 @@ impl Registry {
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
         config.cache(compile_cache());
         let engine = Engine::new(&config).expect("wasmtime engine configuration is valid");
-        spawn_epoch_ticker(engine.weak());
+        let ticker = Arc::new(Ticker::spawn(engine.weak()));
 
         let mut linker = Linker::new(&engine);
         sensor::iotmock::plugin::host::add_to_linker::<HostState, HasSelf<HostState>>(
@@ -353,6 +355,7 @@ impl Registry {
         .expect("types interface links");
         Self {
             engine,
+            ticker,
             linker,
             entries: RwLock::default(),
             next_version: AtomicU64::new(1),
@@ -620,19 +623,66 @@ impl Registry {
     }
 }
 
-fn spawn_epoch_ticker(engine: EngineWeak) {
-    // An OS thread, not a tokio task: a guest stuck in a loop can occupy a
-    // runtime worker, and the ticker must still run to stop it.
-    std::thread::Builder::new()
-        .name("iotmock-epoch".into())
-        .spawn(move || {
-            while let Some(engine) = engine.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(EPOCH_TICK);
-            }
-        })
-        .expect("spawn epoch ticker thread");
+/// Advances the engine's epoch every [`EPOCH_TICK`] while a plugin call
+/// runs (a call's deadline is counted in these ticks), and sleeps while
+/// none does: a server that runs no plugin takes no wake-ups from it.
+pub(crate) struct Ticker {
+    busy: Arc<AtomicUsize>,
+    thread: std::thread::Thread,
+}
+
+/// Holds the ticker running for as long as it lives ([`Ticker::busy`]).
+pub(crate) struct Busy<'a>(&'a Ticker);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Ticker {
+    fn spawn(engine: EngineWeak) -> Self {
+        let busy = Arc::new(AtomicUsize::new(0));
+        let calls = busy.clone();
+        // An OS thread, not a tokio task: a guest stuck in a loop can
+        // occupy a runtime worker, and the ticker must still run to stop
+        // it.
+        let thread = std::thread::Builder::new()
+            .name("iotmock-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = engine.upgrade() {
+                    if calls.load(Ordering::Acquire) == 0 {
+                        drop(engine);
+                        // Woken by the next call; the timeout only notices
+                        // an engine that is gone.
+                        std::thread::park_timeout(Duration::from_secs(1));
+                        continue;
+                    }
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .expect("spawn epoch ticker thread")
+            .thread()
+            .clone();
+        Self { busy, thread }
+    }
+
+    /// A call is about to run guest code: the epoch advances until the
+    /// returned guard drops.
+    pub(crate) fn busy(&self) -> Busy<'_> {
+        if self.busy.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.thread.unpark();
+        }
+        Busy(self)
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.thread.unpark();
+    }
 }
 
 fn first_line(e: &wasmtime::Error) -> String {
