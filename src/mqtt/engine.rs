@@ -18,7 +18,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use super::Qos;
 use super::auth::Authorizer;
 use super::codec::{OutPublish, V5, rc};
 use super::journal::Origin;
@@ -28,6 +27,7 @@ use super::session::{
 };
 use super::store::{Loaded, Op, RELEASED, SENT, Store};
 use super::tree::{Filter, Hit, SubOpts, Tree, parse_filter};
+use super::{FastMap, Qos};
 use crate::clock::{Clock, wall_ms};
 
 /// The end of one connected client's deliveries at a moment.
@@ -95,9 +95,9 @@ enum Timer {
 
 #[derive(Default)]
 struct Core {
-    sessions: HashMap<Arc<str>, Session>,
+    sessions: FastMap<Arc<str>, Session>,
     tree: Tree,
-    retained: HashMap<Arc<str>, Arc<Msg>>,
+    retained: FastMap<Arc<str>, Arc<Msg>>,
     /// (due sim ms, sequence) → timer.
     timers: BTreeMap<(i64, u64), Timer>,
     timer_seq: u64,
@@ -1146,7 +1146,7 @@ fn remove_subscriptions(tree: &mut Tree, s: &Session) {
 }
 
 fn queue_retained(
-    retained: &mut HashMap<Arc<str>, Arc<Msg>>,
+    retained: &mut FastMap<Arc<str>, Arc<Msg>>,
     session: &mut Session,
     f: &Filter<'_>,
     opts: &SubOpts,

@@ -3,7 +3,7 @@
 //! and taps (in-process listeners on what clients publish). The engine
 //! calls these hooks; the facade reads them. Nothing here knows packets.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -19,7 +19,7 @@ pub(crate) struct Observed {
     pub clock: Clock,
     pub events: broadcast::Sender<ClientEvent>,
     // std locks: held for a map update or a scan, never across an await.
-    clients: Mutex<HashMap<Arc<str>, Client>>,
+    clients: Mutex<super::FastMap<Arc<str>, Client>>,
     /// In-process listeners on what clients publish (the command engine
     /// reads acks this way). Written when a tap is added, read per publish.
     pub taps: RwLock<Vec<Tap>>,

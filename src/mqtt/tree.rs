@@ -6,7 +6,6 @@
 //! The tree knows clients only by id; the engine's core owns it under its
 //! lock.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The options a client subscribed with.
@@ -46,7 +45,7 @@ pub(crate) fn parse_filter(raw: &str) -> Result<Filter<'_>, &'static str> {
 
 #[derive(Default)]
 struct Node {
-    children: HashMap<Box<str>, Node>,
+    children: super::FastMap<Box<str>, Node>,
     subs: Vec<(Arc<str>, SubOpts)>,
     groups: Vec<Group>,
 }
