@@ -353,68 +353,93 @@ pub async fn throughput(
     })
 }
 
-/// One publisher → one subscriber at a fixed rate; each payload carries
-/// its send time, the subscriber takes the difference.
+/// One publisher → one subscriber per broker at a fixed rate, every
+/// broker in the same run: broker `b` of `n` gets its message `b / n` of a
+/// period after the first broker's, so that no two are in flight together,
+/// and a burst of load from elsewhere on the machine falls on all of them
+/// alike. Each payload carries its send time; the subscriber takes the
+/// difference. `first` rotates which broker leads the period.
 pub async fn latency(
-    broker: &Proc,
+    brokers: &[&Proc],
+    first: usize,
     qos_level: u8,
     rate: u64,
     duration: Duration,
-) -> anyhow::Result<LatencyRun> {
-    let addr = broker.mqtt;
-    let run = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    let topic = format!("lat/{}/{run}", std::process::id());
+) -> anyhow::Result<Vec<LatencyRun>> {
     let q = qos(qos_level);
     let base = Instant::now();
-    let samples = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
     let mut clients = Clients::default();
-    let (sub, eventloop) = AsyncClient::new(options(addr, &client_id("lsub")), 1000);
-    sub.subscribe(&topic, q).await?;
-    {
-        let samples = samples.clone();
-        clients.tasks.push(
-            drive(eventloop, true, move |payload| {
-                let now = base.elapsed().as_nanos() as u64;
-                if let Some(sent) = payload.get(..8) {
-                    let sent = u64::from_le_bytes(sent.try_into().expect("8 bytes"));
-                    samples.lock().unwrap().push(now.saturating_sub(sent));
-                }
-            })
-            .await?,
-        );
+    let mut lanes = Vec::with_capacity(brokers.len());
+    for broker in brokers {
+        let run = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let topic = format!("lat/{}/{run}", std::process::id());
+        let samples = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
+        let (sub, eventloop) = AsyncClient::new(options(broker.mqtt, &client_id("lsub")), 1000);
+        sub.subscribe(&topic, q).await?;
+        {
+            let samples = samples.clone();
+            clients.tasks.push(
+                drive(eventloop, true, move |payload| {
+                    let now = base.elapsed().as_nanos() as u64;
+                    if let Some(sent) = payload.get(..8) {
+                        let sent = u64::from_le_bytes(sent.try_into().expect("8 bytes"));
+                        samples.lock().unwrap().push(now.saturating_sub(sent));
+                    }
+                })
+                .await?,
+            );
+        }
+        clients.clients.push(sub);
+        let publisher = RawPublisher::connect(broker.mqtt, &client_id("lpub")).await?;
+        lanes.push((topic, samples, publisher));
     }
-    clients.clients.push(sub);
-    let mut publisher = RawPublisher::connect(addr, &client_id("lpub")).await?;
 
+    let n = brokers.len().max(1);
     let count = rate * duration.as_millis() as u64 / 1000;
     let period = Duration::from_nanos(1_000_000_000 / rate.max(1));
-    let cpu_before = broker.cpu();
+    let cpu_before: Vec<_> = brokers.iter().map(|b| b.cpu()).collect();
     let start = Instant::now();
     let mut payload = vec![b'x'; 64];
     for i in 0..count {
-        let at = start + period * i as u32;
-        let now = Instant::now();
-        if at > now {
-            tokio::time::sleep_until(at.into()).await;
+        for slot in 0..n {
+            let b = (first + slot) % n;
+            let at = start + period * i as u32 + period * slot as u32 / n as u32;
+            let now = Instant::now();
+            if at > now {
+                tokio::time::sleep_until(at.into()).await;
+            }
+            let (topic, _, publisher) = &mut lanes[b];
+            payload[..8].copy_from_slice(&(base.elapsed().as_nanos() as u64).to_le_bytes());
+            publisher.publish(topic, qos_level, &payload)?;
         }
-        payload[..8].copy_from_slice(&(base.elapsed().as_nanos() as u64).to_le_bytes());
-        publisher.publish(&topic, qos_level, &payload)?;
     }
     let wait_until = Instant::now() + Duration::from_secs(2);
-    while (samples.lock().unwrap().len() as u64) < count && Instant::now() < wait_until {
+    while lanes
+        .iter()
+        .any(|(_, s, _)| (s.lock().unwrap().len() as u64) < count)
+        && Instant::now() < wait_until
+    {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let wall = start.elapsed();
-    let cpu = broker.cpu().since(&cpu_before);
-    publisher.close().await;
+    let cpu: Vec<_> = brokers
+        .iter()
+        .zip(&cpu_before)
+        .map(|(b, before)| b.cpu().since(before))
+        .collect();
+    let mut runs = Vec::with_capacity(n);
+    for ((_, samples, publisher), cpu) in lanes.into_iter().zip(cpu) {
+        publisher.close().await;
+        let samples_ns = std::mem::take(&mut *samples.lock().unwrap());
+        runs.push(LatencyRun {
+            sent: count,
+            samples_ns,
+            cpu_s: cpu.as_secs_f64(),
+            wall_s: wall.as_secs_f64(),
+        });
+    }
     clients.close().await;
-    let samples_ns = std::mem::take(&mut *samples.lock().unwrap());
-    Ok(LatencyRun {
-        sent: count,
-        samples_ns,
-        cpu_s: cpu.as_secs_f64(),
-        wall_s: wall.as_secs_f64(),
-    })
+    Ok(runs)
 }
 
 /// A publisher on a raw MQTT 3.1.1 connection with TCP_NODELAY: rumqttc

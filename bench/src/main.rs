@@ -570,7 +570,7 @@ async fn brokers(
     if wants("latency") {
         let mut table = Table::new(
             &format!(
-                "Broker latency at {} msg/s ({LATENCY_RATE_NOTE}, {} runs of {:?} per broker, alternating)",
+                "Broker latency at {} msg/s per broker ({LATENCY_RATE_NOTE}, {} runs of {:?}, the brokers interleaved message by message)",
                 plan.latency_rate, plan.latency_chunks, plan.latency_time
             ),
             &[
@@ -587,19 +587,19 @@ async fn brokers(
         );
         let mut json_rows = Vec::new();
         for q in [0u8, 1, 2] {
-            // Short runs, alternating between the brokers, so that a burst
-            // of load from elsewhere on the machine falls on both.
+            // Short runs, every broker in each, interleaved message by
+            // message and leading in turn, so that a burst of load from
+            // elsewhere on the machine falls on all of them.
             let mut runs: Vec<Vec<broker::LatencyRun>> = procs.iter().map(|_| Vec::new()).collect();
             for chunk in 0..plan.latency_chunks {
-                let order: Vec<usize> = if chunk % 2 == 0 {
-                    (0..procs.len()).collect()
-                } else {
-                    (0..procs.len()).rev().collect()
-                };
-                for i in order {
-                    procs[i].check_alive()?;
-                    let run =
-                        broker::latency(&procs[i], q, plan.latency_rate, plan.latency_time).await?;
+                for p in procs.iter_mut() {
+                    p.check_alive()?;
+                }
+                let brokers: Vec<&Proc> = procs.iter().collect();
+                let chunk_runs =
+                    broker::latency(&brokers, chunk, q, plan.latency_rate, plan.latency_time)
+                        .await?;
+                for (i, run) in chunk_runs.into_iter().enumerate() {
                     runs[i].push(run);
                 }
             }
