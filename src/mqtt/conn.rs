@@ -181,7 +181,7 @@ async fn read_frame<S: AsyncRead + Unpin>(
         if let Some(f) = codec::split(buf, max)? {
             return Ok(Some(f));
         }
-        match stream.read_buf(buf).await {
+        match read_some(stream, buf).await {
             Ok(0) | Err(_) => return Ok(None),
             Ok(_) => {}
         }
@@ -589,7 +589,41 @@ async fn read_more<S: AsyncRead + Unpin>(
     if buffered {
         return Ok(rbuf.len());
     }
-    stream.read_buf(rbuf).await
+    read_some(stream, rbuf).await
+}
+
+/// The most one read takes from a socket.
+const READ_CHUNK: usize = 16 * 1024;
+
+thread_local! {
+    /// Each runtime thread's read buffer. A connection reads into it and
+    /// keeps only what came, so a packet is taken in one call whatever
+    /// room the connection's own buffer had left (reading into that room
+    /// took two or three calls for an 80-byte PUBLISH), and a connection
+    /// waiting for its next packet reserves nothing for it.
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
+}
+
+/// Reads what the stream has, up to [`READ_CHUNK`], onto the end of
+/// `rbuf`.
+async fn read_some<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+) -> std::io::Result<usize> {
+    if rbuf.capacity() - rbuf.len() >= READ_CHUNK {
+        // A large packet is coming and `codec::split` made room for it.
+        return stream.read_buf(rbuf).await;
+    }
+    std::future::poll_fn(|cx| {
+        SCRATCH.with_borrow_mut(|scratch| {
+            let mut buf = tokio::io::ReadBuf::new(scratch);
+            std::task::ready!(std::pin::Pin::new(&mut *stream).poll_read(cx, &mut buf))?;
+            rbuf.extend_from_slice(buf.filled());
+            std::task::Poll::Ready(Ok(buf.filled().len()))
+        })
+    })
+    .await
 }
 
 fn encode_out(o: &Out, version: u8, now: i64, out: &mut BytesMut) {

@@ -864,3 +864,56 @@ async fn a_subscriber_gets_a_publishers_messages_in_order_while_it_reads_slowly_
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn packets_of_any_size_arrive_whole_however_the_bytes_are_cut() {
+    let server = TestServer::with_scenario("", |_| {}).await;
+    let addr = server.mqtt;
+    let (mut sub, _) = Raw::open(addr, &connect(4, "sizes-sub", true, 0, &[], None)).await;
+    sub.send(&subscribe(4, 1, "sizes/#", 0)).await;
+    suback(&mut sub).await;
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        for _ in 0..6 {
+            let (topic, _, payload) = sub.publish(4).await;
+            got.push((topic, payload));
+        }
+        got
+    });
+
+    // Payloads on both sides of the broker's 16 KiB read, one of them a
+    // megabyte, each filled with its own pattern.
+    let sizes = [3usize, 20 * 1024, 1024 * 1024, 1, 16 * 1024 - 5, 100 * 1024];
+    let payloads: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (0..n).map(|b| (b * 7 + i * 31) as u8).collect())
+        .collect();
+    let mut bytes = Vec::new();
+    for (i, p) in payloads.iter().enumerate() {
+        bytes.extend_from_slice(&publish(4, &format!("sizes/{i}"), 0, 0, &[], p));
+    }
+    // The first four in one write; the rest cut at odd places, the
+    // broker reading whatever has come between pauses.
+    let first_four: usize = (0..4)
+        .map(|i| publish(4, &format!("sizes/{i}"), 0, 0, &[], &payloads[i]).len())
+        .sum();
+    let (head, tail) = bytes.split_at(first_four);
+    let (mut publ, _) = Raw::open(addr, &connect(4, "sizes-pub", true, 0, &[], None)).await;
+    publ.send(head).await;
+    for piece in tail.chunks(7_001) {
+        publ.send(piece).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+
+    let got = tokio::time::timeout(WAIT, reader)
+        .await
+        .expect("every packet arrived in time")
+        .unwrap();
+    for (i, (topic, payload)) in got.iter().enumerate() {
+        assert_eq!(topic, &format!("sizes/{i}"));
+        assert_eq!(payload.len(), sizes[i], "payload {i}'s length");
+        assert!(payload == &payloads[i], "payload {i} arrived altered");
+    }
+    server.stop().await;
+}
