@@ -524,7 +524,9 @@ where
                     Ok(Some(stop)) => break stop,
                     Err(e) => break Stop::Error(e.code, e.detail),
                 }
-                if rbuf.is_empty() && rbuf.capacity() > KEEP_BUFFER {
+                // Reads go through the thread's buffer (`read_some`): a
+                // connection between packets holds none of its own.
+                if rbuf.is_empty() && rbuf.capacity() > 0 {
                     rbuf = BytesMut::new();
                 }
             }
