@@ -27,6 +27,17 @@
 //!   of changes) and waited for through a durable watermark: it brings its
 //!   own std channel and batch function and shares the thread and the
 //!   batching.
+//!
+//! Closing: a server registers every thread it starts in its [`Writers`],
+//! and its shutdown closes them all ([`Writers::close`]): each thread
+//! takes no new work from then on (a [`Db::call`] made after it gets an
+//! error saying the database is closed), finishes and commits what was
+//! already queued, closes its connection and ends, and the shutdown waits
+//! for that. Closing the last connection checkpoints the WAL into the
+//! file and removes the `-wal` and `-shm` files, so once a shutdown has
+//! returned, the folder holds only the database files, and a new server
+//! may open them at once. Without a registry (a store opened on its own),
+//! the thread ends when the last handle is dropped.
 
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
@@ -75,33 +86,127 @@ pub(crate) const JOB_CAPACITY: usize = 1024;
 /// one.
 const MAX_BATCH: usize = 256;
 
+/// What a writer thread's inbox carries: work, or the word to close.
+pub(crate) enum Mail<T> {
+    Work(T),
+    /// Take nothing more: finish what was sent before, then end.
+    Close,
+}
+
 /// Where a writer thread takes its work from: a channel whose receiving
 /// end can block (the thread is not a runtime thread).
 pub(crate) trait Inbox: Send + 'static {
     type Item: Send;
-    /// Waits for the next item; `None` once every sender is gone.
-    fn wait(&mut self) -> Option<Self::Item>;
-    /// The next item if one has arrived.
-    fn ready(&mut self) -> Option<Self::Item>;
+    /// Waits for the next mail; `None` once no more can come (every
+    /// sender is gone, or the inbox was closed and is empty).
+    fn wait(&mut self) -> Option<Mail<Self::Item>>;
+    /// The next mail if one has arrived.
+    fn ready(&mut self) -> Option<Mail<Self::Item>>;
+    /// Refuses mail from now on; what was sent before still comes out of
+    /// [`Inbox::wait`].
+    fn close(&mut self);
 }
 
-impl<T: Send + 'static> Inbox for std::sync::mpsc::Receiver<T> {
-    type Item = T;
-    fn wait(&mut self) -> Option<T> {
-        self.recv().ok()
-    }
-    fn ready(&mut self) -> Option<T> {
-        self.try_recv().ok()
+/// A std channel's receiving end, for a sender that cannot await (the
+/// broker's store queues under a std lock). A std channel cannot refuse
+/// senders while its receiver lives, so closing only stops the waiting:
+/// what has arrived is taken, and a send after the thread ended fails.
+pub(crate) struct SyncInbox<T> {
+    rx: std::sync::mpsc::Receiver<Mail<T>>,
+    closed: bool,
+}
+
+impl<T> SyncInbox<T> {
+    pub(crate) fn new(rx: std::sync::mpsc::Receiver<Mail<T>>) -> Self {
+        Self { rx, closed: false }
     }
 }
 
-impl<T: Send + 'static> Inbox for mpsc::Receiver<T> {
+impl<T: Send + 'static> Inbox for SyncInbox<T> {
     type Item = T;
-    fn wait(&mut self) -> Option<T> {
+    fn wait(&mut self) -> Option<Mail<T>> {
+        if self.closed {
+            self.rx.try_recv().ok()
+        } else {
+            self.rx.recv().ok()
+        }
+    }
+    fn ready(&mut self) -> Option<Mail<T>> {
+        self.rx.try_recv().ok()
+    }
+    fn close(&mut self) {
+        self.closed = true;
+    }
+}
+
+/// Tokio's receiver refuses senders once closed and still hands out
+/// everything sent before (a send that got in is never lost).
+impl<T: Send + 'static> Inbox for mpsc::Receiver<Mail<T>> {
+    type Item = T;
+    fn wait(&mut self) -> Option<Mail<T>> {
         self.blocking_recv()
     }
-    fn ready(&mut self) -> Option<T> {
+    fn ready(&mut self) -> Option<Mail<T>> {
         self.try_recv().ok()
+    }
+    fn close(&mut self) {
+        mpsc::Receiver::close(self);
+    }
+}
+
+/// The writer threads one server started, so that its shutdown can close
+/// them and wait until they have ended. Several servers may run in one
+/// process, so each has its own.
+#[derive(Default)]
+pub(crate) struct Writers {
+    // A std lock: held only to push or take the list, never across an
+    // `.await`.
+    started: std::sync::Mutex<Vec<Writer>>,
+}
+
+/// Sends a writer thread [`Mail::Close`] (may wait for room in its inbox).
+pub(crate) type Closer = Box<dyn FnOnce() + Send>;
+
+struct Writer {
+    thread: std::thread::JoinHandle<()>,
+    close: Closer,
+}
+
+impl Writers {
+    /// Closes every thread registered so far and returns once each has
+    /// committed what it had been sent, closed its file and ended. Work
+    /// sent after this began is refused.
+    pub(crate) async fn close(&self) {
+        let started = std::mem::take(&mut *self.started.lock().unwrap());
+        if started.is_empty() {
+            return;
+        }
+        // Sending may wait for room in a full inbox and joining waits on
+        // the disk: neither on a runtime thread. All are told first, so
+        // they finish side by side.
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut threads = Vec::with_capacity(started.len());
+            for writer in started {
+                (writer.close)();
+                threads.push(writer.thread);
+            }
+            for thread in threads {
+                let name = thread.thread().name().unwrap_or_default().to_string();
+                if thread.join().is_err() {
+                    tracing::error!(thread = %name, "a database thread panicked");
+                }
+            }
+        })
+        .await;
+        if let Err(error) = joined {
+            tracing::error!(%error, "closing the databases failed");
+        }
+    }
+
+    /// Threads registered and not yet closed.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.started.lock().unwrap().len()
     }
 }
 
@@ -109,11 +214,15 @@ impl<T: Send + 'static> Inbox for mpsc::Receiver<T> {
 /// memory when `None`): it opens the file with `migrations`, runs `start`
 /// on it (a start-up read, whose answer this returns), then hands
 /// `batch` whatever `inbox` holds, up to `max_batch` items at a time,
-/// until every sender is gone. `batch` leaves the items it is given
-/// consumed or not; they are cleared after it returns.
+/// until every sender is gone or it is closed. `batch` leaves the items
+/// it is given consumed or not; they are cleared after it returns.
+///
+/// With `writers`, the thread is registered there once the file is open,
+/// with `close` (which sends it [`Mail::Close`]) for the server's shutdown.
 ///
 /// The caller waits without holding a runtime thread. A panic while
 /// opening or in `start` is raised again here.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn spawn_writer<I, S>(
     thread: String,
     path: Option<PathBuf>,
@@ -122,6 +231,7 @@ pub(crate) async fn spawn_writer<I, S>(
     max_batch: usize,
     start: impl FnOnce(&mut Connection) -> S + Send + 'static,
     mut batch: impl FnMut(&mut Connection, &mut Vec<I::Item>) + Send + 'static,
+    writers: Option<(&Writers, Closer)>,
 ) -> Result<S, OpenError>
 where
     I: Inbox,
@@ -129,7 +239,7 @@ where
 {
     let shown = shown(path.as_deref());
     let (opened_tx, opened) = oneshot::channel();
-    std::thread::Builder::new()
+    let handle = std::thread::Builder::new()
         .name(thread)
         .spawn(move || {
             let first = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -152,23 +262,34 @@ where
                 }
             };
             let mut items = Vec::with_capacity(max_batch.min(1024));
+            let take = |inbox: &mut I, mail: Mail<I::Item>, items: &mut Vec<I::Item>| match mail {
+                Mail::Work(item) => items.push(item),
+                Mail::Close => inbox.close(),
+            };
             while let Some(first) = inbox.wait() {
-                items.push(first);
+                take(&mut inbox, first, &mut items);
                 while items.len() < max_batch {
                     match inbox.ready() {
-                        Some(item) => items.push(item),
+                        Some(mail) => take(&mut inbox, mail, &mut items),
                         None => break,
                     }
                 }
-                batch(&mut conn, &mut items);
-                items.clear();
+                if !items.is_empty() {
+                    batch(&mut conn, &mut items);
+                    items.clear();
+                }
+            }
+            // Closed here, before the thread ends, so whoever joins it
+            // finds the file closed (and its WAL folded back in).
+            if let Err((_, error)) = conn.close() {
+                tracing::warn!(%error, "closing a database failed; SQLite closes it when the process ends");
             }
         })
         .map_err(|source| OpenError::Thread {
             path: shown.clone(),
             source,
         })?;
-    match opened.await {
+    let opened = match opened.await {
         Ok(Ok(opened)) => opened,
         Ok(Err(panic)) => std::panic::resume_unwind(panic),
         // The thread answers before it can end (panics are caught).
@@ -176,7 +297,14 @@ where
             path: shown,
             source: std::io::Error::other("it ended before opening the file"),
         }),
+    }?;
+    if let Some((writers, close)) = writers {
+        writers.started.lock().unwrap().push(Writer {
+            thread: handle,
+            close,
+        });
     }
+    Ok(opened)
 }
 
 fn shown(path: Option<&Path>) -> String {
@@ -185,33 +313,42 @@ fn shown(path: Option<&Path>) -> String {
 
 /// One database, owned by its own thread: the handle the fleet, command,
 /// edge and stub stores hold. Cheap to clone; the thread ends (after the
-/// jobs already queued) when the last handle is dropped.
+/// jobs already queued) when its server's [`Writers`] close it, or, when
+/// it has none, when the last handle is dropped.
 #[derive(Clone)]
 pub(crate) struct Db {
-    jobs: mpsc::Sender<Box<dyn Job>>,
+    jobs: mpsc::Sender<Mail<Box<dyn Job>>>,
     /// The file, for errors.
     name: Arc<str>,
 }
 
 impl Db {
     /// Opens `path` (an in-memory database when `None`) with `migrations`
-    /// on a new thread named after the file.
+    /// on a new thread named after the file, registered in `writers`.
     pub(crate) async fn open(
         path: Option<&Path>,
         migrations: &'static [&'static str],
+        writers: Option<&Writers>,
     ) -> Result<Self, OpenError> {
-        Self::open_with(path, migrations, JOB_CAPACITY).await
+        Self::open_with(path, migrations, JOB_CAPACITY, writers).await
     }
 
     async fn open_with(
         path: Option<&Path>,
         migrations: &'static [&'static str],
         capacity: usize,
+        writers: Option<&Writers>,
     ) -> Result<Self, OpenError> {
         let file = path
             .and_then(Path::file_name)
             .map_or_else(|| "memory".into(), |f| f.to_string_lossy());
         let (jobs, inbox) = mpsc::channel(capacity);
+        let closer = jobs.clone();
+        let close: Closer = Box::new(move || {
+            // Waits for room behind the jobs already queued; fails only
+            // when the thread is gone already.
+            let _ = closer.blocking_send(Mail::Close);
+        });
         spawn_writer(
             format!("sqlite {file}"),
             path.map(Path::to_path_buf),
@@ -220,6 +357,7 @@ impl Db {
             MAX_BATCH,
             |_| (),
             run_batch,
+            writers.map(|w| (w, close)),
         )
         .await?;
         Ok(Self {
@@ -252,8 +390,8 @@ impl Db {
             done: None,
             reply,
         });
-        if self.jobs.send(job).await.is_err() {
-            return Err(self.stopped().into());
+        if self.jobs.send(Mail::Work(job)).await.is_err() {
+            return Err(self.closed().into());
         }
         match answer.await {
             Ok(Ok(done)) => done,
@@ -262,8 +400,19 @@ impl Db {
         }
     }
 
-    /// The thread is gone: only if it panicked outside a job, which the
-    /// batch loop does not do; said rather than assumed.
+    /// The database takes no more work: its server has shut down.
+    fn closed(&self) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(
+            ffi::Error::new(ffi::SQLITE_MISUSE),
+            Some(format!(
+                "{} is closed (its server has shut down), so nothing was done; start a server again to use it",
+                self.name
+            )),
+        )
+    }
+
+    /// The thread is gone without answering: only if it panicked outside
+    /// a job, which the batch loop does not do; said rather than assumed.
     fn stopped(&self) -> rusqlite::Error {
         rusqlite::Error::SqliteFailure(
             ffi::Error::new(ffi::SQLITE_ABORT),
@@ -479,7 +628,7 @@ mod tests {
 
     #[tokio::test]
     async fn jobs_run_in_the_order_they_were_sent() {
-        let db = Db::open(None, LOG).await.unwrap();
+        let db = Db::open(None, LOG, None).await.unwrap();
         let (go, held) = hold(&db).await;
         // Sent one after another while the thread is busy, more than one
         // transaction takes: they run in that order, across batches.
@@ -509,7 +658,7 @@ mod tests {
     async fn an_answer_comes_after_its_transaction_committed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
-        let db = Db::open(Some(&path), LOG).await.unwrap();
+        let db = Db::open(Some(&path), LOG, None).await.unwrap();
         // Many callers at once, so answers come out of shared batches:
         // each looks through a connection of its own the moment it is
         // answered, and must find its row there already.
@@ -535,7 +684,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_job_leaves_nothing_and_spares_its_neighbours() {
-        let db = Db::open(None, LOG).await.unwrap();
+        let db = Db::open(None, LOG, None).await.unwrap();
         let (first, failed, last) = tokio::join!(
             db.call(|conn| conn.execute("INSERT INTO log (n) VALUES (1)", [])),
             db.call(|conn| {
@@ -560,7 +709,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_job_panics_its_caller_and_the_thread_carries_on() {
-        let db = Db::open(None, LOG).await.unwrap();
+        let db = Db::open(None, LOG, None).await.unwrap();
         let panicking = db.clone();
         let caller = tokio::spawn(async move {
             panicking
@@ -590,7 +739,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_makes_callers_wait_and_drops_nothing() {
         const CAPACITY: usize = 4;
-        let db = Db::open_with(None, LOG, CAPACITY).await.unwrap();
+        let db = Db::open_with(None, LOG, CAPACITY, None).await.unwrap();
         let (go, held) = hold(&db).await;
         let extra = 3;
         let callers: Vec<_> = (0..(CAPACITY + extra) as i64)
@@ -616,8 +765,105 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let empty = dir.path().join("empty.db");
         std::fs::write(&empty, b"").unwrap();
-        let err = Db::open(Some(&empty), LOG).await.err().unwrap();
+        let err = Db::open(Some(&empty), LOG, None).await.err().unwrap();
         assert!(err.to_string().contains("is empty (zero bytes)"), "{err}");
+    }
+
+    /// The files next to `path` (its `-wal` and `-shm`, when they exist).
+    fn beside(path: &Path) -> Vec<String> {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let mut found: Vec<String> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .filter(|f| f.starts_with(&name))
+            .collect();
+        found.sort();
+        found
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn closing_commits_what_was_queued_then_refuses_and_ends_the_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let writers = Writers::default();
+        let db = Db::open(Some(&path), LOG, Some(&writers)).await.unwrap();
+        assert_eq!(writers.len(), 1);
+        let (go, held) = hold(&db).await;
+        // Queued behind a busy thread when the close comes: each is still
+        // run and committed before the close returns.
+        let queued_before: Vec<_> = (0..50).map(|n| insert(&db, n)).collect();
+        wait_until("the jobs were not queued", || queued(&db) == 50).await;
+        let closing = tokio::spawn(async move { writers.close().await });
+        wait_until("the close was not queued", || queued(&db) == 51).await;
+        go.send(()).unwrap();
+        held.await.unwrap().unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), closing)
+            .await
+            .expect("the close returns once the thread ended")
+            .unwrap();
+        for caller in queued_before {
+            assert_eq!(caller.await.unwrap().unwrap(), 1);
+        }
+        // The thread is gone and the file closed: the WAL was folded back
+        // into it and removed with the shared-memory file.
+        assert_eq!(beside(&path), ["t.db"]);
+        let other = Connection::open(&path).unwrap();
+        assert_eq!(count(&other).unwrap(), 50);
+        // Work sent afterwards is refused at once, saying why.
+        let refused = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            db.call(|conn| conn.execute("INSERT INTO log (n) VALUES (99)", [])),
+        )
+        .await
+        .expect("a call to a closed database does not hang")
+        .unwrap_err();
+        assert!(refused.to_string().contains("t.db is closed"), "{refused}");
+        assert_eq!(count(&other).unwrap(), 50);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn callers_waiting_for_room_at_close_are_run_or_refused_never_left_hanging() {
+        const CAPACITY: usize = 4;
+        let writers = Writers::default();
+        let db = Db::open_with(None, LOG, CAPACITY, Some(&writers))
+            .await
+            .unwrap();
+        let (go, held) = hold(&db).await;
+        let callers: Vec<_> = (0..20).map(|n| insert(&db, n)).collect();
+        wait_until("the queue never filled", || queued(&db) == CAPACITY).await;
+        let closing = tokio::spawn(async move { writers.close().await });
+        go.send(()).unwrap();
+        held.await.unwrap().unwrap();
+        closing.await.unwrap();
+        let mut done = 0;
+        for caller in callers {
+            let answer = tokio::time::timeout(std::time::Duration::from_secs(10), caller)
+                .await
+                .expect("no caller is left waiting")
+                .unwrap();
+            match answer {
+                Ok(1) => done += 1,
+                Ok(n) => panic!("inserted {n} rows"),
+                Err(e) => assert!(e.to_string().contains("is closed"), "{e}"),
+            }
+        }
+        assert!(
+            done >= CAPACITY,
+            "the jobs queued before the close ran: {done}"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_registry_the_thread_ends_with_the_last_handle() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let db = Db::open(Some(&path), LOG, None).await.unwrap();
+        db.call(|conn| conn.execute("INSERT INTO log (n) VALUES (1)", []))
+            .await
+            .unwrap();
+        assert!(beside(&path).len() > 1, "WAL in use while open");
+        drop(db);
+        wait_until("the file was never closed", || beside(&path) == ["t.db"]).await;
     }
 
     #[test]

@@ -158,8 +158,10 @@ impl Core {
 impl Commands {
     /// Starts the engine: loads stored commands when `data_dir` is given,
     /// taps the broker for acks, follows the fleet's connectivity.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn start(
         data_dir: Option<&Path>,
+        writers: &crate::sqlite::Writers,
         clock: Clock,
         fleet: Fleet,
         mqtt: MqttHandle,
@@ -168,7 +170,7 @@ impl Commands {
         shards: usize,
     ) -> Result<Self, CommandError> {
         let store = match data_dir {
-            Some(dir) => Some(CommandStore::open(dir).await?),
+            Some(dir) => Some(CommandStore::open(dir, writers).await?),
             None => None,
         };
         let tap_dropped = Arc::new(AtomicU64::new(0));

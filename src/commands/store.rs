@@ -70,8 +70,11 @@ impl Row {
 }
 
 impl CommandStore {
-    pub(crate) async fn open(dir: &Path) -> Result<Self, CommandStoreError> {
-        let db = Db::open(Some(&dir.join("commands.db")), MIGRATIONS).await?;
+    pub(crate) async fn open(
+        dir: &Path,
+        writers: &crate::sqlite::Writers,
+    ) -> Result<Self, CommandStoreError> {
+        let db = Db::open(Some(&dir.join("commands.db")), MIGRATIONS, Some(writers)).await?;
         Ok(Self { db })
     }
 

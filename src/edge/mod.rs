@@ -189,6 +189,7 @@ impl EdgeNodes {
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn open(
         data_dir: Option<&std::path::Path>,
+        writers: &crate::sqlite::Writers,
         clock: Clock,
         telemetry: Telemetry,
         plugins: PluginHost,
@@ -198,7 +199,7 @@ impl EdgeNodes {
         sink: Arc<dyn CommandSink>,
     ) -> Result<Self, EdgeError> {
         let store = match data_dir {
-            Some(dir) => Some(store::EdgeStore::open(dir).await?),
+            Some(dir) => Some(store::EdgeStore::open(dir, writers).await?),
             None => None,
         };
         let tap = Arc::new(Tap {

@@ -37,8 +37,11 @@ pub(crate) struct EdgeStore {
 }
 
 impl EdgeStore {
-    pub(crate) async fn open(dir: &Path) -> Result<Self, EdgeStoreError> {
-        let db = Db::open(Some(&dir.join("edge.db")), MIGRATIONS).await?;
+    pub(crate) async fn open(
+        dir: &Path,
+        writers: &crate::sqlite::Writers,
+    ) -> Result<Self, EdgeStoreError> {
+        let db = Db::open(Some(&dir.join("edge.db")), MIGRATIONS, Some(writers)).await?;
         Ok(Self { db })
     }
 

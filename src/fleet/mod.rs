@@ -193,8 +193,10 @@ const PRESENCE_EVENTS: usize = 4096;
 impl Fleet {
     /// Opens the store and brings every stored device back: simulated
     /// devices in service resume streaming.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn open(
         data_dir: Option<&std::path::Path>,
+        writers: &crate::sqlite::Writers,
         clock: Clock,
         seed: u64,
         telemetry: Telemetry,
@@ -202,7 +204,7 @@ impl Fleet {
         plugins: PluginHost,
         tls: Arc<crate::transport::Tls>,
     ) -> Result<Self, FleetError> {
-        let store = Store::open(data_dir).await?;
+        let store = Store::open(data_dir, writers).await?;
         let stored = store.load_all().await?;
         tls.revoke(store.revoked_serials().await?);
         let fleet = Fleet(Arc::new(Inner {

@@ -98,9 +98,12 @@ pub(crate) enum Inserted {
 impl Store {
     /// Opens (creating and migrating) `dir/iotmock.db`, or an in-memory
     /// database when `dir` is None.
-    pub(crate) async fn open(dir: Option<&Path>) -> Result<Self, StoreError> {
+    pub(crate) async fn open(
+        dir: Option<&Path>,
+        writers: &crate::sqlite::Writers,
+    ) -> Result<Self, StoreError> {
         let path = dir.map(|dir| dir.join("iotmock.db"));
-        let db = Db::open(path.as_deref(), MIGRATIONS).await?;
+        let db = Db::open(path.as_deref(), MIGRATIONS, Some(writers)).await?;
         Ok(Self { db })
     }
 

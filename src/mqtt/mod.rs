@@ -412,7 +412,19 @@ enum Link {
 
 impl Broker {
     /// Binds the listener (port 0 picks a free one) and starts serving.
+    /// The store's thread (with `storage_dir`) ends when the broker and
+    /// its handles are gone.
     pub async fn start(config: &MqttConfig, clock: Clock) -> Result<Self, MqttError> {
+        Self::start_in(config, clock, None).await
+    }
+
+    /// [`Broker::start`], with the store's thread registered in `writers`
+    /// for the server's shutdown to close.
+    pub(crate) async fn start_in(
+        config: &MqttConfig,
+        clock: Clock,
+        writers: Option<&crate::sqlite::Writers>,
+    ) -> Result<Self, MqttError> {
         if let Some(dir) = &config.storage_dir {
             std::fs::create_dir_all(dir).map_err(|source| MqttError::Storage {
                 path: dir.display().to_string(),
@@ -420,14 +432,16 @@ impl Broker {
             })?;
         }
         let store = match &config.storage_dir {
-            Some(dir) => Some(
-                store::Store::open(dir)
-                    .await
-                    .map_err(|e| MqttError::Start {
-                        addr: config.addr,
-                        detail: e.to_string(),
-                    })?,
-            ),
+            Some(dir) => {
+                Some(
+                    store::Store::open(dir, writers)
+                        .await
+                        .map_err(|e| MqttError::Start {
+                            addr: config.addr,
+                            detail: e.to_string(),
+                        })?,
+                )
+            }
             None => None,
         };
         let observed = Arc::new(Observed::new(

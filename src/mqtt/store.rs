@@ -38,6 +38,7 @@ use tokio::sync::watch;
 
 use super::session::{Delivery, Msg};
 use super::tree::SubOpts;
+use crate::sqlite::{Mail, SyncInbox, Writers};
 
 /// Operations waiting for the writer, at most.
 pub(crate) const CHANNEL_CAPACITY: usize = 65_536;
@@ -123,9 +124,11 @@ pub(crate) enum Op {
 }
 
 pub(crate) struct Store {
-    tx: mpsc::SyncSender<(u64, Op)>,
+    tx: mpsc::SyncSender<Mail<(u64, Op)>>,
     issued: std::sync::atomic::AtomicU64,
     durable: watch::Receiver<Durable>,
+    /// A send failed: the writer is gone (said once).
+    gone: std::sync::atomic::AtomicBool,
 }
 
 /// How far the writer got: the last operation it made durable, and
@@ -153,22 +156,30 @@ pub(crate) struct LoadedSession {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir` on its writer thread and
-    /// reads it back there.
-    pub(crate) async fn open(dir: &Path) -> Result<(Self, Loaded), StoreError> {
+    /// Opens (or creates) the store in `dir` on its writer thread,
+    /// registered in `writers`, and reads it back there.
+    pub(crate) async fn open(
+        dir: &Path,
+        writers: Option<&Writers>,
+    ) -> Result<(Self, Loaded), StoreError> {
         let path = dir.join("broker.db");
         let shown = path.display().to_string();
         let (tx, rx) = mpsc::sync_channel(CHANNEL_CAPACITY);
         let (durable_tx, durable) = watch::channel(Durable::default());
         let writer_path = shown.clone();
+        let closer = tx.clone();
+        let close: crate::sqlite::Closer = Box::new(move || {
+            let _ = closer.send(Mail::Close);
+        });
         let loaded = crate::sqlite::spawn_writer(
-            "mqtt-store".into(),
+            "sqlite broker.db".into(),
             Some(path),
             MIGRATIONS,
-            rx,
+            SyncInbox::new(rx),
             MAX_BATCH,
             |conn| load(conn),
             move |conn, batch| write(conn, batch, &durable_tx, &writer_path),
+            writers.map(|w| (w, close)),
         )
         .await
         .map_err(|source| StoreError::Open {
@@ -184,6 +195,7 @@ impl Store {
                 tx,
                 issued: std::sync::atomic::AtomicU64::new(0),
                 durable,
+                gone: std::sync::atomic::AtomicBool::new(false),
             },
             loaded,
         ))
@@ -196,8 +208,13 @@ impl Store {
             .issued
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
             + 1;
-        if self.tx.send((seq, op)).is_err() {
-            tracing::error!("the MQTT store writer has stopped; broker state is no longer stored");
+        // Said once: after a shutdown every later change would say it again.
+        if self.tx.send(Mail::Work((seq, op))).is_err()
+            && !self.gone.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(
+                "the MQTT store is closed (the server shut down) or its writer stopped; broker state is no longer stored"
+            );
         }
     }
 
@@ -404,7 +421,7 @@ mod tests {
     #[tokio::test]
     async fn a_write_that_fails_makes_nothing_durable_from_then_on() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = Store::open(dir.path()).await.unwrap();
+        let (store, _) = Store::open(dir.path(), None).await.unwrap();
         store.push(Op::RetainClear("a/b".into()));
         assert!(store.durable(store.issued()).await, "a write that works");
 

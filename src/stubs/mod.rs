@@ -215,11 +215,12 @@ impl Stubs {
     /// stored there (see [`restore`](Self::restore)).
     pub(crate) async fn open(
         data_dir: Option<&std::path::Path>,
+        writers: &crate::sqlite::Writers,
         seed: u64,
         limits: StubLimits,
     ) -> Result<Self, StubError> {
         let store = match data_dir {
-            Some(dir) => Some(store::StubStore::open(dir).await?),
+            Some(dir) => Some(store::StubStore::open(dir, writers).await?),
             None => None,
         };
         Ok(Self(Arc::new(Shared {
@@ -538,6 +539,7 @@ mod tests {
     async fn generated_ids_skip_taken_ones_and_order_follows_priority() {
         let stubs = Stubs::open(
             None,
+            &crate::sqlite::Writers::default(),
             0,
             StubLimits {
                 journal_capacity: 10,

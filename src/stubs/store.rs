@@ -38,8 +38,11 @@ pub(crate) struct StubStore {
 }
 
 impl StubStore {
-    pub(crate) async fn open(dir: &Path) -> Result<Self, StubStoreError> {
-        let db = Db::open(Some(&dir.join("stubs.db")), MIGRATIONS).await?;
+    pub(crate) async fn open(
+        dir: &Path,
+        writers: &crate::sqlite::Writers,
+    ) -> Result<Self, StubStoreError> {
+        let db = Db::open(Some(&dir.join("stubs.db")), MIGRATIONS, Some(writers)).await?;
         Ok(Self { db })
     }
 
