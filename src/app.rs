@@ -21,6 +21,7 @@ use crate::plugin::EdgeCommand;
 use crate::plugin::watcher::{PluginWatcher, WatchError};
 use crate::plugin::{LoadError, PluginHost, PluginLimits};
 use crate::scenario::{Scenario, ScenarioError};
+use crate::sqlite::Writers;
 use crate::telemetry::Telemetry;
 use crate::transport::{MqttListener, MqttTransport, Tls, TlsSettings};
 
@@ -282,6 +283,30 @@ pub enum StartError {
     /// built-in authority).
     #[error("TLS: {0}")]
     Tls(Box<dyn std::error::Error + Send + Sync>),
+    /// A part panicked while starting: a bug in iotmock, not in the input.
+    #[error(
+        "{part} panicked ({detail}); this is a bug in iotmock: please report it with the command line and scenario that caused it"
+    )]
+    Panicked {
+        /// What was starting.
+        part: &'static str,
+        /// The panic's message, or why it ended otherwise.
+        detail: String,
+    },
+}
+
+impl StartError {
+    fn panicked(part: &'static str, error: tokio::task::JoinError) -> Self {
+        let detail = match error.try_into_panic() {
+            Ok(panic) => panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".to_string()),
+            Err(error) => error.to_string(),
+        };
+        StartError::Panicked { part, detail }
+    }
 }
 
 /// The parts' errors become [`StartError`]s with `?` in [`Server::start`].
@@ -337,6 +362,8 @@ pub struct Server {
     /// `--mqtts`, `--ws`, `--wss`, in that order when given.
     transports: Vec<(MqttTransport, MqttListener)>,
     tls: Arc<Tls>,
+    /// The threads that own the databases, closed last by the shutdown.
+    writers: Arc<Writers>,
     _watcher: Option<PluginWatcher>,
 }
 
@@ -344,6 +371,17 @@ impl Server {
     /// Starts every part: binds the listeners, loads the plugins and the
     /// scenario, and returns once the server answers on every address.
     pub async fn start(config: Config) -> Result<Self, StartError> {
+        let writers = Arc::new(Writers::default());
+        let started = Self::start_parts(config, writers.clone()).await;
+        if started.is_err() {
+            // The databases opened before the failure are closed, so a
+            // second attempt on the same --data-dir finds them free.
+            writers.close().await;
+        }
+        started
+    }
+
+    async fn start_parts(config: Config, writers: Arc<Writers>) -> Result<Self, StartError> {
         for addr in std::iter::once(config.http).chain(config.https) {
             if !addr.ip().is_loopback() && config.admin_token.is_none() && !config.insecure_admin {
                 return Err(StartError::InsecureAdmin {
@@ -400,7 +438,7 @@ impl Server {
             let dir = config.data_dir.clone();
             tokio::task::spawn_blocking(move || Tls::start(&settings, dir.as_deref()))
                 .await
-                .expect("TLS set-up panicked")?
+                .map_err(|e| StartError::panicked("TLS set-up", e))??
         };
 
         let clock = Clock::starting_at(
@@ -410,7 +448,7 @@ impl Server {
         let limits = config.plugin_limits.clone();
         let plugins = tokio::task::spawn_blocking(move || PluginHost::start(limits))
             .await
-            .expect("plugin host start panicked")?;
+            .map_err(|e| StartError::panicked("the plugin host's start", e))??;
         let watcher = match &config.plugins_dir {
             Some(dir) => Some(crate::plugin::watcher::watch(plugins.clone(), dir).await?),
             None => None,
@@ -438,7 +476,7 @@ impl Server {
                 .clone()
                 .map(|a| a as std::sync::Arc<dyn crate::mqtt::Authorizer>)
         });
-        let broker = Broker::start(&mqtt_config, clock.clone()).await?;
+        let broker = Broker::start_in(&mqtt_config, clock.clone(), Some(&writers)).await?;
         let telemetry = Telemetry::start(
             clock.clone(),
             plugins.clone(),
@@ -449,6 +487,7 @@ impl Server {
 
         let fleet = Fleet::open(
             config.data_dir.as_deref(),
+            &writers,
             clock.clone(),
             seed,
             telemetry.clone(),
@@ -480,6 +519,7 @@ impl Server {
         tracing::info!(devices = fleet.len(), provisioned, seed, "fleet ready");
         let commands = Commands::start(
             config.data_dir.as_deref(),
+            &writers,
             clock.clone(),
             fleet.clone(),
             broker.handle(),
@@ -499,6 +539,7 @@ impl Server {
         fleet.set_inbound(Arc::new(inbound.clone()));
         let edge = EdgeNodes::open(
             config.data_dir.as_deref(),
+            &writers,
             clock.clone(),
             telemetry.clone(),
             plugins.clone(),
@@ -527,6 +568,7 @@ impl Server {
         };
         let stubs = crate::stubs::Stubs::open(
             config.data_dir.as_deref(),
+            &writers,
             seed,
             crate::stubs::StubLimits {
                 journal_capacity: config.http_journal_capacity,
@@ -646,6 +688,7 @@ impl Server {
             mock_https,
             transports,
             tls,
+            writers,
             _watcher: watcher,
         })
     }
@@ -744,7 +787,10 @@ impl Server {
     }
 
     /// Stops accepting, lets open HTTP requests finish, disconnects MQTT
-    /// clients.
+    /// clients, then closes every database: what was accepted before is
+    /// committed, anything still running afterwards is refused, and when
+    /// this returns no thread of the server holds a file under
+    /// `--data-dir`, so a new server may open it at once.
     pub async fn shutdown(self) {
         // Hanging stubs let go, so open requests can finish.
         self.stubs.close();
@@ -760,6 +806,7 @@ impl Server {
         let _ = self.http.stop.send(());
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.http.task).await;
         self.broker.shutdown().await;
+        self.writers.close().await;
         tracing::info!("stopped");
     }
 }

@@ -24,6 +24,7 @@ mod plugin_sdk;
 mod plugins;
 mod process;
 mod readme;
+mod shutdown;
 mod stubs;
 mod telemetry;
 mod telemetry_buffer;
