@@ -492,8 +492,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ..Config::ephemeral()
     };
     let server = Server::start(config).await?;
+    // Listening before the ready line: a signal sent the moment it is
+    // read must stop the server cleanly, not kill the process.
+    let signalled = shutdown_signal()?;
     println!("{}", server.ready_line());
-    shutdown_signal().await;
+    signalled.await;
     tracing::info!("shutting down");
     server.shutdown().await;
     Ok(())
@@ -519,19 +522,25 @@ fn secret(value: Option<String>, file: Option<&std::path::Path>) -> anyhow::Resu
     }
 }
 
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// Resolves on SIGINT or SIGTERM; both are listened for from the call
+/// on, before the returned future is first polled.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install SIGTERM handler");
-        tokio::select! {
-            _ = interrupt => {}
-            _ = term.recv() => {}
-        }
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+        let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = term.recv() => {}
+            }
+        })
     }
     #[cfg(not(unix))]
-    let _ = interrupt.await;
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 #[cfg(test)]
