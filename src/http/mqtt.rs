@@ -79,7 +79,8 @@ pub(super) struct MessagesQuery {
 #[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct MessagesPage {
     /// `{"cursor","received_at","sim_time","topic","payload","payload_encoding":"utf8"|"base64","qos","retain","client_id"}`;
-    /// `client_id` is null for the server's own publishes.
+    /// `client_id` is null for the server's own publishes; `"to"`, only
+    /// on a message addressed to one device, is that device's id.
     #[schema(value_type = Vec<Object>)]
     pub items: Vec<crate::mqtt::Entry>,
     /// Pass as `since` for the next page.

@@ -344,6 +344,7 @@ fn handshake(
                 retain: w.retain,
                 expires_at: p.message_expiry_interval.map(|s| now + i64::from(s) * 1000),
                 from: Some(client_id.clone()),
+                to: None,
                 encoded: Default::default(),
             }),
             delay_secs: p.will_delay_interval.unwrap_or(0),
@@ -862,6 +863,7 @@ fn publish(
                 .expiry_secs
                 .map(|s| engine.clock.now_ms() + i64::from(s) * 1000),
             from: Some(conn.client_id.clone()),
+            to: None,
             encoded: Default::default(),
         });
         let journal = |msg: &Msg| {
@@ -872,6 +874,7 @@ fn publish(
                 msg.retain,
                 Some((&conn.client_id, conn.user.as_ref())),
                 Origin::Client,
+                None,
             )
         };
         if p.qos == 2 {

@@ -23,7 +23,8 @@ use super::codec::{OutPublish, V5, rc};
 use super::journal::Origin;
 use super::observed::Observed;
 use super::session::{
-    ConnCtl, Delivery, Enqueued, Flight, Link, Msg, NEVER, Session, SessionCounters, Will,
+    Addressee, ConnCtl, Delivery, Enqueued, Flight, Link, Msg, NEVER, Session, SessionCounters,
+    Will,
 };
 use super::store::{Loaded, Op, RELEASED, SENT, Store};
 use super::tree::{Filter, Hit, SubOpts, Tree, parse_filter};
@@ -460,6 +461,7 @@ impl Engine {
                 msg.retain,
                 Some((&client, user.as_ref())),
                 Origin::Will,
+                None,
             );
             self.route(msg);
         }
@@ -529,7 +531,10 @@ impl Engine {
         wakes: &mut Vec<Arc<ConnCtl>>,
     ) -> usize {
         self.counters.received.fetch_add(1, Ordering::Relaxed);
-        if msg.retain {
+        // An addressed message is not kept as its topic's retained one:
+        // the next device to subscribe there is not its addressee, and it
+        // must not take the place of a retained message meant for all.
+        if msg.retain && msg.to.is_none() {
             if msg.payload.is_empty() {
                 if core.retained.remove(&msg.topic).is_some() {
                     self.persist(|| Op::RetainClear(msg.topic.clone()));
@@ -544,8 +549,13 @@ impl Engine {
         hits.clear();
         {
             let sessions = &core.sessions;
+            let to = msg.to.as_deref();
+            // Shared groups pick a member that is connected and, for an
+            // addressed message, the addressee's.
             core.tree.matches(&msg.topic, &mut hits, &|c| {
-                sessions.get(c).is_none_or(|s| s.link.is_none())
+                sessions.get(c).is_none_or(|s| {
+                    s.link.is_none() || to.is_some_and(|to| !to.is(c, s.user.as_deref()))
+                })
             });
         }
         if hits.len() > 1 {
@@ -576,6 +586,13 @@ impl Engine {
             let Some(session) = core.sessions.get_mut(&client) else {
                 continue;
             };
+            // Like no-local, addressing leaves a session out before
+            // anything is counted for it.
+            if let Some(to) = &msg.to
+                && !to.is(&client, session.user.as_deref())
+            {
+                continue;
+            }
             let qos = qos.min(msg.qos);
             if session.link.is_none() && (qos == 0 || !session.persistent()) {
                 self.counters
@@ -1059,7 +1076,7 @@ impl Engine {
     /// A PUBLISH to `client_id` that a fault rule dropped.
     pub(super) fn fault_dropped(&self, client_id: &str, topic: &str, qos: u8) {
         self.counters.dropped_fault.fetch_add(1, Ordering::Relaxed);
-        let msg = server_msg(topic, Bytes::new(), Bytes::new(), qos, false);
+        let msg = server_msg(topic, Bytes::new(), Bytes::new(), qos, false, None);
         self.log_drop(client_id, &msg, qos, DropReason::Fault);
         let mut core = self.core.lock().unwrap();
         if let Some(s) = core.sessions.get_mut(client_id) {
@@ -1183,13 +1200,15 @@ fn queue_retained(
     }
 }
 
-/// A message the server itself publishes.
+/// A message the server itself publishes, for anyone subscribed or
+/// addressed to one device (`to`).
 pub(crate) fn server_msg(
     topic: &str,
     payload: Bytes,
     props: Bytes,
     qos: u8,
     retain: bool,
+    to: Option<Arc<Addressee>>,
 ) -> Arc<Msg> {
     Arc::new(Msg {
         topic: topic.into(),
@@ -1199,6 +1218,7 @@ pub(crate) fn server_msg(
         retain,
         expires_at: None,
         from: None,
+        to,
         encoded: Default::default(),
     })
 }

@@ -31,6 +31,8 @@ pub(crate) struct Entry {
     /// The publishing client; `None` for the server's own publishes.
     pub client_id: Option<Arc<str>>,
     pub origin: Origin,
+    /// The device an addressed message was for (its topic does not say).
+    pub to: Option<Arc<str>>,
 }
 
 /// Who made a journaled message.
@@ -60,6 +62,7 @@ impl Weigh for Entry {
             + self.topic.len()
             + self.payload.len()
             + self.client_id.as_ref().map_or(0, |c| c.len())
+            + self.to.as_ref().map_or(0, |c| c.len())
     }
 }
 
@@ -96,6 +99,7 @@ impl Journal {
         retain: bool,
         client_id: Option<Arc<str>>,
         origin: Origin,
+        to: Option<Arc<str>>,
     ) {
         // The journal keeps its own copy, sized exactly: a payload sliced
         // from a larger receive buffer would keep the whole buffer alive,
@@ -111,6 +115,7 @@ impl Journal {
             retain,
             client_id,
             origin,
+            to,
         });
     }
 
@@ -165,7 +170,7 @@ impl serde::Serialize for Entry {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use base64::Engine;
         use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("Entry", 11)?;
+        let mut st = s.serialize_struct("Entry", 12)?;
         st.serialize_field("cursor", &self.cursor)?;
         st.serialize_field("received_at", &crate::clock::rfc3339_ms(self.wall_ms))?;
         st.serialize_field("sim_time", &crate::clock::rfc3339_ms(self.sim_ms))?;
@@ -185,6 +190,10 @@ impl serde::Serialize for Entry {
         st.serialize_field("retain", &self.retain)?;
         st.serialize_field("client_id", &self.client_id.as_deref())?;
         st.serialize_field("origin", self.origin.as_str())?;
+        match &self.to {
+            Some(to) => st.serialize_field("to", &**to)?,
+            None => st.skip_field("to")?,
+        }
         st.end()
     }
 }
@@ -203,6 +212,7 @@ mod tests {
             false,
             None,
             Origin::Server,
+            None,
         );
     }
 
@@ -234,6 +244,7 @@ mod tests {
                 false,
                 None,
                 Origin::Server,
+                None,
             );
         }
         let s = j.stats();
@@ -274,6 +285,7 @@ mod tests {
             false,
             None,
             Origin::Server,
+            None,
         );
         // The 4 KiB buffer is not kept alive by the 16 bytes journaled.
         assert!(buffer.is_unique());

@@ -48,7 +48,7 @@ pub(crate) use engine::DropEvent;
 pub use engine::PendingDelivery;
 pub(crate) use journal::{Entry, JournalStats, Origin, Page};
 pub(crate) use observed::{Subscribed, Tapped};
-pub(crate) use session::SessionCounters;
+pub(crate) use session::{Addressee, SessionCounters};
 
 use crate::clock::{Clock, rfc3339_ms, wall_ms};
 use crate::verify::{Expect, Verdict, json_contains};
@@ -390,6 +390,7 @@ struct Held {
     props: Bytes,
     qos: Qos,
     retain: bool,
+    to: Option<Arc<Addressee>>,
 }
 
 /// MQTT 5 properties a server publish carries to MQTT 5 subscribers (a
@@ -592,7 +593,7 @@ async fn supervise(
         tracing::info!(addr = %shared.addr, held = held.len(), "MQTT outage over: listening again");
         let n = held.len() as u64;
         for h in held {
-            shared.route(&h.topic, h.payload, h.props, h.qos, h.retain);
+            shared.route(&h.topic, h.payload, h.props, h.qos, h.retain, h.to);
         }
         shared.replayed.fetch_add(n, Ordering::Relaxed);
     }
@@ -609,8 +610,16 @@ async fn supervise(
 
 impl Shared {
     /// Journals and routes a server publish.
-    fn route(&self, topic: &str, payload: Bytes, props: Bytes, qos: Qos, retain: bool) {
-        let msg = engine::server_msg(topic, payload, props, u8::from(qos), retain);
+    fn route(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        props: Bytes,
+        qos: Qos,
+        retain: bool,
+        to: Option<Arc<Addressee>>,
+    ) {
+        let msg = engine::server_msg(topic, payload, props, u8::from(qos), retain, to);
         self.engine.observed.published(
             &msg.topic,
             &msg.payload,
@@ -618,6 +627,7 @@ impl Shared {
             retain,
             None,
             Origin::Server,
+            msg.to.as_deref(),
         );
         self.engine.route(msg);
     }
@@ -648,7 +658,26 @@ impl MqttHandle {
         props: &PublishProps,
     ) -> PublishOutcome {
         let props = codec::publish_props(props.content_type.as_deref(), &props.user_properties);
-        self.publish_raw(topic, payload.into(), props, qos, retain)
+        self.publish_raw(topic, payload.into(), props, qos, retain, None)
+    }
+
+    /// Publishes a message addressed to one device when `to` says so
+    /// (only sessions whose client id or user name is the device's get
+    /// it, see [`Addressee::for_topic`]), else to every subscriber; with
+    /// MQTT 5 properties when given.
+    pub(crate) fn publish_to(
+        &self,
+        to: Option<Addressee>,
+        topic: &str,
+        payload: Bytes,
+        qos: Qos,
+        retain: bool,
+        props: Option<&PublishProps>,
+    ) -> PublishOutcome {
+        let props = props.map_or_else(Bytes::new, |p| {
+            codec::publish_props(p.content_type.as_deref(), &p.user_properties)
+        });
+        self.publish_raw(topic, payload, props, qos, retain, to.map(Arc::new))
     }
 
     /// [`publish`](Self::publish) without the future: routing never waits.
@@ -659,7 +688,7 @@ impl MqttHandle {
         qos: Qos,
         retain: bool,
     ) -> PublishOutcome {
-        self.publish_raw(topic, payload, Bytes::new(), qos, retain)
+        self.publish_raw(topic, payload, Bytes::new(), qos, retain, None)
     }
 
     fn publish_raw(
@@ -669,6 +698,7 @@ impl MqttHandle {
         props: Bytes,
         qos: Qos,
         retain: bool,
+        to: Option<Arc<Addressee>>,
     ) -> PublishOutcome {
         let shared = &self.shared;
         let held_now = {
@@ -690,6 +720,7 @@ impl MqttHandle {
                             props: props.clone(),
                             qos,
                             retain,
+                            to: to.clone(),
                         });
                     }
                     shared.held_total.fetch_add(1, Ordering::Relaxed);
@@ -703,17 +734,24 @@ impl MqttHandle {
         };
         match held_now {
             Some(outcome) => {
-                self.journal_push(topic, payload, qos, retain);
+                self.journal_push(topic, payload, qos, retain, to.map(|to| to.id.clone()));
                 outcome
             }
             None => {
-                shared.route(topic, payload, props, qos, retain);
+                shared.route(topic, payload, props, qos, retain, to);
                 PublishOutcome::Routed
             }
         }
     }
 
-    fn journal_push(&self, topic: &str, payload: Bytes, qos: Qos, retain: bool) {
+    fn journal_push(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        qos: Qos,
+        retain: bool,
+        to: Option<Arc<str>>,
+    ) {
         let observed = &self.shared.engine.observed;
         observed.journal.push(
             wall_ms(),
@@ -724,6 +762,7 @@ impl MqttHandle {
             retain,
             None,
             Origin::Server,
+            to,
         );
     }
 

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use tokio::sync::broadcast;
 
 use super::journal::{Journal, Origin};
+use super::session::Addressee;
 use super::{ClientEvent, Qos};
 use crate::clock::{Clock, wall_ms};
 
@@ -192,6 +193,7 @@ impl Observed {
         retain: bool,
         client: Option<(&Arc<str>, Option<&Arc<str>>)>,
         origin: Origin,
+        to: Option<&Addressee>,
     ) {
         if let Some((client_id, user)) = client
             && origin == Origin::Client
@@ -221,6 +223,7 @@ impl Observed {
             retain,
             client.map(|(c, _)| c.clone()),
             origin,
+            to.map(|to| to.id.clone()),
         );
     }
 

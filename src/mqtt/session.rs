@@ -31,7 +31,42 @@ pub(crate) struct Msg {
     pub expires_at: Option<i64>,
     /// The publishing client (for no-local); `None` for the server.
     pub from: Option<Arc<str>>,
+    /// The one device it is for, when its topic does not say so: only
+    /// that device's sessions get it (see [`Addressee`]).
+    pub to: Option<Arc<Addressee>>,
     pub encoded: Encodings,
+}
+
+/// The device a server message is addressed to. Topics shared by every
+/// device (ThingsBoard's `v1/devices/me/...`) cannot tell devices apart,
+/// so the broker delivers such a message only to a session whose client
+/// id or user name is the device's id or its MQTT user name, as a
+/// platform that routes per connection would.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Addressee {
+    pub id: Arc<str>,
+    pub user: Arc<str>,
+}
+
+impl Addressee {
+    /// The addressee of a message for device `id` (MQTT user name
+    /// `user`) on `topic`: none when a topic level names the device, so
+    /// that anyone subscribed to the topic (an observer on
+    /// `devices/+/commands/+`) gets it as any message.
+    pub(crate) fn for_topic(id: &str, user: &str, topic: &str) -> Option<Self> {
+        let named = topic.split('/').any(|level| level == id || level == user);
+        (!named).then(|| Self {
+            id: id.into(),
+            user: user.into(),
+        })
+    }
+
+    /// Whether the session of `client_id`, logged in as `user`, is the
+    /// device's.
+    pub(crate) fn is(&self, client_id: &str, user: Option<&str>) -> bool {
+        let mine = |name: &str| name == &*self.id || name == &*self.user;
+        mine(client_id) || user.is_some_and(mine)
+    }
 }
 
 /// A message's PUBLISH packets, laid out once per (protocol version, QoS
@@ -296,5 +331,19 @@ impl Session {
 
     pub(super) fn is_link(&self, ctl: &ConnCtl) -> bool {
         self.link.as_ref().is_some_and(|l| l.ctl.id == ctl.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_topic_that_names_the_device_is_not_addressed() {
+        for topic in ["devices/d-1/commands/7", "cmd/tok", "spBv1.0/g/DCMD/n/d-1"] {
+            assert_eq!(Addressee::for_topic("d-1", "tok", topic), None, "{topic}");
+        }
+        // A level that only contains the id does not name it.
+        assert!(Addressee::for_topic("d-1", "tok", "devices/d-10/x").is_some());
     }
 }

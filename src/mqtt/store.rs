@@ -36,7 +36,7 @@ use bytes::Bytes;
 use rusqlite::{Connection, params};
 use tokio::sync::watch;
 
-use super::session::{Delivery, Msg};
+use super::session::{Addressee, Delivery, Msg};
 use super::tree::SubOpts;
 use crate::sqlite::{Mail, SyncInbox, Writers};
 
@@ -46,7 +46,8 @@ pub(crate) const CHANNEL_CAPACITY: usize = 65_536;
 /// Most operations one transaction takes.
 const MAX_BATCH: usize = 4096;
 
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE retained (
     topic TEXT PRIMARY KEY,
     payload BLOB NOT NULL,
@@ -75,7 +76,14 @@ CREATE TABLE messages (
     sub_ids TEXT,
     PRIMARY KEY (client_id, seq)
 );
-"];
+",
+    "
+-- The device a queued message is addressed to (see session::Addressee);
+-- both NULL for a message for every subscriber.
+ALTER TABLE messages ADD COLUMN to_id TEXT;
+ALTER TABLE messages ADD COLUMN to_user TEXT;
+",
+];
 
 /// Where a stored message stands (0: queued, not yet sent).
 pub(crate) const SENT: i64 = 1;
@@ -302,8 +310,8 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: Op) -> rusqlite::Result<()> {
         }
         Op::MsgAdd { client_id, seq, d } => {
             tx.prepare_cached(
-                "INSERT OR REPLACE INTO messages (client_id, seq, state, pid, topic, payload, props, qos, retain, expires_at, sub_ids)
-                 VALUES (?1, ?2, 0, 0, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT OR REPLACE INTO messages (client_id, seq, state, pid, topic, payload, props, qos, retain, expires_at, sub_ids, to_id, to_user)
+                 VALUES (?1, ?2, 0, 0, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?
             .execute(params![
                 &*client_id,
@@ -315,6 +323,8 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: Op) -> rusqlite::Result<()> {
                 d.retain,
                 d.msg.expires_at,
                 ids_text(&d.sub_ids),
+                d.msg.to.as_ref().map(|to| &*to.id),
+                d.msg.to.as_ref().map(|to| &*to.user),
             ])?;
         }
         Op::MsgState {
@@ -351,6 +361,7 @@ fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
             retain: true,
             expires_at: r.get(4)?,
             from: None,
+            to: None,
             encoded: Default::default(),
         }));
     }
@@ -373,7 +384,7 @@ fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
         });
     }
     let mut st = conn.prepare(
-        "SELECT seq, state, pid, topic, payload, props, qos, retain, expires_at, sub_ids
+        "SELECT seq, state, pid, topic, payload, props, qos, retain, expires_at, sub_ids, to_id, to_user
          FROM messages WHERE client_id = ?1 ORDER BY seq",
     )?;
     for s in &mut sessions {
@@ -382,6 +393,15 @@ fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
             let topic: String = r.get(3)?;
             let qos: u8 = r.get(6)?;
             let sub_ids: Option<String> = r.get(9)?;
+            let to_id: Option<String> = r.get(10)?;
+            let to_user: Option<String> = r.get(11)?;
+            let to = to_id.map(|id| {
+                let user = to_user.map_or_else(|| Arc::from(id.as_str()), Arc::from);
+                Arc::new(Addressee {
+                    id: id.into(),
+                    user,
+                })
+            });
             let msg = Arc::new(Msg {
                 topic: topic.into(),
                 payload: Bytes::from(r.get::<_, Vec<u8>>(4)?),
@@ -390,6 +410,7 @@ fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
                 retain: r.get(7)?,
                 expires_at: r.get(8)?,
                 from: None,
+                to,
                 encoded: Default::default(),
             });
             s.messages.push((
@@ -417,6 +438,74 @@ fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_queued_message_keeps_its_addressee_in_a_store_made_before_addressing() {
+        let dir = tempfile::tempdir().unwrap();
+        // A store as the first schema made it, with a session and a
+        // message queued for it.
+        {
+            let conn = rusqlite::Connection::open(dir.path().join("broker.db")).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO sessions VALUES ('tb-a', 'tb-a', 4, 3600, '[]')",
+                [],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO messages VALUES ('tb-a', 1, 0, 0, 'x/y', x'7B7D', x'', 1, 0, NULL, NULL)",
+                [],
+            )
+            .unwrap();
+        }
+        let (store, loaded) = Store::open(dir.path()).await.unwrap();
+        let old = &loaded.sessions[0].messages[0].3;
+        assert_eq!(&*old.msg.topic, "x/y");
+        assert!(
+            old.msg.to.is_none(),
+            "an old message is for every subscriber"
+        );
+
+        let to =
+            Addressee::for_topic("tb-a", "token-a", "v1/devices/me/rpc/request/1").map(Arc::new);
+        assert!(to.is_some(), "the topic does not name the device");
+        let msg = Arc::new(Msg {
+            topic: "v1/devices/me/rpc/request/1".into(),
+            payload: Bytes::from_static(b"{}"),
+            props: Bytes::new(),
+            qos: 1,
+            retain: false,
+            expires_at: None,
+            from: None,
+            to: to.clone(),
+            encoded: Default::default(),
+        });
+        let d = Delivery {
+            seq: 2,
+            msg,
+            qos: 1,
+            retain: false,
+            sub_ids: None,
+        };
+        store.push(Op::MsgAdd {
+            client_id: "tb-a".into(),
+            seq: 2,
+            d,
+        });
+        assert!(store.durable(store.issued()).await);
+        drop(store);
+
+        let (_, loaded) = Store::open(dir.path()).await.unwrap();
+        let messages = &loaded.sessions[0].messages;
+        assert_eq!(messages.len(), 2);
+        assert!(messages[0].3.msg.to.is_none());
+        assert_eq!(messages[1].3.msg.to, to, "the addressee survives");
+        let to = messages[1].3.msg.to.as_deref().unwrap();
+        assert!(to.is("random-client", Some("token-a")));
+        assert!(to.is("tb-a", None));
+        assert!(!to.is("tb-b", Some("token-b")));
+    }
 
     #[tokio::test]
     async fn a_write_that_fails_makes_nothing_durable_from_then_on() {
