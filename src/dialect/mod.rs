@@ -20,7 +20,7 @@
 
 use std::sync::Arc;
 
-use crate::mqtt::{MqttHandle, PublishProps, Qos, topics};
+use crate::mqtt::{Addressee, MqttHandle, PublishProps, Qos, topics};
 use crate::plugin::{
     CallContext, CallError, CodecDevice, CodecEvent, DeviceSlot, EncodeRequest, PluginHost,
     SharedState,
@@ -160,7 +160,9 @@ pub(crate) struct Published {
 
 /// Encodes events that share one codec and configuration (in batches of
 /// [`MAX_ENCODE_BATCH`]) and publishes the messages in request order. The
-/// answer says, per event, whether it was encoded.
+/// answer says, per event, whether it was encoded. A command's messages
+/// whose topic does not name the device are addressed to that device
+/// alone ([`Addressee::for_topic`]).
 pub(crate) async fn encode_and_publish(
     plugins: &PluginHost,
     mqtt: &MqttHandle,
@@ -191,6 +193,10 @@ pub(crate) async fn encode_and_publish(
             slots: Vec::with_capacity(chunk.len()),
         };
         let mut requests = Vec::with_capacity(chunk.len());
+        // Which events go server -> device: their messages are for that
+        // device alone. Everything else (readings, status, acks, reported
+        // state) is the device speaking, for whoever listens.
+        let mut to_device = Vec::with_capacity(chunk.len());
         for (slot, ((dialect, memory), (shared, ts, event))) in chunk
             .iter()
             .zip(memories.iter_mut())
@@ -202,6 +208,7 @@ pub(crate) async fn encode_and_publish(
                 state: shared,
                 deferred: None,
             });
+            to_device.push(matches!(event, CodecEvent::Command { .. }));
             requests.push(EncodeRequest {
                 device: slot as u32,
                 info: dialect.info.clone(),
@@ -218,7 +225,9 @@ pub(crate) async fn encode_and_publish(
         }
         match result {
             Ok(answers) => {
-                for (memory, answer) in memories.iter_mut().zip(answers) {
+                for (((memory, answer), dialect), to_device) in
+                    memories.iter_mut().zip(answers).zip(&chunk).zip(&to_device)
+                {
                     memory.state = answer.state;
                     for m in answer.messages {
                         let (Ok(qos), Ok(())) =
@@ -228,15 +237,21 @@ pub(crate) async fn encode_and_publish(
                             crate::ratelimit::warn_limited!(plugin = %plugin, topic = %m.topic, qos = m.qos, "codec answered a message that cannot be published");
                             continue;
                         };
-                        if m.content_type.is_none() && m.user_properties.is_empty() {
-                            mqtt.publish(&m.topic, m.payload, qos, m.retain).await;
-                        } else {
-                            let props = PublishProps {
+                        let props = (m.content_type.is_some() || !m.user_properties.is_empty())
+                            .then(|| PublishProps {
                                 content_type: m.content_type,
                                 user_properties: m.user_properties,
-                            };
-                            mqtt.publish_with(&m.topic, m.payload, qos, m.retain, &props)
+                            });
+                        let payload = bytes::Bytes::from(m.payload);
+                        if *to_device {
+                            let info = &dialect.info;
+                            let to = Addressee::for_topic(&info.id, &info.username, &m.topic);
+                            mqtt.publish_to(to, &m.topic, payload, qos, m.retain, props.as_ref());
+                        } else if let Some(props) = &props {
+                            mqtt.publish_with(&m.topic, payload, qos, m.retain, props)
                                 .await;
+                        } else {
+                            mqtt.publish(&m.topic, payload, qos, m.retain).await;
                         }
                         outcome.messages += 1;
                     }

@@ -21,9 +21,10 @@
 //! are skipped), attributes (merged into the reported state) and RPC
 //! responses. Config: none (`{}`).
 //!
-//! As on a real ThingsBoard every device uses the same topics; iotmock's
-//! broker routes by topic, so a real device sees every device's RPC
-//! requests and should answer those it is sent (its own `n` sequence).
+//! As on a real ThingsBoard every device uses the same topics. An RPC
+//! request's topic does not name its device, so the broker delivers it
+//! only to that device's connections (user name or client id), as
+//! ThingsBoard does: a device gets its own requests and no other's.
 
 wit_bindgen::generate!({
     world: "codec",
