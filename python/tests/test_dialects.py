@@ -74,3 +74,45 @@ def test_thingsboard_sdk_reports_telemetry_and_attributes_and_answers_an_rpc() -
         finally:
             device.disconnect()
             device.stop()
+
+
+def test_two_thingsboard_sdk_devices_each_get_only_their_own_rpcs() -> None:
+    """Both devices listen on the same `v1/devices/me/rpc/request/+`, as on
+    ThingsBoard; each gets, and answers, only the requests sent to it."""
+    # Open access, so that each device connects with the client id the SDK
+    # makes up (under mqtt_auth="devices" it must be the device id).
+    with IotMock(scenario="none") as mock:
+        devices: dict[str, TBDeviceMqttClient] = {}
+        got: dict[str, list[Any]] = {}
+        for name in ("tb-a", "tb-b"):
+            created = mock.devices.create(name, simulated=False, dialect="thingsboard")
+            # The SDK's default client id: empty, so the broker assigns one.
+            device = TBDeviceMqttClient(
+                "127.0.0.1",
+                port=mock.mqtt_port,
+                username=created["credentials"]["username"],
+                password=created["credentials"]["password"],
+            )
+            got[name] = []
+
+            def on_rpc(request_id: str, body: Any, name: str = name) -> None:
+                if not isinstance(body, dict) or body.get("method") != "whoami":
+                    return
+                got[name].append(body["params"])
+                devices[name].send_rpc_reply(request_id, {"me": name, "asked": body["params"]["to"]})
+
+            device.set_server_side_rpc_request_handler(on_rpc)
+            devices[name] = device
+        try:
+            for device in devices.values():
+                device.connect()
+                _until(device.is_connected, "connection")
+            for name in ("tb-a", "tb-b", "tb-a"):
+                done = mock.commands.send(name, "whoami", params={"to": name}).wait(timeout=10)
+                assert done.status == "completed", done
+                assert done.result == {"me": name, "asked": name}, done
+            assert got == {"tb-a": [{"to": "tb-a"}, {"to": "tb-a"}], "tb-b": [{"to": "tb-b"}]}
+        finally:
+            for device in devices.values():
+                device.disconnect()
+                device.stop()

@@ -1305,6 +1305,220 @@ async fn a_real_thingsboard_device_reports_attributes_and_answers_rpc_under_devi
     server.stop().await;
 }
 
+/// The next message in `inbox`, within the test's patience.
+async fn next_in(
+    inbox: &mut tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    what: &str,
+) -> (String, Value) {
+    let (topic, payload) = tokio::time::timeout(crate::support::WAIT, inbox.recv())
+        .await
+        .unwrap_or_else(|_| panic!("{what} in time"))
+        .unwrap();
+    (
+        topic,
+        serde_json::from_slice(&payload).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thingsboard_devices_on_the_same_topics_each_get_only_their_own_rpc_requests() {
+    // Open access: a device may connect with any client id (under
+    // `--mqtt-auth devices` its client id must be its id).
+    let server = TestServer::with_scenario("", |_| {}).await;
+    for id in ["tb-a", "tb-b"] {
+        let (status, body) = server
+            .post(
+                "/api/v1/devices",
+                json!({"id": id, "simulated": false, "dialect": "thingsboard"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    // A back end watching everything, before anything is sent.
+    let (_backend, mut watched) = mqtt_client(&server, "backend", "backend", "-", "#").await;
+    // As tb-mqtt-client connects: the access token (the device id) as user
+    // name, a client id of the library's making.
+    let request = "v1/devices/me/rpc/request/+";
+    let (a, mut a_rpc) = mqtt_client(&server, "tb-9f31c0", "tb-a", "-", request).await;
+    let (b, mut b_rpc) = mqtt_client(&server, "tb-04d7e2", "tb-b", "-", request).await;
+
+    // Commands in turn, each seen by its device before the next is sent:
+    // a device's deliveries keep their order, so had the other device's
+    // request reached it, it would come before its own next one.
+    let mut sent = Vec::new();
+    for (device, method) in [
+        ("tb-a", "a1"),
+        ("tb-b", "b1"),
+        ("tb-a", "a2"),
+        ("tb-b", "b2"),
+    ] {
+        let (status, command) = server
+            .post(
+                &format!("/api/v1/devices/{device}/commands"),
+                json!({"name": method, "params": {"for": device}}),
+            )
+            .await;
+        assert_eq!(status, 202, "{command}");
+        let inbox = if device == "tb-a" {
+            &mut a_rpc
+        } else {
+            &mut b_rpc
+        };
+        let (topic, body) = next_in(inbox, &format!("{device}'s request {method}")).await;
+        assert_eq!(
+            body,
+            json!({"method": method, "params": {"for": device}}),
+            "{device} got a request on {topic}"
+        );
+        // Each device numbers its own requests, from 1.
+        let n = if method.ends_with('1') { 1 } else { 2 };
+        assert_eq!(topic, format!("v1/devices/me/rpc/request/{n}"));
+        sent.push((device, n, command["id"].as_str().unwrap().to_string()));
+    }
+
+    // Both answer on the same topics; each reply completes its own
+    // device's command.
+    for (device, n, _) in &sent {
+        let client = if *device == "tb-a" { &a } else { &b };
+        let reply = json!({"from": device, "n": n}).to_string();
+        publish_as(
+            client,
+            &format!("v1/devices/me/rpc/response/{n}"),
+            reply.as_bytes(),
+        )
+        .await;
+    }
+    for (device, n, id) in &sent {
+        let (_, done) = server
+            .get(&format!("/api/v1/commands/{id}?wait_ms=5000"))
+            .await;
+        assert_eq!(done["status"], "completed", "{done}");
+        assert_eq!(done["device"], *device, "{done}");
+        assert_eq!(done["result"], json!({"from": device, "n": n}), "{done}");
+    }
+
+    // A command whose topic names its device is for every subscriber, as
+    // before: the back end sees it, and saw none of the RPC requests,
+    // which were all routed before it.
+    let (status, body) = server
+        .post("/api/v1/devices", json!({"id": "plain-1"}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, command) = server
+        .post("/api/v1/devices/plain-1/commands", json!({"name": "ping"}))
+        .await;
+    assert_eq!(status, 202, "{command}");
+    let plain = format!(
+        "devices/plain-1/commands/{}",
+        command["id"].as_str().unwrap()
+    );
+    loop {
+        let (topic, body) = next_in(&mut watched, "the back end's copy of plain-1's command").await;
+        assert!(
+            !topic.starts_with("v1/devices/me/rpc/request/"),
+            "an RPC request reached the back end: {topic} {body}"
+        );
+        if topic == plain {
+            assert_eq!(body["name"], "ping", "{body}");
+            break;
+        }
+    }
+    // The journal keeps what the server sent either way, with the device
+    // an addressed message was for.
+    let requests: Vec<(Value, Value)> = journal_items(&server, request)
+        .await
+        .into_iter()
+        .map(|item| {
+            let body: Value = serde_json::from_str(item["payload"].as_str().unwrap()).unwrap();
+            (body["method"].clone(), item["to"].clone())
+        })
+        .collect();
+    assert_eq!(
+        requests,
+        [
+            (json!("a1"), json!("tb-a")),
+            (json!("b1"), json!("tb-b")),
+            (json!("a2"), json!("tb-a")),
+            (json!("b2"), json!("tb-b"))
+        ]
+    );
+    let plain = journal_items(&server, &plain).await;
+    assert_eq!(plain.len(), 1);
+    assert!(plain[0].get("to").is_none(), "{}", plain[0]);
+    server.stop().await;
+}
+
+/// A ThingsBoard device whose session outlives its connections (MQTT
+/// 3.1.1, clean session off), its client id its access token; subscribed
+/// to its RPC requests when `subscribe`. Answers the raw connection and
+/// whether the broker still had its session.
+async fn tb_session(
+    server: &TestServer,
+    id: &str,
+    subscribe: bool,
+) -> (crate::support::wire::Raw, bool) {
+    use crate::support::wire;
+    let (mut raw, connack) =
+        wire::Raw::open(server.mqtt, &wire::connect(4, id, false, 60, &[], None)).await;
+    assert_eq!(connack[1], 0, "{id} connected");
+    if subscribe {
+        raw.send(&wire::subscribe(4, 1, "v1/devices/me/rpc/request/+", 1))
+            .await;
+        wire::suback(&mut raw).await;
+    }
+    (raw, connack[0] & 1 == 1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rpc_request_unacknowledged_at_a_restart_comes_back_to_its_device_alone() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_path_buf();
+    let server = TestServer::with_scenario("", |c| c.data_dir = Some(dir.clone())).await;
+    for id in ["tb-a", "tb-b"] {
+        let (status, body) = server
+            .post(
+                "/api/v1/devices",
+                json!({"id": id, "simulated": false, "dialect": "thingsboard"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (mut a, _) = tb_session(&server, "tb-a", true).await;
+    let (b, _) = tb_session(&server, "tb-b", true).await;
+    let (status, command) = server
+        .post(
+            "/api/v1/devices/tb-a/commands",
+            json!({"name": "a1", "params": {}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{command}");
+    // tb-a gets it and goes down before acknowledging it.
+    let first = a.publish_parts(4).await;
+    assert_eq!(first.topic, "v1/devices/me/rpc/request/1");
+    assert_eq!(first.first & 0x08, 0, "a first send");
+    drop((a, b));
+    server.stop().await;
+
+    // Stored in flight for tb-a's session, it is sent again to tb-a, and
+    // to no other device on the same topic.
+    let server = TestServer::with_scenario("", |c| c.data_dir = Some(dir.clone())).await;
+    let (mut b, resumed) = tb_session(&server, "tb-b", false).await;
+    assert!(resumed, "tb-b's session survived");
+    let (mut a, resumed) = tb_session(&server, "tb-a", false).await;
+    assert!(resumed, "tb-a's session survived");
+    let again = a.publish_parts(4).await;
+    assert_eq!(again.first & 0x08, 0x08, "sent again, DUP");
+    assert_eq!(again.topic, "v1/devices/me/rpc/request/1");
+    assert_eq!(again.pid, first.pid);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&again.payload).unwrap(),
+        json!({"method": "a1", "params": {}})
+    );
+    // tb-b's session, resumed first, had nothing of it; nor does it now.
+    b.silent(std::time::Duration::from_millis(300)).await;
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_speaks_only_for_itself_and_its_acks_say_how_a_command_ended() {
     let server = TestServer::with_scenario("", |_| {}).await;
