@@ -238,7 +238,7 @@ pub(crate) async fn encode_and_publish(
                             continue;
                         };
                         let props = (m.content_type.is_some() || !m.user_properties.is_empty())
-                            .then(|| PublishProps {
+                            .then_some(PublishProps {
                                 content_type: m.content_type,
                                 user_properties: m.user_properties,
                             });

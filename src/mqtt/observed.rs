@@ -185,6 +185,7 @@ impl Observed {
 
     /// A message accepted for routing: taps (client publishes only) and
     /// the journal.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn published(
         &self,
         topic: &Arc<str>,
