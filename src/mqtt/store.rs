@@ -459,7 +459,7 @@ mod tests {
             )
             .unwrap();
         }
-        let (store, loaded) = Store::open(dir.path()).await.unwrap();
+        let (store, loaded) = Store::open(dir.path(), None).await.unwrap();
         let old = &loaded.sessions[0].messages[0].3;
         assert_eq!(&*old.msg.topic, "x/y");
         assert!(
@@ -496,7 +496,7 @@ mod tests {
         assert!(store.durable(store.issued()).await);
         drop(store);
 
-        let (_, loaded) = Store::open(dir.path()).await.unwrap();
+        let (_, loaded) = Store::open(dir.path(), None).await.unwrap();
         let messages = &loaded.sessions[0].messages;
         assert_eq!(messages.len(), 2);
         assert!(messages[0].3.msg.to.is_none());
