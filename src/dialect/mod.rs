@@ -225,7 +225,7 @@ pub(crate) async fn encode_and_publish(
         }
         match result {
             Ok(answers) => {
-                for (((memory, answer), dialect), to_device) in
+                for (((memory, answer), dialect), &to_device) in
                     memories.iter_mut().zip(answers).zip(&chunk).zip(&to_device)
                 {
                     memory.state = answer.state;
@@ -242,17 +242,20 @@ pub(crate) async fn encode_and_publish(
                                 content_type: m.content_type,
                                 user_properties: m.user_properties,
                             });
-                        let payload = bytes::Bytes::from(m.payload);
-                        if *to_device {
-                            let info = &dialect.info;
-                            let to = Addressee::for_topic(&info.id, &info.username, &m.topic);
-                            mqtt.publish_to(to, &m.topic, payload, qos, m.retain, props.as_ref());
-                        } else if let Some(props) = &props {
-                            mqtt.publish_with(&m.topic, payload, qos, m.retain, props)
-                                .await;
+                        let info = &dialect.info;
+                        let to = if to_device {
+                            Addressee::for_topic(&info.id, &info.username, &m.topic)
                         } else {
-                            mqtt.publish(&m.topic, payload, qos, m.retain).await;
-                        }
+                            None
+                        };
+                        mqtt.publish_to(
+                            to,
+                            &m.topic,
+                            m.payload.into(),
+                            qos,
+                            m.retain,
+                            props.as_ref(),
+                        );
                         outcome.messages += 1;
                     }
                     outcome.encoded += 1;
