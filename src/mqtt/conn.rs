@@ -7,6 +7,14 @@
 //! round. Per-connection state is small and grows only when used: buffers
 //! start empty and shrink back after a burst, topic aliases are a map made
 //! on first use.
+//!
+//! Every connection task runs on one thread of its own ([`ConnThread`]), on
+//! a current-thread runtime: sockets that become ready together are served
+//! in the order they became ready, as a single-threaded broker does, so a
+//! SUBSCRIBE that arrived before another client's PUBLISH is handled
+//! first. (A multi-thread runtime runs the last task woken first.) A
+//! delivery to another client on the same thread needs no cross-thread
+//! wake-up either.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,6 +25,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
 
 use super::codec::{
     self, Frame, Inbound, OutPublish, PacketKind, ProtocolError, V5, V31, V311, rc,
@@ -46,12 +56,73 @@ const LINGER: Duration = Duration::from_millis(500);
 /// Buffers larger than this are given back once empty.
 const KEEP_BUFFER: usize = 8 * 1024;
 
-/// Binds `addr` and accepts connections until the task is aborted.
-pub(crate) async fn listen(engine: &Arc<Engine>, addr: SocketAddr) -> std::io::Result<Listening> {
-    let listener = TcpListener::bind(addr).await?;
+/// The thread every MQTT connection task runs on. It ends, dropping the
+/// tasks still on it, when [`ConnThread::stop`] is awaited or the value
+/// is dropped.
+pub(crate) struct ConnThread {
+    handle: Handle,
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<oneshot::Receiver<()>>,
+}
+
+impl ConnThread {
+    pub(crate) fn start() -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (finished, done) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("mqtt".into())
+            .spawn(move || {
+                // A dropped sender ends the thread as a sent stop does.
+                let _ = runtime.block_on(stopped);
+                drop(runtime);
+                let _ = finished.send(());
+            })?;
+        Ok(Self {
+            handle,
+            stop: Some(stop),
+            done: Some(done),
+        })
+    }
+
+    /// The runtime connection tasks are spawned on.
+    pub(crate) fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// Ends the thread and waits until every task on it is dropped.
+    pub(crate) async fn stop(mut self) {
+        drop(self.stop.take());
+        if let Some(done) = self.done.take() {
+            let _ = done.await;
+        }
+    }
+}
+
+/// Binds `addr` and accepts connections on the connection thread until
+/// the task is aborted.
+pub(crate) fn listen(
+    engine: &Arc<Engine>,
+    addr: SocketAddr,
+    thread: &Handle,
+) -> std::io::Result<Listening> {
+    // Bound here so a port in use is this call's error; registered with
+    // the connection thread's reactor there.
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let engine = engine.clone();
-    let task = tokio::spawn(async move {
+    let task = thread.spawn(async move {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(error) => {
+                tracing::error!(%error, "MQTT listener cannot be registered");
+                return;
+            }
+        };
         loop {
             match listener.accept().await {
                 Ok((stream, peer)) => {

@@ -356,6 +356,7 @@ pub struct Broker {
     local_addr: SocketAddr,
     stop: oneshot::Sender<()>,
     supervisor: tokio::task::JoinHandle<()>,
+    thread: conn::ConnThread,
 }
 
 /// The broker's in-process side: publish, journal, clients, status,
@@ -368,6 +369,8 @@ pub struct MqttHandle {
 struct Shared {
     engine: Arc<Engine>,
     addr: SocketAddr,
+    /// The runtime of the connection thread.
+    conns: tokio::runtime::Handle,
     limits: Limits,
     // std locks: held to flip a state or push a message, never across an
     // await.
@@ -464,12 +467,12 @@ impl Broker {
             store,
             config.seed,
         );
-        let listening = conn::listen(&engine, config.addr)
-            .await
-            .map_err(|e| MqttError::Start {
-                addr: config.addr,
-                detail: e.to_string(),
-            })?;
+        let start_error = |e: std::io::Error| MqttError::Start {
+            addr: config.addr,
+            detail: e.to_string(),
+        };
+        let thread = conn::ConnThread::start().map_err(start_error)?;
+        let listening = conn::listen(&engine, config.addr, thread.handle()).map_err(start_error)?;
         let local_addr = listening.addr;
         let timers = tokio::spawn(engine.clone().run_timers());
         match &config.storage_dir {
@@ -481,6 +484,7 @@ impl Broker {
         let shared = Arc::new(Shared {
             engine,
             addr: local_addr,
+            conns: thread.handle().clone(),
             limits: Limits {
                 max_packet_size: config.max_packet_size,
                 max_queued_per_session: config.max_queued_per_session,
@@ -506,6 +510,7 @@ impl Broker {
             local_addr,
             stop,
             supervisor,
+            thread,
         })
     }
 
@@ -524,6 +529,7 @@ impl Broker {
     pub async fn shutdown(self) {
         let _ = self.stop.send(());
         let _ = self.supervisor.await;
+        self.thread.stop().await;
     }
 }
 
@@ -565,7 +571,7 @@ async fn supervise(
         // to let it go.
         let mut attempts = 0u32;
         listening = loop {
-            match conn::listen(&engine, shared.addr).await {
+            match conn::listen(&engine, shared.addr, &shared.conns) {
                 Ok(l) => break l,
                 Err(error) => {
                     attempts += 1;
@@ -831,6 +837,12 @@ impl MqttHandle {
     /// `topic` now.
     pub fn listens(&self, who: &str, topic: &str) -> bool {
         self.shared.engine.observed.listens(who, topic)
+    }
+
+    /// The runtime every MQTT connection runs on (one thread of its own):
+    /// transports spawn their accept loops there.
+    pub(crate) fn connection_runtime(&self) -> &tokio::runtime::Handle {
+        &self.shared.conns
     }
 
     /// Serves one MQTT connection on a stream a transport accepted (TLS,

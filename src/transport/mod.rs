@@ -481,7 +481,18 @@ impl MqttListener {
     ) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let flag = kind.flag();
-        let task = tokio::spawn(async move {
+        // Accepted, handshaken and served on the broker's connection
+        // thread, in the order the sockets become ready, as plain TCP is.
+        let listener = listener.into_std()?;
+        let runtime = mqtt.connection_runtime().clone();
+        let task = runtime.spawn(async move {
+            let listener = match TcpListener::from_std(listener) {
+                Ok(l) => l,
+                Err(error) => {
+                    tracing::error!(%error, listener = flag, "MQTT listener cannot be registered");
+                    return;
+                }
+            };
             loop {
                 let (stream, peer) = match listener.accept().await {
                     Ok(pair) => pair,

@@ -6,6 +6,8 @@
 //! message expiry on the server's clock, and durable state across a
 //! restart.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -916,4 +918,60 @@ async fn packets_of_any_size_arrive_whole_however_the_bytes_are_cut() {
         assert!(payload == &payloads[i], "payload {i} arrived altered");
     }
     server.stop().await;
+}
+
+/// Packets from different clients are handled in the order they arrived,
+/// as a single-threaded broker handles them: a SUBSCRIBE sent before
+/// another client's PUBLISH gets that PUBLISH, even when the broker is
+/// busy and finds both sockets ready at once. (The test runs on two
+/// threads, so a broker that ran its connections on the test's runtime
+/// would be scheduled as a multi-thread runtime schedules them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_sent_before_another_clients_publish_gets_it() {
+    let server = TestServer::with_scenario("", |_| {}).await;
+    let addr = server.mqtt;
+    // Keeps the broker busy, so events pile up between its wake-ups.
+    let (mut noise_sub, _) = Raw::open(addr, &connect(4, "noise-sub", true, 0, &[], None)).await;
+    noise_sub.send(&subscribe(4, 1, "noise", 0)).await;
+    suback(&mut noise_sub).await;
+    let drain = tokio::spawn(async move { while noise_sub.packet().await.is_some() {} });
+    let (mut noise, _) = Raw::open(addr, &connect(4, "noise", true, 0, &[], None)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let burst = publish(4, "noise", 0, 0, &[], &[0; 64]).repeat(64);
+            while !stop.load(Ordering::Relaxed) {
+                noise.send(&burst).await;
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+
+    let (mut sub, _) = Raw::open(addr, &connect(5, "order-sub", true, 0, &[], None)).await;
+    let (mut publ, _) = Raw::open(addr, &connect(5, "order-pub", true, 0, &[], None)).await;
+    for round in 0..100u16 {
+        // The broker is done writing to this client: a packet that came
+        // while it wrote would be queued behind the write in the kernel.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let topic = format!("order/{round}");
+        sub.send(&subscribe(5, round + 1, &topic, 0)).await;
+        publ.send(&publish(5, &topic, 0, 0, &[], b"first")).await;
+        suback(&mut sub).await;
+        // Sent only after the SUBACK: had the first been handled before
+        // the SUBSCRIBE, this would be what arrives.
+        publ.send(&publish(5, &topic, 0, 0, &[], b"second")).await;
+        for expected in [&b"first"[..], b"second"] {
+            let (got_topic, _, payload) = sub.publish(5).await;
+            assert_eq!(
+                (got_topic.as_str(), payload.as_slice()),
+                (topic.as_str(), expected),
+                "round {round}"
+            );
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    flood.await.unwrap();
+    server.stop().await;
+    drain.abort();
 }
