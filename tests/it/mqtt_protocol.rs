@@ -12,10 +12,10 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::net::TcpStream;
 
+use crate::support::TestServer;
 use crate::support::wire::{
     Raw, Will, connect, packet, props, publish, string, suback, subscribe, unsubscribe,
 };
-use crate::support::{TestServer, WAIT};
 
 /// Sends `bytes` on a new connection: the first packet back, or `None`
 /// when the broker closes it without a word.
@@ -40,27 +40,6 @@ async fn disconnect_code(addr: SocketAddr, bad: &[u8]) -> u8 {
             return body[0];
         }
     }
-}
-
-/// Waits until the broker has let go of client `id`'s connection (it is
-/// no longer listed), so that a reconnect is not a takeover.
-async fn let_go(server: &TestServer, id: &str) {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let (_, clients) = server.get("/api/v1/mqtt/clients").await;
-            if !clients
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|c| c["client_id"] == id)
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("client {id} still connected"));
 }
 
 /// A metric's value from the Prometheus text.
@@ -439,7 +418,7 @@ async fn sessions_expire_on_the_servers_clock_across_a_restart() {
             c.send(&packet(0xe0, &[0])).await;
         }
         assert!(c.packet().await.is_none());
-        let_go(&server, id).await;
+        server.let_go(id).await;
     }
     let (mut brief, connack) =
         Raw::open(server.mqtt, &connect(5, "brief", false, 0, &sixty, None)).await;
@@ -457,7 +436,7 @@ async fn sessions_expire_on_the_servers_clock_across_a_restart() {
         Raw::open(server.mqtt, &connect(5, "keep", false, 0, &sixty, None)).await;
     assert_eq!(connack[0], 1, "keep: session present after the restart");
     keep.send(&packet(0xe0, &[0])).await;
-    let_go(&server, "keep").await;
+    server.let_go("keep").await;
     server.advance(31_000).await;
     let (_, connack) = Raw::open(server.mqtt, &connect(5, "gone", false, 0, &sixty, None)).await;
     assert_eq!(connack[0], 0, "gone: expired 60 s after the restart");
@@ -475,7 +454,7 @@ async fn a_full_session_queue_drops_the_oldest_and_counts_it() {
     suback(&mut away).await;
     away.send(&packet(0xe0, &[])).await;
     drop(away);
-    let_go(&server, "away").await;
+    server.let_go("away").await;
     let (mut publ, _) = Raw::open(addr, &connect(4, "pub", true, 0, &[], None)).await;
     for (pid, topic) in [(1u16, "f/1"), (2, "f/2"), (3, "f/3")] {
         publ.send(&publish(4, topic, 1, pid, &[], b"m")).await;
@@ -567,7 +546,7 @@ async fn unacknowledged_deliveries_are_resent_after_a_restart() {
     keeper.silent(Duration::from_millis(200)).await;
     keeper.send(&packet(0xe0, &[])).await;
     drop(keeper);
-    let_go(&server, "keeper").await;
+    server.let_go("keeper").await;
     server.stop().await;
 
     // Acknowledged: nothing is resent after another restart.

@@ -88,6 +88,28 @@ impl TestServer {
         response.text().await.expect("a text body")
     }
 
+    /// Waits until the broker has let go of client `id`'s connection (it
+    /// is no longer listed): the broker sees a closed socket a moment
+    /// after the client closes it.
+    pub async fn let_go(&self, id: &str) {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let (_, clients) = self.get("/api/v1/mqtt/clients").await;
+                if !clients
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|c| c["client_id"] == id)
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("client {id} still connected"));
+    }
+
     /// Advances the manual clock by `ms` (`POST /clock/advance`).
     pub async fn advance(&self, ms: i64) {
         let (status, body) = self
