@@ -580,7 +580,8 @@ where
                     sleep.as_mut().reset(tokio::time::Instant::now() + ka);
                 }
                 let before = engine.store.as_ref().map(|s| s.issued());
-                let handled = handle_frames(engine, ctl, conn, &mut rbuf, &mut out, &mut want_pull);
+                let mut routed = false;
+                let handled = handle_frames(engine, ctl, conn, &mut rbuf, &mut out, &mut want_pull, &mut routed);
                 // Acknowledge only what is stored.
                 if let (Some(store), Some(before)) = (&engine.store, before) {
                     let issued = store.issued();
@@ -600,6 +601,13 @@ where
                 // connection between packets holds none of its own.
                 if rbuf.is_empty() && rbuf.capacity() > 0 {
                     rbuf = BytesMut::new();
+                }
+                // The subscribers this woke write their copies before this
+                // client gets its acknowledgement or is read again, as a
+                // broker that delivers while it handles the PUBLISH does:
+                // the acknowledgement is not on the message's way.
+                if routed {
+                    let_woken_run_first().await;
                 }
             }
             _ = &mut sleep, if keep_alive.is_some() => {
@@ -726,7 +734,24 @@ fn encode_out(o: &Out, version: u8, now: i64, out: &mut BytesMut) {
     }
 }
 
+/// Goes to the back of the connection thread's run queue once, behind
+/// the tasks woken so far (`yield_now` would wait for the next poll of
+/// the reactor as well).
+async fn let_woken_run_first() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await;
+}
+
 /// Handles every whole packet in `rbuf`. `Ok(Some)`: the connection ends.
+/// `routed`: a PUBLISH was handled.
 fn handle_frames(
     engine: &Arc<Engine>,
     ctl: &Arc<ConnCtl>,
@@ -734,6 +759,7 @@ fn handle_frames(
     rbuf: &mut BytesMut,
     out: &mut BytesMut,
     want_pull: &mut bool,
+    routed: &mut bool,
 ) -> Result<Option<Stop>, ProtocolError> {
     while let Some(frame) = codec::split(rbuf, engine.limits.max_packet)? {
         let packet = codec::decode(frame, conn.version)?;
@@ -757,7 +783,10 @@ fn handle_frames(
             }
         }
         match packet {
-            Inbound::Publish(p) => publish(engine, ctl, conn, p, out)?,
+            Inbound::Publish(p) => {
+                publish(engine, ctl, conn, p, out)?;
+                *routed = true;
+            }
             Inbound::PubAck { pid } => {
                 if engine.finished(&conn.client_id, pid) {
                     *want_pull = true;
