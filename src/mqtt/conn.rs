@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -31,7 +31,7 @@ use tokio::sync::oneshot;
 use super::codec::{
     self, Frame, Inbound, OutPublish, PacketKind, ProtocolError, V5, V31, V311, rc,
 };
-use super::engine::{Accepted, Ending, Engine, Listening, Out};
+use super::engine::{Accepted, CONGESTED, DRAINED, Ending, Engine, Listening, Out};
 use super::faults::{self, Direction, Verdict};
 use super::journal::Origin;
 use super::session::{ConnCtl, Msg, NEVER, Will};
@@ -53,6 +53,9 @@ pub(crate) const RECEIVE_MAXIMUM: u16 = 1024;
 /// How long a connection the broker closed is drained before the socket
 /// goes.
 const LINGER: Duration = Duration::from_millis(500);
+/// A publisher waiting for a congested subscriber reads again when the
+/// subscriber wrote nothing for this long.
+pub(crate) const STALLED: Duration = Duration::from_millis(50);
 /// Buffers larger than this are given back once empty.
 const KEEP_BUFFER: usize = 8 * 1024;
 
@@ -153,6 +156,24 @@ impl Drop for Live<'_> {
 /// (for TCP the flush costs nothing).
 async fn send<S: AsyncWrite + Unpin>(stream: &mut S, buf: &[u8]) -> std::io::Result<()> {
     stream.write_all(buf).await?;
+    stream.flush().await
+}
+
+/// [`send`], counting in `written` the bytes each write call hands to
+/// the socket, so that a long write shows its progress.
+async fn send_counted<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    mut buf: &[u8],
+    written: &AtomicU64,
+) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        let n = stream.write(buf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        written.fetch_add(n as u64, Ordering::Relaxed);
+        buf = &buf[n..];
+    }
     stream.flush().await
 }
 
@@ -518,6 +539,11 @@ where
     tokio::pin!(sleep);
     let mut pulled = Vec::new();
     let mut want_pull = true;
+    // A congested connection this one waits for, before reading more,
+    // with its `written_bytes` at the last look.
+    let mut held: Option<(Arc<ConnCtl>, u64)> = None;
+    let hold_check = tokio::time::sleep(STALLED);
+    tokio::pin!(hold_check);
     // The newest delivery in `out`; the socket has it once `out` is
     // written (what a delivery barrier waits for).
     let mut writing_upto = 0;
@@ -551,11 +577,18 @@ where
                     }
                     Err(()) => break Stop::Done(Ending::Abrupt, None),
                 }
-            } else if send(stream, &out).await.is_err() {
+            } else if send_counted(stream, &out, &ctl.written_bytes)
+                .await
+                .is_err()
+            {
                 break Stop::Done(Ending::Abrupt, None);
             }
             if writing_upto > 0 {
                 ctl.written_upto.store(writing_upto, Ordering::Release);
+            }
+            if ctl.watched.load(Ordering::Relaxed) && ctl.fill.load(Ordering::Relaxed) < DRAINED {
+                ctl.watched.store(false, Ordering::Relaxed);
+                ctl.drained.notify_waiters();
             }
             out.clear();
             if out.capacity() > KEEP_BUFFER {
@@ -570,7 +603,7 @@ where
                 }
                 want_pull = true;
             }
-            r = read_more(stream, &mut rbuf, buffered) => {
+            r = read_more(stream, &mut rbuf, buffered), if held.is_none() => {
                 buffered = false;
                 match r {
                     Ok(0) | Err(_) => break Stop::Done(Ending::Abrupt, None),
@@ -580,7 +613,7 @@ where
                     sleep.as_mut().reset(tokio::time::Instant::now() + ka);
                 }
                 let before = engine.store.as_ref().map(|s| s.issued());
-                let mut routed = false;
+                let mut routed = Routed::default();
                 let handled = handle_frames(engine, ctl, conn, &mut rbuf, &mut out, &mut want_pull, &mut routed);
                 // Acknowledge only what is stored.
                 if let (Some(store), Some(before)) = (&engine.store, before) {
@@ -606,11 +639,46 @@ where
                 // client gets its acknowledgement or is read again, as a
                 // broker that delivers while it handles the PUBLISH does:
                 // the acknowledgement is not on the message's way.
-                if routed {
+                if routed.any {
                     let_woken_run_first().await;
                 }
+                // A subscriber this fed is still backed up: wait for it
+                // to drain before reading more, as long as it drains.
+                if let Some(c) = routed.congested
+                    && c.fill.load(Ordering::Relaxed) >= CONGESTED
+                    && !c.stalled()
+                {
+                    c.watched.store(true, Ordering::Relaxed);
+                    let written = c.written_bytes.load(Ordering::Relaxed);
+                    held = Some((c, written));
+                    hold_check.as_mut().reset(tokio::time::Instant::now() + STALLED);
+                }
             }
-            _ = &mut sleep, if keep_alive.is_some() => {
+            _ = async { held.as_ref().expect("guarded").0.drained.notified().await }, if held.is_some() => {
+                held = None;
+                if let Some(ka) = keep_alive {
+                    sleep.as_mut().reset(tokio::time::Instant::now() + ka);
+                }
+            }
+            _ = &mut hold_check, if held.is_some() => {
+                let (c, written) = held.as_mut().expect("guarded");
+                let now_written = c.written_bytes.load(Ordering::Relaxed);
+                if now_written == *written || c.closing().is_some() || c.fill.load(Ordering::Relaxed) < DRAINED {
+                    // Not draining: the client is not reading. It holds
+                    // no one back until it writes again.
+                    if now_written == *written {
+                        c.stalled_at.store(now_written, Ordering::Relaxed);
+                    }
+                    held = None;
+                    if let Some(ka) = keep_alive {
+                        sleep.as_mut().reset(tokio::time::Instant::now() + ka);
+                    }
+                } else {
+                    *written = now_written;
+                    hold_check.as_mut().reset(tokio::time::Instant::now() + STALLED);
+                }
+            }
+            _ = &mut sleep, if keep_alive.is_some() && held.is_none() => {
                 break Stop::Error(rc::KEEP_ALIVE_TIMEOUT, "keep alive timed out".into());
             }
             // More deliveries are waiting: take them once reads had their
@@ -734,6 +802,15 @@ fn encode_out(o: &Out, version: u8, now: i64, out: &mut BytesMut) {
     }
 }
 
+/// What the PUBLISHes of one read did.
+#[derive(Default)]
+struct Routed {
+    /// A PUBLISH was handled.
+    any: bool,
+    /// The fullest connection they were queued for, past [`CONGESTED`].
+    congested: Option<Arc<ConnCtl>>,
+}
+
 /// Goes to the back of the connection thread's run queue once, behind
 /// the tasks woken so far (`yield_now` would wait for the next poll of
 /// the reactor as well).
@@ -751,7 +828,7 @@ async fn let_woken_run_first() {
 }
 
 /// Handles every whole packet in `rbuf`. `Ok(Some)`: the connection ends.
-/// `routed`: a PUBLISH was handled.
+/// `routed`: what the PUBLISHes handled did.
 fn handle_frames(
     engine: &Arc<Engine>,
     ctl: &Arc<ConnCtl>,
@@ -759,7 +836,7 @@ fn handle_frames(
     rbuf: &mut BytesMut,
     out: &mut BytesMut,
     want_pull: &mut bool,
-    routed: &mut bool,
+    routed: &mut Routed,
 ) -> Result<Option<Stop>, ProtocolError> {
     while let Some(frame) = codec::split(rbuf, engine.limits.max_packet)? {
         let packet = codec::decode(frame, conn.version)?;
@@ -784,8 +861,8 @@ fn handle_frames(
         }
         match packet {
             Inbound::Publish(p) => {
-                publish(engine, ctl, conn, p, out)?;
-                *routed = true;
+                publish(engine, ctl, conn, p, out, &mut routed.congested)?;
+                routed.any = true;
             }
             Inbound::PubAck { pid } => {
                 if engine.finished(&conn.client_id, pid) {
@@ -909,6 +986,7 @@ fn publish(
     conn: &mut Conn,
     p: codec::InPublish,
     out: &mut BytesMut,
+    congested: &mut Option<Arc<ConnCtl>>,
 ) -> Result<(), ProtocolError> {
     let text = std::str::from_utf8(&p.topic).expect("checked by the codec");
     let topic: Arc<str> = match p.alias {
@@ -986,7 +1064,7 @@ fn publish(
             } else {
                 usize::MAX
             };
-            match engine.route_qos2(ctl, &conn.client_id, p.pid, msg, limit) {
+            match engine.route_qos2(ctl, &conn.client_id, p.pid, msg, limit, congested) {
                 Ok(true) => journal(&m),
                 Ok(false) => {}
                 Err(()) => {
@@ -998,7 +1076,7 @@ fn publish(
             }
         } else {
             journal(&msg);
-            engine.route(msg);
+            engine.route_from(ctl, msg, congested);
         }
     } else {
         tracing::debug!(client_id = %conn.client_id, topic = %topic, "publish refused by the ACL");

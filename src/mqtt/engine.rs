@@ -117,6 +117,32 @@ impl Core {
     }
 }
 
+/// A publisher stops reading while a connection it just queued for is
+/// this full (thousandths of the queue's budget in messages or bytes)...
+pub(super) const CONGESTED: usize = 250;
+/// ...until that queue is below this, or the connection wrote nothing
+/// for [`super::conn::STALLED`] (a client that does not read does not
+/// hold anyone back: its queue fills and drops, counted).
+pub(super) const DRAINED: usize = 125;
+
+/// Wakes the connections a message was queued for and picks the fullest
+/// congested one other than the publisher's own that still drains.
+fn wake_all(wakes: Vec<Arc<ConnCtl>>, from: &ConnCtl, congested: &mut Option<Arc<ConnCtl>>) {
+    for w in wakes {
+        if w.id != from.id && !w.stalled() {
+            let fill = w.fill.load(Ordering::Relaxed);
+            if fill >= CONGESTED
+                && congested
+                    .as_ref()
+                    .is_none_or(|c| c.fill.load(Ordering::Relaxed) < fill)
+            {
+                *congested = Some(w.clone());
+            }
+        }
+        w.wake.notify_one();
+    }
+}
+
 /// Dropped messages kept in the drop log.
 pub(crate) const DROP_LOG_CAPACITY: usize = 10_000;
 
@@ -483,6 +509,23 @@ impl Engine {
         n
     }
 
+    /// [`Engine::route`] for a client's PUBLISH: also answers, in
+    /// `congested`, the fullest connection it queued for (other than the
+    /// publisher's own) whose queue is past [`CONGESTED`].
+    pub(super) fn route_from(
+        &self,
+        from: &ConnCtl,
+        msg: Arc<Msg>,
+        congested: &mut Option<Arc<ConnCtl>>,
+    ) {
+        let mut wakes: Vec<Arc<ConnCtl>> = Vec::new();
+        {
+            let mut core = self.core.lock().unwrap();
+            self.route_locked(&mut core, &msg, &mut wakes);
+        }
+        wake_all(wakes, from, congested);
+    }
+
     /// A client's PUBLISH at QoS 2: routed unless its packet id is already
     /// waiting for PUBREL (a resend). Answers whether it was new.
     /// `Err(())`: the client already has `limit` QoS 2 messages waiting
@@ -494,6 +537,7 @@ impl Engine {
         pid: u16,
         msg: Arc<Msg>,
         limit: usize,
+        congested: &mut Option<Arc<ConnCtl>>,
     ) -> Result<bool, ()> {
         let mut wakes = Vec::new();
         {
@@ -510,9 +554,7 @@ impl Engine {
             session.awaiting_rel.insert(pid);
             self.route_locked(&mut core, &msg, &mut wakes);
         }
-        for w in wakes {
-            w.wake.notify_one();
-        }
+        wake_all(wakes, ctl, congested);
         Ok(true)
     }
 
@@ -639,6 +681,10 @@ impl Engine {
             }
             routed += 1;
             if let Some(link) = &session.link {
+                link.ctl.fill.store(
+                    session.fill(self.limits.max_queued, self.limits.max_queued_bytes),
+                    Ordering::Relaxed,
+                );
                 wakes.push(link.ctl.clone());
             }
         }
@@ -731,6 +777,10 @@ impl Engine {
             ctl.pulled_upto.store(d.seq, Ordering::Release);
             out.push(Out::Publish { d, pid, dup: false });
         }
+        ctl.fill.store(
+            s.fill(self.limits.max_queued, self.limits.max_queued_bytes),
+            Ordering::Relaxed,
+        );
         !s.queue.is_empty()
             && (s.inflight.len() < window || s.queue.front().is_some_and(|d| d.qos == 0))
     }

@@ -8,7 +8,7 @@
 //! the connection task of a session's client pulls from it.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -149,12 +149,31 @@ pub(crate) struct ConnCtl {
     pub pulled_upto: AtomicU64,
     /// The newest delivery whose PUBLISH the socket has taken.
     pub written_upto: AtomicU64,
+    /// Set while a publisher waits for this connection's queue to drain
+    /// ([`ConnCtl::drained`]).
+    pub watched: AtomicBool,
+    /// Notified when the queue fell below [`super::engine::DRAINED`] while
+    /// watched.
+    pub drained: Notify,
+    /// How full the session's queue is, in thousandths of its count or
+    /// byte budget (whichever is fuller), as of the last route or pull.
+    pub fill: AtomicUsize,
+    /// Bytes the socket has taken, counted as each write call returns.
+    pub written_bytes: AtomicU64,
+    /// `written_bytes` when a publisher last found this connection not
+    /// draining; publishers do not wait for it again until it writes.
+    pub stalled_at: AtomicU64,
 }
 
 impl ConnCtl {
     pub(super) fn close_with(&self, code: u8) {
         self.close.store(code, Ordering::Relaxed);
         self.wake.notify_one();
+    }
+    /// A publisher found it not draining, and it has written nothing
+    /// since.
+    pub(super) fn stalled(&self) -> bool {
+        self.stalled_at.load(Ordering::Relaxed) == self.written_bytes.load(Ordering::Relaxed)
     }
     pub(super) fn closing(&self) -> Option<u8> {
         match self.close.load(Ordering::Relaxed) {
@@ -303,6 +322,14 @@ impl Session {
             Some(old) => Enqueued::QueuedDroppedOldest(old),
             None => Enqueued::Queued,
         }
+    }
+
+    /// How full the queue is, in thousandths of `max_count` or
+    /// `max_bytes`, whichever is fuller.
+    pub(super) fn fill(&self, max_count: usize, max_bytes: usize) -> usize {
+        let by_count = self.queue.len() * 1000 / max_count.max(1);
+        let by_bytes = self.queued_bytes * 1000 / max_bytes.max(1);
+        by_count.max(by_bytes)
     }
 
     pub(super) fn pop(&mut self) -> Option<Delivery> {

@@ -991,3 +991,65 @@ async fn a_subscribe_sent_before_another_clients_publish_gets_it() {
     server.stop().await;
     drain.abort();
 }
+
+/// A subscriber that reads more slowly than a publisher sends is not
+/// flooded into dropping: the publisher is read only as fast as the
+/// subscriber drains (as TCP paces a sender). A subscriber that does not
+/// read at all holds no one back: its queue fills and drops, counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_paces_its_publisher_and_one_that_never_reads_holds_no_one_back() {
+    let server = TestServer::with_scenario("", |c| c.mqtt_max_queued = 1000).await;
+    let addr = server.mqtt;
+    const N: u32 = 20_000;
+    // Subscribes, then never reads.
+    let (mut stuck, _) = Raw::open(addr, &connect(4, "stuck", true, 0, &[], None)).await;
+    stuck.send(&subscribe(4, 1, "pace/#", 0)).await;
+    suback(&mut stuck).await;
+    let (mut slow, _) = Raw::open(addr, &connect(4, "slow", true, 0, &[], None)).await;
+    slow.send(&subscribe(4, 1, "pace/#", 0)).await;
+    suback(&mut slow).await;
+    let reader = tokio::spawn(async move {
+        // Until the last message, or nothing for a while.
+        let mut got = Vec::with_capacity(N as usize);
+        while let Ok(Some((_, body))) = slow.packet_within(WAIT).await {
+            let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+            let payload = &body[2 + topic_len..];
+            let n = u32::from_be_bytes(payload[..4].try_into().unwrap());
+            got.push(n);
+            if n == N - 1 {
+                break;
+            }
+            if got.len() % 100 == 0 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        got
+    });
+    // QoS 0, 1 KiB each, as fast as the broker takes them.
+    let (mut publ, _) = Raw::open(addr, &connect(4, "fast-pub", true, 0, &[], None)).await;
+    let mut burst = Vec::new();
+    for i in 0..N {
+        let mut payload = i.to_be_bytes().to_vec();
+        payload.resize(1024, b'.');
+        burst.extend_from_slice(&publish(4, "pace/n", 0, 0, &[], &payload));
+        if i % 100 == 99 {
+            publ.send(&burst).await;
+            burst.clear();
+        }
+    }
+    let got = reader.await.unwrap();
+    let (_, clients) = server.get("/api/v1/mqtt/clients").await;
+    assert!(
+        got.iter().copied().eq(0..N),
+        "every message, in order: got {} of {N}; {clients:#}",
+        got.len()
+    );
+    let (_, drops) = server.get("/api/v1/mqtt/drops").await;
+    let items = drops["items"].as_array().unwrap();
+    assert!(
+        !items.is_empty() && items.iter().all(|d| d["client_id"] == "stuck"),
+        "only the client that never reads lost messages: {drops}"
+    );
+    drop(stuck);
+    server.stop().await;
+}
