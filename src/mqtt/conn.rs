@@ -155,8 +155,7 @@ impl Drop for Live<'_> {
 /// Writes and flushes: TLS and WebSocket streams buffer until flushed
 /// (for TCP the flush costs nothing).
 async fn send<S: AsyncWrite + Unpin>(stream: &mut S, buf: &[u8]) -> std::io::Result<()> {
-    stream.write_all(buf).await?;
-    stream.flush().await
+    send_counted(stream, buf, &AtomicU64::new(0)).await
 }
 
 /// [`send`], counting in `written` the bytes each write call hands to
@@ -1076,7 +1075,7 @@ fn publish(
             }
         } else {
             journal(&msg);
-            engine.route_from(ctl, msg, congested);
+            engine.route_from(Some(ctl), msg, congested);
         }
     } else {
         tracing::debug!(client_id = %conn.client_id, topic = %topic, "publish refused by the ACL");

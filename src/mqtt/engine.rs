@@ -125,11 +125,16 @@ pub(super) const CONGESTED: usize = 250;
 /// hold anyone back: its queue fills and drops, counted).
 pub(super) const DRAINED: usize = 125;
 
-/// Wakes the connections a message was queued for and picks the fullest
-/// congested one other than the publisher's own that still drains.
-fn wake_all(wakes: Vec<Arc<ConnCtl>>, from: &ConnCtl, congested: &mut Option<Arc<ConnCtl>>) {
+/// Wakes the connections a message was queued for and, for a client's
+/// message (`from`), picks the fullest congested one other than the
+/// publisher's own that still drains.
+fn wake_all(
+    wakes: Vec<Arc<ConnCtl>>,
+    from: Option<&ConnCtl>,
+    congested: &mut Option<Arc<ConnCtl>>,
+) {
     for w in wakes {
-        if w.id != from.id && !w.stalled() {
+        if from.is_some_and(|f| f.id != w.id) && !w.stalled() {
             let fill = w.fill.load(Ordering::Relaxed);
             if fill >= CONGESTED
                 && congested
@@ -498,32 +503,25 @@ impl Engine {
     /// Routes a message to every matching session; answers how many
     /// sessions it was queued for.
     pub(super) fn route(&self, msg: Arc<Msg>) -> usize {
+        self.route_from(None, msg, &mut None)
+    }
+
+    /// [`Engine::route`] for a client's PUBLISH (`from`): also answers, in
+    /// `congested`, the fullest connection it queued for (other than the
+    /// publisher's own) whose queue is past [`CONGESTED`].
+    pub(super) fn route_from(
+        &self,
+        from: Option<&ConnCtl>,
+        msg: Arc<Msg>,
+        congested: &mut Option<Arc<ConnCtl>>,
+    ) -> usize {
         let mut wakes: Vec<Arc<ConnCtl>> = Vec::new();
         let n = {
             let mut core = self.core.lock().unwrap();
             self.route_locked(&mut core, &msg, &mut wakes)
         };
-        for w in wakes {
-            w.wake.notify_one();
-        }
-        n
-    }
-
-    /// [`Engine::route`] for a client's PUBLISH: also answers, in
-    /// `congested`, the fullest connection it queued for (other than the
-    /// publisher's own) whose queue is past [`CONGESTED`].
-    pub(super) fn route_from(
-        &self,
-        from: &ConnCtl,
-        msg: Arc<Msg>,
-        congested: &mut Option<Arc<ConnCtl>>,
-    ) {
-        let mut wakes: Vec<Arc<ConnCtl>> = Vec::new();
-        {
-            let mut core = self.core.lock().unwrap();
-            self.route_locked(&mut core, &msg, &mut wakes);
-        }
         wake_all(wakes, from, congested);
+        n
     }
 
     /// A client's PUBLISH at QoS 2: routed unless its packet id is already
@@ -554,7 +552,7 @@ impl Engine {
             session.awaiting_rel.insert(pid);
             self.route_locked(&mut core, &msg, &mut wakes);
         }
-        wake_all(wakes, ctl, congested);
+        wake_all(wakes, Some(ctl), congested);
         Ok(true)
     }
 
