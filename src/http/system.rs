@@ -377,6 +377,16 @@ pub(super) async fn metrics_show(State(state): State<AppState>) -> impl IntoResp
             "Packets over the broker's Maximum Packet Size, refused.",
             b.packets_too_large,
         ),
+        (
+            "mqtt_publishers_paced_total",
+            "Times a publisher was read no faster than a congested subscriber drained.",
+            b.publishers_paced,
+        ),
+        (
+            "mqtt_subscribers_stalled_total",
+            "Times a congested subscriber stopped reading and publishers stopped waiting for it.",
+            b.subscribers_stalled,
+        ),
     ] {
         counter(name, help, value);
     }

@@ -176,6 +176,13 @@ async fn send_counted<S: AsyncWrite + Unpin>(
     stream.flush().await
 }
 
+/// Puts the keep-alive deadline `keep_alive` from now (if the client set one).
+fn rearm(sleep: std::pin::Pin<&mut tokio::time::Sleep>, keep_alive: Option<Duration>) {
+    if let Some(ka) = keep_alive {
+        sleep.reset(tokio::time::Instant::now() + ka);
+    }
+}
+
 /// Serves one client connection on any byte stream. `cert` is the
 /// identity a transport verified (a TLS client certificate), if any.
 pub(crate) async fn serve<S>(
@@ -569,7 +576,7 @@ where
         }
         if !out.is_empty() {
             if engine.faults.active() {
-                match write_with_faults(engine, conn, stream, &out).await {
+                match write_with_faults(engine, conn, stream, &out, &ctl.written_bytes).await {
                     Ok(None) => {}
                     Ok(Some(code)) => {
                         break Stop::Error(code, "disconnected by a fault rule".into());
@@ -608,9 +615,7 @@ where
                     Ok(0) | Err(_) => break Stop::Done(Ending::Abrupt, None),
                     Ok(_) => {}
                 }
-                if let Some(ka) = keep_alive {
-                    sleep.as_mut().reset(tokio::time::Instant::now() + ka);
-                }
+                rearm(sleep.as_mut(), keep_alive);
                 let before = engine.store.as_ref().map(|s| s.issued());
                 let mut routed = Routed::default();
                 let handled = handle_frames(engine, ctl, conn, &mut rbuf, &mut out, &mut want_pull, &mut routed);
@@ -648,6 +653,7 @@ where
                     && !c.stalled()
                 {
                     c.watched.store(true, Ordering::Relaxed);
+                    engine.counters.publishers_paced.fetch_add(1, Ordering::Relaxed);
                     let written = c.written_bytes.load(Ordering::Relaxed);
                     held = Some((c, written));
                     hold_check.as_mut().reset(tokio::time::Instant::now() + STALLED);
@@ -655,9 +661,7 @@ where
             }
             _ = async { held.as_ref().expect("guarded").0.drained.notified().await }, if held.is_some() => {
                 held = None;
-                if let Some(ka) = keep_alive {
-                    sleep.as_mut().reset(tokio::time::Instant::now() + ka);
-                }
+                rearm(sleep.as_mut(), keep_alive);
             }
             _ = &mut hold_check, if held.is_some() => {
                 let (c, written) = held.as_mut().expect("guarded");
@@ -667,11 +671,10 @@ where
                     // no one back until it writes again.
                     if now_written == *written {
                         c.stalled_at.store(now_written, Ordering::Relaxed);
+                        engine.counters.subscribers_stalled.fetch_add(1, Ordering::Relaxed);
                     }
                     held = None;
-                    if let Some(ka) = keep_alive {
-                        sleep.as_mut().reset(tokio::time::Instant::now() + ka);
-                    }
+                    rearm(sleep.as_mut(), keep_alive);
                 } else {
                     *written = now_written;
                     hold_check.as_mut().reset(tokio::time::Instant::now() + STALLED);
@@ -1095,6 +1098,7 @@ async fn write_with_faults<S>(
     conn: &mut Conn,
     stream: &mut S,
     out: &[u8],
+    written: &AtomicU64,
 ) -> Result<Option<u8>, ()>
 where
     S: AsyncWrite + Unpin,
@@ -1146,18 +1150,18 @@ where
                 continue;
             }
             Verdict::Delay(ms) => {
-                flush(stream, &mut pending).await?;
+                flush(stream, &mut pending, written).await?;
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 pending.extend_from_slice(pkt);
             }
             Verdict::Throttle(bps) => {
-                flush(stream, &mut pending).await?;
-                send(stream, pkt).await.map_err(|_| ())?;
+                flush(stream, &mut pending, written).await?;
+                send_counted(stream, pkt, written).await.map_err(|_| ())?;
                 let secs = pkt.len() as f64 / bps as f64;
                 tokio::time::sleep(Duration::from_secs_f64(secs)).await;
             }
             Verdict::Disconnect(code) => {
-                flush(stream, &mut pending).await?;
+                flush(stream, &mut pending, written).await?;
                 return Ok(Some(code));
             }
         }
@@ -1165,13 +1169,19 @@ where
             pending.extend_from_slice(&prev);
         }
     }
-    flush(stream, &mut pending).await?;
+    flush(stream, &mut pending, written).await?;
     Ok(None)
 }
 
-async fn flush<S: AsyncWrite + Unpin>(stream: &mut S, pending: &mut Vec<u8>) -> Result<(), ()> {
+async fn flush<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    pending: &mut Vec<u8>,
+    written: &AtomicU64,
+) -> Result<(), ()> {
     if !pending.is_empty() {
-        send(stream, pending).await.map_err(|_| ())?;
+        send_counted(stream, pending, written)
+            .await
+            .map_err(|_| ())?;
         pending.clear();
     }
     Ok(())

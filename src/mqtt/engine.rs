@@ -77,6 +77,8 @@ pub(crate) struct Counters {
     pub connections_refused: AtomicU64,
     pub protocol_errors: AtomicU64,
     pub packets_too_large: AtomicU64,
+    pub publishers_paced: AtomicU64,
+    pub subscribers_stalled: AtomicU64,
 }
 
 impl Counters {
@@ -1147,6 +1149,8 @@ impl Engine {
             connections_refused: get(&c.connections_refused),
             protocol_errors: get(&c.protocol_errors),
             packets_too_large: get(&c.packets_too_large),
+            publishers_paced: get(&c.publishers_paced),
+            subscribers_stalled: get(&c.subscribers_stalled),
         }
     }
 

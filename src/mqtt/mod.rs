@@ -310,6 +310,13 @@ pub(crate) struct BrokerCounters {
     /// Of those: packets over the broker's Maximum Packet Size
     /// (`--mqtt-max-packet-size`), refused with DISCONNECT 0x95.
     pub packets_too_large: u64,
+    /// Times a publisher's reads waited for a subscriber it fed to drain
+    /// its queue below 1/8 (after a read left that queue 1/4 full).
+    pub publishers_paced: u64,
+    /// Times a congested subscriber wrote nothing for 50 ms while a
+    /// publisher waited for it: publishers stop waiting for it until it
+    /// writes again, and its queue fills and drops as counted above.
+    pub subscribers_stalled: u64,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]

@@ -9,7 +9,7 @@ use iotmock::ClockMode;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
 
-use crate::support::{TestServer, WAIT};
+use crate::support::{TestServer, WAIT, metric};
 
 /// Polls `/health` until `check` holds.
 async fn wait_health(server: &TestServer, check: impl Fn(&Value) -> bool) -> Value {
@@ -26,13 +26,6 @@ async fn wait_health(server: &TestServer, check: impl Fn(&Value) -> bool) -> Val
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// A metric's value from the Prometheus text.
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("metric {name} missing:\n{text}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

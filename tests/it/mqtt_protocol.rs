@@ -12,10 +12,10 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::net::TcpStream;
 
-use crate::support::TestServer;
 use crate::support::wire::{
     Raw, Will, connect, packet, props, publish, string, suback, subscribe, unsubscribe,
 };
+use crate::support::{TestServer, metric};
 
 /// Sends `bytes` on a new connection: the first packet back, or `None`
 /// when the broker closes it without a word.
@@ -40,13 +40,6 @@ async fn disconnect_code(addr: SocketAddr, bad: &[u8]) -> u8 {
             return body[0];
         }
     }
-}
-
-/// A metric's value from the Prometheus text.
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("metric {name} missing:\n{text}"))
 }
 
 #[tokio::test]
@@ -93,10 +86,7 @@ async fn a_refused_connect_says_why_in_its_connack() {
 
     // Not MQTT at all, a first packet that is not a CONNECT, and a CONNECT
     // with bytes after its payload: closed without an answer, and counted.
-    let before = metric(
-        &server.get_text("/metrics").await,
-        "iotmock_mqtt_protocol_errors_total",
-    );
+    let before = server.metric("iotmock_mqtt_protocol_errors_total").await;
     let mut not_mqtt = connect(4, "x", true, 0, &[], None);
     not_mqtt[7] = b'X';
     let mut trailing = connect(4, "trailing", true, 0, &[], None);
@@ -110,10 +100,7 @@ async fn a_refused_connect_says_why_in_its_connack() {
         let (_, answer) = first_answer(addr, &bytes).await;
         assert_eq!(answer, None, "closed without a CONNACK");
     }
-    let after = metric(
-        &server.get_text("/metrics").await,
-        "iotmock_mqtt_protocol_errors_total",
-    );
+    let after = server.metric("iotmock_mqtt_protocol_errors_total").await;
     assert_eq!(after, before + 3);
     server.stop().await;
 }

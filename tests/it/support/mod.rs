@@ -88,6 +88,11 @@ impl TestServer {
         response.text().await.expect("a text body")
     }
 
+    /// The value of the Prometheus sample `name` at `GET /metrics`.
+    pub async fn metric(&self, name: &str) -> u64 {
+        metric(&self.get_text("/metrics").await, name)
+    }
+
     /// Waits until the broker has let go of client `id`'s connection (it
     /// is no longer listed): the broker sees a closed socket a moment
     /// after the client closes it.
@@ -357,4 +362,11 @@ pub fn ensure_tool(tool: &str, package: &str) {
         installed && present(),
         "{tool} is missing and could not be installed: run `apt-get install {package}`"
     );
+}
+
+/// The value of the Prometheus sample `name` in a `/metrics` text.
+pub fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("metric {name} missing:\n{text}"))
 }
