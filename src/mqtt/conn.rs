@@ -54,8 +54,11 @@ pub(crate) const RECEIVE_MAXIMUM: u16 = 1024;
 /// goes.
 const LINGER: Duration = Duration::from_millis(500);
 /// A publisher waiting for a congested subscriber reads again when the
-/// subscriber wrote nothing for this long.
-pub(crate) const STALLED: Duration = Duration::from_millis(50);
+/// subscriber wrote nothing for this long. Long enough that a client
+/// paused by its scheduler or a collector is not taken for one that
+/// stopped reading (50 ms was not, on a loaded 2-core machine); short
+/// enough that a stuck client costs its publishers one short pause.
+pub(crate) const STALLED: Duration = Duration::from_millis(250);
 /// Buffers larger than this are given back once empty.
 const KEEP_BUFFER: usize = 8 * 1024;
 

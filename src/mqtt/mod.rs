@@ -313,7 +313,7 @@ pub(crate) struct BrokerCounters {
     /// Times a publisher's reads waited for a subscriber it fed to drain
     /// its queue below 1/8 (after a read left that queue 1/4 full).
     pub publishers_paced: u64,
-    /// Times a congested subscriber wrote nothing for 50 ms while a
+    /// Times a congested subscriber wrote nothing for 250 ms while a
     /// publisher waited for it: publishers stop waiting for it until it
     /// writes again, and its queue fills and drops as counted above.
     pub subscribers_stalled: u64,
