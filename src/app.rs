@@ -70,6 +70,12 @@ pub struct Config {
     pub mqtt_max_queued: usize,
     /// Bytes queued per MQTT session.
     pub mqtt_max_queued_bytes: usize,
+    /// The longest Keep Alive an MQTT client may use, in seconds
+    /// (`None`: any); see [`crate::mqtt::MqttConfig::max_keep_alive`].
+    pub mqtt_max_keep_alive: Option<u16>,
+    /// Topic aliases the broker sets on what it sends each MQTT 5 client
+    /// (0: none).
+    pub mqtt_server_topic_aliases: u16,
     /// Who may connect to the broker; `None` allows everyone.
     pub mqtt_authorizer: Option<std::sync::Arc<dyn crate::mqtt::Authorizer>>,
     /// `devices`: device credentials (or the admin's) are required; used
@@ -178,6 +184,8 @@ impl Config {
             mqtt_max_packet_size: crate::mqtt::DEFAULT_MAX_PACKET_SIZE,
             mqtt_max_queued: crate::mqtt::DEFAULT_MAX_QUEUED,
             mqtt_max_queued_bytes: crate::mqtt::DEFAULT_MAX_QUEUED_BYTES,
+            mqtt_max_keep_alive: None,
+            mqtt_server_topic_aliases: 0,
             mqtt_authorizer: None,
             mqtt_auth: MqttAuth::Open,
             mock_http: None,
@@ -461,6 +469,8 @@ impl Server {
         mqtt_config.max_packet_size = config.mqtt_max_packet_size;
         mqtt_config.max_queued_per_session = config.mqtt_max_queued;
         mqtt_config.max_queued_bytes_per_session = config.mqtt_max_queued_bytes;
+        mqtt_config.max_keep_alive = config.mqtt_max_keep_alive;
+        mqtt_config.server_topic_aliases = config.mqtt_server_topic_aliases;
         mqtt_config.storage_dir = config.data_dir.as_ref().map(|d| d.join("mqtt"));
         let device_access = match &config.mqtt_auth {
             MqttAuth::Open => None,

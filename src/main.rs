@@ -146,6 +146,18 @@ struct ServeArgs {
     /// Bytes queued per MQTT session, with the same policy.
     #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
     mqtt_max_queued_bytes: usize,
+    /// The longest Keep Alive a client may use, in seconds (1-65535): an
+    /// MQTT 5 client asking for more, or for none, is told this one
+    /// (Server Keep Alive in CONNACK) and held to it; an MQTT 3.1.1
+    /// client, which cannot be told, is refused (CONNACK 2). Default: any.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u16).range(1..))]
+    mqtt_max_keep_alive: Option<u16>,
+    /// Topic aliases the broker sets on the PUBLISHes it sends each MQTT 5
+    /// client, up to the Topic Alias Maximum the client allows: the first
+    /// on a topic carries it with an alias, the next only the alias; the
+    /// least recently used alias goes to a new topic. 0: none.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    mqtt_server_topic_aliases: u16,
     /// MQTT admission: `open` (anyone, any topic), `devices` (device
     /// credentials or a device certificate over TLS; back ends use the
     /// admin user) or `certificates` (devices only with a certificate).
@@ -449,6 +461,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         mqtt_max_packet_size: args.mqtt_max_packet_size,
         mqtt_max_queued: args.mqtt_max_queued,
         mqtt_max_queued_bytes: args.mqtt_max_queued_bytes,
+        mqtt_max_keep_alive: args.mqtt_max_keep_alive,
+        mqtt_server_topic_aliases: args.mqtt_server_topic_aliases,
         http_journal_max_bytes: args.http_journal_max_bytes,
         max_stub_response_bytes: args.max_stub_response_bytes,
         telemetry_limits: TelemetryLimits {

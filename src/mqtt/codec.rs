@@ -86,24 +86,23 @@ pub(crate) struct Frame {
 /// The fixed header at the start of `buf`: (its length, the body's
 /// length), or `None` when it is not all there yet.
 pub(crate) fn fixed_header(buf: &[u8]) -> Result<Option<(usize, usize)>, ProtocolError> {
-    let mut len: usize = 0;
-    let mut shift = 0;
-    let mut i = 1;
-    loop {
-        if i >= buf.len() {
-            return Ok(None);
+    Ok(varint_at(buf.get(1..).unwrap_or_default())?.map(|(len, n)| (1 + n, len)))
+}
+
+/// The variable byte integer at the start of `buf`: (its value, its
+/// length in bytes), or `None` when it is not all there yet.
+pub(crate) fn varint_at(buf: &[u8]) -> Result<Option<(usize, usize)>, ProtocolError> {
+    let mut v: usize = 0;
+    for (i, &b) in buf.iter().enumerate() {
+        if i == 4 {
+            return Err(ProtocolError::malformed("variable integer over 4 bytes"));
         }
-        if i > 4 {
-            return Err(ProtocolError::malformed("remaining length over 4 bytes"));
-        }
-        let b = buf[i];
-        len |= ((b & 0x7f) as usize) << shift;
-        shift += 7;
-        i += 1;
+        v |= ((b & 0x7f) as usize) << (7 * i);
         if b & 0x80 == 0 {
-            return Ok(Some((i, len)));
+            return Ok(Some((v, i + 1)));
         }
     }
+    Ok(None)
 }
 
 /// Splits one whole packet off the front of `buf`, or answers `None` when

@@ -28,6 +28,7 @@ use tokio::net::TcpListener;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
+use super::aliases::OutAliases;
 use super::codec::{
     self, Frame, Inbound, OutPublish, PacketKind, ProtocolError, V5, V31, V311, rc,
 };
@@ -298,6 +299,9 @@ struct Conn {
     /// Session expiry from CONNECT: 0 forbids setting one on DISCONNECT.
     connect_expiry: u32,
     aliases: Option<HashMap<u16, Arc<str>>>,
+    /// The aliases this side sets on its PUBLISHes
+    /// (`--mqtt-server-topic-aliases`).
+    out_aliases: Option<Box<OutAliases>>,
     /// A packet a reorder fault holds back until the next one is written.
     held_back: Option<Vec<u8>>,
 }
@@ -376,6 +380,20 @@ fn handshake(
         && topics::valid_topic_name(&w.topic).is_err()
     {
         return refuse(out, ReasonCode::TopicNameInvalid, "invalid will topic");
+    }
+    // 0 asks for no keep alive: longer than any maximum.
+    let server_keep_alive = engine
+        .limits
+        .max_keep_alive
+        .filter(|&max| c.keep_alive == 0 || c.keep_alive > max);
+    if server_keep_alive.is_some() && !v5 {
+        // An MQTT 3.1.1 client cannot be told to use less (Mosquitto
+        // refuses it the same way).
+        return refuse(
+            out,
+            ReasonCode::ClientIdentifierNotValid,
+            "keep alive over --mqtt-max-keep-alive",
+        );
     }
     let user: Option<Arc<str>> = match &engine.authorizer {
         None => c.username.as_deref().map(Arc::from),
@@ -473,6 +491,9 @@ fn handshake(
         if let Some(id) = assigned {
             p = p.with_assigned_client_id(id);
         }
+        if let Some(secs) = server_keep_alive {
+            p = p.with_server_keep_alive(secs);
+        }
         codec::encode_packet(out, &p);
     } else {
         connack(out, version, session_present, ReasonCode::Success);
@@ -484,9 +505,19 @@ fn handshake(
         client_id,
         user,
         version,
-        keep_alive: c.keep_alive,
+        keep_alive: server_keep_alive.unwrap_or(c.keep_alive),
         connect_expiry: expiry,
         aliases: None,
+        out_aliases: v5
+            .then(|| {
+                OutAliases::new(
+                    engine.limits.server_topic_aliases,
+                    c.properties.get_topic_alias_maximum().unwrap_or(0),
+                    max_packet,
+                )
+            })
+            .flatten()
+            .map(Box::new),
         held_back: None,
     })
 }
@@ -556,6 +587,8 @@ where
     // The newest delivery in `out`; the socket has it once `out` is
     // written (what a delivery barrier waits for).
     let mut writing_upto = 0;
+    // `out` with topic aliases, when the client gets them.
+    let mut aliased = BytesMut::new();
     // Packets the client sent behind its CONNECT, in the same read: handled
     // first, not when the client next sends something.
     let mut buffered = !rbuf.is_empty();
@@ -586,11 +619,24 @@ where
                     }
                     Err(()) => break Stop::Done(Ending::Abrupt, None),
                 }
-            } else if send_counted(stream, &out, &ctl.written_bytes)
-                .await
-                .is_err()
-            {
-                break Stop::Done(Ending::Abrupt, None);
+            } else {
+                let bytes = match &mut conn.out_aliases {
+                    Some(a) => {
+                        aliased.clear();
+                        a.put_all(&out, &mut aliased);
+                        &aliased[..]
+                    }
+                    None => &out[..],
+                };
+                if send_counted(stream, bytes, &ctl.written_bytes)
+                    .await
+                    .is_err()
+                {
+                    break Stop::Done(Ending::Abrupt, None);
+                }
+                if aliased.capacity() > KEEP_BUFFER {
+                    aliased = BytesMut::new();
+                }
             }
             if writing_upto > 0 {
                 ctl.written_upto.store(writing_upto, Ordering::Release);
@@ -1106,7 +1152,14 @@ async fn write_with_faults<S>(
 where
     S: AsyncWrite + Unpin,
 {
-    let mut pending: Vec<u8> = Vec::with_capacity(out.len());
+    let mut pending = BytesMut::with_capacity(out.len());
+    let aliases = &mut conn.out_aliases;
+    // Aliases are set in the order packets reach the socket.
+    let emit =
+        |aliases: &mut Option<Box<OutAliases>>, pending: &mut BytesMut, pkt: &[u8]| match aliases {
+            Some(a) => a.put(pkt, pending),
+            None => pending.extend_from_slice(pkt),
+        };
     let mut i = 0;
     while i < out.len() {
         // The engine's own output: always whole packets.
@@ -1132,35 +1185,36 @@ where
             topic,
         });
         match verdict {
-            Verdict::Pass | Verdict::RefuseConnect(_) => pending.extend_from_slice(pkt),
+            Verdict::Pass | Verdict::RefuseConnect(_) => emit(aliases, &mut pending, pkt),
             Verdict::Drop => {
                 if kind == PacketKind::Publish {
                     engine.fault_dropped(&conn.client_id, topic.unwrap_or(""), (pkt[0] >> 1) & 3);
                 }
             }
             Verdict::Duplicate => {
-                pending.extend_from_slice(pkt);
+                emit(aliases, &mut pending, pkt);
                 let start = pending.len();
-                pending.extend_from_slice(pkt);
+                emit(aliases, &mut pending, pkt);
                 if kind == PacketKind::Publish && (pkt[0] >> 1) & 3 > 0 {
                     pending[start] |= 0x08;
                 }
             }
             Verdict::Reorder => {
                 if let Some(prev) = conn.held_back.replace(pkt.to_vec()) {
-                    pending.extend_from_slice(&prev);
+                    emit(aliases, &mut pending, &prev);
                 }
                 continue;
             }
             Verdict::Delay(ms) => {
                 flush(stream, &mut pending, written).await?;
                 tokio::time::sleep(Duration::from_millis(ms)).await;
-                pending.extend_from_slice(pkt);
+                emit(aliases, &mut pending, pkt);
             }
             Verdict::Throttle(bps) => {
                 flush(stream, &mut pending, written).await?;
-                send_counted(stream, pkt, written).await.map_err(|_| ())?;
-                let secs = pkt.len() as f64 / bps as f64;
+                emit(aliases, &mut pending, pkt);
+                let secs = pending.len() as f64 / bps as f64;
+                flush(stream, &mut pending, written).await?;
                 tokio::time::sleep(Duration::from_secs_f64(secs)).await;
             }
             Verdict::Disconnect(code) => {
@@ -1169,7 +1223,7 @@ where
             }
         }
         if let Some(prev) = conn.held_back.take() {
-            pending.extend_from_slice(&prev);
+            emit(aliases, &mut pending, &prev);
         }
     }
     flush(stream, &mut pending, written).await?;
@@ -1178,7 +1232,7 @@ where
 
 async fn flush<S: AsyncWrite + Unpin>(
     stream: &mut S,
-    pending: &mut Vec<u8>,
+    pending: &mut BytesMut,
     written: &AtomicU64,
 ) -> Result<(), ()> {
     if !pending.is_empty() {

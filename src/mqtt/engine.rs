@@ -61,6 +61,8 @@ pub(crate) struct EngineLimits {
     pub max_inflight: u16,
     pub max_clients: usize,
     pub topic_alias_max: u16,
+    pub max_keep_alive: Option<u16>,
+    pub server_topic_aliases: u16,
 }
 
 /// Engine-wide counters (read into [`super::BrokerCounters`]).

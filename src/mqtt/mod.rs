@@ -14,6 +14,7 @@
 //! subscription tree), `observed.rs` (what the rest of the server hears)
 //! and `auth.rs` (who may do what).
 
+mod aliases;
 mod auth;
 mod codec;
 mod conn;
@@ -118,6 +119,14 @@ pub struct MqttConfig {
     pub authorizer: Option<Arc<dyn Authorizer>>,
     /// Seeds the fault rules' random draws.
     pub seed: u64,
+    /// The longest Keep Alive a client may use, in seconds: an MQTT 5
+    /// client asking for more, or for none, is told this one (Server
+    /// Keep Alive in CONNACK) and held to it; an MQTT 3.1/3.1.1 client,
+    /// which cannot be told, is refused (CONNACK 2). `None`: any.
+    pub max_keep_alive: Option<u16>,
+    /// Topic aliases the broker sets on what it sends each MQTT 5
+    /// client, up to the client's Topic Alias Maximum. 0: none.
+    pub server_topic_aliases: u16,
 }
 
 impl std::fmt::Debug for MqttConfig {
@@ -150,6 +159,8 @@ impl MqttConfig {
             storage_dir: None,
             authorizer: None,
             seed: 0,
+            max_keep_alive: None,
+            server_topic_aliases: 0,
         }
     }
 }
@@ -343,6 +354,11 @@ pub(crate) struct Limits {
     pub max_clients: usize,
     /// Topic aliases a client may set on its PUBLISHes.
     pub topic_alias_maximum: u16,
+    /// The longest Keep Alive a client may use (`--mqtt-max-keep-alive`).
+    pub max_keep_alive: Option<u16>,
+    /// Topic aliases the broker sets on what it sends an MQTT 5 client
+    /// (`--mqtt-server-topic-aliases`).
+    pub server_topic_aliases: u16,
 }
 
 /// A verify request: count the journal's messages on `filter` (after
@@ -469,6 +485,8 @@ impl Broker {
                 max_inflight: config.max_inflight,
                 max_clients: config.max_clients,
                 topic_alias_max: TOPIC_ALIAS_MAXIMUM,
+                max_keep_alive: config.max_keep_alive,
+                server_topic_aliases: config.server_topic_aliases,
             },
             config.authorizer.clone(),
             store,
@@ -499,6 +517,8 @@ impl Broker {
                 max_inflight: config.max_inflight,
                 max_clients: config.max_clients,
                 topic_alias_maximum: TOPIC_ALIAS_MAXIMUM,
+                max_keep_alive: config.max_keep_alive,
+                server_topic_aliases: config.server_topic_aliases,
             },
             link: Mutex::new(Link::Up),
             held: Mutex::default(),

@@ -13,7 +13,8 @@ use serde_json::json;
 use tokio::net::TcpStream;
 
 use crate::support::wire::{
-    Raw, Will, connect, packet, props, publish, string, suback, subscribe, unsubscribe,
+    Raw, Will, connack_props, connect, packet, prop_u16, props, publish, string, suback, subscribe,
+    unsubscribe,
 };
 use crate::support::{TestServer, metric};
 
@@ -568,5 +569,99 @@ async fn a_pubrec_with_an_error_ends_a_qos2_delivery() {
     publ.send(&publish(4, "q2/b", 0, 0, &[], b"next")).await;
     let (topic, _, payload) = sub.publish(5).await;
     assert_eq!((topic.as_str(), &payload[..]), ("q2/b", &b"next"[..]));
+    server.stop().await;
+}
+
+/// `--mqtt-max-keep-alive`: an MQTT 5 client asking for a longer keep
+/// alive (or none) is told the broker's in CONNACK and held to it; a
+/// 3.1.1 client, which cannot be told, is refused.
+#[tokio::test]
+async fn a_maximum_keep_alive_is_told_to_mqtt5_clients_and_enforced() {
+    let server = TestServer::with_scenario("", |c| c.mqtt_max_keep_alive = Some(1)).await;
+    let addr = server.mqtt;
+    for (asked, told) in [(120, Some(1)), (0, Some(1)), (1, None)] {
+        let (_, connack) = Raw::open(addr, &connect(5, "ka", true, asked, &[], None)).await;
+        assert_eq!(connack[1], 0, "accepted");
+        assert_eq!(
+            prop_u16(connack_props(&connack), 0x13),
+            told,
+            "Server Keep Alive for a client asking {asked} s"
+        );
+    }
+    // Held to it: silent for 1.5 s, it is disconnected (0x8D).
+    let (mut quiet, _) = Raw::open(addr, &connect(5, "quiet", true, 120, &[], None)).await;
+    let started = std::time::Instant::now();
+    let (first, body) = quiet.packet().await.expect("a DISCONNECT");
+    assert_eq!((first, body[0]), (0xe0, 0x8d));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // MQTT 3.1.1: refused with 2 when it asks for more, welcome within.
+    let (_, connack) = Raw::open(addr, &connect(4, "old", true, 120, &[], None)).await;
+    assert_eq!(connack, [0, 2]);
+    let (_, connack) = Raw::open(addr, &connect(4, "old", true, 1, &[], None)).await;
+    assert_eq!(connack, [0, 0]);
+    server.stop().await;
+}
+
+/// `--mqtt-server-topic-aliases`: the broker sends a topic once with an
+/// alias, then the alias alone, and gives the least recently used alias
+/// to a new topic; a client that allows none gets whole topics. A packet
+/// a fault rule drops never carries the alias the client would miss.
+#[tokio::test]
+async fn the_broker_sets_topic_aliases_on_what_it_sends_when_the_client_allows() {
+    let server = TestServer::with_scenario("", |c| c.mqtt_server_topic_aliases = 8).await;
+    let addr = server.mqtt;
+    // Topic Alias Maximum 2.
+    let (mut two, _) = Raw::open(addr, &connect(5, "two", true, 0, &[0x22, 0, 2], None)).await;
+    two.send(&subscribe(5, 1, "al/#", 2)).await;
+    suback(&mut two).await;
+    let (mut none, _) = Raw::open(addr, &connect(5, "none", true, 0, &[], None)).await;
+    none.send(&subscribe(5, 1, "al/#", 2)).await;
+    suback(&mut none).await;
+    // The first delivery to `two` is dropped on its way out.
+    let (status, _) = server
+        .post(
+            "/api/v1/mqtt/faults",
+            json!({"match": {"client": "two", "direction": "out", "packet": "publish"}, "action": "drop", "count": 1}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (mut publ, _) = Raw::open(addr, &connect(5, "pub", true, 0, &[], None)).await;
+    let sent = ["al/x", "al/a", "al/a", "al/b", "al/a", "al/c", "al/b"];
+    for (i, topic) in sent.iter().enumerate() {
+        let qos = (i % 3) as u8;
+        publ.send(&publish(5, topic, qos, i as u16 + 1, &[], topic.as_bytes()))
+            .await;
+    }
+    let mut got = Vec::new();
+    for _ in 1..sent.len() {
+        let p = two.publish_parts(5).await;
+        if let Some(pid) = p.pid {
+            let ack = if p.first & 0x06 == 2 { 0x40 } else { 0x50 };
+            two.send(&packet(ack, &pid.to_be_bytes())).await;
+        }
+        got.push((
+            p.topic,
+            prop_u16(&p.props, 0x23),
+            String::from_utf8(p.payload).unwrap(),
+        ));
+    }
+    let want = |t: &str, a: u16, p: &str| (t.to_string(), Some(a), p.to_string());
+    assert_eq!(
+        got,
+        [
+            // al/x was dropped: al/a gets alias 1, not 2.
+            want("al/a", 1, "al/a"),
+            want("", 1, "al/a"),
+            want("al/b", 2, "al/b"),
+            want("", 1, "al/a"),
+            // al/b is the least recently used: al/c takes its alias.
+            want("al/c", 2, "al/c"),
+            want("al/b", 1, "al/b"),
+        ]
+    );
+    for topic in sent {
+        let p = none.publish_parts(5).await;
+        assert_eq!((p.topic.as_str(), prop_u16(&p.props, 0x23)), (topic, None));
+    }
     server.stop().await;
 }

@@ -264,3 +264,48 @@ pub async fn suback(raw: &mut Raw) {
     let (first, _) = raw.packet().await.expect("SUBACK");
     assert_eq!(first, 0x90);
 }
+
+/// MQTT 5 properties, split: (identifier, value bytes), in order.
+pub fn properties(mut p: &[u8]) -> Vec<(u8, &[u8])> {
+    let mut out = Vec::new();
+    while let Some((&id, rest)) = p.split_first() {
+        let str_len = |at: usize| 2 + usize::from(u16::from_be_bytes([rest[at], rest[at + 1]]));
+        let len = match id {
+            0x01 | 0x17 | 0x19 | 0x24 | 0x25 | 0x28 | 0x29 | 0x2a => 1,
+            0x13 | 0x21 | 0x22 | 0x23 => 2,
+            0x02 | 0x11 | 0x18 | 0x27 => 4,
+            0x0b => rest.iter().position(|b| b & 0x80 == 0).expect("a varint") + 1,
+            0x26 => str_len(0) + str_len(str_len(0)),
+            _ => str_len(0),
+        };
+        out.push((id, &rest[..len]));
+        p = &rest[len..];
+    }
+    out
+}
+
+/// The two-byte property `id` (Server Keep Alive 0x13, Topic Alias 0x23,
+/// ...), if present.
+pub fn prop_u16(p: &[u8], id: u8) -> Option<u16> {
+    properties(p)
+        .into_iter()
+        .find(|(i, _)| *i == id)
+        .map(|(_, v)| u16::from_be_bytes([v[0], v[1]]))
+}
+
+/// The properties of an MQTT 5 CONNACK body.
+pub fn connack_props(body: &[u8]) -> &[u8] {
+    let mut len = 0usize;
+    let mut i = 2;
+    let mut shift = 0;
+    loop {
+        let b = body[i];
+        i += 1;
+        len |= usize::from(b & 0x7f) << shift;
+        shift += 7;
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
+    &body[i..i + len]
+}
