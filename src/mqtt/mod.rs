@@ -734,11 +734,11 @@ impl MqttHandle {
         to: Option<Arc<Addressee>>,
     ) -> PublishOutcome {
         let shared = &self.shared;
-        let held_now = {
+        {
             let mut held = shared.held.lock().unwrap();
             let link = *shared.link.lock().unwrap();
             match link {
-                Link::Up => None,
+                Link::Up => {}
                 Link::Outage { .. } if qos != Qos::AtMostOnce || retain => {
                     if shared.held_capacity == 0 {
                         shared.held_evicted.fetch_add(1, Ordering::Relaxed);
@@ -749,54 +749,25 @@ impl MqttHandle {
                         }
                         held.push_back(Held {
                             topic: topic.to_string(),
-                            payload: payload.clone(),
-                            props: props.clone(),
+                            payload,
+                            props,
                             qos,
                             retain,
-                            to: to.clone(),
+                            to,
                         });
                     }
                     shared.held_total.fetch_add(1, Ordering::Relaxed);
-                    Some(PublishOutcome::Held)
+                    // Journaled when it is routed, as every message is.
+                    return PublishOutcome::Held;
                 }
                 Link::Outage { .. } | Link::Stopped => {
                     shared.dropped.fetch_add(1, Ordering::Relaxed);
                     return PublishOutcome::Dropped;
                 }
             }
-        };
-        match held_now {
-            Some(outcome) => {
-                self.journal_push(topic, payload, qos, retain, to.map(|to| to.id.clone()));
-                outcome
-            }
-            None => {
-                shared.route(topic, payload, props, qos, retain, to);
-                PublishOutcome::Routed
-            }
         }
-    }
-
-    fn journal_push(
-        &self,
-        topic: &str,
-        payload: Bytes,
-        qos: Qos,
-        retain: bool,
-        to: Option<Arc<str>>,
-    ) {
-        let observed = &self.shared.engine.observed;
-        observed.journal.push(
-            wall_ms(),
-            observed.clock.now_ms(),
-            topic.into(),
-            payload,
-            qos,
-            retain,
-            None,
-            Origin::Server,
-            to,
-        );
+        shared.route(topic, payload, props, qos, retain, to);
+        PublishOutcome::Routed
     }
 
     /// Adds a packet fault rule.

@@ -808,6 +808,15 @@ async fn outage_disconnects_refuses_and_comes_back_with_sessions_and_retained() 
     let (_, status) = server.get("/api/v1/mqtt/status").await;
     assert_eq!(status["state"], "up");
     assert_eq!(status["outage_policy"]["replayed"], 1);
+    // Journaled once, when routed: the dropped one never.
+    let (_, journal) = server.get("/api/v1/mqtt/messages?topic=cmd/x").await;
+    let payloads: Vec<&str> = journal["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["payload"].as_str().unwrap())
+        .collect();
+    assert_eq!(payloads, ["q1"], "{journal}");
     let (mut fresh, _) = Client::connect(options(server.mqtt, "out-2")).await;
     fresh.sub("cfg/#", QoS::AtLeastOnce).await;
     let m = fresh.next().await;
