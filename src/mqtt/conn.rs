@@ -612,14 +612,24 @@ where
         }
         if !out.is_empty() {
             if engine.faults.active() {
-                match write_with_faults(engine, conn, stream, &out, &ctl.written_bytes).await {
-                    Ok(None) => {}
+                match write_with_faults(engine, conn, stream, &out, ctl).await {
+                    Ok(None) => {
+                        // A fault's pause may have taken the wake-up
+                        // meant for this loop.
+                        if let Some(code) = ctl.closing() {
+                            break Stop::Closed(code);
+                        }
+                        want_pull = true;
+                    }
                     Ok(Some(code)) => {
                         break Stop::Error(code, "disconnected by a fault rule".into());
                     }
                     Err(()) => break Stop::Done(Ending::Abrupt, None),
                 }
             } else {
+                if ctl.slowed_by_fault.load(Ordering::Relaxed) {
+                    ctl.slowed_by_fault.store(false, Ordering::Relaxed);
+                }
                 let bytes = match &mut conn.out_aliases {
                     Some(a) => {
                         aliased.clear();
@@ -699,7 +709,7 @@ where
                 // to drain before reading more, as long as it drains.
                 if let Some(c) = routed.congested
                     && c.fill.load(Ordering::Relaxed) >= CONGESTED
-                    && !c.stalled()
+                    && !c.holds_no_one()
                 {
                     c.watched.store(true, Ordering::Relaxed);
                     engine.counters.publishers_paced.fetch_add(1, Ordering::Relaxed);
@@ -715,7 +725,11 @@ where
             _ = &mut hold_check, if held.is_some() => {
                 let (c, written) = held.as_mut().expect("guarded");
                 let now_written = c.written_bytes.load(Ordering::Relaxed);
-                if now_written == *written || c.closing().is_some() || c.fill.load(Ordering::Relaxed) < DRAINED {
+                if now_written == *written
+                    || c.closing().is_some()
+                    || c.fill.load(Ordering::Relaxed) < DRAINED
+                    || c.slowed_by_fault.load(Ordering::Relaxed)
+                {
                     // Not draining: the client is not reading. It holds
                     // no one back until it writes again.
                     if now_written == *written {
@@ -1147,12 +1161,14 @@ async fn write_with_faults<S>(
     conn: &mut Conn,
     stream: &mut S,
     out: &[u8],
-    written: &AtomicU64,
+    ctl: &ConnCtl,
 ) -> Result<Option<u8>, ()>
 where
     S: AsyncWrite + Unpin,
 {
+    let written = &ctl.written_bytes;
     let mut pending = BytesMut::with_capacity(out.len());
+    let mut slowed = false;
     let aliases = &mut conn.out_aliases;
     // Aliases are set in the order packets reach the socket.
     let emit =
@@ -1206,16 +1222,24 @@ where
                 continue;
             }
             Verdict::Delay(ms) => {
+                slowed = true;
+                ctl.slowed_by_fault.store(true, Ordering::Relaxed);
                 flush(stream, &mut pending, written).await?;
-                tokio::time::sleep(Duration::from_millis(ms)).await;
+                if !pause(ctl, Duration::from_millis(ms)).await {
+                    return Ok(None);
+                }
                 emit(aliases, &mut pending, pkt);
             }
             Verdict::Throttle(bps) => {
+                slowed = true;
+                ctl.slowed_by_fault.store(true, Ordering::Relaxed);
                 flush(stream, &mut pending, written).await?;
                 emit(aliases, &mut pending, pkt);
                 let secs = pending.len() as f64 / bps as f64;
                 flush(stream, &mut pending, written).await?;
-                tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+                if !pause(ctl, Duration::from_secs_f64(secs)).await {
+                    return Ok(None);
+                }
             }
             Verdict::Disconnect(code) => {
                 flush(stream, &mut pending, written).await?;
@@ -1226,8 +1250,26 @@ where
             emit(aliases, &mut pending, &prev);
         }
     }
+    ctl.slowed_by_fault.store(slowed, Ordering::Relaxed);
     flush(stream, &mut pending, written).await?;
     Ok(None)
+}
+
+/// Sleeps for `d`, unless the connection is told to close first
+/// (`false`): a slow link staged by a fault rule does not hold up a
+/// takeover or the broker's shutdown.
+async fn pause(ctl: &ConnCtl, d: Duration) -> bool {
+    let sleep = tokio::time::sleep(d);
+    tokio::pin!(sleep);
+    loop {
+        if ctl.closing().is_some() {
+            return false;
+        }
+        tokio::select! {
+            _ = &mut sleep => return true,
+            _ = ctl.wake.notified() => {}
+        }
+    }
 }
 
 async fn flush<S: AsyncWrite + Unpin>(

@@ -163,6 +163,9 @@ pub(crate) struct ConnCtl {
     /// `written_bytes` when a publisher last found this connection not
     /// draining; publishers do not wait for it again until it writes.
     pub stalled_at: AtomicU64,
+    /// A fault rule delayed or throttled its last writes: a slow link
+    /// staged for this client alone, so no publisher waits for it.
+    pub slowed_by_fault: AtomicBool,
 }
 
 impl ConnCtl {
@@ -174,6 +177,11 @@ impl ConnCtl {
     /// since.
     pub(super) fn stalled(&self) -> bool {
         self.stalled_at.load(Ordering::Relaxed) == self.written_bytes.load(Ordering::Relaxed)
+    }
+    /// Publishers do not wait for it: it stopped reading, or a fault
+    /// rule slows it.
+    pub(super) fn holds_no_one(&self) -> bool {
+        self.stalled() || self.slowed_by_fault.load(Ordering::Relaxed)
     }
     pub(super) fn closing(&self) -> Option<u8> {
         match self.close.load(Ordering::Relaxed) {

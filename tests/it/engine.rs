@@ -505,6 +505,71 @@ async fn delay_and_throttle_hold_back_what_a_client_receives() {
     server.stop().await;
 }
 
+/// A slow link a fault rule stages for one client is that client's
+/// alone: its queue fills and drops, counted, and the publisher it shares
+/// with others is not paced down to its rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_a_fault_throttles_holds_no_one_back() {
+    // Room for what one read brings (16 KiB: about 150 of these), not
+    // for all of them.
+    let server = TestServer::with_scenario("", |c| c.mqtt_max_queued = 300).await;
+    let addr = server.mqtt;
+    const N: u32 = 1000;
+    let mut subs = Vec::new();
+    for id in ["throttled", "fast"] {
+        let (mut s, _) = Raw::open(addr, &connect(4, id, true, 0, &[], None)).await;
+        s.send(&subscribe(4, 1, "link/#", 0)).await;
+        suback(&mut s).await;
+        subs.push(s);
+    }
+    let mut fast = subs.pop().unwrap();
+    let mut old = subs.pop().unwrap();
+    // About 18 of these messages a second.
+    fault(
+        &server,
+        json!({"match": {"client": "throttled"}, "action": "throttle", "bytes_per_sec": 2000}),
+    )
+    .await;
+    let (mut publ, _) = Raw::open(addr, &connect(4, "pub", true, 0, &[], None)).await;
+    let mut burst = Vec::new();
+    for i in 0..N {
+        let mut payload = i.to_be_bytes().to_vec();
+        payload.resize(100, b'.');
+        burst.extend_from_slice(&publish(4, "link/n", 0, 0, &[], &payload));
+    }
+    publ.send(&burst).await;
+    // Paced to the throttled client, these would take about a minute.
+    tokio::time::timeout(WAIT, async {
+        for i in 0..N {
+            let (_, _, payload) = fast.publish(4).await;
+            assert_eq!(payload[..4], i.to_be_bytes(), "in order, none lost");
+        }
+    })
+    .await
+    .expect("every message within 10 s: the publisher was not paced to the throttled client");
+    let (_, clients) = server.get("/api/v1/mqtt/clients").await;
+    let throttled = clients
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["client_id"] == "throttled")
+        .unwrap();
+    assert!(
+        throttled["counters"]["dropped_queue_full"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{throttled}"
+    );
+    // Taken over midway through its slow writes, the old connection ends
+    // now, not when those writes would have.
+    let (_new, _) = Raw::open(addr, &connect(4, "throttled", true, 0, &[], None)).await;
+    tokio::time::timeout(WAIT, async { while old.packet().await.is_some() {} })
+        .await
+        .expect("the old connection closed within 10 s");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn packets_over_the_maximum_packet_size_are_refused_and_counted() {
     // By default the broker takes up to 16 MiB, and says so in CONNACK
