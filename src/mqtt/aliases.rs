@@ -6,7 +6,7 @@
 //! dropped or reordered packet never leaves the client an alias it was
 //! not told.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use bytes::{BufMut, BytesMut};
 
@@ -22,6 +22,9 @@ pub(crate) struct OutAliases {
     by_topic: HashMap<Box<[u8]>, u16>,
     /// Alias `n` is `slots[n - 1]`: its topic and when it was last used.
     slots: Vec<(Box<[u8]>, u64)>,
+    /// Aliases by when they were last used, the least recent first: a
+    /// new topic takes the first in O(log n), whatever the capacity.
+    by_use: BTreeMap<u64, u16>,
     capacity: u16,
     tick: u64,
     /// The client's Maximum Packet Size: a PUBLISH an alias would push
@@ -36,6 +39,7 @@ impl OutAliases {
         (capacity > 0).then(|| Self {
             by_topic: HashMap::new(),
             slots: Vec::new(),
+            by_use: BTreeMap::new(),
             capacity,
             tick: 0,
             max_packet,
@@ -85,7 +89,10 @@ impl OutAliases {
             None => self.assign(p.topic),
         };
         self.tick += 1;
-        self.slots[usize::from(alias) - 1].1 = self.tick;
+        let used = &mut self.slots[usize::from(alias) - 1].1;
+        self.by_use.remove(used);
+        *used = self.tick;
+        self.by_use.insert(self.tick, alias);
         dst.reserve(1 + 4 + body);
         dst.put_u8(pkt[0]);
         codec::put_varint(dst, body);
@@ -105,15 +112,11 @@ impl OutAliases {
             self.slots.push((topic.into(), 0));
             self.slots.len() as u16
         } else {
-            let (i, _) = self
-                .slots
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, (_, used))| *used)
-                .expect("capacity > 0");
-            let old = std::mem::replace(&mut self.slots[i].0, topic.into());
+            let (_, alias) = self.by_use.pop_first().expect("capacity > 0");
+            let slot = &mut self.slots[usize::from(alias) - 1];
+            let old = std::mem::replace(&mut slot.0, topic.into());
             self.by_topic.remove(&old);
-            i as u16 + 1
+            alias
         };
         self.by_topic.insert(topic.into(), alias);
         alias
