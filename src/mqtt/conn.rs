@@ -498,14 +498,19 @@ fn handshake(
     } else {
         connack(out, version, session_present, ReasonCode::Success);
     }
-    engine
-        .observed
-        .connected(&client_id, user.as_ref(), c.clean_start, subscriptions);
+    let keep_alive = server_keep_alive.unwrap_or(c.keep_alive);
+    engine.observed.connected(
+        &client_id,
+        user.as_ref(),
+        c.clean_start,
+        keep_alive,
+        subscriptions,
+    );
     Some(Conn {
         client_id,
         user,
         version,
-        keep_alive: server_keep_alive.unwrap_or(c.keep_alive),
+        keep_alive,
         connect_expiry: expiry,
         aliases: None,
         out_aliases: v5

@@ -246,6 +246,9 @@ pub(crate) struct ClientInfo {
     /// Wall time of the connection, ms since the Unix epoch.
     pub connected_at_ms: i64,
     pub clean_start: bool,
+    /// The keep alive it is held to, in seconds (0: none): its own, or
+    /// the broker's Server Keep Alive (`--mqtt-max-keep-alive`).
+    pub keep_alive: u16,
     /// Filter → granted QoS.
     #[schema(value_type = Object)]
     pub subscriptions: std::collections::BTreeMap<String, Qos>,
@@ -876,6 +879,7 @@ impl MqttHandle {
                     user: c.user.as_deref().map(str::to_string),
                     connected_at_ms: c.connected_at_ms,
                     clean_start: c.clean_start,
+                    keep_alive: c.keep_alive,
                     subscriptions: c.subscriptions,
                     queued,
                     inflight,

@@ -59,6 +59,7 @@ struct Client {
     user: Option<Arc<str>>,
     connected_at_ms: i64,
     clean_start: bool,
+    keep_alive: u16,
     subscriptions: BTreeMap<String, Qos>,
 }
 
@@ -68,6 +69,7 @@ pub(crate) struct ClientView {
     pub user: Option<Arc<str>>,
     pub connected_at_ms: i64,
     pub clean_start: bool,
+    pub keep_alive: u16,
     pub subscriptions: BTreeMap<String, Qos>,
 }
 
@@ -92,6 +94,7 @@ impl Observed {
                 user: c.user.clone(),
                 connected_at_ms: c.connected_at_ms,
                 clean_start: c.clean_start,
+                keep_alive: c.keep_alive,
                 subscriptions: c.subscriptions.clone(),
             })
             .collect();
@@ -129,6 +132,7 @@ impl Observed {
         client_id: &Arc<str>,
         user: Option<&Arc<str>>,
         clean_start: bool,
+        keep_alive: u16,
         subscriptions: BTreeMap<String, Qos>,
     ) {
         {
@@ -138,12 +142,14 @@ impl Observed {
                 user: None,
                 connected_at_ms: 0,
                 clean_start,
+                keep_alive,
                 subscriptions: BTreeMap::new(),
             });
             client.connections += 1;
             client.user = user.cloned();
             client.connected_at_ms = wall_ms();
             client.clean_start = clean_start;
+            client.keep_alive = keep_alive;
             client.subscriptions = subscriptions;
         }
         tracing::debug!(%client_id, clean_start, "MQTT client connected");

@@ -588,8 +588,16 @@ async fn a_maximum_keep_alive_is_told_to_mqtt5_clients_and_enforced() {
             "Server Keep Alive for a client asking {asked} s"
         );
     }
-    // Held to it: silent for 1.5 s, it is disconnected (0x8D).
+    // Held to it, and listed so: silent for 1.5 s, it is disconnected
+    // (0x8D).
     let (mut quiet, _) = Raw::open(addr, &connect(5, "quiet", true, 120, &[], None)).await;
+    let (_, clients) = server.get("/api/v1/mqtt/clients").await;
+    let listed = clients
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["client_id"] == "quiet");
+    assert_eq!(listed.unwrap()["keep_alive"], 1, "{clients}");
     let started = std::time::Instant::now();
     let (first, body) = quiet.packet().await.expect("a DISCONNECT");
     assert_eq!((first, body[0]), (0xe0, 0x8d));
