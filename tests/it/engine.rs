@@ -241,9 +241,7 @@ async fn retained_messages_of_long_topics_and_queued_messages_survive_a_restart(
     assert_eq!(connack, [1, 0], "session present after the restart");
     let (topic, _, payload) = sub.publish(4).await;
     assert_eq!((topic.as_str(), &payload[..]), ("jobs/1", &b"job"[..]));
-    let (mut late, _) = Raw::open(server.mqtt, &connect(4, "late", true, 0, &[], None)).await;
-    late.send(&subscribe(4, 1, "site/#", 0)).await;
-    suback(&mut late).await;
+    let mut late = Raw::subscribed(server.mqtt, 4, "late", "site/#", 0).await;
     let (topic, _, payload) = late.publish(4).await;
     assert_eq!((topic, payload), (long_topic, b"kept".to_vec()));
     server.stop().await;
@@ -278,9 +276,7 @@ async fn a_publish_the_broker_cannot_store_is_not_acknowledged() {
     assert_eq!(publ.packet().await, None, "then the connection closes");
 
     // QoS 0 and clean sessions do not touch the store: they go on.
-    let (mut sub, _) = Raw::open(server.mqtt, &connect(5, "sub", true, 0, &[], None)).await;
-    sub.send(&subscribe(5, 1, "live/#", 0)).await;
-    suback(&mut sub).await;
+    let mut sub = Raw::subscribed(server.mqtt, 5, "sub", "live/#", 0).await;
     let (mut p0, _) = Raw::open(server.mqtt, &connect(5, "p0", true, 0, &[], None)).await;
     p0.send(&publish(5, "live/1", 0, 0, &[], b"on")).await;
     assert_eq!(sub.publish(5).await.2, b"on");
@@ -329,9 +325,7 @@ async fn a_withheld_puback_makes_the_client_resend_and_the_resend_is_acknowledge
 #[tokio::test]
 async fn duplicate_and_reorder_reach_a_real_subscriber() {
     let server = TestServer::with_scenario("", |_| {}).await;
-    let (mut sub, _) = Raw::open(server.mqtt, &connect(4, "sub", true, 0, &[], None)).await;
-    sub.send(&subscribe(4, 1, "d/#", 1)).await;
-    suback(&mut sub).await;
+    let mut sub = Raw::subscribed(server.mqtt, 4, "sub", "d/#", 1).await;
     fault(
         &server,
         json!({"match": {"client": "sub", "topic": "d/dup"}, "action": "duplicate"}),
@@ -461,9 +455,7 @@ async fn a_client_past_the_receive_maximum_gets_disconnect_0x93() {
 #[tokio::test]
 async fn delay_and_throttle_hold_back_what_a_client_receives() {
     let server = TestServer::with_scenario("", |_| {}).await;
-    let (mut sub, _) = Raw::open(server.mqtt, &connect(4, "slow", true, 0, &[], None)).await;
-    sub.send(&subscribe(4, 1, "s/#", 0)).await;
-    suback(&mut sub).await;
+    let mut sub = Raw::subscribed(server.mqtt, 4, "slow", "s/#", 0).await;
     let (mut publ, _) = Raw::open(server.mqtt, &connect(4, "p", true, 0, &[], None)).await;
 
     let delay = fault(
@@ -515,15 +507,8 @@ async fn a_client_a_fault_throttles_holds_no_one_back() {
     let server = TestServer::with_scenario("", |c| c.mqtt_max_queued = 300).await;
     let addr = server.mqtt;
     const N: u32 = 1000;
-    let mut subs = Vec::new();
-    for id in ["throttled", "fast"] {
-        let (mut s, _) = Raw::open(addr, &connect(4, id, true, 0, &[], None)).await;
-        s.send(&subscribe(4, 1, "link/#", 0)).await;
-        suback(&mut s).await;
-        subs.push(s);
-    }
-    let mut fast = subs.pop().unwrap();
-    let mut old = subs.pop().unwrap();
+    let mut old = Raw::subscribed(addr, 4, "throttled", "link/#", 0).await;
+    let mut fast = Raw::subscribed(addr, 4, "fast", "link/#", 0).await;
     // About 18 of these messages a second.
     fault(
         &server,
@@ -684,9 +669,7 @@ async fn an_advance_with_wait_delivered_returns_after_subscribers_have_the_span(
         c.clock = iotmock::ClockMode::Manual;
     })
     .await;
-    let (mut sub, _) = Raw::open(server.mqtt, &connect(5, "watcher", true, 0, &[], None)).await;
-    sub.send(&subscribe(5, 1, "devices/+/telemetry/#", 0)).await;
-    suback(&mut sub).await;
+    let mut sub = Raw::subscribed(server.mqtt, 5, "watcher", "devices/+/telemetry/#", 0).await;
     let published = |h: &Value| h["telemetry"]["published"].as_u64().unwrap();
     let (_, health) = server.get("/api/v1/health").await;
     let before = published(&health);
@@ -709,9 +692,7 @@ async fn an_advance_with_wait_delivered_returns_after_subscribers_have_the_span(
     // QoS 1 counts once acknowledged: a subscriber that never sends PUBACK
     // holds the barrier until its timeout, and the answer names it. (Acks
     // of commands are QoS 1; readings are QoS 0.)
-    let (mut mute, _) = Raw::open(server.mqtt, &connect(5, "mute", true, 0, &[], None)).await;
-    mute.send(&subscribe(5, 1, "devices/+/acks/+", 1)).await;
-    suback(&mut mute).await;
+    let _mute = Raw::subscribed(server.mqtt, 5, "mute", "devices/+/acks/+", 1).await;
     let (status, command) = server
         .post("/api/v1/devices/b-1/commands", json!({"name": "ping"}))
         .await;
@@ -801,16 +782,10 @@ async fn one_publish_reaches_every_subscriber_with_its_own_version_qos_flags_and
     ids.send(&subscribe_v5_with(1, "fan/#", 1, &[0x0B, 7]))
         .await;
     suback(&mut ids).await;
-    let (mut plain, _) = Raw::open(addr, &connect(5, "plain", true, 0, &[], None)).await;
-    plain.send(&subscribe(5, 1, "fan/#", 0)).await;
-    suback(&mut plain).await;
+    let mut plain = Raw::subscribed(addr, 5, "plain", "fan/#", 0).await;
     // Retain as published (option 0x08), QoS 1.
-    let (mut rap, _) = Raw::open(addr, &connect(5, "rap", true, 0, &[], None)).await;
-    rap.send(&subscribe(5, 1, "fan/#", 0x09)).await;
-    suback(&mut rap).await;
-    let (mut old, _) = Raw::open(addr, &connect(4, "v311", true, 0, &[], None)).await;
-    old.send(&subscribe(4, 1, "fan/#", 1)).await;
-    suback(&mut old).await;
+    let mut rap = Raw::subscribed(addr, 5, "rap", "fan/#", 0x09).await;
+    let mut old = Raw::subscribed(addr, 4, "v311", "fan/#", 1).await;
 
     let (mut publ, _) = Raw::open(addr, &connect(5, "pub", true, 0, &[], None)).await;
     let mut p = Vec::new();
@@ -867,13 +842,9 @@ async fn a_subscriber_gets_a_publishers_messages_in_order_while_it_reads_slowly_
     const N: u32 = 1500;
     // Reads nothing until every message is sent: its socket fills, so
     // writes to it are cut short and the rest waits in its session.
-    let (mut slow, _) = Raw::open(addr, &connect(4, "slow", true, 0, &[], None)).await;
-    slow.send(&subscribe(4, 1, "seq/#", 1)).await;
-    suback(&mut slow).await;
+    let mut slow = Raw::subscribed(addr, 4, "slow", "seq/#", 1).await;
     // Reads as fast as it can.
-    let (mut fast, _) = Raw::open(addr, &connect(5, "fast", true, 0, &[], None)).await;
-    fast.send(&subscribe(5, 1, "seq/#", 0)).await;
-    suback(&mut fast).await;
+    let mut fast = Raw::subscribed(addr, 5, "fast", "seq/#", 0).await;
     let fast_reader = tokio::spawn(async move {
         let mut got = Vec::new();
         while got.len() < N as usize {
@@ -939,9 +910,7 @@ async fn a_subscriber_gets_a_publishers_messages_in_order_while_it_reads_slowly_
 async fn packets_of_any_size_arrive_whole_however_the_bytes_are_cut() {
     let server = TestServer::with_scenario("", |_| {}).await;
     let addr = server.mqtt;
-    let (mut sub, _) = Raw::open(addr, &connect(4, "sizes-sub", true, 0, &[], None)).await;
-    sub.send(&subscribe(4, 1, "sizes/#", 0)).await;
-    suback(&mut sub).await;
+    let mut sub = Raw::subscribed(addr, 4, "sizes-sub", "sizes/#", 0).await;
     let reader = tokio::spawn(async move {
         let mut got = Vec::new();
         for _ in 0..6 {
@@ -999,9 +968,7 @@ async fn a_subscribe_sent_before_another_clients_publish_gets_it() {
     let server = TestServer::with_scenario("", |_| {}).await;
     let addr = server.mqtt;
     // Keeps the broker busy, so events pile up between its wake-ups.
-    let (mut noise_sub, _) = Raw::open(addr, &connect(4, "noise-sub", true, 0, &[], None)).await;
-    noise_sub.send(&subscribe(4, 1, "noise", 0)).await;
-    suback(&mut noise_sub).await;
+    let mut noise_sub = Raw::subscribed(addr, 4, "noise-sub", "noise", 0).await;
     let drain = tokio::spawn(async move { while noise_sub.packet().await.is_some() {} });
     let (mut noise, _) = Raw::open(addr, &connect(4, "noise", true, 0, &[], None)).await;
     let stop = Arc::new(AtomicBool::new(false));
@@ -1067,12 +1034,8 @@ async fn a_slow_subscriber_paces_its_publisher_and_one_that_never_reads_holds_no
     let addr = server.mqtt;
     const N: u32 = 20_000;
     // Subscribes, then never reads.
-    let (mut stuck, _) = Raw::open(addr, &connect(4, "stuck", true, 0, &[], None)).await;
-    stuck.send(&subscribe(4, 1, "pace/#", 0)).await;
-    suback(&mut stuck).await;
-    let (mut slow, _) = Raw::open(addr, &connect(4, "slow", true, 0, &[], None)).await;
-    slow.send(&subscribe(4, 1, "pace/#", 0)).await;
-    suback(&mut slow).await;
+    let stuck = Raw::subscribed(addr, 4, "stuck", "pace/#", 0).await;
+    let mut slow = Raw::subscribed(addr, 4, "slow", "pace/#", 0).await;
     let reader = tokio::spawn(async move {
         // Until the last message, or nothing for a while.
         let mut got = Vec::with_capacity(N as usize);

@@ -334,9 +334,7 @@ async fn topic_aliases_no_local_and_subscription_identifiers() {
 #[tokio::test]
 async fn a_will_is_sent_when_the_client_disconnects_asking_for_it() {
     let server = TestServer::with_scenario("", |_| {}).await;
-    let (mut watcher, _) = Raw::open(server.mqtt, &connect(5, "watcher", true, 0, &[], None)).await;
-    watcher.send(&subscribe(5, 1, "wills/#", 0)).await;
-    suback(&mut watcher).await;
+    let mut watcher = Raw::subscribed(server.mqtt, 5, "watcher", "wills/#", 0).await;
     // Payload format, content type, response topic, correlation data and
     // a user property on the will reach the subscriber with it.
     let mut wp = vec![0x01, 1, 0x03];
@@ -550,9 +548,7 @@ async fn unacknowledged_deliveries_are_resent_after_a_restart() {
 async fn a_pubrec_with_an_error_ends_a_qos2_delivery() {
     let server = TestServer::with_scenario("", |_| {}).await;
     let addr = server.mqtt;
-    let (mut sub, _) = Raw::open(addr, &connect(5, "picky", true, 0, &[], None)).await;
-    sub.send(&subscribe(5, 1, "q2/#", 2)).await;
-    suback(&mut sub).await;
+    let mut sub = Raw::subscribed(addr, 5, "picky", "q2/#", 2).await;
     let (mut publ, _) = Raw::open(addr, &connect(4, "pub", true, 0, &[], None)).await;
     let v = server
         .post(
@@ -622,9 +618,7 @@ async fn the_broker_sets_topic_aliases_on_what_it_sends_when_the_client_allows()
     let (mut two, _) = Raw::open(addr, &connect(5, "two", true, 0, &[0x22, 0, 2], None)).await;
     two.send(&subscribe(5, 1, "al/#", 2)).await;
     suback(&mut two).await;
-    let (mut none, _) = Raw::open(addr, &connect(5, "none", true, 0, &[], None)).await;
-    none.send(&subscribe(5, 1, "al/#", 2)).await;
-    suback(&mut none).await;
+    let mut none = Raw::subscribed(addr, 5, "none", "al/#", 2).await;
     // The first delivery to `two` is dropped on its way out.
     let (status, _) = server
         .post(

@@ -149,6 +149,21 @@ impl Raw {
         (raw, connack.1)
     }
 
+    /// A clean-start client `id` (no keep alive) subscribed to `filter`
+    /// with `options`, its SUBACK read.
+    pub async fn subscribed(
+        addr: SocketAddr,
+        level: u8,
+        id: &str,
+        filter: &str,
+        options: u8,
+    ) -> Self {
+        let (mut raw, _) = Self::open(addr, &connect(level, id, true, 0, &[], None)).await;
+        raw.send(&subscribe(level, 1, filter, options)).await;
+        suback(&mut raw).await;
+        raw
+    }
+
     pub async fn send(&mut self, bytes: &[u8]) {
         self.s.write_all(bytes).await.expect("write");
     }
@@ -163,27 +178,14 @@ impl Raw {
     pub async fn packet_within(&mut self, within: Duration) -> Result<Option<(u8, Vec<u8>)>, ()> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            if self.buf.len() >= 2 {
-                let mut len = 0usize;
-                let mut i = 1;
-                let mut shift = 0;
-                let mut whole = false;
-                while i < self.buf.len() && i <= 4 {
-                    let b = self.buf[i];
-                    len |= ((b & 0x7f) as usize) << shift;
-                    shift += 7;
-                    i += 1;
-                    if b & 0x80 == 0 {
-                        whole = true;
-                        break;
-                    }
-                }
-                if whole && self.buf.len() >= i + len {
-                    let first = self.buf[0];
-                    let body = self.buf[i..i + len].to_vec();
-                    self.buf.drain(..i + len);
-                    return Ok(Some((first, body)));
-                }
+            if let Some((len, n)) = self.buf.get(1..).and_then(varint_at)
+                && self.buf.len() >= 1 + n + len
+            {
+                let i = 1 + n;
+                let first = self.buf[0];
+                let body = self.buf[i..i + len].to_vec();
+                self.buf.drain(..i + len);
+                return Ok(Some((first, body)));
             }
             let mut chunk = [0u8; 4096];
             match tokio::time::timeout_at(deadline, self.s.read(&mut chunk)).await {
@@ -216,17 +218,8 @@ impl Raw {
             });
             let mut props = Vec::new();
             if level == 5 {
-                let mut len = 0usize;
-                let mut shift = 0;
-                loop {
-                    let b = body[i];
-                    i += 1;
-                    len |= ((b & 0x7f) as usize) << shift;
-                    shift += 7;
-                    if b & 0x80 == 0 {
-                        break;
-                    }
-                }
+                let (len, n) = varint_at(&body[i..]).expect("a property length");
+                i += n;
                 props = body[i..i + len].to_vec();
                 i += len;
             }
@@ -295,17 +288,19 @@ pub fn prop_u16(p: &[u8], id: u8) -> Option<u16> {
 
 /// The properties of an MQTT 5 CONNACK body.
 pub fn connack_props(body: &[u8]) -> &[u8] {
-    let mut len = 0usize;
-    let mut i = 2;
-    let mut shift = 0;
-    loop {
-        let b = body[i];
-        i += 1;
-        len |= usize::from(b & 0x7f) << shift;
-        shift += 7;
+    let (len, n) = varint_at(&body[2..]).expect("a property length");
+    &body[2 + n..2 + n + len]
+}
+
+/// The variable byte integer at the start of `buf`: (value, its length),
+/// or `None` when it is not all there (or runs past 4 bytes).
+pub fn varint_at(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut v = 0usize;
+    for (i, &b) in buf.iter().take(4).enumerate() {
+        v |= usize::from(b & 0x7f) << (7 * i);
         if b & 0x80 == 0 {
-            break;
+            return Some((v, i + 1));
         }
     }
-    &body[i..i + len]
+    None
 }
