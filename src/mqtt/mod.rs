@@ -7,12 +7,20 @@
 //! and outages on purpose. It does not decide what is published
 //! (telemetry, commands and edge nodes do) and keeps no device state.
 //!
-//! The engine's rooms: `codec.rs` (packets on the wire, through the
-//! `mqtt5-protocol` codec), `conn.rs` (listener and connection tasks),
-//! `engine.rs` (the core: routing, acknowledgements, timers on the
-//! server's clock), `session.rs` (per-client state), `tree.rs` (the
-//! subscription tree), `observed.rs` (what the rest of the server hears)
-//! and `auth.rs` (who may do what).
+//! The engine's rooms:
+//! - `codec.rs`: packets on the wire, through the `mqtt5-protocol` codec;
+//! - `conn.rs`: the listener and one task per connection;
+//! - `engine.rs`: the core: routing, acknowledgements, timers on the
+//!   server's clock;
+//! - `session.rs`: per-client state: subscriptions, queue, in flight;
+//! - `tree.rs`: the subscription tree that topics are matched through;
+//! - `store.rs`: sessions and retained messages in SQLite (`--data-dir`);
+//! - `faults.rs`: packet-level faults on purpose, seeded;
+//! - `aliases.rs`: topic aliases the broker sets on what it sends;
+//! - `journal.rs`: every message accepted, for `verify` and the API;
+//! - `observed.rs`: what the rest of the server hears (connects, drops);
+//! - `auth.rs`: who may connect, publish and subscribe;
+//! - `topics.rs`: the topics iotmock itself uses.
 
 mod aliases;
 mod auth;

@@ -19,6 +19,7 @@ mod http_commands;
 mod http_devices;
 mod isolation;
 mod mosquitto;
+mod mqtt_fuzz;
 mod mqtt_protocol;
 mod plugin_sdk;
 mod plugins;
