@@ -22,6 +22,7 @@ use crate::plugin::watcher::{PluginWatcher, WatchError};
 use crate::plugin::{LoadError, PluginHost, PluginLimits};
 use crate::scenario::{Scenario, ScenarioError};
 use crate::sqlite::Writers;
+use crate::tasks::Tasks;
 use crate::telemetry::Telemetry;
 use crate::transport::{MqttListener, MqttTransport, Tls, TlsSettings};
 
@@ -372,6 +373,11 @@ pub struct Server {
     tls: Arc<Tls>,
     /// The threads that own the databases, closed last by the shutdown.
     writers: Arc<Writers>,
+    /// The background tasks, stopped before the databases close.
+    tasks: Tasks,
+    /// The fleet's link to the dialect decoders, which the fleet holds
+    /// weakly (the decoders hold the fleet).
+    _dialect_reader: Arc<dyn DialectReader>,
     _watcher: Option<PluginWatcher>,
 }
 
@@ -380,16 +386,23 @@ impl Server {
     /// scenario, and returns once the server answers on every address.
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let writers = Arc::new(Writers::default());
-        let started = Self::start_parts(config, writers.clone()).await;
+        let tasks = Tasks::default();
+        let started = Self::start_parts(config, writers.clone(), tasks.clone()).await;
         if started.is_err() {
-            // The databases opened before the failure are closed, so a
-            // second attempt on the same --data-dir finds them free.
+            // The tasks started before the failure end, and the databases
+            // opened are closed, so a second attempt on the same
+            // --data-dir finds them free.
+            tasks.stop(TASKS_STOP).await;
             writers.close().await;
         }
         started
     }
 
-    async fn start_parts(config: Config, writers: Arc<Writers>) -> Result<Self, StartError> {
+    async fn start_parts(
+        config: Config,
+        writers: Arc<Writers>,
+        tasks: Tasks,
+    ) -> Result<Self, StartError> {
         for addr in std::iter::once(config.http).chain(config.https) {
             if !addr.ip().is_loopback() && config.admin_token.is_none() && !config.insecure_admin {
                 return Err(StartError::InsecureAdmin {
@@ -458,7 +471,7 @@ impl Server {
             .await
             .map_err(|e| StartError::panicked("the plugin host's start", e))??;
         let watcher = match &config.plugins_dir {
-            Some(dir) => Some(crate::plugin::watcher::watch(plugins.clone(), dir).await?),
+            Some(dir) => Some(crate::plugin::watcher::watch(&tasks, plugins.clone(), dir).await?),
             None => None,
         };
 
@@ -488,6 +501,7 @@ impl Server {
         });
         let broker = Broker::start_in(&mqtt_config, clock.clone(), Some(&writers)).await?;
         let telemetry = Telemetry::start(
+            &tasks,
             clock.clone(),
             plugins.clone(),
             broker.handle(),
@@ -498,6 +512,7 @@ impl Server {
         let fleet = Fleet::open(
             config.data_dir.as_deref(),
             &writers,
+            &tasks,
             clock.clone(),
             seed,
             telemetry.clone(),
@@ -509,7 +524,7 @@ impl Server {
         fleet.set_http_device_timeout(config.http_device_timeout_ms);
         fleet.set_max_devices(config.max_devices);
         if let Some(access) = &device_access {
-            access.attach(fleet.clone());
+            access.attach(&fleet);
         }
         fleet.follow(broker.handle().events());
         let provisioned =
@@ -530,6 +545,7 @@ impl Server {
         let commands = Commands::start(
             config.data_dir.as_deref(),
             &writers,
+            &tasks,
             clock.clone(),
             fleet.clone(),
             broker.handle(),
@@ -540,16 +556,19 @@ impl Server {
         .await?;
         // What clients publish in a device's dialect is read into the fleet.
         let inbound = Inbound::new(
+            &tasks,
             plugins.clone(),
             broker.handle(),
             fleet.clone(),
             telemetry.clone(),
         );
         inbound.set_commands(commands.clone());
-        fleet.set_inbound(Arc::new(inbound.clone()));
+        let dialect_reader: Arc<dyn DialectReader> = Arc::new(inbound.clone());
+        fleet.set_inbound(&dialect_reader);
         let edge = EdgeNodes::open(
             config.data_dir.as_deref(),
             &writers,
+            &tasks,
             clock.clone(),
             telemetry.clone(),
             plugins.clone(),
@@ -699,6 +718,8 @@ impl Server {
             transports,
             tls,
             writers,
+            tasks,
+            _dialect_reader: dialect_reader,
             _watcher: watcher,
         })
     }
@@ -797,10 +818,11 @@ impl Server {
     }
 
     /// Stops accepting, lets open HTTP requests finish, disconnects MQTT
-    /// clients, then closes every database: what was accepted before is
-    /// committed, anything still running afterwards is refused, and when
-    /// this returns no thread of the server holds a file under
-    /// `--data-dir`, so a new server may open it at once.
+    /// clients, ends the background tasks, then closes every database:
+    /// what was accepted before is committed, anything still running
+    /// afterwards is refused, and when this returns no task or thread of
+    /// the server runs or holds a file under `--data-dir`, so a new server
+    /// may open it at once.
     pub async fn shutdown(self) {
         // Hanging stubs let go, so open requests can finish.
         self.stubs.close();
@@ -816,10 +838,18 @@ impl Server {
         let _ = self.http.stop.send(());
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.http.task).await;
         self.broker.shutdown().await;
+        let running = self.tasks.stop(TASKS_STOP).await;
+        if running > 0 {
+            tracing::warn!(running, "background tasks still running at shutdown");
+        }
         self.writers.close().await;
         tracing::info!("stopped");
     }
 }
+
+/// How long the shutdown waits for the background tasks to be dropped
+/// once cancelled (each stops at its next await).
+const TASKS_STOP: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// An extra HTTP server: `--mock-http`, `--https`, `--mock-https`.
 struct MockListener {

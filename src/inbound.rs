@@ -23,6 +23,7 @@ use crate::dialect::DeviceDialect;
 use crate::fleet::{Fleet, ReportMode};
 use crate::mqtt::{MqttHandle, Tapped};
 use crate::plugin::{CallContext, CodecEvent, DecodeRequest, Decoded, DeviceSlot, PluginHost};
+use crate::tasks::Tasks;
 use crate::telemetry::{Reading, Telemetry};
 
 /// Client publishes waiting to be decoded, per filter.
@@ -88,10 +89,13 @@ struct Inner {
     /// A std lock: held for a lookup or an insert, never across an await.
     filters: RwLock<HashMap<Key, Vec<String>>>,
     stats: Stats,
+    /// Where its decoders run.
+    tasks: Tasks,
 }
 
 impl Inbound {
     pub(crate) fn new(
+        tasks: &Tasks,
         plugins: PluginHost,
         mqtt: MqttHandle,
         fleet: Fleet,
@@ -106,6 +110,7 @@ impl Inbound {
             listening: Mutex::default(),
             filters: RwLock::default(),
             stats: Stats::default(),
+            tasks: tasks.clone(),
         }))
     }
 
@@ -126,7 +131,7 @@ impl Inbound {
             return;
         }
         let inner = self.0.clone();
-        tokio::spawn(async move {
+        self.0.tasks.spawn(async move {
             let info = match inner.plugins.describe_codec(&key.0, &key.1).await {
                 Ok(info) => info,
                 Err(error) => {
@@ -211,7 +216,9 @@ fn register(inner: &Arc<Inner>, key: Key, filters: Vec<String>) {
         let rx = inner
             .mqtt
             .tap(&filter, TAP_CAPACITY, inner.stats.dropped.clone());
-        tokio::spawn(follow(Arc::downgrade(inner), key.clone(), rx));
+        inner
+            .tasks
+            .spawn(follow(Arc::downgrade(inner), key.clone(), rx));
     }
 }
 

@@ -108,6 +108,7 @@ mod scenario;
 mod simulation;
 mod sqlite;
 mod stubs;
+mod tasks;
 mod telemetry;
 mod transport;
 mod verify;

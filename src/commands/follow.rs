@@ -23,10 +23,11 @@ impl Commands {
     /// Starts the tasks that follow the broker and the fleet.
     pub(super) fn follow(&self, acks: mpsc::Receiver<Tapped>, published: mpsc::Receiver<Tapped>) {
         let weak = || std::sync::Arc::downgrade(&self.0);
-        tokio::spawn(follow_acks(weak(), acks));
-        tokio::spawn(follow_device_commands(weak(), published));
-        tokio::spawn(follow_presence(weak(), self.0.fleet.presence_events()));
-        tokio::spawn(follow_subscriptions(weak(), self.0.mqtt.subscriptions()));
+        let tasks = &self.0.tasks;
+        tasks.spawn(follow_acks(weak(), acks));
+        tasks.spawn(follow_device_commands(weak(), published));
+        tasks.spawn(follow_presence(weak(), self.0.fleet.presence_events()));
+        tasks.spawn(follow_subscriptions(weak(), self.0.mqtt.subscriptions()));
     }
 }
 

@@ -47,6 +47,7 @@ use crate::clock::Clock;
 use crate::fleet::Fleet;
 use crate::mqtt::{MqttHandle, topics};
 use crate::plugin::PluginHost;
+use crate::tasks::Tasks;
 use counters::Stats;
 use effects::Effect;
 use machine::Machine;
@@ -108,6 +109,8 @@ struct Inner {
     processed_until: AtomicI64,
     pending_jobs: AtomicU64,
     shards: Vec<mpsc::Sender<shards::Job>>,
+    /// Where its shards, driver and followers run.
+    tasks: Tasks,
 }
 
 /// What the lock guards: the state machine, and who waits for it.
@@ -162,6 +165,7 @@ impl Commands {
     pub(crate) async fn start(
         data_dir: Option<&Path>,
         writers: &crate::sqlite::Writers,
+        tasks: &Tasks,
         clock: Clock,
         fleet: Fleet,
         mqtt: MqttHandle,
@@ -205,18 +209,19 @@ impl Commands {
             processed_until: AtomicI64::new(i64::MIN),
             pending_jobs: AtomicU64::new(0),
             shards: shard_txs,
+            tasks: tasks.clone(),
         });
         let commands = Commands(inner);
         commands.restore().await?;
         for rx in shard_rxs {
-            tokio::spawn(shards::run_shard(
+            tasks.spawn(shards::run_shard(
                 Arc::downgrade(&commands.0),
                 rx,
                 plugins.clone(),
                 seed,
             ));
         }
-        tokio::spawn(driver::run_driver(Arc::downgrade(&commands.0)));
+        tasks.spawn(driver::run_driver(Arc::downgrade(&commands.0)));
         commands.follow(ack_rx, cmd_rx);
         Ok(commands)
     }
@@ -254,7 +259,9 @@ impl Commands {
         // Effects of a restore are publishes and writes; run them on the
         // runtime (start is async, so there is one).
         let inner = self.0.clone();
-        tokio::spawn(async move { inner.run_effects(effects).await });
+        self.0
+            .tasks
+            .spawn(async move { inner.run_effects(effects).await });
         self.0.wake.notify_one();
         Ok(())
     }

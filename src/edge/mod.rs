@@ -39,6 +39,7 @@ use crate::clock::Clock;
 use crate::fleet::{DeviceFilter, Fleet};
 use crate::mqtt::MqttHandle;
 use crate::plugin::{CallContext, CallError, EdgeWindow, PluginHost, World};
+use crate::tasks::Tasks;
 use crate::telemetry::{Reading, ReadingTap, Telemetry};
 use node::{Control, Node, Runtime};
 
@@ -78,6 +79,8 @@ struct Inner {
     store: Option<store::EdgeStore>,
     /// Dropped with the last handle: stops the MQTT follower.
     _stop_follower: oneshot::Sender<()>,
+    /// Where the nodes and the MQTT follower run.
+    tasks: Tasks,
 }
 
 struct Handle {
@@ -190,6 +193,7 @@ impl EdgeNodes {
     pub(crate) async fn open(
         data_dir: Option<&std::path::Path>,
         writers: &crate::sqlite::Writers,
+        tasks: &Tasks,
         clock: Clock,
         telemetry: Telemetry,
         plugins: PluginHost,
@@ -207,7 +211,7 @@ impl EdgeNodes {
             active: tokio::sync::watch::Sender::new(None),
         });
         let (stop, stopped) = oneshot::channel();
-        tokio::spawn(mqtt_in::follow(mqtt.clone(), tap.clone(), stopped));
+        tasks.spawn(mqtt_in::follow(mqtt.clone(), tap.clone(), stopped));
         let inner = Arc::new(Inner {
             rt: Runtime {
                 clock,
@@ -222,6 +226,7 @@ impl EdgeNodes {
             tap,
             store,
             _stop_follower: stop,
+            tasks: tasks.clone(),
         });
         inner
             .fleet
@@ -305,7 +310,7 @@ impl EdgeNodes {
             );
             node
         };
-        tokio::spawn(node.clone().run(self.0.rt.clone(), rx));
+        self.0.tasks.spawn(node.clone().run(self.0.rt.clone(), rx));
         self.rebuild_members();
         tracing::info!(node = %node.id, members = node.members.lock().unwrap().len(), rules = node.spec.rules.len(), "edge node created");
         Ok(node.view())

@@ -21,7 +21,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use super::{AuthOutcome, Fleet};
+use super::{AuthOutcome, Fleet, WeakFleet};
 use crate::mqtt::{AuthDecision, Authorizer, PeerCert};
 use crate::ratelimit::warn_limited;
 use crate::transport::{Refusal, TlsStats};
@@ -31,8 +31,9 @@ pub(crate) const ADMIN_USER: &str = "admin";
 
 pub(crate) struct DeviceAccess {
     // Set once the fleet is open; the broker starts first and refuses
-    // everyone in the few milliseconds before.
-    fleet: OnceLock<Fleet>,
+    // everyone in the few milliseconds before. Weak: the fleet holds the
+    // broker, which holds this.
+    fleet: OnceLock<WeakFleet>,
     admin_password: String,
     /// Devices must present a certificate (`--mqtt-auth certificates`).
     require_cert: bool,
@@ -63,8 +64,12 @@ impl DeviceAccess {
         AuthDecision::NotAuthorized
     }
 
-    pub(crate) fn attach(&self, fleet: Fleet) {
-        let _ = self.fleet.set(fleet);
+    pub(crate) fn attach(&self, fleet: &Fleet) {
+        let _ = self.fleet.set(fleet.downgrade());
+    }
+
+    fn fleet(&self) -> Option<Fleet> {
+        self.fleet.get()?.upgrade()
     }
 }
 
@@ -87,7 +92,7 @@ impl Authorizer for DeviceAccess {
                 AuthDecision::BadCredentials
             };
         }
-        let Some(fleet) = self.fleet.get() else {
+        let Some(fleet) = self.fleet() else {
             return AuthDecision::NotAuthorized;
         };
         match fleet.authenticate(username, password) {
@@ -123,7 +128,7 @@ impl Authorizer for DeviceAccess {
             // Another device's name over this device's certificate.
             return AuthDecision::NotAuthorized;
         }
-        let Some(fleet) = self.fleet.get() else {
+        let Some(fleet) = self.fleet() else {
             return AuthDecision::NotAuthorized;
         };
         match fleet.authenticate_cert(device) {
@@ -144,8 +149,7 @@ impl Authorizer for DeviceAccess {
             Some(device) => match device_subtopic(device, topic) {
                 Some(rest) => !(rest == "commands" || rest.starts_with("commands/")),
                 None => self
-                    .fleet
-                    .get()
+                    .fleet()
                     .is_some_and(|f| f.dialect_may_publish(device, topic)),
             },
             None => false,
@@ -160,8 +164,7 @@ impl Authorizer for DeviceAccess {
                     rest == "commands/#" || rest == "commands/+" || rest.starts_with("commands/")
                 }
                 None => self
-                    .fleet
-                    .get()
+                    .fleet()
                     .is_some_and(|f| f.dialect_may_subscribe(device, filter)),
             },
             None => false,

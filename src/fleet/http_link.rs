@@ -127,7 +127,7 @@ impl Fleet {
 
     fn spawn_silence_watch(&self, entry: Arc<Entry>, id: String) {
         let fleet = self.clone();
-        tokio::spawn(async move {
+        self.0.tasks.spawn(async move {
             loop {
                 let last = entry.http.inner.lock().unwrap().last_contact;
                 let deadline = last + fleet.http_device_timeout_ms();

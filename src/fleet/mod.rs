@@ -29,6 +29,7 @@ use crate::ids::{DeviceId, expand_pattern};
 use crate::mqtt::{MqttHandle, Qos, topics};
 use crate::plugin::{CallError, CodecDevice, CodecEvent, PluginHost, SharedState, World};
 use crate::random::DeviceRng;
+use crate::tasks::Tasks;
 use crate::telemetry::{BufferCounters, Presence, SensorSpec, StreamSpec, Telemetry, check_sensor};
 use credentials::{SecretHash, new_secret};
 use store::{Inserted, Store};
@@ -130,6 +131,17 @@ fn codec_device(device: &Device) -> CodecDevice {
 #[derive(Clone)]
 pub(crate) struct Fleet(Arc<Inner>);
 
+/// A handle on the fleet that does not keep it: for what the fleet itself
+/// holds (the broker's authorizer), so that no cycle outlives the server.
+#[derive(Clone, Default)]
+pub(crate) struct WeakFleet(std::sync::Weak<Inner>);
+
+impl WeakFleet {
+    pub(crate) fn upgrade(&self) -> Option<Fleet> {
+        self.0.upgrade().map(Fleet)
+    }
+}
+
 struct Inner {
     // A std lock: held for map operations only, never across an await.
     devices: RwLock<BTreeMap<String, Arc<Entry>>>,
@@ -156,8 +168,11 @@ struct Inner {
     /// The CA that issues device certificates and the TLS listeners'
     /// revocation list.
     tls: Arc<crate::transport::Tls>,
-    /// Reads what clients publish in the dialects devices use.
-    inbound: std::sync::OnceLock<Arc<dyn DialectReader>>,
+    /// Reads what clients publish in the dialects devices use. Weak: the
+    /// readers hold the fleet, and the server holds them.
+    inbound: std::sync::OnceLock<std::sync::Weak<dyn DialectReader>>,
+    /// Where its timers and followers run.
+    tasks: Tasks,
 }
 
 /// Told, synchronously, of every device that is created, deleted, or
@@ -197,6 +212,7 @@ impl Fleet {
     pub(crate) async fn open(
         data_dir: Option<&std::path::Path>,
         writers: &crate::sqlite::Writers,
+        tasks: &Tasks,
         clock: Clock,
         seed: u64,
         telemetry: Telemetry,
@@ -222,6 +238,7 @@ impl Fleet {
             membership: std::sync::OnceLock::new(),
             tls,
             inbound: std::sync::OnceLock::new(),
+            tasks: tasks.clone(),
         }));
         let count = stored.len();
         let mut streams = Vec::new();
@@ -262,7 +279,7 @@ impl Fleet {
             last_seen: AtomicI64::new(i64::MIN),
             http: Default::default(),
         });
-        if let Some(inbound) = self.0.inbound.get() {
+        if let Some(inbound) = self.inbound() {
             inbound.listen(&entry.dialect());
         }
         let device = entry.device();
@@ -407,7 +424,7 @@ impl Fleet {
         }
         self.encode_status(&lost, false).await;
         let fleet = self.clone();
-        tokio::spawn(async move {
+        self.0.tasks.spawn(async move {
             tokio::time::sleep(duration).await;
             // The listener may need a moment more than the outage to be
             // back; births published before that would be dropped.
@@ -529,7 +546,7 @@ impl Fleet {
                     .map_err(FleetError::Invalid)?;
                 // Listening before the device exists: a real device may
                 // publish as soon as it is answered for.
-                if let (Some(info), Some(inbound)) = (info, self.0.inbound.get()) {
+                if let (Some(info), Some(inbound)) = (info, self.inbound()) {
                     inbound.listen_known(spec.plugin(), &spec.config_text(), &info.filters);
                 }
                 Ok(())
@@ -974,7 +991,7 @@ impl Fleet {
         if redialect {
             let dialect = DeviceDialect::new(d.dialect.as_ref(), codec_device(&d), self.0.seed);
             *entry.dialect.lock().unwrap() = dialect.clone();
-            if let Some(inbound) = self.0.inbound.get() {
+            if let Some(inbound) = self.inbound() {
                 inbound.listen(&dialect);
             }
             self.prepare_probes(vec![dialect]).await;
@@ -1086,7 +1103,7 @@ impl Fleet {
     /// longer flaky or no longer in the fleet.
     fn spawn_flaky_watch(&self, entry: Arc<Entry>, id: String) {
         let fleet = self.clone();
-        tokio::spawn(async move {
+        self.0.tasks.spawn(async move {
             while let Some(flip) = entry.presence.next_flip() {
                 fleet.0.clock.sleep_until(flip).await;
                 if !entry.presence.is_flaky() || fleet.entry(&id).is_err() {
@@ -1121,7 +1138,7 @@ impl Fleet {
     /// Whether device `id` may publish on `topic` because its dialect
     /// reads messages there (iotmock's own topics are checked elsewhere).
     pub(crate) fn dialect_may_publish(&self, id: &str, topic: &str) -> bool {
-        let (Ok(entry), Some(inbound)) = (self.entry(id), self.0.inbound.get()) else {
+        let (Ok(entry), Some(inbound)) = (self.entry(id), self.inbound()) else {
             return false;
         };
         // No filters are known for the default dialect: false for it.
@@ -1146,14 +1163,23 @@ impl Fleet {
         self.0.clock.now_ms()
     }
 
+    pub(crate) fn downgrade(&self) -> WeakFleet {
+        WeakFleet(Arc::downgrade(&self.0))
+    }
+
+    /// The dialect decoders, while the server runs.
+    fn inbound(&self) -> Option<Arc<dyn DialectReader>> {
+        self.0.inbound.get()?.upgrade()
+    }
+
     /// Hands the decoders of dialects every dialect in use, now and from
-    /// now on (set once).
-    pub(crate) fn set_inbound(&self, inbound: Arc<dyn DialectReader>) {
+    /// now on (set once). The fleet does not keep them: the caller does.
+    pub(crate) fn set_inbound(&self, inbound: &Arc<dyn DialectReader>) {
         let entries: Vec<Arc<Entry>> = self.0.devices.read().unwrap().values().cloned().collect();
         for entry in entries {
             inbound.listen(&entry.dialect());
         }
-        if self.0.inbound.set(inbound).is_err() {
+        if self.0.inbound.set(Arc::downgrade(inbound)).is_err() {
             tracing::error!("a second set of dialect decoders was refused");
         }
     }
@@ -1237,7 +1263,7 @@ impl Fleet {
         mut events: tokio::sync::broadcast::Receiver<crate::mqtt::ClientEvent>,
     ) {
         let fleet = self.clone();
-        tokio::spawn(async move {
+        self.0.tasks.spawn(async move {
             use crate::mqtt::ClientEvent;
             use tokio::sync::broadcast::error::RecvError;
             loop {

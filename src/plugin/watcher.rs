@@ -34,7 +34,11 @@ pub(crate) struct PluginWatcher {
 }
 
 /// Loads every `*.wasm` in `dir`, then watches it for changes.
-pub(crate) async fn watch(host: PluginHost, dir: &Path) -> Result<PluginWatcher, WatchError> {
+pub(crate) async fn watch(
+    tasks: &crate::tasks::Tasks,
+    host: PluginHost,
+    dir: &Path,
+) -> Result<PluginWatcher, WatchError> {
     let dir = std::fs::canonicalize(dir).map_err(|source| WatchError::Io {
         path: dir.display().to_string(),
         source,
@@ -73,7 +77,7 @@ pub(crate) async fn watch(host: PluginHost, dir: &Path) -> Result<PluginWatcher,
     for path in initial {
         apply(&host, &path, &mut seen).await;
     }
-    tokio::spawn(debounce(host, rx, seen));
+    tasks.spawn(debounce(host, rx, seen));
     Ok(PluginWatcher { _watcher: watcher })
 }
 

@@ -32,6 +32,7 @@ pub(crate) use spec::{SensorSpec, check_sensor};
 use crate::clock::Clock;
 use crate::mqtt::MqttHandle;
 use crate::plugin::PluginHost;
+use crate::tasks::Tasks;
 
 /// Control messages waiting for the scheduler; senders wait when full.
 const CONTROL_CAPACITY: usize = 1024;
@@ -172,8 +173,10 @@ pub(crate) struct Telemetry {
 }
 
 impl Telemetry {
-    /// Starts the scheduler task; it ends when every handle is dropped.
+    /// Starts the scheduler task; it ends when every handle is dropped
+    /// or the server stops.
     pub(crate) fn start(
+        tasks: &Tasks,
         clock: Clock,
         plugins: PluginHost,
         mqtt: MqttHandle,
@@ -200,7 +203,7 @@ impl Telemetry {
             streams.clone(),
             progress_tx,
         );
-        tokio::spawn(scheduler.run(rx));
+        tasks.spawn(scheduler.run(rx));
         Self {
             control,
             stats,

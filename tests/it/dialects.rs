@@ -1210,9 +1210,7 @@ async fn publish_as(client: &rumqttc::AsyncClient, topic: &str, payload: &[u8]) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_thingsboard_device_reports_attributes_and_answers_rpc_under_device_auth() {
     let server = TestServer::with_scenario("", |c| {
-        c.mqtt_auth = iotmock::MqttAuth::Devices {
-            admin_password: "admin-pw".into(),
-        }
+        c.mqtt_auth = crate::support::device_auth();
     })
     .await;
     let (status, body) = server
@@ -1297,7 +1295,14 @@ async fn a_real_thingsboard_device_reports_attributes_and_answers_rpc_under_devi
 
     // A back end (the admin) publishing ThingsBoard telemetry names no
     // device: counted, not filed.
-    let (admin, _) = mqtt_client(&server, "backend", "admin", "admin-pw", "nothing/here").await;
+    let (admin, _) = mqtt_client(
+        &server,
+        "backend",
+        "admin",
+        crate::support::ADMIN_PASSWORD,
+        "nothing/here",
+    )
+    .await;
     publish_as(&admin, "v1/devices/me/telemetry", br#"{"temperature": 99}"#).await;
     let counters = dialect_counters(&server, |d| d["unknown_device"] == 1).await;
     assert_eq!(counters["readings"], 1, "{counters}");

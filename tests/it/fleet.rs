@@ -324,9 +324,7 @@ async fn devices_and_credentials_survive_a_restart_with_data_dir() {
 
 async fn auth_fleet_server(data_dir: Option<std::path::PathBuf>) -> TestServer {
     TestServer::with_scenario("", |c| {
-        c.mqtt_auth = iotmock::MqttAuth::Devices {
-            admin_password: "admin-secret".into(),
-        };
+        c.mqtt_auth = crate::support::device_auth();
         c.data_dir = data_dir;
     })
     .await
@@ -379,7 +377,13 @@ async fn device_credentials_admit_refuse_and_confine_mqtt_clients() {
     assert_eq!(one["state"], "provisioned");
 
     // A back end as admin watches everything.
-    let (mut admin, _) = Client::connect(login(&server, "backend", "admin", "admin-secret")).await;
+    let (mut admin, _) = Client::connect(login(
+        &server,
+        "backend",
+        "admin",
+        crate::support::ADMIN_PASSWORD,
+    ))
+    .await;
     admin.sub("devices/#", QoS::AtLeastOnce).await;
     crate::broker::wait_subscribed(&server, "backend", "devices/#").await;
 

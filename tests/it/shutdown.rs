@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{Subscriber, TestServer};
+use crate::support::{Subscriber, TestServer, device_auth};
 
 /// Files under `dir` that this process holds open.
 fn open_files_under(dir: &Path) -> Vec<PathBuf> {
@@ -223,22 +223,24 @@ async fn a_new_server_starts_on_the_data_dir_at_once_with_every_answered_write()
     assert_eq!(open_files_under(&dir), Vec::<PathBuf>::new());
 }
 
-/// Threads of this process that own a database (each is named
-/// `sqlite <file>`).
-fn database_threads() -> usize {
+/// Threads of this process whose name starts with `prefix`: `sqlite
+/// <file>` own a database; `iotmock-` are the server's own (plugin
+/// workers, the plugins' epoch ticker, the MQTT connections).
+fn threads(prefix: &str) -> usize {
     std::fs::read_dir("/proc/self/task")
         .unwrap()
         .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
-        .filter(|name| name.starts_with("sqlite "))
+        .filter(|name| name.starts_with(prefix))
         .count()
 }
 
-/// Waits (briefly) for the count to settle: a joined thread's entry in
-/// /proc can outlive the join by a moment.
-async fn database_threads_become(n: usize) -> usize {
+/// Waits (briefly) for the count to settle: a thread's entry in /proc can
+/// outlive its join by a moment, and a plugin worker ends once its queue
+/// closes.
+async fn threads_become(prefix: &str, n: usize) -> usize {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let now = database_threads();
+        let now = threads(prefix);
         if now == n || std::time::Instant::now() > deadline {
             return now;
         }
@@ -246,17 +248,17 @@ async fn database_threads_become(n: usize) -> usize {
     }
 }
 
-/// Set in the process that runs [`the_database_threads_end_with_the_shutdown`]
+/// Set in the process that runs [`the_server_threads_end_with_the_shutdown`]
 /// alone.
 const ALONE: &str = "IOTMOCK_TEST_ALONE";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_database_threads_end_with_the_shutdown() {
+async fn the_server_threads_end_with_the_shutdown() {
     if std::env::var_os(ALONE).is_none() {
         // Other tests of this binary start servers in parallel, so the
         // process's threads are counted in a process of its own that runs
         // only this test.
-        let name = "shutdown::the_database_threads_end_with_the_shutdown";
+        let name = "shutdown::the_server_threads_end_with_the_shutdown";
         let output = tokio::task::spawn_blocking(move || {
             std::process::Command::new(std::env::current_exe().unwrap())
                 .args(["--exact", name, "--test-threads", "1", "--nocapture"])
@@ -274,23 +276,127 @@ async fn the_database_threads_end_with_the_shutdown() {
         );
         return;
     }
-    assert_eq!(database_threads(), 0);
+    assert_eq!((threads("sqlite "), threads("iotmock-")), (0, 0));
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().to_path_buf();
     let server = TestServer::with_scenario("", |c| c.data_dir = Some(dir)).await;
     // The fleet, commands, edge nodes, stubs and the broker.
-    assert_eq!(database_threads(), 5);
+    assert_eq!(threads("sqlite "), 5);
+    assert!(threads("iotmock-") > 0, "plugin workers run");
     let (status, body) = server
         .post("/api/v1/devices", json!({"id": "t-1", "simulated": false}))
         .await;
     assert_eq!(status, 201, "{body}");
     server.stop().await;
-    assert_eq!(database_threads_become(0).await, 0);
+    assert_eq!(threads_become("sqlite ", 0).await, 0);
+    assert_eq!(
+        threads_become("iotmock-", 0).await,
+        0,
+        "server threads left"
+    );
 
     // Without --data-dir the fleet lives in an in-memory database, on a
-    // thread that the shutdown ends as well.
-    let server = TestServer::with_scenario("", |_| {}).await;
-    assert_eq!(database_threads(), 1);
+    // thread that the shutdown ends as well. The broker's device access
+    // and the dialect decoders hold the fleet that holds them: nothing
+    // of it outlives the server all the same.
+    let server = TestServer::with_scenario("", |c| {
+        c.mqtt_auth = device_auth();
+    })
+    .await;
+    let (status, body) = server
+        .post(
+            "/api/v1/devices",
+            json!({"id": "tb-1", "simulated": false, "dialect": "thingsboard"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(threads("sqlite "), 1);
     server.stop().await;
-    assert_eq!(database_threads_become(0).await, 0);
+    assert_eq!(threads_become("sqlite ", 0).await, 0);
+    assert_eq!(
+        threads_become("iotmock-", 0).await,
+        0,
+        "server threads left"
+    );
+}
+
+/// A fleet that streams, for the test below.
+const STREAMING: &str = r#"
+[[fleet]]
+id_pattern = "s-{n}"
+count = 3
+[[fleet.sensors]]
+plugin = "temperature"
+interval_ms = 50
+"#;
+
+/// Nothing of a stopped server goes on running in the program that
+/// embeds it: every task it started (the telemetry scheduler, the
+/// followers of the broker, the timers of flaky and HTTP devices, the
+/// dialect decoders, the command engine, edge nodes, the plugin watcher)
+/// has ended when `shutdown` returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_task_of_a_stopped_server_runs_on() {
+    let runtime = tokio::runtime::Handle::current().metrics();
+    let before = runtime.num_alive_tasks();
+    let plugins = tempfile::tempdir().unwrap();
+    let dir = plugins.path().to_path_buf();
+    let server = TestServer::with_scenario(STREAMING, |c| {
+        c.plugins_dir = Some(dir);
+        c.mqtt_auth = device_auth();
+    })
+    .await;
+    while server
+        .get_text("/api/v1/telemetry?limit=1")
+        .await
+        .is_empty()
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for (path, body) in [
+        (
+            "/api/v1/devices",
+            json!({"id": "tb-1", "simulated": false, "dialect": "thingsboard"}),
+        ),
+        (
+            "/api/v1/devices/s-1/connectivity",
+            json!({"state": "flaky", "mean_online_ms": 100, "mean_offline_ms": 100}),
+        ),
+        ("/api/v1/devices/s-2/commands", json!({"name": "reboot"})),
+        (
+            "/api/v1/edge-nodes",
+            json!({"id": "gw-1", "devices": {"ids": ["s-3"]},
+                   "rules": [{"plugin": "edge-aggregate", "config": {"forward": true}}]}),
+        ),
+    ] {
+        let (status, body) = server.post(path, body).await;
+        assert!((200..=202).contains(&status), "{path}: {status} {body}");
+    }
+    let (_, device) = server
+        .post(
+            "/api/v1/devices",
+            json!({"id": "http-1", "simulated": false}),
+        )
+        .await;
+    let password = device["credentials"]["password"].as_str().unwrap();
+    let heard = server
+        .http
+        .post(server.url("/api/v1/devices/http-1/telemetry"))
+        .basic_auth("http-1", Some(password))
+        .json(&json!({"sensor": "temperature", "value": 20}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(heard.status(), 200);
+    assert!(
+        runtime.num_alive_tasks() > before + 10,
+        "the server runs its tasks here"
+    );
+
+    server.stop().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while runtime.num_alive_tasks() > before && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(runtime.num_alive_tasks(), before, "tasks left running");
 }

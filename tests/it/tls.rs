@@ -11,9 +11,7 @@ use iotmock::MqttTransport;
 use iotmock::{Config, MqttAuth, ScenarioChoice};
 use serde_json::{Value, json};
 
-use crate::support::{TestServer, WAIT, ensure_tool};
-
-const ADMIN_PW: &str = "admin-secret";
+use crate::support::{ADMIN_PASSWORD, TestServer, WAIT, device_auth, ensure_tool};
 
 fn ensure_tools() {
     static ONCE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
@@ -34,12 +32,6 @@ fn tls_config(auth: MqttAuth) -> Config {
         https: any,
         mock_https: any,
         ..Config::ephemeral()
-    }
-}
-
-fn devices_auth() -> MqttAuth {
-    MqttAuth::Devices {
-        admin_password: ADMIN_PW.into(),
     }
 }
 
@@ -175,7 +167,7 @@ fn admin_sub(addr: SocketAddr, ca: &Path, filter: &str, count: usize) -> Child {
             "-u",
             "admin",
             "-P",
-            ADMIN_PW,
+            ADMIN_PASSWORD,
             "-t",
             filter,
             "-q",
@@ -249,7 +241,7 @@ async fn refused(server: &TestServer, reason: &str) -> u64 {
 
 #[tokio::test]
 async fn mosquitto_device_certificate_is_the_device() {
-    let server = TestServer::start(tls_config(devices_auth())).await;
+    let server = TestServer::start(tls_config(device_auth())).await;
     let files = Files::new(&server).await;
     create_device(&server, "dev-1").await;
     let dev = files.issue(&server, "dev-1", json!({})).await;
@@ -301,7 +293,7 @@ async fn mosquitto_device_certificate_is_the_device() {
 
 #[tokio::test]
 async fn revoked_expired_foreign_and_suspended_certificates_are_refused() {
-    let server = TestServer::start(tls_config(devices_auth())).await;
+    let server = TestServer::start(tls_config(device_auth())).await;
     let files = Files::new(&server).await;
     let addr = mqtts(&server);
     create_device(&server, "dev-1").await;
@@ -316,7 +308,7 @@ async fn revoked_expired_foreign_and_suspended_certificates_are_refused() {
             json!({"not_before": "2020-01-01T00:00:00Z", "not_after": "2020-02-01T00:00:00Z"}),
         )
         .await;
-    let other = TestServer::start(tls_config(devices_auth())).await;
+    let other = TestServer::start(tls_config(device_auth())).await;
     create_device(&other, "dev-1").await;
     let foreign = files.issue(&other, "dev-1", json!({})).await;
 
@@ -405,7 +397,7 @@ async fn revoked_expired_foreign_and_suspended_certificates_are_refused() {
 #[tokio::test]
 async fn certificates_mode_requires_a_device_certificate() {
     let server = TestServer::start(tls_config(MqttAuth::Certificates {
-        admin_password: ADMIN_PW.into(),
+        admin_password: ADMIN_PASSWORD.into(),
     }))
     .await;
     let files = Files::new(&server).await;
@@ -457,7 +449,7 @@ async fn certificates_mode_requires_a_device_certificate() {
 
 #[tokio::test]
 async fn a_device_csr_is_signed_with_the_device_as_subject() {
-    let server = TestServer::start(tls_config(devices_auth())).await;
+    let server = TestServer::start(tls_config(device_auth())).await;
     let files = Files::new(&server).await;
     create_device(&server, "dev-csr").await;
     let key = files.dir.path().join("own.key");
@@ -564,7 +556,7 @@ async fn a_device_csr_is_signed_with_the_device_as_subject() {
 
 #[tokio::test]
 async fn openssl_s_client_sees_the_handshake_cases() {
-    let server = TestServer::start(tls_config(devices_auth())).await;
+    let server = TestServer::start(tls_config(device_auth())).await;
     let files = Files::new(&server).await;
     create_device(&server, "dev-1").await;
     let dev = files.issue(&server, "dev-1", json!({})).await;
@@ -614,7 +606,7 @@ async fn openssl_s_client_sees_the_handshake_cases() {
 
 #[tokio::test]
 async fn curl_reaches_the_api_device_api_and_stubs_over_https() {
-    let server = TestServer::start(tls_config(devices_auth())).await;
+    let server = TestServer::start(tls_config(device_auth())).await;
     let files = Files::new(&server).await;
     let https = server.server().https_addr().unwrap();
     let mock_https = server.server().mock_https_addr().unwrap();
@@ -713,7 +705,7 @@ async fn a_simulated_fleet_streams_to_a_tls_subscriber() {
 id = "tls-sim-1"
 sensors = [{ plugin = "temperature", interval_ms = 50 }]
 "#;
-    let mut config = tls_config(devices_auth());
+    let mut config = tls_config(device_auth());
     config.scenario = ScenarioChoice::Inline(scenario.into());
     let server = TestServer::start(config).await;
     let files = Files::new(&server).await;
@@ -738,7 +730,7 @@ sensors = [{ plugin = "temperature", interval_ms = 50 }]
 
 #[tokio::test]
 async fn bulk_provisioning_issues_certificates() {
-    let server = TestServer::start(tls_config(devices_auth())).await;
+    let server = TestServer::start(tls_config(device_auth())).await;
     let files = Files::new(&server).await;
     let (status, created) = server
         .post(
@@ -782,7 +774,7 @@ async fn the_ca_and_revocations_survive_a_restart() {
     let data = tempfile::tempdir().unwrap();
     let config = || Config {
         data_dir: Some(data.path().to_path_buf()),
-        ..tls_config(devices_auth())
+        ..tls_config(device_auth())
     };
     let server = TestServer::start(config()).await;
     let files = Files::new(&server).await;

@@ -19,6 +19,17 @@ use tokio::sync::mpsc;
 /// How long any single wait in a test may take before it fails.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// The MQTT `admin` user's password of test servers under `--mqtt-auth
+/// devices`.
+pub const ADMIN_PASSWORD: &str = "admin-secret";
+
+/// `--mqtt-auth devices`, with [`ADMIN_PASSWORD`].
+pub fn device_auth() -> iotmock::MqttAuth {
+    iotmock::MqttAuth::Devices {
+        admin_password: ADMIN_PASSWORD.into(),
+    }
+}
+
 pub struct TestServer {
     server: Option<Server>,
     pub http: reqwest::Client,
