@@ -44,18 +44,7 @@ async fn mutated_mqtt_sessions_never_break_the_broker() {
     let seed: u64 = env_or("IOTMOCK_FUZZ_SEED", 0x1077_0c4b);
     let data = tempfile::tempdir().unwrap();
     let stderr = tempfile::NamedTempFile::new().unwrap();
-    let mut child = serve_ephemeral()
-        .args(["--scenario", "none", "--mqtt-server-topic-aliases", "4"])
-        .arg("--data-dir")
-        .arg(data.path())
-        .stdout(Stdio::piped())
-        .stderr(stderr.reopen().unwrap())
-        .spawn()
-        .expect("start iotmock");
-    let ready: serde_json::Value =
-        serde_json::from_str(&read_ready_line(&mut child)).expect("ready line is JSON");
-    let mqtt: std::net::SocketAddr = ready["mqtt"].as_str().unwrap().parse().unwrap();
-    let http = format!("http://{}", ready["http"].as_str().unwrap());
+    let (mut child, mqtt, http) = start(data.path(), &stderr);
     let api = reqwest::Client::new();
 
     // The fault paths see the same garbage: a duplicated delivery now
@@ -109,11 +98,13 @@ async fn mutated_mqtt_sessions_never_break_the_broker() {
         assert!(answered & 1 << kind != 0, "no {name} in {rounds} sessions");
     }
 
-    // Everyone else is still served: a subscriber hears a QoS 1 publish.
+    // Everyone else is still served: a subscriber hears a QoS 1 publish,
+    // and a retained one is kept.
     let mut sub = Raw::subscribed(mqtt, 4, "after-sub", "after/#", 1).await;
     let (mut publ, _) = Raw::open(mqtt, &connect(5, "after-pub", true, 0, &[], None)).await;
-    publ.send(&publish(5, "after/x", 1, 7, &[], b"still here"))
-        .await;
+    let mut kept = publish(5, "after/kept", 1, 7, &[], b"still here");
+    kept[0] |= 0x01;
+    publ.send(&kept).await;
     let puback = publ.packet().await.expect("a PUBACK");
     assert_eq!(puback.0, 0x40, "PUBACK, got {puback:?}");
     assert_eq!(sub.publish(4).await.2, b"still here");
@@ -140,6 +131,40 @@ async fn mutated_mqtt_sessions_never_break_the_broker() {
         status.success(),
         "a clean stop after the fuzzing: {status:?}\n{log}"
     );
+
+    // What the hostile sessions left in the store loads back.
+    let (child, mqtt, _) = start(data.path(), &stderr);
+    let mut again = Raw::subscribed(mqtt, 4, "again", "after/kept", 1).await;
+    assert_eq!(again.publish(4).await.2, b"still here");
+    crate::support::process::stop(child);
+    let log = std::fs::read_to_string(stderr.path()).unwrap();
+    assert!(!log.contains("panicked"), "after the restart:\n{log}");
+}
+
+/// `iotmock serve` on `data`, its stderr to `log`: the child, its MQTT
+/// address and its API's base URL.
+fn start(
+    data: &std::path::Path,
+    log: &tempfile::NamedTempFile,
+) -> (std::process::Child, std::net::SocketAddr, String) {
+    let mut child = serve_ephemeral()
+        .args(["--scenario", "none", "--mqtt-server-topic-aliases", "4"])
+        .arg("--data-dir")
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(log.path())
+                .unwrap(),
+        )
+        .spawn()
+        .expect("start iotmock");
+    let ready: serde_json::Value =
+        serde_json::from_str(&read_ready_line(&mut child)).expect("ready line is JSON");
+    let mqtt = ready["mqtt"].as_str().unwrap().parse().unwrap();
+    let http = format!("http://{}", ready["http"].as_str().unwrap());
+    (child, mqtt, http)
 }
 
 fn env_or(name: &str, default: u64) -> u64 {
