@@ -73,6 +73,12 @@ impl DeviceAccess {
     }
 }
 
+/// A device connects under its own id, or under none: the broker then
+/// assigns a fresh one, which takes no other client's session over.
+fn own_id(client_id: &str, device: &str) -> bool {
+    client_id.is_empty() || client_id == device
+}
+
 impl Authorizer for DeviceAccess {
     fn authenticate(
         &self,
@@ -96,9 +102,10 @@ impl Authorizer for DeviceAccess {
             return AuthDecision::NotAuthorized;
         };
         match fleet.authenticate(username, password) {
-            // Its own id only: another device's id would take that
-            // device's session and connectivity over.
-            AuthOutcome::Ok if client_id != username => AuthDecision::ClientIdNotValid,
+            // Its own id only (or one the broker assigns): another
+            // device's id would take that device's session and
+            // connectivity over.
+            AuthOutcome::Ok if !own_id(client_id, username) => AuthDecision::ClientIdNotValid,
             AuthOutcome::Ok => AuthDecision::Allow {
                 user: Some(username.to_string()),
             },
@@ -132,7 +139,7 @@ impl Authorizer for DeviceAccess {
             return AuthDecision::NotAuthorized;
         };
         match fleet.authenticate_cert(device) {
-            AuthOutcome::Ok if client_id != device => AuthDecision::ClientIdNotValid,
+            AuthOutcome::Ok if !own_id(client_id, device) => AuthDecision::ClientIdNotValid,
             AuthOutcome::Ok => AuthDecision::Allow {
                 user: Some(device.to_string()),
             },

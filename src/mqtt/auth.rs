@@ -7,9 +7,12 @@
 /// Decides connections and per-topic access. Called on the client's task:
 /// keep it quick and never block on I/O.
 pub trait Authorizer: Send + Sync + 'static {
-    /// A CONNECT. `user` in [`AuthDecision::Allow`] is what the other two
-    /// methods (and the client events) see as the user; a persistent
-    /// session resumes only for the same user.
+    /// A CONNECT. `client_id` is as the client sent it: empty when it left
+    /// the id to the server (MQTT 5, or 3.1.1 with a clean session), which
+    /// assigns a fresh `auto-…` id that takes no session over; the other
+    /// two methods see the assigned id. `user` in [`AuthDecision::Allow`]
+    /// is what the other two methods (and the client events) see as the
+    /// user; a persistent session resumes only for the same user.
     fn authenticate(
         &self,
         client_id: &str,

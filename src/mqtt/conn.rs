@@ -397,8 +397,9 @@ fn handshake(
     }
     let user: Option<Arc<str>> = match &engine.authorizer {
         None => c.username.as_deref().map(Arc::from),
+        // The id as sent: empty when the client left it to the server.
         Some(a) => match a.authenticate_peer(
-            &client_id,
+            &c.client_id,
             c.username.as_deref(),
             c.password.as_deref(),
             cert,

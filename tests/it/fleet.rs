@@ -7,6 +7,7 @@ use iotmock::ClockMode;
 use serde_json::json;
 
 use crate::support::TestServer;
+use crate::support::wire::{Raw, connack_props, connect_as, properties};
 
 fn thermometer(id: &str) -> serde_json::Value {
     json!({
@@ -483,6 +484,32 @@ async fn device_credentials_admit_refuse_and_confine_mqtt_clients() {
     ))
     .await;
     again.disconnect().await;
+
+    // Under no client id a device is admitted too: the broker assigns a
+    // fresh one (and tells an MQTT 5 client), which takes no session
+    // over, and the user name still names the device.
+    let rotated = rotated["password"].as_str().unwrap();
+    for level in [4, 5] {
+        let (mut raw, connack) =
+            Raw::open(server.mqtt, &connect_as(level, "", "dev-1", rotated)).await;
+        assert_eq!(connack[1], 0, "MQTT level {level} admitted: {connack:?}");
+        if level == 5 {
+            let assigned = properties(connack_props(&connack))
+                .into_iter()
+                .find(|(id, _)| *id == 0x12)
+                .map(|(_, v)| String::from_utf8_lossy(&v[2..]).into_owned());
+            assert!(
+                assigned.as_ref().is_some_and(|id| id.starts_with("auto-")),
+                "{assigned:?}"
+            );
+        }
+        wait_device(&server, "dev-1", |d| d["connectivity"]["state"] == "online").await;
+        raw.send(&[0xe0, 0x00]).await;
+        wait_device(&server, "dev-1", |d| {
+            d["connectivity"]["state"] == "offline"
+        })
+        .await;
+    }
     admin.disconnect().await;
     server.stop().await;
 }

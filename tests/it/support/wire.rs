@@ -93,6 +93,23 @@ pub fn connect(
     packet(0x10, &b)
 }
 
+/// A clean-start CONNECT for `level` (4 or 5) with a user name and a
+/// password (no keep alive, no will).
+pub fn connect_as(level: u8, id: &str, user: &str, password: &str) -> Vec<u8> {
+    let mut b = Vec::new();
+    string(b"MQTT", &mut b);
+    b.push(level);
+    b.push(0xc2); // user name, password, clean start
+    b.extend_from_slice(&0u16.to_be_bytes());
+    if level == 5 {
+        props(&[], &mut b);
+    }
+    string(id.as_bytes(), &mut b);
+    string(user.as_bytes(), &mut b);
+    string(password.as_bytes(), &mut b);
+    packet(0x10, &b)
+}
+
 pub fn subscribe(level: u8, pid: u16, filter: &str, options: u8) -> Vec<u8> {
     let mut b = pid.to_be_bytes().to_vec();
     if level == 5 {
