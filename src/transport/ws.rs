@@ -106,8 +106,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsIo<S> {
                 Some(Ok(Message::Binary(data))) => self.read = data,
                 // The end: a read of nothing.
                 Some(Ok(Message::Close(_))) | None => return Poll::Ready(Ok(())),
-                // Pings are answered by tungstenite itself; MQTT is binary
-                // only, so text is ignored.
+                // MQTT travels in binary messages only: any other data
+                // message closes the connection (MQTT-6.0.0-1).
+                Some(Ok(Message::Text(_))) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "a WebSocket text message: MQTT is sent in binary messages",
+                    )));
+                }
+                // Pings are answered by tungstenite itself.
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Poll::Ready(Err(io::Error::other(e))),
             }

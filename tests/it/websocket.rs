@@ -128,13 +128,8 @@ async fn mqtt_over_websocket_meets_tcp_clients_and_its_will_fires_on_close() {
     assert_eq!(&body[..14], b"\0\x0cto-browser/1");
     assert_eq!(&body[14..], b"hello");
 
-    // ... and the other way round; a text message between them is not
-    // MQTT and is ignored, a WebSocket ping is answered.
-    client
-        .ws
-        .send(Message::Text("not mqtt".into()))
-        .await
-        .unwrap();
+    // ... and the other way round; a WebSocket ping between them is
+    // answered.
     client.ws.send(Message::Ping(vec![1].into())).await.unwrap();
     client
         .send(publish(4, "ws/from-browser", 0, 0, &[], b"hi"))
@@ -148,6 +143,27 @@ async fn mqtt_over_websocket_meets_tcp_clients_and_its_will_fires_on_close() {
     // will is published.
     client.ws.close(None).await.unwrap();
     let m = tcp.next_where(|m| m.topic == "ws/will").await;
+    assert_eq!(m.payload, b"lost");
+
+    // A text message is not MQTT: the broker closes the connection
+    // (MQTT-6.0.0-1), an abrupt end too.
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut texting = WsClient::upgrade(stream, addr, "ws").await;
+    let will = Will {
+        topic: "ws/text-will",
+        ..will
+    };
+    texting
+        .send(connect(4, "texting", true, 30, &[], Some(&will)))
+        .await;
+    assert_eq!(texting.packet().await, Some((0x20, vec![0, 0])), "CONNACK");
+    texting
+        .ws
+        .send(Message::Text("not mqtt".into()))
+        .await
+        .unwrap();
+    assert_eq!(texting.packet().await, None, "the connection closes");
+    let m = tcp.next_where(|m| m.topic == "ws/text-will").await;
     assert_eq!(m.payload, b"lost");
     server.stop().await;
 }
