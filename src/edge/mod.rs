@@ -77,8 +77,6 @@ struct Inner {
     nodes: RwLock<BTreeMap<String, Handle>>,
     tap: Arc<Tap>,
     store: Option<store::EdgeStore>,
-    /// Dropped with the last handle: stops the MQTT follower.
-    _stop_follower: oneshot::Sender<()>,
     /// Where the nodes and the MQTT follower run.
     tasks: Tasks,
 }
@@ -210,8 +208,7 @@ impl EdgeNodes {
             members: RwLock::default(),
             active: tokio::sync::watch::Sender::new(None),
         });
-        let (stop, stopped) = oneshot::channel();
-        tasks.spawn(mqtt_in::follow(mqtt.clone(), tap.clone(), stopped));
+        tasks.spawn(mqtt_in::follow(mqtt.clone(), tap.clone()));
         let inner = Arc::new(Inner {
             rt: Runtime {
                 clock,
@@ -225,7 +222,6 @@ impl EdgeNodes {
             nodes: RwLock::default(),
             tap,
             store,
-            _stop_follower: stop,
             tasks: tasks.clone(),
         });
         inner

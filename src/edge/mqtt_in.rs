@@ -12,8 +12,6 @@
 
 use std::sync::Arc;
 
-use tokio::sync::oneshot;
-
 use super::Tap;
 use crate::mqtt::MqttHandle;
 use crate::telemetry::Reading;
@@ -25,7 +23,8 @@ const PAGE: usize = 1024;
 const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
 const FILTER: &str = "devices/+/telemetry/+";
 
-pub(crate) async fn follow(mqtt: MqttHandle, tap: Arc<Tap>, mut stop: oneshot::Receiver<()>) {
+/// Runs as one of the server's tasks, until the server stops.
+pub(crate) async fn follow(mqtt: MqttHandle, tap: Arc<Tap>) {
     let mut newest = mqtt.journal_watch();
     let mut active = tap.active.subscribe();
     let mut cursor = *newest.borrow_and_update();
@@ -34,9 +33,8 @@ pub(crate) async fn follow(mqtt: MqttHandle, tap: Arc<Tap>, mut stop: oneshot::R
         if active.borrow_and_update().is_none() {
             // No node has members: nothing to follow until one does, then
             // from where the journal was when it did.
-            tokio::select! {
-                changed = active.changed() => if changed.is_err() { return },
-                _ = &mut stop => return,
+            if active.changed().await.is_err() {
+                return;
             }
             let Some(since) = *active.borrow_and_update() else {
                 continue;
@@ -71,7 +69,6 @@ pub(crate) async fn follow(mqtt: MqttHandle, tap: Arc<Tap>, mut stop: oneshot::R
         tokio::select! {
             changed = newest.changed() => if changed.is_err() { return },
             changed = active.changed() => if changed.is_err() { return },
-            _ = &mut stop => return,
         }
         tokio::time::sleep(GATHER).await;
     }
