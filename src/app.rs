@@ -22,7 +22,7 @@ use crate::plugin::watcher::{PluginWatcher, WatchError};
 use crate::plugin::{LoadError, PluginHost, PluginLimits};
 use crate::scenario::{Scenario, ScenarioError};
 use crate::sqlite::Writers;
-use crate::tasks::Tasks;
+use crate::tasks::{StopOnDrop, Tasks};
 use crate::telemetry::Telemetry;
 use crate::transport::{MqttListener, MqttTransport, Tls, TlsSettings};
 
@@ -373,8 +373,9 @@ pub struct Server {
     tls: Arc<Tls>,
     /// The threads that own the databases, closed last by the shutdown.
     writers: Arc<Writers>,
-    /// The background tasks, stopped before the databases close.
-    tasks: Tasks,
+    /// The background tasks, stopped before the databases close (or
+    /// when the server is dropped without its shutdown).
+    tasks: StopOnDrop,
     /// The fleet's link to the dialect decoders, which the fleet holds
     /// weakly (the decoders hold the fleet).
     _dialect_reader: Arc<dyn DialectReader>,
@@ -718,7 +719,7 @@ impl Server {
             transports,
             tls,
             writers,
-            tasks,
+            tasks: StopOnDrop(tasks),
             _dialect_reader: dialect_reader,
             _watcher: watcher,
         })
@@ -838,7 +839,7 @@ impl Server {
         let _ = self.http.stop.send(());
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.http.task).await;
         self.broker.shutdown().await;
-        let running = self.tasks.stop(TASKS_STOP).await;
+        let running = self.tasks.0.stop(TASKS_STOP).await;
         if running > 0 {
             tracing::warn!(running, "background tasks still running at shutdown");
         }

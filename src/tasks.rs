@@ -44,6 +44,17 @@ impl Tasks {
     }
 }
 
+/// The server's hold on its tasks: dropped (a server dropped without its
+/// shutdown, say by a panicking test), it cancels them as well.
+pub(crate) struct StopOnDrop(pub(crate) Tasks);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.tracker.close();
+        self.0.stop.cancel();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,5 +83,18 @@ mod tests {
             None,
             "a task spawned after the stop never runs"
         );
+    }
+
+    #[tokio::test]
+    async fn a_dropped_hold_cancels_the_tasks() {
+        let held = StopOnDrop(Tasks::default());
+        let tasks = held.0.clone();
+        let (dropped_tx, mut dropped) = tokio::sync::mpsc::channel::<()>(1);
+        tasks.spawn(async move {
+            let _guard = dropped_tx;
+            std::future::pending::<()>().await;
+        });
+        drop(held);
+        assert_eq!(dropped.recv().await, None, "the pending task was dropped");
     }
 }

@@ -133,7 +133,7 @@ pub(crate) struct Fleet(Arc<Inner>);
 
 /// A handle on the fleet that does not keep it: for what the fleet itself
 /// holds (the broker's authorizer), so that no cycle outlives the server.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(crate) struct WeakFleet(std::sync::Weak<Inner>);
 
 impl WeakFleet {
