@@ -200,7 +200,7 @@ pub(crate) async fn serve<S>(
     let mut rbuf = BytesMut::new();
     let frame = match tokio::time::timeout(
         CONNECT_TIMEOUT,
-        read_frame(&mut stream, &mut rbuf, engine.limits.max_packet),
+        read_frame(&mut stream, &mut rbuf, engine.limits.max_packet_size),
     )
     .await
     {
@@ -486,9 +486,9 @@ fn handshake(
     );
     if v5 {
         let mut p = ConnAckPacket::new(session_present, ReasonCode::Success)
-            .with_maximum_packet_size(engine.limits.max_packet as u32)
+            .with_maximum_packet_size(engine.limits.max_packet_size as u32)
             .with_receive_maximum(RECEIVE_MAXIMUM)
-            .with_topic_alias_maximum(engine.limits.topic_alias_max);
+            .with_topic_alias_maximum(engine.limits.topic_alias_maximum);
         if let Some(id) = assigned {
             p = p.with_assigned_client_id(id);
         }
@@ -909,7 +909,7 @@ fn handle_frames(
     want_pull: &mut bool,
     routed: &mut Routed,
 ) -> Result<Option<Stop>, ProtocolError> {
-    while let Some(frame) = codec::split(rbuf, engine.limits.max_packet)? {
+    while let Some(frame) = codec::split(rbuf, engine.limits.max_packet_size)? {
         let packet = codec::decode(frame, conn.version)?;
         if engine.faults.active() {
             let topic = match &packet {
@@ -1061,12 +1061,12 @@ fn publish(
 ) -> Result<(), ProtocolError> {
     let text = std::str::from_utf8(&p.topic).expect("checked by the codec");
     let topic: Arc<str> = match p.alias {
-        Some(a) if a == 0 || a > engine.limits.topic_alias_max => {
+        Some(a) if a == 0 || a > engine.limits.topic_alias_maximum => {
             return Err(ProtocolError::new(
                 rc::TOPIC_ALIAS_INVALID,
                 format!(
                     "topic alias {a} outside 1..={}",
-                    engine.limits.topic_alias_max
+                    engine.limits.topic_alias_maximum
                 ),
             ));
         }

@@ -52,19 +52,6 @@ pub struct PendingDelivery {
     pub writing: bool,
 }
 
-/// Limits the engine enforces.
-#[derive(Debug, Clone)]
-pub(crate) struct EngineLimits {
-    pub max_packet: usize,
-    pub max_queued: usize,
-    pub max_queued_bytes: usize,
-    pub max_inflight: u16,
-    pub max_clients: usize,
-    pub topic_alias_max: u16,
-    pub max_keep_alive: Option<u16>,
-    pub server_topic_aliases: u16,
-}
-
 /// Engine-wide counters (read into [`super::BrokerCounters`]).
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -195,7 +182,7 @@ pub(crate) struct Engine {
     drops: Mutex<DropLog>,
     pub observed: Arc<Observed>,
     pub clock: Clock,
-    pub limits: EngineLimits,
+    pub limits: super::Limits,
     pub authorizer: Option<Arc<dyn Authorizer>>,
     pub counters: Counters,
     timers_changed: Notify,
@@ -242,7 +229,7 @@ impl Engine {
     pub(super) fn new(
         observed: Arc<Observed>,
         clock: Clock,
-        limits: EngineLimits,
+        limits: super::Limits,
         authorizer: Option<Arc<dyn Authorizer>>,
         store: Option<(Store, Loaded)>,
         seed: u64,
@@ -652,7 +639,11 @@ impl Engine {
                 sub_ids: (!ids.is_empty()).then(|| ids.into_boxed_slice()),
             };
             let stored = qos > 0 && session.persistent();
-            match session.enqueue(d, self.limits.max_queued, self.limits.max_queued_bytes) {
+            match session.enqueue(
+                d,
+                self.limits.max_queued_per_session,
+                self.limits.max_queued_bytes_per_session,
+            ) {
                 Enqueued::Queued => {}
                 Enqueued::QueuedDroppedOldest(old) => {
                     self.counters
@@ -684,7 +675,10 @@ impl Engine {
             routed += 1;
             if let Some(link) = &session.link {
                 link.ctl.fill.store(
-                    session.fill(self.limits.max_queued, self.limits.max_queued_bytes),
+                    session.fill(
+                        self.limits.max_queued_per_session,
+                        self.limits.max_queued_bytes_per_session,
+                    ),
                     Ordering::Relaxed,
                 );
                 wakes.push(link.ctl.clone());
@@ -780,7 +774,10 @@ impl Engine {
             out.push(Out::Publish { d, pid, dup: false });
         }
         ctl.fill.store(
-            s.fill(self.limits.max_queued, self.limits.max_queued_bytes),
+            s.fill(
+                self.limits.max_queued_per_session,
+                self.limits.max_queued_bytes_per_session,
+            ),
             Ordering::Relaxed,
         );
         !s.queue.is_empty()
@@ -1222,7 +1219,7 @@ fn queue_retained(
     f: &Filter<'_>,
     opts: &SubOpts,
     now: i64,
-    limits: &EngineLimits,
+    limits: &super::Limits,
     counters: &Counters,
 ) {
     let mut matching: Vec<Arc<Msg>> = Vec::new();
@@ -1246,7 +1243,11 @@ fn queue_retained(
             msg: m,
         };
         if !matches!(
-            session.enqueue(d, limits.max_queued, limits.max_queued_bytes),
+            session.enqueue(
+                d,
+                limits.max_queued_per_session,
+                limits.max_queued_bytes_per_session
+            ),
             Enqueued::Queued
         ) {
             counters.dropped_queue_full.fetch_add(1, Ordering::Relaxed);

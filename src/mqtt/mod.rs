@@ -356,6 +356,7 @@ pub(crate) struct OutageCounters {
     pub replayed: u64,
 }
 
+/// The limits the engine enforces, as `GET /mqtt/status` shows them.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub(crate) struct Limits {
     pub max_packet_size: usize,
@@ -405,7 +406,6 @@ struct Shared {
     addr: SocketAddr,
     /// The runtime of the connection thread.
     conns: tokio::runtime::Handle,
-    limits: Limits,
     // std locks: held to flip a state or push a message, never across an
     // await.
     link: Mutex<Link>,
@@ -489,13 +489,13 @@ impl Broker {
         let engine = Engine::new(
             observed,
             clock,
-            engine::EngineLimits {
-                max_packet: config.max_packet_size,
-                max_queued: config.max_queued_per_session,
-                max_queued_bytes: config.max_queued_bytes_per_session,
+            Limits {
+                max_packet_size: config.max_packet_size,
+                max_queued_per_session: config.max_queued_per_session,
+                max_queued_bytes_per_session: config.max_queued_bytes_per_session,
                 max_inflight: config.max_inflight,
                 max_clients: config.max_clients,
-                topic_alias_max: TOPIC_ALIAS_MAXIMUM,
+                topic_alias_maximum: TOPIC_ALIAS_MAXIMUM,
                 max_keep_alive: config.max_keep_alive,
                 server_topic_aliases: config.server_topic_aliases,
             },
@@ -521,16 +521,6 @@ impl Broker {
             engine,
             addr: local_addr,
             conns: thread.handle().clone(),
-            limits: Limits {
-                max_packet_size: config.max_packet_size,
-                max_queued_per_session: config.max_queued_per_session,
-                max_queued_bytes_per_session: config.max_queued_bytes_per_session,
-                max_inflight: config.max_inflight,
-                max_clients: config.max_clients,
-                topic_alias_maximum: TOPIC_ALIAS_MAXIMUM,
-                max_keep_alive: config.max_keep_alive,
-                server_topic_aliases: config.server_topic_aliases,
-            },
             link: Mutex::new(Link::Up),
             held: Mutex::default(),
             held_capacity: config.outage_buffer,
@@ -982,7 +972,7 @@ impl MqttHandle {
                 held_evicted: shared.held_evicted.load(Ordering::Relaxed),
                 replayed: shared.replayed.load(Ordering::Relaxed),
             },
-            limits: shared.limits.clone(),
+            limits: shared.engine.limits.clone(),
         }
     }
 
